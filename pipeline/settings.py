@@ -1,0 +1,197 @@
+"""Settings for each stage: one frozen dataclass per stage, validated with errors that name the field.
+
+Every run saves its settings as JSON beside its outputs, so a model can always say how it was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TINY_MODEL = "tiny"
+FLUX_DEV = "black-forest-labs/FLUX.1-dev"
+
+
+class SettingsError(ValueError):
+    """A setting has a value the pipeline cannot use; the message names the field."""
+
+
+def _check(condition: bool, field_name: str, message: str) -> None:
+    if not condition:
+        raise SettingsError(f"{field_name}: {message}")
+
+
+@dataclass(frozen=True)
+class IntakeSettings:
+    """Limits applied when photos are uploaded (before any classification)."""
+
+    max_photos: int = 40  # more than the 15–20 we train on, so the selector has room to choose
+    max_file_mb: float = 40.0  # a 12 MP JPEG is ~5 MB, a 50 MP RAW-converted PNG ~60 MB
+    max_pixels: int = 90_000_000  # above ~90 MP we refuse: decompression bombs and needless memory
+    min_side: int = 256  # smaller than this cannot give a usable face crop at any resolution
+
+    def validate(self) -> IntakeSettings:
+        _check(self.max_photos >= 1, "max_photos", f"must be at least 1, got {self.max_photos}")
+        _check(self.max_file_mb > 0, "max_file_mb", f"must be positive, got {self.max_file_mb}")
+        _check(self.max_pixels > 0, "max_pixels", f"must be positive, got {self.max_pixels}")
+        return self
+
+
+@dataclass(frozen=True)
+class ClassifySettings:
+    """Thresholds of the photo classifier. The README documents each and why."""
+
+    detect_max_side: int = 640  # MTCNN runs on a copy this size: 0.07 s instead of ~2 s on 12 MP
+    min_face_confidence: float = 0.90
+    min_face_fraction: float = 0.04  # face box area / image area
+    max_yaw_degrees: float = 45.0
+    min_sharpness: float = 60.0  # variance of Laplacian on the face crop, normalised to 256 px
+    min_mean_luma: float = 55.0
+    max_mean_luma: float = 205.0
+    max_clipped_fraction: float = 0.25
+    min_face_pixels: int = 128  # face box side in original pixels
+    duplicate_hash_distance: int = 6  # perceptual-hash Hamming distance (64-bit hashes)
+    identity_threshold: float = 0.55  # dlib embedding distance to the set's consensus
+    target_min: int = 15
+    target_max: int = 20
+    training_resolution: int = 512
+
+    def validate(self) -> ClassifySettings:
+        _check(0 < self.min_face_confidence <= 1, "min_face_confidence", "must be in (0, 1]")
+        _check(0 < self.min_face_fraction < 1, "min_face_fraction", "must be in (0, 1)")
+        _check(1 <= self.target_min <= self.target_max, "target_min", "must be between 1 and target_max")
+        return self
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """One LoRA training run. Defaults are for FLUX.1-dev on a face (see README: where each comes from)."""
+
+    name: str = "my-likeness"
+    trigger_word: str = ""  # empty: one is generated
+    steps: int = 1000
+    learning_rate: float = 1e-4
+    batch_size: int = 0  # 0: automatic from photo count and memory
+    resolution: int = 512
+    rank: int = 16
+    alpha: float = 16.0
+    seed: int = 42
+    optimizer: str = "adamw"  # "adamw" or "adamw8bit" (where bitsandbytes works)
+    warmup_steps: int = 50
+    lr_schedule: str = "constant"  # "constant" or "cosine"
+    max_grad_norm: float = 1.0
+    caption_dropout: float = 0.05
+    timestep_sampling: str = "logit_normal"  # "logit_normal", "shift" or "uniform"
+    guidance: float = 1.0  # FLUX.1-dev's guidance embedding while training
+    memory_mode: str = "auto"  # "auto", "bf16", "fp8", "nf4", "offload"
+    gradient_checkpointing: bool = True
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 3
+    sample_every: int = 250
+    sample_prompts: tuple[str, ...] = (
+        "a portrait photo of {trigger}",
+        "{trigger} smiling, outdoors, natural light",
+    )
+
+    def validate(self) -> TrainSettings:
+        _check(bool(self.name.strip()), "name", "must not be empty")
+        _check(self.steps >= 1, "steps", f"must be at least 1, got {self.steps}")
+        _check(0 < self.learning_rate < 1, "learning_rate", f"must be in (0, 1), got {self.learning_rate}")
+        _check(self.batch_size >= 0, "batch_size", f"must be 0 (automatic) or more, got {self.batch_size}")
+        _check(
+            self.resolution % 16 == 0 and 32 <= self.resolution <= 2048,
+            "resolution",
+            f"must be a multiple of 16 between 32 and 2048, got {self.resolution}",
+        )
+        _check(self.rank >= 1, "rank", f"must be at least 1, got {self.rank}")
+        _check(self.optimizer in ("adamw", "adamw8bit"), "optimizer", f"unknown optimizer {self.optimizer!r}")
+        _check(self.lr_schedule in ("constant", "cosine"), "lr_schedule", f"unknown schedule {self.lr_schedule!r}")
+        _check(
+            self.timestep_sampling in ("logit_normal", "shift", "uniform"),
+            "timestep_sampling",
+            f"unknown sampling {self.timestep_sampling!r}",
+        )
+        _check(
+            self.memory_mode in ("auto", "bf16", "fp8", "nf4", "offload"),
+            "memory_mode",
+            f"unknown memory mode {self.memory_mode!r}",
+        )
+        _check(0 <= self.caption_dropout < 1, "caption_dropout", "must be in [0, 1)")
+        _check(self.checkpoint_every >= 1, "checkpoint_every", "must be at least 1")
+        _check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1")
+        return self
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> TrainSettings:
+        """Settings for the embedded tiny model: 50 steps at 64 px, seconds on a CPU."""
+        base = dict(steps=50, resolution=64, rank=4, alpha=4.0, learning_rate=1e-3, warmup_steps=5,
+                    checkpoint_every=25, sample_every=25, gradient_checkpointing=False)
+        base.update(overrides)
+        return cls(**base)
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    """One generation request in the playground."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = 28
+    guidance: float = 3.5
+    width: int = 512
+    height: int = 512
+    lora_scale: float = 1.0
+    num_images: int = 1
+
+    def validate(self) -> GenerateSettings:
+        _check(bool(self.prompt.strip()), "prompt", "must not be empty")
+        _check(1 <= self.steps <= 100, "steps", f"must be between 1 and 100, got {self.steps}")
+        _check(1 <= self.num_images <= 8, "num_images", f"must be between 1 and 8, got {self.num_images}")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            _check(value % 16 == 0 and 32 <= value <= 2048, name, f"must be a multiple of 16 in 32..2048, got {value}")
+        return self
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """Where to send the 'training finished' e-mail. Empty host: no e-mail."""
+
+    host: str = ""
+    port: int = 587
+    username: str = ""
+    password: str = field(default="", repr=False)  # never logged or shown
+    sender: str = "likeness@localhost"
+    recipient: str = ""
+    starttls: bool = True
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.host and self.recipient)
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """Where the app keeps its data and which base model it trains on."""
+
+    data_dir: Path = Path("data")
+    base_model: str = TINY_MODEL  # "tiny", a hub id, or a local diffusers folder
+    smtp: SmtpSettings = SmtpSettings()
+
+
+def to_json(settings: Any) -> str:
+    """Settings as JSON (tuples become lists, paths strings; passwords are left out)."""
+    data = dataclasses.asdict(settings)
+    data.pop("password", None)
+    return json.dumps(data, indent=2, default=str)
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Build a settings dataclass from a dict, ignoring unknown keys (older/newer saved runs)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names}
+    return cls(**kwargs)
