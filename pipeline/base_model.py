@@ -1,0 +1,261 @@
+"""The base model LoRAs are trained on: the embedded tiny FLUX, FLUX.1-dev from the hub, or a local diffusers folder.
+
+The tiny model has the real FLUX.1 architecture (FluxTransformer2DModel with guidance embedding, a 16-channel
+AutoencoderKL with 8x downscale, CLIP and T5 text encoders, the flow-matching Euler scheduler) at toy sizes and with
+seeded random weights. It is built in code once, saved with ``save_pretrained`` under the data dir and from then on
+loaded with ``FluxPipeline.from_pretrained`` exactly like FLUX.1-dev, so both share one loading and training path.
+Its images are noise: it proves the pipeline, not the likeness.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import string
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
+
+from pipeline.settings import FLUX_DEV, TINY_MODEL, TrainSettings
+
+logger = logging.getLogger(__name__)
+
+# Bumped when the tiny model's layout changes, so an old saved copy is rebuilt rather than half-loaded.
+TINY_MODEL_VERSION = "1"
+_TINY_FOLDER = "tiny"
+_VERSION_FILE = "likeness_tiny_version.txt"
+
+# Words that appear in captions and prompts; whole-word tokens keep CLIP's 77-token window from filling with letters.
+_COMMON_WORDS = (
+    "a", "an", "the", "of", "in", "on", "with", "and", "photo", "portrait", "person", "man", "woman", "face",
+    "smiling", "outdoors", "natural", "light", "close", "up", "headshot", "wearing", "background", "sks", "ohwx",
+)
+
+
+class BaseModelError(ValueError):
+    """The chosen base model cannot be loaded; the message says what failed and how to fix it."""
+
+
+def is_tiny(spec: str) -> bool:
+    """True for the embedded tiny model, by name or by its folder."""
+    return spec == TINY_MODEL or (Path(spec) / _VERSION_FILE).is_file()
+
+
+def default_base_model() -> str:
+    """FLUX.1-dev where a CUDA GPU is present, else the embedded tiny model."""
+    return FLUX_DEV if torch.cuda.is_available() else TINY_MODEL
+
+
+def resolve_base_model(spec: str | None, data_dir: Path) -> str:
+    """What ``from_pretrained`` should load: "tiny" (or None) becomes the local tiny folder; hub ids and folders stay.
+
+    The tiny model is built on first use.
+    """
+    spec = (spec or TINY_MODEL).strip()
+    if spec == TINY_MODEL:
+        return str(ensure_tiny_model(data_dir))
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise BaseModelError(
+                f"base model folder {str(path)!r} has no model_index.json: point --base-model at a diffusers "
+                "FluxPipeline folder (one saved with save_pretrained), a hub id such as "
+                f"{FLUX_DEV!r}, or use 'tiny'"
+            )
+        return str(path)
+    if spec.count("/") != 1 or spec.startswith(("/", ".", "~")):
+        raise BaseModelError(
+            f"base model {spec!r} is neither 'tiny', an existing folder, nor a hub id of the form owner/name "
+            f"(for example {FLUX_DEV!r})"
+        )
+    return spec
+
+
+def ensure_tiny_model(data_dir: Path) -> Path:
+    """The folder of the embedded tiny FLUX pipeline under ``data_dir/base_models``, built there on first use."""
+    folder = Path(data_dir) / "base_models" / _TINY_FOLDER
+    version_file = folder / _VERSION_FILE
+    if version_file.is_file() and version_file.read_text().strip() == TINY_MODEL_VERSION:
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("building the embedded tiny FLUX model in %s", folder)
+    # Build beside the target and swap in, so a crash mid-save never leaves a folder that looks complete.
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=folder.parent))
+    try:
+        _build_tiny_pipeline().save_pretrained(tmp)
+        (tmp / _VERSION_FILE).write_text(TINY_MODEL_VERSION)
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def load_pipeline(
+    spec: str, data_dir: Path, *, device: str | None = None, dtype: torch.dtype | None = None
+) -> FluxPipeline:
+    """Load a FluxPipeline from "tiny", a hub id or a local folder, in eval mode.
+
+    ``device`` defaults to CUDA where present; ``dtype`` to bfloat16 on CUDA and float32 on the CPU (the tiny model
+    always float32 on the CPU, where bf16 matmuls are slow).
+    """
+    path = resolve_base_model(spec, data_dir)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype is None:
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        pipe = FluxPipeline.from_pretrained(path, dtype=dtype, low_cpu_mem_usage=True)
+    except Exception as exc:  # noqa: BLE001 - every loader failure becomes one explained error
+        raise BaseModelError(explain_load_failure(spec, exc)) from exc
+    for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+        getattr(pipe, name).eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def explain_load_failure(spec: str, exc: BaseException) -> str:
+    """A user-facing sentence for why ``spec`` did not load, and what to do about it."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < 10:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    text = " ".join(str(e) for e in chain)
+
+    def any_of(*types: type) -> bool:
+        return any(isinstance(e, types) for e in chain)
+
+    if any_of(GatedRepoError) or "gated" in text.lower():
+        return (f"cannot load {spec!r}: the model is gated. Accept its licence on https://huggingface.co/{spec} "
+                "while logged in, then run `huggingface-cli login` (or set HF_TOKEN) with a token of that account.")
+    if any_of(RepositoryNotFoundError) or "401" in text:
+        return (f"cannot load {spec!r}: the hub refused access (no such repository, or no token). Check the name, "
+                "run `huggingface-cli login` (or set HF_TOKEN) and accept the licence on the model page.")
+    if any_of(OfflineModeIsEnabled, LocalEntryNotFoundError) or "offline" in text.lower() or "connect" in text.lower():
+        return (f"cannot load {spec!r}: it is not in the local cache and the hub cannot be reached (no network or "
+                "HF_HUB_OFFLINE=1). Download it once on a connected machine (`huggingface-cli download "
+                f"{spec}`), copy the folder here and pass it to --base-model, or use --base-model tiny.")
+    return (f"cannot load {spec!r} as a FluxPipeline: {type(exc).__name__}: {exc}. Pass 'tiny', a hub id such as "
+            f"{FLUX_DEV!r}, or a folder saved with FluxPipeline.save_pretrained.")
+
+
+def default_train_settings(spec: str, **overrides: Any) -> TrainSettings:
+    """Training defaults for a base model: the quick 64 px run for the tiny model, the documented ones otherwise."""
+    if is_tiny(spec):
+        return TrainSettings.quick(**overrides)
+    return TrainSettings(**overrides)
+
+
+# --- the tiny model, built in code -------------------------------------------------------------------------------
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte → printable character map (the alphabet of byte-level BPE)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
+
+
+def _clip_tokenizer() -> CLIPTokenizer:
+    """A byte-level BPE tokenizer: every byte is a token (so any text tokenizes), plus a few whole words."""
+    alphabet = list(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for token in alphabet + [c + "</w>" for c in alphabet]:
+        vocab.setdefault(token, len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in _COMMON_WORDS:
+        if len(word) < 2:
+            continue
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        current = pieces[0]
+        for nxt in pieces[1:]:
+            merge = (current, nxt)
+            current = current + nxt
+            if merge not in merges:
+                merges.append(merge)
+            vocab.setdefault(current, len(vocab))
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab.setdefault(special, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def _t5_tokenizer() -> T5Tokenizer:
+    """A unigram tokenizer over letters, digits, punctuation and a few words (sentencepiece-style '▁' pieces)."""
+    pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    seen = {p for p, _ in pieces}
+
+    def add(piece: str, score: float) -> None:
+        if piece not in seen:
+            seen.add(piece)
+            pieces.append((piece, score))
+
+    for word in _COMMON_WORDS:
+        add("▁" + word, -2.0)
+    add("▁", -3.0)
+    # Latin-1 letters too, so names such as "Zoë" or "Müller" keep their letters instead of becoming <unk>.
+    latin1 = "".join(chr(c) for c in range(0xC0, 0x100) if c not in (0xD7, 0xF7))
+    for ch in string.ascii_letters + string.digits + string.punctuation + latin1:
+        add("▁" + ch, -5.0)
+        add(ch, -6.0)
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
+
+
+def _build_tiny_pipeline() -> FluxPipeline:
+    """FLUX.1-dev's architecture at toy width, seeded so every machine builds the same weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        clip_tokenizer = _clip_tokenizer()
+        t5_tokenizer = _t5_tokenizer()
+        clip = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(clip_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+            num_attention_heads=2, max_position_embeddings=77, projection_dim=32,
+            bos_token_id=clip_tokenizer.bos_token_id, eos_token_id=clip_tokenizer.eos_token_id,
+            pad_token_id=clip_tokenizer.pad_token_id,
+        ))
+        t5 = T5EncoderModel(T5Config(
+            vocab_size=len(t5_tokenizer), d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2,
+            pad_token_id=t5_tokenizer.pad_token_id, eos_token_id=t5_tokenizer.eos_token_id,
+            decoder_start_token_id=t5_tokenizer.pad_token_id,
+        ))
+        # 4 blocks: 8x spatial downscale and 16 latent channels, like FLUX's VAE, so 64 px -> 8x8 latents.
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=16,
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4, sample_size=64,
+            scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
+        )
+        transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+            axes_dims_rope=(4, 6, 6),
+        )
+        scheduler = FlowMatchEulerDiscreteScheduler(
+            num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+            base_image_seq_len=256, max_image_seq_len=4096,
+        )
+    for module in (clip, t5, vae, transformer):
+        module.eval()
+    return FluxPipeline(
+        scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=clip_tokenizer, text_encoder_2=t5,
+        tokenizer_2=t5_tokenizer, transformer=transformer,
+    )
