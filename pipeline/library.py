@@ -1,0 +1,284 @@
+"""The model library: every LoRA the user trained, its metadata in tinydb (data_dir/library.json), its files in
+data_dir/models/<id>/.
+
+Records are frozen ModelRecords; change them through Library.update/rename/set_trigger_word. Paths are stored
+relative to the data dir so the whole folder can be moved or backed up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import shutil
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tinydb import Query
+
+from pipeline.jsondb import open_db
+from pipeline.modelcard import model_card
+from pipeline.trigger import generate_trigger_word, validate_trigger_word
+
+logger = logging.getLogger(__name__)
+
+STATUSES = ("queued", "training", "assessing", "ready", "failed", "cancelled")
+FINISHED_STATUSES = ("ready", "failed", "cancelled")
+BUSY_STATUSES = ("training", "assessing")
+_PATH_FIELDS = ("folder", "lora_path", "kohya_path", "sample_grid")
+_READ_ONLY_FIELDS = ("id", "folder", "created_at")
+MAX_NAME_LENGTH = 80
+
+
+class ModelNotFound(ValueError):
+    """No model in the library has this id (or name)."""
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO 8601 with seconds, the format every timestamp in the library uses."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """One trained (or training) model, as the library stores it."""
+
+    id: str
+    name: str
+    trigger_word: str
+    base_model: str
+    status: str  # one of STATUSES
+    folder: Path  # data_dir/models/<id>
+    created_at: str
+    settings: dict = field(default_factory=dict)  # TrainSettings as a dict
+    dataset: dict = field(default_factory=dict)  # summary: photos used, counts, resolution, captioner
+    scores: dict = field(default_factory=dict)  # assessment: likeness, quality, overall, ...
+    lora_path: Path | None = None  # diffusers-format LoRA safetensors
+    kohya_path: Path | None = None  # kohya/ComfyUI-format LoRA safetensors
+    sample_grid: Path | None = None
+    finished_at: str | None = None
+    error: str = ""
+    checkpoints: tuple[dict, ...] = ()  # {"step": int, "path": Path, "scores": dict}
+    best_checkpoint_step: int | None = None
+    best_lora_scale: float | None = None
+
+    @property
+    def is_ready(self) -> bool:
+        return self.status == "ready" and self.lora_path is not None and self.lora_path.is_file()
+
+    @property
+    def label(self) -> str:
+        """How the UI names the model in lists: name, trigger word and status."""
+        return f"{self.name} ({self.trigger_word}) · {self.status}"
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug or "model"
+
+
+class Library:
+    """All models under ``data_dir``. Safe to use from several threads and several instances in one process."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.models_dir = self.data_dir / "models"
+        self.exports_dir = self.data_dir / "exports"
+        self.db_path = self.data_dir / "library.json"
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- storage <-> record -------------------------------------------------------------------------------------
+
+    def _to_stored(self, value: Any) -> Any:
+        if isinstance(value, Path):
+            try:
+                return value.resolve().relative_to(self.data_dir.resolve()).as_posix()
+            except ValueError:
+                return str(value)
+        if isinstance(value, dict):
+            return {k: self._to_stored(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._to_stored(v) for v in value]
+        return value
+
+    def _from_stored_path(self, value: str | None) -> Path | None:
+        if value is None or value == "":
+            return None
+        path = Path(value)
+        return path if path.is_absolute() else self.data_dir / path
+
+    def _record(self, doc: dict[str, Any]) -> ModelRecord:
+        names = {f.name for f in dataclasses.fields(ModelRecord)}
+        data = {k: v for k, v in doc.items() if k in names}  # newer files may carry fields we don't know
+        for name in _PATH_FIELDS:
+            data[name] = self._from_stored_path(data.get(name))
+        data["checkpoints"] = tuple(
+            {**c, "path": self._from_stored_path(c.get("path"))} for c in data.get("checkpoints") or ()
+        )
+        return ModelRecord(**data)
+
+    def _all_docs(self) -> list[dict[str, Any]]:
+        with open_db(self.db_path) as db:
+            return [dict(doc) for doc in db.table("models").all()]
+
+    # -- public API -----------------------------------------------------------------------------------------------
+
+    def create(self, name: str, base_model: str, settings: dict, trigger_word: str = "") -> ModelRecord:
+        """Add a model in status "queued", with a generated trigger word when ``trigger_word`` is empty."""
+        name = self._check_name(name)
+        if not base_model or not str(base_model).strip():
+            raise ValueError("base_model: must not be empty; use 'tiny', a hub id or a local diffusers folder")
+        model_id = uuid.uuid4().hex[:12]
+        folder = self.models_dir / model_id
+        with open_db(self.db_path) as db:
+            table = db.table("models")
+            taken = [doc.get("trigger_word", "") for doc in table.all()]
+            if trigger_word and trigger_word.strip():
+                word = validate_trigger_word(trigger_word, taken)
+            else:
+                word = generate_trigger_word(taken)
+            settings = dict(settings or {})
+            settings["trigger_word"] = word
+            record = ModelRecord(
+                id=model_id, name=name, trigger_word=word, base_model=str(base_model), status="queued",
+                folder=folder, created_at=now_iso(), settings=settings,
+            )
+            folder.mkdir(parents=True, exist_ok=False)
+            table.insert(self._to_stored(dataclasses.asdict(record)))
+        logger.info("library: created model %s (%r, trigger word %r)", model_id, name, word)
+        return record
+
+    def get(self, model_id: str) -> ModelRecord:
+        """The model with this id; ModelNotFound if there is none."""
+        with open_db(self.db_path) as db:
+            doc = db.table("models").get(Query().id == model_id)
+        if doc is None:
+            raise ModelNotFound(f"model_id: no model {model_id!r} in the library at {self.db_path}; "
+                                "list the models to see their ids")
+        return self._record(dict(doc))
+
+    def find(self, name_or_id: str) -> ModelRecord:
+        """By id, or by name when exactly one model has it (case-insensitive); for the CLI."""
+        key = name_or_id.strip()
+        docs = self._all_docs()
+        for doc in docs:
+            if doc["id"] == key:
+                return self._record(doc)
+        named = [doc for doc in docs if doc["name"].lower() == key.lower()]
+        if len(named) == 1:
+            return self._record(named[0])
+        if len(named) > 1:
+            ids = ", ".join(doc["id"] for doc in named)
+            raise ModelNotFound(f"model: {len(named)} models are named {key!r} ({ids}); give the id instead")
+        raise ModelNotFound(f"model: no model with id or name {key!r}; run `python -m pipeline models` to list them")
+
+    def list(self, status: str | None = None) -> list[ModelRecord]:
+        """All models, newest first; only those with ``status`` when given."""
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"status: unknown status {status!r}; use one of {', '.join(STATUSES)}")
+        records = [self._record(doc) for doc in self._all_docs()]
+        if status is not None:
+            records = [r for r in records if r.status == status]
+        # created_at has one-second resolution; insertion order breaks ties (newest inserted last).
+        indexed = list(enumerate(records))
+        indexed.sort(key=lambda pair: (pair[1].created_at, pair[0]), reverse=True)
+        return [record for _, record in indexed]
+
+    def update(self, model_id: str, **fields: Any) -> ModelRecord:
+        """Change fields of a model; a finishing status sets ``finished_at`` unless given."""
+        known = {f.name for f in dataclasses.fields(ModelRecord)}
+        for name in fields:
+            if name not in known:
+                raise ValueError(f"{name}: not a field of a model record; known fields: {', '.join(sorted(known))}")
+            if name in _READ_ONLY_FIELDS:
+                raise ValueError(f"{name}: cannot be changed after the model is created")
+        if "name" in fields:
+            fields["name"] = self._check_name(fields["name"])
+        if "status" in fields:
+            if fields["status"] not in STATUSES:
+                raise ValueError(f"status: unknown status {fields['status']!r}; use one of {', '.join(STATUSES)}")
+            if fields["status"] in FINISHED_STATUSES:
+                fields.setdefault("finished_at", now_iso())
+            else:
+                fields.setdefault("finished_at", None)
+        with open_db(self.db_path) as db:
+            table = db.table("models")
+            if "trigger_word" in fields:
+                taken = [doc.get("trigger_word", "") for doc in table.all() if doc["id"] != model_id]
+                fields["trigger_word"] = validate_trigger_word(fields["trigger_word"], taken, allow_known=True)
+            if not table.update(self._to_stored(fields), Query().id == model_id):
+                raise ModelNotFound(f"model_id: no model {model_id!r} in the library; it may have been deleted")
+        return self.get(model_id)
+
+    def rename(self, model_id: str, name: str) -> ModelRecord:
+        return self.update(model_id, name=name)
+
+    def set_trigger_word(self, model_id: str, word: str) -> ModelRecord:
+        """Change the trigger word (validated: a made-up word not used by another model)."""
+        with open_db(self.db_path) as db:
+            taken = [doc.get("trigger_word", "") for doc in db.table("models").all() if doc["id"] != model_id]
+            word = validate_trigger_word(word, taken)
+            record = self.get(model_id)
+            settings = {**record.settings, "trigger_word": word}
+            return self.update(model_id, trigger_word=word, settings=settings)
+
+    def delete(self, model_id: str, *, force: bool = False) -> None:
+        """Remove the model's record and its folder. A model still training needs ``force`` (cancel it first)."""
+        record = self.get(model_id)
+        if record.status in BUSY_STATUSES and not force:
+            raise ValueError(f"model_id: {record.name!r} is {record.status}; cancel its job first, then delete it")
+        folder = record.folder.resolve()
+        if folder.parent != self.models_dir.resolve():
+            raise ValueError(f"model_id: folder {folder} is outside {self.models_dir}; refusing to delete it")
+        with open_db(self.db_path) as db:
+            db.table("models").remove(Query().id == model_id)
+        if folder.exists():
+            shutil.rmtree(folder)
+        for export in self.exports_dir.glob(f"*-{model_id}.zip"):
+            export.unlink()
+        logger.info("library: deleted model %s (%r)", model_id, record.name)
+
+    def export_zip(self, model_id: str) -> Path:
+        """A zip for download: diffusers LoRA, kohya/ComfyUI LoRA, README model card, sample grid, settings, scores."""
+        record = self.get(model_id)
+        if record.lora_path is None or not record.lora_path.is_file():
+            raise ValueError(
+                f"model_id: {record.name!r} has no trained LoRA yet (status {record.status}); "
+                "wait until training is finished"
+            )
+        self.exports_dir.mkdir(parents=True, exist_ok=True)
+        slug = _slug(record.name)
+        path = self.exports_dir / f"{slug}-{record.id}.zip"
+        tmp = path.with_suffix(".zip.tmp")
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("README.md", model_card(record))
+            # safetensors barely compress; store them to save time on big FLUX LoRAs.
+            archive.write(record.lora_path, "diffusers/pytorch_lora_weights.safetensors", zipfile.ZIP_STORED)
+            if record.kohya_path is not None and record.kohya_path.is_file():
+                archive.write(record.kohya_path, f"comfyui/{slug}.safetensors", zipfile.ZIP_STORED)
+            if record.sample_grid is not None and record.sample_grid.is_file():
+                archive.write(record.sample_grid, f"samples/sample_grid{record.sample_grid.suffix}")
+            meta = {"name": record.name, "trigger_word": record.trigger_word, "base_model": record.base_model,
+                    "settings": record.settings, "dataset": record.dataset, "scores": record.scores,
+                    "created_at": record.created_at, "finished_at": record.finished_at,
+                    "best_checkpoint_step": record.best_checkpoint_step, "best_lora_scale": record.best_lora_scale}
+            archive.writestr("likeness.json", json.dumps(self._to_stored(meta), indent=2, default=str))
+        tmp.replace(path)
+        return path
+
+    def trigger_words(self) -> list[str]:
+        return [doc.get("trigger_word", "") for doc in self._all_docs()]
+
+    @staticmethod
+    def _check_name(name: str) -> str:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError("name: must not be empty; give the model a name such as 'anna-2025'")
+        name = " ".join(name.split())
+        if len(name) > MAX_NAME_LENGTH:
+            raise ValueError(f"name: {len(name)} characters is too long; use at most {MAX_NAME_LENGTH}")
+        return name
