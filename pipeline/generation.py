@@ -1,0 +1,290 @@
+"""Image generation with a base model and (optionally) a person's LoRA: the playground, the test images, the video.
+
+One ``Generator`` holds one loaded FluxPipeline (loaded on first use) and swaps LoRAs on it as PEFT adapters, so
+changing model or LoRA scale never reloads the base. Every image carries its prompt, settings and model in its PNG
+text chunks, so a downloaded file says how to make it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageDraw, PngImagePlugin
+
+from pipeline.events import EventCallback, Message, Progress, StopCheck, ignore, never
+from pipeline.settings import GenerateSettings
+
+logger = logging.getLogger(__name__)
+
+TRIGGER_PLACEHOLDER = "{trigger}"
+# What "{trigger}" becomes when there is no LoRA (the bare base model): the prompts stay grammatical.
+NO_TRIGGER_SUBJECT = "a person"
+# FLUX.1-dev is guidance-distilled and ignores a negative prompt unless true classifier-free guidance runs a
+# second, negative pass. 4.0 is the scale diffusers documents for FLUX true CFG; it doubles the time per step.
+NEGATIVE_PROMPT_CFG = 4.0
+# LoRAs kept loaded as adapters at once; each costs rank × width memory only, but a library can be long.
+MAX_LOADED_LORAS = 4
+
+DEFAULT_TEST_PROMPTS: tuple[str, ...] = (
+    "a portrait photo of {trigger}, looking at the camera, soft natural light",
+    "a close-up headshot of {trigger} smiling, studio lighting, plain background",
+    "{trigger} laughing, candid photo outdoors in a park, golden hour",
+    "{trigger} with a serious expression, black and white photo, dramatic side light",
+    "an oil painting of {trigger}, classical portrait style",
+    "{trigger} as a watercolor illustration, soft pastel colors",
+    "a photo of {trigger} in a busy city street at night, neon lights",
+    "{trigger} wearing a winter coat on a snowy mountain, smiling",
+)
+
+
+class GenerationError(ValueError):
+    """A generation request that cannot run; the message names the argument and the fix."""
+
+
+def insert_trigger(prompt: str, trigger_word: str) -> str:
+    """Put the trigger word into a prompt: in place of "{trigger}", or in front when the prompt lacks it.
+
+    An empty trigger word (the bare base model) turns "{trigger}" into "a person" and leaves other prompts alone.
+    """
+    trigger_word = trigger_word.strip()
+    if TRIGGER_PLACEHOLDER in prompt:
+        return prompt.replace(TRIGGER_PLACEHOLDER, trigger_word or NO_TRIGGER_SUBJECT)
+    if not trigger_word or re.search(rf"(?<!\w){re.escape(trigger_word)}(?!\w)", prompt, flags=re.IGNORECASE):
+        return prompt
+    return f"{trigger_word}, {prompt}" if prompt.strip() else trigger_word
+
+
+def image_metadata(image: Image.Image) -> dict[str, str]:
+    """The text metadata written by ``Generator.generate`` (from a fresh image or one re-opened from PNG)."""
+    text = dict(getattr(image, "text", {}) or {})
+    text.update({k: v for k, v in image.info.items() if isinstance(v, str)})
+    return text
+
+
+def save_png(image: Image.Image, path: Path) -> Path:
+    """Save as PNG with the image's text metadata (prompt, settings, model) kept in tEXt chunks."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = PngImagePlugin.PngInfo()
+    for key, value in image_metadata(image).items():
+        info.add_text(key, value)
+    image.save(path, format="PNG", pnginfo=info)
+    return path
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One side of a comparison: a LoRA (or none) at a scale, with the label shown above its column."""
+
+    label: str
+    lora_path: Path | None = None
+    lora_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two variants generated from the same prompt and seeds; ``sheet`` shows them side by side, a row per seed."""
+
+    settings: GenerateSettings
+    left: Variant
+    right: Variant
+    left_images: tuple[Image.Image, ...]
+    right_images: tuple[Image.Image, ...]
+    sheet: Image.Image
+
+
+class Generator:
+    """A loaded base model that generates with any LoRA trained on it. Thread-safe: one generation at a time."""
+
+    def __init__(self, base_model: str, data_dir: Path, *, device: str | None = None) -> None:
+        self.base_model = base_model
+        self.data_dir = Path(data_dir)
+        self.device = device
+        self._pipe: Any = None
+        self._lock = threading.RLock()
+        self._adapters: OrderedDict[str, str] = OrderedDict()  # LoRA file key -> adapter name, oldest first
+
+    # ------------------------------------------------------------------ loading
+    @property
+    def pipeline(self) -> Any:
+        """The FluxPipeline, loaded on first use."""
+        with self._lock:
+            if self._pipe is None:
+                from pipeline.base_model import load_pipeline
+
+                logger.info("loading base model %s", self.base_model)
+                self._pipe = load_pipeline(self.base_model, self.data_dir, device=self.device)
+            return self._pipe
+
+    @contextlib.contextmanager
+    def activated(self, lora_path: Path | None, lora_scale: float = 1.0) -> Iterator[Any]:
+        """Hold the generator and yield its pipeline with only ``lora_path`` active at ``lora_scale`` (or no LoRA)."""
+        with self._lock:
+            pipe = self.pipeline
+            if lora_path is None:
+                if self._adapters:
+                    pipe.disable_lora()
+            else:
+                name = self._adapter_for(Path(lora_path))
+                pipe.enable_lora()
+                pipe.set_adapters([name], adapter_weights=[float(lora_scale)])
+            yield pipe
+
+    def _adapter_for(self, lora_path: Path) -> str:
+        if not lora_path.exists():
+            raise GenerationError(f"lora_path: {str(lora_path)!r} does not exist; pick a trained model or no LoRA")
+        stat = lora_path.stat()
+        # Keyed by content identity, so a LoRA rewritten at the same path (a newer checkpoint) is loaded afresh.
+        key = f"{lora_path.resolve()}:{stat.st_mtime_ns}:{stat.st_size}"
+        if key in self._adapters:
+            self._adapters.move_to_end(key)
+            return self._adapters[key]
+        pipe = self.pipeline
+        while len(self._adapters) >= MAX_LOADED_LORAS:
+            _, old = self._adapters.popitem(last=False)
+            pipe.delete_adapters(old)
+        name = "lora_" + hashlib.sha1(key.encode()).hexdigest()[:12]
+        try:
+            pipe.load_lora_weights(str(lora_path), adapter_name=name)
+        except (ValueError, KeyError, RuntimeError, OSError) as exc:
+            raise GenerationError(
+                f"lora_path: {str(lora_path)!r} is not a LoRA for this base model ({self.base_model}): {exc}. "
+                "Use a LoRA trained on the same base model, in diffusers format."
+            ) from exc
+        self._adapters[key] = name
+        logger.info("loaded LoRA %s as adapter %s", lora_path, name)
+        return name
+
+    # --------------------------------------------------------------- generating
+    def generate(
+        self,
+        settings: GenerateSettings,
+        *,
+        lora_path: Path | None = None,
+        on_event: EventCallback = ignore,
+        should_stop: StopCheck = never,
+    ) -> list[Image.Image]:
+        """``settings.num_images`` images; image i uses seed ``settings.seed + i``, so each is reproducible alone.
+
+        Reports ``Progress(stage="generate")`` after every denoising step. When ``should_stop`` turns true the images
+        finished so far are returned.
+        """
+        settings.validate()
+        total = settings.steps * settings.num_images
+        images: list[Image.Image] = []
+        with self.activated(lora_path, settings.lora_scale) as pipe:
+            for index in range(settings.num_images):
+                if should_stop():
+                    break
+                seed = settings.seed + index
+
+                def on_step(p: Any, step: int, _t: Any, tensors: dict, number: int = index) -> dict:
+                    done = number * settings.steps + step + 1
+                    on_event(Progress("generate", done, total, f"image {number + 1}: step {step + 1}"))
+                    if should_stop():
+                        p._interrupt = True  # diffusers' documented way to end the denoising loop early
+                    return tensors
+
+                image = self._run(pipe, settings, seed=seed, on_step=on_step)
+                if pipe.interrupt:
+                    break
+                single = dataclasses.replace(settings, seed=seed, num_images=1)
+                images.append(self._with_metadata(image, single, lora_path))
+        if len(images) < settings.num_images:
+            on_event(Message(f"stopped after {len(images)} of {settings.num_images} images", level="warning"))
+        return images
+
+    def _run(self, pipe: Any, settings: GenerateSettings, *, seed: int, on_step: Any = None,
+             latents: torch.Tensor | None = None, embeds: tuple[torch.Tensor, torch.Tensor] | None = None) -> Any:
+        """One image from the pipeline (prompt or pre-computed embeddings; fresh or given initial noise)."""
+        negative = settings.negative_prompt.strip()
+        kwargs: dict[str, Any] = {}
+        if embeds is None:
+            kwargs["prompt"] = settings.prompt
+        else:
+            kwargs["prompt_embeds"], kwargs["pooled_prompt_embeds"] = embeds
+        if negative:
+            kwargs.update(negative_prompt=negative, true_cfg_scale=NEGATIVE_PROMPT_CFG)
+        result = pipe(
+            height=settings.height,
+            width=settings.width,
+            num_inference_steps=settings.steps,
+            guidance_scale=settings.guidance,
+            # A CPU generator gives the same noise for a seed on every device.
+            generator=torch.Generator("cpu").manual_seed(seed),
+            latents=latents,
+            callback_on_step_end=on_step,
+            **kwargs,
+        )
+        return result.images[0]
+
+    def _with_metadata(self, image: Image.Image, settings: GenerateSettings, lora_path: Path | None) -> Image.Image:
+        lora = str(lora_path) if lora_path else ""
+        image.info.update({
+            "prompt": settings.prompt,
+            "negative_prompt": settings.negative_prompt,
+            "seed": str(settings.seed),
+            "model": self.base_model,
+            "lora": lora,
+            "lora_scale": str(settings.lora_scale),
+            "settings": json.dumps(dataclasses.asdict(settings)),
+            # The line most image tools (A1111, ComfyUI readers, civitai) show as "generation data".
+            "parameters": (
+                f"{settings.prompt}\nNegative prompt: {settings.negative_prompt}\n"
+                f"Steps: {settings.steps}, Sampler: FlowMatchEuler, CFG scale: {settings.guidance}, "
+                f"Seed: {settings.seed}, Size: {settings.width}x{settings.height}, Model: {self.base_model}"
+                + (f", Lora: {Path(lora).name}:{settings.lora_scale}" if lora else "")
+            ),
+        })
+        return image
+
+    def compare(
+        self,
+        settings: GenerateSettings,
+        left: Variant,
+        right: Variant,
+        *,
+        on_event: EventCallback = ignore,
+        should_stop: StopCheck = never,
+    ) -> Comparison:
+        """The same prompt and seeds through two LoRAs, or one LoRA at two scales, side by side."""
+        sides: list[list[Image.Image]] = []
+        for number, variant in enumerate((left, right)):
+            side_settings = dataclasses.replace(settings, lora_scale=variant.lora_scale)
+
+            def relay(event: Any, half: int = number) -> None:
+                if isinstance(event, Progress):
+                    event = Progress(event.stage, half * event.total + event.done, 2 * event.total, event.message)
+                on_event(event)
+
+            sides.append(self.generate(side_settings, lora_path=variant.lora_path, on_event=relay,
+                                       should_stop=should_stop))
+        sheet = comparison_sheet(sides[0], sides[1], (left.label, right.label))
+        return Comparison(settings, left, right, tuple(sides[0]), tuple(sides[1]), sheet)
+
+
+def comparison_sheet(left: Sequence[Image.Image], right: Sequence[Image.Image], labels: tuple[str, str]) -> Image.Image:
+    """Two columns of images under their labels, one row per seed."""
+    rows = max(len(left), len(right), 1)
+    sample = (list(left) + list(right) or [Image.new("RGB", (64, 64))])[0]
+    cell_w, cell_h = sample.size
+    header = 20
+    sheet = Image.new("RGB", (2 * cell_w, header + rows * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    for column, (label, images) in enumerate(zip(labels, (left, right), strict=True)):
+        draw.text((column * cell_w + 4, 4), label, fill="black")
+        for row, image in enumerate(images):
+            sheet.paste(image.convert("RGB").resize((cell_w, cell_h)), (column * cell_w, header + row * cell_h))
+    return sheet
