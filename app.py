@@ -1,0 +1,71 @@
+"""Likeness: turn 15–20 photos of one person into a personal FLUX LoRA. Parses flags, builds the UI, launches."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import gradio as gr  # noqa: E402  (after the environment above: gradio reads it at import)
+from pipeline.notify import smtp_settings_from_env  # noqa: E402
+
+from pipeline.base_model import default_base_model  # noqa: E402
+from pipeline.settings import AppSettings  # noqa: E402
+from pipeline.workflow import Workflow  # noqa: E402
+from ui import models, playground, review, settings, training, upload  # noqa: E402
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default=os.environ.get("LIKENESS_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("LIKENESS_PORT", "7860")))
+    parser.add_argument("--share", action="store_true", help="also serve on a public gradio.live link")
+    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("LIKENESS_DATA_DIR", "data")))
+    parser.add_argument("--base-model", default=os.environ.get("LIKENESS_BASE_MODEL"),
+                        help="'tiny' (default without CUDA), a hub id such as black-forest-labs/FLUX.1-dev "
+                             "(default with CUDA), or a local diffusers folder")
+    return parser.parse_args(argv)
+
+
+def build_app(workflow: Workflow) -> gr.Blocks:
+    with gr.Blocks(title="Likeness") as demo:
+        gr.Markdown("# Likeness\nYour photos → a personal FLUX LoRA that really looks like you.")
+        upload.build(workflow)
+        train_inputs = settings.build(workflow)
+        review.build(workflow)
+        training.build(workflow, train_inputs)
+        playground.build(workflow)
+        models.build(workflow)
+    demo.queue(max_size=64, default_concurrency_limit=4)
+    return demo
+
+
+def build_error_app(message: str) -> gr.Blocks:
+    """Shown instead of the app when the base model cannot be used: says what failed and how to fix it."""
+    with gr.Blocks(title="Likeness — cannot start") as demo:
+        gr.Markdown(f"# Likeness cannot start\n\n{message}")
+    return demo
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    app_settings = AppSettings(data_dir=args.data_dir, base_model=args.base_model or default_base_model(),
+                               smtp=smtp_settings_from_env())
+    try:
+        demo = build_app(Workflow(app_settings))
+    except ValueError as exc:  # BaseModelError and settings errors carry the fix in their message
+        logging.error("%s", exc)
+        demo = build_error_app(str(exc))
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share,
+                allowed_paths=[str(args.data_dir.resolve())], css_paths=[ASSETS / "style.css"])
+
+
+if __name__ == "__main__":
+    main()

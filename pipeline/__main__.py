@@ -1,0 +1,171 @@
+"""Headless command line for the same pipeline: ``python -m pipeline classify|train|assess|generate|models``.
+
+Every command takes ``--json`` for machines; without it, it prints lines for people.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".bmp", ".tif", ".tiff", ".gif"}
+
+
+def _photos_in(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise SystemExit(f"error: {folder} is not a folder of photos")
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _workflow(args: argparse.Namespace, start_worker: bool = False):
+    from pipeline.base_model import default_base_model
+    from pipeline.notify import smtp_settings_from_env
+    from pipeline.settings import AppSettings
+    from pipeline.workflow import Workflow
+
+    settings = AppSettings(data_dir=args.data_dir, base_model=args.base_model or default_base_model(),
+                           smtp=smtp_settings_from_env())
+    return Workflow(settings, start_worker=start_worker)
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else text)
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from pipeline.classify import classify_photos
+
+    paths = _photos_in(args.folder)
+    result = classify_photos(paths, names=[p.name for p in paths])
+    lines = [f"{r.file:40s} {r.verdict:9s} {'' if r.score is None else round(r.score):>4} {', '.join(r.reasons)}"
+             for r in result.records]
+    lines.append(f"\nselected {len(result.selected)}: {result.report.summary}")
+    lines += [f"- {a}" for a in result.report.advice]
+    _emit(args, result.to_dict(), "\n".join(lines))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.classify import classify_photos
+
+    workflow = _workflow(args, start_worker=True)
+    try:
+        paths = _photos_in(args.folder)
+        classification = classify_photos(paths, names=[p.name for p in paths])
+        overrides = {k: v for k, v in vars(args).items()
+                     if k in ("steps", "learning_rate", "resolution", "batch_size", "rank", "trigger_word")
+                     and v is not None}
+        settings = workflow.default_train_settings(name=args.name, **overrides)
+        record = workflow.start_training(settings, classification=classification)
+        shown = 0
+        while True:
+            view = workflow.training_view(record.id)
+            if not args.json:
+                for line in view.log[shown:]:
+                    print(line, flush=True)
+            shown = len(view.log)
+            if view.status in ("ready", "failed", "cancelled"):
+                break
+            time.sleep(0.5)
+        record = workflow.library.get(record.id)
+        _emit(args, dataclasses.asdict(record), f"{record.name}: {record.status} (id {record.id}, trigger word "
+                                                f"'{record.trigger_word}')")
+        return 0 if record.status == "ready" else 1
+    finally:
+        workflow.close()
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from pipeline.settings import GenerateSettings
+
+    workflow = _workflow(args)
+    model_id = workflow.library.find(args.model).id if args.model != "base" else None
+    defaults = workflow.test_generate_settings(512)
+    settings = GenerateSettings(prompt=args.prompt, seed=args.seed, steps=args.steps or defaults.steps,
+                                width=args.width or defaults.width, height=args.height or defaults.height,
+                                lora_scale=args.scale, guidance=args.guidance)
+    paths = workflow.generate(model_id, settings)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    paths[0].replace(args.out)
+    _emit(args, {"image": str(args.out), "model": args.model, "prompt": args.prompt}, str(args.out))
+    return 0
+
+
+def cmd_assess(args: argparse.Namespace) -> int:
+    record = _workflow(args).library.find(args.model)
+    _emit(args, {"id": record.id, "name": record.name, "status": record.status, "scores": record.scores,
+                 "best_checkpoint_step": record.best_checkpoint_step, "best_lora_scale": record.best_lora_scale},
+          json.dumps(record.scores, indent=2, default=str))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    records = _workflow(args).library.list()
+    lines = [f"{r.id}  {r.name:24s} {r.trigger_word:10s} {r.status:10s} {r.base_model}" for r in records]
+    _emit(args, [dataclasses.asdict(r) for r in records], "\n".join(lines) or "no models yet")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON for machines")
+    common.add_argument("--data-dir", type=Path, default=Path(os.environ.get("LIKENESS_DATA_DIR", "data")))
+    common.add_argument("--base-model", default=os.environ.get("LIKENESS_BASE_MODEL"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("classify", parents=[common], help="classify a folder of photos")
+    p.add_argument("folder", type=Path)
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("train", parents=[common], help="classify a folder and train a LoRA on the selected photos")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--name", required=True)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--lr", dest="learning_rate", type=float)
+    p.add_argument("--resolution", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--rank", type=int)
+    p.add_argument("--trigger-word")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", parents=[common], help="generate an image with a model ('base' for none)")
+    p.add_argument("model")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--guidance", type=float, default=3.5)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("assess", parents=[common], help="print a model's assessment scores")
+    p.add_argument("model")
+    p.set_defaults(func=cmd_assess)
+
+    p = sub.add_parser("models", parents=[common], help="list the library")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as exc:  # user errors: say what and how to fix, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,349 @@
+"""The whole flow in one object that the UI, the CLI and the tests share.
+
+photos → classification → dataset → training → assessment → library → generation. Each step is a call to the
+module that owns it; this module only orders them and keeps what the user chose (overrides, captions) on disk so a
+restart loses nothing. Training runs in the job queue's worker thread, one at a time; its events are kept in a
+``TrainingMonitor`` per model that the UI polls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline import events as ev
+from pipeline.classify import ClassificationResult, classify_photos
+from pipeline.crops import build_dataset
+from pipeline.dataset import Dataset
+from pipeline.jobs import Job, JobQueue
+from pipeline.library import Library, ModelRecord
+from pipeline.photos import IntakeResult, PhotoStore, StoredPhoto
+from pipeline.settings import AppSettings, ClassifySettings, GenerateSettings, IntakeSettings, TrainSettings, to_json
+
+logger = logging.getLogger(__name__)
+
+TERMINAL_STATUSES = ("ready", "failed", "cancelled")
+
+
+@dataclass
+class TrainingMonitor:
+    """What a training run has reported so far: the UI renders it, the job fills it."""
+
+    model_id: str
+    status: str = "queued"
+    log: list[str] = field(default_factory=list)
+    losses: list[tuple[int, float, float]] = field(default_factory=list)  # (step, raw, smoothed)
+    last_step: ev.TrainStep | None = None
+    samples: list[tuple[int, Path, str]] = field(default_factory=list)  # (step, image, prompt)
+    checkpoints: list[int] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def on_event(self, event: ev.Event) -> None:
+        with self.lock:
+            if isinstance(event, ev.TrainStep):
+                self.last_step = event
+                self.losses.append((event.step, event.loss, event.loss_smooth))
+                if event.step == 1 or event.step % 10 == 0 or event.step == event.total_steps:
+                    self.log.append(
+                        f"step {event.step}/{event.total_steps}  loss {event.loss:.4f} (smoothed "
+                        f"{event.loss_smooth:.4f})  lr {event.learning_rate:.2e}  {event.seconds_per_step:.2f} s/step"
+                        f"  ETA {event.eta_seconds:.0f} s  [{event.phase}]"
+                    )
+            elif isinstance(event, ev.SampleImages):
+                self.samples.extend((event.step, img, p) for img, p in zip(event.images, event.prompts, strict=False))
+                self.log.append(f"step {event.step}: {len(event.images)} sample image(s)")
+            elif isinstance(event, ev.CheckpointSaved):
+                self.checkpoints.append(event.step)
+                self.log.append(f"step {event.step}: checkpoint saved")
+            elif isinstance(event, ev.Progress):
+                self.log.append(f"[{event.stage}] {event.message or f'{event.done}/{event.total}'}")
+            elif isinstance(event, ev.Message):
+                self.log.append(("⚠ " if event.level != "info" else "") + event.text)
+
+    def note(self, text: str, status: str | None = None) -> None:
+        with self.lock:
+            self.log.append(text)
+            if status:
+                self.status = status
+
+    def snapshot(self) -> TrainingMonitor:
+        with self.lock:
+            return dataclasses.replace(
+                self, log=list(self.log), losses=list(self.losses), samples=list(self.samples),
+                checkpoints=list(self.checkpoints), lock=threading.Lock(),
+            )
+
+
+class Workflow:
+    """Owns the app's data dir: the uploaded photos, the library, the job queue and the loaded generators."""
+
+    def __init__(self, settings: AppSettings, *, start_worker: bool = True) -> None:
+        from pipeline.base_model import resolve_base_model
+
+        self.settings = settings
+        self.data_dir = Path(settings.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.base_model = settings.base_model
+        # Fail early and clearly when the chosen base model cannot be found (the UI shows the message).
+        self.base_model_path = resolve_base_model(settings.base_model, self.data_dir)
+        self.photos = PhotoStore(self.data_dir / "photos", IntakeSettings())
+        self.library = Library(self.data_dir)
+        self._monitors: dict[str, TrainingMonitor] = {}
+        self._generators: dict[str, Any] = {}
+        self._generator_lock = threading.Lock()
+        self.jobs = JobQueue(self.data_dir, self._run_job, autostart=start_worker)
+
+    # ---------------------------------------------------------------- upload
+    def add_photos(self, paths: Iterable[Path | str]) -> IntakeResult:
+        return self.photos.add_files(paths)
+
+    def remove_photo(self, photo_id: str) -> None:
+        self.photos.remove(photo_id)
+
+    def list_photos(self) -> list[StoredPhoto]:
+        return self.photos.list()
+
+    # -------------------------------------------------------------- classify
+    @property
+    def _choices_path(self) -> Path:
+        return self.data_dir / "photos" / "choices.json"
+
+    def user_choices(self) -> dict[str, dict[str, str]]:
+        """The user's overrides ({file: include|exclude}) and edited captions ({file: text})."""
+        if self._choices_path.exists():
+            data = json.loads(self._choices_path.read_text())
+            return {"overrides": data.get("overrides", {}), "captions": data.get("captions", {})}
+        return {"overrides": {}, "captions": {}}
+
+    def set_override(self, file: str, choice: str | None) -> None:
+        if choice not in (None, "auto", "include", "exclude"):
+            raise ValueError(f"choice must be 'include', 'exclude' or 'auto', got {choice!r}")
+        self._update_choices("overrides", file, None if choice in (None, "auto") else choice)
+
+    def set_caption(self, file: str, caption: str | None) -> None:
+        self._update_choices("captions", file, caption.strip() if caption and caption.strip() else None)
+
+    def _update_choices(self, kind: str, file: str, value: str | None) -> None:
+        choices = self.user_choices()
+        if value is None:
+            choices[kind].pop(file, None)
+        else:
+            choices[kind][file] = value
+        self._choices_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._choices_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(choices, indent=2))
+        tmp.replace(self._choices_path)
+
+    def classify(self, settings: ClassifySettings | None = None, *,
+                 on_event: ev.EventCallback = ev.ignore) -> ClassificationResult:
+        photos = self.photos.list()
+        if not photos:
+            raise ValueError("No photos uploaded yet: add 15–20 photos of one person on the Upload tab first.")
+        return classify_photos(
+            [p.path for p in photos], settings or ClassifySettings(), names=[p.name for p in photos],
+            overrides=self.user_choices()["overrides"], on_event=on_event,
+        )
+
+    # ----------------------------------------------------------------- train
+    def default_train_settings(self, **overrides: Any) -> TrainSettings:
+        from pipeline.base_model import default_train_settings
+
+        return default_train_settings(self.base_model, **overrides)
+
+    def start_training(self, settings: TrainSettings, *, classification: ClassificationResult | None = None,
+                       on_event: ev.EventCallback = ev.ignore) -> ModelRecord:
+        """Classify (unless given), build the dataset into the model's folder, queue the training job."""
+        settings.validate()
+        result = classification or self.classify(on_event=on_event)
+        if not result.selected:
+            raise ValueError(f"No usable photos to train on: {result.report.summary}")
+        record = self.library.create(settings.name, self.base_model, json.loads(to_json(settings)),
+                                     trigger_word=settings.trigger_word)
+        settings = dataclasses.replace(settings, trigger_word=record.trigger_word)
+        folder = Path(record.folder)
+        (folder / "classification.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+        (folder / "settings.json").write_text(to_json(settings))
+        dataset = build_dataset(result, folder / "dataset", record.trigger_word, settings.resolution,
+                                captions=self.user_choices()["captions"], on_event=on_event)
+        dataset.save(folder / "dataset")
+        summary = {"photos_used": [item.source for item in dataset.items], "count": len(dataset),
+                   "captioner": dataset.captioner, "report": result.to_dict()["report"]}
+        record = self.library.update(record.id, dataset=summary, settings=json.loads(to_json(settings)))
+        self._monitor(record.id).note(f"queued: {len(dataset)} photos, trigger word '{record.trigger_word}'")
+        self.jobs.submit(record.id, {"settings": json.loads(to_json(settings))})
+        return record
+
+    def _monitor(self, model_id: str) -> TrainingMonitor:
+        if model_id not in self._monitors:
+            self._monitors[model_id] = TrainingMonitor(model_id)
+        return self._monitors[model_id]
+
+    def training_view(self, model_id: str) -> TrainingMonitor:
+        monitor = self._monitor(model_id).snapshot()
+        monitor.status = self.library.get(model_id).status
+        return monitor
+
+    def cancel_training(self, model_id: str) -> None:
+        for job in self.jobs.list():
+            if job.model_id == model_id and job.status in ("queued", "running"):
+                self.jobs.cancel(job.id)
+                if job.status == "queued":
+                    self.library.update(model_id, status="cancelled")
+
+    def wait_for(self, model_id: str, timeout: float = 600.0, poll: float = 0.5) -> ModelRecord:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            record = self.library.get(model_id)
+            if record.status in TERMINAL_STATUSES:
+                return record
+            time.sleep(poll)
+        raise TimeoutError(f"model {model_id} still {self.library.get(model_id).status} after {timeout:.0f} s")
+
+    def _run_job(self, job: Job, should_stop: ev.StopCheck) -> None:
+        """The training job: train → assess checkpoints → pick the best → ready (+ e-mail)."""
+        from pipeline.settings import from_dict
+        from pipeline.training import train_lora
+
+        record = self.library.get(job.model_id)
+        folder = Path(record.folder)
+        monitor = self._monitor(record.id)
+        settings = from_dict(TrainSettings, job.payload["settings"])
+        dataset = Dataset.load(folder / "dataset")
+        self.library.update(record.id, status="training")
+        monitor.note(f"training '{record.name}' on {self.base_model}: {settings.steps} steps at "
+                     f"{settings.resolution} px", status="training")
+        try:
+            result = train_lora(dataset, settings, folder / "lora", base_model=self.base_model,
+                                data_dir=self.data_dir, on_event=monitor.on_event, should_stop=should_stop)
+            checkpoints = [{"step": c.step, "path": str(c.path)} for c in result.checkpoints]
+            if result.status != "completed":
+                status = "cancelled" if result.status == "cancelled" else "failed"
+                self._finish(record.id, status=status, error=result.error or status, checkpoints=checkpoints)
+                return
+            self.library.update(record.id, status="assessing", lora_path=str(result.lora_path),
+                                kohya_path=str(result.kohya_path) if result.kohya_path else None,
+                                checkpoints=checkpoints)
+            monitor.note("assessing: test generations, likeness and quality per checkpoint", status="assessing")
+            self._assess(record.id, dataset, result, monitor)
+        except Exception as exc:  # the job must end with a reason the user can read, whatever failed
+            logger.exception("training job %s failed", job.id)
+            self._finish(record.id, status="failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+
+    def _assess(self, model_id: str, dataset: Dataset, result: Any, monitor: TrainingMonitor) -> None:
+        from pipeline.assessment import assess_checkpoints, reference_embeddings
+
+        record = self.library.get(model_id)
+        folder = Path(record.folder)
+        steps = [(c.step, Path(c.path)) for c in result.checkpoints]
+        if not steps or steps[-1][0] != result.steps_done:
+            steps.append((result.steps_done, Path(result.lora_path)))
+        reference = reference_embeddings([item.image for item in dataset.items])
+        settings = self.test_generate_settings(dataset.resolution)
+        best_step, best_scale, results = assess_checkpoints(
+            self.generator(), steps, trigger_word=record.trigger_word, reference=reference,
+            out_dir=folder / "assessment", settings=settings, on_event=monitor.on_event,
+        )
+        best = results[best_step]
+        best_path = dict(steps)[best_step]
+        scores = {"overall": best.overall, "likeness": best.likeness, "recognised_share": best.recognised_share,
+                  "quality": best.quality, "prompt_fidelity": best.prompt_fidelity, "parts": best.parts,
+                  "verdict": best.verdict, "verdict_text": best.verdict_text,
+                  "by_checkpoint": {str(s): r.overall for s, r in sorted(results.items())}}
+        self._finish(model_id, status="ready", scores=scores, best_checkpoint_step=best_step,
+                     best_lora_scale=best_scale, lora_path=str(best_path),
+                     sample_grid=str(best.grid) if best.grid else None)
+        monitor.note(f"ready: best checkpoint step {best_step} at scale {best_scale} — {best.verdict_text}",
+                     status="ready")
+
+    def _finish(self, model_id: str, *, status: str, **fields: Any) -> ModelRecord:
+        from datetime import UTC, datetime
+
+        record = self.library.update(model_id, status=status, finished_at=datetime.now(UTC).isoformat(), **fields)
+        self._monitor(model_id).note(f"{status}" + (f": {record.error}" if record.error else ""), status=status)
+        if self.settings.smtp.enabled:
+            from pipeline.notify import send_training_email
+
+            try:
+                grid = [Path(record.sample_grid)] if record.sample_grid else []
+                send_training_email(self.settings.smtp, record, images=grid)
+                self._monitor(model_id).note(f"e-mail sent to {self.settings.smtp.recipient}")
+            except Exception as exc:  # a mail server problem must not turn a finished model into a failure
+                logger.warning("could not send the e-mail: %s", exc)
+                self._monitor(model_id).note(f"⚠ could not send the e-mail: {exc}")
+        return record
+
+    # -------------------------------------------------------------- generate
+    def generator(self) -> Any:
+        from pipeline.generation import Generator
+
+        with self._generator_lock:
+            if self.base_model not in self._generators:
+                self._generators[self.base_model] = Generator(self.base_model, self.data_dir)
+            return self._generators[self.base_model]
+
+    def test_generate_settings(self, resolution: int) -> GenerateSettings:
+        from pipeline.base_model import is_tiny
+
+        if is_tiny(self.base_model):
+            return GenerateSettings(prompt="-", steps=4, guidance=3.5, width=64, height=64)
+        return GenerateSettings(prompt="-", steps=28, guidance=3.5, width=resolution, height=resolution)
+
+    def generate(self, model_id: str | None, settings: GenerateSettings, *,
+                 on_event: ev.EventCallback = ev.ignore) -> list[Path]:
+        """Generate with a library model (or the bare base model) and save PNGs with their settings."""
+        from pipeline.generation import insert_trigger, save_png
+
+        settings.validate()
+        lora_path = None
+        if model_id:
+            record = self.library.get(model_id)
+            if not record.lora_path:
+                raise ValueError(f"model '{record.name}' has no trained LoRA yet (status: {record.status})")
+            lora_path = Path(record.lora_path)
+            settings = dataclasses.replace(settings, prompt=insert_trigger(settings.prompt, record.trigger_word))
+        images = self.generator().generate(settings, lora_path=lora_path, on_event=on_event)
+        out = self.data_dir / "generations" / time.strftime("%Y%m%d-%H%M%S")
+        out.mkdir(parents=True, exist_ok=True)
+        return [save_png(img, out / f"{i:02d}.png") for i, img in enumerate(images)]
+
+    def video(self, model_id: str | None, *, prompt: str, frames: int, fps: int, seed: int = 0,
+              prompt_b: str | None = None, on_event: ev.EventCallback = ev.ignore) -> Path:
+        from pipeline.generation import insert_trigger
+        from pipeline.video import make_video
+
+        lora_path = None
+        if model_id:
+            record = self.library.get(model_id)
+            lora_path = Path(record.lora_path) if record.lora_path else None
+            prompt = insert_trigger(prompt, record.trigger_word)
+            prompt_b = insert_trigger(prompt_b, record.trigger_word) if prompt_b else None
+        size = self.test_generate_settings(512)
+        out = self.data_dir / "videos" / f"{time.strftime('%Y%m%d-%H%M%S')}.mp4"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return make_video(self.generator(), prompt=prompt, lora_path=lora_path, out_path=out, frames=frames,
+                          fps=fps, seed_a=seed, seed_b=seed + 1, prompt_b=prompt_b, width=size.width,
+                          height=size.height, steps=size.steps, on_event=on_event)
+
+    # --------------------------------------------------------------- library
+    def delete_model(self, model_id: str) -> None:
+        self.cancel_training(model_id)
+        self.library.delete(model_id)
+        self._monitors.pop(model_id, None)
+
+    def close(self) -> None:
+        self.jobs.stop()
+
+
+def copy_into(paths: Sequence[Path], folder: Path) -> list[Path]:
+    """Copy files into ``folder`` (used by the CLI to stage a directory of photos)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy2(p, folder / p.name)) for p in paths]

@@ -1,0 +1,93 @@
+"""Models tab: the library — scores, sample grid, trigger word; rename, delete, download."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from pipeline.workflow import Workflow
+
+COLUMNS = ["name", "trigger word", "status", "overall", "likeness", "base model", "created", "id"]
+
+
+def _table(workflow: Workflow) -> pd.DataFrame:
+    rows = []
+    for r in workflow.library.list():
+        scores = r.scores or {}
+        rows.append([r.name, r.trigger_word, r.status, _fmt(scores.get("overall")), _fmt(scores.get("likeness")),
+                     r.base_model, r.created_at[:19], r.id])
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _fmt(value) -> str:
+    return "" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def _details(workflow: Workflow, model_id: str) -> tuple[str, str | None]:
+    if not model_id:
+        return "Select a model in the table.", None
+    r = workflow.library.get(model_id)
+    lines = [f"### {r.name}", f"Trigger word: `{r.trigger_word}` · base model `{r.base_model}` · status **{r.status}**"]
+    if r.scores:
+        lines.append(f"{r.scores.get('verdict_text', '')}")
+        parts = {k: v for k, v in r.scores.items() if k in ("overall", "likeness", "recognised_share", "quality")}
+        lines.append(" · ".join(f"{k}: {_fmt(v)}" for k, v in parts.items()))
+        if r.scores.get("by_checkpoint"):
+            lines.append("Score by checkpoint: " + ", ".join(
+                f"step {s}: {_fmt(v)}" for s, v in r.scores["by_checkpoint"].items()))
+    if r.best_checkpoint_step is not None:
+        lines.append(f"Best checkpoint: step {r.best_checkpoint_step} at LoRA scale {r.best_lora_scale}")
+    if r.error:
+        lines.append(f"❌ {r.error}")
+    return "\n\n".join(lines), str(r.sample_grid) if r.sample_grid else None
+
+
+def build(workflow: Workflow) -> gr.Tab:
+    with gr.Tab("6 · Models", id="models") as tab:
+        table = gr.Dataframe(value=_table(workflow), headers=COLUMNS, interactive=False, label="Your models")
+        with gr.Row():
+            model_id = gr.Textbox(label="Selected model id", scale=2)
+            new_name = gr.Textbox(label="New name", scale=2)
+            rename = gr.Button("Rename", scale=1)
+            new_trigger = gr.Textbox(label="New trigger word", scale=2)
+            retrigger = gr.Button("Change trigger word", scale=1)
+        with gr.Row():
+            download = gr.Button("Download (diffusers + ComfyUI/kohya LoRA, model card)")
+            delete = gr.Button("Delete", variant="stop")
+        archive = gr.File(label="Download")
+        details = gr.Markdown()
+        grid = gr.Image(label="Test generations beside the training photos", type="filepath")
+
+        def pick(evt: gr.SelectData, frame: pd.DataFrame) -> str:
+            return frame.iloc[evt.index[0]]["id"]
+
+        def guarded(action):
+            def run(*args):
+                try:
+                    return action(*args)
+                except ValueError as exc:
+                    raise gr.Error(str(exc)) from exc
+            return run
+
+        def do_rename(mid: str, name: str) -> tuple:
+            workflow.library.rename(mid, name)
+            return _table(workflow), *_details(workflow, mid)
+
+        def do_trigger(mid: str, word: str) -> tuple:
+            workflow.library.set_trigger_word(mid, word)
+            return _table(workflow), *_details(workflow, mid)
+
+        def do_delete(mid: str) -> tuple:
+            workflow.delete_model(mid)
+            return _table(workflow), "Deleted.", None, ""
+
+        table.select(pick, table, model_id)
+        model_id.change(guarded(lambda mid: _details(workflow, mid)), model_id, [details, grid], api_name=False)
+        rename.click(guarded(do_rename), [model_id, new_name], [table, details, grid], api_name="rename_model")
+        retrigger.click(guarded(do_trigger), [model_id, new_trigger], [table, details, grid],
+                        api_name="set_trigger_word")
+        download.click(guarded(lambda mid: str(workflow.library.export_zip(mid))), model_id, archive,
+                       api_name="download_model")
+        delete.click(guarded(do_delete), model_id, [table, details, grid, model_id], api_name="delete_model")
+        tab.select(lambda: _table(workflow), None, table, api_name="list_models")
+    return tab

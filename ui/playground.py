@@ -1,0 +1,81 @@
+"""Playground tab: generate images (and a short video) with a model from the library."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from pipeline.settings import GenerateSettings
+from pipeline.workflow import Workflow
+
+BASE_ONLY = "(base model, no LoRA)"
+
+
+def _choices(workflow: Workflow) -> list[tuple[str, str]]:
+    ready = [(f"{r.name} · {r.trigger_word}", r.id) for r in workflow.library.list(status="ready")]
+    return ready + [(BASE_ONLY, "")]
+
+
+def _defaults(workflow: Workflow) -> GenerateSettings:
+    size = workflow.test_generate_settings(512)
+    return GenerateSettings(prompt="a portrait photo of {trigger}", steps=size.steps, width=size.width,
+                            height=size.height)
+
+
+def build(workflow: Workflow) -> gr.Tab:
+    d = _defaults(workflow)
+    with gr.Tab("5 · Playground", id="playground") as tab:
+        if workflow.base_model == "tiny":
+            gr.Markdown("ℹ️ The embedded **tiny** base model proves the whole pipeline end to end on a CPU; it has "
+                        "random weights, so its images are noise. Start with `--base-model "
+                        "black-forest-labs/FLUX.1-dev` on a GPU for real pictures.")
+        with gr.Row():
+            model = gr.Dropdown(label="Model", choices=_choices(workflow), value=_choices(workflow)[0][1], scale=2)
+            prompt = gr.Textbox(label="Prompt ({trigger} is replaced by the model's trigger word)",
+                                value=d.prompt, scale=4)
+        negative = gr.Textbox(label="Negative prompt", value="")
+        with gr.Row():
+            seed = gr.Number(label="Seed", value=0, precision=0)
+            steps = gr.Slider(1, 100, value=d.steps, step=1, label="Steps")
+            guidance = gr.Slider(0, 10, value=d.guidance, step=0.5, label="Guidance")
+            scale = gr.Slider(0, 2, value=1.0, step=0.05, label="LoRA scale")
+        with gr.Row():
+            width = gr.Slider(32, 1536, value=d.width, step=16, label="Width")
+            height = gr.Slider(32, 1536, value=d.height, step=16, label="Height")
+            count = gr.Slider(1, 8, value=1, step=1, label="Images")
+        go = gr.Button("Generate", variant="primary")
+        gallery = gr.Gallery(label="Results (PNG with prompt and settings in its metadata)", columns=4,
+                             type="filepath", buttons=["download", "fullscreen"])
+        with gr.Accordion("Video: a short clip along a smooth path between two seeds/prompts", open=False):
+            with gr.Row():
+                prompt_b = gr.Textbox(label="Second prompt (optional)")
+                frames = gr.Slider(4, 96, value=16, step=1, label="Frames")
+                fps = gr.Slider(4, 30, value=8, step=1, label="Frames per second")
+            make = gr.Button("Make video")
+            video = gr.Video(label="Clip (MP4)")
+
+        def generate(mid, text, neg, sd, st, gd, sc, w, h, n, progress: gr.Progress = gr.Progress()) -> list[str]:
+            settings = GenerateSettings(prompt=text, negative_prompt=neg, seed=int(sd), steps=int(st),
+                                        guidance=float(gd), width=int(w), height=int(h), lora_scale=float(sc),
+                                        num_images=int(n))
+            try:
+                paths = workflow.generate(mid or None, settings, on_event=lambda e: progress(
+                    (e.done, e.total), desc="generating") if getattr(e, "total", 0) else None)
+            except ValueError as exc:
+                raise gr.Error(str(exc)) from exc
+            return [str(p) for p in paths]
+
+        def clip(mid, text, second, nframes, rate, sd, progress: gr.Progress = gr.Progress()) -> str:
+            try:
+                path = workflow.video(mid or None, prompt=text, prompt_b=second or None, frames=int(nframes),
+                                      fps=int(rate), seed=int(sd), on_event=lambda e: progress(
+                                          (e.done, e.total), desc="frames") if getattr(e, "total", 0) else None)
+            except ValueError as exc:
+                raise gr.Error(str(exc)) from exc
+            return str(path)
+
+        go.click(generate, [model, prompt, negative, seed, steps, guidance, scale, width, height, count], gallery,
+                 api_name="generate", concurrency_id="gpu", concurrency_limit=1)
+        make.click(clip, [model, prompt, prompt_b, frames, fps, seed], video, api_name="video",
+                   concurrency_id="gpu", concurrency_limit=1)
+        tab.select(lambda: gr.update(choices=_choices(workflow)), None, model, api_name=False)
+    return tab

@@ -1,0 +1,80 @@
+"""Review tab: the classifier's verdict per photo with its reasons, the dataset report, the user's overrides."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+from pipeline.classify import ClassificationResult
+
+from pipeline.workflow import Workflow
+
+COLUMNS = ["file", "verdict", "selected", "score", "reasons", "duplicate_of", "your choice", "caption"]
+
+
+def _table(workflow: Workflow, result: ClassificationResult) -> pd.DataFrame:
+    choices = workflow.user_choices()
+    selected = set(result.selected)
+    rows = [
+        [r.file, r.verdict, "✔" if r.file in selected else "", None if r.score is None else round(r.score),
+         ", ".join(r.reasons), r.duplicate_of or "", choices["overrides"].get(r.file, "auto"),
+         choices["captions"].get(r.file, "")]
+        for r in result.records
+    ]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _report(result: ClassificationResult) -> str:
+    report = result.report
+    icon = {"ready": "✅", "usable": "⚠️", "not_ready": "❌"}.get(report.readiness, "")
+    lines = [f"### {icon} {report.summary}", f"**{len(result.selected)} photo(s) selected for training.**"]
+    lines += [f"- {tip}" for tip in report.advice]
+    return "\n".join(lines)
+
+
+def _gallery(result: ClassificationResult) -> list[tuple[str, str]]:
+    return [(str(r.path), f"{r.file}: {r.verdict}" + (f" ({', '.join(r.reasons)})" if r.reasons else ""))
+            for r in result.records if r.path is not None]
+
+
+def build(workflow: Workflow) -> gr.Tab:
+    with gr.Tab("3 · Review", id="review") as tab:
+        gr.Markdown("Each photo is checked for a single clear face, sharpness, exposure, duplicates and "
+                    "whether it shows the same person. Override any verdict below; your choice wins.")
+        run = gr.Button("Classify photos", variant="primary")
+        report = gr.Markdown()
+        table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, label="Verdicts")
+        gallery = gr.Gallery(label="Photos with their verdicts", columns=6, height="auto", interactive=False)
+        with gr.Row():
+            file = gr.Textbox(label="Photo file name", scale=2)
+            choice = gr.Radio(["auto", "include", "exclude"], value="auto", label="Your choice", scale=2)
+            caption = gr.Textbox(label="Caption (empty: automatic)", scale=3)
+            apply = gr.Button("Apply", scale=1)
+        as_json = gr.JSON(label="Classification (the same JSON as the CLI and API)", visible=False)
+
+        def classify(progress: gr.Progress = gr.Progress()) -> tuple:
+            def on_event(event) -> None:
+                if getattr(event, "total", 0):
+                    progress((event.done, event.total), desc=event.message or "classifying")
+
+            try:
+                result = workflow.classify(on_event=on_event)
+            except ValueError as exc:
+                raise gr.Error(str(exc)) from exc
+            return _report(result), _table(workflow, result), _gallery(result), result.to_dict()
+
+        def pick(evt: gr.SelectData, frame: pd.DataFrame) -> tuple[str, str, str]:
+            row = frame.iloc[evt.index[0]]
+            return row["file"], row["your choice"] or "auto", row["caption"] or ""
+
+        def set_choice(name: str, how: str, text: str) -> tuple:
+            if not name:
+                raise gr.Error("Type or click the photo's file name first.")
+            workflow.set_override(name, how)
+            workflow.set_caption(name, text)
+            return classify()
+
+        outputs = [report, table, gallery, as_json]
+        run.click(classify, None, outputs, api_name="classify", concurrency_id="gpu", concurrency_limit=1)
+        table.select(pick, table, [file, choice, caption])
+        apply.click(set_choice, [file, choice, caption], outputs, api_name="override", concurrency_id="gpu")
+    return tab

@@ -1,0 +1,62 @@
+"""Settings tab: model name, steps, learning rate, batch size, resolution; advanced settings folded away."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from pipeline.settings import TrainSettings
+from pipeline.workflow import Workflow
+
+
+@dataclass
+class SettingsInputs:
+    """The components the Training tab reads when the user presses Train (order = TrainSettings fields)."""
+
+    components: dict[str, gr.components.Component]
+
+    def as_list(self) -> list[gr.components.Component]:
+        return list(self.components.values())
+
+
+def settings_from_values(names: list[str], values: list) -> TrainSettings:
+    kwargs = dict(zip(names, values, strict=True))
+    for key in ("steps", "batch_size", "resolution", "rank", "seed", "checkpoint_every", "sample_every"):
+        kwargs[key] = int(kwargs[key])
+    kwargs["trigger_word"] = (kwargs.get("trigger_word") or "").strip()
+    return TrainSettings(**kwargs)
+
+
+def build(workflow: Workflow) -> SettingsInputs:
+    defaults = workflow.default_train_settings()
+    with gr.Tab("2 · Settings", id="settings"):
+        gr.Markdown(
+            f"Base model: **{workflow.base_model}**. Defaults work for a face; change them only if you know why."
+        )
+        c: dict[str, gr.components.Component] = {}
+        with gr.Row():
+            c["name"] = gr.Textbox(label="Model name", value=defaults.name)
+            c["steps"] = gr.Number(label="Training steps", value=defaults.steps, precision=0, minimum=1)
+            c["learning_rate"] = gr.Number(label="Learning rate", value=defaults.learning_rate)
+        with gr.Row():
+            c["batch_size"] = gr.Number(label="Batch size (0 = automatic from photos and memory)",
+                                        value=defaults.batch_size, precision=0, minimum=0)
+            c["resolution"] = gr.Dropdown(label="Resolution (px)", value=defaults.resolution,
+                                          choices=sorted({defaults.resolution, 512, 768, 1024}))
+        with gr.Accordion("Advanced", open=False):
+            with gr.Row():
+                c["trigger_word"] = gr.Textbox(label="Trigger word (empty: generated)", value="")
+                c["rank"] = gr.Number(label="LoRA rank", value=defaults.rank, precision=0, minimum=1)
+                c["alpha"] = gr.Number(label="LoRA alpha", value=defaults.alpha)
+                c["seed"] = gr.Number(label="Seed", value=defaults.seed, precision=0)
+            with gr.Row():
+                c["memory_mode"] = gr.Dropdown(label="Memory mode", value=defaults.memory_mode,
+                                               choices=["auto", "bf16", "fp8", "nf4", "offload"])
+                c["checkpoint_every"] = gr.Number(label="Checkpoint every N steps", value=defaults.checkpoint_every,
+                                                  precision=0, minimum=1)
+                c["sample_every"] = gr.Number(label="Sample images every N steps", value=defaults.sample_every,
+                                              precision=0, minimum=1)
+                c["caption_dropout"] = gr.Slider(label="Caption dropout", minimum=0, maximum=0.5, step=0.01,
+                                                 value=defaults.caption_dropout)
+    return SettingsInputs(c)

@@ -1,0 +1,68 @@
+"""Upload tab: add photos in batches or one by one, see the guidelines, review and remove photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from pipeline.workflow import Workflow
+
+GUIDELINES = Path(__file__).resolve().parent.parent / "assets" / "guidelines.md"
+
+
+def _gallery(workflow: Workflow) -> list[tuple[str, str]]:
+    return [(str(p.path), f"{p.name} · {p.width}×{p.height} · id {p.id[:8]}") for p in workflow.list_photos()]
+
+
+def _status(workflow: Workflow, accepted: int = 0, rejected: list[str] | None = None) -> str:
+    count = len(workflow.list_photos())
+    lines = [f"**{count} photo(s) uploaded.** Aim for 15–20 of one person."]
+    if accepted:
+        lines.append(f"Added {accepted} photo(s).")
+    for reason in rejected or []:
+        lines.append(f"- ❌ {reason}")
+    return "\n".join(lines)
+
+
+def build(workflow: Workflow) -> gr.Tab:
+    with gr.Tab("1 · Upload", id="upload") as tab:
+        with gr.Row():
+            with gr.Column(scale=3):
+                files = gr.File(label="Photos (JPEG, PNG, WebP, HEIC) — drop several at once or one by one",
+                                file_count="multiple", file_types=["image"], type="filepath")
+                upload = gr.Button("Add photos", variant="primary")
+                status = gr.Markdown(_status(workflow))
+                gallery = gr.Gallery(value=_gallery(workflow), label="Your photos", columns=6, height="auto",
+                                     allow_preview=True, interactive=False)
+                with gr.Row():
+                    selected = gr.Textbox(label="Selected photo id", interactive=False, scale=3)
+                    remove = gr.Button("Remove selected photo", variant="stop", scale=1)
+            with gr.Column(scale=2):
+                gr.Markdown(GUIDELINES.read_text() if GUIDELINES.exists() else "")
+
+        def add(paths: list[str] | None) -> tuple[list, str, None]:
+            if not paths:
+                raise gr.Error("Choose one or more photos first.")
+            result = workflow.add_photos(paths)
+            rejected = [f"{r.name}: {r.message}" for r in result.rejected]
+            return _gallery(workflow), _status(workflow, len(result.accepted), rejected), None
+
+        def pick(evt: gr.SelectData) -> str:
+            photos = workflow.list_photos()
+            return photos[evt.index].id if 0 <= evt.index < len(photos) else ""
+
+        def drop(photo_id: str) -> tuple[list, str, str]:
+            if not photo_id:
+                raise gr.Error("Click a photo in the gallery to select it, then remove it.")
+            matches = [p for p in workflow.list_photos() if p.id.startswith(photo_id) or p.name == photo_id]
+            if not matches:
+                raise gr.Error(f"No uploaded photo matches {photo_id!r}.")
+            workflow.remove_photo(matches[0].id)
+            return _gallery(workflow), _status(workflow), ""
+
+        upload.click(add, files, [gallery, status, files], api_name="upload_photos")
+        gallery.select(pick, None, selected)
+        remove.click(drop, selected, [gallery, status, selected], api_name="remove_photo")
+        tab.select(lambda: (_gallery(workflow), _status(workflow)), None, [gallery, status], api_name=False)
+    return tab
