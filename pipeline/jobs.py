@@ -1,0 +1,359 @@
+"""The training job queue: one job at a time per GPU, the rest wait in a FIFO that survives a restart.
+
+Jobs live in tinydb (data_dir/jobs.json); one worker thread per device takes the oldest queued job and calls
+the runner with it. A job that was running when the app stopped or crashed is put back at the FRONT of the
+queue on the next start, so its training resumes from its last checkpoint before newer jobs begin. A lock
+file keeps a second process (or a second queue in this one) from running jobs from the same data dir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from tinydb import Query
+
+from pipeline.events import StopCheck
+from pipeline.jsondb import lock_for, open_db
+
+try:  # POSIX only; elsewhere the single-runner guard is skipped (see _acquire_lock)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
+
+JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
+FINISHED = ("done", "failed", "cancelled")
+_CANCEL_POLL_SECONDS = 1.0  # how often a running job looks for a cancel made through another JobQueue object
+
+
+class JobNotFound(ValueError):
+    """No job with this id in the queue."""
+
+
+class QueueBusy(RuntimeError):
+    """Another JobQueue (this process or another) is already running jobs from this data dir."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of work for a worker; ``payload`` is the runner's (e.g. the training settings)."""
+
+    id: str
+    model_id: str
+    kind: str  # "train"
+    status: str  # one of JOB_STATUSES
+    payload: dict = field(default_factory=dict)
+    created_at: str = ""
+    started_at: str | None = None
+    finished_at: str | None = None
+    error: str = ""
+    device: str = ""  # the worker's device ("cuda:0", "cpu") while running and after
+    attempts: int = 0  # how many times a worker started it (more than 1: resumed after a restart)
+    order: float = 0.0  # queue position key; smaller runs first
+    cancel_requested: bool = False
+
+
+Runner = Callable[[Job, StopCheck], None]
+ChangeCallback = Callable[[Job], None]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def default_devices() -> tuple[str, ...]:
+    """One entry per CUDA GPU, or ("cpu",) where there is none."""
+    import torch  # imported here: the queue itself needs no torch, and tests pass devices explicitly
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return tuple(f"cuda:{i}" for i in range(count)) or ("cpu",)
+
+
+class JobQueue:
+    """A persistent FIFO of jobs with one worker thread per device.
+
+    ``runner(job, should_stop)`` does the work on ``job.device``; it should return soon after ``should_stop()``
+    turns True (cancel, or shutdown). An exception marks the job failed with its message.
+    ``on_change(job)`` is called after every status change (e.g. to update the model library).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        runner: Runner,
+        *,
+        autostart: bool = True,
+        devices: Sequence[str] | None = None,
+        on_change: ChangeCallback | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.data_dir / "jobs.json"
+        self.runner = runner
+        self.on_change = on_change
+        self._devices = tuple(devices) if devices else None  # resolved at start: torch import only when needed
+        self._cond = threading.Condition()
+        self._stopping = threading.Event()  # no new jobs are taken
+        self._interrupt = threading.Event()  # running jobs are asked to stop and go back to the queue
+        self._stop_flags: dict[str, threading.Event] = {}
+        self._threads: list[threading.Thread] = []
+        self._alive = 0
+        self._lock_file: IO[str] | None = None
+        if autostart:
+            self.start()
+
+    # -- storage --------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _job(doc: dict[str, Any]) -> Job:
+        names = {f.name for f in dataclasses.fields(Job)}
+        return Job(**{k: v for k, v in doc.items() if k in names})
+
+    def _docs(self) -> list[dict[str, Any]]:
+        with open_db(self.db_path) as db:
+            return [dict(doc) for doc in db.table("jobs").all()]
+
+    def _write(self, job_id: str, **fields: Any) -> Job:
+        with open_db(self.db_path) as db:
+            table = db.table("jobs")
+            table.update(fields, Query().id == job_id)
+            doc = table.get(Query().id == job_id)
+        if doc is None:
+            raise JobNotFound(f"job_id: no job {job_id!r} in {self.db_path}")
+        return self._job(dict(doc))
+
+    def _changed(self, job: Job) -> None:
+        with self._cond:
+            self._cond.notify_all()
+        if self.on_change is not None:
+            try:
+                self.on_change(job)
+            except Exception:  # a faulty listener must not stop the queue
+                logger.exception("jobs: on_change failed for job %s", job.id)
+
+    # -- public API -----------------------------------------------------------------------------------------------
+
+    def submit(self, model_id: str, payload: dict, kind: str = "train") -> Job:
+        """Add a job at the end of the queue."""
+        if not model_id:
+            raise ValueError("model_id: must not be empty; create the model in the library first")
+        with open_db(self.db_path) as db:
+            table = db.table("jobs")
+            order = max((doc.get("order", 0.0) for doc in table.all()), default=0.0) + 1
+            job = Job(id=uuid.uuid4().hex[:12], model_id=model_id, kind=kind, status="queued",
+                      payload=dict(payload or {}), created_at=_now(), order=order)
+            table.insert(dataclasses.asdict(job))
+        logger.info("jobs: queued %s job %s for model %s", kind, job.id, model_id)
+        self._changed(job)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        with open_db(self.db_path) as db:
+            doc = db.table("jobs").get(Query().id == job_id)
+        if doc is None:
+            raise JobNotFound(f"job_id: no job {job_id!r} in {self.db_path}; list the jobs to see their ids")
+        return self._job(dict(doc))
+
+    def list(self) -> list[Job]:
+        """Running jobs, then queued ones in the order they will run, then finished ones newest first."""
+        jobs = [self._job(doc) for doc in self._docs()]
+        running = sorted((j for j in jobs if j.status == "running"), key=lambda j: j.started_at or "")
+        queued = sorted((j for j in jobs if j.status == "queued"), key=lambda j: j.order)
+        finished = sorted((j for j in jobs if j.status in FINISHED), key=lambda j: (j.finished_at or "", j.order),
+                          reverse=True)
+        return running + queued + finished
+
+    def for_model(self, model_id: str) -> list[Job]:
+        return [job for job in self.list() if job.model_id == model_id]
+
+    def position(self, job_id: str) -> int:
+        """How many jobs are ahead of this one: 0 = running or next to start; -1 = finished."""
+        job = self.get(job_id)
+        if job.status == "running":
+            return 0
+        if job.status in FINISHED:
+            return -1
+        lineup = [j for j in self.list() if j.status in ("running", "queued")]
+        return [j.id for j in lineup].index(job_id)
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a queued job now, or ask a running one to stop (its should_stop() turns True)."""
+        with lock_for(self.db_path):  # one lock across read and write
+            job = self.get(job_id)
+            if job.status == "queued":
+                job = self._write(job_id, status="cancelled", finished_at=_now(), cancel_requested=True)
+            elif job.status == "running":
+                job = self._write(job_id, cancel_requested=True)
+        flag = self._stop_flags.get(job_id)
+        if flag is not None:
+            flag.set()
+        logger.info("jobs: cancel requested for job %s (%s)", job_id, job.status)
+        self._changed(job)
+        return job
+
+    def start(self) -> None:
+        """Re-queue jobs a previous run left running (at the front), then start one worker per device."""
+        if self._threads:
+            return
+        self._acquire_lock()
+        self._stopping.clear()
+        self._interrupt.clear()
+        self._requeue_interrupted()
+        devices = self._devices or default_devices()
+        self._alive = len(devices)
+        for device in devices:
+            thread = threading.Thread(target=self._worker, args=(device,), name=f"likeness-jobs-{device}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+        logger.info("jobs: started %d worker(s) on %s", len(devices), ", ".join(devices))
+
+    def stop(self, timeout: float = 30.0, *, interrupt: bool = True) -> bool:
+        """Stop the workers. With ``interrupt`` running jobs are asked to stop and go back to the front of the
+        queue (they resume on the next start); without, they may finish. True when every worker ended in time."""
+        self._stopping.set()
+        if interrupt:
+            self._interrupt.set()
+        with self._cond:
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        ended = not any(thread.is_alive() for thread in self._threads)
+        if ended:
+            self._threads = []
+        else:
+            logger.warning("jobs: a worker did not stop within %.0f s; its job is re-queued on the next start", timeout)
+        return ended
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until nothing is queued or running; False if that did not happen within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not any(doc["status"] in ("queued", "running") for doc in self._docs()):
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with self._cond:
+                self._cond.wait(min(remaining, 0.5))
+
+    @property
+    def running(self) -> bool:
+        """True while the workers are started."""
+        return bool(self._threads) and not self._stopping.is_set()
+
+    # -- workers --------------------------------------------------------------------------------------------------
+
+    def _acquire_lock(self) -> None:
+        if fcntl is None:
+            return
+        handle = open(self.data_dir / "jobs.lock", "w")  # held open while workers run: the flock lasts as long
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            handle.close()
+            raise QueueBusy(
+                f"data_dir: another Likeness process is already running jobs from {self.data_dir}; "
+                "stop it first or use another --data-dir"
+            ) from error
+        self._lock_file = handle
+
+    def _release_lock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing releases the flock
+            self._lock_file = None
+
+    def _requeue_interrupted(self) -> None:
+        changed: list[Job] = []
+        with open_db(self.db_path) as db:
+            table = db.table("jobs")
+            docs = [dict(doc) for doc in table.all()]
+            interrupted = sorted((d for d in docs if d["status"] == "running"), key=lambda d: d.get("order", 0.0))
+            front = min((d.get("order", 0.0) for d in docs if d["status"] == "queued"), default=1.0)
+            for index, doc in enumerate(interrupted):
+                if doc.get("cancel_requested"):
+                    fields = {"status": "cancelled", "finished_at": _now()}
+                else:
+                    # keep their own order among themselves, all ahead of anything queued
+                    fields = {"status": "queued", "order": front - len(interrupted) + index}
+                table.update(fields, Query().id == doc["id"])
+                changed.append(self._job({**doc, **fields}))
+        for job in changed:
+            logger.info("jobs: job %s was running when the app stopped; now %s", job.id, job.status)
+            self._changed(job)
+
+    def _claim(self, device: str) -> Job | None:
+        with open_db(self.db_path) as db:
+            table = db.table("jobs")
+            queued = [dict(doc) for doc in table.all() if doc["status"] == "queued"]
+            if not queued:
+                return None
+            doc = min(queued, key=lambda d: d.get("order", 0.0))
+            fields = {"status": "running", "started_at": _now(), "finished_at": None, "device": device,
+                      "attempts": doc.get("attempts", 0) + 1, "error": ""}
+            table.update(fields, Query().id == doc["id"])
+        return self._job({**doc, **fields})
+
+    def _worker(self, device: str) -> None:
+        try:
+            while not self._stopping.is_set():
+                job = self._claim(device)
+                if job is None:
+                    with self._cond:
+                        self._cond.wait(0.5)
+                    continue
+                self._run(job)
+        finally:
+            with self._cond:
+                self._alive -= 1
+                if self._alive == 0:
+                    self._release_lock()
+                self._cond.notify_all()
+
+    def _run(self, job: Job) -> None:
+        flag = threading.Event()
+        self._stop_flags[job.id] = flag
+        last_poll = [time.monotonic()]
+
+        def should_stop() -> bool:
+            if flag.is_set() or self._interrupt.is_set():
+                return True
+            if time.monotonic() - last_poll[0] >= _CANCEL_POLL_SECONDS:
+                last_poll[0] = time.monotonic()
+                if self.get(job.id).cancel_requested:
+                    flag.set()
+            return flag.is_set()
+
+        logger.info("jobs: running %s job %s for model %s on %s", job.kind, job.id, job.model_id, job.device)
+        self._changed(job)
+        error = ""
+        try:
+            self.runner(job, should_stop)
+        except Exception as exc:  # the runner's failure is the job's failure, not the worker's
+            logger.exception("jobs: job %s failed", job.id)
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._stop_flags.pop(job.id, None)
+        if flag.is_set() or self.get(job.id).cancel_requested:
+            finished = self._write(job.id, status="cancelled", finished_at=_now(), error=error)
+        elif self._interrupt.is_set():
+            with open_db(self.db_path) as db:
+                front = min((d.get("order", 0.0) for d in db.table("jobs").all() if d["status"] == "queued"),
+                            default=job.order + 1)
+            finished = self._write(job.id, status="queued", order=min(job.order, front - 1), error=error)
+        elif error:
+            finished = self._write(job.id, status="failed", finished_at=_now(), error=error)
+        else:
+            finished = self._write(job.id, status="done", finished_at=_now())
+        logger.info("jobs: job %s is %s", job.id, finished.status)
+        self._changed(finished)
