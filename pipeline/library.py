@@ -206,6 +206,14 @@ class Library:
                 fields.setdefault("finished_at", now_iso())
             else:
                 fields.setdefault("finished_at", None)
+        for name in _PATH_FIELDS:  # callers pass str or Path; store both relative to the data dir
+            if isinstance(fields.get(name), str):
+                fields[name] = Path(fields[name]) if fields[name] else None
+        if "checkpoints" in fields:
+            fields["checkpoints"] = [
+                {**c, "path": Path(c["path"])} if isinstance(c.get("path"), str) and c["path"] else dict(c)
+                for c in fields["checkpoints"] or ()
+            ]
         with open_db(self.db_path) as db:
             table = db.table("models")
             if "trigger_word" in fields:

@@ -64,6 +64,10 @@ def test_records_survive_reopening_with_paths_and_checkpoints(tmp_path):
     assert reopened.lora_path.is_file() and reopened.checkpoints[0]["path"] == record.folder / "checkpoint-25"
     assert reopened.finished_at is not None and reopened.is_ready
     # stored relative to the data dir, so the folder can move
+    # the training workflow passes str paths; they are stored relative too
+    library = Library(tmp_path)
+    library.update(record.id, lora_path=str(record.lora_path),
+                   checkpoints=[{"step": 25, "path": str(record.folder / "checkpoint-25"), "scores": {}}])
     raw = (tmp_path / "library.json").read_text()
     assert str(tmp_path) not in raw
     moved = tmp_path.parent / (tmp_path.name + "-moved")
