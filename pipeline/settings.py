@@ -168,6 +168,9 @@ class SmtpSettings:
     sender: str = "likeness@localhost"
     recipient: str = ""
     starttls: bool = True
+    use_ssl: bool = False  # implicit TLS from the first byte (usually port 465) instead of STARTTLS
+    ca_file: str = ""  # extra CA bundle to trust (a self-hosted mail server's own certificate)
+    timeout: float = 30.0  # seconds to wait for the mail server
 
     @property
     def enabled(self) -> bool:
