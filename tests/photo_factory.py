@@ -142,3 +142,46 @@ def decompression_bomb_png(side: int = 20000) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
+
+
+# Head-and-shoulders portraits framed around a known face box (added for the classification tests).
+ASTRONAUT_FACE = (181, 62, 268, 172)  # MTCNN's box on skimage's astronaut (x0, y0, x1, y1)
+GRACE_HOPPER_FACE = (174, 120, 356, 340)  # MTCNN's box on matplotlib's grace_hopper
+
+
+def portrait_variants(image: Image.Image, face_box: tuple[int, int, int, int], count: int, seed: int = 0,
+                      face_px: tuple[int, int] = (170, 210)) -> list[Image.Image]:
+    """``count`` distinct head-and-shoulders photos keeping the whole face in frame with a margin.
+
+    Each crop is 2.3–2.9 face widths wide at a random offset, mirrored every other time, slightly rotated,
+    lit and coloured differently, then resized so the face is ``face_px`` pixels wide and sharpened as a
+    camera would: the same person, well framed, as a good upload looks.
+    """
+    rng = np.random.default_rng(seed)
+    x0, y0, x1, y1 = face_box
+    fw = x1 - x0
+    out = []
+    for i in range(count):
+        cw = fw * rng.uniform(2.3, 2.9)
+        ch = cw * rng.uniform(1.1, 1.3)
+        margin = 0.3 * fw
+        # the face (plus margin) anywhere inside the crop, the crop inside the image where possible
+        left = rng.uniform(x1 + margin - cw, x0 - margin)
+        top = rng.uniform(y1 + margin - ch, y0 - margin)
+        left = float(np.clip(left, 0, max(0, image.width - cw)))
+        top = float(np.clip(top, 0, max(0, image.height - ch)))
+        img = image.crop((round(left), round(top), round(left + cw), round(top + ch)))
+        if i % 2:
+            img = ImageOps.mirror(img)
+        img = img.rotate(float(rng.uniform(-6, 6)), resample=Image.BICUBIC, expand=False)
+        img = ImageEnhance.Brightness(img).enhance(float(rng.uniform(0.9, 1.1)))
+        img = ImageEnhance.Color(img).enhance(float(rng.uniform(0.8, 1.2)))
+        scale = rng.uniform(*face_px) / fw
+        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
+        out.append(img.filter(ImageFilter.UnsharpMask(radius=2, percent=120, threshold=2)))
+    return out
+
+
+def portrait_set(folder: Path, count: int = 8, seed: int = 0) -> list[Path]:
+    """``count`` well-framed portraits of the astronaut as JPEG files (all should be kept)."""
+    return write_set(folder, portrait_variants(astronaut(), ASTRONAUT_FACE, count, seed=seed), prefix="portrait")
