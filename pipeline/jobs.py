@@ -248,6 +248,17 @@ class JobQueue:
                 self._cond.wait(min(remaining, 0.5))
 
     @property
+    def interrupting(self) -> bool:
+        """True while stop() asks running jobs to stop so they resume at the next start. A runner that sees
+        should_stop() then should leave its model as "queued", not "cancelled": the job will run again."""
+        return self._interrupt.is_set()
+
+    def cancel_requested(self, job_id: str) -> bool:
+        """True when the user cancelled this job (as opposed to a shutdown interrupting it)."""
+        flag = self._stop_flags.get(job_id)
+        return (flag is not None and flag.is_set()) or self.get(job_id).cancel_requested
+
+    @property
     def running(self) -> bool:
         """True while the workers are started."""
         return bool(self._threads) and not self._stopping.is_set()

@@ -130,7 +130,9 @@ def test_cancel_a_running_job_stops_it_and_starts_the_next(tmp_path):
         running = queue.submit("m1", {})
         waiting = queue.submit("m2", {})
         assert runner.started.wait(5)
+        assert not queue.cancel_requested(running.id)
         queue.cancel(running.id)
+        assert queue.cancel_requested(running.id) and not queue.interrupting
         _wait_for(lambda: queue.get(running.id).status == "cancelled")
         _wait_for(lambda: queue.get(waiting.id).status == "running")
         queue.cancel(waiting.id)
@@ -167,7 +169,9 @@ def test_stop_interrupts_the_running_job_and_it_resumes_first_after_restart(tmp_
     interrupted = queue.submit("m1", {})
     later = queue.submit("m2", {})
     assert first_runner.started.wait(5)
+    assert not queue.interrupting
     assert queue.stop(timeout=5)
+    assert queue.interrupting and not queue.cancel_requested(interrupted.id)  # what a runner tells apart
     assert queue.get(interrupted.id).status == "queued"
     assert queue.position(interrupted.id) == 0
 
