@@ -243,10 +243,11 @@ class Library:
         folder = record.folder.resolve()
         if folder.parent != self.models_dir.resolve():
             raise ValueError(f"model_id: folder {folder} is outside {self.models_dir}; refusing to delete it")
-        with open_db(self.db_path) as db:
-            db.table("models").remove(Query().id == model_id)
+        # Files first: if removing them fails half-way the record stays, and deleting again finishes the job.
         if folder.exists():
             shutil.rmtree(folder)
+        with open_db(self.db_path) as db:
+            db.table("models").remove(Query().id == model_id)
         for export in self.exports_dir.glob(f"*-{model_id}.zip"):
             export.unlink()
         logger.info("library: deleted model %s (%r)", model_id, record.name)
