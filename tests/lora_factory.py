@@ -17,7 +17,9 @@ def make_lora(pipe: FluxPipeline, folder: Path, *, seed: int = 0, rank: int = 4,
     The adapter is injected into a throw-away copy of the transformer's weights, so ``pipe`` is left as it was.
     """
     transformer = type(pipe.transformer).from_config(pipe.transformer.config)
-    transformer.load_state_dict(pipe.transformer.state_dict())
+    # The pipe may already carry LoRA adapters: copy only the base weights, under their plain names.
+    base = {k.replace(".base_layer", ""): v for k, v in pipe.transformer.state_dict().items() if "lora_" not in k}
+    transformer.load_state_dict(base)
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=TARGETS, init_lora_weights=True)
     transformer = inject_adapter_in_model(config, transformer, adapter_name="default")
     generator = torch.Generator().manual_seed(seed)

@@ -1,0 +1,534 @@
+"""Does the LoRA look like the person? Test generations scored for likeness, quality and prompt fidelity.
+
+Likeness uses the same face-identity model as classification: each generated image's best-matching face is compared
+with the consensus (median) embedding of the training faces. An image with no detectable face scores 0, because a
+LoRA that stops drawing faces has failed at its one job. The best checkpoint and LoRA scale are chosen by these
+measured scores, not by the last step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import imagehash
+import numpy as np
+from PIL import Image, ImageDraw, ImageOps
+
+from pipeline.events import EventCallback, Message, Progress, StopCheck, ignore, never
+from pipeline.generation import DEFAULT_TEST_PROMPTS, Generator, image_metadata, insert_trigger, save_png
+from pipeline.settings import ClassifySettings, GenerateSettings
+
+logger = logging.getLogger(__name__)
+
+READY = "ready"
+LOW_QUALITY = "low_quality"
+NOT_RECOGNISABLE = "not_recognisable"
+
+# Weights of the overall score's parts (prompt fidelity's share is spread over the others when it is unmeasured).
+WEIGHTS = {"likeness": 0.45, "recognised": 0.25, "quality": 0.2, "prompt_fidelity": 0.1}
+# A LoRA is recognisable when at least half the test images show the person.
+MIN_RECOGNISED_SHARE = 0.5
+MIN_QUALITY = 45.0
+# Mean pairwise perceptual-hash distance (bits of 64) / 32: unrelated images sit near 1, one picture repeated near 0.
+MIN_VARIETY = 0.25
+# CLIP image-text cosine similarity: ~0.15 for an unrelated caption, ~0.35 for a precise one (ViT-L/14 on photos).
+CLIP_COSINE_RANGE = (0.15, 0.35)
+# Local CLIP models tried for prompt fidelity, in order; only from the local cache, never downloaded.
+CLIP_CANDIDATES = ("openai/clip-vit-large-patch14", "openai/clip-vit-base-patch32", "openai/clip-vit-base-patch16")
+
+VERDICT_WORDS = {
+    READY: "ready",
+    LOW_QUALITY: "low quality results: inconsistent lighting or limited variety",
+    NOT_RECOGNISABLE: "not recognisable: mixed subjects or poor face visibility",
+}
+
+
+class AssessmentError(ValueError):
+    """Assessment cannot run with these inputs; the message names the argument and the fix."""
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    """One test image: how much it looks like the person, and how good it is as a picture."""
+
+    path: Path | None
+    prompt: str
+    likeness: float | None  # 0–1; None when no face was found (it then counts as 0 in the totals)
+    recognised: bool  # a face closer than the identity threshold to the person's consensus
+    quality: float  # 0–100 from sharpness and exposure
+    distance: float | None = None  # identity-model distance of the best-matching face
+    faces: int = 0
+    sharpness: float = 0.0  # variance of the Laplacian, normalised to 256 px
+    exposure: float = 0.0  # 0–1: 1 is well exposed, 0 black, white or clipped
+    prompt_fidelity: float | None = None  # CLIP score (100 × cosine) where a CLIP model is available
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class AssessmentResult:
+    """All test images of one LoRA (at one scale), their totals, the verdict and the grid."""
+
+    images: tuple[ImageScore, ...]
+    likeness: float  # 0–1, mean over images, no-face images count 0
+    recognised_share: float  # 0–1
+    prompt_fidelity: float | None  # mean CLIP score, None where no CLIP model is available
+    fidelity_note: str
+    quality: float  # 0–100
+    overall: float  # 0–100
+    parts: dict[str, float]  # each part of the overall score on 0–100, and variety
+    verdict: str  # READY, LOW_QUALITY or NOT_RECOGNISABLE
+    verdict_text: str
+    grid: Path | None = None
+    variety: float = 0.0  # 0–1, how different the test images are from one another
+    lora_path: Path | None = None
+    lora_scale: float = 1.0
+
+    @property
+    def face_share(self) -> float:
+        return sum(s.faces > 0 for s in self.images) / len(self.images) if self.images else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (paths as strings)."""
+        data = dataclasses.asdict(self)
+        return _jsonable(data)
+
+
+class CheckpointChoice(NamedTuple):
+    """The chosen checkpoint and scale, and the result of every checkpoint (at the chosen scale for the best)."""
+
+    step: int
+    lora_scale: float
+    results: dict[int, AssessmentResult]
+
+
+# ---------------------------------------------------------------------------------------------------------- scoring
+
+
+def reference_embeddings(images: Sequence[Path | Image.Image], *, identity: Any = None) -> np.ndarray:
+    """The identity embedding of the largest face in each training photo/crop, stacked (n × 128).
+
+    Photos without a detectable face are skipped; none at all is an error.
+    """
+    identity = identity or _default_identity()
+    rows = []
+    for image in images:
+        faces = identity.embed_faces(_open(image))
+        if faces:
+            rows.append(_vector(max(faces, key=_face_area)))
+    if not rows:
+        raise AssessmentError(
+            f"images: no face found in any of the {len(images)} reference photos; pass the training face crops"
+        )
+    return np.stack(rows)
+
+
+def score_images(
+    images: Sequence[Image.Image | Path],
+    reference: np.ndarray,
+    *,
+    prompts: Sequence[str] | None = None,
+    identity: Any = None,
+    identity_threshold: float = ClassifySettings().identity_threshold,
+    clip_model: str | Path | None = None,
+) -> AssessmentResult:
+    """Score images against the person's reference embeddings; the scoring part of ``assess_lora``, alone.
+
+    ``reference`` is one embedding or several (their median is the consensus). ``prompts`` (one per image) enable
+    prompt fidelity where a CLIP model is available locally.
+    """
+    if not images:
+        raise AssessmentError("images: nothing to score; pass at least one image")
+    if prompts is not None and len(prompts) != len(images):
+        raise AssessmentError(f"prompts: {len(prompts)} prompts for {len(images)} images; pass one per image")
+    identity = identity or _default_identity()
+    target = _consensus(np.asarray(reference, dtype=float))
+    opened = [_open(image) for image in images]
+    fidelity, note = prompt_fidelity(opened, prompts, clip_model=clip_model)
+    scores = []
+    for index, image in enumerate(opened):
+        faces = identity.embed_faces(image)
+        distance = min((_distance(identity, _vector(f), target) for f in faces), default=None)
+        face_box = _box(min(faces, key=lambda f: _distance(identity, _vector(f), target))) if faces else None
+        sharpness, exposure = _sharpness_and_exposure(image, face_box)
+        path = images[index] if isinstance(images[index], Path) else None
+        meta = image_metadata(image)
+        scores.append(ImageScore(
+            path=path,
+            prompt=prompts[index] if prompts is not None else meta.get("prompt", ""),
+            likeness=None if distance is None else similarity(distance),
+            recognised=distance is not None and distance < identity_threshold,
+            quality=_quality(sharpness, exposure),
+            distance=distance,
+            faces=len(faces),
+            sharpness=sharpness,
+            exposure=exposure,
+            prompt_fidelity=None if fidelity is None else fidelity[index],
+            seed=int(meta["seed"]) if meta.get("seed", "").isdigit() else None,
+        ))
+    return summarise(scores, variety=_variety(opened), fidelity_note=note)
+
+
+def summarise(scores: Sequence[ImageScore], *, variety: float = 1.0, fidelity_note: str = "") -> AssessmentResult:
+    """Totals, overall score and verdict from per-image scores."""
+    n = len(scores)
+    likeness = sum(s.likeness or 0.0 for s in scores) / n
+    recognised = sum(s.recognised for s in scores) / n
+    quality = sum(s.quality for s in scores) / n
+    fidelities = [s.prompt_fidelity for s in scores if s.prompt_fidelity is not None]
+    fidelity = sum(fidelities) / len(fidelities) if fidelities else None
+    parts = {"likeness": 100 * likeness, "recognised": 100 * recognised, "quality": quality}
+    if fidelity is not None:
+        low, high = CLIP_COSINE_RANGE
+        parts["prompt_fidelity"] = 100 * float(np.clip((fidelity / 100 - low) / (high - low), 0, 1))
+    weights = {k: WEIGHTS[k] for k in parts}
+    overall = sum(parts[k] * w for k, w in weights.items()) / sum(weights.values())
+    parts["variety"] = 100 * variety
+    verdict, text = _verdict(scores, likeness, recognised, quality, variety)
+    return AssessmentResult(
+        images=tuple(scores), likeness=likeness, recognised_share=recognised, prompt_fidelity=fidelity,
+        fidelity_note=fidelity_note, quality=quality, overall=overall, parts=parts, verdict=verdict,
+        verdict_text=text, variety=variety,
+    )
+
+
+def _verdict(scores: Sequence[ImageScore], likeness: float, recognised: float, quality: float,
+             variety: float) -> tuple[str, str]:
+    n = len(scores)
+    seen = sum(s.recognised for s in scores)
+    with_face = sum(s.faces > 0 for s in scores)
+    if recognised < MIN_RECOGNISED_SHARE:
+        return NOT_RECOGNISABLE, (
+            f"{VERDICT_WORDS[NOT_RECOGNISABLE]} — retrain with 15–20 photos of this one person only, the face "
+            "clearly visible and large in the frame (no group shots, sunglasses or heavy shadow), or train for more "
+            f"steps. Measured: recognised in {seen} of {n} test images, a face found in {with_face}, "
+            f"likeness {likeness:.0%}."
+        )
+    if quality < MIN_QUALITY or variety < MIN_VARIETY:
+        return LOW_QUALITY, (
+            f"{VERDICT_WORDS[LOW_QUALITY]} — retrain with sharp photos in even light and with more variety "
+            "(backgrounds, clothes, expressions, angles); if every image looks the same, choose an earlier "
+            f"checkpoint or a lower LoRA scale. Measured: quality {quality:.0f}/100, variety {variety:.0%}, "
+            f"recognised in {seen} of {n} test images."
+        )
+    return READY, (
+        f"{VERDICT_WORDS[READY]} — recognised in {seen} of {n} test images (likeness {likeness:.0%}), "
+        f"quality {quality:.0f}/100."
+    )
+
+
+# ------------------------------------------------------------------------------------------------------ generating
+
+
+def default_assessment_settings(generator: Generator) -> GenerateSettings:
+    """Test generation settings for the generator's base model: 64 px and 4 steps on the tiny model."""
+    from pipeline.base_model import is_tiny
+
+    if is_tiny(generator.base_model):
+        return GenerateSettings(prompt="-", steps=4, width=64, height=64)
+    return GenerateSettings(prompt="-", steps=28, guidance=3.5, width=512, height=512)
+
+
+def assess_lora(
+    generator: Generator,
+    lora_path: Path | None,
+    *,
+    trigger_word: str,
+    reference: np.ndarray,
+    out_dir: Path,
+    prompts: Sequence[str] = DEFAULT_TEST_PROMPTS,
+    seeds: Sequence[int] = (0,),
+    settings: GenerateSettings | None = None,
+    lora_scale: float = 1.0,
+    reference_images: Sequence[Path] = (),
+    identity: Any = None,
+    clip_model: str | Path | None = None,
+    on_event: EventCallback = ignore,
+    should_stop: StopCheck = never,
+) -> AssessmentResult:
+    """Generate every prompt × seed with the LoRA, score them and save the images and a grid in ``out_dir``.
+
+    ``reference_images`` (training photos or crops) appear in the grid's first row.
+    """
+    if not prompts:
+        raise AssessmentError("prompts: no test prompts; pass at least one (DEFAULT_TEST_PROMPTS by default)")
+    if not seeds:
+        raise AssessmentError("seeds: no seeds; pass at least one")
+    base = settings or default_assessment_settings(generator)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = list(itertools.product(prompts, seeds))
+    paths: list[Path] = []
+    used: list[str] = []
+    for index, (template, seed) in enumerate(jobs):
+        if should_stop():
+            break
+        prompt = insert_trigger(template, trigger_word if lora_path else "")
+        on_event(Progress("assess", index, len(jobs), f"test image {index + 1} of {len(jobs)}: {prompt}"))
+        one = dataclasses.replace(base, prompt=prompt, seed=seed, num_images=1, lora_scale=lora_scale)
+        images = generator.generate(one, lora_path=lora_path, should_stop=should_stop)
+        if not images:
+            break
+        paths.append(save_png(images[0], out_dir / f"{index:02d}_seed{seed}.png"))
+        used.append(prompt)
+    if not paths:
+        raise AssessmentError("should_stop: assessment stopped before any test image was made")
+    on_event(Progress("assess", len(paths), len(jobs), "scoring likeness and quality"))
+    result = score_images(paths, reference, prompts=used, identity=identity, clip_model=clip_model)
+    grid = save_grid(reference_images, result.images, out_dir / "grid.png")
+    result = dataclasses.replace(result, grid=grid, lora_path=lora_path, lora_scale=lora_scale)
+    on_event(Message(f"likeness {result.likeness:.0%}, recognised {result.recognised_share:.0%}, "
+                     f"quality {result.quality:.0f}, overall {result.overall:.0f}: {result.verdict_text}"))
+    return result
+
+
+def choose_best_checkpoint(results: Mapping[int, AssessmentResult]) -> int:
+    """The step with the highest overall score; a tie goes to the later step (more trained, same measured result)."""
+    if not results:
+        raise AssessmentError("results: no assessed checkpoints to choose from")
+    return max(results, key=lambda step: (round(results[step].overall, 6), step))
+
+
+def assess_checkpoints(
+    generator: Generator,
+    checkpoints: Sequence[tuple[int, Path]],
+    *,
+    trigger_word: str,
+    reference: np.ndarray,
+    out_dir: Path,
+    prompts: Sequence[str] = DEFAULT_TEST_PROMPTS,
+    seeds: Sequence[int] = (0,),
+    settings: GenerateSettings | None = None,
+    lora_scales: Sequence[float] = (0.8, 1.0),
+    reference_images: Sequence[Path] = (),
+    identity: Any = None,
+    clip_model: str | Path | None = None,
+    on_event: EventCallback = ignore,
+    should_stop: StopCheck = never,
+) -> CheckpointChoice:
+    """Assess each checkpoint at scale 1.0, then the best one at the other scales; keep the best of all.
+
+    Scales are tried only on the best step: checkpoints × prompts generations plus (scales − 1) × prompts, instead
+    of their product. ``results[step]`` for the chosen step is its result at the chosen scale.
+    """
+    if not checkpoints:
+        raise AssessmentError("checkpoints: nothing to assess; pass (step, lora path) pairs")
+    first_scale = 1.0 if 1.0 in lora_scales or not lora_scales else lora_scales[-1]
+    common = dict(trigger_word=trigger_word, reference=reference, prompts=prompts, seeds=seeds, settings=settings,
+                  reference_images=reference_images, identity=identity, clip_model=clip_model,
+                  should_stop=should_stop)
+    paths = dict(checkpoints)
+    results: dict[int, AssessmentResult] = {}
+    for number, (step, path) in enumerate(checkpoints):
+        on_event(Message(f"assessing checkpoint {number + 1} of {len(checkpoints)} (step {step})"))
+        results[step] = assess_lora(generator, path, out_dir=Path(out_dir) / f"step_{step:06d}",
+                                    lora_scale=first_scale, on_event=on_event, **common)
+        if should_stop():
+            break
+    best = choose_best_checkpoint(results)
+    by_scale = {first_scale: results[best]}
+    for scale in lora_scales:
+        if scale in by_scale or should_stop():
+            continue
+        on_event(Message(f"trying step {best} at LoRA scale {scale}"))
+        by_scale[scale] = assess_lora(generator, paths[best], out_dir=Path(out_dir) / f"step_{best:06d}_x{scale:g}",
+                                      lora_scale=scale, on_event=on_event, **common)
+    # Ties keep the full scale: it is what the LoRA was trained at.
+    scale = max(by_scale, key=lambda s: (round(by_scale[s].overall, 6), s == first_scale))
+    results[best] = by_scale[scale]
+    curve = ", ".join(f"{s}: {r.likeness:.0%}" for s, r in sorted(results.items()))
+    on_event(Message(f"best checkpoint: step {best} at scale {scale:g} (likeness by step: {curve})"))
+    return CheckpointChoice(best, scale, results)
+
+
+def likeness_curve(results: Mapping[int, AssessmentResult]) -> list[tuple[int, float]]:
+    """(step, likeness) in step order, for the 'likeness by checkpoint' plot."""
+    return [(step, results[step].likeness) for step in sorted(results)]
+
+
+# ---------------------------------------------------------------------------------------------------------- grid
+
+
+def save_grid(reference_images: Sequence[Path], scores: Sequence[ImageScore], path: Path, *,
+              cell: int = 160, columns: int = 8) -> Path:
+    """Training photos on the first row(s), then the test images, each captioned with its likeness."""
+    label_h = 14
+    cells: list[tuple[Image.Image, str]] = []
+    for ref in reference_images[:columns]:
+        cells.append((_open(ref), "training"))
+    refs = len(cells)
+    for score in scores:
+        if score.path is None:
+            continue
+        caption = "no face" if score.likeness is None else f"{score.likeness:.0%}" + (" ✓" if score.recognised else "")
+        cells.append((_open(score.path), caption))
+    if not cells:
+        return path
+    ref_rows = math.ceil(refs / columns)
+    rows = ref_rows + math.ceil((len(cells) - refs) / columns)
+    grid = Image.new("RGB", (columns * cell, rows * (cell + label_h)), "white")
+    draw = ImageDraw.Draw(grid)
+    for index, (image, caption) in enumerate(cells):
+        slot = index if index < refs else ref_rows * columns + (index - refs)
+        x, y = (slot % columns) * cell, (slot // columns) * (cell + label_h)
+        grid.paste(ImageOps.fit(image.convert("RGB"), (cell, cell)), (x, y))
+        draw.text((x + 3, y + cell), caption, fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ prompt fidelity
+
+
+def prompt_fidelity(images: Sequence[Image.Image], prompts: Sequence[str] | None, *,
+                    clip_model: str | Path | None = None) -> tuple[list[float] | None, str]:
+    """CLIP score (100 × image-text cosine) per image, and a note saying which model measured it or why none did.
+
+    Only local models are used (``local_files_only``): assessment never downloads anything.
+    """
+    if prompts is None:
+        return None, "prompt fidelity not measured: no prompts given"
+    loaded = _load_clip(clip_model)
+    if loaded is None:
+        tried = str(clip_model) if clip_model else ", ".join(CLIP_CANDIDATES)
+        return None, (f"prompt fidelity skipped: no CLIP model available locally (tried {tried}); "
+                      "download one once, e.g. `huggingface-cli download openai/clip-vit-large-patch14`")
+    name, model, processor = loaded
+    import torch
+
+    with torch.no_grad():
+        inputs = processor(text=list(prompts), images=[i.convert("RGB") for i in images], return_tensors="pt",
+                           padding=True, truncation=True)
+        out = model(**inputs)
+        image_emb = torch.nn.functional.normalize(out.image_embeds, dim=-1)
+        text_emb = torch.nn.functional.normalize(out.text_embeds, dim=-1)
+        cosine = (image_emb * text_emb).sum(-1).clamp(min=0)
+    return [100 * float(c) for c in cosine], f"prompt fidelity: CLIP score from {name}"
+
+
+def _load_clip(clip_model: str | Path | None) -> tuple[str, Any, Any] | None:
+    from transformers import CLIPModel, CLIPProcessor
+
+    for name in [str(clip_model)] if clip_model else CLIP_CANDIDATES:
+        try:
+            model = CLIPModel.from_pretrained(name, local_files_only=True).eval()
+            processor = CLIPProcessor.from_pretrained(name, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            logger.debug("no local CLIP model %s: %s", name, exc)
+            continue
+        return name, model, processor
+    return None
+
+
+# ------------------------------------------------------------------------------------------------------- helpers
+
+
+def _default_identity() -> Any:
+    from pipeline.identity import face_identity
+
+    return face_identity()
+
+
+def _consensus(reference: np.ndarray) -> np.ndarray:
+    from pipeline.identity import consensus
+
+    return reference if reference.ndim == 1 else consensus(list(reference))
+
+
+def _distance(identity: Any, a: np.ndarray, b: np.ndarray) -> float:
+    return float(identity.distance(a, b))
+
+
+def _vector(face: Any) -> np.ndarray:
+    return np.asarray(getattr(face, "vector", face), dtype=float)
+
+
+def _box(face: Any) -> tuple[int, int, int, int] | None:
+    box = getattr(face, "box", None)
+    return None if box is None else tuple(int(v) for v in box)
+
+
+def _face_area(face: Any) -> float:
+    box = _box(face)
+    return 0.0 if box is None else float((box[2] - box[0]) * (box[3] - box[1]))
+
+
+def similarity(distance: float) -> float:
+    """0–1 likeness from an identity distance (the identity module's scale: 0.5 between same and different)."""
+    from pipeline.identity import similarity as identity_similarity
+
+    return identity_similarity(distance)
+
+
+def _open(image: Image.Image | Path) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image
+    with Image.open(image) as opened:
+        loaded = ImageOps.exif_transpose(opened)
+        loaded.load()
+        loaded.info.update({k: v for k, v in image_metadata(opened).items()})
+        return loaded
+
+
+def _sharpness_and_exposure(image: Image.Image, box: tuple[int, int, int, int] | None) -> tuple[float, float]:
+    """Variance of the Laplacian normalised to 256 px, and an exposure score in 0–1, both on the face if any.
+
+    On the face because that is what a portrait LoRA is judged by: a white spacesuit or a bright sky beside a
+    well-lit face is not overexposure.
+    """
+    region = image.crop(box) if box and box[2] > box[0] and box[3] > box[1] else image
+    gray = region.convert("L")
+    scale = 256 / max(gray.size)
+    gray = gray.resize((max(3, round(gray.width * scale)), max(3, round(gray.height * scale))), Image.BILINEAR)
+    g = np.asarray(gray, dtype=float)
+    laplacian = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4 * g[1:-1, 1:-1]
+    sharpness = float(laplacian.var())
+    luma = np.asarray(region.convert("L"), dtype=float)
+    settings = ClassifySettings()
+    mean = float(luma.mean())
+    # 1 inside the classifier's accepted brightness range, falling to 0 at black (0) or white (255).
+    if mean < settings.min_mean_luma:
+        level = mean / settings.min_mean_luma
+    elif mean > settings.max_mean_luma:
+        level = (255 - mean) / (255 - settings.max_mean_luma)
+    else:
+        level = 1.0
+    clipped = float(((luma <= 3) | (luma >= 252)).mean())
+    clip_score = float(np.clip(1 - clipped / settings.max_clipped_fraction, 0, 1))
+    return sharpness, float(np.clip(level, 0, 1)) * clip_score
+
+
+def _quality(sharpness: float, exposure: float) -> float:
+    """0–100: half sharpness (0.5 at the classifier's minimum, ~0.9 at 4× it), half exposure."""
+    minimum = ClassifySettings().min_sharpness
+    sharp = 0.0 if sharpness <= 0 else 1 / (1 + (minimum / sharpness) ** 1.5)
+    return 100 * (0.5 * sharp + 0.5 * exposure)
+
+
+def _variety(images: Sequence[Image.Image]) -> float:
+    """Mean pairwise perceptual-hash distance / 32 (capped at 1); 1.0 for a single image (nothing to compare)."""
+    hashes = [imagehash.phash(i.convert("RGB")) for i in images]
+    pairs = list(itertools.combinations(hashes, 2))
+    if not pairs:
+        return 1.0
+    return float(min(1.0, sum(a - b for a, b in pairs) / len(pairs) / 32))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.floating | np.integer):
+        return value.item()
+    return value
+
