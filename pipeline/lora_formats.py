@@ -1,0 +1,240 @@
+"""LoRA files: the diffusers/peft layout and the kohya (sd-scripts, ComfyUI, Forge) layout of a FLUX LoRA.
+
+Training holds the LoRA as peft factors per diffusers module: ``A`` (rank × in) and ``B`` (out × rank), applied as
+``W + (alpha / rank) · B A``.
+
+- diffusers file: ``transformer.<module>.lora_A.weight`` / ``.lora_B.weight`` with ``alpha / rank`` folded into ``B``
+  (readers of this layout, diffusers and ComfyUI alike, assume alpha = rank when none is stored).
+- kohya file: ``lora_unet_<bfl module>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha`` on the original BFL
+  module names. BFL fuses q, k, v (and, in single blocks, the MLP input) into one linear layer, so those LoRAs are
+  fused: down = the members' ``A`` stacked, up = their ``B`` block-diagonal, rank n · rank and alpha n · alpha (the
+  same scale). diffusers' ``_convert_kohya_flux_lora_to_diffusers`` recognises the block-diagonal up and splits it
+  back exactly.
+
+Both files carry the run's metadata (trigger word, base model, steps, rank, ...) in the safetensors header.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+# (kohya name inside a block, the diffusers modules it fuses, in order)
+DOUBLE_BLOCK_MODULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("img_attn_qkv", ("attn.to_q", "attn.to_k", "attn.to_v")),
+    ("img_attn_proj", ("attn.to_out.0",)),
+    ("txt_attn_qkv", ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")),
+    ("txt_attn_proj", ("attn.to_add_out",)),
+    ("img_mlp_0", ("ff.net.0.proj",)),
+    ("img_mlp_2", ("ff.net.2",)),
+    ("txt_mlp_0", ("ff_context.net.0.proj",)),
+    ("txt_mlp_2", ("ff_context.net.2",)),
+    ("img_mod_lin", ("norm1.linear",)),
+    ("txt_mod_lin", ("norm1_context.linear",)),
+)
+SINGLE_BLOCK_MODULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("linear1", ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")),
+    ("linear2", ("proj_out",)),
+    ("modulation_lin", ("norm.linear",)),
+)
+_BLOCK_KINDS = {
+    "transformer_blocks": ("double_blocks", DOUBLE_BLOCK_MODULES),
+    "single_transformer_blocks": ("single_blocks", SINGLE_BLOCK_MODULES),
+}
+_KOHYA_KINDS = {kohya: (diffusers, table) for diffusers, (kohya, table) in _BLOCK_KINDS.items()}
+_DIFFUSERS_KEY = re.compile(r"^(?:transformer\.)?(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$")
+_KOHYA_KEY = re.compile(r"^lora_unet_(double_blocks|single_blocks)_(\d+)_(\w+)\.(lora_(?:down|up)\.weight|alpha)$")
+
+
+class LoraFormatError(ValueError):
+    """A LoRA state dict or file is not in the layout expected; the message names the key."""
+
+
+@dataclass(frozen=True)
+class LoraFactors:
+    """One module's LoRA: ``delta W = scale · B @ A``."""
+
+    a: torch.Tensor  # rank × in
+    b: torch.Tensor  # out × rank
+    scale: float = 1.0
+
+
+def factors_from_peft(state: Mapping[str, torch.Tensor], *, rank: int, alpha: float) -> dict[str, LoraFactors]:
+    """Group a peft state dict (``<module>.lora_A.weight`` ...) into factors per diffusers module name."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        match = _DIFFUSERS_KEY.match(key)
+        if not match:
+            raise LoraFormatError(f"key {key!r} is not a LoRA A/B weight of the form <module>.lora_A.weight")
+        parts.setdefault(match.group(1), {})[match.group(2)] = value
+    factors = {}
+    for module, ab in parts.items():
+        if set(ab) != {"A", "B"}:
+            raise LoraFormatError(f"module {module!r} has lora_{'A' if 'A' not in ab else 'B'} missing")
+        factors[module] = LoraFactors(a=ab["A"], b=ab["B"], scale=alpha / rank)
+    return factors
+
+
+def to_diffusers(factors: Mapping[str, LoraFactors]) -> dict[str, torch.Tensor]:
+    """The diffusers layout, scale folded into ``B`` so that alpha = rank on loading."""
+    out = {}
+    for module, f in factors.items():
+        out[f"transformer.{module}.lora_A.weight"] = f.a.detach().float().contiguous()
+        out[f"transformer.{module}.lora_B.weight"] = (f.b.detach().float() * f.scale).contiguous()
+    return out
+
+
+def from_diffusers(state: Mapping[str, torch.Tensor]) -> dict[str, LoraFactors]:
+    """Factors from a diffusers-layout state dict (scale already folded in)."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        match = _DIFFUSERS_KEY.match(key)
+        if match:
+            parts.setdefault(match.group(1), {})[match.group(2)] = value
+    return {m: LoraFactors(a=ab["A"], b=ab["B"]) for m, ab in parts.items() if set(ab) == {"A", "B"}}
+
+
+def to_kohya(factors: Mapping[str, LoraFactors]) -> dict[str, torch.Tensor]:
+    """The kohya/ComfyUI layout (``lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`` ...)."""
+    blocks: dict[tuple[str, int], dict[str, LoraFactors]] = {}
+    for module, f in factors.items():
+        kind, _, rest = module.partition(".")
+        index, _, inner = rest.partition(".")
+        if kind not in _BLOCK_KINDS or not index.isdigit():
+            raise LoraFormatError(f"module {module!r} has no kohya name: only FLUX transformer block layers do")
+        blocks.setdefault((kind, int(index)), {})[inner] = f
+    out: dict[str, torch.Tensor] = {}
+    for (kind, index), inner in sorted(blocks.items()):
+        kohya_kind, table = _BLOCK_KINDS[kind]
+        used = set()
+        for kohya_name, members in table:
+            present = [m for m in members if m in inner]
+            if not present:
+                continue
+            used.update(present)
+            prefix = f"lora_unet_{kohya_kind}_{index}_{kohya_name}"
+            down, up, alpha = _fuse([inner.get(m) for m in members], members, prefix)
+            out[f"{prefix}.lora_down.weight"] = down
+            out[f"{prefix}.lora_up.weight"] = up
+            out[f"{prefix}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
+        unknown = set(inner) - used
+        if unknown:
+            raise LoraFormatError(f"{kind}.{index}: modules {sorted(unknown)} have no kohya name")
+    return out
+
+
+def _fuse(parts: list[LoraFactors | None], members: tuple[str, ...], prefix: str) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                                float]:
+    present = [p for p in parts if p is not None]
+    rank = present[0].a.shape[0]
+    scale = present[0].scale
+    if any(p.a.shape[0] != rank or abs(p.scale - scale) > 1e-12 for p in present):
+        raise LoraFormatError(f"{prefix}: the fused modules {members} must share rank and alpha")
+    if len(parts) == 1:
+        f = present[0]
+        return f.a.detach().float().contiguous(), f.b.detach().float().contiguous(), scale * rank
+    if len(present) != len(parts):
+        missing = [m for m, p in zip(members, parts, strict=True) if p is None]
+        raise LoraFormatError(f"{prefix}: fused modules {list(members)} need all of them; missing {missing}")
+    down = torch.cat([p.a.detach().float() for p in present], dim=0)
+    out_dims = [p.b.shape[0] for p in present]
+    up = torch.zeros(sum(out_dims), rank * len(present))
+    row = 0
+    for i, p in enumerate(present):
+        up[row:row + out_dims[i], i * rank:(i + 1) * rank] = p.b.detach().float()
+        row += out_dims[i]
+    # kohya scales by alpha / (fused rank): n · alpha keeps the members' alpha / rank.
+    return down.contiguous(), up, scale * rank * len(present)
+
+
+def from_kohya(state: Mapping[str, torch.Tensor]) -> dict[str, LoraFactors]:
+    """Factors per diffusers module from a kohya FLUX LoRA (the inverse of ``to_kohya`` for any model width).
+
+    A fused layer whose up weight is block-diagonal is split into per-member ranks; otherwise each member gets the
+    whole down weight and its rows of the up weight (exact either way).
+    """
+    groups: dict[tuple[str, str, str], dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        match = _KOHYA_KEY.match(key)
+        if not match:
+            raise LoraFormatError(f"key {key!r} is not a kohya FLUX transformer key (lora_unet_double_blocks_N_...)")
+        groups.setdefault(match.group(1, 2, 3), {})[match.group(4)] = value
+    out: dict[str, LoraFactors] = {}
+    for (kohya_kind, index, name), tensors in groups.items():
+        prefix = f"lora_unet_{kohya_kind}_{index}_{name}"
+        diffusers_kind, table = _KOHYA_KINDS[kohya_kind]
+        members = dict(table).get(name)
+        if members is None:
+            raise LoraFormatError(f"{prefix}: unknown kohya module {name!r} in {kohya_kind}")
+        down, up = tensors["lora_down.weight"].float(), tensors["lora_up.weight"].float()
+        rank = down.shape[0]
+        alpha = float(tensors["alpha"]) if "alpha" in tensors else float(rank)
+        scale = alpha / rank
+        names = [f"{diffusers_kind}.{index}.{m}" for m in members]
+        if len(members) == 1:
+            out[names[0]] = LoraFactors(a=down, b=up, scale=scale)
+            continue
+        dims = _fused_out_dims(name, up.shape[0], len(members))
+        n = len(members)
+        pieces = torch.split(up, dims, dim=0)
+        if rank % n == 0 and _block_diagonal(pieces, rank // n):
+            r = rank // n
+            for i, module in enumerate(names):
+                out[module] = LoraFactors(a=down[i * r:(i + 1) * r], b=pieces[i][:, i * r:(i + 1) * r].contiguous(),
+                                          scale=scale)
+        else:
+            for module, piece in zip(names, pieces, strict=True):
+                out[module] = LoraFactors(a=down, b=piece.contiguous(), scale=scale)
+    return out
+
+
+def _fused_out_dims(name: str, total: int, n: int) -> list[int]:
+    if name == "linear1":  # q, k, v of width h and the MLP input of width 4h (FLUX's mlp_ratio)
+        h = total // 7
+        return [h, h, h, total - 3 * h]
+    return [total // n] * n
+
+
+def _block_diagonal(pieces: tuple[torch.Tensor, ...], r: int) -> bool:
+    for i, piece in enumerate(pieces):
+        off = torch.cat([piece[:, :i * r], piece[:, (i + 1) * r:]], dim=1)
+        if off.numel() and bool(off.abs().max() > 0):
+            return False
+    return True
+
+
+def delta_weights(factors: Mapping[str, LoraFactors]) -> dict[str, torch.Tensor]:
+    """``scale · B @ A`` per module: what the LoRA adds to each weight (to compare layouts exactly)."""
+    return {m: f.scale * (f.b.float() @ f.a.float()) for m, f in factors.items()}
+
+
+def save_lora_file(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> Path:
+    """Write safetensors with header metadata atomically (a temporary file, then ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    header = {"format": "pt", **{str(k): str(v) for k, v in metadata.items()}}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=header)
+    os.replace(tmp, path)
+    return path
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The safetensors header metadata of a LoRA file."""
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
+
+
+def load_kohya_as_diffusers(path: Path) -> dict[str, torch.Tensor]:
+    """A kohya file as a diffusers-layout state dict, for ``pipe.load_lora_weights(state)`` on any FLUX width.
+
+    (diffusers reads kohya FLUX files itself, but assumes FLUX.1's full width for the fused single-block layer.)
+    """
+    return to_diffusers(from_kohya(load_file(str(path))))

@@ -1,0 +1,663 @@
+"""FLUX LoRA training: flow matching on the transformer with peft, the same code for the tiny model and FLUX.1-dev.
+
+One run:
+1. Prepare: each photo is fitted to an aspect bucket at the chosen resolution, VAE-encoded once, and every caption
+   (plus the empty caption for caption dropout and the sample prompts) is text-encoded once. Both are cached on disk
+   under ``data_dir/cache`` keyed by image hash / caption and base model, then the text encoders are freed.
+2. Train: the frozen transformer gets peft LoRA layers on its attention and MLP projections. Each step draws noise
+   and sigmas (logit-normal around a resolution-dependent shift), mixes ``x_t = (1 - σ) x0 + σ ε`` and regresses
+   the velocity ``ε - x0``. All randomness of a step comes from a generator seeded by (seed, step), so a resumed run
+   repeats the uninterrupted one exactly.
+3. Checkpoints every N steps (atomic, last K kept) hold a loadable LoRA plus optimiser and scheduler state; a Stop
+   ends at a step boundary with a checkpoint; the final LoRA is written in diffusers and kohya layouts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import re
+import shutil
+import time
+import tomllib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from safetensors.torch import load_file, save_file
+
+from pipeline import events as ev
+from pipeline import lora_formats, memory
+from pipeline.base_model import BaseModelError, explain_load_failure, is_tiny, resolve_base_model
+from pipeline.dataset import Dataset
+from pipeline.settings import TrainSettings, to_json
+
+logger = logging.getLogger(__name__)
+
+PHASES = ("initial learning", "feature refinement", "style adaptation", "final optimisation")
+MAX_TEXT_TOKENS = 512  # T5 tokens: what FluxPipeline uses at inference, so training sees the same padding
+_ASPECTS = (1.0, 4 / 5, 5 / 4, 3 / 4, 4 / 3, 2 / 3, 3 / 2, 9 / 16, 16 / 9)  # width / height
+_STEP_DIR = re.compile(r"^step-(\d{6})$")
+_STATE_FILE = "training_state.pt"
+_LORA_FILE = "lora.safetensors"
+_KOHYA_FILE = "lora_kohya.safetensors"
+# Settings that do not change what a step computes: a run may resume after they changed.
+_RESUME_FREE_FIELDS = {"name", "steps", "checkpoint_every", "keep_checkpoints", "sample_every", "sample_prompts"}
+
+
+class TrainingError(ValueError):
+    """The dataset or output folder cannot be trained on; the message names what and how to fix it."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    step: int
+    path: Path  # a diffusers-layout LoRA safetensors, loadable by ``FluxPipeline.load_lora_weights``
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    status: str  # "completed" | "cancelled" | "failed"
+    lora_path: Path | None
+    kohya_path: Path | None
+    checkpoints: tuple[CheckpointInfo, ...]
+    steps_done: int
+    final_loss: float | None
+    losses: tuple[float, ...]
+    error: str = ""
+    seconds: float = 0.0
+
+
+def phase_for(step: int, total: int) -> str:
+    """The seed's four training phases, by the fraction of steps done."""
+    return PHASES[min(3, int(4 * (step - 1) / max(total, 1)))]
+
+
+def aspect_buckets(resolution: int) -> tuple[tuple[int, int], ...]:
+    """(width, height) buckets of about ``resolution``² pixels, sides multiples of 16 (8x VAE · 2x2 patches)."""
+    buckets = []
+    for aspect in _ASPECTS:
+        width = max(16, round(resolution * math.sqrt(aspect) / 16) * 16)
+        height = max(16, round(resolution / math.sqrt(aspect) / 16) * 16)
+        buckets.append((width, height))
+    return tuple(dict.fromkeys(buckets))
+
+
+def bucket_for(width: int, height: int, resolution: int) -> tuple[int, int]:
+    """The bucket whose aspect ratio is closest (in log space) to the image's."""
+    aspect = math.log(width / height)
+    return min(aspect_buckets(resolution), key=lambda b: abs(math.log(b[0] / b[1]) - aspect))
+
+
+def sample_sigmas(batch: int, *, method: str, image_tokens: int, generator: torch.Generator) -> torch.Tensor:
+    """Noise levels in (0, 1) for one batch.
+
+    FLUX shifts its sigmas towards noise as images grow (mu from 0.5 at 256 tokens to 1.15 at 4096, as its
+    scheduler does at inference). ``logit_normal`` draws sigmoid(N(mu, 1)), which is exactly the shifted
+    logit-normal of SD3/FLUX training; ``shift`` applies the same shift to uniform draws; ``uniform`` does not shift.
+    """
+    mu = 0.5 + (1.15 - 0.5) * (image_tokens - 256) / (4096 - 256)
+    if method == "logit_normal":
+        return torch.sigmoid(torch.randn(batch, generator=generator) + mu)
+    u = torch.rand(batch, generator=generator).clamp(1e-5, 1 - 1e-5)
+    if method == "shift":
+        return math.exp(mu) / (math.exp(mu) + (1 / u - 1))
+    return u
+
+
+def lora_target_modules(transformer: torch.nn.Module) -> list[str]:
+    """Attention and MLP projections of every transformer block (by full name, so the final proj_out is left)."""
+    leaves = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
+              "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
+              "ff_context.net.2", "proj_mlp", "proj_out")
+    blocks = ("transformer_blocks.", "single_transformer_blocks.")
+    return [name for name, module in transformer.named_modules()
+            if isinstance(module, torch.nn.Linear) and name.startswith(blocks) and name.split(".", 2)[2] in leaves]
+
+
+# --- preparation: buckets and caches -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Text:
+    prompt: torch.Tensor  # (tokens, joint_attention_dim)
+    pooled: torch.Tensor  # (pooled_projection_dim,)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    latents: tuple[torch.Tensor, ...]  # per item, (16, h/8, w/8), scaled and shifted as the transformer sees them
+    texts: tuple[_Text, ...]  # per item
+    empty: _Text  # the empty caption, for caption dropout
+    samples: tuple[_Text, ...]  # the sample prompts
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _key(*parts: object) -> str:
+    return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:40]
+
+
+def _model_key(model_path: str) -> str:
+    version = Path(model_path) / "likeness_tiny_version.txt"
+    return f"{model_path}|{version.read_text().strip() if version.is_file() else ''}"
+
+
+def _load_image(path: Path, bucket: tuple[int, int]) -> torch.Tensor:
+    try:
+        with Image.open(path) as raw:
+            image = ImageOps.exif_transpose(raw).convert("RGB")
+    except OSError as exc:
+        raise TrainingError(f"dataset image {str(path)!r} cannot be read ({exc}); rebuild the dataset") from exc
+    image = ImageOps.fit(image, bucket, method=Image.Resampling.LANCZOS)
+    array = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(bucket[1], bucket[0], 3)
+    return array.permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+def _prepare(dataset: Dataset, settings: TrainSettings, model_path: str, data_dir: Path, device: str,
+             dtype: torch.dtype, on_event: ev.EventCallback) -> tuple[_Prepared, torch.nn.Module]:
+    """Cached latents and text embeddings for the dataset; returns them and the VAE (kept for sample images)."""
+    from diffusers import AutoencoderKL, FluxPipeline
+
+    cache = Path(data_dir) / "cache"
+    model_key = _model_key(model_path)
+    vae = AutoencoderKL.from_pretrained(model_path, subfolder="vae", dtype=dtype).to(device).eval()
+    vae.requires_grad_(False)
+
+    latents = []
+    for i, item in enumerate(dataset.items):
+        if not item.image.is_file():
+            raise TrainingError(f"dataset image {str(item.image)!r} does not exist; rebuild the dataset")
+        with Image.open(item.image) as probe:
+            size = ImageOps.exif_transpose(probe).size
+        bucket = bucket_for(*size, settings.resolution)
+        path = cache / "latents" / f"{_key(_file_hash(item.image), bucket, model_key)}.safetensors"
+        if path.is_file():
+            latent = load_file(str(path))["latent"]
+        else:
+            pixels = _load_image(item.image, bucket).unsqueeze(0).to(device, dtype)
+            with torch.no_grad():
+                mean = vae.encode(pixels).latent_dist.mean
+            latent = ((mean - vae.config.shift_factor) * vae.config.scaling_factor)[0].float().cpu()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_save({"latent": latent}, path)
+        latents.append(latent)
+        on_event(ev.Progress("train", i + 1, len(dataset.items), "encoding photos (cached for later runs)"))
+
+    prompts = [item.caption for item in dataset.items]
+    sample_prompts = [p.replace("{trigger}", dataset.trigger_word) for p in settings.sample_prompts]
+    wanted = dict.fromkeys(prompts + [""] + sample_prompts)
+    text_paths = {p: cache / "text" / f"{_key(p, model_key, MAX_TEXT_TOKENS)}.safetensors" for p in wanted}
+    missing = [p for p, path in text_paths.items() if not path.is_file()]
+    if missing:
+        on_event(ev.Message(f"encoding {len(missing)} captions with CLIP and T5"))
+        encoders = FluxPipeline.from_pretrained(model_path, transformer=None, vae=None, dtype=dtype).to(device)
+        with torch.no_grad():
+            for prompt in missing:
+                embeds, pooled, _ids = encoders.encode_prompt(prompt=prompt, prompt_2=prompt, device=device,
+                                                              max_sequence_length=MAX_TEXT_TOKENS)
+                text_paths[prompt].parent.mkdir(parents=True, exist_ok=True)
+                _atomic_save({"prompt": embeds[0].float().cpu(), "pooled": pooled[0].float().cpu()},
+                             text_paths[prompt])
+        # Free the text encoders (T5-XXL alone is 9.5 GB in bf16) before the transformer is loaded.
+        del encoders
+        _empty_cache()
+    texts = {}
+    for prompt, path in text_paths.items():
+        loaded = load_file(str(path))
+        texts[prompt] = _Text(prompt=loaded["prompt"], pooled=loaded["pooled"])
+    prepared = _Prepared(latents=tuple(latents), texts=tuple(texts[p] for p in prompts), empty=texts[""],
+                         samples=tuple(texts[p] for p in sample_prompts))
+    return prepared, vae
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _empty_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# --- batches -------------------------------------------------------------------------------------------------------
+
+
+def _batches(latents: Sequence[torch.Tensor], batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Endless batches of item indices, one bucket (latent shape) per batch, reshuffled every epoch from the seed."""
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, latent in enumerate(latents):
+        by_shape.setdefault(tuple(latent.shape), []).append(i)
+    epoch = 0
+    while True:
+        rng = random.Random(seed * 100_003 + epoch)
+        batches = []
+        for indices in by_shape.values():
+            order = indices[:]
+            rng.shuffle(order)
+            batches += [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        rng.shuffle(batches)
+        yield from batches
+        epoch += 1
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------------------
+
+
+def list_checkpoints(output_dir: Path) -> tuple[CheckpointInfo, ...]:
+    """Complete checkpoints in ``output_dir/checkpoints``, oldest first."""
+    folder = Path(output_dir) / "checkpoints"
+    found = []
+    if folder.is_dir():
+        for child in folder.iterdir():
+            match = _STEP_DIR.match(child.name)
+            if match and (child / _STATE_FILE).is_file() and (child / _LORA_FILE).is_file():
+                found.append(CheckpointInfo(step=int(match.group(1)), path=child / _LORA_FILE))
+    return tuple(sorted(found, key=lambda c: c.step))
+
+
+def _resume_fingerprint(settings: TrainSettings, model_key: str, dataset: Dataset) -> str:
+    data = {k: v for k, v in dataclasses.asdict(settings).items() if k not in _RESUME_FREE_FIELDS}
+    items = [(str(i.image), i.caption) for i in dataset.items]
+    return _key(json.dumps(data, sort_keys=True, default=str), model_key, items)
+
+
+# --- the run -------------------------------------------------------------------------------------------------------
+
+
+def software_version() -> str:
+    """This program's version and the libraries that shape a LoRA, for the file header."""
+    import diffusers
+    import peft
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    version = "unknown"
+    if pyproject.is_file():
+        version = tomllib.loads(pyproject.read_text())["project"]["version"]
+    return f"likeness {version}; diffusers {diffusers.__version__}; peft {peft.__version__}; torch {torch.__version__}"
+
+
+class _Run:
+    """State of one training run; ``train_lora`` is its only entry point."""
+
+    def __init__(self, dataset: Dataset, settings: TrainSettings, output_dir: Path, base_model: str, data_dir: Path,
+                 on_event: ev.EventCallback, should_stop: ev.StopCheck) -> None:
+        self.dataset = dataset
+        self.settings = settings
+        self.output_dir = Path(output_dir)
+        self.base_model = base_model
+        self.data_dir = Path(data_dir)
+        self._on_event = on_event
+        self.should_stop = should_stop
+        self.losses: list[float] = []
+        self.loss_smooth: float | None = None
+        self.checkpoints: list[CheckpointInfo] = []
+
+    def emit(self, event: ev.Event) -> None:
+        try:
+            self._on_event(event)
+        except Exception:  # noqa: BLE001 - a broken renderer must not end a long training run
+            logger.exception("on_event callback failed for %s", type(event).__name__)
+
+    # - setup -
+
+    def setup(self) -> None:
+        s = self.settings
+        self.model_path = resolve_base_model(self.base_model, self.data_dir)
+        self.model_key = _model_key(self.model_path)
+        self.fingerprint = _resume_fingerprint(s, self.model_key, self.dataset)
+        cuda = torch.cuda.is_available()
+        self.device = "cuda" if cuda else "cpu"
+        free_gb = memory.free_gpu_gb()
+        mode, reason = memory.choose_mode(s.memory_mode, free_gb)
+        if mode == "nf4" and not memory.bitsandbytes_works():
+            mode, reason = "fp8", "nf4 needs bitsandbytes, which does not work here: fp8 instead"
+            self.emit(ev.Message(reason, level="warning"))
+        self.mode = mode
+        self.dtype = torch.float32 if mode == "cpu" else torch.bfloat16
+        self.emit(ev.Message(f"memory mode {mode}: {reason}"))
+
+        self.prepared, self.vae = _prepare(self.dataset, s, self.model_path, self.data_dir, self.device,
+                                           self.dtype, self.emit)
+        self._load_transformer()
+        self.batch_size = s.batch_size or self._auto_batch_size(free_gb)
+        self.emit(ev.Message(f"batch size {self.batch_size}" + ("" if s.batch_size else " (automatic)")))
+
+    def _load_transformer(self) -> None:
+        from diffusers import FluxTransformer2DModel
+        from peft import LoraConfig
+
+        s = self.settings
+        device_map = self.device if self.device == "cuda" and self.mode != "offload" else None
+        # Straight from the safetensors files to the device: no second copy of the weights in host RAM.
+        self.transformer = FluxTransformer2DModel.from_pretrained(
+            self.model_path, subfolder="transformer", dtype=self.dtype, device_map=device_map, low_cpu_mem_usage=True)
+        self.transformer.requires_grad_(False)
+        if s.gradient_checkpointing or self.mode in ("fp8", "offload"):
+            # fp8 and offload must recompute blocks: otherwise every dequantised/onloaded weight stays saved.
+            self.transformer.enable_gradient_checkpointing()
+        torch.manual_seed(s.seed)  # the LoRA A matrices' initialisation
+        self.targets = lora_target_modules(self.transformer)
+        self.transformer.add_adapter(LoraConfig(r=s.rank, lora_alpha=s.alpha, init_lora_weights="gaussian",
+                                                target_modules=self.targets, lora_dropout=0.0))
+        if self.mode == "fp8":
+            memory.quantize_frozen_linears_fp8(self.transformer)
+        if self.mode == "offload":
+            self.transformer.enable_group_offload(onload_device=torch.device("cuda"),
+                                                  offload_device=torch.device("cpu"), offload_type="block_level",
+                                                  num_blocks_per_group=1, use_stream=True)
+        elif device_map is None:
+            self.transformer.to(self.device)
+        self.params = [p for p in self.transformer.parameters() if p.requires_grad]
+        for p in self.params:  # LoRA weights and their optimiser state in fp32, whatever the base dtype
+            p.data = p.data.float()
+        self.transformer.train()
+
+    def _auto_batch_size(self, free_gb: float | None) -> int:
+        config = self.transformer.config
+        hidden = config.num_attention_heads * config.attention_head_dim
+        latent = self.prepared.latents[0]
+        estimate = memory.estimate_memory(
+            self.mode, base_parameters=0, lora_parameters=sum(p.numel() for p in self.params), hidden_size=hidden,
+            num_blocks=config.num_layers + config.num_single_layers,
+            image_tokens=latent.shape[1] * latent.shape[2] // 4, text_tokens=MAX_TEXT_TOKENS,
+            gradient_checkpointing=self.settings.gradient_checkpointing, optimizer=self.settings.optimizer)
+        # Weights are loaded by now, so free memory already excludes them.
+        free_now = memory.free_gpu_gb()
+        return memory.auto_batch_size(len(self.dataset), free_gb=free_now, per_sample_gb=estimate.activations_gb,
+                                      fixed_gb=estimate.lora_gb + estimate.optimizer_gb)
+
+    def make_optimizer(self) -> None:
+        from diffusers.optimization import get_scheduler
+
+        s = self.settings
+        if s.optimizer == "adamw8bit" and memory.bitsandbytes_works():
+            import bitsandbytes as bnb
+
+            self.optimizer = bnb.optim.AdamW8bit(self.params, lr=s.learning_rate, weight_decay=1e-4)
+        else:
+            if s.optimizer == "adamw8bit":
+                self.emit(ev.Message("adamw8bit needs bitsandbytes with CUDA, which does not work here: using AdamW "
+                                     "(the LoRA's optimiser state is small either way)", level="warning"))
+            self.optimizer = torch.optim.AdamW(self.params, lr=s.learning_rate, weight_decay=1e-4,
+                                               fused=self.device == "cuda")
+        self.lr_scheduler = get_scheduler("cosine" if s.lr_schedule == "cosine" else "constant_with_warmup",
+                                          self.optimizer, num_warmup_steps=min(s.warmup_steps, s.steps),
+                                          num_training_steps=s.steps)
+
+    # - checkpoints -
+
+    def lora_state(self) -> dict[str, torch.Tensor]:
+        from peft.utils import get_peft_model_state_dict
+
+        return {k: v.detach().float().cpu().clone() for k, v in get_peft_model_state_dict(self.transformer).items()}
+
+    def header(self, step: int) -> dict[str, str]:
+        s = self.settings
+        return {
+            "likeness.name": s.name, "likeness.trigger_word": self.dataset.trigger_word,
+            "likeness.base_model": self.base_model, "likeness.steps": str(step), "likeness.total_steps": str(s.steps),
+            "likeness.rank": str(s.rank), "likeness.alpha": str(s.alpha), "likeness.resolution": str(s.resolution),
+            "likeness.learning_rate": str(s.learning_rate), "likeness.photos": str(len(self.dataset)),
+            "likeness.software": software_version(), "likeness.settings": to_json(s),
+            # kohya's keys, read by ComfyUI/Forge/A1111 model browsers.
+            "ss_network_module": "networks.lora_flux", "ss_network_dim": str(s.rank), "ss_network_alpha": str(s.alpha),
+            "ss_base_model_version": "flux1", "ss_output_name": s.name, "ss_steps": str(step),
+            "ss_resolution": f"({s.resolution}, {s.resolution})", "ss_num_train_images": str(len(self.dataset)),
+            "ss_learning_rate": str(s.learning_rate),
+        }
+
+    def write_lora(self, path: Path, step: int, kohya_path: Path | None = None) -> None:
+        state = self.lora_state()
+        factors = lora_formats.factors_from_peft(state, rank=self.settings.rank, alpha=self.settings.alpha)
+        lora_formats.save_lora_file(path, lora_formats.to_diffusers(factors), self.header(step))
+        if kohya_path is not None:
+            lora_formats.save_lora_file(kohya_path, lora_formats.to_kohya(factors), self.header(step))
+
+    def save_checkpoint(self, step: int) -> CheckpointInfo:
+        folder = self.output_dir / "checkpoints"
+        final = folder / f"step-{step:06d}"
+        tmp = folder / f".step-{step:06d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.write_lora(tmp / _LORA_FILE, step)
+        torch.save({
+            "step": step, "fingerprint": self.fingerprint, "lora": self.lora_state(),
+            "optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
+            "losses": self.losses, "loss_smooth": self.loss_smooth, "torch_rng": torch.get_rng_state(),
+        }, tmp / _STATE_FILE)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        info = CheckpointInfo(step=step, path=final / _LORA_FILE)
+        self.checkpoints = [c for c in self.checkpoints if c.step != step] + [info]
+        for old in self.checkpoints[:-self.settings.keep_checkpoints]:
+            shutil.rmtree(old.path.parent, ignore_errors=True)
+        self.checkpoints = self.checkpoints[-self.settings.keep_checkpoints:]
+        self.emit(ev.CheckpointSaved(step=step, path=info.path))
+        return info
+
+    def try_resume(self) -> int:
+        """Load the latest compatible checkpoint; returns the step to continue after (0 for a fresh run)."""
+        from peft.utils import set_peft_model_state_dict
+
+        found = list_checkpoints(self.output_dir)
+        if not found:
+            return 0
+        latest = found[-1]
+        state = torch.load(latest.path.parent / _STATE_FILE, map_location="cpu", weights_only=True)
+        if state["fingerprint"] != self.fingerprint:
+            self.emit(ev.Message(f"checkpoints in {self.output_dir} come from other settings, photos or base model: "
+                                 "starting afresh", level="warning"))
+            shutil.rmtree(self.output_dir / "checkpoints", ignore_errors=True)
+            return 0
+        set_peft_model_state_dict(self.transformer, state["lora"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.losses = list(state["losses"])
+        self.loss_smooth = state["loss_smooth"]
+        torch.set_rng_state(state["torch_rng"])
+        self.checkpoints = list(found)
+        self.emit(ev.Message(f"resuming from the checkpoint at step {latest.step}"))
+        return latest.step
+
+    # - steps -
+
+    def step_loss(self, step: int, indices: list[int]) -> torch.Tensor:
+        from diffusers import FluxPipeline
+
+        s = self.settings
+        prep = self.prepared
+        generator = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
+        x0 = torch.stack([prep.latents[i] for i in indices])
+        batch, channels, height, width = x0.shape
+        noise = torch.randn(x0.shape, generator=generator)
+        image_tokens = (height // 2) * (width // 2)
+        sigmas = sample_sigmas(batch, method=s.timestep_sampling, image_tokens=image_tokens, generator=generator)
+        dropped = torch.rand(batch, generator=generator) < s.caption_dropout
+        texts = [prep.empty if drop else prep.texts[i] for i, drop in zip(indices, dropped.tolist(), strict=True)]
+
+        dev = self.device
+        sig = sigmas.view(-1, 1, 1, 1)
+        noisy = FluxPipeline._pack_latents((1 - sig) * x0 + sig * noise, batch, channels, height, width)
+        target = FluxPipeline._pack_latents(noise - x0, batch, channels, height, width).to(dev)
+        prompt = torch.stack([t.prompt for t in texts]).to(dev, self.dtype)
+        pooled = torch.stack([t.pooled for t in texts]).to(dev, self.dtype)
+        img_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, dev, self.dtype)
+        txt_ids = torch.zeros(prompt.shape[1], 3, device=dev, dtype=self.dtype)
+        guidance = None
+        if self.transformer.config.guidance_embeds:
+            guidance = torch.full((batch,), s.guidance, device=dev, dtype=torch.float32)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev == "cuda"):
+            prediction = self.transformer(
+                hidden_states=noisy.to(dev, self.dtype), timestep=sigmas.to(dev, self.dtype), guidance=guidance,
+                pooled_projections=pooled, encoder_hidden_states=prompt, txt_ids=txt_ids, img_ids=img_ids,
+                return_dict=False)[0]
+        return F.mse_loss(prediction.float(), target.float())
+
+    def sample(self, step: int) -> None:
+        from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+        s = self.settings
+        if not self.prepared.samples:
+            return
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(self.model_path, subfolder="scheduler")
+        pipe = FluxPipeline(scheduler=scheduler, vae=self.vae, text_encoder=None, tokenizer=None,
+                            text_encoder_2=None, tokenizer_2=None, transformer=self.transformer)
+        pipe.set_progress_bar_config(disable=True)
+        tiny = is_tiny(self.model_path)
+        folder = self.output_dir / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        self.transformer.eval()
+        try:
+            for i, text in enumerate(self.prepared.samples):
+                with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device == "cuda"):
+                    image = pipe(prompt_embeds=text.prompt[None].to(self.device, self.dtype),
+                                 pooled_prompt_embeds=text.pooled[None].to(self.device, self.dtype),
+                                 height=s.resolution, width=s.resolution, num_inference_steps=4 if tiny else 20,
+                                 guidance_scale=3.5, generator=torch.Generator().manual_seed(i)).images[0]
+                path = folder / f"step-{step:06d}-{i}.png"
+                image.save(path)
+                paths.append(path)
+        finally:
+            self.transformer.train()
+        prompts = tuple(p.replace("{trigger}", self.dataset.trigger_word) for p in s.sample_prompts)
+        self.emit(ev.SampleImages(step=step, images=tuple(paths), prompts=prompts))
+
+    def report_step(self, step: int, loss: float, seconds_per_step: float) -> None:
+        s = self.settings
+        self.loss_smooth = loss if self.loss_smooth is None else 0.9 * self.loss_smooth + 0.1 * loss
+        phase = phase_for(step, s.steps)
+        if step == 1 or phase != phase_for(step - 1, s.steps):
+            self.emit(ev.Message(f"phase: {phase} (from step {step} of {s.steps})"))
+        gpu = torch.cuda.max_memory_allocated() / memory.GB if self.device == "cuda" else 0.0
+        self.emit(ev.TrainStep(step=step, total_steps=s.steps, loss=loss, loss_smooth=self.loss_smooth,
+                               learning_rate=self.lr_scheduler.get_last_lr()[0], seconds_per_step=seconds_per_step,
+                               eta_seconds=seconds_per_step * (s.steps - step), phase=phase, gpu_memory_gb=gpu,
+                               host_memory_gb=memory.host_memory_gb()))
+
+
+def train_lora(
+    dataset: Dataset,
+    settings: TrainSettings,
+    output_dir: Path,
+    *,
+    base_model: str,
+    data_dir: Path,
+    on_event: ev.EventCallback = ev.ignore,
+    should_stop: ev.StopCheck = ev.never,
+    resume: bool = True,
+) -> TrainResult:
+    """Train a LoRA of ``dataset``'s person on ``base_model``; outputs go to ``output_dir``.
+
+    Raises SettingsError for invalid settings and TrainingError for an empty dataset, before anything runs. Every
+    later failure (model cannot load, out of memory, loss not finite) ends as ``status="failed"`` with the reason.
+    With ``resume`` a run continues from the latest checkpoint in ``output_dir`` made with the same settings.
+    """
+    settings.validate()
+    if len(dataset) == 0:
+        raise TrainingError("the dataset has no photos: classify and select at least one photo before training")
+    started = time.perf_counter()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    run = _Run(dataset, settings, output_dir, base_model, data_dir, on_event, should_stop)
+    threads = torch.get_num_threads()
+    if not torch.cuda.is_available() and is_tiny(base_model):
+        # The tiny model's matrices are too small to split across cores: one thread avoids the scheduling overhead,
+        # which dominates (measured 0.04 s/step on one thread against 0.2-0.7 s on two busy cores).
+        torch.set_num_threads(1)
+    try:
+        return _train(run, dataset, settings, output_dir, base_model, started, resume)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(run: _Run, dataset: Dataset, settings: TrainSettings, output_dir: Path, base_model: str, started: float,
+           resume: bool) -> TrainResult:
+    step = 0
+    try:
+        run.setup()
+        run.make_optimizer()
+        if resume:
+            step = run.try_resume()
+        else:
+            shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+        (output_dir / "settings.json").write_text(to_json(settings))
+        batches = _batches(run.prepared.latents, run.batch_size, settings.seed)
+        for _ in range(step):  # the same batch order as an uninterrupted run
+            next(batches)
+        step_times: list[float] = []
+        while step < settings.steps:
+            if run.should_stop():
+                if step > 0 and (not run.checkpoints or run.checkpoints[-1].step != step):
+                    run.save_checkpoint(step)
+                run.emit(ev.Message(f"stopped at step {step} of {settings.steps}; the run can be resumed"))
+                return _result(run, "cancelled", step, started)
+            tic = time.perf_counter()
+            step += 1
+            loss = run.step_loss(step, next(batches))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the loss became {loss.item()} at step {step}: lower learning_rate "
+                                         f"(now {settings.learning_rate}) or max_grad_norm")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(run.params, settings.max_grad_norm)
+            run.optimizer.step()
+            run.lr_scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            run.losses.append(loss.item())
+            step_times.append(time.perf_counter() - tic)
+            # The first steps include warm-up (allocations, kernel selection): average the recent ones.
+            recent = step_times[-20:] if len(step_times) > 3 else step_times
+            run.report_step(step, run.losses[-1], sum(recent) / len(recent))
+            if step % settings.checkpoint_every == 0 and step < settings.steps:
+                run.save_checkpoint(step)
+            if step % settings.sample_every == 0 or step == settings.steps:
+                run.sample(step)
+        run.save_checkpoint(step)
+        lora_path, kohya_path = output_dir / _LORA_FILE, output_dir / _KOHYA_FILE
+        run.write_lora(lora_path, step, kohya_path)
+        run.emit(ev.Message(f"training finished: {step} steps, LoRA saved to {lora_path}"))
+        return _result(run, "completed", step, started, lora_path, kohya_path)
+    except BaseModelError as exc:
+        return _failed(run, str(exc), step, started)
+    except TrainingError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the run ends as "failed" with a reason the user can read
+        logger.exception("training failed at step %d", step)
+        reason = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, torch.OutOfMemoryError):
+            reason = (f"out of GPU memory at step {step} in memory mode {getattr(run, 'mode', '?')}: choose a "
+                      "lower memory mode (fp8, nf4, offload), a smaller batch size or resolution")
+        elif isinstance(exc, OSError) and not Path(str(base_model)).exists() and not hasattr(run, "transformer"):
+            reason = explain_load_failure(base_model, exc)
+        return _failed(run, reason, step, started)
+
+
+def _result(run: _Run, status: str, step: int, started: float, lora_path: Path | None = None,
+            kohya_path: Path | None = None) -> TrainResult:
+    return TrainResult(status=status, lora_path=lora_path, kohya_path=kohya_path,
+                       checkpoints=tuple(run.checkpoints), steps_done=step,
+                       final_loss=run.losses[-1] if run.losses else None, losses=tuple(run.losses),
+                       seconds=time.perf_counter() - started)
+
+
+def _failed(run: _Run, reason: str, step: int, started: float) -> TrainResult:
+    run.emit(ev.Message(f"training failed: {reason}", level="error"))
+    return dataclasses.replace(_result(run, "failed", step, started), error=reason)
