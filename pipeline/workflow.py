@@ -8,13 +8,13 @@ restart loses nothing. Training runs in the job queue's worker thread, one at a 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
-import shutil
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from pipeline.classify import ClassificationResult, classify_photos
 from pipeline.crops import build_dataset
 from pipeline.dataset import Dataset
 from pipeline.jobs import Job, JobQueue
-from pipeline.library import Library, ModelRecord
+from pipeline.library import Library, ModelNotFound, ModelRecord
 from pipeline.photos import IntakeResult, PhotoStore, StoredPhoto
 from pipeline.settings import AppSettings, ClassifySettings, GenerateSettings, IntakeSettings, TrainSettings, to_json
 
@@ -192,11 +192,10 @@ class Workflow:
         return monitor
 
     def cancel_training(self, model_id: str) -> None:
-        for job in self.jobs.list():
-            if job.model_id == model_id and job.status in ("queued", "running"):
-                self.jobs.cancel(job.id)
-                if job.status == "queued":
-                    self.library.update(model_id, status="cancelled")
+        for job in self.jobs.for_model(model_id):
+            if job.status in ("queued", "running") and self.jobs.cancel(job.id).status == "cancelled":
+                # A queued job ends at once; a running one stops at its next step and reports itself.
+                self.library.update(model_id, status="cancelled")
 
     def wait_for(self, model_id: str, timeout: float = 600.0, poll: float = 0.5) -> ModelRecord:
         deadline = time.monotonic() + timeout
@@ -224,6 +223,11 @@ class Workflow:
             result = train_lora(dataset, settings, folder / "lora", base_model=self.base_model,
                                 data_dir=self.data_dir, on_event=monitor.on_event, should_stop=should_stop)
             checkpoints = [{"step": c.step, "path": str(c.path)} for c in result.checkpoints]
+            if result.status == "cancelled" and self.jobs.interrupting and not self.jobs.cancel_requested(job.id):
+                # The app is shutting down: the job goes back to the queue and resumes from its last checkpoint.
+                self.library.update(record.id, status="queued", checkpoints=checkpoints)
+                monitor.note("interrupted by shutdown: will resume from the last checkpoint", status="queued")
+                return
             if result.status != "completed":
                 status = "cancelled" if result.status == "cancelled" else "failed"
                 self._finish(record.id, status=status, error=result.error or status, checkpoints=checkpoints)
@@ -235,7 +239,8 @@ class Workflow:
             self._assess(record.id, dataset, result, monitor)
         except Exception as exc:  # the job must end with a reason the user can read, whatever failed
             logger.exception("training job %s failed", job.id)
-            self._finish(record.id, status="failed", error=f"{type(exc).__name__}: {exc}")
+            with contextlib.suppress(ModelNotFound):  # deleted while it trained: nothing left to mark
+                self._finish(record.id, status="failed", error=f"{type(exc).__name__}: {exc}")
             raise
 
     def _assess(self, model_id: str, dataset: Dataset, result: Any, monitor: TrainingMonitor) -> None:
@@ -336,14 +341,9 @@ class Workflow:
     # --------------------------------------------------------------- library
     def delete_model(self, model_id: str) -> None:
         self.cancel_training(model_id)
-        self.library.delete(model_id)
+        self.library.delete(model_id, force=True)
         self._monitors.pop(model_id, None)
 
     def close(self) -> None:
         self.jobs.stop()
 
-
-def copy_into(paths: Sequence[Path], folder: Path) -> list[Path]:
-    """Copy files into ``folder`` (used by the CLI to stage a directory of photos)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    return [Path(shutil.copy2(p, folder / p.name)) for p in paths]
