@@ -58,6 +58,13 @@ class ClassifySettings:
     target_min: int = 15
     target_max: int = 20
     training_resolution: int = 512
+    # Added with the classifier (issue 4); the README's table explains each.
+    analysis_max_side: int = 1600  # photos are decoded to this size (JPEG draft), not in full
+    detect_fallback_side: int = 1600  # second, finer MTCNN look when nothing was found at detect_max_side
+    min_border_margin: float = 0.02  # face box gap to the frame edge, in face sizes; less: face_cut_off
+    second_face_ratio: float = 0.35  # another face at least this size (vs the main face) makes multiple_faces
+    crop_factor: float = 2.2  # square crop side / face side: head, hair and some shoulders
+    min_identity_photos: int = 3  # below this there is no consensus to compare with
 
     def validate(self) -> ClassifySettings:
         _check(0 < self.min_face_confidence <= 1, "min_face_confidence", "must be in (0, 1]")
