@@ -197,7 +197,7 @@ class Generator:
                         p._interrupt = True  # diffusers' documented way to end the denoising loop early
                     return tensors
 
-                image = self._run(pipe, settings, seed=seed, on_step=on_step)
+                image = self.render(pipe, settings, seed=seed, on_step=on_step)
                 if pipe.interrupt:
                     break
                 single = dataclasses.replace(settings, seed=seed, num_images=1)
@@ -206,9 +206,11 @@ class Generator:
             on_event(Message(f"stopped after {len(images)} of {settings.num_images} images", level="warning"))
         return images
 
-    def _run(self, pipe: Any, settings: GenerateSettings, *, seed: int, on_step: Any = None,
-             latents: torch.Tensor | None = None, embeds: tuple[torch.Tensor, torch.Tensor] | None = None) -> Any:
-        """One image from the pipeline (prompt or pre-computed embeddings; fresh or given initial noise)."""
+    def render(self, pipe: Any, settings: GenerateSettings, *, seed: int, on_step: Any = None,
+               latents: torch.Tensor | None = None,
+               embeds: tuple[torch.Tensor, torch.Tensor] | None = None) -> Image.Image:
+        """One image, no metadata, for callers inside ``activated()``: from ``settings.prompt`` or pre-computed
+        (prompt, pooled) embeddings, from the seed's noise or given packed ``latents``."""
         negative = settings.negative_prompt.strip()
         kwargs: dict[str, Any] = {}
         if embeds is None:

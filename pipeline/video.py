@@ -1,0 +1,168 @@
+"""A short clip of the person: frames generated with the LoRA along a smooth path, encoded to MP4.
+
+The path runs between two seeds' starting noise (spherical interpolation, which keeps the noise's statistics that
+a straight line would shrink in the middle) and, when a second prompt is given, between the two prompts'
+embeddings. Every frame is a full generation from its own point on the path, so neighbouring frames are similar
+images rather than motion: a "morph" clip. imageio-ffmpeg ships the ffmpeg binary that encodes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline.events import EventCallback, Message, Progress, StopCheck, ignore, never
+from pipeline.generation import Generator
+from pipeline.settings import GenerateSettings
+
+logger = logging.getLogger(__name__)
+
+MAX_FRAMES = 240
+
+
+class VideoError(ValueError):
+    """A video request that cannot be made; the message names the argument and the fix."""
+
+
+def slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation from ``a`` (t=0) to ``b`` (t=1), along the great circle between them."""
+    a64, b64 = a.double(), b.double()
+    cos = torch.sum(a64 * b64) / (a64.norm() * b64.norm())
+    omega = torch.arccos(cos.clamp(-1.0, 1.0))
+    if float(omega) < 1e-4:  # (nearly) the same direction: a straight line is the same path
+        return torch.lerp(a64, b64, t).to(a.dtype)
+    sin = torch.sin(omega)
+    mixed = (torch.sin((1 - t) * omega) / sin) * a64 + (torch.sin(t * omega) / sin) * b64
+    return mixed.to(a.dtype)
+
+
+def path_positions(frames: int, *, loop: bool = False) -> list[float]:
+    """Where each frame sits on the path: 0 → 1 evenly, or 0 → 1 → back to 0 (eased) for a seamless loop."""
+    if loop:
+        return [(1 - math.cos(2 * math.pi * i / frames)) / 2 for i in range(frames)]
+    return [i / (frames - 1) for i in range(frames)]
+
+
+def video_frames(
+    generator: Generator,
+    *,
+    prompt: str,
+    lora_path: Path | None,
+    frames: int,
+    seed_a: int = 0,
+    seed_b: int = 1,
+    prompt_b: str | None = None,
+    width: int,
+    height: int,
+    steps: int,
+    guidance: float = 3.5,
+    lora_scale: float = 1.0,
+    loop: bool = False,
+) -> Iterator[Image.Image]:
+    """The frames one by one. Frame 0 is exactly the still image ``generate`` makes for ``prompt`` at ``seed_a``.
+
+    The generator stays locked while frames are made, so a clip is not mixed with another request's LoRA.
+    """
+    settings = GenerateSettings(prompt=prompt, seed=seed_a, steps=steps, guidance=guidance, width=width,
+                                height=height, lora_scale=lora_scale).validate()
+    _check_frames(frames)
+    with generator.activated(lora_path, lora_scale) as pipe:
+        noise_a, noise_b = (_noise(pipe, seed, width, height) for seed in (seed_a, seed_b))
+        embeds_a = _embed(pipe, prompt)
+        embeds_b = _embed(pipe, prompt_b) if prompt_b and prompt_b.strip() else embeds_a
+        for t in path_positions(frames, loop=loop):
+            latents = slerp(t, noise_a, noise_b)
+            embeds = tuple(torch.lerp(a, b, t) for a, b in zip(embeds_a, embeds_b, strict=True))
+            yield generator.render(pipe, settings, seed=seed_a, latents=latents, embeds=embeds)
+
+
+def make_video(
+    generator: Generator,
+    *,
+    prompt: str,
+    lora_path: Path | None,
+    out_path: Path,
+    frames: int = 16,
+    fps: int = 8,
+    seed_a: int = 0,
+    seed_b: int = 1,
+    prompt_b: str | None = None,
+    width: int,
+    height: int,
+    steps: int,
+    guidance: float = 3.5,
+    lora_scale: float = 1.0,
+    loop: bool = False,
+    on_event: EventCallback = ignore,
+    should_stop: StopCheck = never,
+) -> Path:
+    """Generate ``frames`` frames and encode them to an H.264 MP4 at ``fps`` (length = frames / fps seconds).
+
+    Reports ``Progress(stage="video")`` per frame. Stopping early keeps the frames made so far in the file.
+    """
+    import imageio_ffmpeg
+
+    # Checked before ffmpeg starts: a bad request must not leave a file or a process behind.
+    GenerateSettings(prompt=prompt, steps=steps, width=width, height=height).validate()
+    _check_frames(frames)
+    if not 1 <= fps <= 60:
+        raise VideoError(f"fps: must be between 1 and 60, got {fps}")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the target and renamed at the end, so a crash never leaves a half file under the real name.
+    partial = out_path.with_name(f".{out_path.stem}.partial.mp4")
+    frame_iter = video_frames(generator, prompt=prompt, lora_path=lora_path, frames=frames, seed_a=seed_a,
+                              seed_b=seed_b, prompt_b=prompt_b, width=width, height=height, steps=steps,
+                              guidance=guidance, lora_scale=lora_scale, loop=loop)
+    writer = imageio_ffmpeg.write_frames(
+        str(partial), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=8,
+        macro_block_size=16, output_params=["-movflags", "+faststart"], ffmpeg_log_level="error",
+    )
+    writer.send(None)  # start ffmpeg
+    done = 0
+    try:
+        for frame in frame_iter:
+            writer.send(np.ascontiguousarray(frame.convert("RGB")))
+            done += 1
+            on_event(Progress("video", done, frames, f"frame {done} of {frames}"))
+            if should_stop() and done < frames:
+                on_event(Message(f"video stopped after {done} of {frames} frames", level="warning"))
+                break
+    except BaseException:
+        writer.close()
+        partial.unlink(missing_ok=True)
+        raise
+    finally:
+        frame_iter.close()  # releases the generator's lock if we stopped early
+    writer.close()
+    os.replace(partial, out_path)
+    logger.info("wrote %d frames at %d fps to %s", done, fps, out_path)
+    return out_path
+
+
+def _check_frames(frames: int) -> None:
+    if not 2 <= frames <= MAX_FRAMES:
+        raise VideoError(f"frames: must be between 2 and {MAX_FRAMES}, got {frames}")
+
+
+def _noise(pipe: Any, seed: int, width: int, height: int) -> torch.Tensor:
+    """The packed starting latents ``pipe`` itself draws for ``seed`` (same CPU generator as Generator uses)."""
+    channels = pipe.transformer.config.in_channels // 4
+    latents, _ids = pipe.prepare_latents(1, channels, height, width, pipe.transformer.dtype, pipe.device,
+                                         torch.Generator("cpu").manual_seed(seed))
+    return latents
+
+
+def _embed(pipe: Any, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        prompt_embeds, pooled, _text_ids = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=pipe.device,
+                                                              num_images_per_prompt=1)
+    return prompt_embeds, pooled
