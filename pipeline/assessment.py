@@ -22,7 +22,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from pipeline.events import EventCallback, Message, Progress, StopCheck, ignore, never
+from pipeline.faces import Face, detect_faces
 from pipeline.generation import DEFAULT_TEST_PROMPTS, Generator, image_metadata, insert_trigger, save_png
+from pipeline.quality import QualityMetrics, measure_quality, quality_components, quality_score
 from pipeline.settings import ClassifySettings, GenerateSettings
 
 logger = logging.getLogger(__name__)
@@ -65,8 +67,8 @@ class ImageScore:
     quality: float  # 0–100 from sharpness and exposure
     distance: float | None = None  # identity-model distance of the best-matching face
     faces: int = 0
-    sharpness: float = 0.0  # variance of the Laplacian, normalised to 256 px
-    exposure: float = 0.0  # 0–1: 1 is well exposed, 0 black, white or clipped
+    sharpness: float = 0.0  # the classifier's measure: variance of the Laplacian of the face at ≤256 px
+    exposure: float = 0.0  # the classifier's exposure component, 0–1: 1 well exposed, 0 black, white or clipped
     prompt_fidelity: float | None = None  # CLIP score (100 × cosine) where a CLIP model is available
     seed: int | None = None
 
@@ -121,7 +123,7 @@ def reference_embeddings(images: Sequence[Path | Image.Image], *, identity: Any 
     for image in images:
         faces = identity.embed_faces(_open(image))
         if faces:
-            rows.append(_vector(max(faces, key=_face_area)))
+            rows.append(_vector(faces[0]))  # largest first
     if not rows:
         raise AssessmentError(
             f"images: no face found in any of the {len(images)} reference photos; pass the training face crops"
@@ -153,10 +155,13 @@ def score_images(
     fidelity, note = prompt_fidelity(opened, prompts, clip_model=clip_model)
     scores = []
     for index, image in enumerate(opened):
-        faces = identity.embed_faces(image)
-        distance = min((_distance(identity, _vector(f), target) for f in faces), default=None)
-        face_box = _box(min(faces, key=lambda f: _distance(identity, _vector(f), target))) if faces else None
-        sharpness, exposure = _sharpness_and_exposure(image, face_box)
+        faces = detect_faces(image.convert("RGB"))
+        embeddings = identity.embed_faces(image, faces) if faces else []
+        distances = [_distance(identity, _vector(e), target) for e in embeddings]
+        # The face closest to the person is the one judged: a stranger in the background is not a failure.
+        best = int(np.argmin(distances)) if distances else None
+        distance = None if best is None else distances[best]
+        metrics, quality, exposure = _quality(image, None if best is None else faces[best])
         path = images[index] if isinstance(images[index], Path) else None
         meta = image_metadata(image)
         scores.append(ImageScore(
@@ -164,10 +169,10 @@ def score_images(
             prompt=prompts[index] if prompts is not None else meta.get("prompt", ""),
             likeness=None if distance is None else similarity(distance),
             recognised=distance is not None and distance < identity_threshold,
-            quality=_quality(sharpness, exposure),
+            quality=quality,
             distance=distance,
             faces=len(faces),
-            sharpness=sharpness,
+            sharpness=metrics.sharpness,
             exposure=exposure,
             prompt_fidelity=None if fidelity is None else fidelity[index],
             seed=int(meta["seed"]) if meta.get("seed", "").isdigit() else None,
@@ -450,16 +455,6 @@ def _vector(face: Any) -> np.ndarray:
     return np.asarray(getattr(face, "vector", face), dtype=float)
 
 
-def _box(face: Any) -> tuple[int, int, int, int] | None:
-    box = getattr(face, "box", None)
-    return None if box is None else tuple(int(v) for v in box)
-
-
-def _face_area(face: Any) -> float:
-    box = _box(face)
-    return 0.0 if box is None else float((box[2] - box[0]) * (box[3] - box[1]))
-
-
 def similarity(distance: float) -> float:
     """0–1 likeness from an identity distance (the identity module's scale: 0.5 between same and different)."""
     from pipeline.identity import similarity as identity_similarity
@@ -477,39 +472,15 @@ def _open(image: Image.Image | Path) -> Image.Image:
         return loaded
 
 
-def _sharpness_and_exposure(image: Image.Image, box: tuple[int, int, int, int] | None) -> tuple[float, float]:
-    """Variance of the Laplacian normalised to 256 px, and an exposure score in 0–1, both on the face if any.
+def _quality(image: Image.Image, face: Face | None) -> tuple[QualityMetrics, float, float]:
+    """The classifier's quality measures on the judged face (or the whole frame): metrics, 0–100 score, exposure.
 
-    On the face because that is what a portrait LoRA is judged by: a white spacesuit or a bright sky beside a
-    well-lit face is not overexposure.
+    "Resolution" is judged against the image's own short side: a face too small in the frame to give a crop of
+    the whole image scores lower, as it would as a training photo.
     """
-    region = image.crop(box) if box and box[2] > box[0] and box[3] > box[1] else image
-    gray = region.convert("L")
-    scale = 256 / max(gray.size)
-    gray = gray.resize((max(3, round(gray.width * scale)), max(3, round(gray.height * scale))), Image.BILINEAR)
-    g = np.asarray(gray, dtype=float)
-    laplacian = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4 * g[1:-1, 1:-1]
-    sharpness = float(laplacian.var())
-    luma = np.asarray(region.convert("L"), dtype=float)
-    settings = ClassifySettings()
-    mean = float(luma.mean())
-    # 1 inside the classifier's accepted brightness range, falling to 0 at black (0) or white (255).
-    if mean < settings.min_mean_luma:
-        level = mean / settings.min_mean_luma
-    elif mean > settings.max_mean_luma:
-        level = (255 - mean) / (255 - settings.max_mean_luma)
-    else:
-        level = 1.0
-    clipped = float(((luma <= 3) | (luma >= 252)).mean())
-    clip_score = float(np.clip(1 - clipped / settings.max_clipped_fraction, 0, 1))
-    return sharpness, float(np.clip(level, 0, 1)) * clip_score
-
-
-def _quality(sharpness: float, exposure: float) -> float:
-    """0–100: half sharpness (0.5 at the classifier's minimum, ~0.9 at 4× it), half exposure."""
-    minimum = ClassifySettings().min_sharpness
-    sharp = 0.0 if sharpness <= 0 else 1 / (1 + (minimum / sharpness) ** 1.5)
-    return 100 * (0.5 * sharp + 0.5 * exposure)
+    settings = ClassifySettings(training_resolution=min(image.size))
+    metrics = measure_quality(image.convert("RGB"), face)
+    return metrics, quality_score(metrics, settings), quality_components(metrics, settings)["exposure"]
 
 
 def _variety(images: Sequence[Image.Image]) -> float:
