@@ -158,9 +158,11 @@ class Generator:
         name = "lora_" + hashlib.sha1(key.encode()).hexdigest()[:12]
         try:
             pipe.load_lora_weights(str(lora_path), adapter_name=name)
-        except (ValueError, KeyError, RuntimeError, OSError) as exc:
+        # diffusers' format converters assert on shapes they do not expect, so AssertionError is a bad file too.
+        except (ValueError, KeyError, RuntimeError, OSError, AssertionError) as exc:
             raise GenerationError(
-                f"lora_path: {str(lora_path)!r} is not a LoRA for this base model ({self.base_model}): {exc}. "
+                f"lora_path: {str(lora_path)!r} is not a LoRA for this base model ({self.base_model}): "
+                f"{type(exc).__name__}: {exc}. "
                 "Use a LoRA trained on the same base model, in diffusers format."
             ) from exc
         self._adapters[key] = name

@@ -160,3 +160,23 @@ def test_insert_trigger(prompt: str, trigger: str, expected: str) -> None:
 def test_default_test_prompts_all_place_the_trigger() -> None:
     assert len(DEFAULT_TEST_PROMPTS) >= 6
     assert all("{trigger}" in p for p in DEFAULT_TEST_PROMPTS)
+
+
+def test_the_trainers_lora_and_checkpoints_load_and_change_the_output(generator: Generator, tmp_path: Path) -> None:
+    import photo_factory as pf
+
+    from pipeline.dataset import Dataset, DatasetItem
+    from pipeline.settings import TrainSettings
+    from pipeline.training import train_lora
+
+    photos = pf.write_set(tmp_path / "crops", [p.resize((96, 96)) for p in pf.variants(pf.astronaut(), 3)])
+    dataset = Dataset(items=tuple(DatasetItem(p, "a photo of zorvek", p.name) for p in photos),
+                      trigger_word="zorvek", resolution=64)
+    result = train_lora(dataset, TrainSettings.quick(steps=10, checkpoint_every=5), tmp_path / "lora",
+                        base_model="tiny", data_dir=generator.data_dir)
+    assert result.status == "completed", result.error
+    settings = dataclasses.replace(SMALL, prompt="a photo of zorvek")
+    [base] = generator.generate(settings)
+    for path in [result.lora_path] + [c.path for c in result.checkpoints]:
+        [image] = generator.generate(settings, lora_path=path)
+        assert differ(image, base) > 0.01, path
