@@ -143,21 +143,22 @@ def auto_batch_size(photo_count: int, *, free_gb: float | None, per_sample_gb: f
 class _Float8Weight(torch.nn.Module):
     """Parametrisation holding a frozen Linear weight as float8 (e4m3) with one scale per output row.
 
-    The module's ``weight`` becomes a bf16 view computed on access, so peft and autograd see an ordinary Linear
-    while the stored tensor takes 1 byte per weight. (Weight-only: the matmul itself still runs in bf16.)
+    The module's ``weight`` becomes a view in the original dtype computed on access, so peft and autograd see an
+    ordinary Linear while the stored tensor takes 1 byte per weight. (Weight-only: the matmul still runs in bf16.)
     """
 
-    def __init__(self, weight: torch.Tensor) -> None:
+    def __init__(self, dtype: torch.dtype) -> None:
         super().__init__()
+        self.dtype = dtype
+
+    def forward(self, stored: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return (stored.to(torch.float32) * scale).to(self.dtype)
+
+    def right_inverse(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Two tensors (data, scale): torch allows a dtype change only for a parametrisation stored as a sequence.
         amax = weight.detach().abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12)
-        self.register_buffer("scale", amax / torch.finfo(torch.float8_e4m3fn).max)
-        self.dtype = weight.dtype
-
-    def forward(self, stored: torch.Tensor) -> torch.Tensor:
-        return (stored.to(torch.float32) * self.scale).to(self.dtype)
-
-    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
-        return (weight.float() / self.scale).to(torch.float8_e4m3fn)
+        scale = amax / torch.finfo(torch.float8_e4m3fn).max
+        return (weight.detach().float() / scale).to(torch.float8_e4m3fn), scale
 
 
 def quantize_frozen_linears_fp8(model: torch.nn.Module) -> int:
@@ -171,7 +172,8 @@ def quantize_frozen_linears_fp8(model: torch.nn.Module) -> int:
     count = 0
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and name.endswith("base_layer") and not module.weight.requires_grad:
-            parametrize.register_parametrization(module, "weight", _Float8Weight(module.weight), unsafe=True)
-            module.parametrizations.weight.original.requires_grad_(False)
+            parametrize.register_parametrization(module, "weight", _Float8Weight(module.weight.dtype), unsafe=True)
+            module.parametrizations.weight.original0.requires_grad_(False)
+            module.parametrizations.weight.original1.requires_grad_(False)
             count += 1
     return count
