@@ -282,36 +282,39 @@ def _report(records: Sequence[PhotoRecord], selected: Sequence[str], analyses: M
     chosen = [analyses[f] for f in selected if analyses[f].lighting is not None]
     lightings = [a.lighting for a in chosen]
     faces = [a for a in chosen if a.face is not None]
-    advice = list(variety_advice(lightings, [a.face.yaw for a in faces], [a.expression for a in faces]))
+    variety = variety_advice(lightings, [a.face.yaw for a in faces], [a.expression for a in faces])
+    readiness, summary = readiness_verdict(len(selected), len(records), reasons, variety, settings)
+    advice = list(variety)
     if reasons.get("different_person"):
         advice.insert(0, f"{reasons['different_person']} photo(s) seem to show someone else; they are left out "
                          "so the model does not learn a mix of faces.")
-    n, total = len(selected), len(records)
-    minimum = max(1, math.ceil(settings.target_min * 2 / 3))  # ~10: below this a likeness rarely holds
-    rejected = verdict_counts["reject"] + verdict_counts["duplicate"]
-    top = [code for code, _ in reasons.most_common() if code != "duplicate"][:2]
-    fix = "; ".join(f"{reasons[c]} {REASONS[c][2]} ({REASONS[c][1]})" for c in top)
-    if total == 0:
-        readiness, summary = "not_ready", (f"Not ready: no photos. Add {settings.target_min}–{settings.target_max} "
-                                           "photos of one person.")
-    elif n < minimum:
-        readiness = "not_ready"
-        summary = (f"Not ready: only {n} usable photo(s) of {total}. Add at least {settings.target_min - n} more "
-                   f"sharp, well-lit photos of the person alone" + (f". Rejected: {fix}." if fix else "."))
-    elif n < settings.target_min:
-        readiness = "usable"
-        summary = (f"Usable, but only {n} good photos ({settings.target_min}–{settings.target_max} recommended): "
-                   f"add {settings.target_min - n} more sharp, well-lit photos of the person alone, "
-                   "with different angles and expressions.")
-    elif advice:
-        readiness = "usable"
-        summary = f"Usable, but: {advice[0]} ({n} photos selected of {total}.)"
-    else:
-        readiness = "ready"
-        summary = f"Ready: {n} good photos selected of {total}" + (f" ({rejected} left out)." if rejected else ".")
-    return DatasetReport(total=total, counts=verdict_counts, reasons=dict(reasons), readiness=readiness,
+    return DatasetReport(total=len(records), counts=verdict_counts, reasons=dict(reasons), readiness=readiness,
                          summary=summary, advice=tuple(advice),
                          lighting_groups=dict(Counter(light.group for light in lightings)))
+
+
+def readiness_verdict(selected: int, total: int, reasons: Mapping[str, int], advice: Sequence[str],
+                      settings: ClassifySettings) -> tuple[str, str]:
+    """("ready" | "usable" | "not_ready", a one-sentence summary with the concrete fix)."""
+    minimum = max(1, math.ceil(settings.target_min * 2 / 3))  # ~10: below this a likeness rarely holds
+    top = [code for code, _ in Counter(reasons).most_common() if code != "duplicate"][:2]
+    fix = "; ".join(f"{reasons[c]} {REASONS[c][2]} ({REASONS[c][1]})" for c in top)
+    left_out = total - selected
+    if total == 0:
+        return "not_ready", (f"Not ready: no photos. Add {settings.target_min}–{settings.target_max} photos of one "
+                             "person.")
+    if selected < minimum:
+        return "not_ready", (f"Not ready: only {selected} usable photo(s) of {total}. Add at least "
+                             f"{settings.target_min - selected} more sharp, well-lit photos of the person alone"
+                             + (f". Rejected: {fix}." if fix else "."))
+    if selected < settings.target_min:
+        return "usable", (f"Usable, but only {selected} good photos ({settings.target_min}–{settings.target_max} "
+                          f"recommended): add {settings.target_min - selected} more sharp, well-lit photos of the "
+                          "person alone, with different angles and expressions.")
+    if advice:
+        return "usable", f"Usable, but: {advice[0]} ({selected} photos selected of {total}.)"
+    return "ready", f"Ready: {selected} good photos selected of {total}" + (
+        f" ({left_out} left out)." if left_out else ".")
 
 
 def classify_photos(paths: Sequence[Path], settings: ClassifySettings = ClassifySettings(),  # noqa: B008 (frozen)

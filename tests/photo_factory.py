@@ -185,3 +185,37 @@ def portrait_variants(image: Image.Image, face_box: tuple[int, int, int, int], c
 def portrait_set(folder: Path, count: int = 8, seed: int = 0) -> list[Path]:
     """``count`` well-framed portraits of the astronaut as JPEG files (all should be kept)."""
     return write_set(folder, portrait_variants(astronaut(), ASTRONAUT_FACE, count, seed=seed), prefix="portrait")
+
+
+def review_set(folder: Path, good: int = 8, seed: int = 0) -> dict[str, str]:
+    """A realistic upload: ``good`` clean portraits of the astronaut plus one of each problem.
+
+    Returns file name → the reason code it should get ("" for a clean keep). The problem photos are derived from
+    other shots than the good ones, so each has one problem (the duplicate copies ``portrait_00.jpg``).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    shots = portrait_variants(astronaut(), ASTRONAUT_FACE, good + 6, seed=seed)
+    expected = {p.name: "" for p in write_set(folder, shots[:good], prefix="portrait")}
+    extra = shots[good:]
+    files = {
+        "blurry.jpg": (jpeg_bytes(blurred(extra[0], 6)), "blurry"),
+        "dark.jpg": (jpeg_bytes(darkened(extra[1])), "underexposed"),
+        "overexposed.jpg": (jpeg_bytes(overexposed(extra[2])), "overexposed"),
+        "copy_of_00.jpg": (jpeg_bytes(shots[0].resize((shots[0].width * 3 // 4, shots[0].height * 3 // 4)), 70),
+                           "duplicate"),
+        "rotated_exif.jpg": (with_exif_rotation(extra[3], 6), ""),
+        "grace_hopper.jpg": (jpeg_bytes(portrait_variants(grace_hopper(), GRACE_HOPPER_FACE, 1)[0]),
+                             "different_person"),
+        "two_people.jpg": (jpeg_bytes(side_by_side(extra[4], grace_hopper())), "multiple_faces"),
+        "landscape.jpg": (jpeg_bytes(no_face()), "no_face"),
+        "tiny_face.jpg": (jpeg_bytes(tiny_face_in_big_canvas(astronaut())), "face_too_small"),
+        "cameraman.jpg": (jpeg_bytes(camera()), "head_turned"),
+        "truncated.jpg": (truncated_jpeg(), "unreadable"),
+        "notes.jpg": (text_named_jpg(), "unreadable"),
+        "empty.jpg": (b"", "unreadable"),
+        "bomb.png": (decompression_bomb_png(), "too_large"),
+    }
+    for name, (data, reason) in files.items():
+        (folder / name).write_bytes(data)
+        expected[name] = reason
+    return expected

@@ -1,0 +1,155 @@
+"""Classification of a realistic upload: each photo gets the right verdict and reason, none crashes; overrides win."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import photo_factory
+import pytest
+
+from pipeline import events as ev
+from pipeline.classify import REASONS, ClassificationResult, classify_photos, readiness_verdict
+from pipeline.settings import ClassifySettings, IntakeSettings
+
+
+@pytest.fixture(scope="module")
+def upload(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    folder = tmp_path_factory.mktemp("upload")
+    expected = photo_factory.review_set(folder)
+    # a valid photo over a 1 MB size limit
+    big = folder / "huge_file.jpg"
+    big.write_bytes((folder / "portrait_01.jpg").read_bytes() + b"\0" * 1_200_000)
+    expected[big.name] = "too_large"
+    return folder, expected
+
+
+@pytest.fixture(scope="module")
+def classified(upload) -> tuple[ClassificationResult, list[ev.Event]]:
+    folder, expected = upload
+    seen: list[ev.Event] = []
+    result = classify_photos(sorted(folder / name for name in expected), on_event=seen.append,
+                             intake=IntakeSettings(max_file_mb=1.0))
+    return result, seen
+
+
+def test_every_file_gets_its_reason(classified, upload):
+    result, _ = classified
+    _, expected = upload
+    assert [r.file for r in result.records] == sorted(expected)
+    for record in result.records:
+        want = expected[record.file]
+        if want == "":
+            assert record.verdict == "keep" and record.reasons == (), (record.file, record.reasons)
+        else:
+            assert want in record.reasons, (record.file, record.reasons)
+            assert record.verdict == ("duplicate" if want == "duplicate" else "reject"), record.file
+        assert set(record.reasons) <= set(REASONS)
+        assert len(record.messages) == len(record.reasons)
+
+
+def test_unreadable_files_have_no_score_and_readable_ones_do(classified, upload):
+    result, _ = classified
+    _, expected = upload
+    for record in result.records:
+        if expected[record.file] in ("unreadable", "too_large"):
+            assert record.score is None and record.face_box is None and record.path is None
+        else:
+            assert 0 <= record.score <= 100
+
+
+def test_details_of_specific_verdicts(classified):
+    result, _ = classified
+    assert result.record("copy_of_00.jpg").duplicate_of == "portrait_00.jpg"
+    assert "portrait_00.jpg" in result.record("copy_of_00.jpg").messages[0]
+    rotated = result.record("rotated_exif.jpg")
+    width, height = rotated.size
+    assert width < height  # upright: a portrait, as taken
+    x0, y0, x1, y1 = rotated.face_box
+    assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+    grace = result.record("grace_hopper.jpg")
+    assert grace.identity == "different" and grace.identity_distance > 0.55
+    assert all(r.identity_distance < 0.4 for r in result.records if r.file.startswith("portrait_"))
+    assert result.record("two_people.jpg").face_count == 2
+    assert abs(result.record("cameraman.jpg").yaw) > 45
+    assert "bomb.png" in [r.file for r in result.records if "too_large" in r.reasons]
+    clean = [r for r in result.records if r.verdict == "keep"]
+    assert min(r.score for r in clean) > max(result.record(f).score for f in ("blurry.jpg", "dark.jpg"))
+
+
+def test_selection_and_report(classified, upload):
+    result, _ = classified
+    _, expected = upload
+    keeps = {f for f, want in expected.items() if want == ""}
+    assert set(result.selected) == keeps  # fewer than target_max: all the keeps
+    report = result.report
+    assert report.total == len(expected)
+    assert report.counts["keep"] + report.counts["reject"] + report.counts["duplicate"] == report.total
+    assert report.counts["selected"] == len(keeps)
+    assert report.reasons["unreadable"] == 3 and report.reasons["too_large"] == 2
+    assert report.readiness == "not_ready"  # 9 good photos: below the ~10 a likeness needs
+    assert f"Add at least {15 - len(keeps)} more" in report.summary
+    assert any("someone else" in tip for tip in report.advice)
+    assert any("head angles" in tip for tip in report.advice)  # every portrait faces the camera
+
+
+def test_json_contract(classified, upload):
+    result, expected = classified[0], upload[1]
+    data = json.loads(json.dumps(result.to_dict()))
+    assert set(data) == {"records", "selected", "report"}
+    for record in data["records"]:
+        assert {"file", "verdict", "reasons", "score", "face_box", "duplicate_of"} <= set(record)
+        assert record["verdict"] in ("keep", "reject", "duplicate")
+        assert record["face_box"] is None or len(record["face_box"]) == 4
+    assert {r["file"] for r in data["records"]} == set(expected)
+    assert {"counts", "readiness", "summary", "advice", "reasons"} <= set(data["report"])
+
+
+def test_progress_events(classified, upload):
+    _, seen = classified
+    progress = [e for e in seen if isinstance(e, ev.Progress)]
+    assert all(e.stage == "classify" for e in progress)
+    assert [e.done for e in progress] == sorted(e.done for e in progress)
+    assert progress[-1].done == progress[-1].total == len(upload[1])
+
+
+def test_overrides_win_and_selection_is_capped(tmp_path: Path):
+    paths = photo_factory.portrait_set(tmp_path, 7)
+    blurred = tmp_path / "blurred.jpg"
+    blurred.write_bytes(photo_factory.jpeg_bytes(photo_factory.blurred(
+        photo_factory.portrait_variants(photo_factory.astronaut(), photo_factory.ASTRONAUT_FACE, 1, seed=5)[0], 6)))
+    settings = ClassifySettings(target_min=3, target_max=4)
+    overrides = {"blurred.jpg": "include", paths[0].name: "exclude"}
+    result = classify_photos([*paths, blurred], settings, overrides=overrides)
+    by_file = {r.file: r for r in result.records}
+    assert by_file["blurred.jpg"].verdict == "keep" and by_file["blurred.jpg"].auto_verdict == "reject"
+    assert by_file["blurred.jpg"].reasons == ("blurry",)  # our reasons stay visible
+    assert by_file[paths[0].name].verdict == "reject" and by_file[paths[0].name].override == "exclude"
+    assert len(result.selected) == 4
+    assert "blurred.jpg" in result.selected  # the user's include is always selected
+    assert paths[0].name not in result.selected
+    # the rest of the selection prefers the higher scores
+    others = [r for r in result.records if r.verdict == "keep" and r.file != "blurred.jpg"]
+    chosen = [r.score for r in others if r.file in result.selected]
+    left = [r.score for r in others if r.file not in result.selected]
+    assert min(chosen) >= min(left)
+
+
+def test_bad_arguments_are_named(tmp_path: Path):
+    with pytest.raises(ValueError, match="names"):
+        classify_photos([tmp_path / "a.jpg"], names=["a", "b"])
+    with pytest.raises(ValueError, match="overrides"):
+        classify_photos([], overrides={"a.jpg": "maybe"})
+    empty = classify_photos([])
+    assert empty.records == () and empty.report.readiness == "not_ready"
+
+
+def test_readiness_levels():
+    settings = ClassifySettings()
+    assert readiness_verdict(18, 20, {"blurry": 2}, (), settings)[0] == "ready"
+    usable, summary = readiness_verdict(12, 20, {"blurry": 8}, (), settings)
+    assert usable == "usable" and "add 3 more" in summary
+    assert readiness_verdict(18, 20, {}, ("Include different head angles",), settings) == (
+        "usable", "Usable, but: Include different head angles (18 photos selected of 20.)")
+    not_ready, summary = readiness_verdict(4, 12, {"blurry": 5, "no_face": 3}, (), settings)
+    assert not_ready == "not_ready" and "5 blurry" in summary and "11 more" in summary

@@ -1,0 +1,90 @@
+"""Training crops: face-centred squares at the training resolution, aspect crops, captions with the trigger word."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import photo_factory
+import pytest
+from PIL import Image
+
+from pipeline.captions import Captioner, CaptionHints, blip_available, template_caption
+from pipeline.classify import classify_photos
+from pipeline.crops import aspect_crop_box, build_dataset, square_crop_box
+from pipeline.dataset import Dataset
+from pipeline.faces import detect_faces
+from pipeline.settings import ClassifySettings
+
+SETTINGS = ClassifySettings(target_min=2, target_max=3)
+
+
+@pytest.fixture(scope="module")
+def classified(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    paths = photo_factory.portrait_set(folder, 3)
+    turned = folder / "turned.jpg"  # stored sideways with an EXIF tag: the crop must be upright
+    turned.write_bytes(photo_factory.with_exif_rotation(
+        photo_factory.portrait_variants(photo_factory.astronaut(), photo_factory.ASTRONAUT_FACE, 1, seed=9)[0]))
+    noface = folder / "landscape.jpg"
+    noface.write_bytes(photo_factory.jpeg_bytes(photo_factory.no_face()))
+    return classify_photos([*paths, turned, noface], ClassifySettings(target_min=2, target_max=20))
+
+
+def test_dataset_of_the_selected_photos(classified, tmp_path: Path):
+    dataset = build_dataset(classified, tmp_path / "ds", "ohwx", 256,
+                            captions={"portrait_01.jpg": "a woman in a space suit"})
+    assert [item.source for item in dataset.items] == list(classified.selected)
+    assert "landscape.jpg" not in [item.source for item in dataset.items]
+    assert dataset.captioner == ("blip" if blip_available() else "template")
+    for item in dataset.items:
+        assert "ohwx" in item.caption
+        with Image.open(item.image) as crop:
+            assert crop.size == (256, 256) and crop.mode == "RGB"
+            faces = detect_faces(crop)
+        assert len(faces) == 1
+        cx, cy = faces[0].center
+        assert abs(cx - 128) < 40 and abs(cy - 128) < 50  # face-centred (a little below centre: room for hair)
+        assert 0.25 < faces[0].width / 256 < 0.6
+        assert (item.image.parent / "aspect" / item.image.name).is_file()
+    edited = {item.source: item.caption for item in dataset.items}["portrait_01.jpg"]
+    assert edited == "ohwx, a woman in a space suit"  # the user's words, with the trigger word added
+    dataset.save(tmp_path / "ds")
+    assert Dataset.load(tmp_path / "ds") == dataset
+
+
+def test_aspect_crop_keeps_the_photo_shape(classified, tmp_path: Path):
+    dataset = build_dataset(classified, tmp_path / "ds", "ohwx", 128)
+    for item, record in zip(dataset.items, classified.selected_records, strict=True):
+        with Image.open(item.image.parent / "aspect" / item.image.name) as aspect:
+            width, height = record.size
+            assert abs(aspect.width / aspect.height - width / height) < 0.02
+            assert min(aspect.size) >= 128 or min(aspect.size) == min(record.size)
+
+
+def test_nothing_selected_is_a_clear_error(tmp_path: Path):
+    (tmp_path / "x.jpg").write_bytes(photo_factory.jpeg_bytes(photo_factory.no_face()))
+    result = classify_photos([tmp_path / "x.jpg"])
+    with pytest.raises(ValueError, match="no photos are selected"):
+        build_dataset(result, tmp_path / "ds", "ohwx", 512)
+
+
+def test_crop_boxes_stay_inside_the_image():
+    size = (400, 300)
+    for face in [(0, 0, 80, 100), (330, 200, 400, 300), (150, 100, 250, 220), (10, 10, 390, 290)]:
+        for box in (square_crop_box(face, size, 2.2), aspect_crop_box(face, size, 2.2)):
+            assert 0 <= box[0] < box[2] <= size[0] and 0 <= box[1] < box[3] <= size[1]
+        left, top, right, bottom = square_crop_box(face, size, 2.2)
+        assert right - left == bottom - top
+    # 264 px square around the face, its centre lifted by 0.15 face heights
+    assert square_crop_box((150, 100, 250, 220), size, 2.2) == (68, 10, 332, 274)
+
+
+def test_template_captions():
+    assert template_caption("ohwx") == "a photo of ohwx person"
+    text = template_caption("ohwx", CaptionHints(smiling=True, yaw=25.0, lighting="soft, neutral, front"))
+    assert text == "a photo of ohwx person, smiling, head turned slightly, soft light"
+    captioner = Captioner("ohwx", use_blip=False)
+    assert captioner.name == "template"
+    assert "ohwx" in captioner.caption(photo_factory.astronaut())
+    with pytest.raises(ValueError, match="trigger_word"):
+        Captioner("  ")
