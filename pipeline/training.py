@@ -123,6 +123,33 @@ def lora_target_modules(transformer: torch.nn.Module) -> list[str]:
             if isinstance(module, torch.nn.Linear) and name.startswith(blocks) and name.split(".", 2)[2] in leaves]
 
 
+def flow_matching_loss(transformer: torch.nn.Module, x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor,
+                       prompt: torch.Tensor, pooled: torch.Tensor, *, guidance: float, device: str,
+                       dtype: torch.dtype) -> torch.Tensor:
+    """The rectified-flow loss of one batch: ``x_t = (1 - σ) x0 + σ ε``, regress the velocity ``ε - x0``.
+
+    ``x0``/``noise``: (B, 16, h, w) latents; ``prompt``: (B, tokens, dim) T5 states; ``pooled``: (B, dim) CLIP.
+    FLUX.1-dev's guidance embedding gets ``guidance`` (1.0 while training dev, as BFL and diffusers train it).
+    """
+    from diffusers import FluxPipeline
+
+    batch, channels, height, width = x0.shape
+    sig = sigmas.view(-1, 1, 1, 1)
+    noisy = FluxPipeline._pack_latents((1 - sig) * x0 + sig * noise, batch, channels, height, width)
+    target = FluxPipeline._pack_latents(noise - x0, batch, channels, height, width).to(device)
+    img_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, device, dtype)
+    txt_ids = torch.zeros(prompt.shape[1], 3, device=device, dtype=dtype)
+    guidance_tensor = None
+    if transformer.config.guidance_embeds:
+        guidance_tensor = torch.full((batch,), guidance, device=device, dtype=torch.float32)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device).startswith("cuda")):
+        prediction = transformer(
+            hidden_states=noisy.to(device, dtype), timestep=sigmas.to(device, dtype), guidance=guidance_tensor,
+            pooled_projections=pooled.to(device, dtype), encoder_hidden_states=prompt.to(device, dtype),
+            txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
+    return F.mse_loss(prediction.float(), target.float())
+
+
 # --- preparation: buckets and caches -------------------------------------------------------------------------------
 
 
@@ -480,36 +507,21 @@ class _Run:
     # - steps -
 
     def step_loss(self, step: int, indices: list[int]) -> torch.Tensor:
-        from diffusers import FluxPipeline
-
         s = self.settings
         prep = self.prepared
         generator = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
         x0 = torch.stack([prep.latents[i] for i in indices])
-        batch, channels, height, width = x0.shape
+        batch, _channels, height, width = x0.shape
         noise = torch.randn(x0.shape, generator=generator)
-        image_tokens = (height // 2) * (width // 2)
-        sigmas = sample_sigmas(batch, method=s.timestep_sampling, image_tokens=image_tokens, generator=generator)
+        sigmas = sample_sigmas(batch, method=s.timestep_sampling, image_tokens=(height // 2) * (width // 2),
+                               generator=generator)
         dropped = torch.rand(batch, generator=generator) < s.caption_dropout
         texts = [prep.empty if drop else prep.texts[i] for i, drop in zip(indices, dropped.tolist(), strict=True)]
 
-        dev = self.device
-        sig = sigmas.view(-1, 1, 1, 1)
-        noisy = FluxPipeline._pack_latents((1 - sig) * x0 + sig * noise, batch, channels, height, width)
-        target = FluxPipeline._pack_latents(noise - x0, batch, channels, height, width).to(dev)
-        prompt = torch.stack([t.prompt for t in texts]).to(dev, self.dtype)
-        pooled = torch.stack([t.pooled for t in texts]).to(dev, self.dtype)
-        img_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, dev, self.dtype)
-        txt_ids = torch.zeros(prompt.shape[1], 3, device=dev, dtype=self.dtype)
-        guidance = None
-        if self.transformer.config.guidance_embeds:
-            guidance = torch.full((batch,), s.guidance, device=dev, dtype=torch.float32)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev == "cuda"):
-            prediction = self.transformer(
-                hidden_states=noisy.to(dev, self.dtype), timestep=sigmas.to(dev, self.dtype), guidance=guidance,
-                pooled_projections=pooled, encoder_hidden_states=prompt, txt_ids=txt_ids, img_ids=img_ids,
-                return_dict=False)[0]
-        return F.mse_loss(prediction.float(), target.float())
+        prompt = torch.stack([t.prompt for t in texts])
+        pooled = torch.stack([t.pooled for t in texts])
+        return flow_matching_loss(self.transformer, x0, noise, sigmas, prompt, pooled, guidance=s.guidance,
+                                  device=self.device, dtype=self.dtype)
 
     def sample(self, step: int) -> None:
         from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
