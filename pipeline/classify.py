@@ -12,6 +12,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ REASONS: dict[str, tuple[str, str, str]] = {
     "different_person": ("this face does not match the others: a different person?", "use photos of one person only",
                          "of someone else"),
 }
+ANALYSIS_WORKERS = 2  # photos analysed at once: decoding overlaps the models (2 cores here)
 SOFT_REASONS = {"duplicate"}  # the rest reject the photo
 VERDICTS = ("keep", "reject", "duplicate")
 READINESS = ("ready", "usable", "not_ready")
@@ -222,6 +224,15 @@ def _analyse(path: Path, name: str, settings: ClassifySettings, intake: IntakeSe
     )
 
 
+def _analyse_safely(path: Path, name: str, settings: ClassifySettings, intake: IntakeSettings) -> _Analysis:
+    try:
+        return _analyse(path, name, settings, intake)
+    except (OSError, ValueError, RuntimeError, MemoryError) as exc:
+        # A decoder or model failing on one odd file must not stop the batch.
+        logger.exception("could not analyse %s", name)
+        return _Analysis(name, path, ("unreadable",), error=f"could not analyse the photo: {exc}")
+
+
 def _face_factor(face: Face, size: tuple[int, int], settings: ClassifySettings) -> float:
     """Soft face issues lower the score: a turned head, a small face, an unsure detection."""
     factor = 1.0
@@ -336,16 +347,15 @@ def classify_photos(paths: Sequence[Path], settings: ClassifySettings = Classify
     total = len(paths)
     on_event(ev.Progress(stage="classify", done=0, total=total, message="checking photos"))
     analyses: list[_Analysis] = []
-    for i, (path, name) in enumerate(zip(paths, names, strict=True)):
-        try:
-            analysis = _analyse(path, name, settings, intake)
-        except (OSError, ValueError, RuntimeError, MemoryError) as exc:
-            # A decoder or model failing on one odd file must not stop the batch.
-            logger.exception("could not analyse %s", name)
-            analysis = _Analysis(name, path, ("unreadable",), error=f"could not analyse the photo: {exc}")
-        analyses.append(analysis)
-        on_event(ev.Progress(stage="classify", done=i + 1, total=total,
-                             message=f"{name}: {', '.join(analysis.reasons) or 'ok'}"))
+    # Two photos in flight: one decodes (Pillow releases the GIL) while the other is in a model. The models
+    # themselves run one at a time (see faces.py and identity.py). Events are sent from this thread, in order.
+    with ThreadPoolExecutor(max_workers=ANALYSIS_WORKERS, thread_name_prefix="classify") as pool:
+        results = pool.map(lambda item: _analyse_safely(item[0], item[1], settings, intake),
+                           zip(paths, names, strict=True))
+        for i, analysis in enumerate(results):
+            analyses.append(analysis)
+            on_event(ev.Progress(stage="classify", done=i + 1, total=total,
+                                 message=f"{analysis.file}: {', '.join(analysis.reasons) or 'ok'}"))
 
     distances = _identity(analyses, settings)
     reasons = {a.file: list(a.reasons) for a in analyses}

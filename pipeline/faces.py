@@ -7,10 +7,12 @@ small rather than missing. The detector is loaded once, on first use, and reused
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,7 +106,27 @@ def _mtcnn(min_face_size: int):  # noqa: ANN202 (facenet_pytorch.MTCNN, imported
     return MTCNN(keep_all=True, min_face_size=min_face_size, device="cpu").eval()
 
 
-_lock = threading.Lock()  # one MTCNN forward at a time: the CPU has few cores and torch already uses them all
+_lock = threading.Lock()  # one MTCNN forward at a time: the CPU has few cores
+# MTCNN's small convolutions gain little from more threads (0.067 s with 2, 0.1 s with 1 on 640 px), but when
+# the cores are busy (training, tests) torch's thread team stalls: 0.5–3 s per photo measured with 2 threads,
+# 0.1–0.13 s with 1. One thread is the robust choice.
+DETECT_THREADS = 1
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    """Run torch on at most ``count`` threads inside the block (OpenMP's setting is per calling thread)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if previous <= count:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _detect_at(image: Image.Image, max_side: int, min_face_size: int, min_confidence: float) -> list[Face]:
@@ -113,7 +135,7 @@ def _detect_at(image: Image.Image, max_side: int, min_face_size: int, min_confid
         (max(1, round(image.width * ratio)), max(1, round(image.height * ratio))), Image.Resampling.BILINEAR,
         reducing_gap=2.0)
     scale = image.width / small.width
-    with _lock:
+    with _lock, _torch_threads(DETECT_THREADS):
         boxes, probs, points = _mtcnn(min_face_size).detect(small, landmarks=True)
     if boxes is None:
         return []

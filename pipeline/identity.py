@@ -99,9 +99,17 @@ class FaceIdentity:
         return float(np.linalg.norm(va - vb))
 
 
-@functools.cache
+_load_lock = threading.Lock()  # classification analyses two photos at once: load the models once, not twice
+
+
 def face_identity() -> FaceIdentity:
     """The shared, lazily loaded identity model (dlib loads in ~0.5 s; do it once per process)."""
+    with _load_lock:
+        return _shared_identity()
+
+
+@functools.cache
+def _shared_identity() -> FaceIdentity:
     logger.info("loading dlib face-recognition models from %s", models_dir())
     return FaceIdentity()
 
