@@ -248,7 +248,9 @@ def _face_factor(face: Face, size: tuple[int, int], settings: ClassifySettings) 
 
 
 # -- the set -------------------------------------------------------------------------------------------------------
-_IDENTITY_UNRELIABLE = {"blurry", "underexposed", "overexposed", "low_resolution", "face_too_small", "head_turned"}
+# On these photos the face embedding is not to be trusted, so they are not called a different person either.
+_IDENTITY_UNRELIABLE = {"blurry", "underexposed", "overexposed", "low_resolution", "face_too_small", "head_turned",
+                        "face_cut_off"}
 
 
 def _identity(analyses: Sequence[_Analysis], settings: ClassifySettings) -> dict[str, float]:

@@ -187,6 +187,11 @@ def portrait_set(folder: Path, count: int = 8, seed: int = 0) -> list[Path]:
     return write_set(folder, portrait_variants(astronaut(), ASTRONAUT_FACE, count, seed=seed), prefix="portrait")
 
 
+def face_cut_by_edge() -> Image.Image:
+    """The astronaut framed too tight: the top of her face (brows and above) is outside the photo."""
+    return astronaut().crop((100, 80, 360, 380)).resize((520, 600), Image.LANCZOS)
+
+
 def review_set(folder: Path, good: int = 8, seed: int = 0) -> dict[str, str]:
     """A realistic upload: ``good`` clean portraits of the astronaut plus one of each problem.
 
@@ -210,6 +215,7 @@ def review_set(folder: Path, good: int = 8, seed: int = 0) -> dict[str, str]:
         "landscape.jpg": (jpeg_bytes(no_face()), "no_face"),
         "tiny_face.jpg": (jpeg_bytes(tiny_face_in_big_canvas(astronaut())), "face_too_small"),
         "cameraman.jpg": (jpeg_bytes(camera()), "head_turned"),
+        "cut_off.jpg": (jpeg_bytes(face_cut_by_edge()), "face_cut_off"),
         "truncated.jpg": (truncated_jpeg(), "unreadable"),
         "notes.jpg": (text_named_jpg(), "unreadable"),
         "empty.jpg": (b"", "unreadable"),
