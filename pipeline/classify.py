@@ -233,6 +233,20 @@ def _analyse_safely(path: Path, name: str, settings: ClassifySettings, intake: I
         return _Analysis(name, path, ("unreadable",), error=f"could not analyse the photo: {exc}")
 
 
+def _message(code: str, analysis: _Analysis, distance: float | None, duplicate_note: str | None,
+             settings: ClassifySettings) -> str:
+    """One sentence for people: what is wrong, with the measured value where it helps."""
+    if code in ("unreadable", "too_large") and analysis.error:
+        return analysis.error
+    text = REASONS[code][0]
+    if code == "duplicate" and duplicate_note:
+        return f"{text} ({duplicate_note})"
+    if code == "different_person" and distance is not None:
+        return (f"{text} (distance {distance:.2f} from the set's typical face; the same person measures below "
+                f"{settings.identity_threshold:.2f})")
+    return text
+
+
 def _face_factor(face: Face, size: tuple[int, int], settings: ClassifySettings) -> float:
     """Soft face issues lower the score: a turned head, a small face, an unsure detection."""
     factor = 1.0
@@ -393,11 +407,10 @@ def classify_photos(paths: Sequence[Path], settings: ClassifySettings = Classify
                 logger.info("%s cannot be included: no usable face (%s)", a.file, ", ".join(codes))
             else:
                 verdict = "keep"
-        messages = tuple(
-            (a.error if code in ("unreadable", "too_large") and a.error else REASONS[code][0])
-            + (f" ({group_note[a.file]})" if code == "duplicate" else "")
-            for code in codes)
         distance = distances.get(a.file)
+        messages = tuple(_message(code, a, distance, group_note.get(a.file), settings) for code in codes)
+        if choice == "include" and verdict != "keep":
+            messages += ("your 'include' cannot apply: the photo has no usable face",)
         records.append(PhotoRecord(
             file=a.file, path=a.path if a.hash is not None else None, verdict=verdict, reasons=codes,
             score=a.score, face_box=None if a.face is None else a.face.box, duplicate_of=duplicate_of.get(a.file),

@@ -18,7 +18,7 @@ from pipeline import events as ev
 from pipeline.captions import Captioner, CaptionHints
 from pipeline.classify import ClassificationResult, PhotoRecord
 from pipeline.dataset import Dataset, DatasetItem
-from pipeline.images import open_image
+from pipeline.images import ImageError, open_image
 from pipeline.settings import ClassifySettings
 from pipeline.variety import SMILE_RATIO
 
@@ -105,7 +105,12 @@ def build_dataset(result: ClassificationResult, folder: Path, trigger_word: str,
         if record.path is None or record.face_box is None:
             logger.warning("%s has no face box; left out of the dataset", record.file)
             continue
-        image = open_image(record.path).image
+        try:
+            image = open_image(record.path).image
+        except ImageError as exc:  # the original was removed or damaged since classification
+            logger.warning("%s cannot be read any more (%s); left out of the dataset", record.file, exc)
+            on_event(ev.Message(text=f"{record.file} left out of the dataset: {exc}", level="warning"))
+            continue
         box = square_crop_box(record.face_box, image.size, settings.crop_factor)
         crop = image.crop(box)
         if crop.width < resolution:
@@ -128,4 +133,6 @@ def build_dataset(result: ClassificationResult, folder: Path, trigger_word: str,
             text = captioner.caption(crop, _hints(record))
         items.append(DatasetItem(image=path, caption=text, source=record.file))
         on_event(ev.Progress(stage="dataset", done=i + 1, total=total, message=f"{record.file}: cropped"))
+    if not items:
+        raise ValueError("result: none of the selected photos could be cropped (originals missing?); classify again")
     return Dataset(items=tuple(items), trigger_word=trigger_word, resolution=resolution, captioner=captioner.name)

@@ -82,31 +82,38 @@ class PhotoStore:
         """Check and store one file; the same bytes twice return the stored photo. Raises PhotoRejected."""
         name = Path(name).name or "photo"
         pid = photo_id(data)
+        limit_mb = self.settings.max_file_mb
+        if len(data) > limit_mb * 1024 * 1024:
+            raise PhotoRejected(name, "too_large", f"{len(data) / 2**20:.1f} MB is over the {limit_mb:g} MB limit: "
+                                                   "export it at a lower size or quality")
         with self._lock:
-            if pid in self._photos:
-                logger.info("%s is already stored as %s", name, self._photos[pid].name)
+            existing = self._photos.get(pid)
+            self._check_room(name, pid)
+        if existing is not None:
+            logger.info("%s is already stored as %s", name, existing.name)
+            return existing
+        try:  # outside the lock: a big PNG takes a while to check, other uploads need not wait
+            decoded = open_image(data, max_pixels=self.settings.max_pixels, max_side=64)
+        except ImageError as exc:
+            raise PhotoRejected(name, exc.code, str(exc)) from exc
+        width, height = decoded.original_size
+        path = self.folder / f"{pid}{_EXTENSIONS.get(decoded.format, '.img')}"
+        with self._lock:
+            if pid in self._photos:  # the same bytes arrived from another thread meanwhile
                 return self._photos[pid]
-            limit_mb = self.settings.max_file_mb
-            if len(data) > limit_mb * 1024 * 1024:
-                raise PhotoRejected(name, "too_large",
-                                    f"{len(data) / 2**20:.1f} MB is over the {limit_mb:g} MB limit: "
-                                    "export it at a lower size or quality")
-            if len(self._photos) >= self.settings.max_photos:
-                raise PhotoRejected(name, "limit_reached",
-                                    f"already {len(self._photos)} photos, the limit is {self.settings.max_photos}: "
-                                    "remove some before adding more")
-            try:
-                decoded = open_image(data, max_pixels=self.settings.max_pixels, max_side=64)
-            except ImageError as exc:
-                raise PhotoRejected(name, exc.code, str(exc)) from exc
-            width, height = decoded.original_size
-            path = self.folder / f"{pid}{_EXTENSIONS.get(decoded.format, '.img')}"
+            self._check_room(name, pid)
             _write_atomic(path, data)
             photo = StoredPhoto(id=pid, name=name, path=path, width=width, height=height)
             self._photos[pid] = photo
             self._write_index()
         logger.info("stored %s as %s (%d×%d)", name, path.name, width, height)
         return photo
+
+    def _check_room(self, name: str, pid: str) -> None:
+        if pid not in self._photos and len(self._photos) >= self.settings.max_photos:
+            raise PhotoRejected(name, "limit_reached",
+                                f"already {len(self._photos)} photos, the limit is {self.settings.max_photos}: "
+                                "remove some before adding more")
 
     def add_files(self, paths: Iterable[Path | str]) -> IntakeResult:
         """Add each file; a refused file is reported and the batch goes on."""

@@ -118,14 +118,18 @@ def test_overrides_win_and_selection_is_capped(tmp_path: Path):
     blurred = tmp_path / "blurred.jpg"
     blurred.write_bytes(photo_factory.jpeg_bytes(photo_factory.blurred(
         photo_factory.portrait_variants(photo_factory.astronaut(), photo_factory.ASTRONAUT_FACE, 1, seed=5)[0], 6)))
+    landscape = tmp_path / "landscape.jpg"
+    landscape.write_bytes(photo_factory.jpeg_bytes(photo_factory.no_face()))
     settings = ClassifySettings(target_min=3, target_max=4)
-    overrides = {"blurred.jpg": "include", paths[0].name: "exclude"}
-    result = classify_photos([*paths, blurred], settings, overrides=overrides)
+    overrides = {"blurred.jpg": "include", paths[0].name: "exclude", "landscape.jpg": "include"}
+    result = classify_photos([*paths, blurred, landscape], settings, overrides=overrides)
     by_file = {r.file: r for r in result.records}
     assert by_file["blurred.jpg"].verdict == "keep" and by_file["blurred.jpg"].auto_verdict == "reject"
     assert by_file["blurred.jpg"].reasons == ("blurry",)  # our reasons stay visible
     assert by_file[paths[0].name].verdict == "reject" and by_file[paths[0].name].override == "exclude"
     assert len(result.selected) == 4
+    # nothing to train on without a face: the include cannot apply, and the record says so
+    assert by_file["landscape.jpg"].verdict == "reject" and "cannot apply" in by_file["landscape.jpg"].messages[-1]
     assert "blurred.jpg" in result.selected  # the user's include is always selected
     assert paths[0].name not in result.selected
     # the rest of the selection prefers the higher scores

@@ -8,6 +8,7 @@ import photo_factory
 import pytest
 from PIL import Image
 
+from pipeline import events as ev
 from pipeline.captions import Captioner, CaptionHints, blip_available, template_caption
 from pipeline.classify import classify_photos
 from pipeline.crops import aspect_crop_box, build_dataset, square_crop_box
@@ -59,6 +60,16 @@ def test_aspect_crop_keeps_the_photo_shape(classified, tmp_path: Path):
             width, height = record.size
             assert abs(aspect.width / aspect.height - width / height) < 0.02
             assert min(aspect.size) >= 128 or min(aspect.size) == min(record.size)
+
+
+def test_a_removed_original_is_left_out_with_a_warning(tmp_path: Path):
+    paths = photo_factory.portrait_set(tmp_path / "photos", 2)
+    result = classify_photos(paths, ClassifySettings(target_min=1, target_max=5))
+    paths[0].unlink()
+    seen = []
+    dataset = build_dataset(result, tmp_path / "ds", "ohwx", 64, on_event=seen.append)
+    assert [item.source for item in dataset.items] == [paths[1].name]
+    assert any(isinstance(e, ev.Message) and e.level == "warning" and paths[0].name in e.text for e in seen)
 
 
 def test_nothing_selected_is_a_clear_error(tmp_path: Path):
