@@ -11,9 +11,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402  (after the environment above: gradio reads it at import)
-from pipeline.notify import smtp_settings_from_env  # noqa: E402
 
 from pipeline.base_model import default_base_model  # noqa: E402
+from pipeline.notify import smtp_settings_from_env  # noqa: E402
 from pipeline.settings import AppSettings  # noqa: E402
 from pipeline.workflow import Workflow  # noqa: E402
 from ui import models, playground, review, settings, training, upload  # noqa: E402

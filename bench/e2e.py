@@ -58,7 +58,7 @@ def main() -> None:
     figures: dict[str, float | int | str] = {"photos": 16, "steps": 50, "resolution": 64, "cpu_count": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
-        photos = photo_factory.same_person_set(Path(tmp) / "photos", 16)
+        photos = photo_factory.portrait_set(Path(tmp) / "photos", 16)
 
         t = time.perf_counter()
         ensure_tiny_model(data_dir)

@@ -248,14 +248,16 @@ class Workflow:
 
         record = self.library.get(model_id)
         folder = Path(record.folder)
-        steps = [(c.step, Path(c.path)) for c in result.checkpoints]
-        if not steps or steps[-1][0] != result.steps_done:
-            steps.append((result.steps_done, Path(result.lora_path)))
+        # Checkpoints by step; the final LoRA stands for the last step (it carries the full metadata).
+        by_step = {c.step: Path(c.path) for c in result.checkpoints}
+        by_step[result.steps_done] = Path(result.lora_path)
+        steps = sorted(by_step.items())
         reference = reference_embeddings([item.image for item in dataset.items])
         settings = self.test_generate_settings(dataset.resolution)
         best_step, best_scale, results = assess_checkpoints(
             self.generator(), steps, trigger_word=record.trigger_word, reference=reference,
             out_dir=folder / "assessment", settings=settings, on_event=monitor.on_event,
+            reference_images=[item.image for item in dataset.items],
         )
         best = results[best_step]
         best_path = dict(steps)[best_step]

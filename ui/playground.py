@@ -29,7 +29,9 @@ def build(workflow: Workflow) -> gr.Tab:
                         "random weights, so its images are noise. Start with `--base-model "
                         "black-forest-labs/FLUX.1-dev` on a GPU for real pictures.")
         with gr.Row():
-            model = gr.Dropdown(label="Model", choices=_choices(workflow), value=_choices(workflow)[0][1], scale=2)
+            # Custom values: the API may name a model trained after this page was built.
+            model = gr.Dropdown(label="Model", choices=_choices(workflow), value=_choices(workflow)[0][1], scale=2,
+                                allow_custom_value=True)
             prompt = gr.Textbox(label="Prompt ({trigger} is replaced by the model's trigger word)",
                                 value=d.prompt, scale=4)
         negative = gr.Textbox(label="Negative prompt", value="")

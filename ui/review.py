@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gradio as gr
 import pandas as pd
-from pipeline.classify import ClassificationResult
 
+from pipeline.classify import ClassificationResult
 from pipeline.workflow import Workflow
 
 COLUMNS = ["file", "verdict", "selected", "score", "reasons", "duplicate_of", "your choice", "caption"]
@@ -36,6 +36,13 @@ def _gallery(result: ClassificationResult) -> list[tuple[str, str]]:
             for r in result.records if r.path is not None]
 
 
+def _for_api(result: ClassificationResult) -> dict:
+    """The classification JSON without server-side paths: gradio_client would take {"path": …} for a file."""
+    data = result.to_dict()
+    data["records"] = [{k: v for k, v in r.items() if k != "path"} for r in data["records"]]
+    return data
+
+
 def build(workflow: Workflow) -> gr.Tab:
     with gr.Tab("3 · Review", id="review") as tab:
         gr.Markdown("Each photo is checked for a single clear face, sharpness, exposure, duplicates and "
@@ -60,7 +67,7 @@ def build(workflow: Workflow) -> gr.Tab:
                 result = workflow.classify(on_event=on_event)
             except ValueError as exc:
                 raise gr.Error(str(exc)) from exc
-            return _report(result), _table(workflow, result), _gallery(result), result.to_dict()
+            return _report(result), _table(workflow, result), _gallery(result), _for_api(result)
 
         def pick(evt: gr.SelectData, frame: pd.DataFrame) -> tuple[str, str, str]:
             row = frame.iloc[evt.index[0]]

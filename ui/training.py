@@ -49,7 +49,8 @@ def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
         with gr.Row():
             train = gr.Button("Train", variant="primary", scale=2)
             stop = gr.Button("Stop", variant="stop", scale=1)
-            watch = gr.Dropdown(label="Watch a model", choices=_model_choices(workflow), scale=3)
+            watch = gr.Dropdown(label="Watch a model", choices=_model_choices(workflow), scale=3,
+                                allow_custom_value=True)
         status = gr.Markdown("Upload photos, check them on the Review tab, then press Train.")
         with gr.Row():
             plot = gr.LinePlot(x="step", y="loss", color="series", title="Training loss", height=300, scale=3)

@@ -1,0 +1,65 @@
+"""The headless command line: classify, train, generate, assess and list, each with --json."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import photo_factory
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_classify_json_reports_every_file(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    photo_factory.portrait_set(folder, 4)
+    (folder / "notes.jpg").write_bytes(photo_factory.text_named_jpg())
+    out = run_cli("classify", str(folder), "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    by_file = {r["file"]: r for r in data["records"]}
+    assert set(by_file) == {p.name for p in folder.iterdir()}
+    assert by_file["notes.jpg"]["verdict"] == "reject"
+    assert "unreadable" in by_file["notes.jpg"]["reasons"]
+    assert "notes.jpg" not in data["selected"]
+    assert data["report"]["readiness"] in ("ready", "usable", "not_ready")
+
+
+def test_train_generate_assess_models(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    photo_factory.portrait_set(folder, 8)
+    data = ["--data-dir", str(tmp_path / "data"), "--base-model", "tiny"]
+
+    out = run_cli("train", str(folder), "--name", "cli-model", "--steps", "10", "--json", *data)
+    assert out.returncode == 0, out.stdout + out.stderr
+    record = json.loads(out.stdout)
+    assert record["status"] == "ready"
+    assert Path(record["lora_path"]).is_file()
+
+    image = tmp_path / "out.png"
+    out = run_cli("generate", "cli-model", "--prompt", "{trigger} smiling", "--out", str(image), "--json", *data)
+    assert out.returncode == 0, out.stderr
+    with Image.open(image) as img:
+        assert img.size == (64, 64)
+        assert record["trigger_word"] in img.info.get("prompt", "") + json.dumps(img.info)
+
+    out = run_cli("assess", "cli-model", "--json", *data)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["scores"]["verdict"]
+
+    out = run_cli("models", "--json", *data)
+    assert [m["name"] for m in json.loads(out.stdout)] == ["cli-model"]
+
+    out = run_cli("generate", "no-such-model", "--prompt", "x", "--out", str(image), *data)
+    assert out.returncode == 2
+    assert "no-such-model" in out.stderr
