@@ -356,6 +356,10 @@ def classify_photos(paths: Sequence[Path], settings: ClassifySettings = Classify
     names = [p.name for p in paths] if names is None else list(names)
     if len(names) != len(paths):
         raise ValueError(f"names: got {len(names)} names for {len(paths)} paths; give one name per path")
+    repeated = [name for name, count in Counter(names).items() if count > 1]
+    if repeated:
+        raise ValueError(f"names: {repeated[0]!r} is given more than once; names identify photos in overrides and "
+                         "the selection, so each must be unique")
     overrides = dict(overrides or {})
     for file, choice in overrides.items():
         if choice not in ("include", "exclude"):

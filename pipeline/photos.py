@@ -102,12 +102,23 @@ class PhotoStore:
             if pid in self._photos:  # the same bytes arrived from another thread meanwhile
                 return self._photos[pid]
             self._check_room(name, pid)
+            name = self._unique_name(name)
             _write_atomic(path, data)
             photo = StoredPhoto(id=pid, name=name, path=path, width=width, height=height)
             self._photos[pid] = photo
             self._write_index()
         logger.info("stored %s as %s (%d×%d)", name, path.name, width, height)
         return photo
+
+    def _unique_name(self, name: str) -> str:
+        """Names identify photos on the Review tab: a different photo with a taken name becomes "name (2).jpg"."""
+        taken = {photo.name for photo in self._photos.values()}
+        stem, suffix = Path(name).stem, Path(name).suffix
+        candidate, n = name, 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{stem} ({n}){suffix}"
+        return candidate
 
     def _check_room(self, name: str, pid: str) -> None:
         if pid not in self._photos and len(self._photos) >= self.settings.max_photos:

@@ -142,6 +142,8 @@ def test_overrides_win_and_selection_is_capped(tmp_path: Path):
 def test_bad_arguments_are_named(tmp_path: Path):
     with pytest.raises(ValueError, match="names"):
         classify_photos([tmp_path / "a.jpg"], names=["a", "b"])
+    with pytest.raises(ValueError, match="more than once"):
+        classify_photos([tmp_path / "a.jpg", tmp_path / "b.jpg"], names=["a", "a"])
     with pytest.raises(ValueError, match="overrides"):
         classify_photos([], overrides={"a.jpg": "maybe"})
     empty = classify_photos([])

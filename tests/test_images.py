@@ -136,3 +136,13 @@ def test_paths_work_like_bytes(tmp_path: Path, astronaut):
         open_image(tmp_path / "empty.jpg")
     with pytest.raises(ImageError):
         open_image(tmp_path / "missing.jpg")
+
+
+def test_heic_where_pillow_heif_is_installed(astronaut):
+    pytest.importorskip("pillow_heif")  # optional: HEIC support comes with pillow-heif
+    from pipeline.images import heif_available
+
+    assert heif_available()
+    decoded = open_image(_encode(astronaut, "HEIF"))
+    assert decoded.format == "HEIF" and decoded.image.mode == "RGB"
+    assert _close_to(decoded.image, astronaut, 8)

@@ -28,6 +28,12 @@ def test_same_bytes_are_stored_once(tmp_path: Path, good_bytes):
     assert first.id in first.path.name and len(first.id) == 16
 
 
+def test_a_different_photo_with_a_taken_name_is_renamed(tmp_path: Path, good_bytes):
+    store = PhotoStore(tmp_path)
+    names = [store.add("IMG_0001.jpg", data).name for data in good_bytes]
+    assert names == ["IMG_0001.jpg", "IMG_0001 (2).jpg", "IMG_0001 (3).jpg"]
+
+
 def test_store_survives_a_restart_and_remove(tmp_path: Path, good_bytes):
     store = PhotoStore(tmp_path)
     added = [store.add(f"p{i}.jpg", data) for i, data in enumerate(good_bytes)]
