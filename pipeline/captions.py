@@ -29,7 +29,7 @@ class CaptionHints:
 
     smiling: bool | None = None
     yaw: float | None = None  # degrees, positive turned to image right
-    lighting: str | None = None  # e.g. "soft, neutral, front"
+    lighting: str | None = None  # the lighting group, e.g. "soft, neutral, front, normal"
 
 
 def blip_available(model_name: str = DEFAULT_CAPTION_MODEL) -> bool:

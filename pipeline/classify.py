@@ -79,7 +79,7 @@ class PhotoRecord:
     face_fraction: float | None = None  # face box area / image area
     identity_distance: float | None = None  # to the set's consensus embedding
     identity: str | None = None  # "same" | "unsure" | "different" (how sure we are)
-    lighting_group: str | None = None  # e.g. "soft, neutral, front"
+    lighting_group: str | None = None  # e.g. "soft, neutral, front, normal"
     expression: float | None = None  # mouth width / eye distance
     metrics: QualityMetrics | None = None
 

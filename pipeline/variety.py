@@ -56,8 +56,8 @@ class Lighting:
 
     @property
     def group(self) -> str:
-        """A readable lighting group, e.g. "soft, neutral, front"."""
-        return f"{self.quality}, {self.temperature}, {self.side}"
+        """A readable lighting group, e.g. "soft, neutral, front, normal" (quality, colour, direction, level)."""
+        return f"{self.quality}, {self.temperature}, {self.side}, {self.level}"
 
 
 def measure_lighting(image: Image.Image, face: Face | None) -> Lighting:

@@ -92,7 +92,7 @@ def test_crop_boxes_stay_inside_the_image():
 
 def test_template_captions():
     assert template_caption("ohwx") == "a photo of ohwx person"
-    text = template_caption("ohwx", CaptionHints(smiling=True, yaw=25.0, lighting="soft, neutral, front"))
+    text = template_caption("ohwx", CaptionHints(smiling=True, yaw=25.0, lighting="soft, neutral, front, normal"))
     assert text == "a photo of ohwx person, smiling, head turned slightly, soft light"
     captioner = Captioner("ohwx", use_blip=False)
     assert captioner.name == "template"
