@@ -268,13 +268,24 @@ _IDENTITY_UNRELIABLE = {"blurry", "underexposed", "overexposed", "low_resolution
 
 
 def _identity(analyses: Sequence[_Analysis], settings: ClassifySettings) -> dict[str, float]:
-    """Distance of each photo's face to the consensus of the trustworthy faces (empty when too few)."""
+    """Distance of each photo's face to the consensus of the person's trustworthy faces (empty when too few).
+
+    The person is the largest group of mutually close faces, not the median of everyone: with two people in
+    equal numbers the median lies between them, close to both, and would flag no one. So: the face with the
+    most others within ``identity_threshold`` anchors the person; the median of the faces near it is the
+    consensus.
+    """
     with_face = [a for a in analyses if a.embedding is not None]
     trusted = [a for a in with_face if not set(a.reasons) & (_IDENTITY_UNRELIABLE | {"multiple_faces"})]
     basis = trusted if len(trusted) >= settings.min_identity_photos else with_face
     if len(basis) < settings.min_identity_photos:
         return {}
-    centre = consensus([a.embedding for a in basis])
+    vectors = np.stack([a.embedding for a in basis])
+    pairwise = np.linalg.norm(vectors[:, None, :] - vectors[None, :, :], axis=-1)
+    close = pairwise < settings.identity_threshold
+    # most neighbours anchors; ties go to the tighter face (smaller mean distance to its neighbours)
+    anchor = max(range(len(basis)), key=lambda i: (close[i].sum(), -pairwise[i][close[i]].mean()))
+    centre = consensus(list(vectors[close[anchor]]))
     return {a.file: float(np.linalg.norm(a.embedding - centre)) for a in with_face}
 
 
@@ -312,9 +323,17 @@ def _report(records: Sequence[PhotoRecord], selected: Sequence[str], analyses: M
     variety = variety_advice(lightings, [a.face.yaw for a in faces], [a.expression for a in faces])
     readiness, summary = readiness_verdict(len(selected), len(records), reasons, variety, settings)
     advice = list(variety)
-    if reasons.get("different_person"):
-        advice.insert(0, f"{reasons['different_person']} photo(s) seem to show someone else; they are left out "
-                         "so the model does not learn a mix of faces.")
+    others = reasons.get("different_person", 0)
+    with_face = sum(1 for a in analyses.values() if a.face is not None)
+    if others and others >= max(2, with_face / 3):
+        # Not one stray photo but a second person throughout: the user must say who the model is of.
+        readiness = "not_ready"
+        summary = (f"Not ready: mixed subjects. {others} of {with_face} photos show a different person from the "
+                   "rest; upload photos of one person only (or include/exclude photos to choose who).")
+        advice.insert(0, summary.removeprefix("Not ready: "))
+    elif others:
+        advice.insert(0, f"{others} photo(s) seem to show someone else; they are left out so the model does not "
+                         "learn a mix of faces.")
     return DatasetReport(total=len(records), counts=verdict_counts, reasons=dict(reasons), readiness=readiness,
                          summary=summary, advice=tuple(advice),
                          lighting_groups=dict(Counter(light.group for light in lightings)))

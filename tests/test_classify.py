@@ -159,3 +159,18 @@ def test_readiness_levels():
         "usable", "Usable, but: Include different head angles (18 photos selected of 20.)")
     not_ready, summary = readiness_verdict(4, 12, {"blurry": 5, "no_face": 3}, (), settings)
     assert not_ready == "not_ready" and "5 blurry" in summary and "11 more" in summary
+
+
+def test_two_people_in_similar_numbers_are_mixed_subjects(tmp_path: Path):
+    astronaut = photo_factory.write_set(tmp_path, photo_factory.portrait_variants(
+        photo_factory.astronaut(), photo_factory.ASTRONAUT_FACE, 4), prefix="astronaut")
+    hopper = photo_factory.write_set(tmp_path, photo_factory.portrait_variants(
+        photo_factory.grace_hopper(), photo_factory.GRACE_HOPPER_FACE, 3, seed=2), prefix="hopper")
+    result = classify_photos([*astronaut, *hopper], ClassifySettings(target_min=3, target_max=20))
+    # the larger group is the person; the median of all seven would sit between the two and flag no one
+    assert set(result.selected) == {p.name for p in astronaut}
+    assert all("different_person" in result.record(p.name).reasons for p in hopper)
+    assert min(result.record(p.name).identity_distance for p in hopper) > 0.6
+    assert max(result.record(p.name).identity_distance for p in astronaut) < 0.3
+    assert result.report.readiness == "not_ready"
+    assert "mixed subjects" in result.report.summary and "3 of 7" in result.report.summary
