@@ -22,7 +22,7 @@ import numpy as np
 from pipeline import events as ev
 from pipeline.duplicates import PhotoHash, group_duplicates, photo_hash
 from pipeline.faces import Box, Face, Point, detect_faces
-from pipeline.identity import consensus, face_identity, judge_distance
+from pipeline.identity import IdentityModelMissing, consensus, face_identity, judge_distance
 from pipeline.images import ImageError, open_image
 from pipeline.quality import QualityMetrics, measure_quality, quality_issues, quality_score
 from pipeline.settings import ClassifySettings, IntakeSettings
@@ -213,7 +213,12 @@ def _analyse(path: Path, name: str, settings: ClassifySettings, intake: IntakeSe
     embedding = None
     if face is not None:
         score *= _face_factor(face, image.size, settings)
-        embedding = face_identity().embed(image, face.box)
+        try:
+            embedding = face_identity().embed(image, face.box)
+        except IdentityModelMissing as exc:  # the rest of the classification still stands without it
+            logger.warning("no identity check: %s", exc)
+        except RuntimeError as exc:  # dlib on a degenerate box: no identity for this photo, not unreadable
+            logger.warning("%s: face embedding failed (%s)", name, exc)
     lighting = measure_lighting(image, face)
     return _Analysis(
         file=name, path=path, reasons=tuple(reasons), score=round(score, 1), size=decoded.original_size,
@@ -239,6 +244,8 @@ def _message(code: str, analysis: _Analysis, distance: float | None, duplicate_n
     if code in ("unreadable", "too_large") and analysis.error:
         return analysis.error
     text = REASONS[code][0]
+    if analysis.face is None:
+        text = text.replace("the face", "the photo")  # judged on the whole frame
     if code == "duplicate" and duplicate_note:
         return f"{text} ({duplicate_note})"
     if code == "different_person" and distance is not None:

@@ -131,6 +131,8 @@ def _torch_threads(count: int) -> Iterator[None]:
 
 def _detect_at(image: Image.Image, max_side: int, min_face_size: int, min_confidence: float) -> list[Face]:
     ratio = min(1.0, max_side / max(image.size))
+    if min(image.size) * ratio < min_face_size:
+        return []  # smaller than the smallest face MTCNN looks for (it fails on an empty image pyramid)
     small = image if ratio >= 1.0 else image.resize(
         (max(1, round(image.width * ratio)), max(1, round(image.height * ratio))), Image.Resampling.BILINEAR,
         reducing_gap=2.0)

@@ -69,7 +69,7 @@ def measure_lighting(image: Image.Image, face: Face | None) -> Lighting:
     luma = rgb @ np.array([0.299, 0.587, 0.114])
     mean = max(float(luma.mean()), 1.0)
     half = luma.shape[1] // 2
-    left, right = float(luma[:, :half].mean()), float(luma[:, half:].mean())
+    left, right = (float(luma[:, :half].mean()), float(luma[:, half:].mean())) if half else (mean, mean)
     low, high = np.percentile(luma, [10, 90])
     return Lighting(
         brightness=mean,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import photo_factory
 import pytest
+from PIL import Image
 
 from pipeline import events as ev
 from pipeline.classify import REASONS, ClassificationResult, classify_photos, readiness_verdict
@@ -174,3 +175,18 @@ def test_two_people_in_similar_numbers_are_mixed_subjects(tmp_path: Path):
     assert max(result.record(p.name).identity_distance for p in astronaut) < 0.3
     assert result.report.readiness == "not_ready"
     assert "mixed subjects" in result.report.summary and "3 of 7" in result.report.summary
+
+
+def test_odd_images_do_not_crash(tmp_path: Path):
+    odd = {"tiny.png": Image.new("RGB", (16, 16), (200, 100, 50)), "line.png": Image.new("RGB", (1, 3000)),
+           "black.png": Image.new("L", (300, 300), 0), "white.png": Image.new("RGB", (300, 300), (255, 255, 255))}
+    for name, image in odd.items():
+        image.save(tmp_path / name)
+    result = classify_photos(sorted(tmp_path / name for name in odd))
+    for record in result.records:
+        assert record.verdict == "reject" and "no_face" in record.reasons and record.score is not None
+        assert "the photo" in " ".join(record.messages)  # no face: the whole frame was judged
+    assert "low_resolution" in result.record("tiny.png").reasons
+    assert "underexposed" in result.record("black.png").reasons
+    assert "overexposed" in result.record("white.png").reasons
+    assert result.selected == ()
