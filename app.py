@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402  (after the environment above: gradio reads it at import)
 
-from pipeline.base_model import default_base_model  # noqa: E402
+from pipeline.base_model import default_base_model, is_tiny  # noqa: E402
 from pipeline.notify import smtp_settings_from_env  # noqa: E402
 from pipeline.settings import AppSettings  # noqa: E402
 from pipeline.workflow import Workflow  # noqa: E402
@@ -36,6 +36,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_app(workflow: Workflow) -> gr.Blocks:
     with gr.Blocks(title="Likeness") as demo:
         gr.Markdown("# Likeness\nYour photos → a personal FLUX LoRA that really looks like you.")
+        if is_tiny(workflow.base_model):
+            gr.Markdown("ℹ️ Running on the embedded **tiny** FLUX-architecture model (random weights): every step "
+                        "runs for real on a CPU in seconds, but its images are noise. For real pictures start on a "
+                        "GPU with `--base-model black-forest-labs/FLUX.1-dev`.", elem_classes=["notice"])
         upload.build(workflow)
         train_inputs = settings.build(workflow)
         review.build(workflow)

@@ -14,10 +14,13 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from pipeline import events as ev
 from pipeline.classify import ClassificationResult, classify_photos
@@ -264,8 +267,12 @@ class Workflow:
         scores = {"overall": best.overall, "likeness": best.likeness, "recognised_share": best.recognised_share,
                   "quality": best.quality, "prompt_fidelity": best.prompt_fidelity, "parts": best.parts,
                   "verdict": best.verdict, "verdict_text": best.verdict_text,
-                  "by_checkpoint": {str(s): r.overall for s, r in sorted(results.items())}}
-        self._finish(model_id, status="ready", scores=scores, best_checkpoint_step=best_step,
+                  "by_checkpoint": {str(s): r.overall for s, r in sorted(results.items())},
+                  "likeness_by_checkpoint": {str(s): r.likeness for s, r in sorted(results.items())}}
+        checkpoints = [{"step": s, "path": str(p), "scores": {"overall": results[s].overall,
+                                                               "likeness": results[s].likeness}}
+                       for s, p in steps if s in results]
+        self._finish(model_id, status="ready", scores=scores, checkpoints=checkpoints, best_checkpoint_step=best_step,
                      best_lora_scale=best_scale, lora_path=str(best_path),
                      sample_grid=str(best.grid) if best.grid else None)
         monitor.note(f"ready: best checkpoint step {best_step} at scale {best_scale} — {best.verdict_text}",
@@ -318,9 +325,23 @@ class Workflow:
             lora_path = Path(record.lora_path)
             settings = dataclasses.replace(settings, prompt=insert_trigger(settings.prompt, record.trigger_word))
         images = self.generator().generate(settings, lora_path=lora_path, on_event=on_event)
-        out = self.data_dir / "generations" / time.strftime("%Y%m%d-%H%M%S")
-        out.mkdir(parents=True, exist_ok=True)
+        out = self._new_output_path("generations", "")
+        out.mkdir(parents=True)
         return [save_png(img, out / f"{i:02d}.png") for i, img in enumerate(images)]
+
+    def compare(self, left: tuple[str | None, float], right: tuple[str | None, float], settings: GenerateSettings,
+                *, on_event: ev.EventCallback = ev.ignore) -> Path:
+        """The same prompt and seeds through two models, or one model at two LoRA scales, side by side."""
+        from pipeline.generation import comparison_sheet, save_png
+
+        sides, labels = [], []
+        for model_id, scale in (left, right):
+            side = dataclasses.replace(settings, lora_scale=scale)
+            sides.append([_load(p) for p in self.generate(model_id, side, on_event=on_event)])
+            name = self.library.get(model_id).name if model_id else "base model"
+            labels.append(f"{name} @ {scale:g}")
+        out = self._new_output_path("generations", ".png")
+        return save_png(comparison_sheet(sides[0], sides[1], (labels[0], labels[1])), out)
 
     def video(self, model_id: str | None, *, prompt: str, frames: int, fps: int, seed: int = 0,
               prompt_b: str | None = None, on_event: ev.EventCallback = ev.ignore) -> Path:
@@ -334,11 +355,16 @@ class Workflow:
             prompt = insert_trigger(prompt, record.trigger_word)
             prompt_b = insert_trigger(prompt_b, record.trigger_word) if prompt_b else None
         size = self.test_generate_settings(512)
-        out = self.data_dir / "videos" / f"{time.strftime('%Y%m%d-%H%M%S')}.mp4"
-        out.parent.mkdir(parents=True, exist_ok=True)
+        out = self._new_output_path("videos", ".mp4")
         return make_video(self.generator(), prompt=prompt, lora_path=lora_path, out_path=out, frames=frames,
                           fps=fps, seed_a=seed, seed_b=seed + 1, prompt_b=prompt_b, width=size.width,
                           height=size.height, steps=size.steps, on_event=on_event)
+
+    def _new_output_path(self, kind: str, suffix: str) -> Path:
+        """A fresh, time-sorted path under data_dir/kind: two requests in the same second never collide."""
+        folder = self.data_dir / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}{suffix}"
 
     # --------------------------------------------------------------- library
     def delete_model(self, model_id: str) -> None:
@@ -349,3 +375,8 @@ class Workflow:
     def close(self) -> None:
         self.jobs.stop()
 
+
+def _load(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        image.load()
+        return image.copy()

@@ -112,6 +112,20 @@ def test_whole_flow_through_the_running_app(tmp_path: Path, photos: list[Path]) 
         image_path = path.get("path") if isinstance(path, dict) else path
         with Image.open(image_path) as img:
             assert img.size == (64, 64)
+            assert record["trigger_word"] in img.info["prompt"]
+
+        # Compare the model at two LoRA scales: one side-by-side sheet, twice as wide as one image plus labels.
+        sheet = client.predict(model_id, "{trigger}", "", 3, 4, 3.5, 1.0, 64, 64, 1, model_id, 0.0,
+                               api_name="/compare")
+        with Image.open(sheet) as img:
+            assert img.width >= 128
+
+        # A short video: an MP4 with the asked number of frames.
+        video = client.predict(model_id, "{trigger}", "", 6, 6, 1, api_name="/video")
+        video_path = video["video"] if isinstance(video, dict) else video
+        import imageio.v3 as iio
+
+        assert iio.imread(video_path if isinstance(video_path, str) else video_path["path"]).shape[0] == 6
     finally:
         app.stop()
 
@@ -121,5 +135,16 @@ def test_whole_flow_through_the_running_app(tmp_path: Path, photos: list[Path]) 
         client = Client(app.url, verbose=False)
         table = client.predict(api_name="/list_models")
         assert model_id in json.dumps(table)
+
+        # Download: a zip with both LoRA formats and the model card; then delete removes files and record.
+        import zipfile
+
+        archive = client.predict(model_id, api_name="/download_model")
+        names = zipfile.ZipFile(archive).namelist()
+        assert any(n.startswith("diffusers/") for n in names) and any(n.startswith("comfyui/") for n in names)
+        assert "README.md" in names
+        client.predict(model_id, api_name="/delete_model")
+        assert not (data_dir / "models" / model_id).exists()
+        assert model_id not in json.dumps(client.predict(api_name="/list_models"))
     finally:
         app.stop()

@@ -42,6 +42,19 @@ def _details(workflow: Workflow, model_id: str) -> tuple[str, str | None]:
     return "\n\n".join(lines), str(r.sample_grid) if r.sample_grid else None
 
 
+def _curve(workflow: Workflow, model_id: str) -> pd.DataFrame:
+    rows = []
+    if model_id:
+        scores = workflow.library.get(model_id).scores or {}
+        for key, label, factor in (("likeness_by_checkpoint", "likeness ×100", 100), ("by_checkpoint", "overall", 1)):
+            rows += [(int(step), (value or 0) * factor, label) for step, value in scores.get(key, {}).items()]
+    return pd.DataFrame(rows, columns=["step", "score", "measure"])
+
+
+def _show(workflow: Workflow, model_id: str) -> tuple:
+    return (*_details(workflow, model_id), _curve(workflow, model_id))
+
+
 def build(workflow: Workflow) -> gr.Tab:
     with gr.Tab("6 · Models", id="models") as tab:
         table = gr.Dataframe(value=_table(workflow), headers=COLUMNS, interactive=False, label="Your models")
@@ -56,6 +69,8 @@ def build(workflow: Workflow) -> gr.Tab:
             delete = gr.Button("Delete", variant="stop")
         archive = gr.File(label="Download")
         details = gr.Markdown()
+        curve = gr.LinePlot(x="step", y="score", color="measure", title="Likeness and overall score by checkpoint",
+                            height=260)
         grid = gr.Image(label="Test generations beside the training photos", type="filepath")
 
         def pick(evt: gr.SelectData, frame: pd.DataFrame) -> str:
@@ -71,23 +86,23 @@ def build(workflow: Workflow) -> gr.Tab:
 
         def do_rename(mid: str, name: str) -> tuple:
             workflow.library.rename(mid, name)
-            return _table(workflow), *_details(workflow, mid)
+            return _table(workflow), *_show(workflow, mid)
 
         def do_trigger(mid: str, word: str) -> tuple:
             workflow.library.set_trigger_word(mid, word)
-            return _table(workflow), *_details(workflow, mid)
+            return _table(workflow), *_show(workflow, mid)
 
         def do_delete(mid: str) -> tuple:
             workflow.delete_model(mid)
-            return _table(workflow), "Deleted.", None, ""
+            return _table(workflow), "Deleted.", None, _curve(workflow, ""), ""
 
         table.select(pick, table, model_id)
-        model_id.change(guarded(lambda mid: _details(workflow, mid)), model_id, [details, grid], api_name=False)
-        rename.click(guarded(do_rename), [model_id, new_name], [table, details, grid], api_name="rename_model")
-        retrigger.click(guarded(do_trigger), [model_id, new_trigger], [table, details, grid],
-                        api_name="set_trigger_word")
+        shown = [details, grid, curve]
+        model_id.change(guarded(lambda mid: _show(workflow, mid)), model_id, shown, api_name=False)
+        rename.click(guarded(do_rename), [model_id, new_name], [table, *shown], api_name="rename_model")
+        retrigger.click(guarded(do_trigger), [model_id, new_trigger], [table, *shown], api_name="set_trigger_word")
         download.click(guarded(lambda mid: str(workflow.library.export_zip(mid))), model_id, archive,
                        api_name="download_model")
-        delete.click(guarded(do_delete), model_id, [table, details, grid, model_id], api_name="delete_model")
+        delete.click(guarded(do_delete), model_id, [table, *shown, model_id], api_name="delete_model")
         tab.select(lambda: _table(workflow), None, table, api_name="list_models")
     return tab

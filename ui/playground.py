@@ -24,10 +24,6 @@ def _defaults(workflow: Workflow) -> GenerateSettings:
 def build(workflow: Workflow) -> gr.Tab:
     d = _defaults(workflow)
     with gr.Tab("5 · Playground", id="playground") as tab:
-        if workflow.base_model == "tiny":
-            gr.Markdown("ℹ️ The embedded **tiny** base model proves the whole pipeline end to end on a CPU; it has "
-                        "random weights, so its images are noise. Start with `--base-model "
-                        "black-forest-labs/FLUX.1-dev` on a GPU for real pictures.")
         with gr.Row():
             # Custom values: the API may name a model trained after this page was built.
             model = gr.Dropdown(label="Model", choices=_choices(workflow), value=_choices(workflow)[0][1], scale=2,
@@ -47,6 +43,13 @@ def build(workflow: Workflow) -> gr.Tab:
         go = gr.Button("Generate", variant="primary")
         gallery = gr.Gallery(label="Results (PNG with prompt and settings in its metadata)", columns=4,
                              type="filepath", buttons=["download", "fullscreen"])
+        with gr.Accordion("Compare: two models, or one model at two LoRA scales, same prompt and seeds", open=False):
+            with gr.Row():
+                other = gr.Dropdown(label="Second model", choices=_choices(workflow), value=_choices(workflow)[0][1],
+                                    allow_custom_value=True)
+                other_scale = gr.Slider(0, 2, value=0.8, step=0.05, label="Second LoRA scale")
+            compare = gr.Button("Compare")
+            sheet = gr.Image(label="Side by side", type="filepath")
         with gr.Accordion("Video: a short clip along a smooth path between two seeds/prompts", open=False):
             with gr.Row():
                 prompt_b = gr.Textbox(label="Second prompt (optional)")
@@ -66,6 +69,18 @@ def build(workflow: Workflow) -> gr.Tab:
                 raise gr.Error(str(exc)) from exc
             return [str(p) for p in paths]
 
+        def side_by_side(mid, text, neg, sd, st, gd, sc, w, h, n, mid_b, sc_b,
+                         progress: gr.Progress = gr.Progress()) -> str:
+            settings = GenerateSettings(prompt=text, negative_prompt=neg, seed=int(sd), steps=int(st),
+                                        guidance=float(gd), width=int(w), height=int(h), num_images=int(n))
+            try:
+                path = workflow.compare((mid or None, float(sc)), (mid_b or None, float(sc_b)), settings,
+                                        on_event=lambda e: progress((e.done, e.total), desc="generating")
+                                        if getattr(e, "total", 0) else None)
+            except ValueError as exc:
+                raise gr.Error(str(exc)) from exc
+            return str(path)
+
         def clip(mid, text, second, nframes, rate, sd, progress: gr.Progress = gr.Progress()) -> str:
             try:
                 path = workflow.video(mid or None, prompt=text, prompt_b=second or None, frames=int(nframes),
@@ -77,7 +92,10 @@ def build(workflow: Workflow) -> gr.Tab:
 
         go.click(generate, [model, prompt, negative, seed, steps, guidance, scale, width, height, count], gallery,
                  api_name="generate", concurrency_id="gpu", concurrency_limit=1)
+        compare.click(side_by_side, [model, prompt, negative, seed, steps, guidance, scale, width, height, count,
+                                     other, other_scale], sheet, api_name="compare", concurrency_id="gpu",
+                      concurrency_limit=1)
         make.click(clip, [model, prompt, prompt_b, frames, fps, seed], video, api_name="video",
                    concurrency_id="gpu", concurrency_limit=1)
-        tab.select(lambda: gr.update(choices=_choices(workflow)), None, model, api_name=False)
+        tab.select(lambda: (gr.update(choices=_choices(workflow)),) * 2, None, [model, other], api_name=False)
     return tab

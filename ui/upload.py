@@ -62,6 +62,7 @@ def build(workflow: Workflow) -> gr.Tab:
             return _gallery(workflow), _status(workflow), ""
 
         upload.click(add, files, [gallery, status, files], api_name="upload_photos")
+        files.upload(add, files, [gallery, status, files], api_name=False)  # dropping files is enough
         gallery.select(pick, None, selected)
         remove.click(drop, selected, [gallery, status, selected], api_name="remove_photo")
         tab.select(lambda: (_gallery(workflow), _status(workflow)), None, [gallery, status], api_name=False)
