@@ -316,8 +316,11 @@ def assess_checkpoints(
     clip_model: str | Path | None = None,
     on_event: EventCallback = ignore,
     should_stop: StopCheck = never,
+    known: Mapping[int, AssessmentResult] | None = None,
 ) -> CheckpointChoice:
     """Assess each checkpoint at scale 1.0, then the best one at the other scales; keep the best of all.
+
+    ``known`` holds results already measured at scale 1.0 (while training ran): those steps are not generated again.
 
     Scales are tried only on the best step: checkpoints × prompts generations plus (scales − 1) × prompts, instead
     of their product. ``results[step]`` for the chosen step is its result at the chosen scale.
@@ -329,8 +332,10 @@ def assess_checkpoints(
                   reference_images=reference_images, identity=identity, clip_model=clip_model,
                   should_stop=should_stop)
     paths = dict(checkpoints)
-    results: dict[int, AssessmentResult] = {}
+    results: dict[int, AssessmentResult] = {s: r for s, r in (known or {}).items() if s in paths}
     for number, (step, path) in enumerate(checkpoints):
+        if step in results:
+            continue
         on_event(Message(f"assessing checkpoint {number + 1} of {len(checkpoints)} (step {step})"))
         results[step] = assess_lora(generator, path, out_dir=Path(out_dir) / f"step_{step:06d}",
                                     lora_scale=first_scale, on_event=on_event, **common)

@@ -47,6 +47,7 @@ class TrainingMonitor:
     last_step: ev.TrainStep | None = None
     samples: list[tuple[int, Path, str]] = field(default_factory=list)  # (step, image, prompt)
     checkpoints: list[int] = field(default_factory=list)
+    assessments: list[tuple[int, float, float]] = field(default_factory=list)  # (step, likeness 0–1, overall 0–100)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def on_event(self, event: ev.Event) -> None:
@@ -71,6 +72,11 @@ class TrainingMonitor:
             elif isinstance(event, ev.Message):
                 self.log.append(("⚠ " if event.level != "info" else "") + event.text)
 
+    def on_assessment(self, step: int, likeness: float, overall: float) -> None:
+        with self.lock:
+            self.assessments.append((step, likeness, overall))
+            self.log.append(f"step {step}: likeness {likeness:.0%}, overall score {overall:.0f}/100")
+
     def note(self, text: str, status: str | None = None) -> None:
         with self.lock:
             self.log.append(text)
@@ -81,7 +87,7 @@ class TrainingMonitor:
         with self.lock:
             return dataclasses.replace(
                 self, log=list(self.log), losses=list(self.losses), samples=list(self.samples),
-                checkpoints=list(self.checkpoints), lock=threading.Lock(),
+                checkpoints=list(self.checkpoints), assessments=list(self.assessments), lock=threading.Lock(),
             )
 
 
@@ -210,7 +216,7 @@ class Workflow:
         raise TimeoutError(f"model {model_id} still {self.library.get(model_id).status} after {timeout:.0f} s")
 
     def _run_job(self, job: Job, should_stop: ev.StopCheck) -> None:
-        """The training job: train → assess checkpoints → pick the best → ready (+ e-mail)."""
+        """The training job: train (assessing checkpoints as they land) → pick the best → ready (+ e-mail)."""
         from pipeline.settings import from_dict
         from pipeline.training import train_lora
 
@@ -223,8 +229,9 @@ class Workflow:
         monitor.note(f"training '{record.name}' on {self.base_model}: {settings.steps} steps at "
                      f"{settings.resolution} px", status="training")
         try:
+            assessor = _CheckpointAssessor(self, record, dataset, monitor)
             result = train_lora(dataset, settings, folder / "lora", base_model=self.base_model,
-                                data_dir=self.data_dir, on_event=monitor.on_event, should_stop=should_stop)
+                                data_dir=self.data_dir, on_event=assessor.on_training_event, should_stop=should_stop)
             checkpoints = [{"step": c.step, "path": str(c.path)} for c in result.checkpoints]
             if result.status == "cancelled" and self.jobs.interrupting and not self.jobs.cancel_requested(job.id):
                 # The app is shutting down: the job goes back to the queue and resumes from its last checkpoint.
@@ -239,44 +246,12 @@ class Workflow:
                                 kohya_path=str(result.kohya_path) if result.kohya_path else None,
                                 checkpoints=checkpoints)
             monitor.note("assessing: test generations, likeness and quality per checkpoint", status="assessing")
-            self._assess(record.id, dataset, result, monitor)
+            self._finish(record.id, status="ready", **assessor.choose(result))
         except Exception as exc:  # the job must end with a reason the user can read, whatever failed
             logger.exception("training job %s failed", job.id)
             with contextlib.suppress(ModelNotFound):  # deleted while it trained: nothing left to mark
                 self._finish(record.id, status="failed", error=f"{type(exc).__name__}: {exc}")
             raise
-
-    def _assess(self, model_id: str, dataset: Dataset, result: Any, monitor: TrainingMonitor) -> None:
-        from pipeline.assessment import assess_checkpoints, reference_embeddings
-
-        record = self.library.get(model_id)
-        folder = Path(record.folder)
-        # Checkpoints by step; the final LoRA stands for the last step (it carries the full metadata).
-        by_step = {c.step: Path(c.path) for c in result.checkpoints}
-        by_step[result.steps_done] = Path(result.lora_path)
-        steps = sorted(by_step.items())
-        reference = reference_embeddings([item.image for item in dataset.items])
-        settings = self.test_generate_settings(dataset.resolution)
-        best_step, best_scale, results = assess_checkpoints(
-            self.generator(), steps, trigger_word=record.trigger_word, reference=reference,
-            out_dir=folder / "assessment", settings=settings, on_event=monitor.on_event,
-            reference_images=[item.image for item in dataset.items],
-        )
-        best = results[best_step]
-        best_path = dict(steps)[best_step]
-        scores = {"overall": best.overall, "likeness": best.likeness, "recognised_share": best.recognised_share,
-                  "quality": best.quality, "prompt_fidelity": best.prompt_fidelity, "parts": best.parts,
-                  "verdict": best.verdict, "verdict_text": best.verdict_text,
-                  "by_checkpoint": {str(s): r.overall for s, r in sorted(results.items())},
-                  "likeness_by_checkpoint": {str(s): r.likeness for s, r in sorted(results.items())}}
-        checkpoints = [{"step": s, "path": str(p), "scores": {"overall": results[s].overall,
-                                                               "likeness": results[s].likeness}}
-                       for s, p in steps if s in results]
-        self._finish(model_id, status="ready", scores=scores, checkpoints=checkpoints, best_checkpoint_step=best_step,
-                     best_lora_scale=best_scale, lora_path=str(best_path),
-                     sample_grid=str(best.grid) if best.grid else None)
-        monitor.note(f"ready: best checkpoint step {best_step} at scale {best_scale} — {best.verdict_text}",
-                     status="ready")
 
     def _finish(self, model_id: str, *, status: str, **fields: Any) -> ModelRecord:
         from datetime import UTC, datetime
@@ -380,3 +355,66 @@ def _load(path: Path) -> Image.Image:
     with Image.open(path) as image:
         image.load()
         return image.copy()
+
+
+class _CheckpointAssessor:
+    """Measures each checkpoint as training saves it (the live likeness curve), then picks the best one.
+
+    Live measurement runs only where a second copy of the base model fits beside training (the tiny model);
+    on a GPU the checkpoints are measured once training has freed its memory.
+    """
+
+    def __init__(self, workflow: Workflow, record: ModelRecord, dataset: Dataset, monitor: TrainingMonitor) -> None:
+        from pipeline.assessment import reference_embeddings
+        from pipeline.base_model import is_tiny
+
+        self.workflow = workflow
+        self.record = record
+        self.monitor = monitor
+        self.images = [item.image for item in dataset.items]
+        self.reference = reference_embeddings(self.images)
+        self.settings = workflow.test_generate_settings(dataset.resolution)
+        self.out_dir = Path(record.folder) / "assessment"
+        self.live = is_tiny(workflow.base_model)
+        self.results: dict[int, Any] = {}
+
+    def on_training_event(self, event: ev.Event) -> None:
+        self.monitor.on_event(event)
+        if self.live and isinstance(event, ev.CheckpointSaved):
+            from pipeline.assessment import assess_lora
+
+            result = assess_lora(self.workflow.generator(), event.path, trigger_word=self.record.trigger_word,
+                                 reference=self.reference, out_dir=self.out_dir / f"step_{event.step:06d}",
+                                 settings=self.settings, reference_images=self.images)
+            self.results[event.step] = result
+            self.monitor.on_assessment(event.step, result.likeness, result.overall)
+
+    def choose(self, result: Any) -> dict[str, Any]:
+        """Assess what is not measured yet, choose the best checkpoint and scale: the library fields to set."""
+        from pipeline.assessment import assess_checkpoints
+
+        # Checkpoints by step; the final LoRA stands for the last step (it carries the full metadata).
+        by_step = {c.step: Path(c.path) for c in result.checkpoints}
+        by_step[result.steps_done] = Path(result.lora_path)
+        steps = sorted(by_step.items())
+        best_step, best_scale, results = assess_checkpoints(
+            self.workflow.generator(), steps, trigger_word=self.record.trigger_word, reference=self.reference,
+            out_dir=self.out_dir, settings=self.settings, on_event=self.monitor.on_event,
+            reference_images=self.images, known=self.results,
+        )
+        for step, measured in sorted(results.items()):
+            if step not in self.results:
+                self.monitor.on_assessment(step, measured.likeness, measured.overall)
+        best = results[best_step]
+        scores = {"overall": best.overall, "likeness": best.likeness, "recognised_share": best.recognised_share,
+                  "quality": best.quality, "prompt_fidelity": best.prompt_fidelity, "parts": best.parts,
+                  "verdict": best.verdict, "verdict_text": best.verdict_text,
+                  "by_checkpoint": {str(s): r.overall for s, r in sorted(results.items())},
+                  "likeness_by_checkpoint": {str(s): r.likeness for s, r in sorted(results.items())}}
+        checkpoints = [{"step": s, "path": str(p), "scores": {"overall": results[s].overall,
+                                                               "likeness": results[s].likeness}}
+                       for s, p in steps if s in results]
+        self.monitor.note(f"best checkpoint: step {best_step} at LoRA scale {best_scale:g} — {best.verdict_text}")
+        return {"scores": scores, "checkpoints": checkpoints, "best_checkpoint_step": best_step,
+                "best_lora_scale": best_scale, "lora_path": str(by_step[best_step]),
+                "sample_grid": str(best.grid) if best.grid else None}

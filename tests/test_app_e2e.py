@@ -86,11 +86,13 @@ def test_whole_flow_through_the_running_app(tmp_path: Path, photos: list[Path]) 
         assert len(classification["selected"]) >= 10
 
         # Train the tiny model: the generator endpoint returns its last update when the model is ready.
-        status_md, log, _plot, _samples, model_id = client.predict(
+        status_md, log, _plot, likeness_curve, _samples, model_id = client.predict(
             "e2e-model", 30, 1e-3, 0, 64, "", 4, 4.0, 42, "auto", 15, 15, 0.05, api_name="/train")
         assert model_id, status_md
         assert "ready" in status_md, status_md + log
         assert "step 30/30" in log
+        # Checkpoints at 15 and 30 were measured as they landed: the likeness curve has both steps.
+        assert {row[0] for row in likeness_curve["data"]} >= {15, 30}, likeness_curve
 
         # Files and the tinydb record.
         library = json.loads((data_dir / "library.json").read_text())

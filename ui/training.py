@@ -19,6 +19,12 @@ def _loss_frame(monitor: TrainingMonitor) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["step", "loss", "series"])
 
 
+def _likeness_frame(monitor: TrainingMonitor) -> pd.DataFrame:
+    rows = [(s, like * 100, "likeness %") for s, like, _ in monitor.assessments]
+    rows += [(s, overall, "overall score") for s, _, overall in monitor.assessments]
+    return pd.DataFrame(rows, columns=["step", "score", "measure"])
+
+
 def _status(workflow: Workflow, monitor: TrainingMonitor) -> str:
     record = workflow.library.get(monitor.model_id)
     lines = [f"### {record.name} — {monitor.status}", f"Trigger word: `{record.trigger_word}`"]
@@ -36,7 +42,8 @@ def _status(workflow: Workflow, monitor: TrainingMonitor) -> str:
 def _render(workflow: Workflow, model_id: str) -> tuple:
     monitor = workflow.training_view(model_id)
     samples = [(str(path), f"step {step}: {prompt}") for step, path, prompt in monitor.samples[-12:]]
-    return _status(workflow, monitor), "\n".join(monitor.log[-400:]), _loss_frame(monitor), samples
+    return (_status(workflow, monitor), "\n".join(monitor.log[-400:]), _loss_frame(monitor),
+            _likeness_frame(monitor), samples)
 
 
 def _model_choices(workflow: Workflow) -> list[tuple[str, str]]:
@@ -54,7 +61,9 @@ def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
         status = gr.Markdown("Upload photos, check them on the Review tab, then press Train.")
         with gr.Row():
             plot = gr.LinePlot(x="step", y="loss", color="series", title="Training loss", height=300, scale=3)
-            samples = gr.Gallery(label="Samples as it learns", columns=3, height=300, scale=2)
+            likeness = gr.LinePlot(x="step", y="score", color="measure", title="Likeness by checkpoint",
+                                   height=300, scale=2)
+        samples = gr.Gallery(label="Samples as it learns", columns=6, height=220)
         log = gr.Textbox(label="Log", lines=14, max_lines=14, autoscroll=True)
         model_id = gr.Textbox(label="Model id", interactive=False)
 
@@ -82,7 +91,7 @@ def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
             workflow.cancel_training(mid)
             return "Stopping at the next step; the last checkpoint is kept."
 
-        outputs = [status, log, plot, samples, model_id]
+        outputs = [status, log, plot, likeness, samples, model_id]
         run_event = train.click(start, settings.as_list(), outputs, api_name="train")
         watch_event = watch.change(follow, watch, outputs, api_name="watch_training")
         stop.click(cancel, model_id, status, api_name="stop_training", cancels=[run_event, watch_event])
