@@ -200,6 +200,11 @@ class Workflow:
         monitor.status = self.library.get(model_id).status
         return monitor
 
+    def jobs_ahead(self, model_id: str) -> int | None:
+        """How many trainings run or wait before this model's (None when it is not waiting)."""
+        waiting = [job for job in self.jobs.for_model(model_id) if job.status == "queued"]
+        return self.jobs.position(waiting[0].id) if waiting else None
+
     def cancel_training(self, model_id: str) -> None:
         for job in self.jobs.for_model(model_id):
             if job.status in ("queued", "running") and self.jobs.cancel(job.id).status == "cancelled":

@@ -28,6 +28,9 @@ def _likeness_frame(monitor: TrainingMonitor) -> pd.DataFrame:
 def _status(workflow: Workflow, monitor: TrainingMonitor) -> str:
     record = workflow.library.get(monitor.model_id)
     lines = [f"### {record.name} — {monitor.status}", f"Trigger word: `{record.trigger_word}`"]
+    ahead = workflow.jobs_ahead(monitor.model_id)
+    if ahead:
+        lines.append(f"⏳ Waiting in the queue: {ahead} training(s) ahead (one runs at a time per GPU).")
     step = monitor.last_step
     if step:
         lines.append(f"Step **{step.step}/{step.total_steps}** · phase *{step.phase}* · "

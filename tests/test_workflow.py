@@ -1,0 +1,125 @@
+"""The workflow on the tiny model: one training at a time, a queue that survives a restart, cancel, e-mail."""
+
+from __future__ import annotations
+
+import email
+import socket
+import time
+from email import policy
+from pathlib import Path
+
+import photo_factory
+import pytest
+from aiosmtpd.controller import Controller
+
+from pipeline.settings import AppSettings, SmtpSettings, TrainSettings
+from pipeline.workflow import Workflow
+
+
+@pytest.fixture()
+def photos(tmp_path: Path) -> list[Path]:
+    return photo_factory.portrait_set(tmp_path / "photos", 6)
+
+
+def _workflow(data_dir: Path, photos: list[Path], **kwargs) -> Workflow:
+    workflow = Workflow(AppSettings(data_dir=data_dir, base_model="tiny", **kwargs))
+    if not workflow.list_photos():
+        workflow.add_photos(photos)
+    return workflow
+
+
+def _wait(condition, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_one_training_at_a_time_and_the_queue_survives_a_restart(tmp_path: Path, photos: list[Path]) -> None:
+    data_dir = tmp_path / "data"
+    workflow = _workflow(data_dir, photos)
+    classification = workflow.classify()
+    first = workflow.start_training(TrainSettings.quick(name="first", steps=60, checkpoint_every=10,
+                                                        sample_every=1000), classification=classification)
+    second = workflow.start_training(TrainSettings.quick(name="second", steps=5, checkpoint_every=5,
+                                                         sample_every=1000), classification=classification)
+
+    def first_step() -> int:
+        step = workflow.training_view(first.id).last_step
+        return step.step if step else 0
+
+    _wait(lambda: first_step() >= 15)
+    assert workflow.jobs_ahead(second.id) == 1
+    assert workflow.library.get(second.id).status == "queued"
+
+    # Shut down mid-training: the model waits again instead of being marked cancelled.
+    workflow.close()
+    assert workflow.library.get(first.id).status == "queued"
+
+    restarted = _workflow(data_dir, photos)
+    try:
+        assert restarted.wait_for(first.id, timeout=300).status == "ready"
+        assert restarted.wait_for(second.id, timeout=300).status == "ready"
+        log = "\n".join(restarted.training_view(first.id).log)
+        assert "resuming from the checkpoint at step" in log
+        jobs = {job.model_id: job for job in restarted.jobs.list()}
+        # The interrupted training ran again first, and the two never overlapped.
+        assert jobs[first.id].finished_at <= jobs[second.id].started_at
+    finally:
+        restarted.close()
+
+
+def test_cancel_a_queued_and_a_running_training(tmp_path: Path, photos: list[Path]) -> None:
+    workflow = _workflow(tmp_path / "data", photos)
+    try:
+        classification = workflow.classify()
+        running = workflow.start_training(TrainSettings.quick(name="long", steps=500, checkpoint_every=5,
+                                                              sample_every=1000), classification=classification)
+        waiting = workflow.start_training(TrainSettings.quick(name="waiting", steps=5),
+                                          classification=classification)
+        _wait(lambda: 5 in workflow.training_view(running.id).checkpoints)
+        workflow.cancel_training(waiting.id)
+        assert workflow.library.get(waiting.id).status == "cancelled"
+        workflow.cancel_training(running.id)
+        record = workflow.wait_for(running.id, timeout=120)
+        assert record.status == "cancelled"
+        # The last checkpoint is kept on disk.
+        assert [c["step"] for c in record.checkpoints]
+        assert all((workflow.data_dir / c["path"]).exists() or Path(c["path"]).exists() for c in record.checkpoints)
+    finally:
+        workflow.close()
+
+
+class _Inbox:
+    def __init__(self) -> None:
+        self.messages: list[email.message.EmailMessage] = []
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
+        self.messages.append(email.message_from_bytes(envelope.content, policy=policy.default))
+        return "250 OK"
+
+
+def test_an_email_arrives_when_training_ends(tmp_path: Path, photos: list[Path]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    inbox = _Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        smtp = SmtpSettings(host="127.0.0.1", port=port, starttls=False, sender="likeness@localhost",
+                            recipient="me@example.org")
+        workflow = _workflow(tmp_path / "data", photos, smtp=smtp)
+        try:
+            record = workflow.start_training(TrainSettings.quick(name="mailed", steps=6, checkpoint_every=3))
+            assert workflow.wait_for(record.id, timeout=240).status == "ready"
+            _wait(lambda: inbox.messages, timeout=30)
+        finally:
+            workflow.close()
+    finally:
+        controller.stop()
+    message = inbox.messages[0]
+    assert "mailed" in message["Subject"]
+    assert message["To"] == "me@example.org"
+    body = message.get_body(("plain",)).get_content()
+    assert record.trigger_word in body
