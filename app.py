@@ -23,8 +23,11 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default=os.environ.get("LIKENESS_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("LIKENESS_PORT", "7860")))
+    # A Hugging Face Space sets GRADIO_SERVER_NAME/PORT; honour them so the same app.py runs there unchanged.
+    parser.add_argument("--host", default=os.environ.get("LIKENESS_HOST")
+                        or os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("LIKENESS_PORT")
+                                                        or os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--share", action="store_true", help="also serve on a public gradio.live link")
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("LIKENESS_DATA_DIR", "data")))
     parser.add_argument("--base-model", default=os.environ.get("LIKENESS_BASE_MODEL"),
