@@ -30,6 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                         or os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--share", action="store_true", help="also serve on a public gradio.live link")
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("LIKENESS_DATA_DIR", "data")))
+    parser.add_argument("--auth", default=os.environ.get("LIKENESS_AUTH"), metavar="USER:PASSWORD",
+                        help="ask for this login before showing the app (use it with --share or on a Space)")
     parser.add_argument("--base-model", default=os.environ.get("LIKENESS_BASE_MODEL"),
                         help="'tiny' (default without CUDA), a hub id such as black-forest-labs/FLUX.1-dev "
                              "(default with CUDA), or a local diffusers folder")
@@ -70,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:  # BaseModelError and settings errors carry the fix in their message
         logging.error("%s", exc)
         demo = build_error_app(str(exc))
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share,
+    auth = tuple(args.auth.split(":", 1)) if args.auth and ":" in args.auth else None
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
                 allowed_paths=[str(args.data_dir.resolve())], css_paths=[ASSETS / "style.css"])
 
 
