@@ -32,7 +32,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipeline.training import flow_matching_loss, lora_target_modules  # noqa: E402
+from pipeline.training import add_lora, flow_matching_loss, training_attention  # noqa: E402
 
 FLUX_DEV_TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
                             num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
@@ -44,23 +44,17 @@ log = logging.getLogger("bench.train")
 
 
 def build_transformer(config: dict[str, Any], device: str, rank: int = RANK) -> torch.nn.Module:
-    """FLUX transformer with random weights in bf16 on ``device`` (meta: shapes only), LoRA added, base frozen."""
+    """FLUX transformer with random weights in bf16 on ``device`` (meta: shapes only), the engine's LoRA added."""
     from diffusers import FluxTransformer2DModel
-    from peft import LoraConfig
 
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)  # build straight in bf16: no fp32 copy of 12 B parameters
     try:
         with torch.device(device):
             model = FluxTransformer2DModel(**config)
-            model.requires_grad_(False)
-            model.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=lora_target_modules(model),
-                                         init_lora_weights="gaussian"))
+            add_lora(model, rank=rank, alpha=rank, autocast=device == "cuda")
     finally:
         torch.set_default_dtype(default)
-    for p in model.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()
     return model
 
 
@@ -203,8 +197,9 @@ def _time_steps(model: torch.nn.Module, resolution: int, *, warmup: int, steps: 
     for i in range(warmup + steps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        loss = flow_matching_loss(model, **inputs, guidance=1.0, device="cuda", dtype=torch.bfloat16)
-        loss.backward()
+        with training_attention():
+            loss = flow_matching_loss(model, **inputs, guidance=1.0, device="cuda", dtype=torch.bfloat16)
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -256,39 +251,42 @@ def gpu_bench(flops: dict[int, float], *, warmup: int, steps: int, modes: list[s
                     row["s_per_1000_steps"] = round(row["s_per_step"] * 1000, 1)
                 except torch.OutOfMemoryError as exc:
                     row["error"] = f"out of memory: {str(exc)[:200]}"
+                except Exception as exc:  # noqa: BLE001 - one failing variant (e.g. a compile error) must not end the bench
+                    row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
                 torch.cuda.empty_cache()
             results.append(row)
             on_result(results)
 
-    def fresh() -> torch.nn.Module:
-        torch.cuda.empty_cache()
-        return build_transformer(FLUX_DEV_TRANSFORMER, "cuda")
-
-    model = fresh()
-    if "bf16" in modes:
-        run("bf16", model, gradient_checkpointing=False)
-    if "bf16_ckpt" in modes:
-        model.enable_gradient_checkpointing()
-        run("bf16", model, gradient_checkpointing=True)
-        model.disable_gradient_checkpointing()
-    if "bf16_compiled" in modes and time.monotonic() < deadline - 120:
-        model.compile_repeated_blocks(fullgraph=False)
-        run("bf16 + torch.compile (blocks)", model, gradient_checkpointing=False)
-        model = None
+    variants = {  # name: (gradient checkpointing, fp8 weights, block offload, torch.compile of the blocks)
+        "bf16": (False, False, False, False),
+        "bf16_ckpt": (True, False, False, False),
+        "bf16_compiled": (False, False, False, True),
+        "bf16_ckpt_compiled": (True, False, False, True),
+        "fp8_ckpt": (True, True, False, False),
+        "fp8_ckpt_compiled": (True, True, False, True),
+        "offload_ckpt": (True, False, True, False),
+    }
+    for name in modes:
+        checkpointing, fp8, offload, compiled = variants[name]
+        if time.monotonic() > deadline - (90 if compiled else 20):
+            results.append({"mode": name, "skipped": "bench time limit"})
+            continue
         torch._dynamo.reset()
-        model = fresh()
-    if "fp8" in modes:
-        model.enable_gradient_checkpointing()
-        quantized = memory.quantize_frozen_linears_fp8(model)
         torch.cuda.empty_cache()
-        run("fp8", model, gradient_checkpointing=True, fp8_weight_only_layers=quantized)
-    del model
-    if "offload" in modes and time.monotonic() < deadline - 60:
-        model = fresh()
-        model.enable_gradient_checkpointing()
-        model.enable_group_offload(onload_device=torch.device("cuda"), offload_device=torch.device("cpu"),
-                                   offload_type="block_level", num_blocks_per_group=1, use_stream=True)
-        run("offload", model, gradient_checkpointing=True)
+        model = build_transformer(FLUX_DEV_TRANSFORMER, "cuda")
+        notes: dict[str, Any] = {}
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        if fp8:
+            notes["fp8_weight_only_layers"] = memory.quantize_frozen_linears_fp8(model)
+            torch.cuda.empty_cache()
+        if offload:
+            model.to("cpu")  # group offloading streams blocks from host RAM: the model must start there
+            model.enable_group_offload(onload_device=torch.device("cuda"), offload_device=torch.device("cpu"),
+                                       offload_type="block_level", num_blocks_per_group=1, use_stream=True)
+        if compiled:
+            model.compile_repeated_blocks(fullgraph=False)
+        run(name, model, gradient_checkpointing=checkpointing, compiled=compiled, **notes)
         del model
     return results
 
@@ -298,8 +296,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("--skip-tiny", action="store_true", help="skip the tiny-model CPU run")
     parser.add_argument("--gpu-only", action="store_true", help="only the GPU measurements (and the FLOP counts)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed GPU steps per row (compilation happens here)")
     parser.add_argument("--steps", type=int, default=8, help="timed GPU steps per row (after 3 warm-up steps)")
-    parser.add_argument("--modes", default="bf16,bf16_ckpt,bf16_compiled,fp8,offload")
+    parser.add_argument("--modes", default="bf16,bf16_ckpt,fp8_ckpt,offload_ckpt,bf16_compiled,fp8_ckpt_compiled")
     parser.add_argument("--budget-s", type=float, default=480, help="stop starting GPU rows after this many seconds")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -315,8 +314,9 @@ def main() -> None:
     for resolution in (512, 1024):
         report["flux_dev_step_flops"][f"{resolution}px"] = {
             **count_step_flops(resolution, checkpointing=False),
-            "step_with_checkpointing_tflop": count_step_flops(resolution, checkpointing=True)["step_tflop"],
-            **({} if args.gpu_only else count_encoder_flops(resolution)),
+            **({} if args.gpu_only else {
+                "step_with_checkpointing_tflop": count_step_flops(resolution, checkpointing=True)["step_tflop"],
+                **count_encoder_flops(resolution)}),
         }
     write()
     if not args.gpu_only:
@@ -340,7 +340,7 @@ def main() -> None:
             report["gpu"]["rows"] = rows
             write()
 
-        gpu_bench(flops, warmup=3, steps=args.steps, modes=args.modes.split(","),
+        gpu_bench(flops, warmup=args.warmup, steps=args.steps, modes=args.modes.split(","),
                   deadline=began + args.budget_s, on_result=keep)
     else:
         report["gpu"] = "no CUDA GPU on this machine: GPU rows not measured"

@@ -162,17 +162,21 @@ class _Float8Weight(torch.nn.Module):
         return (weight.detach().float() / scale).to(torch.float8_e4m3fn), scale
 
 
-def quantize_frozen_linears_fp8(model: torch.nn.Module) -> int:
+def quantize_frozen_linears_fp8(model: torch.nn.Module, device: str | torch.device | None = None) -> int:
     """Store every frozen ``base_layer`` Linear weight of a peft-wrapped model as float8; returns how many.
 
     Call after the LoRA layers exist (peft would otherwise create them in the base weight's dtype). Needs gradient
     checkpointing for memory to fall: autograd keeps the bf16 view of each weight until its block's backward.
+    With ``device``, each layer is moved there just before it is quantised, so a model held in host RAM reaches a
+    24 GB GPU at 1 byte per weight without ever being there whole in bf16.
     """
     from torch.nn.utils import parametrize
 
     count = 0
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and name.endswith("base_layer") and not module.weight.requires_grad:
+            if device is not None:
+                module.to(device)
             parametrize.register_parametrization(module, "weight", _Float8Weight(module.weight.dtype), unsafe=True)
             module.parametrizations.weight.original0.requires_grad_(False)
             module.parametrizations.weight.original1.requires_grad_(False)

@@ -43,6 +43,7 @@ from pipeline.settings import TrainSettings, to_json
 logger = logging.getLogger(__name__)
 
 PHASES = ("initial learning", "feature refinement", "style adaptation", "final optimisation")
+COMPILE_MIN_STEPS = 300  # on CUDA, runs this long compile the transformer blocks first
 MAX_TEXT_TOKENS = 512  # T5 tokens: what FluxPipeline uses at inference, so training sees the same padding
 _ASPECTS = (1.0, 4 / 5, 5 / 4, 3 / 4, 4 / 3, 2 / 3, 3 / 2, 9 / 16, 16 / 9)  # width / height
 _STEP_DIR = re.compile(r"^step-(\d{6})$")
@@ -123,6 +124,29 @@ def lora_target_modules(transformer: torch.nn.Module) -> list[str]:
             if isinstance(module, torch.nn.Linear) and name.startswith(blocks) and name.split(".", 2)[2] in leaves]
 
 
+def add_lora(transformer: torch.nn.Module, *, rank: int, alpha: float, autocast: bool) -> list[torch.nn.Parameter]:
+    """Freeze ``transformer`` and add peft LoRA layers to its block projections; returns the trainable parameters.
+
+    The LoRA weights (and so their gradients and AdamW state) are fp32 whatever the base dtype. Under bf16 autocast
+    peft's cast of each layer's input to fp32 is switched off: autocast runs the LoRA matmuls in bf16 anyway, and
+    the cast copied every activation to fp32 in 418 layers (FLUX.1-dev) per step for nothing.
+    """
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    transformer.requires_grad_(False)
+    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                                       target_modules=lora_target_modules(transformer), lora_dropout=0.0))
+    if autocast:
+        for module in transformer.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.cast_input_dtype_enabled = False
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    for p in params:
+        p.data = p.data.float()
+    return params
+
+
 def flow_matching_loss(transformer: torch.nn.Module, x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor,
                        prompt: torch.Tensor, pooled: torch.Tensor, *, guidance: float, device: str,
                        dtype: torch.dtype) -> torch.Tensor:
@@ -148,6 +172,18 @@ def flow_matching_loss(transformer: torch.nn.Module, x0: torch.Tensor, noise: to
             pooled_projections=pooled.to(device, dtype), encoder_hidden_states=prompt.to(device, dtype),
             txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
     return F.mse_loss(prediction.float(), target.float())
+
+
+def training_attention():
+    """SDPA backends for a training step, forward and backward: flash, memory-efficient, math; not cuDNN.
+
+    cuDNN attention gave NaN LoRA gradients and then failed its backward ("mha_graph.execute ... is_good()") on an
+    H100 with torch 2.11 (bench/train.py, 2026-11-25). Wrap the backward too: gradient checkpointing re-runs
+    the forward inside it.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 # --- preparation: buckets and caches -------------------------------------------------------------------------------
@@ -368,46 +404,61 @@ class _Run:
 
     def _load_transformer(self) -> None:
         from diffusers import FluxTransformer2DModel
-        from peft import LoraConfig
 
         s = self.settings
-        device_map = self.device if self.device == "cuda" and self.mode != "offload" else None
-        # Straight from the safetensors files to the device: no second copy of the weights in host RAM.
+        # Straight from the safetensors files to the GPU, no copy in host RAM; except fp8 and offload, which load into
+        # host RAM first because their bf16 weights would not fit the GPUs they are for.
+        device_map = self.device if self.device == "cuda" and self.mode not in ("fp8", "offload") else None
         self.transformer = FluxTransformer2DModel.from_pretrained(
             self.model_path, subfolder="transformer", dtype=self.dtype, device_map=device_map, low_cpu_mem_usage=True)
         self.transformer.requires_grad_(False)
-        if s.gradient_checkpointing or self.mode in ("fp8", "offload"):
-            # fp8 and offload must recompute blocks: otherwise every dequantised/onloaded weight stays saved.
+        # fp8 and offload must recompute blocks: otherwise every dequantised/onloaded weight stays saved.
+        self.checkpointing = s.gradient_checkpointing or self.mode in ("fp8", "offload")
+        if self.checkpointing and self.mode == "bf16" and s.memory_mode == "auto" and self._fits_without_recompute():
+            # Recomputing costs ~50 % more time per step (0.60 -> 0.89 s at 512 px on an H100); skip it where the
+            # saved activations fit (measured peak without it: 34 GB at 512 px, 56 GB at 1024 px, FLUX.1-dev, batch 1).
+            self.checkpointing = False
+            self.emit(ev.Message("enough GPU memory: gradient checkpointing off (faster steps)"))
+        if self.checkpointing:
             self.transformer.enable_gradient_checkpointing()
         torch.manual_seed(s.seed)  # the LoRA A matrices' initialisation
-        self.targets = lora_target_modules(self.transformer)
-        self.transformer.add_adapter(LoraConfig(r=s.rank, lora_alpha=s.alpha, init_lora_weights="gaussian",
-                                                target_modules=self.targets, lora_dropout=0.0))
+        self.params = add_lora(self.transformer, rank=s.rank, alpha=s.alpha, autocast=self.device == "cuda")
         if self.mode == "fp8":
-            memory.quantize_frozen_linears_fp8(self.transformer)
+            memory.quantize_frozen_linears_fp8(self.transformer, device=self.device)
         if self.mode == "offload":
             self.transformer.enable_group_offload(onload_device=torch.device("cuda"),
                                                   offload_device=torch.device("cpu"), offload_type="block_level",
                                                   num_blocks_per_group=1, use_stream=True)
         elif device_map is None:
             self.transformer.to(self.device)
-        self.params = [p for p in self.transformer.parameters() if p.requires_grad]
-        for p in self.params:  # LoRA weights and their optimiser state in fp32, whatever the base dtype
-            p.data = p.data.float()
+        if self.device == "cuda" and self.mode != "offload" and s.steps >= COMPILE_MIN_STEPS:
+            # Regional compilation of the repeated blocks: 0.365 -> 0.231 s/step at 512 px, 0.64 -> 0.46 at 1024 px on
+            # an H100 (bench/train.py) for about a minute of compiling, so worth it from a few hundred steps on.
+            self.transformer.compile_repeated_blocks(fullgraph=False)
+            self.emit(ev.Message("compiling the transformer blocks (about a minute, once per resolution)"))
         self.transformer.train()
 
-    def _auto_batch_size(self, free_gb: float | None) -> int:
+    def _estimate(self, *, checkpointing: bool) -> memory.MemoryEstimate:
         config = self.transformer.config
-        hidden = config.num_attention_heads * config.attention_head_dim
         latent = self.prepared.latents[0]
-        estimate = memory.estimate_memory(
-            self.mode, base_parameters=0, lora_parameters=sum(p.numel() for p in self.params), hidden_size=hidden,
+        return memory.estimate_memory(
+            self.mode, base_parameters=0,
+            lora_parameters=sum(4 * self.settings.rank * m.in_features for m in self.transformer.modules()
+                                if isinstance(m, torch.nn.Linear)),  # upper bound, before the LoRA exists
+            hidden_size=config.num_attention_heads * config.attention_head_dim,
             num_blocks=config.num_layers + config.num_single_layers,
             image_tokens=latent.shape[1] * latent.shape[2] // 4, text_tokens=MAX_TEXT_TOKENS,
-            gradient_checkpointing=self.settings.gradient_checkpointing, optimizer=self.settings.optimizer)
+            gradient_checkpointing=checkpointing, optimizer=self.settings.optimizer)
+
+    def _fits_without_recompute(self) -> bool:
+        free = memory.free_gpu_gb()
+        return free is not None and self._estimate(checkpointing=False).total_gb < 0.85 * free
+
+    def _auto_batch_size(self, free_gb: float | None) -> int:
+        estimate = self._estimate(checkpointing=self.checkpointing)
         # Weights are loaded by now, so free memory already excludes them.
-        free_now = memory.free_gpu_gb()
-        return memory.auto_batch_size(len(self.dataset), free_gb=free_now, per_sample_gb=estimate.activations_gb,
+        return memory.auto_batch_size(len(self.dataset), free_gb=memory.free_gpu_gb() if free_gb is not None else None,
+                                      per_sample_gb=estimate.activations_gb,
                                       fixed_gb=estimate.lora_gb + estimate.optimizer_gb)
 
     def make_optimizer(self) -> None:
@@ -624,11 +675,12 @@ def _train(run: _Run, dataset: Dataset, settings: TrainSettings, output_dir: Pat
                 return _result(run, "cancelled", step, started)
             tic = time.perf_counter()
             step += 1
-            loss = run.step_loss(step, next(batches))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the loss became {loss.item()} at step {step}: lower learning_rate "
-                                         f"(now {settings.learning_rate}) or max_grad_norm")
-            loss.backward()
+            with training_attention():
+                loss = run.step_loss(step, next(batches))
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"the loss became {loss.item()} at step {step}: lower learning_rate "
+                                             f"(now {settings.learning_rate}) or max_grad_norm")
+                loss.backward()
             torch.nn.utils.clip_grad_norm_(run.params, settings.max_grad_norm)
             run.optimizer.step()
             run.lr_scheduler.step()
