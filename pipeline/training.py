@@ -232,7 +232,8 @@ def _load_image(path: Path, bucket: tuple[int, int]) -> torch.Tensor:
 
 
 def _prepare(dataset: Dataset, settings: TrainSettings, model_path: str, data_dir: Path, device: str,
-             dtype: torch.dtype, on_event: ev.EventCallback) -> tuple[_Prepared, torch.nn.Module]:
+             dtype: torch.dtype, on_event: ev.EventCallback, *,
+             offload_encoders: bool = False) -> tuple[_Prepared, torch.nn.Module]:
     """Cached latents and text embeddings for the dataset; returns them and the VAE (kept for sample images)."""
     from diffusers import AutoencoderKL, FluxPipeline
 
@@ -268,7 +269,12 @@ def _prepare(dataset: Dataset, settings: TrainSettings, model_path: str, data_di
     missing = [p for p, path in text_paths.items() if not path.is_file()]
     if missing:
         on_event(ev.Message(f"encoding {len(missing)} captions with CLIP and T5"))
-        encoders = FluxPipeline.from_pretrained(model_path, transformer=None, vae=None, dtype=dtype).to(device)
+        encoders = FluxPipeline.from_pretrained(model_path, transformer=None, vae=None, dtype=dtype)
+        if offload_encoders:
+            # CLIP and T5-XXL (9.5 GB in bf16) take turns on the GPU: 16 and 12 GB cards hold one at a time.
+            encoders.enable_model_cpu_offload(device=device)
+        else:
+            encoders.to(device)
         with torch.no_grad():
             for prompt in missing:
                 embeds, pooled, _ids = encoders.encode_prompt(prompt=prompt, prompt_2=prompt, device=device,
@@ -397,7 +403,7 @@ class _Run:
         self.emit(ev.Message(f"memory mode {mode}: {reason}"))
 
         self.prepared, self.vae = _prepare(self.dataset, s, self.model_path, self.data_dir, self.device,
-                                           self.dtype, self.emit)
+                                           self.dtype, self.emit, offload_encoders=mode in ("nf4", "offload"))
         self._load_transformer()
         self.batch_size = s.batch_size or self._auto_batch_size(free_gb)
         self.emit(ev.Message(f"batch size {self.batch_size}" + ("" if s.batch_size else " (automatic)")))
@@ -409,8 +415,17 @@ class _Run:
         # Straight from the safetensors files to the GPU, no copy in host RAM; except fp8 and offload, which load into
         # host RAM first because their bf16 weights would not fit the GPUs they are for.
         device_map = self.device if self.device == "cuda" and self.mode not in ("fp8", "offload") else None
+        quantization = None
+        if self.mode == "nf4":
+            # bitsandbytes 4-bit NormalFloat, quantised while loading (peft trains LoRA on bnb Linear4bit layers).
+            # Not measured here: bitsandbytes was absent on the lent H100.
+            from diffusers import BitsAndBytesConfig
+
+            quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                              bnb_4bit_compute_dtype=torch.bfloat16)
         self.transformer = FluxTransformer2DModel.from_pretrained(
-            self.model_path, subfolder="transformer", dtype=self.dtype, device_map=device_map, low_cpu_mem_usage=True)
+            self.model_path, subfolder="transformer", dtype=self.dtype, device_map=device_map, low_cpu_mem_usage=True,
+            quantization_config=quantization)
         self.transformer.requires_grad_(False)
         # fp8 and offload must recompute blocks: otherwise every dequantised/onloaded weight stays saved.
         self.checkpointing = s.gradient_checkpointing or self.mode in ("fp8", "offload")
@@ -692,7 +707,7 @@ def _train(run: _Run, dataset: Dataset, settings: TrainSettings, output_dir: Pat
             run.report_step(step, run.losses[-1], sum(recent) / len(recent))
             if step % settings.checkpoint_every == 0 and step < settings.steps:
                 run.save_checkpoint(step)
-            if step % settings.sample_every == 0 or step == settings.steps:
+            if settings.sample_every > 0 and (step % settings.sample_every == 0 or step == settings.steps):
                 run.sample(step)
         run.save_checkpoint(step)
         lora_path, kohya_path = output_dir / _LORA_FILE, output_dir / _KOHYA_FILE
