@@ -186,10 +186,10 @@ def tiny_cpu_bench() -> dict[str, Any]:
 # --- GPU ------------------------------------------------------------------------------------------------------------
 
 
-def _time_steps(model: torch.nn.Module, resolution: int, *, warmup: int, steps: int) -> dict[str, Any]:
+def _time_steps(model: torch.nn.Module, resolution: int, *, warmup: int, steps: int, batch: int = 1) -> dict[str, Any]:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4, fused=True)
-    inputs = _inputs(resolution, "cuda")
+    inputs = _inputs(resolution, "cuda", batch)
     model.train()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -231,7 +231,7 @@ def _matmul_ceiling() -> float:
 
 
 def gpu_bench(flops: dict[int, float], *, warmup: int, steps: int, modes: list[str], deadline: float,
-              on_result: Any) -> list[dict[str, Any]]:
+              on_result: Any, batch: int = 1, resolutions: tuple[int, ...] = (512, 1024)) -> list[dict[str, Any]]:
     """Real-architecture random-weight training steps on the GPU, one row per (mode, resolution)."""
     from pipeline import memory
 
@@ -239,15 +239,15 @@ def gpu_bench(flops: dict[int, float], *, warmup: int, steps: int, modes: list[s
     results: list[dict[str, Any]] = []
 
     def run(name: str, model: torch.nn.Module, **notes: Any) -> None:
-        for resolution in (512, 1024):
-            row: dict[str, Any] = {"mode": name, "resolution": resolution, **notes}
+        for resolution in resolutions:
+            row: dict[str, Any] = {"mode": name, "resolution": resolution, "batch": batch, **notes}
             if time.monotonic() > deadline:
                 row["skipped"] = "bench time limit"
             else:
                 try:
-                    row.update(_time_steps(model, resolution, warmup=warmup, steps=steps))
-                    row["mfu_vs_989_tflops"] = round(flops[resolution] * 1e12 / row["s_per_step"] / H100_BF16_PEAK,
-                                                     3)
+                    row.update(_time_steps(model, resolution, warmup=warmup, steps=steps, batch=batch))
+                    row["mfu_vs_989_tflops"] = round(batch * flops[resolution] * 1e12 / row["s_per_step"]
+                                                     / H100_BF16_PEAK, 3)
                     row["s_per_1000_steps"] = round(row["s_per_step"] * 1000, 1)
                 except torch.OutOfMemoryError as exc:
                     row["error"] = f"out of memory: {str(exc)[:200]}"
@@ -299,6 +299,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed GPU steps per row (compilation happens here)")
     parser.add_argument("--steps", type=int, default=8, help="timed GPU steps per row (after 3 warm-up steps)")
     parser.add_argument("--modes", default="bf16,bf16_ckpt,fp8_ckpt,offload_ckpt,bf16_compiled,fp8_ckpt_compiled")
+    parser.add_argument("--batch", type=int, default=1, help="images per GPU step")
+    parser.add_argument("--resolutions", default="512,1024")
     parser.add_argument("--budget-s", type=float, default=480, help="stop starting GPU rows after this many seconds")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -341,7 +343,8 @@ def main() -> None:
             write()
 
         gpu_bench(flops, warmup=args.warmup, steps=args.steps, modes=args.modes.split(","),
-                  deadline=began + args.budget_s, on_result=keep)
+                  deadline=began + args.budget_s, on_result=keep, batch=args.batch,
+                  resolutions=tuple(int(r) for r in args.resolutions.split(",")))
     else:
         report["gpu"] = "no CUDA GPU on this machine: GPU rows not measured"
     report["bench_seconds"] = round(time.monotonic() - began, 1)
