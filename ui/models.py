@@ -7,6 +7,7 @@ import pandas as pd
 
 from pipeline.workflow import Workflow
 
+CANCELLED = "(not deleted)"  # what the browser sends when the user answers No to "Delete this model?"
 COLUMNS = ["name", "trigger word", "status", "overall", "likeness", "base model", "created", "id"]
 
 
@@ -55,37 +56,56 @@ def _show(workflow: Workflow, model_id: str) -> tuple:
     return (*_details(workflow, model_id), _curve(workflow, model_id))
 
 
+def _choices(workflow: Workflow) -> list[tuple[str, str]]:
+    return [(f"{r.name} ({r.status})", r.id) for r in workflow.library.list()]
+
+
 def build(workflow: Workflow) -> gr.Tab:
     with gr.Tab("6 · Models", id="models") as tab:
-        table = gr.Dataframe(value=_table(workflow), headers=COLUMNS, interactive=False, label="Your models")
+        table = gr.Dataframe(value=_table(workflow), headers=COLUMNS, interactive=False,
+                             label="Your models (click a row to select it)")
         with gr.Row():
-            model_id = gr.Textbox(label="Selected model id", scale=2)
-            new_name = gr.Textbox(label="New name", scale=2)
-            rename = gr.Button("Rename", scale=1)
-            new_trigger = gr.Textbox(label="New trigger word", scale=2)
-            retrigger = gr.Button("Change trigger word", scale=1)
-        with gr.Row():
-            download = gr.Button("Download (diffusers + ComfyUI/kohya LoRA, model card)")
-            delete = gr.Button("Delete", variant="stop")
-        archive = gr.File(label="Download")
-        details = gr.Markdown()
-        curve = gr.LinePlot(x="step", y="score", color="measure", title="Likeness and overall score by checkpoint",
-                            height=260)
-        grid = gr.Image(label="Test generations beside the training photos", type="filepath")
+            with gr.Column(scale=3):
+                details = gr.Markdown("Select a model in the table.")
+                curve = gr.LinePlot(x="step", y="score", color="measure",
+                                    title="Likeness and overall score by checkpoint", height=260)
+                grid = gr.Image(label="Test generations beside the training photos", type="filepath", height=360)
+            with gr.Column(scale=2):
+                # Custom values: the API names models by id, including ones made after this page was built.
+                model_id = gr.Dropdown(label="Selected model", choices=_choices(workflow), value=None,
+                                       allow_custom_value=True)
+                with gr.Row(equal_height=True):
+                    new_name = gr.Textbox(label="New name", scale=3)
+                    rename = gr.Button("Rename", scale=1)
+                with gr.Row(equal_height=True):
+                    new_trigger = gr.Textbox(label="New trigger word", scale=3)
+                    retrigger = gr.Button("Change trigger word", scale=1)
+                download = gr.Button("Download zip (diffusers + ComfyUI/kohya LoRA, model card)")
+                archive = gr.File(label="Download", height=80)
+                delete = gr.Button("Delete model", variant="stop")
 
         def pick(evt: gr.SelectData, frame: pd.DataFrame) -> str:
             return frame.iloc[evt.index[0]]["id"]
 
         def guarded(action):
             def run(*args):
+                if not args[0]:
+                    raise gr.Error("Select a model first: click its row in the table.")
                 try:
                     return action(*args)
                 except ValueError as exc:
                     raise gr.Error(str(exc)) from exc
             return run
 
+        def select(mid: str) -> tuple:
+            if not mid:
+                return "Select a model in the table.", None, _curve(workflow, "")
+            return _show(workflow, mid)
+
         def do_rename(mid: str, name: str) -> tuple:
-            workflow.library.rename(mid, name)
+            if not name.strip():
+                raise gr.Error("Type the new name first.")
+            workflow.library.rename(mid, name.strip())
             return _table(workflow), *_show(workflow, mid)
 
         def do_trigger(mid: str, word: str) -> tuple:
@@ -93,16 +113,32 @@ def build(workflow: Workflow) -> gr.Tab:
             return _table(workflow), *_show(workflow, mid)
 
         def do_delete(mid: str) -> tuple:
+            name = workflow.library.get(mid).name
             workflow.delete_model(mid)
-            return _table(workflow), "Deleted.", None, _curve(workflow, ""), ""
+            return _table(workflow), f"Deleted {name}.", None, _curve(workflow, ""), \
+                gr.update(choices=_choices(workflow), value=None)
+
+        def confirmed_delete(mid: str | None) -> tuple:
+            if mid == CANCELLED:
+                return (gr.skip(),) * 5
+            return guarded(do_delete)(mid)
+
+        def refresh(mid: str) -> tuple:
+            ids = [i for _, i in _choices(workflow)]
+            keep = mid if mid in ids else None
+            return _table(workflow), gr.update(choices=_choices(workflow), value=keep)
 
         table.select(pick, table, model_id)
         shown = [details, grid, curve]
-        model_id.change(guarded(lambda mid: _show(workflow, mid)), model_id, shown, api_name=False)
+        model_id.change(select, model_id, shown, api_name=False)
         rename.click(guarded(do_rename), [model_id, new_name], [table, *shown], api_name="rename_model")
         retrigger.click(guarded(do_trigger), [model_id, new_trigger], [table, *shown], api_name="set_trigger_word")
         download.click(guarded(lambda mid: str(workflow.library.export_zip(mid))), model_id, archive,
                        api_name="download_model")
-        delete.click(guarded(do_delete), model_id, [table, *shown, model_id], api_name="delete_model")
+        # Deleting cannot be undone: the browser asks first (API callers are not asked).
+        delete.click(confirmed_delete, model_id, [table, *shown, model_id], api_name="delete_model",
+                     js=f"(mid) => (mid && !confirm('Delete this model and all its files? This cannot be undone.'))"
+                        f" ? '{CANCELLED}' : mid")
         tab.select(lambda: _table(workflow), None, table, api_name="list_models")
+        tab.select(refresh, model_id, [table, model_id], api_name=False)
     return tab

@@ -41,22 +41,22 @@ def build(workflow: Workflow) -> gr.Tab:
             height = gr.Slider(32, 1536, value=d.height, step=16, label="Height")
             count = gr.Slider(1, 8, value=1, step=1, label="Images")
         go = gr.Button("Generate", variant="primary")
-        gallery = gr.Gallery(label="Results (PNG with prompt and settings in its metadata)", columns=4,
-                             type="filepath", buttons=["download", "fullscreen"])
+        gallery = gr.Gallery(label="Results (PNG with prompt and settings in its metadata)", columns=4, height=420,
+                             object_fit="contain", type="filepath", buttons=["download", "fullscreen"])
         with gr.Accordion("Compare: two models, or one model at two LoRA scales, same prompt and seeds", open=False):
             with gr.Row():
                 other = gr.Dropdown(label="Second model", choices=_choices(workflow), value=_choices(workflow)[0][1],
                                     allow_custom_value=True)
                 other_scale = gr.Slider(0, 2, value=0.8, step=0.05, label="Second LoRA scale")
             compare = gr.Button("Compare")
-            sheet = gr.Image(label="Side by side", type="filepath")
+            sheet = gr.Image(label="Side by side", type="filepath", height=420)
         with gr.Accordion("Video: a short clip along a smooth path between two seeds/prompts", open=False):
             with gr.Row():
                 prompt_b = gr.Textbox(label="Second prompt (optional)")
                 frames = gr.Slider(4, 96, value=16, step=1, label="Frames")
                 fps = gr.Slider(4, 30, value=8, step=1, label="Frames per second")
             make = gr.Button("Make video")
-            video = gr.Video(label="Clip (MP4)")
+            video = gr.Video(label="Clip (MP4)", height=420)
 
         def generate(mid, text, neg, sd, st, gd, sc, w, h, n, progress: gr.Progress = gr.Progress()) -> list[str]:
             settings = GenerateSettings(prompt=text, negative_prompt=neg, seed=int(sd), steps=int(st),
@@ -97,5 +97,12 @@ def build(workflow: Workflow) -> gr.Tab:
                       concurrency_limit=1)
         make.click(clip, [model, prompt, prompt_b, frames, fps, seed], video, api_name="video",
                    concurrency_id="gpu", concurrency_limit=1)
-        tab.select(lambda: (gr.update(choices=_choices(workflow)),) * 2, None, [model, other], api_name=False)
+        def refresh(first: str, second: str) -> tuple:
+            # A model trained or deleted since the page loaded: offer the current list, newest ready model first.
+            choices = _choices(workflow)
+            ids = [mid for _, mid in choices]
+            return tuple(gr.update(choices=choices, value=value if value and value in ids else ids[0])
+                         for value in (first, second))
+
+        tab.select(refresh, [model, other], [model, other], api_name=False)
     return tab

@@ -44,18 +44,21 @@ def _for_api(result: ClassificationResult) -> dict:
 
 
 def build(workflow: Workflow) -> gr.Tab:
+    last: dict[str, ClassificationResult] = {}  # the latest check, shown again when the tab is reopened
     with gr.Tab("3 · Review", id="review") as tab:
         gr.Markdown("Each photo is checked for a single clear face, sharpness, exposure, duplicates and "
                     "whether it shows the same person. Override any verdict below; your choice wins.")
         run = gr.Button("Classify photos", variant="primary")
-        report = gr.Markdown()
+        report = gr.Markdown("Press **Classify photos** to check the uploaded photos.")
         table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, label="Verdicts")
         gallery = gr.Gallery(label="Photos with their verdicts", columns=6, height="auto", interactive=False)
-        with gr.Row():
+        gr.Markdown("**Change a verdict or a caption:** click a row in the table (or type the file name), choose, "
+                    "then Apply.")
+        with gr.Row(equal_height=True):
             file = gr.Textbox(label="Photo file name", scale=2)
-            choice = gr.Radio(["auto", "include", "exclude"], value="auto", label="Your choice", scale=2)
-            caption = gr.Textbox(label="Caption (empty: automatic)", scale=3)
-            apply = gr.Button("Apply", scale=1)
+            choice = gr.Radio(["auto", "include", "exclude"], value="auto", label="Your choice", scale=3)
+            caption = gr.Textbox(label="Caption (empty: automatic; the trigger word is added)", scale=4)
+            apply = gr.Button("Apply", variant="primary", scale=1)
         as_json = gr.JSON(label="Classification (the same JSON as the CLI and API)", visible=False)
 
         def classify(progress: gr.Progress = gr.Progress()) -> tuple:
@@ -67,7 +70,21 @@ def build(workflow: Workflow) -> gr.Tab:
                 result = workflow.classify(on_event=on_event)
             except ValueError as exc:
                 raise gr.Error(str(exc)) from exc
+            last["result"] = result
             return _report(result), _table(workflow, result), _gallery(result), _for_api(result)
+
+        def show_last() -> tuple:
+            """On opening the tab: the last check (without running it again), or what to do first."""
+            result = last.get("result")
+            count = len(workflow.list_photos())
+            if result is None:
+                hint = ("No photos yet: add them on the Upload tab." if not count else
+                        f"Press **Classify photos** to check your {count} photo(s).")
+                return hint, gr.skip(), gr.skip(), gr.skip()
+            text = _report(result)
+            if {r.file for r in result.records} != {p.name for p in workflow.list_photos()}:
+                text = "⚠️ **Photos were added or removed since this check: press Classify photos again.**\n\n" + text
+            return text, _table(workflow, result), _gallery(result), _for_api(result)
 
         def pick(evt: gr.SelectData, frame: pd.DataFrame) -> tuple[str, str, str]:
             row = frame.iloc[evt.index[0]]
@@ -75,13 +92,19 @@ def build(workflow: Workflow) -> gr.Tab:
 
         def set_choice(name: str, how: str, text: str) -> tuple:
             if not name:
-                raise gr.Error("Type or click the photo's file name first.")
-            workflow.set_override(name, how)
-            workflow.set_caption(name, text)
+                raise gr.Error("Click a row in the table (or type the photo's file name) first.")
+            if name not in {p.name for p in workflow.list_photos()}:
+                raise gr.Error(f"No uploaded photo is named {name!r}: click its row in the table.")
+            try:
+                workflow.set_override(name, how)
+                workflow.set_caption(name, text)
+            except ValueError as exc:
+                raise gr.Error(str(exc)) from exc
             return classify()
 
         outputs = [report, table, gallery, as_json]
         run.click(classify, None, outputs, api_name="classify", concurrency_id="gpu", concurrency_limit=1)
         table.select(pick, table, [file, choice, caption])
         apply.click(set_choice, [file, choice, caption], outputs, api_name="override", concurrency_id="gpu")
+        tab.select(show_last, None, outputs, api_name=False)
     return tab

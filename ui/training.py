@@ -12,17 +12,32 @@ from pipeline.workflow import TERMINAL_STATUSES, TrainingMonitor, Workflow
 from ui.settings import SettingsInputs, settings_from_values
 
 POLL_SECONDS = 1.0
+LOG_LINES = 300
+IDLE = "Upload photos, check them on the Review tab, then press Train. Pick a model under *Watch a model* to see " \
+       "an earlier or queued training."
 
 
 def _loss_frame(monitor: TrainingMonitor) -> pd.DataFrame:
     rows = [(s, raw, "loss") for s, raw, _ in monitor.losses] + [(s, sm, "smoothed") for s, _, sm in monitor.losses]
-    return pd.DataFrame(rows, columns=["step", "loss", "series"])
+    # Typed columns even when empty: the plot keeps the axis types of its first value.
+    return pd.DataFrame(rows, columns=["step", "loss", "series"]).astype({"step": int, "loss": float})
 
 
 def _likeness_frame(monitor: TrainingMonitor) -> pd.DataFrame:
     rows = [(s, like * 100, "likeness %") for s, like, _ in monitor.assessments]
     rows += [(s, overall, "overall score") for s, _, overall in monitor.assessments]
-    return pd.DataFrame(rows, columns=["step", "score", "measure"])
+    return pd.DataFrame(rows, columns=["step", "score", "measure"]).astype({"step": int, "score": float})
+
+
+def _log_text(lines: list[str]) -> str:
+    """The log with runs of the same line folded into one ("… ×16"): per-photo progress would drown the rest."""
+    folded: list[list] = []
+    for line in lines:
+        if folded and folded[-1][0] == line:
+            folded[-1][1] += 1
+        else:
+            folded.append([line, 1])
+    return "\n".join(text if n == 1 else f"{text}  ×{n}" for text, n in folded[-LOG_LINES:])
 
 
 def _status(workflow: Workflow, monitor: TrainingMonitor) -> str:
@@ -38,14 +53,15 @@ def _status(workflow: Workflow, monitor: TrainingMonitor) -> str:
     if record.error:
         lines.append(f"❌ {record.error}")
     if record.status == "ready" and record.scores:
-        lines.append(f"✅ {record.scores.get('verdict_text', '')} (overall {record.scores.get('overall', 0):.0f}/100)")
+        lines.append(f"✅ {record.scores.get('verdict_text', '')} (overall {record.scores.get('overall', 0):.0f}/100)"
+                     " — try it on the Playground tab; its files are on the Models tab.")
     return "\n\n".join(lines)
 
 
 def _render(workflow: Workflow, model_id: str) -> tuple:
     monitor = workflow.training_view(model_id)
     samples = [(str(path), f"step {step}: {prompt}") for step, path, prompt in monitor.samples[-12:]]
-    return (_status(workflow, monitor), "\n".join(monitor.log[-400:]), _loss_frame(monitor),
+    return (_status(workflow, monitor), _log_text(monitor.log), _loss_frame(monitor),
             _likeness_frame(monitor), samples)
 
 
@@ -59,44 +75,67 @@ def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
         with gr.Row():
             train = gr.Button("Train", variant="primary", scale=2)
             stop = gr.Button("Stop", variant="stop", scale=1)
-            watch = gr.Dropdown(label="Watch a model", choices=_model_choices(workflow), scale=3,
+            watch = gr.Dropdown(label="Watch a model", choices=_model_choices(workflow), value=None, scale=3,
                                 allow_custom_value=True)
-        status = gr.Markdown("Upload photos, check them on the Review tab, then press Train.")
+        status = gr.Markdown(IDLE)
         with gr.Row():
             plot = gr.LinePlot(x="step", y="loss", color="series", title="Training loss", height=300, scale=3)
             likeness = gr.LinePlot(x="step", y="score", color="measure", title="Likeness by checkpoint",
                                    height=300, scale=2)
-        samples = gr.Gallery(label="Samples as it learns", columns=6, height=220)
+        samples = gr.Gallery(label="Samples as it learns (newest last)", columns=6, height=220,
+                             object_fit="contain")
         log = gr.Textbox(label="Log", lines=14, max_lines=14, autoscroll=True)
         model_id = gr.Textbox(label="Model id", interactive=False)
 
+        # The page's current watcher: a new Train or watch retires the previous loop, so two loops never take
+        # turns drawing different models into the same components.
+        watcher = gr.State({})
+
         def start(*values) -> Iterator[tuple]:
+            *values, current = values
             try:
                 train_settings = settings_from_values(names, list(values))
                 record = workflow.start_training(train_settings)
             except ValueError as exc:
                 raise gr.Error(str(exc)) from exc
-            yield from follow(record.id)
+            yield from follow(record.id, current)
 
-        def follow(mid: str) -> Iterator[tuple]:
+        def follow(mid: str, current: dict) -> Iterator[tuple]:
             if not mid:
                 return
-            while True:
-                rendered = _render(workflow, mid)
-                yield (*rendered, mid)
+            token = current["token"] = object()
+            try:
+                workflow.library.get(mid)
+            except ValueError as exc:  # a deleted model or a mistyped id
+                raise gr.Error(str(exc)) from exc
+            while current.get("token") is token:
+                yield (*_render(workflow, mid), mid)
                 if workflow.library.get(mid).status in TERMINAL_STATUSES:
                     return
                 time.sleep(POLL_SECONDS)
 
         def cancel(mid: str) -> str:
             if not mid:
-                raise gr.Error("Nothing is training.")
+                raise gr.Error("Nothing is training: press Train, or pick a model under 'Watch a model'.")
+            try:
+                record = workflow.library.get(mid)
+            except ValueError as exc:
+                raise gr.Error(str(exc)) from exc
+            if record.status in TERMINAL_STATUSES:
+                gr.Info(f"'{record.name}' has already finished ({record.status}); nothing to stop.")
+                return _status(workflow, workflow.training_view(mid))
             workflow.cancel_training(mid)
-            return "Stopping at the next step; the last checkpoint is kept."
+            return f"### {record.name} — stopping\n\nStopping at the next step; the last checkpoint is kept."
+
+        def refresh(mid: str) -> dict:
+            return gr.update(choices=_model_choices(workflow), value=mid or None)
 
         outputs = [status, log, plot, likeness, samples, model_id]
-        run_event = train.click(start, settings.as_list(), outputs, api_name="train")
-        watch_event = watch.change(follow, watch, outputs, api_name="watch_training")
-        stop.click(cancel, model_id, status, api_name="stop_training", cancels=[run_event, watch_event])
-        tab.select(lambda: gr.update(choices=_model_choices(workflow)), None, watch, api_name=False)
+        train.click(start, [*settings.as_list(), watcher], outputs, api_name="train")
+        # .input, not .change: the dropdown also shows the model that Train started, without a second watcher.
+        watch.input(follow, [watch, watcher], outputs, api_name="watch_training")
+        # The watcher keeps running after Stop, so the page shows the run end ("cancelled") by itself.
+        stop.click(cancel, model_id, status, api_name="stop_training")
+        model_id.change(refresh, model_id, watch, api_name=False)
+        tab.select(refresh, model_id, watch, api_name=False)
     return tab

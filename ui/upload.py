@@ -15,11 +15,11 @@ def _gallery(workflow: Workflow) -> list[tuple[str, str]]:
     return [(str(p.path), f"{p.name} · {p.width}×{p.height} · id {p.id[:8]}") for p in workflow.list_photos()]
 
 
-def _status(workflow: Workflow, accepted: int = 0, rejected: list[str] | None = None) -> str:
+def _status(workflow: Workflow, news: str = "", rejected: list[str] | None = None) -> str:
     count = len(workflow.list_photos())
-    lines = [f"**{count} photo(s) uploaded.** Aim for 15–20 of one person."]
-    if accepted:
-        lines.append(f"Added {accepted} photo(s).")
+    lines = [f"**{count} photo(s) uploaded.** Aim for 15–20 of one person, then check them on the Review tab."]
+    if news:
+        lines.append(news)
     for reason in rejected or []:
         lines.append(f"- ❌ {reason}")
     return "\n".join(lines)
@@ -29,14 +29,17 @@ def build(workflow: Workflow) -> gr.Tab:
     with gr.Tab("1 · Upload", id="upload") as tab:
         with gr.Row():
             with gr.Column(scale=3):
-                files = gr.File(label="Photos (JPEG, PNG, WebP, HEIC) — drop several at once or one by one",
-                                file_count="multiple", file_types=["image"], type="filepath")
-                upload = gr.Button("Add photos", variant="primary")
+                files = gr.File(label="Photos (JPEG, PNG, WebP, HEIC) — drop several at once or one by one; "
+                                      "they are added as soon as they arrive",
+                                file_count="multiple", file_types=["image"], type="filepath", height=160)
+                # Dropping files adds them; the button stays for the API (upload_photos) only.
+                upload = gr.Button("Add photos", variant="primary", visible=False)
                 status = gr.Markdown(_status(workflow))
                 gallery = gr.Gallery(value=_gallery(workflow), label="Your photos", columns=6, height="auto",
                                      allow_preview=True, interactive=False)
                 with gr.Row():
-                    selected = gr.Textbox(label="Selected photo id", interactive=False, scale=3)
+                    selected = gr.Textbox(label="Selected photo id (click a photo above)", interactive=False,
+                                          scale=3)
                     remove = gr.Button("Remove selected photo", variant="stop", scale=1)
             with gr.Column(scale=2):
                 gr.Markdown(GUIDELINES.read_text() if GUIDELINES.exists() else "")
@@ -44,9 +47,16 @@ def build(workflow: Workflow) -> gr.Tab:
         def add(paths: list[str] | None) -> tuple[list, str, None]:
             if not paths:
                 raise gr.Error("Choose one or more photos first.")
+            before = {p.id for p in workflow.list_photos()}
             result = workflow.add_photos(paths)
             rejected = [f"{r.name}: {r.message}" for r in result.rejected]
-            return _gallery(workflow), _status(workflow, len(result.accepted), rejected), None
+            new = {p.id for p in result.accepted} - before
+            news = f"Added {len(new)} photo(s)."
+            if len(result.accepted) > len(new):  # the store keeps one copy of the same bytes
+                already = sorted({p.name for p in result.accepted if p.id in before})
+                news += (f" {len(result.accepted) - len(new)} file(s) were already uploaded and kept once"
+                         + (f": {', '.join(already)}." if already else "."))
+            return _gallery(workflow), _status(workflow, news, rejected), None
 
         def pick(evt: gr.SelectData) -> str:
             photos = workflow.list_photos()
@@ -59,7 +69,7 @@ def build(workflow: Workflow) -> gr.Tab:
             if not matches:
                 raise gr.Error(f"No uploaded photo matches {photo_id!r}.")
             workflow.remove_photo(matches[0].id)
-            return _gallery(workflow), _status(workflow), ""
+            return _gallery(workflow), _status(workflow, f"Removed {matches[0].name}."), ""
 
         upload.click(add, files, [gallery, status, files], api_name="upload_photos")
         files.upload(add, files, [gallery, status, files], api_name=False)  # dropping files is enough
