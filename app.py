@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402  (after the environment above: gradio reads it at import)
 
-from pipeline.base_model import default_base_model, is_tiny  # noqa: E402
+from pipeline.base_model import default_base_model, is_tiny, quiet_library_logs  # noqa: E402
 from pipeline.notify import smtp_settings_from_env  # noqa: E402
 from pipeline.settings import AppSettings  # noqa: E402
 from pipeline.workflow import Workflow  # noqa: E402
@@ -65,6 +65,7 @@ def build_error_app(message: str) -> gr.Blocks:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    quiet_library_logs()
     app_settings = AppSettings(data_dir=args.data_dir, base_model=args.base_model or default_base_model(),
                                smtp=smtp_settings_from_env())
     try:

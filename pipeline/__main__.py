@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    from pipeline.base_model import quiet_library_logs
+
+    quiet_library_logs()
     try:
         return args.func(args)
     except ValueError as exc:  # user errors: say what and how to fix, no traceback

@@ -259,3 +259,14 @@ def _build_tiny_pipeline() -> FluxPipeline:
         scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=clip_tokenizer, text_encoder_2=t5,
         tokenizer_2=t5_tokenizer, transformer=transformer,
     )
+
+
+def quiet_library_logs() -> None:
+    """Hide diffusers/transformers progress bars and chatter (e.g. 'No LoRA keys … CLIPTextModel'): our own events
+    report progress, and those lines drown the log a user reads."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for module in (diffusers_logging, transformers_logging):
+        module.set_verbosity_error()
+        module.disable_progress_bar()

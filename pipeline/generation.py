@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -157,7 +158,10 @@ class Generator:
             pipe.delete_adapters(old)
         name = "lora_" + hashlib.sha1(key.encode()).hexdigest()[:12]
         try:
-            pipe.load_lora_weights(str(lora_path), adapter_name=name)
+            with warnings.catch_warnings():
+                # Several named adapters on one transformer is the point here; peft warns about it every time.
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                pipe.load_lora_weights(str(lora_path), adapter_name=name)
         # diffusers' format converters assert on shapes they do not expect, so AssertionError is a bad file too.
         except (ValueError, KeyError, RuntimeError, OSError, AssertionError) as exc:
             raise GenerationError(

@@ -68,7 +68,9 @@ class TrainingMonitor:
                 self.checkpoints.append(event.step)
                 self.log.append(f"step {event.step}: checkpoint saved")
             elif isinstance(event, ev.Progress):
-                self.log.append(f"[{event.stage}] {event.message or f'{event.done}/{event.total}'}")
+                count = f"{event.done}/{event.total}" if event.total else ""
+                self.log.append(f"[{event.stage}] {event.message} ({count})" if event.message and count
+                                else f"[{event.stage}] {event.message or count}")
             elif isinstance(event, ev.Message):
                 self.log.append(("⚠ " if event.level != "info" else "") + event.text)
 
