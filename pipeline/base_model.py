@@ -14,13 +14,15 @@ import shutil
 import string
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
 
 from pipeline.settings import FLUX_DEV, TINY_MODEL, TrainSettings
+
+if TYPE_CHECKING:  # diffusers and transformers take seconds to import: only what builds or loads a model needs them
+    from diffusers import FluxPipeline
+    from transformers import CLIPTokenizer, T5Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +108,8 @@ def load_pipeline(
     always float32 on the CPU, where bf16 matmuls are slow).
     """
     path = resolve_base_model(spec, data_dir)
+    from diffusers import FluxPipeline
+
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dtype is None:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
@@ -178,6 +182,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def _clip_tokenizer() -> CLIPTokenizer:
     """A byte-level BPE tokenizer: every byte is a token (so any text tokenizes), plus a few whole words."""
+    from transformers import CLIPTokenizer
     alphabet = list(_bytes_to_unicode().values())
     vocab: dict[str, int] = {}
     for token in alphabet + [c + "</w>" for c in alphabet]:
@@ -201,6 +206,7 @@ def _clip_tokenizer() -> CLIPTokenizer:
 
 def _t5_tokenizer() -> T5Tokenizer:
     """A unigram tokenizer over letters, digits, punctuation and a few words (sentencepiece-style '▁' pieces)."""
+    from transformers import T5Tokenizer
     pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
     seen = {p for p, _ in pieces}
 
@@ -222,6 +228,9 @@ def _t5_tokenizer() -> T5Tokenizer:
 
 def _build_tiny_pipeline() -> FluxPipeline:
     """FLUX.1-dev's architecture at toy width, seeded so every machine builds the same weights."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         clip_tokenizer = _clip_tokenizer()

@@ -15,11 +15,18 @@ from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-try:  # clip-interrogator's own table of caption models, so we use the same weights it would
-    from clip_interrogator.clip_interrogator import CAPTION_MODELS
-except ImportError:  # pragma: no cover - clip-interrogator is in requirements.txt
-    CAPTION_MODELS = {"blip-large": "Salesforce/blip-image-captioning-large"}
 DEFAULT_CAPTION_MODEL = "blip-large"
+
+
+@functools.cache
+def caption_models() -> dict[str, str]:
+    """clip-interrogator's own table of caption models, so we use the same weights it would (imported on first
+    use: clip-interrogator pulls in open_clip and takes seconds to import)."""
+    try:
+        from clip_interrogator.clip_interrogator import CAPTION_MODELS
+    except ImportError:  # pragma: no cover - clip-interrogator is in requirements.txt
+        return {"blip-large": "Salesforce/blip-image-captioning-large"}
+    return dict(CAPTION_MODELS)
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -34,7 +41,7 @@ class CaptionHints:
 
 def blip_available(model_name: str = DEFAULT_CAPTION_MODEL) -> bool:
     """Whether the BLIP weights are in the local Hugging Face cache (checked without any network access)."""
-    repo = CAPTION_MODELS.get(model_name, model_name)
+    repo = caption_models().get(model_name, model_name)
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
@@ -48,7 +55,7 @@ def blip_available(model_name: str = DEFAULT_CAPTION_MODEL) -> bool:
 def _blip(model_name: str):  # noqa: ANN202 (processor, model), imported lazily: transformers is slow to import
     from transformers import AutoProcessor, BlipForConditionalGeneration
 
-    repo = CAPTION_MODELS.get(model_name, model_name)
+    repo = caption_models().get(model_name, model_name)
     logger.info("loading caption model %s from the local cache", repo)
     processor = AutoProcessor.from_pretrained(repo, local_files_only=True)
     model = BlipForConditionalGeneration.from_pretrained(repo, local_files_only=True).eval()
