@@ -102,6 +102,7 @@ class TrainSettings:
         "a portrait photo of {trigger}",
         "{trigger} smiling, outdoors, natural light",
     )
+    test_prompts: tuple[str, ...] = ()  # the assessment's prompts; empty: the built-in set (assessment.py)
 
     def validate(self) -> TrainSettings:
         _check(bool(self.name.strip()), "name", "must not be empty")

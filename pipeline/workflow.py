@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,7 +236,7 @@ class Workflow:
         monitor.note(f"training '{record.name}' on {self.base_model}: {settings.steps} steps at "
                      f"{settings.resolution} px", status="training")
         try:
-            assessor = _CheckpointAssessor(self, record, dataset, monitor)
+            assessor = _CheckpointAssessor(self, record, dataset, monitor, prompts=settings.test_prompts)
             result = train_lora(dataset, settings, folder / "lora", base_model=self.base_model,
                                 data_dir=self.data_dir, on_event=assessor.on_training_event, should_stop=should_stop)
             checkpoints = [{"step": c.step, "path": str(c.path)} for c in result.checkpoints]
@@ -367,12 +367,17 @@ def _load(path: Path) -> Image.Image:
 class _CheckpointAssessor:
     """Measures each checkpoint as training saves it (the live likeness curve), then picks the best one.
 
-    Live measurement runs only where a second copy of the base model fits beside training (the tiny model);
-    on a GPU the checkpoints are measured once training has freed its memory.
+    Live measurement runs where a second copy of the base model fits beside training (the tiny model, or a GPU with
+    LIVE_MIN_FREE_GB free); elsewhere the checkpoints are measured once training has freed its memory.
     """
 
-    def __init__(self, workflow: Workflow, record: ModelRecord, dataset: Dataset, monitor: TrainingMonitor) -> None:
-        from pipeline.assessment import reference_embeddings
+    # Free GPU memory (GB) beside a running training above which a second copy of FLUX.1-dev for test generations
+    # fits (bf16 transformer ~24 GB + T5 ~10 GB + headroom).
+    LIVE_MIN_FREE_GB = 40.0
+
+    def __init__(self, workflow: Workflow, record: ModelRecord, dataset: Dataset, monitor: TrainingMonitor,
+                 prompts: Sequence[str] = ()) -> None:
+        from pipeline.assessment import DEFAULT_TEST_PROMPTS, reference_embeddings
         from pipeline.base_model import is_tiny
 
         self.workflow = workflow
@@ -382,17 +387,26 @@ class _CheckpointAssessor:
         self.reference = reference_embeddings(self.images)
         self.settings = workflow.test_generate_settings(dataset.resolution)
         self.out_dir = Path(record.folder) / "assessment"
-        self.live = is_tiny(workflow.base_model)
+        self.prompts = tuple(prompts) or DEFAULT_TEST_PROMPTS
+        self.tiny = is_tiny(workflow.base_model)
         self.results: dict[int, Any] = {}
+
+    def _live(self) -> bool:
+        if self.tiny:
+            return True
+        from pipeline.memory import free_gpu_gb
+
+        free = free_gpu_gb()
+        return free is not None and free >= self.LIVE_MIN_FREE_GB
 
     def on_training_event(self, event: ev.Event) -> None:
         self.monitor.on_event(event)
-        if self.live and isinstance(event, ev.CheckpointSaved):
+        if isinstance(event, ev.CheckpointSaved) and self._live():
             from pipeline.assessment import assess_lora
 
             result = assess_lora(self.workflow.generator(), event.path, trigger_word=self.record.trigger_word,
                                  reference=self.reference, out_dir=self.out_dir / f"step_{event.step:06d}",
-                                 settings=self.settings, reference_images=self.images)
+                                 settings=self.settings, reference_images=self.images, prompts=self.prompts)
             self.results[event.step] = result
             self.monitor.on_assessment(event.step, result.likeness, result.overall)
 
@@ -407,7 +421,7 @@ class _CheckpointAssessor:
         best_step, best_scale, results = assess_checkpoints(
             self.workflow.generator(), steps, trigger_word=self.record.trigger_word, reference=self.reference,
             out_dir=self.out_dir, settings=self.settings, on_event=self.monitor.on_event,
-            reference_images=self.images, known=self.results,
+            reference_images=self.images, known=self.results, prompts=self.prompts,
         )
         for step, measured in sorted(results.items()):
             if step not in self.results:

@@ -111,8 +111,14 @@ def test_an_email_arrives_when_training_ends(tmp_path: Path, photos: list[Path])
                             recipient="me@example.org")
         workflow = _workflow(tmp_path / "data", photos, smtp=smtp)
         try:
-            record = workflow.start_training(TrainSettings.quick(name="mailed", steps=6, checkpoint_every=3))
+            prompts = ("{trigger} at the beach", "a pencil sketch of {trigger}")
+            record = workflow.start_training(TrainSettings.quick(name="mailed", steps=6, checkpoint_every=3,
+                                                                 test_prompts=prompts))
             assert workflow.wait_for(record.id, timeout=240).status == "ready"
+            # The user's test prompts, not the built-in set, were generated for each checkpoint.
+            step_dir = Path(record.folder) / "assessment" / "step_000003"
+            made = sorted(p.name for p in step_dir.glob("*.png") if p.name != "grid.png")
+            assert len(made) == len(prompts), made
             _wait(lambda: inbox.messages, timeout=30)
         finally:
             workflow.close()
