@@ -38,9 +38,14 @@ TERMINAL_STATUSES = ("ready", "failed", "cancelled")
 
 @dataclass
 class TrainingMonitor:
-    """What a training run has reported so far: the UI renders it, the job fills it."""
+    """What a training run has reported so far: the UI renders it, the job fills it.
+
+    Every entry is also appended to a journal (``training_log.jsonl`` in the model's folder), so the log, the loss
+    curve and the samples are still there after the app restarts.
+    """
 
     model_id: str
+    journal: Path | None = None
     status: str = "queued"
     log: list[str] = field(default_factory=list)
     losses: list[tuple[int, float, float]] = field(default_factory=list)  # (step, raw, smoothed)
@@ -50,40 +55,72 @@ class TrainingMonitor:
     assessments: list[tuple[int, float, float]] = field(default_factory=list)  # (step, likeness 0–1, overall 0–100)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    @classmethod
+    def open(cls, model_id: str, journal: Path) -> TrainingMonitor:
+        monitor = cls(model_id)
+        if journal.exists():
+            for line in journal.read_text().splitlines():
+                with contextlib.suppress(ValueError):  # a line cut by a crash is skipped, not fatal
+                    monitor._apply(json.loads(line))
+        monitor.journal = journal
+        return monitor
+
     def on_event(self, event: ev.Event) -> None:
-        with self.lock:
-            if isinstance(event, ev.TrainStep):
-                self.last_step = event
-                self.losses.append((event.step, event.loss, event.loss_smooth))
-                if event.step == 1 or event.step % 10 == 0 or event.step == event.total_steps:
-                    self.log.append(
-                        f"step {event.step}/{event.total_steps}  loss {event.loss:.4f} (smoothed "
-                        f"{event.loss_smooth:.4f})  lr {event.learning_rate:.2e}  {event.seconds_per_step:.2f} s/step"
-                        f"  ETA {event.eta_seconds:.0f} s  [{event.phase}]"
-                    )
-            elif isinstance(event, ev.SampleImages):
-                self.samples.extend((event.step, img, p) for img, p in zip(event.images, event.prompts, strict=False))
-                self.log.append(f"step {event.step}: {len(event.images)} sample image(s)")
-            elif isinstance(event, ev.CheckpointSaved):
-                self.checkpoints.append(event.step)
-                self.log.append(f"step {event.step}: checkpoint saved")
-            elif isinstance(event, ev.Progress):
-                count = f"{event.done}/{event.total}" if event.total else ""
-                self.log.append(f"[{event.stage}] {event.message} ({count})" if event.message and count
-                                else f"[{event.stage}] {event.message or count}")
-            elif isinstance(event, ev.Message):
-                self.log.append(("⚠ " if event.level != "info" else "") + event.text)
+        if isinstance(event, ev.TrainStep):
+            self.last_step = event
+            self._add({"kind": "loss", "step": event.step, "raw": event.loss, "smooth": event.loss_smooth})
+            if event.step == 1 or event.step % 10 == 0 or event.step == event.total_steps:
+                self._add({"kind": "log", "text": (
+                    f"step {event.step}/{event.total_steps}  loss {event.loss:.4f} (smoothed "
+                    f"{event.loss_smooth:.4f})  lr {event.learning_rate:.2e}  {event.seconds_per_step:.2f} s/step"
+                    f"  ETA {event.eta_seconds:.0f} s  [{event.phase}]")})
+        elif isinstance(event, ev.SampleImages):
+            for image, prompt in zip(event.images, event.prompts, strict=False):
+                self._add({"kind": "sample", "step": event.step, "path": str(image), "prompt": prompt})
+            self._add({"kind": "log", "text": f"step {event.step}: {len(event.images)} sample image(s)"})
+        elif isinstance(event, ev.CheckpointSaved):
+            self._add({"kind": "checkpoint", "step": event.step})
+            self._add({"kind": "log", "text": f"step {event.step}: checkpoint saved"})
+        elif isinstance(event, ev.Progress):
+            count = f"{event.done}/{event.total}" if event.total else ""
+            text = (f"[{event.stage}] {event.message} ({count})" if event.message and count
+                    else f"[{event.stage}] {event.message or count}")
+            self._add({"kind": "log", "text": text})
+        elif isinstance(event, ev.Message):
+            self._add({"kind": "log", "text": ("⚠ " if event.level != "info" else "") + event.text})
 
     def on_assessment(self, step: int, likeness: float, overall: float) -> None:
-        with self.lock:
-            self.assessments.append((step, likeness, overall))
-            self.log.append(f"step {step}: likeness {likeness:.0%}, overall score {overall:.0f}/100")
+        self._add({"kind": "assessment", "step": step, "likeness": likeness, "overall": overall})
+        self._add({"kind": "log", "text": f"step {step}: likeness {likeness:.0%}, overall score {overall:.0f}/100"})
 
     def note(self, text: str, status: str | None = None) -> None:
+        self._add({"kind": "log", "text": text})
+        if status:
+            self.status = status
+
+    def _add(self, entry: dict[str, Any]) -> None:
         with self.lock:
-            self.log.append(text)
-            if status:
-                self.status = status
+            self._apply(entry)
+            if self.journal is not None:
+                try:
+                    with self.journal.open("a") as f:
+                        f.write(json.dumps(entry) + "\n")
+                except OSError as exc:  # e.g. the model was deleted while it trained: keep the run going
+                    logger.warning("cannot write %s: %s", self.journal, exc)
+                    self.journal = None
+
+    def _apply(self, entry: dict[str, Any]) -> None:
+        kind = entry["kind"]
+        if kind == "log":
+            self.log.append(entry["text"])
+        elif kind == "loss":
+            self.losses.append((entry["step"], entry["raw"], entry["smooth"]))
+        elif kind == "sample":
+            self.samples.append((entry["step"], Path(entry["path"]), entry["prompt"]))
+        elif kind == "checkpoint":
+            self.checkpoints.append(entry["step"])
+        elif kind == "assessment":
+            self.assessments.append((entry["step"], entry["likeness"], entry["overall"]))
 
     def snapshot(self) -> TrainingMonitor:
         with self.lock:
@@ -108,6 +145,7 @@ class Workflow:
         self.photos = PhotoStore(self.data_dir / "photos", IntakeSettings())
         self.library = Library(self.data_dir)
         self._monitors: dict[str, TrainingMonitor] = {}
+        self._monitor_lock = threading.Lock()
         self._generators: dict[str, Any] = {}
         self._generator_lock = threading.Lock()
         self.jobs = JobQueue(self.data_dir, self._run_job, autostart=start_worker)
@@ -193,9 +231,11 @@ class Workflow:
         return record
 
     def _monitor(self, model_id: str) -> TrainingMonitor:
-        if model_id not in self._monitors:
-            self._monitors[model_id] = TrainingMonitor(model_id)
-        return self._monitors[model_id]
+        with self._monitor_lock:
+            if model_id not in self._monitors:
+                folder = Path(self.library.get(model_id).folder)
+                self._monitors[model_id] = TrainingMonitor.open(model_id, folder / "training_log.jsonl")
+            return self._monitors[model_id]
 
     def training_view(self, model_id: str) -> TrainingMonitor:
         monitor = self._monitor(model_id).snapshot()

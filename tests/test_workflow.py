@@ -62,6 +62,10 @@ def test_one_training_at_a_time_and_the_queue_survives_a_restart(tmp_path: Path,
         assert restarted.wait_for(second.id, timeout=300).status == "ready"
         log = "\n".join(restarted.training_view(first.id).log)
         assert "resuming from the checkpoint at step" in log
+        # What was logged before the restart is still there (the journal on disk), and the loss curve goes on.
+        assert "interrupted by shutdown" in log
+        steps = [step for step, _, _ in restarted.training_view(first.id).losses]
+        assert steps[0] == 1 and steps[-1] == 60
         jobs = {job.model_id: job for job in restarted.jobs.list()}
         # The interrupted training ran again first, and the two never overlapped.
         assert jobs[first.id].finished_at <= jobs[second.id].started_at
