@@ -6,6 +6,7 @@ import gradio as gr
 import pandas as pd
 
 from pipeline.workflow import Workflow
+from ui.charts import series_frame
 
 CANCELLED = "(not deleted)"  # what the browser sends when the user answers No to "Delete this model?"
 COLUMNS = ["name", "trigger word", "status", "overall", "likeness", "base model", "created", "id"]
@@ -49,7 +50,7 @@ def _curve(workflow: Workflow, model_id: str) -> pd.DataFrame:
         scores = workflow.library.get(model_id).scores or {}
         for key, label, factor in (("likeness_by_checkpoint", "likeness ×100", 100), ("by_checkpoint", "overall", 1)):
             rows += [(int(step), (value or 0) * factor, label) for step, value in scores.get(key, {}).items()]
-    return pd.DataFrame(rows, columns=["step", "score", "measure"])
+    return series_frame(rows, ("step", "score", "measure"), ("likeness ×100", "overall"))
 
 
 def _show(workflow: Workflow, model_id: str) -> tuple:
@@ -57,7 +58,7 @@ def _show(workflow: Workflow, model_id: str) -> tuple:
 
 
 def _choices(workflow: Workflow) -> list[tuple[str, str]]:
-    return [(f"{r.name} ({r.status})", r.id) for r in workflow.library.list()]
+    return [(f"{r.name} · {r.created_at[:16].replace('T', ' ')} ({r.status})", r.id) for r in workflow.library.list()]
 
 
 def build(workflow: Workflow) -> gr.Tab:
@@ -67,7 +68,7 @@ def build(workflow: Workflow) -> gr.Tab:
         with gr.Row():
             with gr.Column(scale=3):
                 details = gr.Markdown("Select a model in the table.")
-                curve = gr.LinePlot(x="step", y="score", color="measure",
+                curve = gr.LinePlot(_curve(workflow, ""), x="step", y="score", color="measure",
                                     title="Likeness and overall score by checkpoint", height=260)
                 grid = gr.Image(label="Test generations beside the training photos", type="filepath", height=360)
             with gr.Column(scale=2):

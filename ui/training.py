@@ -9,6 +9,7 @@ import gradio as gr
 import pandas as pd
 
 from pipeline.workflow import TERMINAL_STATUSES, TrainingMonitor, Workflow
+from ui.charts import series_frame
 from ui.settings import SettingsInputs, settings_from_values
 
 POLL_SECONDS = 1.0
@@ -19,25 +20,25 @@ IDLE = "Upload photos, check them on the Review tab, then press Train. Pick a mo
 
 def _loss_frame(monitor: TrainingMonitor) -> pd.DataFrame:
     rows = [(s, raw, "loss") for s, raw, _ in monitor.losses] + [(s, sm, "smoothed") for s, _, sm in monitor.losses]
-    # Typed columns even when empty: the plot keeps the axis types of its first value.
-    return pd.DataFrame(rows, columns=["step", "loss", "series"]).astype({"step": int, "loss": float})
+    return series_frame(rows, ("step", "loss", "series"), ("loss", "smoothed"))
 
 
 def _likeness_frame(monitor: TrainingMonitor) -> pd.DataFrame:
     rows = [(s, like * 100, "likeness %") for s, like, _ in monitor.assessments]
     rows += [(s, overall, "overall score") for s, _, overall in monitor.assessments]
-    return pd.DataFrame(rows, columns=["step", "score", "measure"]).astype({"step": int, "score": float})
+    return series_frame(rows, ("step", "score", "measure"), ("likeness %", "overall score"))
 
 
 def _log_text(lines: list[str]) -> str:
-    """The log with runs of the same line folded into one ("… ×16"): per-photo progress would drown the rest."""
+    """The log, newest line first (Gradio's autoscroll does not follow a streamed textbox), with runs of the same
+    line folded into one ("… ×16"): per-photo progress would drown the rest."""
     folded: list[list] = []
     for line in lines:
         if folded and folded[-1][0] == line:
             folded[-1][1] += 1
         else:
             folded.append([line, 1])
-    return "\n".join(text if n == 1 else f"{text}  ×{n}" for text, n in folded[-LOG_LINES:])
+    return "\n".join(text if n == 1 else f"{text}  ×{n}" for text, n in reversed(folded[-LOG_LINES:]))
 
 
 def _status(workflow: Workflow, monitor: TrainingMonitor) -> str:
@@ -50,7 +51,9 @@ def _status(workflow: Workflow, monitor: TrainingMonitor) -> str:
     if step:
         lines.append(f"Step **{step.step}/{step.total_steps}** · phase *{step.phase}* · "
                      f"{step.seconds_per_step:.2f} s/step · ETA {step.eta_seconds:.0f} s · loss {step.loss_smooth:.4f}")
-    if record.error:
+    if record.status == "cancelled":
+        lines.append("⏹ Stopped. Its checkpoints are kept in its folder; press Train to start a new run.")
+    elif record.error:
         lines.append(f"❌ {record.error}")
     if record.status == "ready" and record.scores:
         lines.append(f"✅ {record.scores.get('verdict_text', '')} (overall {record.scores.get('overall', 0):.0f}/100)"
@@ -66,7 +69,8 @@ def _render(workflow: Workflow, model_id: str) -> tuple:
 
 
 def _model_choices(workflow: Workflow) -> list[tuple[str, str]]:
-    return [(f"{r.name} ({r.status})", r.id) for r in workflow.library.list()]
+    # The start time tells apart runs that share the default name.
+    return [(f"{r.name} · {r.created_at[:16].replace('T', ' ')} ({r.status})", r.id) for r in workflow.library.list()]
 
 
 def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
@@ -79,23 +83,30 @@ def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
                                 allow_custom_value=True)
         status = gr.Markdown(IDLE)
         with gr.Row():
-            plot = gr.LinePlot(x="step", y="loss", color="series", title="Training loss", height=300, scale=3)
-            likeness = gr.LinePlot(x="step", y="score", color="measure", title="Likeness by checkpoint",
+            plot = gr.LinePlot(series_frame([], ("step", "loss", "series"), ("loss", "smoothed")), x="step",
+                               y="loss", color="series", title="Training loss", height=300, scale=3)
+            likeness = gr.LinePlot(series_frame([], ("step", "score", "measure"), ("likeness %", "overall score")),
+                                   x="step", y="score", color="measure", title="Likeness by checkpoint (%, /100)",
                                    height=300, scale=2)
         samples = gr.Gallery(label="Samples as it learns (newest last)", columns=6, height=220,
                              object_fit="contain")
-        log = gr.Textbox(label="Log", lines=14, max_lines=14, autoscroll=True)
+        log = gr.Textbox(label="Log (newest first)", lines=14, max_lines=14, autoscroll=False)
         model_id = gr.Textbox(label="Model id", interactive=False)
 
         # The page's current watcher: a new Train or watch retires the previous loop, so two loops never take
         # turns drawing different models into the same components.
         watcher = gr.State({})
 
-        def start(*values) -> Iterator[tuple]:
+        def start(*values, progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
             *values, current = values
+
+            def on_event(event) -> None:  # classifying and cropping the photos before the job is queued
+                if getattr(event, "total", 0):
+                    progress((event.done, event.total), desc=event.message or "preparing the photos")
+
             try:
                 train_settings = settings_from_values(names, list(values))
-                record = workflow.start_training(train_settings)
+                record = workflow.start_training(train_settings, on_event=on_event)
             except ValueError as exc:
                 raise gr.Error(str(exc)) from exc
             yield from follow(record.id, current)
@@ -131,7 +142,9 @@ def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
             return gr.update(choices=_model_choices(workflow), value=mid or None)
 
         outputs = [status, log, plot, likeness, samples, model_id]
-        train.click(start, [*settings.as_list(), watcher], outputs, api_name="train")
+        # "multiple": a second Train while one runs queues a second model (Gradio ignores it by default).
+        train.click(start, [*settings.as_list(), watcher], outputs, api_name="train", trigger_mode="multiple").then(
+            refresh, model_id, watch, api_name=False)  # the list shows the run's final status
         # .input, not .change: the dropdown also shows the model that Train started, without a second watcher.
         watch.input(follow, [watch, watcher], outputs, api_name="watch_training")
         # The watcher keeps running after Stop, so the page shows the run end ("cancelled") by itself.
