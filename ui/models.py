@@ -99,9 +99,13 @@ def build(workflow: Workflow) -> gr.Tab:
             return run
 
         def select(mid: str) -> tuple:
+            """Show the chosen model; the zip of the previous one goes away."""
             if not mid:
-                return "Select a model in the table.", None, _curve(workflow, "")
-            return _show(workflow, mid)
+                return "Select a model in the table.", None, _curve(workflow, ""), None
+            try:
+                return (*_show(workflow, mid), None)
+            except ValueError as exc:  # a deleted model or a mistyped id
+                raise gr.Error(str(exc)) from exc
 
         def do_rename(mid: str, name: str) -> tuple:
             if not name.strip():
@@ -116,6 +120,7 @@ def build(workflow: Workflow) -> gr.Tab:
         def do_delete(mid: str) -> tuple:
             name = workflow.library.get(mid).name
             workflow.delete_model(mid)
+            gr.Info(f"Deleted {name}.")
             return _table(workflow), f"Deleted {name}.", None, _curve(workflow, ""), \
                 gr.update(choices=_choices(workflow), value=None)
 
@@ -131,15 +136,19 @@ def build(workflow: Workflow) -> gr.Tab:
 
         table.select(pick, table, model_id)
         shown = [details, grid, curve]
-        model_id.change(select, model_id, shown, api_name=False)
-        rename.click(guarded(do_rename), [model_id, new_name], [table, *shown], api_name="rename_model")
+        model_id.change(select, model_id, [*shown, archive], api_name=False)
+        # Then: the selector's label shows the new name; the API's outputs stay as they were.
+        rename.click(guarded(do_rename), [model_id, new_name], [table, *shown], api_name="rename_model").success(
+            refresh, model_id, [table, model_id], api_name=False)
         retrigger.click(guarded(do_trigger), [model_id, new_trigger], [table, *shown], api_name="set_trigger_word")
         download.click(guarded(lambda mid: str(workflow.library.export_zip(mid))), model_id, archive,
                        api_name="download_model")
         # Deleting cannot be undone: the browser asks first (API callers are not asked).
         delete.click(confirmed_delete, model_id, [table, *shown, model_id], api_name="delete_model",
                      js=f"(mid) => (mid && !confirm('Delete this model and all its files? This cannot be undone.'))"
-                        f" ? '{CANCELLED}' : mid")
+                        f" ? '{CANCELLED}' : mid").success(
+            lambda mid: (None, "", "") if not mid else (gr.skip(),) * 3, model_id, [archive, new_name, new_trigger],
+            api_name=False)  # a deleted model's zip and edits go with it
         tab.select(lambda: _table(workflow), None, table, api_name="list_models")
         tab.select(refresh, model_id, [table, model_id], api_name=False)
     return tab

@@ -43,6 +43,7 @@ def build(workflow: Workflow) -> gr.Tab:
             count = gr.Slider(1, 8, value=1, step=1, label="Images")
         go = gr.Button("Generate", variant="primary")
         gallery = gr.Gallery(label="Results (PNG with prompt and settings in its metadata)", columns=4, height=420,
+                             preview=False, elem_classes=["results-gallery"],
                              object_fit="contain", type="filepath", buttons=["download", "fullscreen"])
         with gr.Accordion("Compare: two models, or one model at two LoRA scales, same prompt and seeds", open=False):
             with gr.Row():
