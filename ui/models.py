@@ -17,7 +17,7 @@ def _table(workflow: Workflow) -> pd.DataFrame:
     for r in workflow.library.list():
         scores = r.scores or {}
         rows.append([r.name, r.trigger_word, r.status, _fmt(scores.get("overall")), _fmt(scores.get("likeness")),
-                     r.base_model, r.created_at[:19], r.id])
+                     r.base_model, r.created_at[:19].replace("T", " "), r.id])
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -58,7 +58,7 @@ def _show(workflow: Workflow, model_id: str) -> tuple:
 
 
 def _choices(workflow: Workflow) -> list[tuple[str, str]]:
-    return [(f"{r.name} · {r.created_at[:16].replace('T', ' ')} ({r.status})", r.id) for r in workflow.library.list()]
+    return [(f"{r.name} · {r.created_at[:19].replace('T', ' ')} ({r.status})", r.id) for r in workflow.library.list()]
 
 
 def build(workflow: Workflow) -> gr.Tab:

@@ -11,7 +11,7 @@ BASE_ONLY = "(base model, no LoRA)"
 
 
 def _choices(workflow: Workflow) -> list[tuple[str, str]]:
-    ready = [(f"{r.name} · {r.trigger_word} · {r.created_at[:16].replace('T', ' ')}", r.id)
+    ready = [(f"{r.name} · {r.trigger_word} · {r.created_at[:19].replace('T', ' ')}", r.id)
              for r in workflow.library.list(status="ready")]
     return ready + [(BASE_ONLY, "")]
 

@@ -51,14 +51,14 @@ def build(workflow: Workflow) -> gr.Tab:
         run = gr.Button("Classify photos", variant="primary")
         report = gr.Markdown("Press **Classify photos** to check the uploaded photos.")
         table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, label="Verdicts")
-        gallery = gr.Gallery(label="Photos with their verdicts", columns=6, height="auto", interactive=False)
         gr.Markdown("**Change a verdict or a caption:** click a row in the table (or type the file name), choose, "
                     "then Apply.")
         with gr.Row(equal_height=True):
             file = gr.Textbox(label="Photo file name", scale=2)
             choice = gr.Radio(["auto", "include", "exclude"], value="auto", label="Your choice", scale=3)
             caption = gr.Textbox(label="Caption (empty: automatic; the trigger word is added)", scale=4)
-            apply = gr.Button("Apply", variant="primary", scale=1)
+            apply = gr.Button("Apply", scale=1)
+        gallery = gr.Gallery(label="Photos with their verdicts", columns=6, height="auto", interactive=False)
         as_json = gr.JSON(label="Classification (the same JSON as the CLI and API)", visible=False)
 
         def classify(progress: gr.Progress = gr.Progress()) -> tuple:

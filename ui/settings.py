@@ -32,7 +32,8 @@ def build(workflow: Workflow) -> SettingsInputs:
     defaults = workflow.default_train_settings()
     with gr.Tab("2 · Settings", id="settings"):
         gr.Markdown(
-            f"Base model: **{workflow.base_model}**. Defaults work for a face; change them only if you know why."
+            f"Base model: **{workflow.base_model}**. Defaults work for a face; change them only if you know why. "
+            "They apply to the next run you start with **Train** on the Training tab."
         )
         c: dict[str, gr.components.Component] = {}
         with gr.Row():

@@ -52,7 +52,7 @@ def _status(workflow: Workflow, monitor: TrainingMonitor) -> str:
         lines.append(f"Step **{step.step}/{step.total_steps}** · phase *{step.phase}* · "
                      f"{step.seconds_per_step:.2f} s/step · ETA {step.eta_seconds:.0f} s · loss {step.loss_smooth:.4f}")
     if record.status == "cancelled":
-        lines.append("⏹ Stopped. Its checkpoints are kept in its folder; press Train to start a new run.")
+        lines.append("⏹ Stopped. Press Train to start a new run.")
     elif record.error:
         lines.append(f"❌ {record.error}")
     if record.status == "ready" and record.scores:
@@ -70,7 +70,7 @@ def _render(workflow: Workflow, model_id: str) -> tuple:
 
 def _model_choices(workflow: Workflow) -> list[tuple[str, str]]:
     # The start time tells apart runs that share the default name.
-    return [(f"{r.name} · {r.created_at[:16].replace('T', ' ')} ({r.status})", r.id) for r in workflow.library.list()]
+    return [(f"{r.name} · {r.created_at[:19].replace('T', ' ')} ({r.status})", r.id) for r in workflow.library.list()]
 
 
 def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
