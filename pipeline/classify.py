@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline import events as ev
 from pipeline.duplicates import PhotoHash, group_duplicates, photo_hash
-from pipeline.faces import Box, Face, Point, detect_faces
+from pipeline.faces import Box, Face, Point, detect_faces, eye_brightness
 from pipeline.identity import IdentityModelMissing, consensus, face_identity, judge_distance
 from pipeline.images import ImageError, open_image
 from pipeline.quality import QualityMetrics, measure_quality, quality_issues, quality_score
@@ -43,6 +43,8 @@ REASONS: dict[str, tuple[str, str, str]] = {
                      "with the face cut off"),
     "head_turned": ("the head is turned too far from the camera", "face the camera or turn at most ~40°",
                     "with the head turned away"),
+    "eyes_hidden": ("the eyes are hidden (sunglasses, hair or deep shadow)", "show both eyes: no sunglasses",
+                    "with the eyes hidden"),
     "blurry": ("the face is blurry", "steady camera, focus on the eyes, enough light", "blurry"),
     "underexposed": ("the face is too dark", "shoot in brighter light", "too dark"),
     "overexposed": ("the face is too bright (washed out)", "avoid harsh sun or flash on the face", "too bright"),
@@ -203,6 +205,8 @@ def _analyse(path: Path, name: str, settings: ClassifySettings, intake: IntakeSe
             reasons.append("face_cut_off")
         if abs(face.yaw) > settings.max_yaw_degrees:
             reasons.append("head_turned")
+        elif eye_brightness(image, face) < settings.min_eye_brightness:  # a profile's far eye is hidden anyway
+            reasons.append("eyes_hidden")
     metrics = measure_quality(image, face, scale=scale, crop_factor=settings.crop_factor,
                               original_size=decoded.original_size,
                               grid_aligned=decoded.format == "JPEG" and scale == 1.0)
@@ -271,7 +275,7 @@ def _face_factor(face: Face, size: tuple[int, int], settings: ClassifySettings) 
 # -- the set -------------------------------------------------------------------------------------------------------
 # On these photos the face embedding is not to be trusted, so they are not called a different person either.
 _IDENTITY_UNRELIABLE = {"blurry", "underexposed", "overexposed", "low_resolution", "face_too_small", "head_turned",
-                        "face_cut_off"}
+                        "face_cut_off", "eyes_hidden"}
 
 
 def _identity(analyses: Sequence[_Analysis], settings: ClassifySettings) -> dict[str, float]:

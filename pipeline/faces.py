@@ -81,6 +81,26 @@ class Face:
         return min(gaps) / max(self.side, 1.0)
 
 
+def eye_brightness(image: Image.Image, face: Face) -> float:
+    """Mean luma around both eyes over the face's mean luma: ~1 for bare eyes, far lower behind sunglasses.
+
+    A ratio, not a level, so a dark photo or a dark skin tone does not read as hidden eyes. The patches are
+    squares of a quarter face width centred on MTCNN's eye landmarks.
+    """
+    luma = np.asarray(image.convert("L"), dtype=np.float32)
+    x0, y0, x1, y1 = (int(round(v)) for v in face.box)
+    face_region = luma[max(0, y0):max(0, y1), max(0, x0):max(0, x1)]
+    if face_region.size == 0 or face_region.mean() < 1:
+        return 1.0  # nothing to compare against: exposure checks speak for such a photo
+    half = max(1, int(0.13 * face.width))
+    patches = [luma[max(0, int(ey) - half):int(ey) + half, max(0, int(ex) - half):int(ex) + half]
+               for ex, ey in face.landmarks[:2]]
+    patches = [patch for patch in patches if patch.size]
+    if not patches:
+        return 1.0
+    return float(np.mean([patch.mean() for patch in patches]) / face_region.mean())
+
+
 def estimate_yaw(landmarks: tuple[Point, ...]) -> float:
     """Yaw in degrees from MTCNN's five points.
 

@@ -48,6 +48,7 @@ class ClassifySettings:
     min_face_confidence: float = 0.90
     min_face_fraction: float = 0.015  # face box area / image area: half-body shots are ~0.03, keep them
     max_yaw_degrees: float = 45.0
+    min_eye_brightness: float = 0.45  # eye patches' luma / the face's: bare eyes 0.90–1.04, sunglasses 0.14–0.35
     min_sharpness: float = 60.0  # variance of Laplacian on the face crop, normalised to 256 px
     min_mean_luma: float = 55.0
     max_mean_luma: float = 205.0

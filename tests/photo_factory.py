@@ -146,6 +146,7 @@ def decompression_bomb_png(side: int = 20000) -> bytes:
 
 # Head-and-shoulders portraits framed around a known face box (added for the classification tests).
 ASTRONAUT_FACE = (181, 62, 268, 172)  # MTCNN's box on skimage's astronaut (x0, y0, x1, y1)
+ASTRONAUT_EYES = ((205, 102), (247, 104))  # MTCNN's eye landmarks on it
 GRACE_HOPPER_FACE = (174, 120, 356, 340)  # MTCNN's box on matplotlib's grace_hopper
 
 
@@ -179,6 +180,19 @@ def portrait_variants(image: Image.Image, face_box: tuple[int, int, int, int], c
         scale = rng.uniform(*face_px) / fw
         img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
         out.append(img.filter(ImageFilter.UnsharpMask(radius=2, percent=120, threshold=2)))
+    return out
+
+
+def with_sunglasses(image: Image.Image, eyes: tuple[tuple[int, int], ...], face_width: float) -> Image.Image:
+    """Dark lenses over both eyes and a bridge between them, as sunglasses look to a camera."""
+    from PIL import ImageDraw
+
+    out = image.copy()
+    draw = ImageDraw.Draw(out)
+    rx, ry = 0.2 * face_width, 0.14 * face_width
+    for x, y in eyes:
+        draw.ellipse((x - rx, y - ry, x + rx, y + ry), fill=(15, 15, 20))
+    draw.line((*eyes[0], *eyes[1]), fill=(15, 15, 20), width=max(2, round(face_width / 30)))
     return out
 
 
@@ -216,6 +230,9 @@ def review_set(folder: Path, good: int = 8, seed: int = 0) -> dict[str, str]:
         "tiny_face.jpg": (jpeg_bytes(tiny_face_in_big_canvas(astronaut())), "face_too_small"),
         "cameraman.jpg": (jpeg_bytes(camera()), "head_turned"),
         "cut_off.jpg": (jpeg_bytes(face_cut_by_edge()), "face_cut_off"),
+        "sunglasses.jpg": (jpeg_bytes(portrait_variants(
+            with_sunglasses(astronaut(), ASTRONAUT_EYES, ASTRONAUT_FACE[2] - ASTRONAUT_FACE[0]), ASTRONAUT_FACE, 1,
+            seed=seed + 7)[0]), "eyes_hidden"),
         "truncated.jpg": (truncated_jpeg(), "unreadable"),
         "notes.jpg": (text_named_jpg(), "unreadable"),
         "empty.jpg": (b"", "unreadable"),
