@@ -9,20 +9,26 @@ from pipeline.workflow import Workflow
 from ui.charts import series_frame
 
 CANCELLED = "(not deleted)"  # what the browser sends when the user answers No to "Delete this model?"
-COLUMNS = ["name", "trigger word", "status", "overall", "likeness", "base model", "created", "id"]
+COLUMNS = ["name", "trigger word", "status", "overall /100", "likeness", "base model", "created", "id"]
 
 
 def _table(workflow: Workflow) -> pd.DataFrame:
     rows = []
     for r in workflow.library.list():
         scores = r.scores or {}
-        rows.append([r.name, r.trigger_word, r.status, _fmt(scores.get("overall")), _fmt(scores.get("likeness")),
+        rows.append([r.name, r.trigger_word, r.status, _score(scores.get("overall")), _share(scores.get("likeness")),
                      r.base_model, r.created_at[:19].replace("T", " "), r.id])
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _fmt(value) -> str:
-    return "" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+def _score(value) -> str:
+    """A 0–100 score as a whole number."""
+    return "" if value is None else f"{value:.0f}"
+
+
+def _share(value) -> str:
+    """A 0–1 fraction as a percentage."""
+    return "" if value is None else f"{value:.0%}"
 
 
 def _details(workflow: Workflow, model_id: str) -> tuple[str, str | None]:
@@ -32,11 +38,14 @@ def _details(workflow: Workflow, model_id: str) -> tuple[str, str | None]:
     lines = [f"### {r.name}", f"Trigger word: `{r.trigger_word}` · base model `{r.base_model}` · status **{r.status}**"]
     if r.scores:
         lines.append(f"{r.scores.get('verdict_text', '')}")
-        parts = {k: v for k, v in r.scores.items() if k in ("overall", "likeness", "recognised_share", "quality")}
-        lines.append(" · ".join(f"{k}: {_fmt(v)}" for k, v in parts.items()))
+        shown = [("overall", "overall score", _score, "/100"), ("likeness", "likeness", _share, ""),
+                 ("recognised_share", "recognised in", _share, " of test images"),
+                 ("quality", "image quality", _score, "/100")]
+        lines.append(" · ".join(f"{label} **{fmt(r.scores[key])}{unit}**" for key, label, fmt, unit in shown
+                                if r.scores.get(key) is not None))
         if r.scores.get("by_checkpoint"):
-            lines.append("Score by checkpoint: " + ", ".join(
-                f"step {s}: {_fmt(v)}" for s, v in r.scores["by_checkpoint"].items()))
+            lines.append("Overall score by checkpoint: " + ", ".join(
+                f"step {s}: {_score(v)}" for s, v in r.scores["by_checkpoint"].items()))
     if r.best_checkpoint_step is not None:
         lines.append(f"Best checkpoint: step {r.best_checkpoint_step} at LoRA scale {r.best_lora_scale}")
     if r.error:

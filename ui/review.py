@@ -50,7 +50,8 @@ def build(workflow: Workflow) -> gr.Tab:
                     "whether it shows the same person. Override any verdict below; your choice wins.")
         run = gr.Button("Classify photos", variant="primary")
         report = gr.Markdown("Press **Classify photos** to check the uploaded photos.")
-        table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, label="Verdicts")
+        table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, label="Verdicts",
+                             column_widths=["15%", "9%", "8%", "7%", "20%", "13%", "9%", "19%"])
         gr.Markdown("**Change a verdict or a caption:** click a row in the table (or type the file name), choose, "
                     "then Apply.")
         with gr.Row(equal_height=True):

@@ -106,6 +106,10 @@ def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
 
             try:
                 train_settings = settings_from_values(names, list(values))
+                train_settings.validate()
+            except ValueError as exc:
+                raise gr.Error(f"Check the Settings tab: {exc}") from exc
+            try:
                 record = workflow.start_training(train_settings, on_event=on_event)
             except ValueError as exc:
                 raise gr.Error(str(exc)) from exc
