@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import gradio as gr
 import pandas as pd
 
+from pipeline.library import BUSY_STATUSES
 from pipeline.workflow import TERMINAL_STATUSES, TrainingMonitor, Workflow
 from ui.charts import series_frame
 from ui.settings import SettingsInputs, settings_from_values
@@ -63,7 +64,7 @@ def _status(workflow: Workflow, monitor: TrainingMonitor) -> str:
 
 def _render(workflow: Workflow, model_id: str) -> tuple:
     monitor = workflow.training_view(model_id)
-    samples = [(str(path), f"step {step}: {prompt}") for step, path, prompt in monitor.samples[-12:]]
+    samples = [(str(path), f"step {step}: {prompt}") for step, path, prompt in reversed(monitor.samples[-12:])]
     return (_status(workflow, monitor), _log_text(monitor.log), _loss_frame(monitor),
             _likeness_frame(monitor), samples)
 
@@ -88,7 +89,7 @@ def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
             likeness = gr.LinePlot(series_frame([], ("step", "score", "measure"), ("likeness %", "overall score")),
                                    x="step", y="score", color="measure", title="Likeness by checkpoint (%, /100)",
                                    height=300, scale=2)
-        samples = gr.Gallery(label="Samples as it learns (newest last)", columns=6, height=220,
+        samples = gr.Gallery(label="Samples as it learns (newest first)", columns=6, height=220,
                              object_fit="contain")
         log = gr.Textbox(label="Log (newest first)", lines=14, max_lines=14, autoscroll=False)
         model_id = gr.Textbox(label="Model id", interactive=False)
@@ -142,6 +143,15 @@ def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
             workflow.cancel_training(mid)
             return f"### {record.name} — stopping\n\nStopping at the next step; the last checkpoint is kept."
 
+        def on_open(mid: str, current: dict) -> Iterator[tuple]:
+            """Opening the tab with nothing shown (e.g. after a page reload) follows the run in progress, if any."""
+            if mid:
+                return
+            busy = [r for r in workflow.library.list() if r.status in ("queued", *BUSY_STATUSES)]
+            running = [r for r in busy if r.status != "queued"] or busy[::-1]  # else the oldest waiting one
+            if running:
+                yield from follow(running[0].id, current)
+
         def refresh(mid: str) -> dict:
             return gr.update(choices=_model_choices(workflow), value=mid or None)
 
@@ -155,4 +165,5 @@ def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
         stop.click(cancel, model_id, status, api_name="stop_training")
         model_id.change(refresh, model_id, watch, api_name=False)
         tab.select(refresh, model_id, watch, api_name=False)
+        tab.select(on_open, [model_id, watcher], outputs, api_name=False)
     return tab
