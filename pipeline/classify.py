@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -233,6 +233,20 @@ def _analyse(path: Path, name: str, settings: ClassifySettings, intake: IntakeSe
     )
 
 
+def _analyse_cached(path: Path, name: str, settings: ClassifySettings, intake: IntakeSettings,
+                    cache: MutableMapping[tuple, Any] | None) -> _Analysis:
+    if cache is None:
+        return _analyse_safely(path, name, settings, intake)
+    try:
+        stat = path.stat()
+    except OSError:
+        return _analyse_safely(path, name, settings, intake)
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, name, settings, intake)
+    if key not in cache:
+        cache[key] = _analyse_safely(path, name, settings, intake)
+    return cache[key]
+
+
 def _analyse_safely(path: Path, name: str, settings: ClassifySettings, intake: IntakeSettings) -> _Analysis:
     try:
         return _analyse(path, name, settings, intake)
@@ -335,8 +349,14 @@ def _report(records: Sequence[PhotoRecord], selected: Sequence[str], analyses: M
     readiness, summary = readiness_verdict(len(selected), len(records), reasons, variety, settings)
     advice = list(variety)
     others = reasons.get("different_person", 0)
+    # The user's "include" wins: such photos are not "left out", but the risk is worth saying.
+    included_others = sum(1 for r in records if "different_person" in r.reasons and r.verdict == "keep")
     with_face = sum(1 for a in analyses.values() if a.face is not None)
-    if others and others >= max(2, with_face / 3):
+    if included_others:
+        advice.insert(0, f"You included {included_others} photo(s) that seem to show someone else: the model may "
+                         "learn a mix of faces. Exclude them unless you are sure they show the same person.")
+        others -= included_others
+    if others and others + included_others >= max(2, with_face / 3):
         # Not one stray photo but a second person throughout: the user must say who the model is of.
         readiness = "not_ready"
         summary = (f"Not ready: mixed subjects. {others} of {with_face} photos show a different person from the "
@@ -377,9 +397,13 @@ def readiness_verdict(selected: int, total: int, reasons: Mapping[str, int], adv
 def classify_photos(paths: Sequence[Path], settings: ClassifySettings = ClassifySettings(),  # noqa: B008 (frozen)
                     *, names: Sequence[str] | None = None, overrides: Mapping[str, str] | None = None,
                     on_event: ev.EventCallback = ev.ignore,
-                    intake: IntakeSettings = IntakeSettings()) -> ClassificationResult:  # noqa: B008
+                    intake: IntakeSettings = IntakeSettings(),  # noqa: B008
+                    cache: MutableMapping[tuple, Any] | None = None) -> ClassificationResult:
     """Classify ``paths`` (shown as ``names``, default the file names); ``overrides`` (file name → "include" or
     "exclude") are the user's choices and win over our verdicts. Emits ``Progress(stage="classify")``.
+
+    ``cache`` is a mapping the caller keeps between calls: photos measured before (same file, name and settings)
+    are not measured again, so changing an override or removing one photo re-judges the set in a moment.
     """
     settings.validate()
     paths = [Path(p) for p in paths]
@@ -400,7 +424,7 @@ def classify_photos(paths: Sequence[Path], settings: ClassifySettings = Classify
     # Two photos in flight: one decodes (Pillow releases the GIL) while the other is in a model. The models
     # themselves run one at a time (see faces.py and identity.py). Events are sent from this thread, in order.
     with ThreadPoolExecutor(max_workers=ANALYSIS_WORKERS, thread_name_prefix="classify") as pool:
-        results = pool.map(lambda item: _analyse_safely(item[0], item[1], settings, intake),
+        results = pool.map(lambda item: _analyse_cached(item[0], item[1], settings, intake, cache),
                            zip(paths, names, strict=True))
         for i, analysis in enumerate(results):
             analyses.append(analysis)

@@ -146,6 +146,7 @@ class Workflow:
         self.library = Library(self.data_dir)
         self._monitors: dict[str, TrainingMonitor] = {}
         self._monitor_lock = threading.Lock()
+        self._analyses: dict[tuple, Any] = {}  # per-photo measurements, so re-classifying is quick
         self._generators: dict[str, Any] = {}
         self._generator_lock = threading.Lock()
         self.jobs = JobQueue(self.data_dir, self._run_job, autostart=start_worker)
@@ -198,7 +199,7 @@ class Workflow:
             raise ValueError("No photos uploaded yet: add 15–20 photos of one person on the Upload tab first.")
         return classify_photos(
             [p.path for p in photos], settings or ClassifySettings(), names=[p.name for p in photos],
-            overrides=self.user_choices()["overrides"], on_event=on_event,
+            overrides=self.user_choices()["overrides"], on_event=on_event, cache=self._analyses,
         )
 
     # ----------------------------------------------------------------- train

@@ -190,3 +190,25 @@ def test_odd_images_do_not_crash(tmp_path: Path):
     assert "underexposed" in result.record("black.png").reasons
     assert "overexposed" in result.record("white.png").reasons
     assert result.selected == ()
+
+
+def test_cache_reuses_measurements_and_an_included_stranger_is_warned_about(tmp_path: Path):
+    folder = tmp_path / "photos"
+    paths = photo_factory.portrait_set(folder, 5)
+    stranger = folder / "grace.jpg"
+    stranger.write_bytes(photo_factory.jpeg_bytes(
+        photo_factory.portrait_variants(photo_factory.grace_hopper(), photo_factory.GRACE_HOPPER_FACE, 1)[0]))
+    paths.append(stranger)
+    cache: dict = {}
+    first = classify_photos(paths, cache=cache)
+    assert len(cache) == len(paths)
+    assert "different_person" in first.record("grace.jpg").reasons
+    assert "grace.jpg" not in first.selected
+
+    measured = dict(cache)
+    second = classify_photos(paths, overrides={"grace.jpg": "include"}, cache=cache)
+    # Nothing was measured again: the same analysis objects serve the second call.
+    assert cache.keys() == measured.keys() and all(cache[k] is measured[k] for k in cache)
+    assert "grace.jpg" in second.selected
+    assert any("You included 1 photo" in tip for tip in second.report.advice)
+    assert not any("left out" in tip for tip in second.report.advice)
