@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,11 @@ def _open(source: Path | bytes) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return Image.open(io.BytesIO(source) if isinstance(source, bytes | bytearray) else source)
     except Image.DecompressionBombError as exc:
-        raise ImageError(TOO_LARGE, f"too many pixels (a decompression bomb?): {exc}") from exc
+        # Pillow's own words ("…DOS attack") alarm more than they explain; say what it is and what to do.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)) / 1e6:.0f} MP" if found else "far too many pixels"
+        raise ImageError(TOO_LARGE, f"{size} is far more than a photo needs (a decompression bomb or a huge "
+                                    "scan): resize it to about 12 MP") from exc
     except UnidentifiedImageError as exc:
         raise ImageError(UNREADABLE, "not an image format we can read (JPEG, PNG, WebP, HEIC)") from exc
     except (OSError, SyntaxError, ValueError) as exc:
