@@ -82,6 +82,15 @@ def _slug(text: str) -> str:
     return slug or "model"
 
 
+def _unique_name(name: str, taken: list[str]) -> str:
+    """``name``, or ``name (2)``, ``name (3)``… when the library already has it: names find models in the CLI."""
+    used = {t.casefold() for t in taken}
+    candidate, number = name, 2
+    while candidate.casefold() in used:
+        candidate, number = f"{name} ({number})", number + 1
+    return candidate
+
+
 class Library:
     """All models under ``data_dir``. Safe to use from several threads and several instances in one process."""
 
@@ -138,6 +147,7 @@ class Library:
         with open_db(self.db_path) as db:
             table = db.table("models")
             taken = [doc.get("trigger_word", "") for doc in table.all()]
+            name = _unique_name(name, [doc.get("name", "") for doc in table.all()])
             if trigger_word and trigger_word.strip():
                 word = validate_trigger_word(trigger_word, taken)
             else:
@@ -224,6 +234,9 @@ class Library:
         return self.get(model_id)
 
     def rename(self, model_id: str, name: str) -> ModelRecord:
+        name = self._check_name(name)
+        if any(r.name.casefold() == name.casefold() and r.id != model_id for r in self.list()):
+            raise ValueError(f"name: another model is already called {name!r}; choose a different name")
         return self.update(model_id, name=name)
 
     def set_trigger_word(self, model_id: str, word: str) -> ModelRecord:

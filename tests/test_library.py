@@ -84,8 +84,11 @@ def test_get_find_and_list(tmp_path):
     assert [r.id for r in library.list()] == [c.id, b.id, a.id]  # newest first
     assert [r.id for r in library.list("ready")] == [a.id]
     assert library.find("ANNA").id == a.id and library.find(b.id).id == b.id
-    with pytest.raises(ModelNotFound, match="give the id"):
-        library.find("ben")
+    # Names stay unique (case-insensitive), so a name always finds one model.
+    assert c.name == "Ben (2)"
+    assert library.find("ben").id == b.id and library.find("BEN (2)").id == c.id
+    with pytest.raises(ValueError, match="already called"):
+        library.rename(a.id, "BEN")
     with pytest.raises(ModelNotFound, match="nobody"):
         library.find("nobody")
     with pytest.raises(ModelNotFound, match="no model 'missing'"):
