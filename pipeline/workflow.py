@@ -231,6 +231,18 @@ class Workflow:
         self.jobs.submit(record.id, {"settings": json.loads(to_json(settings))})
         return record
 
+    def resume_training(self, model_id: str) -> ModelRecord:
+        """Queue a stopped or failed training again; it continues from its last checkpoint."""
+        record = self.library.get(model_id)
+        if record.status not in ("cancelled", "failed"):
+            raise ValueError(f"model '{record.name}' is {record.status}: only a stopped or failed training resumes")
+        if not (Path(record.folder) / "dataset" / "dataset.json").exists():
+            raise ValueError(f"model '{record.name}' has no dataset to train on; start a new training instead")
+        record = self.library.update(model_id, status="queued", error="", finished_at=None)
+        self._monitor(model_id).note("queued again: resuming from the last checkpoint", status="queued")
+        self.jobs.submit(model_id, {"settings": record.settings})
+        return record
+
     def _monitor(self, model_id: str) -> TrainingMonitor:
         with self._monitor_lock:
             if model_id not in self._monitors:

@@ -90,6 +90,14 @@ def test_cancel_a_queued_and_a_running_training(tmp_path: Path, photos: list[Pat
         # The last checkpoint is kept on disk.
         assert [c["step"] for c in record.checkpoints]
         assert all((workflow.data_dir / c["path"]).exists() or Path(c["path"]).exists() for c in record.checkpoints)
+        with pytest.raises(ValueError, match="only a stopped or failed"):
+            workflow.resume_training(workflow.library.create("other", "tiny", {}).id)
+        # Resume: shorten the run so the test ends soon; it continues from the kept checkpoint.
+        last = max(c["step"] for c in record.checkpoints)
+        workflow.library.update(running.id, settings={**record.settings, "steps": last + 5})
+        workflow.resume_training(running.id)
+        assert workflow.wait_for(running.id, timeout=240).status == "ready"
+        assert f"resuming from the checkpoint at step {last}" in "\n".join(workflow.training_view(running.id).log)
     finally:
         workflow.close()
 
