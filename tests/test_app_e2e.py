@@ -87,7 +87,7 @@ def test_whole_flow_through_the_running_app(tmp_path: Path, photos: list[Path]) 
 
         # Train the tiny model: the generator endpoint returns its last update when the model is ready.
         status_md, log, _plot, likeness_curve, _samples, model_id = client.predict(
-            "e2e-model", 30, 1e-3, 0, 64, "", 4, 4.0, 42, "auto", 15, 15, 0.05, api_name="/train")
+            "e2e-model", 30, 1e-3, 0, 64, "", 4, 4.0, 42, "auto", 15, 15, 0.05, "", api_name="/train")
         assert model_id, status_md
         assert "ready" in status_md, status_md + log
         assert "step 30/30" in log
@@ -145,6 +145,9 @@ def test_whole_flow_through_the_running_app(tmp_path: Path, photos: list[Path]) 
         names = zipfile.ZipFile(archive).namelist()
         assert any(n.startswith("diffusers/") for n in names) and any(n.startswith("comfyui/") for n in names)
         assert "README.md" in names
+        # Hub push without a token is refused with the fix (no network is tried).
+        with pytest.raises(Exception, match="token"):
+            client.predict(model_id, "me/likeness-test", "", True, api_name="/push_to_hub")
         client.predict(model_id, api_name="/delete_model")
         assert not (data_dir / "models" / model_id).exists()
         assert model_id not in json.dumps(client.predict(api_name="/list_models"))

@@ -92,6 +92,12 @@ def build(workflow: Workflow) -> gr.Tab:
                     retrigger = gr.Button("Change trigger word", scale=1)
                 download = gr.Button("Download zip (diffusers + ComfyUI/kohya LoRA, model card)")
                 archive = gr.File(label="Download", height=80)
+                with gr.Accordion("Push to the Hugging Face Hub", open=False):
+                    repo_id = gr.Textbox(label="Repository (your-user/model-name)")
+                    token = gr.Textbox(label="Write token (used once, never stored)", type="password")
+                    private = gr.Checkbox(label="Private repository", value=True)
+                    push = gr.Button("Push")
+                    pushed = gr.Markdown()
                 delete = gr.Button("Delete model", variant="stop")
 
         def pick(evt: gr.SelectData, frame: pd.DataFrame) -> str:
@@ -126,6 +132,12 @@ def build(workflow: Workflow) -> gr.Tab:
             workflow.library.set_trigger_word(mid, word)
             return _table(workflow), *_show(workflow, mid)
 
+        def do_push(mid: str, repo: str, secret: str, is_private: bool) -> str:
+            from pipeline.hub import push_to_hub
+
+            url = push_to_hub(workflow.library, mid, repo.strip(), secret, private=is_private)
+            return f"Pushed to [{url}]({url})."
+
         def do_delete(mid: str) -> tuple:
             name = workflow.library.get(mid).name
             workflow.delete_model(mid)
@@ -153,6 +165,7 @@ def build(workflow: Workflow) -> gr.Tab:
         download.click(guarded(lambda mid: str(workflow.library.export_zip(mid))), model_id, archive,
                        api_name="download_model")
         # Deleting cannot be undone: the browser asks first (API callers are not asked).
+        push.click(guarded(do_push), [model_id, repo_id, token, private], pushed, api_name="push_to_hub")
         delete.click(confirmed_delete, model_id, [table, *shown, model_id], api_name="delete_model",
                      js=f"(mid) => (mid && !confirm('Delete this model and all its files? This cannot be undone.'))"
                         f" ? '{CANCELLED}' : mid").success(

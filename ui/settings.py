@@ -25,6 +25,9 @@ def settings_from_values(names: list[str], values: list) -> TrainSettings:
     for key in ("steps", "batch_size", "resolution", "rank", "seed", "checkpoint_every", "sample_every"):
         kwargs[key] = int(kwargs[key])
     kwargs["trigger_word"] = (kwargs.get("trigger_word") or "").strip()
+    if "test_prompts" in kwargs:  # one prompt per line; empty: the built-in set
+        kwargs["test_prompts"] = tuple(line.strip() for line in (kwargs["test_prompts"] or "").splitlines()
+                                       if line.strip())
     return TrainSettings(**kwargs)
 
 
@@ -60,4 +63,8 @@ def build(workflow: Workflow) -> SettingsInputs:
                                               precision=0, minimum=1)
                 c["caption_dropout"] = gr.Slider(label="Caption dropout", minimum=0, maximum=0.5, step=0.01,
                                                  value=defaults.caption_dropout)
+            c["test_prompts"] = gr.Textbox(
+                label="Test prompts for the assessment, one per line ({trigger} = the trigger word); "
+                      "empty: the built-in portrait, style, setting and expression set",
+                value="\n".join(defaults.test_prompts), lines=3)
     return SettingsInputs(c)

@@ -80,6 +80,7 @@ def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
         with gr.Row():
             train = gr.Button("Train", variant="primary", scale=2)
             stop = gr.Button("Stop", variant="stop", scale=1)
+            resume = gr.Button("Resume", scale=1)
             watch = gr.Dropdown(label="Watch a model", choices=_model_choices(workflow), value=None, scale=3,
                                 allow_custom_value=True)
         status = gr.Markdown(IDLE)
@@ -143,6 +144,15 @@ def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
             workflow.cancel_training(mid)
             return f"### {record.name} — stopping\n\nStopping at the next step; the last checkpoint is kept."
 
+        def go_on(mid: str, current: dict) -> Iterator[tuple]:
+            if not mid:
+                raise gr.Error("Pick the stopped model under 'Watch a model' first.")
+            try:
+                workflow.resume_training(mid)
+            except ValueError as exc:
+                raise gr.Error(str(exc)) from exc
+            yield from follow(mid, current)
+
         def on_open(mid: str, current: dict) -> Iterator[tuple]:
             """Opening the tab with nothing shown (e.g. after a page reload) follows the run in progress, if any."""
             if mid:
@@ -163,6 +173,7 @@ def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
         watch.input(follow, [watch, watcher], outputs, api_name="watch_training")
         # The watcher keeps running after Stop, so the page shows the run end ("cancelled") by itself.
         stop.click(cancel, model_id, status, api_name="stop_training")
+        resume.click(go_on, [model_id, watcher], outputs, api_name="resume_training")
         model_id.change(refresh, model_id, watch, api_name=False)
         tab.select(refresh, model_id, watch, api_name=False)
         tab.select(on_open, [model_id, watcher], outputs, api_name=False)
