@@ -64,6 +64,7 @@ def build_error_app(message: str) -> gr.Blocks:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own health checks, one line per request
     args = parse_args(argv)
     quiet_library_logs()
     app_settings = AppSettings(data_dir=args.data_dir, base_model=args.base_model or default_base_model(),
