@@ -238,3 +238,12 @@ def load_kohya_as_diffusers(path: Path) -> dict[str, torch.Tensor]:
     (diffusers reads kohya FLUX files itself, but assumes FLUX.1's full width for the fused single-block layer.)
     """
     return to_diffusers(from_kohya(load_file(str(path))))
+
+
+def convert_to_kohya(diffusers_path: Path, kohya_path: Path) -> Path:
+    """Write the kohya/ComfyUI file for a diffusers-layout LoRA file (e.g. the checkpoint the assessment chose),
+    keeping its header metadata."""
+    factors = from_diffusers(load_file(str(diffusers_path)))
+    if not factors:
+        raise LoraFormatError(f"diffusers_path: {str(diffusers_path)!r} holds no lora_A/lora_B pairs")
+    return save_lora_file(kohya_path, to_kohya(factors), read_metadata(diffusers_path))

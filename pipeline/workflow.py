@@ -481,7 +481,8 @@ class _CheckpointAssessor:
                 self.monitor.on_assessment(step, measured.likeness, measured.overall)
         best = results[best_step]
         scores = {"overall": best.overall, "likeness": best.likeness, "recognised_share": best.recognised_share,
-                  "quality": best.quality, "prompt_fidelity": best.prompt_fidelity, "parts": best.parts,
+                  "quality": best.quality, "prompt_fidelity": best.prompt_fidelity, "fidelity_note": best.fidelity_note,
+                  "parts": best.parts,
                   "verdict": best.verdict, "verdict_text": best.verdict_text,
                   "by_checkpoint": {str(s): r.overall for s, r in sorted(results.items())},
                   "likeness_by_checkpoint": {str(s): r.likeness for s, r in sorted(results.items())}}
@@ -489,6 +490,13 @@ class _CheckpointAssessor:
                                                                "likeness": results[s].likeness}}
                        for s, p in steps if s in results]
         self.monitor.note(f"best checkpoint: step {best_step} at LoRA scale {best_scale:g} — {best.verdict_text}")
-        return {"scores": scores, "checkpoints": checkpoints, "best_checkpoint_step": best_step,
-                "best_lora_scale": best_scale, "lora_path": str(by_step[best_step]),
-                "sample_grid": str(best.grid) if best.grid else None}
+        chosen = {"scores": scores, "checkpoints": checkpoints, "best_checkpoint_step": best_step,
+                  "best_lora_scale": best_scale, "lora_path": str(by_step[best_step]),
+                  "sample_grid": str(best.grid) if best.grid else None}
+        if best_step != result.steps_done:
+            # The download must carry the chosen checkpoint in both formats, not the last step's kohya file.
+            from pipeline.lora_formats import convert_to_kohya
+
+            best_kohya = Path(result.lora_path).with_name("lora_best_kohya.safetensors")
+            chosen["kohya_path"] = str(convert_to_kohya(by_step[best_step], best_kohya))
+        return chosen

@@ -16,7 +16,7 @@ from pipeline import events as ev
 from pipeline import memory
 from pipeline.base_model import load_pipeline
 from pipeline.dataset import Dataset, DatasetItem
-from pipeline.lora_formats import load_kohya_as_diffusers, read_metadata
+from pipeline.lora_formats import convert_to_kohya, load_kohya_as_diffusers, read_metadata
 from pipeline.settings import SettingsError, TrainSettings
 from pipeline.training import (
     PHASES,
@@ -156,6 +156,15 @@ def test_both_formats_load_and_change_the_output(completed, data_dir: Path) -> N
     pipe.unload_lora_weights()
     pipe.load_lora_weights(str(result.checkpoints[0].path), adapter_name="checkpoint")
     assert np.abs(generate() - base).mean() > 0.1
+
+
+def test_a_chosen_checkpoint_converts_to_the_same_kohya_file(completed, tmp_path: Path) -> None:
+    result, _events, _out = completed
+    converted = convert_to_kohya(result.lora_path, tmp_path / "best_kohya.safetensors")
+    written, again = load_file(str(result.kohya_path)), load_file(str(converted))
+    assert written.keys() == again.keys()
+    assert all(torch.allclose(written[k].float(), again[k].float(), atol=1e-6) for k in written)
+    assert read_metadata(converted)["likeness.trigger_word"] == TRIGGER
 
 
 def _stop_after(events: list[ev.Event], step: int):

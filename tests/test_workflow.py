@@ -141,3 +141,41 @@ def test_an_email_arrives_when_training_ends(tmp_path: Path, photos: list[Path])
     assert message["To"] == "me@example.org"
     body = message.get_body(("plain",)).get_content()
     assert record.trigger_word in body
+
+
+def test_an_earlier_best_checkpoint_is_what_the_library_serves_in_both_formats(tmp_path: Path,
+                                                                              photos: list[Path]) -> None:
+    """When the measurement prefers an earlier checkpoint, the model's LoRA and its kohya file are that one."""
+    import dataclasses
+
+    from pipeline.dataset import Dataset
+    from pipeline.events import CheckpointSaved
+    from pipeline.lora_formats import read_metadata
+    from pipeline.training import CheckpointInfo, TrainResult
+    from pipeline.workflow import _CheckpointAssessor
+
+    workflow = _workflow(tmp_path / "data", photos)
+    try:
+        record = workflow.start_training(TrainSettings.quick(name="early", steps=6, checkpoint_every=3,
+                                                             test_prompts=("{trigger}",)))
+        record = workflow.wait_for(record.id, timeout=240)
+        assert record.status == "ready"
+        folder = Path(record.folder)
+        lora = folder / "lora" / "lora.safetensors"
+        early = next(Path(c["path"]) for c in record.checkpoints if c["step"] == 3)
+        early = early if early.is_absolute() else workflow.data_dir / early
+        result = TrainResult(status="completed", lora_path=lora, kohya_path=folder / "lora" / "lora_kohya.safetensors",
+                             checkpoints=(CheckpointInfo(3, early), CheckpointInfo(6, lora)), steps_done=6,
+                             final_loss=None, losses=())
+        assessor = _CheckpointAssessor(workflow, record, Dataset.load(folder / "dataset"),
+                                       workflow.training_view(record.id), prompts=("{trigger}",))
+        assessor.on_training_event(CheckpointSaved(3, early))
+        assessor.results[3] = dataclasses.replace(assessor.results[3], overall=99.0)  # step 3 measured best
+        chosen = assessor.choose(result)
+    finally:
+        workflow.close()
+    assert chosen["best_checkpoint_step"] == 3
+    assert Path(chosen["lora_path"]) == early
+    kohya = Path(chosen["kohya_path"])
+    assert kohya.name == "lora_best_kohya.safetensors" and kohya.is_file()
+    assert read_metadata(kohya)["likeness.trigger_word"] == record.trigger_word

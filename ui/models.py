@@ -43,6 +43,8 @@ def _details(workflow: Workflow, model_id: str) -> tuple[str, str | None]:
                  ("quality", "image quality", _score, "/100")]
         lines.append(" · ".join(f"{label} **{fmt(r.scores[key])}{unit}**" for key, label, fmt, unit in shown
                                 if r.scores.get(key) is not None))
+        if r.scores.get("prompt_fidelity") is None and r.scores.get("fidelity_note"):
+            lines.append(f"Prompt fidelity not measured: {r.scores['fidelity_note']}")
         if r.scores.get("by_checkpoint"):
             lines.append("Overall score by checkpoint: " + ", ".join(
                 f"step {s}: {_score(v)}" for s, v in r.scores["by_checkpoint"].items()))
