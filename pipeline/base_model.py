@@ -16,11 +16,12 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from pipeline.settings import FLUX_DEV, TINY_MODEL, TrainSettings
 
-if TYPE_CHECKING:  # diffusers and transformers take seconds to import: only what builds or loads a model needs them
+# torch, diffusers and transformers take seconds to import: only what builds or loads a model imports them, so the
+# app starts without waiting for them (torch is needed at start only to look for a GPU when no base model is given).
+if TYPE_CHECKING:
+    import torch
     from diffusers import FluxPipeline
     from transformers import CLIPTokenizer, T5Tokenizer
 
@@ -49,6 +50,8 @@ def is_tiny(spec: str) -> bool:
 
 def default_base_model() -> str:
     """FLUX.1-dev where a CUDA GPU is present, else the embedded tiny model."""
+    import torch
+
     return FLUX_DEV if torch.cuda.is_available() else TINY_MODEL
 
 
@@ -108,6 +111,7 @@ def load_pipeline(
     always float32 on the CPU, where bf16 matmuls are slow).
     """
     path = resolve_base_model(spec, data_dir)
+    import torch
     from diffusers import FluxPipeline
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -228,6 +232,7 @@ def _t5_tokenizer() -> T5Tokenizer:
 
 def _build_tiny_pipeline() -> FluxPipeline:
     """FLUX.1-dev's architecture at toy width, seeded so every machine builds the same weights."""
+    import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
