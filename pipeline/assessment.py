@@ -92,10 +92,6 @@ class AssessmentResult:
     lora_path: Path | None = None
     lora_scale: float = 1.0
 
-    @property
-    def face_share(self) -> float:
-        return sum(s.faces > 0 for s in self.images) / len(self.images) if self.images else 0.0
-
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (paths as strings)."""
         data = dataclasses.asdict(self)

@@ -56,7 +56,6 @@ REASONS: dict[str, tuple[str, str, str]] = {
 ANALYSIS_WORKERS = 2  # photos analysed at once: decoding overlaps the models (2 cores here)
 SOFT_REASONS = {"duplicate"}  # the rest reject the photo
 VERDICTS = ("keep", "reject", "duplicate")
-READINESS = ("ready", "usable", "not_ready")
 
 
 @dataclass(frozen=True)

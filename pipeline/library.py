@@ -309,9 +309,6 @@ class Library:
         tmp.replace(path)
         return path
 
-    def trigger_words(self) -> list[str]:
-        return [doc.get("trigger_word", "") for doc in self._all_docs()]
-
     @staticmethod
     def _check_name(name: str) -> str:
         if not isinstance(name, str) or not name.strip():

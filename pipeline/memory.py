@@ -28,18 +28,6 @@ _AUTO_THRESHOLDS = (("bf16", 40.0), ("fp8", 20.0), ("nf4", 14.0))
 
 
 @dataclass(frozen=True)
-class MemoryPlan:
-    """How one training run holds its weights, and its batch size."""
-
-    mode: str  # "cpu", "bf16", "fp8", "nf4", "offload"
-    device: str
-    weight_dtype: torch.dtype  # dtype of the frozen base weights that are not quantised
-    autocast: bool  # bf16 autocast (GPU only)
-    batch_size: int
-    reason: str  # why this mode and batch size: shown in the training log
-
-
-@dataclass(frozen=True)
 class MemoryEstimate:
     """Training memory in GB for one mode, resolution and batch size."""
 
