@@ -27,13 +27,11 @@ from pipeline.classify import ClassificationResult, classify_photos
 from pipeline.crops import build_dataset
 from pipeline.dataset import Dataset
 from pipeline.jobs import Job, JobQueue
-from pipeline.library import Library, ModelNotFound, ModelRecord
+from pipeline.library import FINISHED_STATUSES, Library, ModelNotFound, ModelRecord
 from pipeline.photos import IntakeResult, PhotoStore, StoredPhoto
 from pipeline.settings import AppSettings, ClassifySettings, GenerateSettings, IntakeSettings, TrainSettings, to_json
 
 logger = logging.getLogger(__name__)
-
-TERMINAL_STATUSES = ("ready", "failed", "cancelled")
 
 
 @dataclass
@@ -270,7 +268,7 @@ class Workflow:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             record = self.library.get(model_id)
-            if record.status in TERMINAL_STATUSES:
+            if record.status in FINISHED_STATUSES:
                 return record
             time.sleep(poll)
         raise TimeoutError(f"model {model_id} still {self.library.get(model_id).status} after {timeout:.0f} s")

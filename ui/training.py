@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import gradio as gr
 import pandas as pd
 
-from pipeline.library import BUSY_STATUSES
-from pipeline.workflow import TERMINAL_STATUSES, TrainingMonitor, Workflow
+from pipeline.library import BUSY_STATUSES, FINISHED_STATUSES
+from pipeline.workflow import TrainingMonitor, Workflow
 from ui.charts import series_frame
 from ui.settings import SettingsInputs, settings_from_values
 
@@ -127,7 +127,7 @@ def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
                 raise gr.Error(str(exc)) from exc
             while current.get("token") is token:
                 yield (*_render(workflow, mid), mid)
-                if workflow.library.get(mid).status in TERMINAL_STATUSES:
+                if workflow.library.get(mid).status in FINISHED_STATUSES:
                     return
                 time.sleep(POLL_SECONDS)
 
@@ -138,7 +138,7 @@ def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
                 record = workflow.library.get(mid)
             except ValueError as exc:
                 raise gr.Error(str(exc)) from exc
-            if record.status in TERMINAL_STATUSES:
+            if record.status in FINISHED_STATUSES:
                 gr.Info(f"'{record.name}' has already finished ({record.status}); nothing to stop.")
                 return _status(workflow, workflow.training_view(mid))
             workflow.cancel_training(mid)
