@@ -73,8 +73,8 @@ class ModelRecord:
 
     @property
     def label(self) -> str:
-        """How the UI names the model in lists: name, trigger word and status."""
-        return f"{self.name} ({self.trigger_word}) · {self.status}"
+        """How the UI names the model in lists: name, start time (it tells apart runs of one name) and status."""
+        return f"{self.name} · {self.created_at[:19].replace('T', ' ')} ({self.status})"
 
 
 def _slug(text: str) -> str:

@@ -69,7 +69,7 @@ def _show(workflow: Workflow, model_id: str) -> tuple:
 
 
 def _choices(workflow: Workflow) -> list[tuple[str, str]]:
-    return [(f"{r.name} · {r.created_at[:19].replace('T', ' ')} ({r.status})", r.id) for r in workflow.library.list()]
+    return [(r.label, r.id) for r in workflow.library.list()]
 
 
 def build(workflow: Workflow) -> gr.Tab:

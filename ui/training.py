@@ -11,6 +11,7 @@ import pandas as pd
 from pipeline.library import BUSY_STATUSES, FINISHED_STATUSES
 from pipeline.workflow import TrainingMonitor, Workflow
 from ui.charts import series_frame
+from ui.progress import progress_events
 from ui.settings import SettingsInputs, settings_from_values
 
 POLL_SECONDS = 1.0
@@ -70,8 +71,7 @@ def _render(workflow: Workflow, model_id: str) -> tuple:
 
 
 def _model_choices(workflow: Workflow) -> list[tuple[str, str]]:
-    # The start time tells apart runs that share the default name.
-    return [(f"{r.name} · {r.created_at[:19].replace('T', ' ')} ({r.status})", r.id) for r in workflow.library.list()]
+    return [(r.label, r.id) for r in workflow.library.list()]
 
 
 def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
@@ -101,11 +101,8 @@ def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
 
         def start(*values, progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
             *values, current = values
-
-            def on_event(event) -> None:  # classifying and cropping the photos before the job is queued
-                if getattr(event, "total", 0):
-                    progress((event.done, event.total), desc=event.message or "preparing the photos")
-
+            # Classifying and cropping the photos, before the job is queued.
+            on_event = progress_events(progress, "preparing the photos", use_messages=True)
             try:
                 train_settings = settings_from_values(names, list(values))
                 train_settings.validate()
