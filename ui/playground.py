@@ -6,6 +6,7 @@ import gradio as gr
 
 from pipeline.settings import GenerateSettings
 from pipeline.workflow import Workflow
+from ui.progress import progress_events
 
 BASE_ONLY = "(base model, no LoRA)"
 
@@ -65,8 +66,7 @@ def build(workflow: Workflow) -> gr.Tab:
                                         guidance=float(gd), width=int(w), height=int(h), lora_scale=float(sc),
                                         num_images=int(n))
             try:
-                paths = workflow.generate(mid or None, settings, on_event=lambda e: progress(
-                    (e.done, e.total), desc="generating") if getattr(e, "total", 0) else None)
+                paths = workflow.generate(mid or None, settings, on_event=progress_events(progress, "generating"))
             except ValueError as exc:
                 raise gr.Error(str(exc)) from exc
             return [str(p) for p in paths]
@@ -77,8 +77,7 @@ def build(workflow: Workflow) -> gr.Tab:
                                         guidance=float(gd), width=int(w), height=int(h), num_images=int(n))
             try:
                 path = workflow.compare((mid or None, float(sc)), (mid_b or None, float(sc_b)), settings,
-                                        on_event=lambda e: progress((e.done, e.total), desc="generating")
-                                        if getattr(e, "total", 0) else None)
+                                        on_event=progress_events(progress, "generating"))
             except ValueError as exc:
                 raise gr.Error(str(exc)) from exc
             return str(path)
@@ -86,8 +85,7 @@ def build(workflow: Workflow) -> gr.Tab:
         def clip(mid, text, second, nframes, rate, sd, progress: gr.Progress = gr.Progress()) -> str:
             try:
                 path = workflow.video(mid or None, prompt=text, prompt_b=second or None, frames=int(nframes),
-                                      fps=int(rate), seed=int(sd), on_event=lambda e: progress(
-                                          (e.done, e.total), desc="frames") if getattr(e, "total", 0) else None)
+                                      fps=int(rate), seed=int(sd), on_event=progress_events(progress, "frames"))
             except ValueError as exc:
                 raise gr.Error(str(exc)) from exc
             return str(path)
@@ -99,6 +97,7 @@ def build(workflow: Workflow) -> gr.Tab:
                       concurrency_limit=1)
         make.click(clip, [model, prompt, prompt_b, frames, fps, seed], video, api_name="video",
                    concurrency_id="gpu", concurrency_limit=1)
+
         def refresh(first: str, second: str) -> tuple:
             # A model trained or deleted since the page loaded: offer the current list, newest ready model first.
             choices = _choices(workflow)

@@ -7,6 +7,7 @@ import pandas as pd
 
 from pipeline.classify import ClassificationResult
 from pipeline.workflow import Workflow
+from ui.progress import progress_events
 
 COLUMNS = ["file", "verdict", "selected", "score", "reasons", "duplicate_of", "your choice", "caption"]
 
@@ -63,12 +64,8 @@ def build(workflow: Workflow) -> gr.Tab:
         as_json = gr.JSON(label="Classification (the same JSON as the CLI and API)", visible=False)
 
         def classify(progress: gr.Progress = gr.Progress()) -> tuple:
-            def on_event(event) -> None:
-                if getattr(event, "total", 0):
-                    progress((event.done, event.total), desc=event.message or "classifying")
-
             try:
-                result = workflow.classify(on_event=on_event)
+                result = workflow.classify(on_event=progress_events(progress, "classifying", use_messages=True))
             except ValueError as exc:
                 raise gr.Error(str(exc)) from exc
             last["result"] = result
