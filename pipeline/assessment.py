@@ -229,11 +229,9 @@ def _verdict(scores: Sequence[ImageScore], likeness: float, recognised: float, q
 
 def default_assessment_settings(generator: Generator) -> GenerateSettings:
     """Test generation settings for the generator's base model: 64 px and 4 steps on the tiny model."""
-    from pipeline.base_model import is_tiny
+    from pipeline.base_model import default_test_generate_settings
 
-    if is_tiny(generator.base_model):
-        return GenerateSettings(prompt="-", steps=4, width=64, height=64)
-    return GenerateSettings(prompt="-", steps=28, guidance=3.5, width=512, height=512)
+    return default_test_generate_settings(generator.base_model)
 
 
 def assess_lora(

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.settings import FLUX_DEV, TINY_MODEL, TrainSettings
+from pipeline.settings import FLUX_DEV, TINY_MODEL, GenerateSettings, TrainSettings
 
 # torch, diffusers and transformers take seconds to import: only what builds or loads a model imports them, so the
 # app starts without waiting for them (torch is needed at start only to look for a GPU when no base model is given).
@@ -165,6 +165,14 @@ def default_train_settings(spec: str, **overrides: Any) -> TrainSettings:
     if is_tiny(spec):
         return TrainSettings.quick(**overrides)
     return TrainSettings(**overrides)
+
+
+def default_test_generate_settings(spec: str, resolution: int = 512) -> GenerateSettings:
+    """Test generations for a base model (assessment, samples, playground defaults): 64 px and 4 steps on the tiny
+    model, ``resolution`` px and 28 steps otherwise. The prompt is a placeholder to replace."""
+    if is_tiny(spec):
+        return GenerateSettings(prompt="-", steps=4, width=64, height=64)
+    return GenerateSettings(prompt="-", steps=28, width=resolution, height=resolution)
 
 
 # --- the tiny model, built in code -------------------------------------------------------------------------------

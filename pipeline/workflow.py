@@ -338,11 +338,9 @@ class Workflow:
             return self._generators[self.base_model]
 
     def test_generate_settings(self, resolution: int) -> GenerateSettings:
-        from pipeline.base_model import is_tiny
+        from pipeline.base_model import default_test_generate_settings
 
-        if is_tiny(self.base_model):
-            return GenerateSettings(prompt="-", steps=4, guidance=3.5, width=64, height=64)
-        return GenerateSettings(prompt="-", steps=28, guidance=3.5, width=resolution, height=resolution)
+        return default_test_generate_settings(self.base_model, resolution)
 
     def generate(self, model_id: str | None, settings: GenerateSettings, *,
                  on_event: ev.EventCallback = ev.ignore) -> list[Path]:
