@@ -54,6 +54,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pipeline.classify import classify_photos
+    from pipeline.library import FINISHED_STATUSES
 
     workflow = _workflow(args, start_worker=True)
     try:
@@ -71,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 for line in view.log[shown:]:
                     print(line, flush=True)
             shown = len(view.log)
-            if view.status in ("ready", "failed", "cancelled"):
+            if view.status in FINISHED_STATUSES:
                 break
             time.sleep(0.5)
         record = workflow.library.get(record.id)
