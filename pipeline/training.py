@@ -662,12 +662,12 @@ def train_lora(
         # which dominates (measured 0.04 s/step on one thread against 0.2-0.7 s on two busy cores).
         torch.set_num_threads(1)
     try:
-        return _train(run, dataset, settings, output_dir, base_model, started, resume)
+        return _train(run, settings, output_dir, base_model, started, resume)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(run: _Run, dataset: Dataset, settings: TrainSettings, output_dir: Path, base_model: str, started: float,
+def _train(run: _Run, settings: TrainSettings, output_dir: Path, base_model: str, started: float,
            resume: bool) -> TrainResult:
     step = 0
     try:
