@@ -103,7 +103,7 @@ class TrainSettings:
         "a portrait photo of {trigger}",
         "{trigger} smiling, outdoors, natural light",
     )
-    test_prompts: tuple[str, ...] = ()  # the assessment's prompts; empty: the built-in set (assessment.py)
+    test_prompts: tuple[str, ...] = ()  # the assessment's prompts; empty: generation.DEFAULT_TEST_PROMPTS
 
     def validate(self) -> TrainSettings:
         _check(bool(self.name.strip()), "name", "must not be empty")

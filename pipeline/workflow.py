@@ -312,9 +312,8 @@ class Workflow:
             raise
 
     def _finish(self, model_id: str, *, status: str, **fields: Any) -> ModelRecord:
-        from datetime import UTC, datetime
-
-        record = self.library.update(model_id, status=status, finished_at=datetime.now(UTC).isoformat(), **fields)
+        # The library stamps finished_at for a finishing status, in its one timestamp format.
+        record = self.library.update(model_id, status=status, **fields)
         self._monitor(model_id).note(f"{status}" + (f": {record.error}" if record.error else ""), status=status)
         if self.settings.smtp.enabled:
             from pipeline.notify import send_training_email
