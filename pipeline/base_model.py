@@ -48,6 +48,12 @@ def is_tiny(spec: str) -> bool:
     return spec == TINY_MODEL or (Path(spec) / _VERSION_FILE).is_file()
 
 
+def tiny_model_version(path: str | Path) -> str:
+    """The build version of the tiny model saved in ``path``; "" for any other model (or no model there)."""
+    version_file = Path(path) / _VERSION_FILE
+    return version_file.read_text().strip() if version_file.is_file() else ""
+
+
 def default_base_model() -> str:
     """FLUX.1-dev where a CUDA GPU is present, else the embedded tiny model."""
     import torch
@@ -83,8 +89,7 @@ def resolve_base_model(spec: str | None, data_dir: Path) -> str:
 def ensure_tiny_model(data_dir: Path) -> Path:
     """The folder of the embedded tiny FLUX pipeline under ``data_dir/base_models``, built there on first use."""
     folder = Path(data_dir) / "base_models" / _TINY_FOLDER
-    version_file = folder / _VERSION_FILE
-    if version_file.is_file() and version_file.read_text().strip() == TINY_MODEL_VERSION:
+    if tiny_model_version(folder) == TINY_MODEL_VERSION:
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     logger.info("building the embedded tiny FLUX model in %s", folder)

@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 
 from pipeline import events as ev
 from pipeline import lora_formats, memory
-from pipeline.base_model import BaseModelError, explain_load_failure, is_tiny, resolve_base_model
+from pipeline.base_model import BaseModelError, explain_load_failure, is_tiny, resolve_base_model, tiny_model_version
 from pipeline.dataset import Dataset
 from pipeline.settings import TrainSettings, to_json
 
@@ -216,8 +216,8 @@ def _key(*parts: object) -> str:
 
 
 def _model_key(model_path: str) -> str:
-    version = Path(model_path) / "likeness_tiny_version.txt"
-    return f"{model_path}|{version.read_text().strip() if version.is_file() else ''}"
+    # A rebuilt tiny model (new version) must not reuse latents or text embeddings cached for the old one.
+    return f"{model_path}|{tiny_model_version(model_path)}"
 
 
 def _load_image(path: Path, bucket: tuple[int, int]) -> torch.Tensor:
