@@ -403,7 +403,7 @@ def prompt_fidelity(images: Sequence[Image.Image], prompts: Sequence[str] | None
     if loaded is None:
         tried = str(clip_model) if clip_model else ", ".join(CLIP_CANDIDATES)
         return None, (f"prompt fidelity skipped: no CLIP model available locally (tried {tried}); "
-                      "download one once, e.g. `huggingface-cli download openai/clip-vit-large-patch14`")
+                      "download one once, e.g. `hf download openai/clip-vit-large-patch14`")
     name, model, processor = loaded
     import torch
 

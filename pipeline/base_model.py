@@ -153,13 +153,13 @@ def explain_load_failure(spec: str, exc: BaseException) -> str:
 
     if any_of(GatedRepoError) or "gated" in text.lower():
         return (f"cannot load {spec!r}: the model is gated. Accept its licence on https://huggingface.co/{spec} "
-                "while logged in, then run `huggingface-cli login` (or set HF_TOKEN) with a token of that account.")
+                "while logged in, then run `hf auth login` (or set HF_TOKEN) with a token of that account.")
     if any_of(RepositoryNotFoundError) or "401" in text:
         return (f"cannot load {spec!r}: the hub refused access (no such repository, or no token). Check the name, "
-                "run `huggingface-cli login` (or set HF_TOKEN) and accept the licence on the model page.")
+                "run `hf auth login` (or set HF_TOKEN) and accept the licence on the model page.")
     if any_of(OfflineModeIsEnabled, LocalEntryNotFoundError) or "offline" in text.lower() or "connect" in text.lower():
         return (f"cannot load {spec!r}: it is not in the local cache and the hub cannot be reached (no network or "
-                "HF_HUB_OFFLINE=1). Download it once on a connected machine (`huggingface-cli download "
+                "HF_HUB_OFFLINE=1). Download it once on a connected machine (`hf download "
                 f"{spec}`), copy the folder here and pass it to --base-model, or use --base-model tiny.")
     return (f"cannot load {spec!r} as a FluxPipeline: {type(exc).__name__}: {exc}. Pass 'tiny', a hub id such as "
             f"{FLUX_DEV!r}, or a folder saved with FluxPipeline.save_pretrained.")
