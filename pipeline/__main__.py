@@ -13,7 +13,10 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.workflow import Workflow
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -24,7 +27,7 @@ def _photos_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _workflow(args: argparse.Namespace, start_worker: bool = False):
+def _workflow(args: argparse.Namespace, start_worker: bool = False) -> Workflow:
     from pipeline.base_model import default_base_model
     from pipeline.notify import smtp_settings_from_env
     from pipeline.settings import AppSettings

@@ -14,6 +14,7 @@ One run:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -174,7 +175,7 @@ def flow_matching_loss(transformer: torch.nn.Module, x0: torch.Tensor, noise: to
     return F.mse_loss(prediction.float(), target.float())
 
 
-def training_attention():
+def training_attention() -> contextlib.AbstractContextManager[None]:
     """SDPA backends for a training step, forward and backward: flash, memory-efficient, math; not cuDNN.
 
     cuDNN attention gave NaN LoRA gradients and then failed its backward ("mha_graph.execute ... is_good()") on an

@@ -21,12 +21,12 @@ def _table(workflow: Workflow) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _score(value) -> str:
+def _score(value: float | None) -> str:
     """A 0–100 score as a whole number."""
     return "" if value is None else f"{value:.0f}"
 
 
-def _share(value) -> str:
+def _share(value: float | None) -> str:
     """A 0–1 fraction as a percentage."""
     return "" if value is None else f"{value:.0%}"
 
