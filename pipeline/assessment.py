@@ -23,9 +23,10 @@ from PIL import Image, ImageDraw, ImageOps
 
 from pipeline.events import EventCallback, Message, Progress, StopCheck, ignore, never
 from pipeline.faces import Face, detect_faces
-from pipeline.generation import DEFAULT_TEST_PROMPTS, Generator, image_metadata, insert_trigger, save_png
+from pipeline.generation import DEFAULT_TEST_PROMPTS, Generator, image_metadata, save_png
 from pipeline.quality import QualityMetrics, measure_quality, quality_components, quality_score
 from pipeline.settings import ClassifySettings, GenerateSettings
+from pipeline.trigger import insert_trigger
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import re
 import threading
 import warnings
 from collections import OrderedDict
@@ -29,9 +28,6 @@ from pipeline.settings import GenerateSettings
 
 logger = logging.getLogger(__name__)
 
-TRIGGER_PLACEHOLDER = "{trigger}"
-# What "{trigger}" becomes when there is no LoRA (the bare base model): the prompts stay grammatical.
-NO_TRIGGER_SUBJECT = "a person"
 # FLUX.1-dev is guidance-distilled and ignores a negative prompt unless true classifier-free guidance runs a
 # second, negative pass. 4.0 is the scale diffusers documents for FLUX true CFG; it doubles the time per step.
 NEGATIVE_PROMPT_CFG = 4.0
@@ -52,19 +48,6 @@ DEFAULT_TEST_PROMPTS: tuple[str, ...] = (
 
 class GenerationError(ValueError):
     """A generation request that cannot run; the message names the argument and the fix."""
-
-
-def insert_trigger(prompt: str, trigger_word: str) -> str:
-    """Put the trigger word into a prompt: in place of "{trigger}", or in front when the prompt lacks it.
-
-    An empty trigger word (the bare base model) turns "{trigger}" into "a person" and leaves other prompts alone.
-    """
-    trigger_word = trigger_word.strip()
-    if TRIGGER_PLACEHOLDER in prompt:
-        return prompt.replace(TRIGGER_PLACEHOLDER, trigger_word or NO_TRIGGER_SUBJECT)
-    if not trigger_word or re.search(rf"(?<!\w){re.escape(trigger_word)}(?!\w)", prompt, flags=re.IGNORECASE):
-        return prompt
-    return f"{trigger_word}, {prompt}" if prompt.strip() else trigger_word
 
 
 def image_metadata(image: Image.Image) -> dict[str, str]:

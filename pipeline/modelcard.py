@@ -6,6 +6,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from pipeline.settings import FLUX_DEV, TINY_MODEL
+from pipeline.trigger import insert_trigger
 
 if TYPE_CHECKING:  # library imports this module; the type is only needed for hints
     from pipeline.library import ModelRecord
@@ -23,9 +24,7 @@ def example_prompts(record: ModelRecord, limit: int = 6) -> list[str]:
     """The model's own sample prompts, then the defaults, with the trigger word filled in."""
     prompts: list[str] = []
     for template in (*record.settings.get("sample_prompts", ()), *DEFAULT_EXAMPLE_PROMPTS):
-        prompt = str(template).replace("{trigger}", record.trigger_word)
-        if record.trigger_word not in prompt:
-            prompt = f"{record.trigger_word}, {prompt}"
+        prompt = insert_trigger(str(template), record.trigger_word)
         if prompt not in prompts:
             prompts.append(prompt)
     return prompts[:limit]

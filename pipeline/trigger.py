@@ -1,4 +1,4 @@
-"""Trigger words: the made-up word that calls a person's LoRA into a prompt.
+"""Trigger words: the made-up word that calls a person's LoRA into a prompt, and putting it into prompts.
 
 A good trigger word is short, pronounceable and means nothing yet to the text encoders: a word the encoders
 already know (a real word, a name, ``ohwx``) drags its old meaning into every image. We check against the
@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 MIN_LENGTH = 3
 MAX_LENGTH = 24
 _WORD_RE = re.compile(r"^[a-z][a-z0-9]*$")
+TRIGGER_PLACEHOLDER = "{trigger}"
+# What "{trigger}" becomes when there is no LoRA (the bare base model): the prompts stay grammatical.
+NO_TRIGGER_SUBJECT = "a person"
 
 # Soft consonants and plain vowels keep generated words easy to say and type; no 'q'/'x'/'c' whose sound
 # depends on the next letter.
@@ -101,6 +104,19 @@ def validate_trigger_word(word: str, existing: Iterable[str] = (), *, allow_know
     if normalised in taken:
         raise ValueError(f"trigger_word: {normalised!r} is already used by another model in the library; pick another")
     return normalised
+
+
+def insert_trigger(prompt: str, trigger_word: str) -> str:
+    """Put the trigger word into a prompt: in place of "{trigger}", or in front when the prompt lacks it.
+
+    An empty trigger word (the bare base model) turns "{trigger}" into "a person" and leaves other prompts alone.
+    """
+    trigger_word = trigger_word.strip()
+    if TRIGGER_PLACEHOLDER in prompt:
+        return prompt.replace(TRIGGER_PLACEHOLDER, trigger_word or NO_TRIGGER_SUBJECT)
+    if not trigger_word or re.search(rf"(?<!\w){re.escape(trigger_word)}(?!\w)", prompt, flags=re.IGNORECASE):
+        return prompt
+    return f"{trigger_word}, {prompt}" if prompt.strip() else trigger_word
 
 
 def _candidate(rng: random.Random) -> str:

@@ -344,7 +344,8 @@ class Workflow:
     def generate(self, model_id: str | None, settings: GenerateSettings, *,
                  on_event: ev.EventCallback = ev.ignore) -> list[Path]:
         """Generate with a library model (or the bare base model) and save PNGs with their settings."""
-        from pipeline.generation import insert_trigger, save_png
+        from pipeline.generation import save_png
+        from pipeline.trigger import insert_trigger
 
         settings.validate()
         lora_path = None
@@ -375,7 +376,7 @@ class Workflow:
 
     def video(self, model_id: str | None, *, prompt: str, frames: int, fps: int, seed: int = 0,
               prompt_b: str | None = None, on_event: ev.EventCallback = ev.ignore) -> Path:
-        from pipeline.generation import insert_trigger
+        from pipeline.trigger import insert_trigger
         from pipeline.video import make_video
 
         lora_path = None

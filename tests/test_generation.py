@@ -18,10 +18,10 @@ from pipeline.generation import (
     Generator,
     Variant,
     image_metadata,
-    insert_trigger,
     save_png,
 )
 from pipeline.settings import GenerateSettings, SettingsError
+from pipeline.trigger import insert_trigger
 
 SMALL = GenerateSettings(prompt="a portrait photo of ohwx", steps=3, width=64, height=48)
 
