@@ -67,11 +67,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own health checks, one line per request
     args = parse_args(argv)
     quiet_library_logs()
-    app_settings = AppSettings(data_dir=args.data_dir, base_model=args.base_model or default_base_model(),
-                               smtp=smtp_settings_from_env())
     try:
+        app_settings = AppSettings(data_dir=args.data_dir, base_model=args.base_model or default_base_model(),
+                                   smtp=smtp_settings_from_env())
         demo = build_app(Workflow(app_settings))
-    except ValueError as exc:  # BaseModelError and settings errors carry the fix in their message
+    except ValueError as exc:  # BaseModelError, settings and LIKENESS_SMTP_* errors carry the fix in their message
         logging.error("%s", exc)
         demo = build_error_app(str(exc))
     auth = tuple(args.auth.split(":", 1)) if args.auth and ":" in args.auth else None
