@@ -468,7 +468,7 @@ def _open(image: Image.Image | Path) -> Image.Image:
     with Image.open(image) as opened:
         loaded = ImageOps.exif_transpose(opened)
         loaded.load()
-        loaded.info.update({k: v for k, v in image_metadata(opened).items()})
+        loaded.info.update(image_metadata(opened))
         return loaded
 
 
