@@ -124,14 +124,15 @@ def build_dataset(result: ClassificationResult, folder: Path, trigger_word: str,
         if ratio < 1:  # only ever shrink: bucketing takes it from here
             aspect = aspect.resize((round(aspect.width * ratio), round(aspect.height * ratio)),
                                    Image.Resampling.LANCZOS)
-        aspect.save(folder / "aspect" / f"{stem}.png")
+        aspect_path = folder / "aspect" / f"{stem}.png"
+        aspect.save(aspect_path)
         text = captions.get(record.file, "").strip()
         if text:
             if trigger_word not in text:
                 text = f"{trigger_word}, {text}"
         else:
             text = captioner.caption(crop, _hints(record))
-        items.append(DatasetItem(image=path, caption=text, source=record.file))
+        items.append(DatasetItem(image=path, caption=text, source=record.file, aspect_image=aspect_path))
         on_event(ev.Progress(stage="dataset", done=i + 1, total=total, message=f"{record.file}: cropped"))
     if not items:
         raise ValueError("result: none of the selected photos could be cropped (originals missing?); classify again")

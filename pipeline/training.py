@@ -245,16 +245,17 @@ def _prepare(dataset: Dataset, settings: TrainSettings, model_path: str, data_di
 
     latents = []
     for i, item in enumerate(dataset.items):
-        if not item.image.is_file():
-            raise TrainingError(f"dataset image {str(item.image)!r} does not exist; rebuild the dataset")
-        with Image.open(item.image) as probe:
+        image_path = item.training_image
+        if not image_path.is_file():
+            raise TrainingError(f"dataset image {str(image_path)!r} does not exist; rebuild the dataset")
+        with Image.open(image_path) as probe:
             size = ImageOps.exif_transpose(probe).size
         bucket = bucket_for(*size, settings.resolution)
-        path = cache / "latents" / f"{_key(_file_hash(item.image), bucket, model_key)}.safetensors"
+        path = cache / "latents" / f"{_key(_file_hash(image_path), bucket, model_key)}.safetensors"
         if path.is_file():
             latent = load_file(str(path))["latent"]
         else:
-            pixels = _load_image(item.image, bucket).unsqueeze(0).to(device, dtype)
+            pixels = _load_image(image_path, bucket).unsqueeze(0).to(device, dtype)
             with torch.no_grad():
                 mean = vae.encode(pixels).latent_dist.mean
             latent = ((mean - vae.config.shift_factor) * vae.config.scaling_factor)[0].float().cpu()
@@ -344,7 +345,7 @@ def list_checkpoints(output_dir: Path) -> tuple[CheckpointInfo, ...]:
 
 def _resume_fingerprint(settings: TrainSettings, model_key: str, dataset: Dataset) -> str:
     data = {k: v for k, v in dataclasses.asdict(settings).items() if k not in _RESUME_FREE_FIELDS}
-    items = [(str(i.image), i.caption) for i in dataset.items]
+    items = [(str(i.training_image), i.caption) for i in dataset.items]
     return _key(json.dumps(data, sort_keys=True, default=str), model_key, items)
 
 

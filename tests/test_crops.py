@@ -15,6 +15,7 @@ from pipeline.crops import aspect_crop_box, build_dataset, square_crop_box
 from pipeline.dataset import Dataset
 from pipeline.faces import detect_faces
 from pipeline.settings import ClassifySettings
+from pipeline.training import bucket_for
 
 SETTINGS = ClassifySettings(target_min=2, target_max=3)
 
@@ -46,7 +47,8 @@ def test_dataset_of_the_selected_photos(classified, tmp_path: Path):
         cx, cy = faces[0].center
         assert abs(cx - 128) < 40 and abs(cy - 128) < 50  # face-centred (a little below centre: room for hair)
         assert 0.25 < faces[0].width / 256 < 0.6
-        assert (item.image.parent / "aspect" / item.image.name).is_file()
+        assert item.aspect_image == item.image.parent / "aspect" / item.image.name
+        assert item.training_image == item.aspect_image and item.aspect_image.is_file()
     edited = {item.source: item.caption for item in dataset.items}["portrait_01.jpg"]
     assert edited == "ohwx, a woman in a space suit"  # the user's words, with the trigger word added
     dataset.save(tmp_path / "ds")
@@ -60,6 +62,11 @@ def test_aspect_crop_keeps_the_photo_shape(classified, tmp_path: Path):
             width, height = record.size
             assert abs(aspect.width / aspect.height - width / height) < 0.02
             assert min(aspect.size) >= 128 or min(aspect.size) == min(record.size)
+            # Training fits it to the bucket of its own shape, not to a square.
+            # (the portraits are 1.1–1.3× taller than wide: a portrait bucket such as 112×144)
+            bucket = bucket_for(aspect.width, aspect.height, 128)
+            if aspect.height >= 1.1 * aspect.width:
+                assert bucket[1] > bucket[0], (aspect.size, bucket)
 
 
 def test_a_removed_original_is_left_out_with_a_warning(tmp_path: Path):
