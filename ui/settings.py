@@ -57,6 +57,8 @@ def build(workflow: Workflow) -> SettingsInputs:
             with gr.Row():
                 c["memory_mode"] = gr.Dropdown(label="Memory mode", value=defaults.memory_mode,
                                                choices=["auto", "bf16", "fp8", "nf4", "offload"])
+                c["optimizer"] = gr.Dropdown(label="Optimizer (8-bit needs bitsandbytes and a GPU)",
+                                             value=defaults.optimizer, choices=["adamw", "adamw8bit"])
                 c["checkpoint_every"] = gr.Number(label="Checkpoint every N steps", value=defaults.checkpoint_every,
                                                   precision=0, minimum=1)
                 c["sample_every"] = gr.Number(label="Sample images every N steps", value=defaults.sample_every,
