@@ -26,10 +26,12 @@ test: $(VENV)/.dev
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 
+# Each prints JSON; the test photo factory lives in tests/ (photos derived from package images).
 bench: $(VENV)/.dev
-	$(PY) bench/e2e.py
-	$(PY) bench/classify.py
-	$(PY) bench/train.py
+	PYTHONPATH=tests HF_HUB_OFFLINE=1 $(PY) -m bench.e2e
+	PYTHONPATH=tests HF_HUB_OFFLINE=1 $(PY) -m bench.classify
+	HF_HUB_OFFLINE=1 $(PY) -m bench.train
+	HF_HUB_OFFLINE=1 $(PY) -m bench.generate
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,6 +1,6 @@
 """Benchmark: classify 20 photos of 12 MP (detection, quality, hashes, identity) and print JSON.
 
-    .venv/bin/python bench/classify.py [--count 20] [--megapixels 12] [--threads N]
+    PYTHONPATH=tests .venv/bin/python -m bench.classify [--count 20] [--megapixels 12] [--threads N]
 
 Target (issue 4): under 0.5 s per photo for the whole classification on the 2-core CPU. Models are loaded before
 the timed run (they load once per process in the app too); the cold first call is reported separately.
@@ -13,14 +13,10 @@ import json
 import math
 import os
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-# A script run from anywhere, like bench/e2e.py: the repository and its test photo factory on the path.
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402

@@ -2,6 +2,8 @@
 
 16 photos (derived from skimage's astronaut), the embedded tiny FLUX, 50 steps at 64 px; then the time from
 `python app.py` to its first page being served. Target (issue 3): the whole flow under 60 s, first page within 10 s.
+
+    make bench        (or, from the repository root: PYTHONPATH=tests .venv/bin/python -m bench.e2e)
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
