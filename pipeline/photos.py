@@ -48,6 +48,16 @@ class Rejection:
 class IntakeResult:
     accepted: tuple[StoredPhoto, ...]
     rejected: tuple[Rejection, ...]
+    already_stored: tuple[str, ...] = ()  # names of accepted files whose bytes were stored before: kept once
+
+    @property
+    def added(self) -> int:
+        """How many photos this batch newly stored."""
+        return len(self.accepted) - len(self.already_stored)
+
+
+class PhotoNotFound(ValueError):
+    """No (or no single) stored photo answers to the given id or name."""
 
 
 class PhotoRejected(ValueError):
@@ -130,6 +140,9 @@ class PhotoStore:
         """Add each file; a refused file is reported and the batch goes on."""
         accepted: list[StoredPhoto] = []
         rejected: list[Rejection] = []
+        already: list[str] = []
+        with self._lock:
+            seen = set(self._photos)
         for item in paths:
             path = Path(item)
             try:
@@ -138,11 +151,16 @@ class PhotoStore:
                 rejected.append(Rejection(path.name, "unreadable", f"cannot read the file: {exc.strerror or exc}"))
                 continue
             try:
-                accepted.append(self.add(path.name, data))
+                photo = self.add(path.name, data)
             except PhotoRejected as exc:
                 logger.info("refused %s: %s", path.name, exc)
                 rejected.append(exc.rejection())
-        return IntakeResult(accepted=tuple(accepted), rejected=tuple(rejected))
+                continue
+            if photo.id in seen:
+                already.append(path.name)
+            seen.add(photo.id)
+            accepted.append(photo)
+        return IntakeResult(accepted=tuple(accepted), rejected=tuple(rejected), already_stored=tuple(already))
 
     def list(self) -> list[StoredPhoto]:
         """Stored photos in upload order."""
@@ -155,6 +173,18 @@ class PhotoStore:
                 return self._photos[photo_id]
             except KeyError:
                 raise KeyError(f"photo_id: no stored photo {photo_id!r}") from None
+
+    def find(self, ref: str) -> StoredPhoto:
+        """A photo by its id, the start of its id (as the UI shows it) or its name. Raises PhotoNotFound."""
+        ref = ref.strip()
+        with self._lock:
+            photos = list(self._photos.values())
+        matches = [p for p in photos if p.id == ref or p.name == ref] or \
+                  [p for p in photos if len(ref) >= 4 and p.id.startswith(ref)]
+        if len(matches) != 1:
+            raise PhotoNotFound(f"photo: {'no' if not matches else 'more than one'} uploaded photo matches {ref!r}; "
+                                "click the photo in the gallery to select it")
+        return matches[0]
 
     def remove(self, photo_id: str) -> None:
         """Forget a photo and delete its file; an unknown id is ignored (it is already gone)."""

@@ -153,8 +153,11 @@ class Workflow:
     def add_photos(self, paths: Iterable[Path | str]) -> IntakeResult:
         return self.photos.add_files(paths)
 
-    def remove_photo(self, photo_id: str) -> None:
-        self.photos.remove(photo_id)
+    def remove_photo(self, ref: str) -> StoredPhoto:
+        """Remove an uploaded photo by id, id prefix or name; returns what was removed."""
+        photo = self.photos.find(ref)
+        self.photos.remove(photo.id)
+        return photo
 
     def list_photos(self) -> list[StoredPhoto]:
         return self.photos.list()

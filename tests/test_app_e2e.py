@@ -128,6 +128,12 @@ def test_whole_flow_through_the_running_app(tmp_path: Path, photos: list[Path]) 
         import imageio.v3 as iio
 
         assert iio.imread(video_path if isinstance(video_path, str) else video_path["path"]).shape[0] == 6
+
+        # Remove a photo by name; an unknown one is a clear error and removes nothing.
+        _gallery, status, _selected = client.predict("portrait_00.jpg", api_name="/remove_photo")
+        assert "Removed portrait_00.jpg" in status and "15 photo(s) uploaded" in status
+        with pytest.raises(Exception, match="no uploaded photo matches"):
+            client.predict("nope", api_name="/remove_photo")
     finally:
         app.stop()
 

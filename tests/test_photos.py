@@ -7,7 +7,7 @@ from pathlib import Path
 import photo_factory
 import pytest
 
-from pipeline.photos import PhotoRejected, PhotoStore
+from pipeline.photos import PhotoNotFound, PhotoRejected, PhotoStore
 from pipeline.settings import IntakeSettings
 
 
@@ -94,3 +94,27 @@ def test_corrupt_index_is_rebuilt_from_the_files(tmp_path: Path, good_bytes):
     assert [(p.id, p.path, p.width) for p in store.list()] == [(stored.id, stored.path, stored.width)]
     assert store.add("b.jpg", good_bytes[1]).name == "b.jpg"
     assert len(PhotoStore(tmp_path).list()) == 2
+
+
+def test_a_batch_says_which_files_were_already_stored(tmp_path: Path):
+    store = PhotoStore(tmp_path / "photos")
+    first, second = photo_factory.portrait_set(tmp_path / "a", 2)
+    assert store.add_files([first]).added == 1
+    copy = tmp_path / "copy_of_first.jpg"
+    copy.write_bytes(first.read_bytes())
+    result = store.add_files([second, copy, second])
+    assert result.added == 1
+    assert result.already_stored == ("copy_of_first.jpg", second.name)
+    assert len(store) == 2
+
+
+def test_find_by_id_prefix_or_name(tmp_path: Path):
+    store = PhotoStore(tmp_path / "photos")
+    photo = store.add_files(photo_factory.portrait_set(tmp_path / "a", 1)).accepted[0]
+    assert store.find(photo.id) == photo
+    assert store.find(photo.id[:8]) == photo
+    assert store.find(photo.name) == photo
+    with pytest.raises(PhotoNotFound, match="no uploaded photo matches 'nope'"):
+        store.find("nope")
+    with pytest.raises(PhotoNotFound):
+        store.find(photo.id[:2])  # too short to be taken as an id

@@ -47,15 +47,12 @@ def build(workflow: Workflow) -> gr.Tab:
         def add(paths: list[str] | None) -> tuple[list, str, None]:
             if not paths:
                 raise gr.Error("Choose one or more photos first.")
-            before = {p.id for p in workflow.list_photos()}
             result = workflow.add_photos(paths)
             rejected = [f"{r.name}: {r.message}" for r in result.rejected]
-            new = {p.id for p in result.accepted} - before
-            news = f"Added {len(new)} photo(s)."
-            if len(result.accepted) > len(new):  # the store keeps one copy of the same bytes
-                already = sorted({p.name for p in result.accepted if p.id in before})
-                news += (f" {len(result.accepted) - len(new)} file(s) were already uploaded and kept once"
-                         + (f": {', '.join(already)}." if already else "."))
+            news = f"Added {result.added} photo(s)."
+            if result.already_stored:  # the store keeps one copy of the same bytes
+                news += (f" {len(result.already_stored)} file(s) were already uploaded and kept once: "
+                         f"{', '.join(result.already_stored)}.")
             return _gallery(workflow), _status(workflow, news, rejected), None
 
         def pick(evt: gr.SelectData) -> str:
@@ -65,11 +62,11 @@ def build(workflow: Workflow) -> gr.Tab:
         def drop(photo_id: str) -> tuple[list, str, str]:
             if not photo_id:
                 raise gr.Error("Click a photo in the gallery to select it, then remove it.")
-            matches = [p for p in workflow.list_photos() if p.id.startswith(photo_id) or p.name == photo_id]
-            if not matches:
-                raise gr.Error(f"No uploaded photo matches {photo_id!r}.")
-            workflow.remove_photo(matches[0].id)
-            return _gallery(workflow), _status(workflow, f"Removed {matches[0].name}."), ""
+            try:
+                removed = workflow.remove_photo(photo_id)
+            except ValueError as exc:
+                raise gr.Error(str(exc)) from exc
+            return _gallery(workflow), _status(workflow, f"Removed {removed.name}."), ""
 
         upload.click(add, files, [gallery, status, files], api_name="upload_photos")
         files.upload(add, files, [gallery, status, files], api_name=False)  # dropping files is enough
