@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from pipeline import events as ev
 from pipeline.classify import ClassificationResult, classify_photos
 from pipeline.crops import build_dataset
@@ -344,21 +342,30 @@ class Workflow:
 
         return default_test_generate_settings(self.base_model, resolution)
 
+    def _lora(self, model_id: str | None) -> tuple[Path | None, str, str]:
+        """(LoRA file, trigger word, label) for a library model; (None, "", "base model") for the bare base model."""
+        if not model_id:
+            return None, "", "base model"
+        record = self.library.get(model_id)
+        if not record.lora_path:
+            raise ValueError(f"model '{record.name}' has no trained LoRA yet (status: {record.status})")
+        return Path(record.lora_path), record.trigger_word, record.name
+
+    def _render(self, model_id: str | None, settings: GenerateSettings, on_event: ev.EventCallback) -> list:
+        from pipeline.trigger import insert_trigger
+
+        settings.validate()
+        lora_path, trigger, _label = self._lora(model_id)
+        if lora_path is not None:
+            settings = dataclasses.replace(settings, prompt=insert_trigger(settings.prompt, trigger))
+        return self.generator().generate(settings, lora_path=lora_path, on_event=on_event)
+
     def generate(self, model_id: str | None, settings: GenerateSettings, *,
                  on_event: ev.EventCallback = ev.ignore) -> list[Path]:
         """Generate with a library model (or the bare base model) and save PNGs with their settings."""
         from pipeline.generation import save_png
-        from pipeline.trigger import insert_trigger
 
-        settings.validate()
-        lora_path = None
-        if model_id:
-            record = self.library.get(model_id)
-            if not record.lora_path:
-                raise ValueError(f"model '{record.name}' has no trained LoRA yet (status: {record.status})")
-            lora_path = Path(record.lora_path)
-            settings = dataclasses.replace(settings, prompt=insert_trigger(settings.prompt, record.trigger_word))
-        images = self.generator().generate(settings, lora_path=lora_path, on_event=on_event)
+        images = self._render(model_id, settings, on_event)
         out = self._new_output_path("generations", "")
         out.mkdir(parents=True)
         return [save_png(img, out / f"{i:02d}.png") for i, img in enumerate(images)]
@@ -370,10 +377,8 @@ class Workflow:
 
         sides, labels = [], []
         for model_id, scale in (left, right):
-            side = dataclasses.replace(settings, lora_scale=scale)
-            sides.append([_load(p) for p in self.generate(model_id, side, on_event=on_event)])
-            name = self.library.get(model_id).name if model_id else "base model"
-            labels.append(f"{name} @ {scale:g}")
+            sides.append(self._render(model_id, dataclasses.replace(settings, lora_scale=scale), on_event))
+            labels.append(f"{self._lora(model_id)[2]} @ {scale:g}")
         out = self._new_output_path("generations", ".png")
         return save_png(comparison_sheet(sides[0], sides[1], (labels[0], labels[1])), out)
 
@@ -382,12 +387,10 @@ class Workflow:
         from pipeline.trigger import insert_trigger
         from pipeline.video import make_video
 
-        lora_path = None
-        if model_id:
-            record = self.library.get(model_id)
-            lora_path = Path(record.lora_path) if record.lora_path else None
-            prompt = insert_trigger(prompt, record.trigger_word)
-            prompt_b = insert_trigger(prompt_b, record.trigger_word) if prompt_b else None
+        lora_path, trigger, _label = self._lora(model_id)
+        if lora_path is not None:
+            prompt = insert_trigger(prompt, trigger)
+            prompt_b = insert_trigger(prompt_b, trigger) if prompt_b else None
         size = self.test_generate_settings(512)
         out = self._new_output_path("videos", ".mp4")
         return make_video(self.generator(), prompt=prompt, lora_path=lora_path, out_path=out, frames=frames,
@@ -408,12 +411,6 @@ class Workflow:
 
     def close(self) -> None:
         self.jobs.stop()
-
-
-def _load(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        image.load()
-        return image.copy()
 
 
 class _CheckpointAssessor:
