@@ -16,7 +16,7 @@ from pathlib import Path
 from pipeline.assessment import assess_lora, reference_embeddings, score_images
 from pipeline.base_model import is_tiny
 from pipeline.generation import DEFAULT_TEST_PROMPTS, Generator
-from pipeline.settings import GenerateSettings
+from pipeline.settings import GenerateSettings, VideoSettings
 from pipeline.video import make_video
 from tests import lora_factory, photo_factory
 
@@ -60,9 +60,9 @@ def main() -> None:
                                 out_dir=root / "assessment", settings=settings)
         out[f"assess_{len(DEFAULT_TEST_PROMPTS)}_prompts_s"] = seconds
         out["assess_verdict"] = result.verdict
-        out["video_16_frames_s"], _ = timed(make_video, generator, prompt="a portrait photo of a person",
-                                            lora_path=lora, out_path=root / "clip.mp4", frames=16, fps=8,
-                                            width=size, height=size, steps=steps)
+        clip = VideoSettings(prompt="a portrait photo of a person", frames=16, fps=8, width=size, height=size,
+                             steps=steps)
+        out["video_16_frames_s"], _ = timed(make_video, generator, clip, lora_path=lora, out_path=root / "clip.mp4")
     print(json.dumps(out, indent=2))
 
 

@@ -167,6 +167,38 @@ class GenerateSettings:
 
 
 @dataclass(frozen=True)
+class VideoSettings:
+    """A short clip along a smooth path between two seeds' starting noise (and, if given, two prompts)."""
+
+    prompt: str = ""
+    prompt_b: str = ""  # empty: the same prompt all along
+    frames: int = 16
+    fps: int = 8  # the clip lasts frames / fps seconds
+    seed_a: int = 0
+    seed_b: int = 1
+    width: int = 512
+    height: int = 512
+    steps: int = 28
+    guidance: float = 3.5
+    lora_scale: float = 1.0
+    loop: bool = False  # 0 → 1 → back to 0, for a seamless loop
+
+    MAX_FRAMES = 240  # 30 s at 8 fps; more is a long wait for a LoRA preview
+
+    def still(self) -> GenerateSettings:
+        """The generation settings of frame 0 (the still image ``prompt`` at ``seed_a`` gives)."""
+        return GenerateSettings(prompt=self.prompt, seed=self.seed_a, steps=self.steps, guidance=self.guidance,
+                                width=self.width, height=self.height, lora_scale=self.lora_scale)
+
+    def validate(self) -> VideoSettings:
+        self.still().validate()
+        _check(2 <= self.frames <= self.MAX_FRAMES, "frames",
+               f"must be between 2 and {self.MAX_FRAMES}, got {self.frames}")
+        _check(1 <= self.fps <= 60, "fps", f"must be between 1 and 60, got {self.fps}")
+        return self
+
+
+@dataclass(frozen=True)
 class SmtpSettings:
     """Where to send the 'training finished' e-mail. Empty host: no e-mail."""
 

@@ -21,16 +21,9 @@ from PIL import Image
 
 from pipeline.events import EventCallback, Message, Progress, StopCheck, ignore, never
 from pipeline.generation import Generator
-from pipeline.settings import GenerateSettings
+from pipeline.settings import VideoSettings
 
 logger = logging.getLogger(__name__)
-
-MAX_FRAMES = 240
-
-
-class VideoError(ValueError):
-    """A video request that cannot be made; the message names the argument and the fix."""
-
 
 def slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Spherical interpolation from ``a`` (t=0) to ``b`` (t=1), along the great circle between them."""
@@ -51,83 +44,43 @@ def path_positions(frames: int, *, loop: bool = False) -> list[float]:
     return [i / (frames - 1) for i in range(frames)]
 
 
-def video_frames(
-    generator: Generator,
-    *,
-    prompt: str,
-    lora_path: Path | None,
-    frames: int,
-    seed_a: int = 0,
-    seed_b: int = 1,
-    prompt_b: str | None = None,
-    width: int,
-    height: int,
-    steps: int,
-    guidance: float = 3.5,
-    lora_scale: float = 1.0,
-    loop: bool = False,
-) -> Iterator[Image.Image]:
-    """The frames one by one. Frame 0 is exactly the still image ``generate`` makes for ``prompt`` at ``seed_a``.
+def video_frames(generator: Generator, clip: VideoSettings, *, lora_path: Path | None) -> Iterator[Image.Image]:
+    """The frames one by one. Frame 0 is exactly the still image ``generate`` makes for ``clip.prompt`` at
+    ``clip.seed_a``.
 
     The generator stays locked while frames are made, so a clip is not mixed with another request's LoRA.
     """
-    settings = GenerateSettings(prompt=prompt, seed=seed_a, steps=steps, guidance=guidance, width=width,
-                                height=height, lora_scale=lora_scale).validate()
-    _check_frames(frames)
-    with generator.activated(lora_path, lora_scale) as pipe:
-        noise_a, noise_b = (_noise(pipe, seed, width, height) for seed in (seed_a, seed_b))
-        embeds_a = _embed(pipe, prompt)
-        embeds_b = _embed(pipe, prompt_b) if prompt_b and prompt_b.strip() else embeds_a
-        for t in path_positions(frames, loop=loop):
+    settings = clip.validate().still()
+    with generator.activated(lora_path, clip.lora_scale) as pipe:
+        noise_a, noise_b = (_noise(pipe, seed, clip.width, clip.height) for seed in (clip.seed_a, clip.seed_b))
+        embeds_a = _embed(pipe, clip.prompt)
+        embeds_b = _embed(pipe, clip.prompt_b) if clip.prompt_b.strip() else embeds_a
+        for t in path_positions(clip.frames, loop=clip.loop):
             latents = slerp(t, noise_a, noise_b)
             embeds = tuple(torch.lerp(a, b, t) for a, b in zip(embeds_a, embeds_b, strict=True))
-            yield generator.render(pipe, settings, seed=seed_a, latents=latents, embeds=embeds)
+            yield generator.render(pipe, settings, seed=clip.seed_a, latents=latents, embeds=embeds)
 
 
-def make_video(
-    generator: Generator,
-    *,
-    prompt: str,
-    lora_path: Path | None,
-    out_path: Path,
-    frames: int = 16,
-    fps: int = 8,
-    seed_a: int = 0,
-    seed_b: int = 1,
-    prompt_b: str | None = None,
-    width: int,
-    height: int,
-    steps: int,
-    guidance: float = 3.5,
-    lora_scale: float = 1.0,
-    loop: bool = False,
-    on_event: EventCallback = ignore,
-    should_stop: StopCheck = never,
-) -> Path:
-    """Generate ``frames`` frames and encode them to an H.264 MP4 at ``fps`` (length = frames / fps seconds).
+def make_video(generator: Generator, clip: VideoSettings, *, lora_path: Path | None, out_path: Path,
+               on_event: EventCallback = ignore, should_stop: StopCheck = never) -> Path:
+    """Generate the clip's frames and encode them to an H.264 MP4 at ``clip.fps``.
 
     Reports ``Progress(stage="video")`` per frame. Stopping early keeps the frames made so far in the file.
     """
     import imageio_ffmpeg
 
-    # Checked before ffmpeg starts: a bad request must not leave a file or a process behind.
-    GenerateSettings(prompt=prompt, steps=steps, width=width, height=height).validate()
-    _check_frames(frames)
-    if not 1 <= fps <= 60:
-        raise VideoError(f"fps: must be between 1 and 60, got {fps}")
+    clip.validate()  # before ffmpeg starts: a bad request must not leave a file or a process behind
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed at the end, so a crash never leaves a half file under the real name.
     partial = out_path.with_name(f".{out_path.stem}.partial.mp4")
-    frame_iter = video_frames(generator, prompt=prompt, lora_path=lora_path, frames=frames, seed_a=seed_a,
-                              seed_b=seed_b, prompt_b=prompt_b, width=width, height=height, steps=steps,
-                              guidance=guidance, lora_scale=lora_scale, loop=loop)
+    frame_iter = video_frames(generator, clip, lora_path=lora_path)
     writer = imageio_ffmpeg.write_frames(
-        str(partial), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=8,
+        str(partial), (clip.width, clip.height), fps=clip.fps, codec="libx264", pix_fmt_out="yuv420p", quality=8,
         macro_block_size=16, output_params=["-movflags", "+faststart"], ffmpeg_log_level="error",
     )
     writer.send(None)  # start ffmpeg
-    done = 0
+    frames, done = clip.frames, 0
     try:
         for frame in frame_iter:
             writer.send(np.ascontiguousarray(frame.convert("RGB")))
@@ -144,13 +97,8 @@ def make_video(
         frame_iter.close()  # releases the generator's lock if we stopped early
     writer.close()
     os.replace(partial, out_path)
-    logger.info("wrote %d frames at %d fps to %s", done, fps, out_path)
+    logger.info("wrote %d frames at %d fps to %s", done, clip.fps, out_path)
     return out_path
-
-
-def _check_frames(frames: int) -> None:
-    if not 2 <= frames <= MAX_FRAMES:
-        raise VideoError(f"frames: must be between 2 and {MAX_FRAMES}, got {frames}")
 
 
 def _noise(pipe: Any, seed: int, width: int, height: int) -> torch.Tensor:

@@ -27,7 +27,15 @@ from pipeline.dataset import Dataset
 from pipeline.jobs import Job, JobQueue
 from pipeline.library import FINISHED_STATUSES, Library, ModelNotFound, ModelRecord
 from pipeline.photos import IntakeResult, PhotoStore, StoredPhoto
-from pipeline.settings import AppSettings, ClassifySettings, GenerateSettings, IntakeSettings, TrainSettings, to_json
+from pipeline.settings import (
+    AppSettings,
+    ClassifySettings,
+    GenerateSettings,
+    IntakeSettings,
+    TrainSettings,
+    VideoSettings,
+    to_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -392,10 +400,10 @@ class Workflow:
             prompt = insert_trigger(prompt, trigger)
             prompt_b = insert_trigger(prompt_b, trigger) if prompt_b else None
         size = self.test_generate_settings(512)
-        out = self._new_output_path("videos", ".mp4")
-        return make_video(self.generator(), prompt=prompt, lora_path=lora_path, out_path=out, frames=frames,
-                          fps=fps, seed_a=seed, seed_b=seed + 1, prompt_b=prompt_b, width=size.width,
-                          height=size.height, steps=size.steps, on_event=on_event)
+        clip = VideoSettings(prompt=prompt, prompt_b=prompt_b or "", frames=frames, fps=fps, seed_a=seed,
+                             seed_b=seed + 1, width=size.width, height=size.height, steps=size.steps)
+        return make_video(self.generator(), clip, lora_path=lora_path, out_path=self._new_output_path("videos", ".mp4"),
+                          on_event=on_event)
 
     def _new_output_path(self, kind: str, suffix: str) -> Path:
         """A fresh, time-sorted path under data_dir/kind: two requests in the same second never collide."""

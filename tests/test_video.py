@@ -13,8 +13,8 @@ from PIL import Image
 
 from pipeline.events import Message, Progress
 from pipeline.generation import Generator
-from pipeline.settings import GenerateSettings
-from pipeline.video import VideoError, make_video, path_positions, slerp, video_frames
+from pipeline.settings import GenerateSettings, SettingsError, VideoSettings
+from pipeline.video import make_video, path_positions, slerp, video_frames
 
 SIZE = {"width": 64, "height": 48, "steps": 3}
 
@@ -42,8 +42,8 @@ def still(generator: Generator, prompt: str, seed: int, lora: Path | None = None
 
 def test_mp4_has_the_requested_frames_and_decodes_back(generator: Generator, tmp_path: Path) -> None:
     events: list = []
-    path = make_video(generator, prompt="a portrait photo of ohwx", lora_path=None, out_path=tmp_path / "clip.mp4",
-                      frames=6, fps=4, seed_a=3, seed_b=9, on_event=events.append, **SIZE)
+    clip = VideoSettings(prompt="a portrait photo of ohwx", frames=6, fps=4, seed_a=3, seed_b=9, **SIZE)
+    path = make_video(generator, clip, lora_path=None, out_path=tmp_path / "clip.mp4", on_event=events.append)
     assert path == tmp_path / "clip.mp4" and path.stat().st_size > 0
     assert imageio_ffmpeg.count_frames_and_secs(str(path)) == (6, 1.5)
     frames = decode(path)
@@ -57,7 +57,8 @@ def test_mp4_has_the_requested_frames_and_decodes_back(generator: Generator, tmp
 def test_path_runs_from_one_seeds_still_to_the_others(generator: Generator, tmp_path: Path) -> None:
     lora = make_lora(generator.pipeline, tmp_path / "lora")
     prompt = "ohwx smiling outdoors"
-    frames = list(video_frames(generator, prompt=prompt, lora_path=lora, frames=4, seed_a=5, seed_b=6, **SIZE))
+    clip = VideoSettings(prompt=prompt, frames=4, seed_a=5, seed_b=6, **SIZE)
+    frames = list(video_frames(generator, clip, lora_path=lora))
     assert len(frames) == 4 and frames[0].size == (64, 48)
     assert differ(frames[0], still(generator, prompt, 5, lora)) == 0
     assert differ(frames[-1], still(generator, prompt, 6, lora)) == 0
@@ -66,8 +67,9 @@ def test_path_runs_from_one_seeds_still_to_the_others(generator: Generator, tmp_
 
 
 def test_second_prompt_morphs_between_prompts_at_one_seed(generator: Generator) -> None:
-    frames = list(video_frames(generator, prompt="a photo of ohwx", prompt_b="an oil painting of ohwx",
-                               lora_path=None, frames=3, seed_a=2, seed_b=2, **SIZE))
+    clip = VideoSettings(prompt="a photo of ohwx", prompt_b="an oil painting of ohwx", frames=3, seed_a=2, seed_b=2,
+                         **SIZE)
+    frames = list(video_frames(generator, clip, lora_path=None))
     assert differ(frames[0], still(generator, "a photo of ohwx", 2)) == 0
     assert differ(frames[-1], still(generator, "an oil painting of ohwx", 2)) < 1e-6
     assert differ(frames[0], frames[-1]) > 1
@@ -79,8 +81,8 @@ def test_stopping_keeps_the_frames_made_so_far(generator: Generator, tmp_path: P
     def after_two() -> bool:
         return sum(isinstance(e, Progress) for e in events) >= 2
 
-    path = make_video(generator, prompt="ohwx", lora_path=None, out_path=tmp_path / "stopped.mp4", frames=8, fps=8,
-                      on_event=events.append, should_stop=after_two, **SIZE)
+    path = make_video(generator, VideoSettings(prompt="ohwx", frames=8, fps=8, **SIZE), lora_path=None,
+                      out_path=tmp_path / "stopped.mp4", on_event=events.append, should_stop=after_two)
     assert len(decode(path)) == 2
     assert any(isinstance(e, Message) and "2 of 8" in e.text for e in events)
     # the generator was released: it can generate again at once
@@ -88,13 +90,10 @@ def test_stopping_keeps_the_frames_made_so_far(generator: Generator, tmp_path: P
 
 
 def test_bad_requests_name_the_argument(generator: Generator, tmp_path: Path) -> None:
-    with pytest.raises(VideoError, match="frames"):
-        make_video(generator, prompt="ohwx", lora_path=None, out_path=tmp_path / "a.mp4", frames=1, **SIZE)
-    with pytest.raises(VideoError, match="fps"):
-        make_video(generator, prompt="ohwx", lora_path=None, out_path=tmp_path / "b.mp4", fps=0, **SIZE)
-    with pytest.raises(ValueError, match="width"):
-        make_video(generator, prompt="ohwx", lora_path=None, out_path=tmp_path / "c.mp4", width=50, height=48,
-                   steps=2)
+    for bad, field in ((dict(frames=1, **SIZE), "frames"), (dict(fps=0, **SIZE), "fps"),
+                       (dict(width=50, height=48, steps=2), "width")):
+        with pytest.raises(SettingsError, match=f"^{field}:"):
+            make_video(generator, VideoSettings(prompt="ohwx", **bad), lora_path=None, out_path=tmp_path / "x.mp4")
     assert not any(tmp_path.iterdir())
 
 
