@@ -138,14 +138,16 @@ class Workflow:
     """Owns the app's data dir: the uploaded photos, the library, the job queue and the loaded generators."""
 
     def __init__(self, settings: AppSettings, *, start_worker: bool = True) -> None:
-        from pipeline.base_model import resolve_base_model
+        from pipeline.base_model import is_tiny, resolve_base_model
 
         self.settings = settings
         self.data_dir = Path(settings.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.base_model = settings.base_model
-        # Fail early and clearly when the chosen base model cannot be found (the UI shows the message).
-        self.base_model_path = resolve_base_model(settings.base_model, self.data_dir)
+        # Fail early and clearly when the chosen base model cannot be found (the UI shows the message). The tiny
+        # model needs no check: it is built on first use, not at start-up (building imports diffusers: seconds).
+        if not is_tiny(settings.base_model):
+            resolve_base_model(settings.base_model, self.data_dir)
         self.photos = PhotoStore(self.data_dir / "photos", IntakeSettings())
         self.library = Library(self.data_dir)
         self._monitors: dict[str, TrainingMonitor] = {}
