@@ -1,8 +1,10 @@
 """Where GPU memory goes with block offload during one training step (needs CUDA; prints one JSON line per case).
 
-FLUX.1-dev widths with fewer blocks (8 double + 16 single, 9.5 GB of bf16 weights), rank-16 LoRA, 512 px. Measured on
-an H100 (see the closing note of session 1): after the forward 0.27 GB is resident, after the backward the whole
-model (9.56 GB) — the recompute under gradient checkpointing onloads every block and nothing offloads it again.
+FLUX.1-dev widths with fewer blocks (8 double + 16 single, 9.5 GB of bf16 weights), rank-16 LoRA, 512 px.
+``engine``: "ours" is pipeline.offload (what training uses); "diffusers" is ``enable_group_offload`` at block level.
+Measured for diffusers on an H100 (closing note of session 1): after the forward 0.27 GB is resident, after the
+backward the whole model (9.56 GB) — the recompute under gradient checkpointing onloads every block and nothing
+offloads it again. Ours is not yet measured on a GPU; on the CPU, tests/test_offload.py checks its residency.
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m bench.offload_memory
 """
@@ -15,6 +17,7 @@ import time
 import torch
 
 from bench.train import FLUX_DEV_TRANSFORMER, _inputs
+from pipeline.offload import offload_block_weights
 from pipeline.training import add_lora, flow_matching_loss, training_attention
 
 GB = 1024**3
@@ -25,7 +28,7 @@ def mem() -> float:
     return round(torch.cuda.memory_allocated() / GB, 2)
 
 
-def probe(lora: bool, ckpt: bool, stream: bool) -> dict:
+def probe(engine: str, lora: bool, ckpt: bool, stream: bool) -> dict:
     from diffusers import FluxTransformer2DModel
 
     cfg = dict(FLUX_DEV_TRANSFORMER, num_layers=8, num_single_layers=16)
@@ -39,11 +42,14 @@ def probe(lora: bool, ckpt: bool, stream: bool) -> dict:
         model.proj_out.requires_grad_(True)
     if ckpt:
         model.enable_gradient_checkpointing()
-    model.enable_group_offload(onload_device=torch.device("cuda"), offload_device=torch.device("cpu"),
-                               offload_type="block_level", num_blocks_per_group=1, use_stream=stream)
+    if engine == "ours":
+        offload_block_weights(model, "cuda")
+    else:
+        model.enable_group_offload(onload_device=torch.device("cuda"), offload_device=torch.device("cpu"),
+                                   offload_type="block_level", num_blocks_per_group=1, use_stream=stream)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    row = {"lora": lora, "ckpt": ckpt, "stream": stream, "after_setup": mem()}
+    row = {"engine": engine, "lora": lora, "ckpt": ckpt, "stream": stream, "after_setup": mem()}
     model.train()
     inputs = _inputs(512, "cuda")
     with training_attention():
@@ -63,8 +69,9 @@ def main() -> None:
     if not torch.cuda.is_available():
         print(json.dumps({"skipped": "needs a CUDA GPU"}))
         return
-    # (LoRA, gradient checkpointing, CUDA streams)
-    for args in [(True, True, False), (True, True, True), (False, True, False), (True, False, False)]:
+    # (engine, LoRA, gradient checkpointing, CUDA streams)
+    for args in [("ours", True, True, False), ("diffusers", True, True, False), ("diffusers", True, True, True),
+                 ("diffusers", False, True, False), ("diffusers", True, False, False)]:
         started = time.time()
         try:
             row = probe(*args)

@@ -32,6 +32,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from pipeline.offload import offload_block_weights  # noqa: E402
 from pipeline.training import add_lora, flow_matching_loss, training_attention  # noqa: E402
 
 FLUX_DEV_TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
@@ -281,9 +282,10 @@ def gpu_bench(flops: dict[int, float], *, warmup: int, steps: int, modes: list[s
             notes["fp8_weight_only_layers"] = memory.quantize_frozen_linears_fp8(model)
             torch.cuda.empty_cache()
         if offload:
-            model.to("cpu")  # group offloading streams blocks from host RAM: the model must start there
-            model.enable_group_offload(onload_device=torch.device("cuda"), offload_device=torch.device("cpu"),
-                                       offload_type="block_level", num_blocks_per_group=1, use_stream=True)
+            model.to("cpu")  # block offload keeps the block weights in host RAM: the model must start there
+            report = offload_block_weights(model, "cuda")
+            notes["offload_largest_block_gb"] = round(report.largest_block_bytes / memory.GB, 2)
+            torch.cuda.empty_cache()
         if compiled:
             model.compile_repeated_blocks(fullgraph=False)
         run(name, model, gradient_checkpointing=checkpointing, compiled=compiled, **notes)

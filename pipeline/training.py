@@ -36,7 +36,7 @@ from PIL import Image, ImageOps
 from safetensors.torch import load_file, save_file
 
 from pipeline import events as ev
-from pipeline import lora_formats, memory
+from pipeline import lora_formats, memory, offload
 from pipeline.base_model import BaseModelError, explain_load_failure, is_tiny, resolve_base_model, tiny_model_version
 from pipeline.dataset import Dataset
 from pipeline.settings import TrainSettings, to_json
@@ -443,9 +443,9 @@ class _Run:
         if self.mode == "fp8":
             memory.quantize_frozen_linears_fp8(self.transformer, device=self.device)
         if self.mode == "offload":
-            self.transformer.enable_group_offload(onload_device=torch.device("cuda"),
-                                                  offload_device=torch.device("cpu"), offload_type="block_level",
-                                                  num_blocks_per_group=1, use_stream=True)
+            report = offload.offload_block_weights(self.transformer, self.device)
+            self.emit(ev.Message(f"block offload: {report.host_bytes / memory.GB:.1f} GB of weights stay in host RAM, "
+                                 f"at most {report.largest_block_bytes / memory.GB:.2f} GB on the GPU at once"))
         elif device_map is None:
             self.transformer.to(self.device)
         if self.device == "cuda" and self.mode != "offload" and s.steps >= COMPILE_MIN_STEPS:

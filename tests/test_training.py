@@ -313,3 +313,16 @@ def test_fp8_weights_keep_the_output_and_train(data_dir: Path) -> None:
     after.square().mean().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert grads and all(g is not None for g in grads)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="memory modes other than cpu need a CUDA GPU")
+@pytest.mark.parametrize("mode", ["bf16", "fp8", "offload"])
+def test_each_gpu_memory_mode_trains_the_tiny_model(mode: str, dataset: Dataset, data_dir: Path,
+                                                     tmp_path: Path) -> None:
+    events: list[ev.Event] = []
+    result = train_lora(dataset, _quick(memory_mode=mode), tmp_path, base_model="tiny", data_dir=data_dir,
+                        on_event=events.append)
+    assert result.status == "completed", result.error
+    assert all(math.isfinite(x) for x in result.losses) and result.lora_path.is_file()
+    assert any(isinstance(e, ev.Message) and e.text.startswith(f"memory mode {mode}") for e in events)

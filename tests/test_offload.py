@@ -1,0 +1,116 @@
+"""Block offload: same gradients as the resident model, and only about one block's weights out of host RAM at once.
+
+On this CPU the "GPU" is the CPU too, but every read of a host-held weight is a real copy, so how long copies live
+is what autograd decides on a GPU. The copies are tracked with weak references to what ``HostWeight`` returns.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+
+import pytest
+import torch
+
+from pipeline import offload
+from pipeline.training import add_lora, flow_matching_loss
+
+
+def _model() -> torch.nn.Module:
+    """FLUX architecture at toy width with several blocks of each kind (residency needs more than one)."""
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    model = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=2, num_single_layers=3,
+                                   attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                   pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 6, 6))
+    add_lora(model, rank=4, alpha=4, autocast=False)
+    model.enable_gradient_checkpointing()
+    return model.train()
+
+
+def _loss(model: torch.nn.Module) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(1)
+    x0, noise = torch.randn(2, 1, 16, 8, 8, generator=generator)  # 8x8 latents: 16 image tokens
+    return flow_matching_loss(model, x0, noise, torch.tensor([0.6]),
+                              torch.randn(1, 8, 32, generator=generator), torch.randn(1, 32, generator=generator),
+                              guidance=1.0, device="cpu", dtype=torch.float32)
+
+
+class _Copies:
+    """Weak references to every weight copy handed out, to see how many bytes are alive at each moment."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.refs: list[weakref.ref] = []
+        self.peak = 0
+        original = offload.HostWeight.forward
+
+        def forward(module: offload.HostWeight, stored: torch.Tensor) -> torch.Tensor:
+            result = original(module, stored)
+            self.refs.append(weakref.ref(result))
+            self.peak = max(self.peak, self.alive())
+            return result
+
+        monkeypatch.setattr(offload.HostWeight, "forward", forward)
+
+    def alive(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (r() for r in self.refs) if t is not None)
+
+
+def test_offloaded_training_step_matches_the_resident_model() -> None:
+    resident = _model()
+    offloaded = copy.deepcopy(resident)
+    report = offload.offload_block_weights(offloaded, "cpu")
+
+    # Every frozen Linear of the 5 blocks: a double block's 2 norms + 12 projections, a single's norm + 5.
+    assert report.layers == 2 * 14 + 3 * 6
+    assert 0 < report.largest_block_bytes < report.host_bytes
+    _loss(resident).backward()
+    _loss(offloaded).backward()
+    pairs = [(a, b) for a, b in zip(resident.parameters(), offloaded.parameters(), strict=True) if a.requires_grad]
+    assert len(pairs) == 2 * (2 * 12 + 3 * 5)  # A and B of each LoRA layer
+    for a, b in pairs:
+        torch.testing.assert_close(b.grad, a.grad, rtol=0, atol=0)
+
+
+def test_at_most_one_block_of_weights_is_out_of_host_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _model()
+    report = offload.offload_block_weights(model, "cpu")
+    copies = _Copies(monkeypatch)
+
+    loss = _loss(model)
+    assert copies.refs, "the forward never read a host-held weight"
+    assert copies.alive() == 0  # checkpointing saved no weight copy for the backward
+    assert copies.peak <= report.largest_block_bytes
+    loss.backward()
+    assert copies.alive() == 0
+    # The recompute holds one block's copies until that block's backward is done, never two blocks' worth.
+    assert report.largest_block_bytes / 2 < copies.peak <= report.largest_block_bytes
+
+
+def test_without_checkpointing_the_copies_would_pile_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why offload insists on checkpointing: without it autograd keeps every block's copy for the backward."""
+    model = _model()
+    with pytest.raises(ValueError, match="gradient checkpointing"):
+        offload.offload_block_weights(_model_without_checkpointing(), "cpu")
+    report = offload.offload_block_weights(model, "cpu")
+    model.disable_gradient_checkpointing()
+    copies = _Copies(monkeypatch)
+    loss = _loss(model)
+    # Saved for the backward: every projection's copy in every block (only the norms', fed by the frozen timestep
+    # embedding, are not needed), so several blocks' worth.
+    assert copies.alive() > 2 * report.largest_block_bytes
+    loss.backward()
+    assert copies.alive() == 0
+
+
+def _model_without_checkpointing() -> torch.nn.Module:
+    model = _model()
+    model.disable_gradient_checkpointing()
+    return model
+
+
+def test_offload_refuses_a_model_that_is_not_in_host_memory() -> None:
+    model = _model().to("meta")
+    with pytest.raises(ValueError, match="host memory"):
+        offload.offload_block_weights(model, "cpu")
