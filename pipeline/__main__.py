@@ -64,7 +64,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         paths = _photos_in(args.folder)
         classification = classify_photos(paths, names=[p.name for p in paths])
         overrides = {k: v for k, v in vars(args).items()
-                     if k in ("steps", "learning_rate", "resolution", "batch_size", "rank", "trigger_word")
+                     if k in ("steps", "learning_rate", "resolution", "finish_resolution", "batch_size", "rank",
+                              "trigger_word")
                      and v is not None}
         settings = workflow.default_train_settings(name=args.name, **overrides)
         record = workflow.start_training(settings, classification=classification)
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int)
     p.add_argument("--lr", dest="learning_rate", type=float)
     p.add_argument("--resolution", type=int)
+    p.add_argument("--finish-resolution", type=int, help="the last quarter of the steps at this size (0: none)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--rank", type=int)
     p.add_argument("--trigger-word")

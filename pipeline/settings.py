@@ -84,6 +84,9 @@ class TrainSettings:
     learning_rate: float = 1e-4
     batch_size: int = 0  # 0: automatic from photo count and memory
     resolution: int = 512
+    # The last quarter of the steps at this size when it is above ``resolution`` (0: ``resolution`` throughout):
+    # most of the learning at the cheap size, then the detail FLUX.1-dev is used at.
+    finish_resolution: int = 1024
     rank: int = 16
     alpha: float = 16.0
     seed: int = 42
@@ -115,6 +118,11 @@ class TrainSettings:
             "resolution",
             f"must be a multiple of 16 between 32 and 2048, got {self.resolution}",
         )
+        _check(
+            self.finish_resolution == 0 or (self.finish_resolution % 16 == 0 and 32 <= self.finish_resolution <= 2048),
+            "finish_resolution",
+            f"must be 0 (none) or a multiple of 16 between 32 and 2048, got {self.finish_resolution}",
+        )
         _check(self.rank >= 1, "rank", f"must be at least 1, got {self.rank}")
         _check(self.optimizer in ("adamw", "adamw8bit"), "optimizer", f"unknown optimizer {self.optimizer!r}")
         _check(self.lr_schedule in ("constant", "cosine"), "lr_schedule", f"unknown schedule {self.lr_schedule!r}")
@@ -133,11 +141,18 @@ class TrainSettings:
         _check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1")
         return self
 
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        """Every resolution the run trains at, in order."""
+        if self.finish_resolution > self.resolution:
+            return self.resolution, self.finish_resolution
+        return (self.resolution,)
+
     @classmethod
     def quick(cls, **overrides: Any) -> TrainSettings:
         """Settings for the embedded tiny model: 50 steps at 64 px, seconds on a CPU."""
-        base = dict(steps=50, resolution=64, rank=4, alpha=4.0, learning_rate=1e-3, warmup_steps=5,
-                    checkpoint_every=25, sample_every=25, gradient_checkpointing=False)
+        base = dict(steps=50, resolution=64, finish_resolution=0, rank=4, alpha=4.0, learning_rate=1e-3,
+                    warmup_steps=5, checkpoint_every=25, sample_every=25, gradient_checkpointing=False)
         base.update(overrides)
         return cls(**base)
 

@@ -1,7 +1,8 @@
 """FLUX LoRA training: flow matching on the transformer with peft, the same code for the tiny model and FLUX.1-dev.
 
 One run:
-1. Prepare: each photo is fitted to an aspect bucket at the chosen resolution, VAE-encoded once, and every caption
+1. Prepare: each photo is fitted to an aspect bucket at each resolution of the run (the chosen one, and the finishing
+   one for the last quarter of the steps where set), VAE-encoded once, and every caption
    (plus the empty caption for caption dropout and the sample prompts) is text-encoded once. Both are cached on disk
    under ``data_dir/cache`` keyed by image hash / caption and base model, then the text encoders are freed.
 2. Train: the frozen transformer gets peft LoRA layers on its attention and MLP projections. Each step draws noise
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 PHASES = ("initial learning", "feature refinement", "style adaptation", "final optimisation")
 COMPILE_MIN_STEPS = 300  # on CUDA, runs this long compile the transformer blocks first
 MAX_TEXT_TOKENS = 512  # T5 tokens: what FluxPipeline uses at inference, so training sees the same padding
+FINISH_SHARE = 0.25  # of the steps, trained at ``finish_resolution``
 _ASPECTS = (1.0, 4 / 5, 5 / 4, 3 / 4, 4 / 3, 2 / 3, 3 / 2, 9 / 16, 16 / 9)  # width / height
 _STEP_DIR = re.compile(r"^step-(\d{6})$")
 _STATE_FILE = "training_state.pt"
@@ -81,6 +83,26 @@ class TrainResult:
 def phase_for(step: int, total: int) -> str:
     """The seed's four training phases, by the fraction of steps done."""
     return PHASES[min(3, int(4 * (step - 1) / max(total, 1)))]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Steps ``first``..``last`` (1-based, inclusive) train at ``resolution``."""
+
+    resolution: int
+    first: int
+    last: int
+
+
+def resolution_stages(settings: TrainSettings) -> tuple[Stage, ...]:
+    """The run's resolutions over its steps: all at ``resolution``, or its last quarter at ``finish_resolution``."""
+    resolutions = settings.resolutions
+    if len(resolutions) == 1:
+        return (Stage(resolutions[0], 1, settings.steps),)
+    finish = math.ceil(settings.steps * FINISH_SHARE)
+    stages = (Stage(resolutions[0], 1, settings.steps - finish), Stage(resolutions[1], settings.steps - finish + 1,
+                                                                      settings.steps))
+    return tuple(stage for stage in stages if stage.first <= stage.last)
 
 
 def aspect_buckets(resolution: int) -> tuple[tuple[int, int], ...]:
@@ -198,7 +220,8 @@ class _Text:
 
 @dataclass(frozen=True)
 class _Prepared:
-    latents: tuple[torch.Tensor, ...]  # per item, (16, h/8, w/8), scaled and shifted as the transformer sees them
+    # Per resolution, per item: (16, h/8, w/8), scaled and shifted as the transformer sees them.
+    latents: dict[int, tuple[torch.Tensor, ...]]
     texts: tuple[_Text, ...]  # per item
     empty: _Text  # the empty caption, for caption dropout
     samples: tuple[_Text, ...]  # the sample prompts
@@ -243,26 +266,30 @@ def _prepare(dataset: Dataset, settings: TrainSettings, model_path: str, data_di
     vae = AutoencoderKL.from_pretrained(model_path, subfolder="vae", dtype=dtype).to(device).eval()
     vae.requires_grad_(False)
 
-    latents = []
+    latents: dict[int, list[torch.Tensor]] = {resolution: [] for resolution in settings.resolutions}
+    total = len(dataset.items) * len(latents)
     for i, item in enumerate(dataset.items):
         image_path = item.training_image
         if not image_path.is_file():
             raise TrainingError(f"dataset image {str(image_path)!r} does not exist; rebuild the dataset")
         with Image.open(image_path) as probe:
             size = ImageOps.exif_transpose(probe).size
-        bucket = bucket_for(*size, settings.resolution)
-        path = cache / "latents" / f"{_key(_file_hash(image_path), bucket, model_key)}.safetensors"
-        if path.is_file():
-            latent = load_file(str(path))["latent"]
-        else:
-            pixels = _load_image(image_path, bucket).unsqueeze(0).to(device, dtype)
-            with torch.no_grad():
-                mean = vae.encode(pixels).latent_dist.mean
-            latent = ((mean - vae.config.shift_factor) * vae.config.scaling_factor)[0].float().cpu()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_save({"latent": latent}, path)
-        latents.append(latent)
-        on_event(ev.Progress("train", i + 1, len(dataset.items), "encoding photos (cached for later runs)"))
+        digest = _file_hash(image_path)
+        for r, (resolution, encoded) in enumerate(latents.items()):
+            bucket = bucket_for(*size, resolution)
+            path = cache / "latents" / f"{_key(digest, bucket, model_key)}.safetensors"
+            if path.is_file():
+                latent = load_file(str(path))["latent"]
+            else:
+                pixels = _load_image(image_path, bucket).unsqueeze(0).to(device, dtype)
+                with torch.no_grad():
+                    mean = vae.encode(pixels).latent_dist.mean
+                latent = ((mean - vae.config.shift_factor) * vae.config.scaling_factor)[0].float().cpu()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _atomic_save({"latent": latent}, path)
+            encoded.append(latent)
+            on_event(ev.Progress("train", i * len(latents) + r + 1, total,
+                                 "encoding photos (cached for later runs)"))
 
     prompts = [item.caption for item in dataset.items]
     sample_prompts = [p.replace("{trigger}", dataset.trigger_word) for p in settings.sample_prompts]
@@ -291,7 +318,8 @@ def _prepare(dataset: Dataset, settings: TrainSettings, model_path: str, data_di
     for prompt, path in text_paths.items():
         loaded = load_file(str(path))
         texts[prompt] = _Text(prompt=loaded["prompt"], pooled=loaded["pooled"])
-    prepared = _Prepared(latents=tuple(latents), texts=tuple(texts[p] for p in prompts), empty=texts[""],
+    prepared = _Prepared(latents={r: tuple(items) for r, items in latents.items()},
+                         texts=tuple(texts[p] for p in prompts), empty=texts[""],
                          samples=tuple(texts[p] for p in sample_prompts))
     return prepared, vae
 
@@ -407,8 +435,12 @@ class _Run:
         self.prepared, self.vae = _prepare(self.dataset, s, self.model_path, self.data_dir, self.device,
                                            self.dtype, self.emit, offload_encoders=mode in ("nf4", "offload"))
         self._load_transformer()
-        self.batch_size = s.batch_size or self._auto_batch_size(free_gb)
-        self.emit(ev.Message(f"batch size {self.batch_size}" + ("" if s.batch_size else " (automatic)")))
+        self.stages = resolution_stages(s)
+        # Per resolution: a batch that fits at 512 px may not at 1024.
+        self.batch_sizes = {stage.resolution: s.batch_size or self._auto_batch_size(free_gb, stage.resolution)
+                            for stage in self.stages}
+        sizes = ", ".join(f"{size} at {resolution} px" for resolution, size in self.batch_sizes.items())
+        self.emit(ev.Message(f"batch size {sizes}" + ("" if s.batch_size else " (automatic)")))
 
     def _load_transformer(self) -> None:
         from diffusers import FluxTransformer2DModel
@@ -455,24 +487,25 @@ class _Run:
             self.emit(ev.Message("compiling the transformer blocks (about a minute, once per resolution)"))
         self.transformer.train()
 
-    def _estimate(self, *, checkpointing: bool) -> memory.MemoryEstimate:
+    def _estimate(self, resolution: int, *, checkpointing: bool) -> memory.MemoryEstimate:
         config = self.transformer.config
-        latent = self.prepared.latents[0]
+        image_tokens = max(latent.shape[1] * latent.shape[2] // 4 for latent in self.prepared.latents[resolution])
         return memory.estimate_memory(
             self.mode, base_parameters=0,
             lora_parameters=sum(4 * self.settings.rank * m.in_features for m in self.transformer.modules()
                                 if isinstance(m, torch.nn.Linear)),  # upper bound, before the LoRA exists
             hidden_size=config.num_attention_heads * config.attention_head_dim,
             num_blocks=config.num_layers + config.num_single_layers,
-            image_tokens=latent.shape[1] * latent.shape[2] // 4, text_tokens=MAX_TEXT_TOKENS,
+            image_tokens=image_tokens, text_tokens=MAX_TEXT_TOKENS,
             gradient_checkpointing=checkpointing, optimizer=self.settings.optimizer)
 
     def _fits_without_recompute(self) -> bool:
         free = memory.free_gpu_gb()
-        return free is not None and self._estimate(checkpointing=False).total_gb < 0.85 * free
+        largest = max(self.settings.resolutions)
+        return free is not None and self._estimate(largest, checkpointing=False).total_gb < 0.85 * free
 
-    def _auto_batch_size(self, free_gb: float | None) -> int:
-        estimate = self._estimate(checkpointing=self.checkpointing)
+    def _auto_batch_size(self, free_gb: float | None, resolution: int) -> int:
+        estimate = self._estimate(resolution, checkpointing=self.checkpointing)
         # Weights are loaded by now, so free memory already excludes them.
         return memory.auto_batch_size(len(self.dataset), free_gb=memory.free_gpu_gb() if free_gb is not None else None,
                                       per_sample_gb=estimate.activations_gb,
@@ -509,12 +542,14 @@ class _Run:
             "likeness.name": s.name, "likeness.trigger_word": self.dataset.trigger_word,
             "likeness.base_model": self.base_model, "likeness.steps": str(step), "likeness.total_steps": str(s.steps),
             "likeness.rank": str(s.rank), "likeness.alpha": str(s.alpha), "likeness.resolution": str(s.resolution),
+            "likeness.resolutions": ",".join(str(r) for r in s.resolutions),
             "likeness.learning_rate": str(s.learning_rate), "likeness.photos": str(len(self.dataset)),
             "likeness.software": software_version(), "likeness.settings": to_json(s),
             # kohya's keys, read by ComfyUI/Forge/A1111 model browsers.
             "ss_network_module": "networks.lora_flux", "ss_network_dim": str(s.rank), "ss_network_alpha": str(s.alpha),
             "ss_base_model_version": "flux1", "ss_output_name": s.name, "ss_steps": str(step),
-            "ss_resolution": f"({s.resolution}, {s.resolution})", "ss_num_train_images": str(len(self.dataset)),
+            "ss_resolution": f"({max(s.resolutions)}, {max(s.resolutions)})",
+            "ss_num_train_images": str(len(self.dataset)),
             "ss_learning_rate": str(s.learning_rate),
         }
 
@@ -574,11 +609,14 @@ class _Run:
 
     # - steps -
 
+    def stage_at(self, step: int) -> Stage:
+        return next(stage for stage in self.stages if step <= stage.last)
+
     def step_loss(self, step: int, indices: list[int]) -> torch.Tensor:
         s = self.settings
         prep = self.prepared
         generator = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
-        x0 = torch.stack([prep.latents[i] for i in indices])
+        x0 = torch.stack([prep.latents[self.stage_at(step).resolution][i] for i in indices])
         batch, _channels, height, width = x0.shape
         noise = torch.randn(x0.shape, generator=generator)
         sigmas = sample_sigmas(batch, method=s.timestep_sampling, image_tokens=(height // 2) * (width // 2),
@@ -605,13 +643,14 @@ class _Run:
         folder = self.output_dir / "samples"
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
+        size = self.stage_at(step).resolution
         self.transformer.eval()
         try:
             for i, text in enumerate(self.prepared.samples):
                 with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device == "cuda"):
                     image = pipe(prompt_embeds=text.prompt[None].to(self.device, self.dtype),
                                  pooled_prompt_embeds=text.pooled[None].to(self.device, self.dtype),
-                                 height=s.resolution, width=s.resolution, num_inference_steps=4 if tiny else 20,
+                                 height=size, width=size, num_inference_steps=4 if tiny else 20,
                                  guidance_scale=3.5, generator=torch.Generator().manual_seed(i)).images[0]
                 path = folder / f"step-{step:06d}-{i}.png"
                 image.save(path)
@@ -630,8 +669,18 @@ class _Run:
         gpu = torch.cuda.max_memory_allocated() / memory.GB if self.device == "cuda" else 0.0
         self.emit(ev.TrainStep(step=step, total_steps=s.steps, loss=loss, loss_smooth=self.loss_smooth,
                                learning_rate=self.lr_scheduler.get_last_lr()[0], seconds_per_step=seconds_per_step,
-                               eta_seconds=seconds_per_step * (s.steps - step), phase=phase, gpu_memory_gb=gpu,
+                               eta_seconds=self.eta(step, seconds_per_step), phase=phase, gpu_memory_gb=gpu,
                                host_memory_gb=memory.host_memory_gb()))
+
+    def eta(self, step: int, seconds_per_step: float) -> float:
+        """Seconds left: this stage's steps at the current speed, a later stage's scaled by its tokens × batch."""
+        def work(stage: Stage) -> float:
+            image_tokens = max(x.shape[1] * x.shape[2] // 4 for x in self.prepared.latents[stage.resolution])
+            return (image_tokens + MAX_TEXT_TOKENS) * self.batch_sizes[stage.resolution]
+
+        current = self.stage_at(step)
+        return sum(seconds_per_step * work(stage) / work(current) * (stage.last - max(step, stage.first - 1))
+                   for stage in self.stages if stage.last > step)
 
 
 def train_lora(
@@ -680,9 +729,7 @@ def _train(run: _Run, settings: TrainSettings, output_dir: Path, base_model: str
         else:
             shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
         (output_dir / "settings.json").write_text(to_json(settings))
-        batches = _batches(run.prepared.latents, run.batch_size, settings.seed)
-        for _ in range(step):  # the same batch order as an uninterrupted run
-            next(batches)
+        batches = _stage_batches(run, step)
         step_times: list[float] = []
         while step < settings.steps:
             if run.should_stop():
@@ -692,6 +739,10 @@ def _train(run: _Run, settings: TrainSettings, output_dir: Path, base_model: str
                 return _result(run, "cancelled", step, started)
             tic = time.perf_counter()
             step += 1
+            stage = run.stage_at(step)
+            if step == stage.first and len(run.stages) > 1:
+                run.emit(ev.Message(f"training at {stage.resolution} px: steps {stage.first}-{stage.last}"))
+                step_times.clear()  # another size, another speed
             with training_attention():
                 loss = run.step_loss(step, next(batches))
                 if not torch.isfinite(loss):
@@ -729,6 +780,17 @@ def _train(run: _Run, settings: TrainSettings, output_dir: Path, base_model: str
         elif isinstance(exc, OSError) and not Path(str(base_model)).exists() and not hasattr(run, "transformer"):
             reason = explain_load_failure(base_model, exc)
         return _failed(run, reason, step, started)
+
+
+def _stage_batches(run: _Run, done: int) -> Iterator[list[int]]:
+    """Item indices for each step after ``done``, drawn as an uninterrupted run draws them (so resume repeats it)."""
+    for index, stage in enumerate(run.stages):
+        batches = _batches(run.prepared.latents[stage.resolution], run.batch_sizes[stage.resolution],
+                           run.settings.seed + index)
+        for step in range(stage.first, stage.last + 1):
+            indices = next(batches)
+            if step > done:
+                yield indices
 
 
 def _result(run: _Run, status: str, step: int, started: float, lora_path: Path | None = None,

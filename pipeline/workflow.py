@@ -230,7 +230,7 @@ class Workflow:
         folder = Path(record.folder)
         (folder / "classification.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
         (folder / "settings.json").write_text(to_json(settings))
-        dataset = build_dataset(result, folder / "dataset", record.trigger_word, settings.resolution,
+        dataset = build_dataset(result, folder / "dataset", record.trigger_word, max(settings.resolutions),
                                 captions=self.user_choices()["captions"], on_event=on_event)
         dataset.save(folder / "dataset")
         summary = {"photos_used": [item.source for item in dataset.items], "count": len(dataset),
@@ -296,7 +296,7 @@ class Workflow:
         dataset = Dataset.load(folder / "dataset")
         self.library.update(record.id, status="training")
         monitor.note(f"training '{record.name}' on {self.base_model}: {settings.steps} steps at "
-                     f"{settings.resolution} px", status="training")
+                     f"{' then '.join(str(r) for r in settings.resolutions)} px", status="training")
         try:
             assessor = _CheckpointAssessor(self, record, dataset, monitor, prompts=settings.test_prompts)
             result = train_lora(dataset, settings, folder / "lora", base_model=self.base_model,

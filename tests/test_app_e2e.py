@@ -87,7 +87,7 @@ def test_whole_flow_through_the_running_app(tmp_path: Path, photos: list[Path]) 
 
         # Train the tiny model: the generator endpoint returns its last update when the model is ready.
         status_md, log, _plot, likeness_curve, _samples, model_id = client.predict(
-            "e2e-model", 30, 1e-3, 0, 64, "", 4, 4.0, 42, "auto", "adamw", 15, 15, 0.05, "", api_name="/train")
+            "e2e-model", 30, 1e-3, 0, 64, 0, "", 4, 4.0, 42, "auto", "adamw", 15, 15, 0.05, "", api_name="/train")
         assert model_id, status_md
         assert "ready" in status_md, status_md + log
         assert "step 30/30" in log

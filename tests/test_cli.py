@@ -11,6 +11,9 @@ from pathlib import Path
 import photo_factory
 from PIL import Image
 
+from pipeline.dataset import Dataset
+from pipeline.lora_formats import read_metadata
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -40,11 +43,15 @@ def test_train_generate_assess_models(tmp_path: Path) -> None:
     photo_factory.portrait_set(folder, 8)
     data = ["--data-dir", str(tmp_path / "data"), "--base-model", "tiny"]
 
-    out = run_cli("train", str(folder), "--name", "cli-model", "--steps", "10", "--json", *data)
+    out = run_cli("train", str(folder), "--name", "cli-model", "--steps", "10", "--finish-resolution", "96", "--json",
+                  *data)
     assert out.returncode == 0, out.stdout + out.stderr
     record = json.loads(out.stdout)
     assert record["status"] == "ready"
     assert Path(record["lora_path"]).is_file()
+    assert read_metadata(Path(record["lora_path"]))["likeness.resolutions"] == "64,96"
+    # The crops are made for the larger size; the first stage scales them down.
+    assert Dataset.load(Path(record["folder"]) / "dataset").resolution == 96
 
     image = tmp_path / "out.png"
     out = run_cli("generate", "cli-model", "--prompt", "{trigger} smiling", "--out", str(image), "--json", *data)

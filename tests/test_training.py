@@ -10,6 +10,7 @@ import numpy as np
 import photo_factory
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from pipeline import events as ev
@@ -25,6 +26,7 @@ from pipeline.training import (
     bucket_for,
     list_checkpoints,
     phase_for,
+    resolution_stages,
     sample_sigmas,
     train_lora,
 )
@@ -185,6 +187,41 @@ def test_resume_repeats_the_uninterrupted_run(dataset: Dataset, data_dir: Path, 
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+
+
+def test_resolution_stages_finish_the_last_quarter_at_the_finish_size() -> None:
+    stages = resolution_stages(TrainSettings())
+    assert [(s.resolution, s.first, s.last) for s in stages] == [(512, 1, 750), (1024, 751, 1000)]
+    assert [(s.resolution, s.first, s.last) for s in resolution_stages(TrainSettings(steps=1))] == [(1024, 1, 1)]
+    # A finish size not above the main one means one size throughout; so does 0.
+    for settings in (TrainSettings(resolution=1024), TrainSettings(finish_resolution=0)):
+        assert [(s.first, s.last) for s in resolution_stages(settings)] == [(1, 1000)]
+    with pytest.raises(SettingsError, match="finish_resolution"):
+        TrainSettings(finish_resolution=1000).validate()
+
+
+def test_finish_stage_trains_at_its_size_and_resumes_across_the_switch(dataset: Dataset, data_dir: Path,
+                                                                       tmp_path: Path) -> None:
+    settings = _quick(finish_resolution=96, sample_every=10, sample_prompts=("a photo of {trigger}",))  # 1-7: 64 px
+    events: list[ev.Event] = []
+    straight = train_lora(dataset, settings, tmp_path / "straight", base_model="tiny", data_dir=data_dir,
+                          on_event=events.append)
+    assert straight.status == "completed", straight.error
+    messages = [e.text for e in events if isinstance(e, ev.Message)]
+    assert "training at 64 px: steps 1-7" in messages and "training at 96 px: steps 8-10" in messages
+    [sample] = [e for e in events if isinstance(e, ev.SampleImages)]
+    with Image.open(sample.images[0]) as image:
+        assert image.size == (96, 96)  # samples show the size being trained
+    etas = {e.step: e.eta_seconds for e in events if isinstance(e, ev.TrainStep)}
+    assert etas[10] == 0 and etas[6] > 0
+    assert read_metadata(straight.lora_path)["likeness.resolutions"] == "64,96"
+
+    events = []
+    first = train_lora(dataset, settings, tmp_path / "resumed", base_model="tiny", data_dir=data_dir,
+                       on_event=events.append, should_stop=_stop_after(events, 9))
+    assert first.status == "cancelled" and first.steps_done == 9
+    second = train_lora(dataset, settings, tmp_path / "resumed", base_model="tiny", data_dir=data_dir)
+    np.testing.assert_allclose(second.losses, straight.losses, rtol=1e-5)
 
 
 def test_cancel_keeps_the_last_checkpoint(dataset: Dataset, data_dir: Path, tmp_path: Path) -> None:

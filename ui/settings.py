@@ -1,4 +1,4 @@
-"""Settings tab: model name, steps, learning rate, batch size, resolution; advanced settings folded away."""
+"""Settings tab: model name, steps, learning rate, batch size, resolutions; advanced settings folded away."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ class SettingsInputs:
 
 def settings_from_values(names: list[str], values: list) -> TrainSettings:
     kwargs = dict(zip(names, values, strict=True))
-    for key in ("steps", "batch_size", "resolution", "rank", "seed", "checkpoint_every", "sample_every"):
+    for key in ("steps", "batch_size", "resolution", "finish_resolution", "rank", "seed", "checkpoint_every",
+                "sample_every"):
         kwargs[key] = int(kwargs[key])
     kwargs["trigger_word"] = (kwargs.get("trigger_word") or "").strip()
     if "test_prompts" in kwargs:  # one prompt per line; empty: the built-in set
@@ -48,6 +49,10 @@ def build(workflow: Workflow) -> SettingsInputs:
                                         value=defaults.batch_size, precision=0, minimum=0)
             c["resolution"] = gr.Dropdown(label="Resolution (px)", value=defaults.resolution,
                                           choices=sorted({defaults.resolution, 512, 768, 1024}))
+            c["finish_resolution"] = gr.Dropdown(
+                label="Finish at (px): the last quarter of the steps, if above the resolution",
+                value=defaults.finish_resolution,
+                choices=[("none", 0)] + [(str(r), r) for r in sorted({defaults.finish_resolution, 768, 1024} - {0})])
         with gr.Accordion("Advanced", open=False):
             with gr.Row():
                 c["trigger_word"] = gr.Textbox(label="Trigger word (empty: generated)", value="")
