@@ -64,7 +64,8 @@ def _pinned(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
 
 
-def _blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated blocks of a FLUX transformer, double then single."""
     blocks = [block for name in BLOCK_LISTS for block in getattr(model, name, ())]
     if not blocks:
         raise ValueError(f"{type(model).__name__} has none of {BLOCK_LISTS}: nothing to offload")
@@ -81,7 +82,7 @@ def offload_block_weights(model: torch.nn.Module, device: str | torch.device) ->
         raise ValueError("block offload needs gradient checkpointing: call enable_gradient_checkpointing() first")
     device = torch.device(device)
     layers = host_bytes = largest = 0
-    for block in _blocks(model):
+    for block in transformer_blocks(model):
         block_bytes = 0
         for module in block.modules():
             if (isinstance(module, torch.nn.Linear) and not parametrize.is_parametrized(module, "weight")

@@ -324,6 +324,29 @@ def _prepare(dataset: Dataset, settings: TrainSettings, model_path: str, data_di
     return prepared, vae
 
 
+def load_transformer(model_path: str, mode: str, device: str) -> torch.nn.Module:
+    """The base model's FLUX transformer as memory ``mode`` needs it, never with a second copy in host RAM.
+
+    bf16 goes straight from the safetensors files to the GPU; fp8 and offload load into host RAM (bf16 weights would
+    not fit the GPUs they are for) and move later, layer by layer; nf4 quantises while loading. ``cpu``: float32.
+    """
+    from diffusers import FluxTransformer2DModel
+
+    dtype = torch.float32 if mode == "cpu" else torch.bfloat16
+    device_map = device if device == "cuda" and mode not in ("fp8", "offload") else None
+    quantization = None
+    if mode == "nf4":
+        # bitsandbytes 4-bit NormalFloat (peft trains LoRA on bnb Linear4bit layers). Not measured here: bitsandbytes
+        # was absent on the lent H100.
+        from diffusers import BitsAndBytesConfig
+
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                          bnb_4bit_compute_dtype=torch.bfloat16)
+    return FluxTransformer2DModel.from_pretrained(model_path, subfolder="transformer", dtype=dtype,
+                                                  device_map=device_map, low_cpu_mem_usage=True,
+                                                  quantization_config=quantization)
+
+
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
@@ -443,23 +466,8 @@ class _Run:
         self.emit(ev.Message(f"batch size {sizes}" + ("" if s.batch_size else " (automatic)")))
 
     def _load_transformer(self) -> None:
-        from diffusers import FluxTransformer2DModel
-
         s = self.settings
-        # Straight from the safetensors files to the GPU, no copy in host RAM; except fp8 and offload, which load into
-        # host RAM first because their bf16 weights would not fit the GPUs they are for.
-        device_map = self.device if self.device == "cuda" and self.mode not in ("fp8", "offload") else None
-        quantization = None
-        if self.mode == "nf4":
-            # bitsandbytes 4-bit NormalFloat, quantised while loading (peft trains LoRA on bnb Linear4bit layers).
-            # Not measured here: bitsandbytes was absent on the lent H100.
-            from diffusers import BitsAndBytesConfig
-
-            quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                              bnb_4bit_compute_dtype=torch.bfloat16)
-        self.transformer = FluxTransformer2DModel.from_pretrained(
-            self.model_path, subfolder="transformer", dtype=self.dtype, device_map=device_map, low_cpu_mem_usage=True,
-            quantization_config=quantization)
+        self.transformer = load_transformer(self.model_path, self.mode, self.device)
         self.transformer.requires_grad_(False)
         # fp8 and offload must recompute blocks: otherwise every dequantised/onloaded weight stays saved.
         self.checkpointing = s.gradient_checkpointing or self.mode in ("fp8", "offload")
@@ -478,7 +486,7 @@ class _Run:
             report = offload.offload_block_weights(self.transformer, self.device)
             self.emit(ev.Message(f"block offload: {report.host_bytes / memory.GB:.1f} GB of weights stay in host RAM, "
                                  f"at most {report.largest_block_bytes / memory.GB:.2f} GB on the GPU at once"))
-        elif device_map is None:
+        elif self.mode == "fp8":  # the rest of the model; its Linear weights are on the GPU already
             self.transformer.to(self.device)
         if self.device == "cuda" and self.mode != "offload" and s.steps >= COMPILE_MIN_STEPS:
             # Regional compilation of the repeated blocks: 0.365 -> 0.231 s/step at 512 px, 0.64 -> 0.46 at 1024 px on

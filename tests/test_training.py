@@ -342,9 +342,13 @@ def test_fp8_weights_keep_the_output_and_train(data_dir: Path) -> None:
                   img_ids=torch.zeros(16, 3), return_dict=False)
     before = model(**inputs)[0].float()
     count = memory.quantize_frozen_linears_fp8(model)
-    assert count == len(targets)
-    stored = [m.parametrizations.weight.original0 for n, m in model.named_modules() if n.endswith("base_layer")]
+    assert count == len(targets) + 3  # and the adaptive norms' modulation layers: 2 in the double block, 1 single
+    stored = [m.parametrizations.weight.original0 for m in model.modules() if hasattr(m, "parametrizations")]
+    assert len(stored) == count
     assert all(w.dtype == torch.float8_e4m3fn and not w.requires_grad for w in stored)
+    frozen = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad
+              and n.startswith(("transformer_blocks", "single_transformer"))]
+    assert len(frozen) == count and all(hasattr(m, "parametrizations") for m in frozen)
     after = model(**inputs)[0].float()
     assert (after - before).norm() / before.norm() < 0.1
     after.square().mean().backward()
