@@ -32,6 +32,7 @@ bench: $(VENV)/.dev
 	PYTHONPATH=tests HF_HUB_OFFLINE=1 $(PY) -m bench.classify
 	HF_HUB_OFFLINE=1 $(PY) -m bench.train
 	HF_HUB_OFFLINE=1 $(PY) -m bench.generate
+	HF_HUB_OFFLINE=1 $(PY) -m bench.load_memory
 
 clean:
 	rm -rf $(VENV) .pytest_cache
