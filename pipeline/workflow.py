@@ -298,7 +298,10 @@ class Workflow:
         monitor.note(f"training '{record.name}' on {self.base_model}: {settings.steps} steps at "
                      f"{' then '.join(str(r) for r in settings.resolutions)} px", status="training")
         try:
-            assessor = _CheckpointAssessor(self, record, dataset, monitor, prompts=settings.test_prompts)
+            # Assessed at the main resolution, not the finishing one: likeness is measured on the face, and 1024 px
+            # test images have 4x the pixels to denoise at every checkpoint.
+            assessor = _CheckpointAssessor(self, record, dataset, monitor, prompts=settings.test_prompts,
+                                           resolution=settings.resolution)
             result = train_lora(dataset, settings, folder / "lora", base_model=self.base_model,
                                 data_dir=self.data_dir, on_event=assessor.on_training_event, should_stop=should_stop)
             checkpoints = [{"step": c.step, "path": str(c.path)} for c in result.checkpoints]
@@ -435,7 +438,7 @@ class _CheckpointAssessor:
     LIVE_MIN_FREE_GB = 40.0
 
     def __init__(self, workflow: Workflow, record: ModelRecord, dataset: Dataset, monitor: TrainingMonitor,
-                 prompts: Sequence[str] = ()) -> None:
+                 prompts: Sequence[str] = (), resolution: int | None = None) -> None:
         from pipeline.assessment import DEFAULT_TEST_PROMPTS, reference_embeddings
         from pipeline.base_model import is_tiny
 
@@ -444,7 +447,7 @@ class _CheckpointAssessor:
         self.monitor = monitor
         self.images = [item.image for item in dataset.items]
         self.reference = reference_embeddings(self.images)
-        self.settings = workflow.test_generate_settings(dataset.resolution)
+        self.settings = workflow.test_generate_settings(resolution or dataset.resolution)
         self.out_dir = Path(record.folder) / "assessment"
         self.prompts = tuple(prompts) or DEFAULT_TEST_PROMPTS
         self.tiny = is_tiny(workflow.base_model)
