@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.assessment import assess_lora, reference_embeddings, score_images
+from pipeline.assessment import AssessmentPlan, assess_lora, reference_embeddings, score_images
 from pipeline.base_model import is_tiny
 from pipeline.generation import DEFAULT_TEST_PROMPTS, Generator
 from pipeline.settings import GenerateSettings, VideoSettings
@@ -56,8 +56,8 @@ def main() -> None:
         out["reference_8_photos_s"], reference = timed(reference_embeddings, photos)
         seconds, _ = timed(score_images, photos, reference)
         out["score_per_photo_s"] = round(seconds / len(photos), 3)
-        seconds, result = timed(assess_lora, generator, lora, trigger_word="zorvek", reference=reference,
-                                out_dir=root / "assessment", settings=settings)
+        plan = AssessmentPlan(trigger_word="zorvek", reference=reference, settings=settings)
+        seconds, result = timed(assess_lora, generator, lora, plan, out_dir=root / "assessment")
         out[f"assess_{len(DEFAULT_TEST_PROMPTS)}_prompts_s"] = seconds
         out["assess_verdict"] = result.verdict
         clip = VideoSettings(prompt="a portrait photo of a person", frames=16, fps=8, width=size, height=size,

@@ -99,6 +99,27 @@ class AssessmentResult:
         return _jsonable(data)
 
 
+@dataclass(frozen=True)
+class AssessmentPlan:
+    """What every assessment of one person's LoRA shares: whom to look for, with which prompts, how to score."""
+
+    trigger_word: str
+    reference: np.ndarray  # face embeddings of the training photos (``reference_embeddings``)
+    prompts: Sequence[str] = DEFAULT_TEST_PROMPTS
+    seeds: Sequence[int] = (0,)
+    settings: GenerateSettings | None = None  # None: the base model's test settings
+    reference_images: Sequence[Path] = ()  # training photos or crops, shown in the grid's first row
+    identity: Any = None  # a loaded identity model; None: loaded on first use
+    clip_model: str | Path | None = None  # for prompt fidelity where a CLIP is on disk
+
+    def validate(self) -> AssessmentPlan:
+        if not self.prompts:
+            raise AssessmentError("prompts: no test prompts; pass at least one (DEFAULT_TEST_PROMPTS by default)")
+        if not self.seeds:
+            raise AssessmentError("seeds: no seeds; pass at least one")
+        return self
+
+
 class CheckpointChoice(NamedTuple):
     """The chosen checkpoint and scale, and the result of every checkpoint (at the chosen scale for the best)."""
 
@@ -238,38 +259,26 @@ def default_assessment_settings(generator: Generator) -> GenerateSettings:
 def assess_lora(
     generator: Generator,
     lora_path: Path | None,
+    plan: AssessmentPlan,
     *,
-    trigger_word: str,
-    reference: np.ndarray,
     out_dir: Path,
-    prompts: Sequence[str] = DEFAULT_TEST_PROMPTS,
-    seeds: Sequence[int] = (0,),
-    settings: GenerateSettings | None = None,
     lora_scale: float = 1.0,
-    reference_images: Sequence[Path] = (),
-    identity: Any = None,
-    clip_model: str | Path | None = None,
     on_event: EventCallback = ignore,
     should_stop: StopCheck = never,
 ) -> AssessmentResult:
-    """Generate every prompt × seed with the LoRA, score them and save the images and a grid in ``out_dir``.
-
-    ``reference_images`` (training photos or crops) appear in the grid's first row.
-    """
-    if not prompts:
-        raise AssessmentError("prompts: no test prompts; pass at least one (DEFAULT_TEST_PROMPTS by default)")
-    if not seeds:
-        raise AssessmentError("seeds: no seeds; pass at least one")
-    base = settings or default_assessment_settings(generator)
+    """Generate every prompt × seed of ``plan`` with the LoRA, score them and save the images and a grid in
+    ``out_dir``. Without a LoRA (``lora_path`` None) the prompts go without the trigger word: the base model."""
+    plan.validate()
+    base = plan.settings or default_assessment_settings(generator)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    jobs = list(itertools.product(prompts, seeds))
+    jobs = list(itertools.product(plan.prompts, plan.seeds))
     paths: list[Path] = []
     used: list[str] = []
     for index, (template, seed) in enumerate(jobs):
         if should_stop():
             break
-        prompt = insert_trigger(template, trigger_word if lora_path else "")
+        prompt = insert_trigger(template, plan.trigger_word if lora_path else "")
         on_event(Progress("assess", index, len(jobs), f"test image {index + 1} of {len(jobs)}: {prompt}"))
         one = dataclasses.replace(base, prompt=prompt, seed=seed, num_images=1, lora_scale=lora_scale)
         images = generator.generate(one, lora_path=lora_path, should_stop=should_stop)
@@ -280,8 +289,8 @@ def assess_lora(
     if not paths:
         raise AssessmentError("should_stop: assessment stopped before any test image was made")
     on_event(Progress("assess", len(paths), len(jobs), "scoring likeness and quality"))
-    result = score_images(paths, reference, prompts=used, identity=identity, clip_model=clip_model)
-    grid = save_grid(reference_images, result.images, out_dir / "grid.png")
+    result = score_images(paths, plan.reference, prompts=used, identity=plan.identity, clip_model=plan.clip_model)
+    grid = save_grid(plan.reference_images, result.images, out_dir / "grid.png")
     result = dataclasses.replace(result, grid=grid, lora_path=lora_path, lora_scale=lora_scale)
     on_event(Message(f"likeness {result.likeness:.0%}, recognised {result.recognised_share:.0%}, "
                      f"quality {result.quality:.0f}, overall {result.overall:.0f}: {result.verdict_text}"))
@@ -298,17 +307,10 @@ def choose_best_checkpoint(results: Mapping[int, AssessmentResult]) -> int:
 def assess_checkpoints(
     generator: Generator,
     checkpoints: Sequence[tuple[int, Path]],
+    plan: AssessmentPlan,
     *,
-    trigger_word: str,
-    reference: np.ndarray,
     out_dir: Path,
-    prompts: Sequence[str] = DEFAULT_TEST_PROMPTS,
-    seeds: Sequence[int] = (0,),
-    settings: GenerateSettings | None = None,
     lora_scales: Sequence[float] = (0.8, 1.0),
-    reference_images: Sequence[Path] = (),
-    identity: Any = None,
-    clip_model: str | Path | None = None,
     on_event: EventCallback = ignore,
     should_stop: StopCheck = never,
     known: Mapping[int, AssessmentResult] | None = None,
@@ -323,17 +325,14 @@ def assess_checkpoints(
     if not checkpoints:
         raise AssessmentError("checkpoints: nothing to assess; pass (step, lora path) pairs")
     first_scale = 1.0 if 1.0 in lora_scales or not lora_scales else lora_scales[-1]
-    common = dict(trigger_word=trigger_word, reference=reference, prompts=prompts, seeds=seeds, settings=settings,
-                  reference_images=reference_images, identity=identity, clip_model=clip_model,
-                  should_stop=should_stop)
     paths = dict(checkpoints)
     results: dict[int, AssessmentResult] = {s: r for s, r in (known or {}).items() if s in paths}
     for number, (step, path) in enumerate(checkpoints):
         if step in results:
             continue
         on_event(Message(f"assessing checkpoint {number + 1} of {len(checkpoints)} (step {step})"))
-        results[step] = assess_lora(generator, path, out_dir=Path(out_dir) / f"step_{step:06d}",
-                                    lora_scale=first_scale, on_event=on_event, **common)
+        results[step] = assess_lora(generator, path, plan, out_dir=Path(out_dir) / f"step_{step:06d}",
+                                    lora_scale=first_scale, on_event=on_event, should_stop=should_stop)
         if should_stop():
             break
     best = choose_best_checkpoint(results)
@@ -342,8 +341,9 @@ def assess_checkpoints(
         if scale in by_scale or should_stop():
             continue
         on_event(Message(f"trying step {best} at LoRA scale {scale}"))
-        by_scale[scale] = assess_lora(generator, paths[best], out_dir=Path(out_dir) / f"step_{best:06d}_x{scale:g}",
-                                      lora_scale=scale, on_event=on_event, **common)
+        by_scale[scale] = assess_lora(generator, paths[best], plan,
+                                      out_dir=Path(out_dir) / f"step_{best:06d}_x{scale:g}", lora_scale=scale,
+                                      on_event=on_event, should_stop=should_stop)
     # Ties keep the full scale: it is what the LoRA was trained at.
     scale = max(by_scale, key=lambda s: (round(by_scale[s].overall, 6), s == first_scale))
     results[best] = by_scale[scale]

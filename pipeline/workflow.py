@@ -439,17 +439,18 @@ class _CheckpointAssessor:
 
     def __init__(self, workflow: Workflow, record: ModelRecord, dataset: Dataset, monitor: TrainingMonitor,
                  prompts: Sequence[str] = (), resolution: int | None = None) -> None:
-        from pipeline.assessment import DEFAULT_TEST_PROMPTS, reference_embeddings
+        from pipeline.assessment import DEFAULT_TEST_PROMPTS, AssessmentPlan, reference_embeddings
         from pipeline.base_model import is_tiny
 
         self.workflow = workflow
         self.record = record
         self.monitor = monitor
-        self.images = [item.image for item in dataset.items]
-        self.reference = reference_embeddings(self.images)
-        self.settings = workflow.test_generate_settings(resolution or dataset.resolution)
+        images = [item.image for item in dataset.items]
+        self.plan = AssessmentPlan(
+            trigger_word=record.trigger_word, reference=reference_embeddings(images),
+            prompts=tuple(prompts) or DEFAULT_TEST_PROMPTS, reference_images=images,
+            settings=workflow.test_generate_settings(resolution or dataset.resolution)).validate()
         self.out_dir = Path(record.folder) / "assessment"
-        self.prompts = tuple(prompts) or DEFAULT_TEST_PROMPTS
         self.tiny = is_tiny(workflow.base_model)
         self.results: dict[int, Any] = {}
 
@@ -466,9 +467,8 @@ class _CheckpointAssessor:
         if isinstance(event, ev.CheckpointSaved) and self._live():
             from pipeline.assessment import assess_lora
 
-            result = assess_lora(self.workflow.generator(), event.path, trigger_word=self.record.trigger_word,
-                                 reference=self.reference, out_dir=self.out_dir / f"step_{event.step:06d}",
-                                 settings=self.settings, reference_images=self.images, prompts=self.prompts)
+            result = assess_lora(self.workflow.generator(), event.path, self.plan,
+                                 out_dir=self.out_dir / f"step_{event.step:06d}")
             self.results[event.step] = result
             self.monitor.on_assessment(event.step, result.likeness, result.overall)
 
@@ -481,10 +481,8 @@ class _CheckpointAssessor:
         by_step[result.steps_done] = Path(result.lora_path)
         steps = sorted(by_step.items())
         best_step, best_scale, results = assess_checkpoints(
-            self.workflow.generator(), steps, trigger_word=self.record.trigger_word, reference=self.reference,
-            out_dir=self.out_dir, settings=self.settings, on_event=self.monitor.on_event,
-            reference_images=self.images, known=self.results, prompts=self.prompts,
-        )
+            self.workflow.generator(), steps, self.plan, out_dir=self.out_dir, on_event=self.monitor.on_event,
+            known=self.results)
         for step, measured in sorted(results.items()):
             if step not in self.results:
                 self.monitor.on_assessment(step, measured.likeness, measured.overall)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from pipeline.assessment import (
     NOT_RECOGNISABLE,
     READY,
     AssessmentError,
+    AssessmentPlan,
     AssessmentResult,
     ImageScore,
     assess_checkpoints,
@@ -105,9 +107,9 @@ def test_tiny_model_lora_is_assessed_honestly_as_not_recognisable(generator: Gen
     lora = make_lora(generator.pipeline, tmp_path / "lora")
     training = pf.write_set(tmp_path / "training", pf.variants(pf.astronaut(), 2))
     events: list = []
-    result = assess_lora(generator, lora, trigger_word="zorvek", reference=astronaut_reference,
-                         out_dir=tmp_path / "assessment", prompts=PROMPTS, seeds=(0, 1), settings=TINY,
-                         reference_images=training, on_event=events.append)
+    plan = AssessmentPlan(trigger_word="zorvek", reference=astronaut_reference, prompts=PROMPTS, seeds=(0, 1),
+                          settings=TINY, reference_images=training)
+    result = assess_lora(generator, lora, plan, out_dir=tmp_path / "assessment", on_event=events.append)
     assert len(result.images) == 6
     assert result.verdict == NOT_RECOGNISABLE and result.recognised_share == 0.0 and result.likeness == 0.0
     assert result.prompt_fidelity is None and "prompt fidelity skipped" in result.fidelity_note
@@ -121,15 +123,18 @@ def test_tiny_model_lora_is_assessed_honestly_as_not_recognisable(generator: Gen
     assert [e.done for e in events if isinstance(e, Progress)] == [0, 1, 2, 3, 4, 5, 6]
     assert any(isinstance(e, Message) and "not recognisable" in e.text for e in events)
     json.dumps(result.to_dict())
+    for empty in ("prompts", "seeds"):
+        with pytest.raises(AssessmentError, match=empty):
+            assess_lora(generator, lora, dataclasses.replace(plan, **{empty: ()}), out_dir=tmp_path / "none")
 
 
 def test_assess_checkpoints_tries_each_step_then_scales_on_the_best(generator: Generator, tmp_path: Path,
                                                                    astronaut_reference: np.ndarray) -> None:
     checkpoints = [(25, make_lora(generator.pipeline, tmp_path / "c25", seed=1)),
                    (50, make_lora(generator.pipeline, tmp_path / "c50", seed=2))]
-    best_step, best_scale, results = assess_checkpoints(
-        generator, checkpoints, trigger_word="zorvek", reference=astronaut_reference, out_dir=tmp_path / "out",
-        prompts=PROMPTS[:2], settings=TINY, lora_scales=(0.8, 1.0))
+    plan = AssessmentPlan(trigger_word="zorvek", reference=astronaut_reference, prompts=PROMPTS[:2], settings=TINY)
+    best_step, best_scale, results = assess_checkpoints(generator, checkpoints, plan, out_dir=tmp_path / "out",
+                                                        lora_scales=(0.8, 1.0))
     assert set(results) == {25, 50}
     assert best_step == choose_best_checkpoint(results)
     assert best_scale in (0.8, 1.0) and results[best_step].lora_scale == best_scale
