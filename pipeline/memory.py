@@ -42,11 +42,11 @@ class MemoryEstimate:
     total_gb: float
 
 
-def free_gpu_gb() -> float | None:
-    """Free memory of the current CUDA device in GB, or None without CUDA."""
-    if not torch.cuda.is_available():
+def free_gpu_gb(device: str | torch.device | None = None) -> float | None:
+    """Free memory of a CUDA ``device`` (default: the current one) in GB; None without CUDA or for a CPU device."""
+    if not torch.cuda.is_available() or (device is not None and torch.device(device).type != "cuda"):
         return None
-    free, _total = torch.cuda.mem_get_info()
+    free, _total = torch.cuda.mem_get_info(device)
     return free / GB
 
 

@@ -333,7 +333,7 @@ def load_transformer(model_path: str, mode: str, device: str) -> torch.nn.Module
     from diffusers import FluxTransformer2DModel
 
     dtype = torch.float32 if mode == "cpu" else torch.bfloat16
-    device_map = device if device == "cuda" and mode not in ("fp8", "offload") else None
+    device_map = device if device.startswith("cuda") and mode not in ("fp8", "offload") else None
     quantization = None
     if mode == "nf4":
         # bitsandbytes 4-bit NormalFloat (peft trains LoRA on bnb Linear4bit layers). Not measured here: bitsandbytes
@@ -419,7 +419,9 @@ class _Run:
     """State of one training run; ``train_lora`` is its only entry point."""
 
     def __init__(self, dataset: Dataset, settings: TrainSettings, output_dir: Path, base_model: str, data_dir: Path,
-                 on_event: ev.EventCallback, should_stop: ev.StopCheck) -> None:
+                 on_event: ev.EventCallback, should_stop: ev.StopCheck, device: str) -> None:
+        self.device = device
+        self.cuda = torch.device(device).type == "cuda"
         self.dataset = dataset
         self.settings = settings
         self.output_dir = Path(output_dir)
@@ -444,9 +446,7 @@ class _Run:
         self.model_path = resolve_base_model(self.base_model, self.data_dir)
         self.model_key = _model_key(self.model_path)
         self.fingerprint = _resume_fingerprint(s, self.model_key, self.dataset)
-        cuda = torch.cuda.is_available()
-        self.device = "cuda" if cuda else "cpu"
-        free_gb = memory.free_gpu_gb()
+        free_gb = memory.free_gpu_gb(self.device)
         mode, reason = memory.choose_mode(s.memory_mode, free_gb)
         if mode == "nf4" and not memory.bitsandbytes_works():
             mode, reason = "fp8", "nf4 needs bitsandbytes, which does not work here: fp8 instead"
@@ -460,7 +460,7 @@ class _Run:
         self._load_transformer()
         self.stages = resolution_stages(s)
         # Per resolution: a batch that fits at 512 px may not at 1024.
-        self.batch_sizes = {stage.resolution: s.batch_size or self._auto_batch_size(free_gb, stage.resolution)
+        self.batch_sizes = {stage.resolution: s.batch_size or self._auto_batch_size(stage.resolution)
                             for stage in self.stages}
         sizes = ", ".join(f"{size} at {resolution} px" for resolution, size in self.batch_sizes.items())
         self.emit(ev.Message(f"batch size {sizes}" + ("" if s.batch_size else " (automatic)")))
@@ -479,7 +479,7 @@ class _Run:
         if self.checkpointing:
             self.transformer.enable_gradient_checkpointing()
         torch.manual_seed(s.seed)  # the LoRA A matrices' initialisation
-        self.params = add_lora(self.transformer, rank=s.rank, alpha=s.alpha, autocast=self.device == "cuda")
+        self.params = add_lora(self.transformer, rank=s.rank, alpha=s.alpha, autocast=self.cuda)
         if self.mode == "fp8":
             memory.quantize_frozen_linears_fp8(self.transformer, device=self.device)
         if self.mode == "offload":
@@ -488,7 +488,7 @@ class _Run:
                                  f"at most {report.largest_block_bytes / memory.GB:.2f} GB on the GPU at once"))
         elif self.mode == "fp8":  # the rest of the model; its Linear weights are on the GPU already
             self.transformer.to(self.device)
-        if self.device == "cuda" and self.mode != "offload" and s.steps >= COMPILE_MIN_STEPS:
+        if self.cuda and self.mode != "offload" and s.steps >= COMPILE_MIN_STEPS:
             # Regional compilation of the repeated blocks: 0.365 -> 0.231 s/step at 512 px, 0.64 -> 0.46 at 1024 px on
             # an H100 (bench/train.py) for about a minute of compiling, so worth it from a few hundred steps on.
             self.transformer.compile_repeated_blocks(fullgraph=False)
@@ -508,14 +508,14 @@ class _Run:
             gradient_checkpointing=checkpointing, optimizer=self.settings.optimizer)
 
     def _fits_without_recompute(self) -> bool:
-        free = memory.free_gpu_gb()
+        free = memory.free_gpu_gb(self.device)
         largest = max(self.settings.resolutions)
         return free is not None and self._estimate(largest, checkpointing=False).total_gb < 0.85 * free
 
-    def _auto_batch_size(self, free_gb: float | None, resolution: int) -> int:
+    def _auto_batch_size(self, resolution: int) -> int:
         estimate = self._estimate(resolution, checkpointing=self.checkpointing)
         # Weights are loaded by now, so free memory already excludes them.
-        return memory.auto_batch_size(len(self.dataset), free_gb=memory.free_gpu_gb() if free_gb is not None else None,
+        return memory.auto_batch_size(len(self.dataset), free_gb=memory.free_gpu_gb(self.device),
                                       per_sample_gb=estimate.activations_gb,
                                       fixed_gb=estimate.lora_gb + estimate.optimizer_gb)
 
@@ -532,7 +532,7 @@ class _Run:
                 self.emit(ev.Message("adamw8bit needs bitsandbytes with CUDA, which does not work here: using AdamW "
                                      "(the LoRA's optimiser state is small either way)", level="warning"))
             self.optimizer = torch.optim.AdamW(self.params, lr=s.learning_rate, weight_decay=1e-4,
-                                               fused=self.device == "cuda")
+                                               fused=self.cuda)
         self.lr_scheduler = get_scheduler("cosine" if s.lr_schedule == "cosine" else "constant_with_warmup",
                                           self.optimizer, num_warmup_steps=min(s.warmup_steps, s.steps),
                                           num_training_steps=s.steps)
@@ -655,7 +655,7 @@ class _Run:
         self.transformer.eval()
         try:
             for i, text in enumerate(self.prepared.samples):
-                with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device == "cuda"):
+                with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
                     image = pipe(prompt_embeds=text.prompt[None].to(self.device, self.dtype),
                                  pooled_prompt_embeds=text.pooled[None].to(self.device, self.dtype),
                                  height=size, width=size, num_inference_steps=4 if tiny else 20,
@@ -674,7 +674,7 @@ class _Run:
         phase = phase_for(step, s.steps)
         if step == 1 or phase != phase_for(step - 1, s.steps):
             self.emit(ev.Message(f"phase: {phase} (from step {step} of {s.steps})"))
-        gpu = torch.cuda.max_memory_allocated() / memory.GB if self.device == "cuda" else 0.0
+        gpu = torch.cuda.max_memory_allocated(self.device) / memory.GB if self.cuda else 0.0
         self.emit(ev.TrainStep(step=step, total_steps=s.steps, loss=loss, loss_smooth=self.loss_smooth,
                                learning_rate=self.lr_scheduler.get_last_lr()[0], seconds_per_step=seconds_per_step,
                                eta_seconds=self.eta(step, seconds_per_step), phase=phase, gpu_memory_gb=gpu,
@@ -701,8 +701,12 @@ def train_lora(
     on_event: ev.EventCallback = ev.ignore,
     should_stop: ev.StopCheck = ev.never,
     resume: bool = True,
+    device: str | None = None,
 ) -> TrainResult:
     """Train a LoRA of ``dataset``'s person on ``base_model``; outputs go to ``output_dir``.
+
+    ``device``: where to train, e.g. "cuda:1" for the second GPU (the job queue runs one training per GPU);
+    None: the current GPU, or the CPU where there is none.
 
     Raises SettingsError for invalid settings and TrainingError for an empty dataset, before anything runs. Every
     later failure (model cannot load, out of memory, loss not finite) ends as ``status="failed"`` with the reason.
@@ -714,14 +718,19 @@ def train_lora(
     started = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    run = _Run(dataset, settings, output_dir, base_model, data_dir, on_event, should_stop)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"device: {device!r} asked for, but this machine has no working CUDA GPU")
+    run = _Run(dataset, settings, output_dir, base_model, data_dir, on_event, should_stop, device)
     threads = torch.get_num_threads()
-    if not torch.cuda.is_available() and is_tiny(base_model):
+    if not run.cuda and is_tiny(base_model):
         # The tiny model's matrices are too small to split across cores: one thread avoids the scheduling overhead,
         # which dominates (measured 0.04 s/step on one thread against 0.2-0.7 s on two busy cores).
         torch.set_num_threads(1)
     try:
-        return _train(run, settings, output_dir, base_model, started, resume)
+        # Whatever still means "the current GPU" inside libraries then means this run's GPU (per thread).
+        with torch.cuda.device(device) if run.cuda else contextlib.nullcontext():
+            return _train(run, settings, output_dir, base_model, started, resume)
     finally:
         torch.set_num_threads(threads)
 

@@ -303,7 +303,8 @@ class Workflow:
             assessor = _CheckpointAssessor(self, record, dataset, monitor, prompts=settings.test_prompts,
                                            resolution=settings.resolution)
             result = train_lora(dataset, settings, folder / "lora", base_model=self.base_model,
-                                data_dir=self.data_dir, on_event=assessor.on_training_event, should_stop=should_stop)
+                                data_dir=self.data_dir, on_event=assessor.on_training_event, should_stop=should_stop,
+                                device=job.device or None)
             checkpoints = [{"step": c.step, "path": str(c.path)} for c in result.checkpoints]
             if result.status == "cancelled" and self.jobs.interrupting and not self.jobs.cancel_requested(job.id):
                 # The app is shutting down: the job goes back to the queue and resumes from its last checkpoint.

@@ -272,6 +272,15 @@ def test_unloadable_base_model_fails_with_reason(dataset: Dataset, data_dir: Pat
     assert "likeness-test/no-such-flux" in result.error
 
 
+def test_a_device_that_is_not_here_is_a_training_error(dataset: Dataset, data_dir: Path, tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(TrainingError, match="device: 'cuda:1'"):
+        train_lora(dataset, _quick(), tmp_path, base_model="tiny", data_dir=data_dir, device="cuda:1")
+    result = train_lora(dataset, _quick(steps=2), tmp_path, base_model="tiny", data_dir=data_dir, device="cpu")
+    assert result.status == "completed", result.error
+
+
 def test_missing_photo_is_a_training_error(dataset: Dataset, data_dir: Path, tmp_path: Path) -> None:
     broken = Dataset(items=(DatasetItem(image=tmp_path / "gone.png", caption=TRIGGER, source="gone.png"),),
                      trigger_word=TRIGGER, resolution=64)
@@ -362,8 +371,10 @@ def test_fp8_weights_keep_the_output_and_train(data_dir: Path) -> None:
 def test_each_gpu_memory_mode_trains_the_tiny_model(mode: str, dataset: Dataset, data_dir: Path,
                                                      tmp_path: Path) -> None:
     events: list[ev.Event] = []
+    device = f"cuda:{torch.cuda.device_count() - 1}"  # the last GPU: a job queue worker may run on any
     result = train_lora(dataset, _quick(memory_mode=mode), tmp_path, base_model="tiny", data_dir=data_dir,
-                        on_event=events.append)
+                        on_event=events.append, device=device)
     assert result.status == "completed", result.error
+    assert torch.cuda.max_memory_allocated(device) > 0
     assert all(math.isfinite(x) for x in result.losses) and result.lora_path.is_file()
     assert any(isinstance(e, ev.Message) and e.text.startswith(f"memory mode {mode}") for e in events)
