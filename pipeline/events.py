@@ -36,6 +36,7 @@ class TrainStep:
     phase: str  # "initial learning", "feature refinement", "style adaptation", "final optimisation"
     gpu_memory_gb: float = 0.0
     host_memory_gb: float = 0.0
+    resolution: int = 0  # the px this step trained at (0: not reported)
 
 
 @dataclass(frozen=True)
@@ -74,3 +75,15 @@ def ignore(_event: Event) -> None:
 def never() -> bool:
     """The default stop check: never stop."""
     return False
+
+
+def duration_text(seconds: float) -> str:
+    """A duration as people read it: "45 s", "4 min 10 s", "1 h 05 min"."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"

@@ -678,7 +678,7 @@ class _Run:
         self.emit(ev.TrainStep(step=step, total_steps=s.steps, loss=loss, loss_smooth=self.loss_smooth,
                                learning_rate=self.lr_scheduler.get_last_lr()[0], seconds_per_step=seconds_per_step,
                                eta_seconds=self.eta(step, seconds_per_step), phase=phase, gpu_memory_gb=gpu,
-                               host_memory_gb=memory.host_memory_gb()))
+                               host_memory_gb=memory.host_memory_gb(), resolution=self.stage_at(step).resolution))
 
     def eta(self, step: int, seconds_per_step: float) -> float:
         """Seconds left: this stage's steps at the current speed, a later stage's scaled by its tokens × batch."""

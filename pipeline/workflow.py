@@ -77,7 +77,7 @@ class TrainingMonitor:
                 self._add({"kind": "log", "text": (
                     f"step {event.step}/{event.total_steps}  loss {event.loss:.4f} (smoothed "
                     f"{event.loss_smooth:.4f})  lr {event.learning_rate:.2e}  {event.seconds_per_step:.2f} s/step"
-                    f"  ETA {event.eta_seconds:.0f} s  [{event.phase}]")})
+                    f"  ETA {ev.duration_text(event.eta_seconds)}  [{event.phase}]")})
         elif isinstance(event, ev.SampleImages):
             for image, prompt in zip(event.images, event.prompts, strict=False):
                 self._add({"kind": "sample", "step": event.step, "path": str(image), "prompt": prompt})

@@ -212,7 +212,9 @@ def test_finish_stage_trains_at_its_size_and_resumes_across_the_switch(dataset: 
     [sample] = [e for e in events if isinstance(e, ev.SampleImages)]
     with Image.open(sample.images[0]) as image:
         assert image.size == (96, 96)  # samples show the size being trained
-    etas = {e.step: e.eta_seconds for e in events if isinstance(e, ev.TrainStep)}
+    steps = [e for e in events if isinstance(e, ev.TrainStep)]
+    assert [e.resolution for e in steps] == [64] * 7 + [96] * 3
+    etas = {e.step: e.eta_seconds for e in steps}
     assert etas[10] == 0 and etas[6] > 0
     assert read_metadata(straight.lora_path)["likeness.resolutions"] == "64,96"
 
@@ -300,6 +302,11 @@ def test_phases_and_buckets() -> None:
     assert height > width
     width, height = bucket_for(1920, 1080, 1024)
     assert abs(width / height - 16 / 9) < 0.05
+
+
+def test_durations_read_as_people_say_them() -> None:
+    assert [ev.duration_text(s) for s in (0, 44.6, 60, 250, 3599, 3660, 7325)] == [
+        "0 s", "45 s", "1 min 00 s", "4 min 10 s", "59 min 59 s", "1 h 01 min", "2 h 02 min"]
 
 
 def test_sigma_sampling_shifts_towards_noise_with_resolution() -> None:

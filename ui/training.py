@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import gradio as gr
 import pandas as pd
 
+from pipeline.events import duration_text
 from pipeline.library import BUSY_STATUSES, FINISHED_STATUSES
 from pipeline.workflow import TrainingMonitor, Workflow
 from ui.charts import series_frame
@@ -51,8 +52,12 @@ def _status(workflow: Workflow, monitor: TrainingMonitor) -> str:
         lines.append(f"⏳ Waiting in the queue: {ahead} training(s) ahead (one runs at a time per GPU).")
     step = monitor.last_step
     if step:
-        lines.append(f"Step **{step.step}/{step.total_steps}** · phase *{step.phase}* · "
-                     f"{step.seconds_per_step:.2f} s/step · ETA {step.eta_seconds:.0f} s · loss {step.loss_smooth:.4f}")
+        parts = [f"Step **{step.step}/{step.total_steps}**", f"phase *{step.phase}*"]
+        parts += [f"{step.resolution} px"] if step.resolution else []
+        parts += [f"{step.seconds_per_step:.2f} s/step", f"ETA {duration_text(step.eta_seconds)}",
+                  f"loss {step.loss_smooth:.4f}"]
+        parts += [f"GPU {step.gpu_memory_gb:.1f} GB"] if step.gpu_memory_gb else []
+        lines.append(" · ".join(parts))
     if record.status == "cancelled":
         lines.append("⏹ Stopped. Press Train to start a new run.")
     elif record.error:
