@@ -92,6 +92,8 @@ def model_card(record: ModelRecord) -> str:
     for key in ("steps", "learning_rate", "rank", "alpha", "resolution"):
         if key in record.settings:
             lines.append(f"| {key.replace('_', ' ')} | {_format_value(record.settings[key])} |")
+    if record.settings.get("finish_resolution", 0) > record.settings.get("resolution", 0):
+        lines.append(f"| last quarter of the steps at | {record.settings['finish_resolution']} px |")
     for key, value in record.dataset.items():
         if not isinstance(value, dict | list | tuple):
             lines.append(f"| dataset: {key.replace('_', ' ')} | {_format_value(value)} |")

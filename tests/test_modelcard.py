@@ -13,7 +13,8 @@ from pipeline.settings import FLUX_DEV, TINY_MODEL
 def _record(tmp_path, base_model=FLUX_DEV, **fields):
     library = Library(tmp_path)
     record = library.create("Anna Smith", base_model,
-                            {"steps": 1000, "rank": 16, "learning_rate": 1e-4,
+                            {"steps": 1000, "rank": 16, "learning_rate": 1e-4, "resolution": 512,
+                             "finish_resolution": 1024,
                              "sample_prompts": ["a portrait photo of {trigger}", "a charcoal sketch, dramatic"]})
     return library.update(record.id, **fields) if fields else record
 
@@ -33,6 +34,7 @@ def test_card_for_a_flux_dev_model(tmp_path):
     assert f"| base model | `{FLUX_DEV}` |" in card and "| dataset: photos used | 17 |" in card
     assert "| overall | 82.5 |" in card and "| best checkpoint (step) | 750 |" in card
     assert "| best LoRA scale | 0.8 |" in card
+    assert "| resolution | 512 |" in card and "| last quarter of the steps at | 1024 px |" in card
     assert "parts" not in card  # nested details stay in likeness.json
     assert f"- `a portrait photo of {trigger}`" in card
     assert f"- `{trigger}, a charcoal sketch, dramatic`" in card  # no {trigger}: the word goes first
@@ -54,6 +56,12 @@ def test_card_for_the_tiny_model_says_its_images_are_noise(tmp_path):
     assert data.base_model is None  # "tiny" is no hub id
     assert "tiny test model" in card and "noise" in card
     assert "Not assessed yet." in card and "adapter_weights=[1]" in card
+
+
+def test_a_finish_resolution_that_is_not_above_the_resolution_is_not_shown(tmp_path):
+    library = Library(tmp_path)
+    record = library.create("Bo", TINY_MODEL, {"steps": 50, "resolution": 64, "finish_resolution": 0})
+    assert "| resolution | 64 |" in model_card(record) and "last quarter" not in model_card(record)
 
 
 def test_example_prompts_always_contain_the_trigger_word_once_each(tmp_path):
