@@ -85,6 +85,36 @@ def count_step_flops(resolution: int, *, checkpointing: bool) -> dict[str, float
     return {"forward_tflop": forward / 1e12, "backward_tflop": (total - forward) / 1e12, "step_tflop": total / 1e12}
 
 
+def count_step_ops(resolution: int) -> dict[str, Any]:
+    """Eager ATen calls of one training step (batch 1, no checkpointing) by kind, on meta: the kernel-launch load a
+    GPU step carries before compilation. Views cost no kernel; matmuls, casts and elementwise ops each launch one."""
+    import collections
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: collections.Counter[str] = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls[str(func.overloadpacket).removeprefix("aten.")] += 1
+            return func(*args, **(kwargs or {}))
+
+    model = build_transformer(FLUX_DEV_TRANSFORMER, "meta")
+    model.train()
+    lora_layers = sum(1 for name, _ in model.named_modules() if name.endswith(".lora_A.default"))
+    with Count() as count:
+        loss = flow_matching_loss(model, **_inputs(resolution, "meta"), guidance=1.0, device="meta",
+                                  dtype=torch.bfloat16)
+        loss.backward()
+    views = {"view", "_unsafe_view", "t", "transpose", "permute", "unsqueeze", "expand", "slice", "detach", "select",
+             "split", "squeeze", "chunk", "unbind", "split_with_sizes", "as_strided", "alias"}
+    return {"aten_calls": sum(count.calls.values()),
+            "kernel_calls": sum(n for op, n in count.calls.items() if op not in views),
+            "lora_layers": lora_layers, "top": dict(count.calls.most_common(12))}
+
+
 def count_encoder_flops(resolution: int) -> dict[str, float]:
     """One-off FLOPs per photo (VAE encoder) and per caption (T5-XXL at 512 tokens, CLIP-L at 77), on meta."""
     from diffusers import AutoencoderKL
@@ -322,6 +352,7 @@ def main() -> None:
                 "step_with_checkpointing_tflop": count_step_flops(resolution, checkpointing=True)["step_tflop"],
                 **count_encoder_flops(resolution)}),
         }
+    report["flux_dev_step_ops_512px"] = count_step_ops(512)
     write()
     if not args.gpu_only:
         report["memory_estimates_gb"] = memory_table()
