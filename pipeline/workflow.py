@@ -292,7 +292,8 @@ class Workflow:
         record = self.library.get(job.model_id)
         folder = Path(record.folder)
         monitor = self._monitor(record.id)
-        settings = from_dict(TrainSettings, job.payload["settings"])
+        # Runs queued before finish_resolution existed trained at one size: keep them so (their crops are that size).
+        settings = from_dict(TrainSettings, {"finish_resolution": 0, **job.payload["settings"]})
         dataset = Dataset.load(folder / "dataset")
         self.library.update(record.id, status="training")
         monitor.note(f"training '{record.name}' on {self.base_model}: {settings.steps} steps at "

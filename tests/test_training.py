@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -66,7 +67,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
     paths = _face_crops(tmp_path_factory.mktemp("photos"), 16, ((128, 128), (64, 64), (96, 128)))
     items = tuple(DatasetItem(image=p, caption=f"a photo of {TRIGGER} person", source=p.name) for p in paths)
-    return Dataset(items=items, trigger_word=TRIGGER, resolution=64)
+    return Dataset(items=items, trigger_word=TRIGGER, resolution=128)  # the largest crops
 
 
 @pytest.fixture(scope="module")
@@ -224,6 +225,23 @@ def test_finish_stage_trains_at_its_size_and_resumes_across_the_switch(dataset: 
     assert first.status == "cancelled" and first.steps_done == 9
     second = train_lora(dataset, settings, tmp_path / "resumed", base_model="tiny", data_dir=data_dir)
     np.testing.assert_allclose(second.losses, straight.losses, rtol=1e-5)
+
+    # More steps move the switch: the checkpoints of the old layout are not resumed.
+    events = []
+    longer = train_lora(dataset, dataclasses.replace(settings, steps=12), tmp_path / "resumed", base_model="tiny",
+                        data_dir=data_dir, on_event=events.append)
+    assert longer.status == "completed" and len(longer.losses) == 12
+    assert any(isinstance(e, ev.Message) and "starting afresh" in e.text for e in events)
+
+
+def test_no_finishing_stage_above_the_crop_size(dataset: Dataset, data_dir: Path, tmp_path: Path) -> None:
+    events: list[ev.Event] = []
+    result = train_lora(dataset, _quick(steps=4, finish_resolution=256), tmp_path, base_model="tiny",
+                        data_dir=data_dir, on_event=events.append)
+    assert result.status == "completed", result.error
+    assert {e.resolution for e in events if isinstance(e, ev.TrainStep)} == {64}
+    assert any(isinstance(e, ev.Message) and e.level == "warning" and "crops are 128 px" in e.text for e in events)
+    assert json.loads((tmp_path / "settings.json").read_text())["finish_resolution"] == 0
 
 
 def test_cancel_keeps_the_last_checkpoint(dataset: Dataset, data_dir: Path, tmp_path: Path) -> None:
