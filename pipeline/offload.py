@@ -25,21 +25,29 @@ from torch.nn.utils import parametrize
 logger = logging.getLogger(__name__)
 
 BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")
+# torch's pinned-memory allocator rounds every allocation up to a power of two (a 3072 x 12288 bf16 weight of 72 MiB
+# takes 128 MiB; FLUX.1-dev's 22 GiB of block weights would lock 34 GiB). So the weights are packed into buffers of
+# at most 1 GiB — a power of two, filled first-fit with the largest weights first — and held as views into them.
+_BUFFER_BYTES = 1 << 30
+_ALIGN = 512  # bytes; every view starts on such a boundary
 
 
 class HostWeight(torch.nn.Module):
     """Parametrisation of a weight stored on the host: each read returns a fresh copy on ``device``."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, stored: torch.Tensor) -> None:
         super().__init__()
         self.device = device
+        self._stored = stored  # where registration puts the weight: a view into a packed host buffer
 
     def forward(self, stored: torch.Tensor) -> torch.Tensor:
         # copy=True even when devices match (CPU tests), so a read never aliases the stored tensor.
         return stored.to(self.device, non_blocking=True, copy=True)
 
     def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
-        return _pinned(weight.detach().cpu())
+        self._stored.copy_(weight.detach())
+        stored, self._stored = self._stored, None  # the parametrisation's ``original`` holds it from now on
+        return stored
 
 
 @dataclass(frozen=True)
@@ -48,20 +56,45 @@ class OffloadReport:
 
     layers: int  # frozen Linear weights now held on the host
     host_bytes: int  # their total size
+    buffer_bytes: int  # the host buffers holding them (pinned where CUDA is)
+    pinned: bool
     largest_block_bytes: int  # the most any one block brings to the GPU at once
     resident_bytes: int  # parameters and buffers moved to the execution device
 
 
-def _pinned(tensor: torch.Tensor) -> torch.Tensor:
-    """Page-locked copy when CUDA exists (asynchronous, faster copies); the tensor itself when pinning fails."""
-    if not torch.cuda.is_available():
-        return tensor
-    try:
-        return tensor.pin_memory()
-    except RuntimeError as error:  # pinning needs locked RAM, which a crowded host may refuse
-        logger.warning("could not pin %s of host memory (%s): copies to the GPU will be slower",
-                       f"{tensor.numel() * tensor.element_size() / 1024**2:.0f} MB", error)
-        return tensor
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def _aligned(size: int) -> int:
+    return -(-size // _ALIGN) * _ALIGN
+
+
+def _plan_buffers(sizes: list[int]) -> list[list[int]]:
+    """Indices of ``sizes`` per buffer: first fit, largest first, at most ``_BUFFER_BYTES`` (or the largest) each."""
+    capacity = max([_BUFFER_BYTES, *sizes])
+    buffers: list[list[int]] = []
+    used: list[int] = []
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        fit = next((b for b, taken in enumerate(used) if taken + _aligned(sizes[i]) <= capacity), None)
+        if fit is None:
+            buffers.append([])
+            used.append(0)
+            fit = len(buffers) - 1
+        buffers[fit].append(i)
+        used[fit] += _aligned(sizes[i])
+    return buffers
+
+
+def _host_buffer(size: int, pin: bool) -> tuple[torch.Tensor, bool]:
+    """A byte buffer, page-locked if ``pin`` and the host allows (asynchronous copies); returns it and whether."""
+    if pin:
+        try:
+            return torch.empty(size, dtype=torch.uint8, pin_memory=True), True
+        except RuntimeError as error:  # pinning needs lockable RAM, which a crowded host may refuse
+            logger.warning("could not pin %.1f GB of host memory (%s): copies to the GPU will be slower",
+                           size / 1024**3, error)
+    return torch.empty(size, dtype=torch.uint8), False
 
 
 def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -81,23 +114,31 @@ def offload_block_weights(model: torch.nn.Module, device: str | torch.device) ->
     if not getattr(model, "is_gradient_checkpointing", False):
         raise ValueError("block offload needs gradient checkpointing: call enable_gradient_checkpointing() first")
     device = torch.device(device)
-    layers = host_bytes = largest = 0
-    for block in transformer_blocks(model):
-        block_bytes = 0
-        for module in block.modules():
-            if (isinstance(module, torch.nn.Linear) and not parametrize.is_parametrized(module, "weight")
-                    and not module.weight.requires_grad):
-                if module.weight.device.type != "cpu":
-                    raise ValueError("block offload starts from a model in host memory; it is on "
-                                     f"{module.weight.device}")
-                block_bytes += module.weight.numel() * module.weight.element_size()
-                parametrize.register_parametrization(module, "weight", HostWeight(device), unsafe=True)
-                module.parametrizations.weight.original.requires_grad_(False)
-                layers += 1
-        host_bytes += block_bytes
-        largest = max(largest, block_bytes)
+    per_block = [[m for m in block.modules() if isinstance(m, torch.nn.Linear)
+                  and not parametrize.is_parametrized(m, "weight") and not m.weight.requires_grad]
+                 for block in transformer_blocks(model)]
+    linears = [m for block in per_block for m in block]
+    if any(m.weight.device.type != "cpu" for m in linears):
+        raise ValueError(f"block offload starts from a model in host memory; it is on {linears[0].weight.device}")
+    pinned = torch.cuda.is_available()
+    buffer_bytes = 0
+    for members in _plan_buffers([_nbytes(m.weight) for m in linears]):
+        # One buffer at a time, each weight moved into it at once: host RAM holds the model plus one buffer, never
+        # the model twice.
+        size = sum(_aligned(_nbytes(linears[i].weight)) for i in members)
+        buffer, pinned = _host_buffer(size, pinned)
+        buffer_bytes += size
+        offset = 0
+        for i in members:
+            weight = linears[i].weight
+            view = buffer[offset:offset + _nbytes(weight)].view(weight.dtype).view(weight.shape)
+            offset += _aligned(_nbytes(weight))
+            parametrize.register_parametrization(linears[i], "weight", HostWeight(device, view), unsafe=True)
+            linears[i].parametrizations.weight.original.requires_grad_(False)
     resident = _move_all_but_host_weights(model, device)
-    return OffloadReport(layers=layers, host_bytes=host_bytes, largest_block_bytes=largest, resident_bytes=resident)
+    sizes = [sum(_nbytes(m.parametrizations.weight.original) for m in block) for block in per_block]
+    return OffloadReport(layers=len(linears), host_bytes=sum(sizes), buffer_bytes=buffer_bytes, pinned=pinned,
+                         largest_block_bytes=max(sizes), resident_bytes=resident)
 
 
 def _move_all_but_host_weights(model: torch.nn.Module, device: torch.device) -> int:
@@ -109,9 +150,9 @@ def _move_all_but_host_weights(model: torch.nn.Module, device: torch.device) -> 
         for param in module._parameters.values():
             if param is not None:
                 param.data = param.data.to(device)
-                moved += param.numel() * param.element_size()
+                moved += _nbytes(param)
         for key, buffer in module._buffers.items():
             if buffer is not None:
                 module._buffers[key] = buffer.to(device)
-                moved += buffer.numel() * buffer.element_size()
+                moved += _nbytes(buffer)
     return moved

@@ -487,7 +487,8 @@ class _Run:
             memory.quantize_frozen_linears_fp8(self.transformer, device=self.device)
         if self.mode == "offload":
             report = offload.offload_block_weights(self.transformer, self.device)
-            self.emit(ev.Message(f"block offload: {report.host_bytes / memory.GB:.1f} GB of weights stay in host RAM, "
+            where = "pinned host RAM" if report.pinned else "host RAM (could not pin it: slower copies)"
+            self.emit(ev.Message(f"block offload: {report.host_bytes / memory.GB:.1f} GB of weights stay in {where}, "
                                  f"at most {report.largest_block_bytes / memory.GB:.2f} GB on the GPU at once"))
         elif self.mode == "fp8":  # the rest of the model; its Linear weights are on the GPU already
             self.transformer.to(self.device)
