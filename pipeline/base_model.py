@@ -112,14 +112,15 @@ def load_pipeline(
 ) -> FluxPipeline:
     """Load a FluxPipeline from "tiny", a hub id or a local folder, in eval mode.
 
-    ``device`` defaults to CUDA where present; ``dtype`` to bfloat16 on CUDA and float32 on the CPU (the tiny model
-    always float32 on the CPU, where bf16 matmuls are slow).
+    ``device`` defaults to the first GPU where there is one; ``dtype`` to bfloat16 on CUDA and float32 on the CPU
+    (the tiny model always float32 on the CPU, where bf16 matmuls are slow).
     """
     path = resolve_base_model(spec, data_dir)
     import torch
     from diffusers import FluxPipeline
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # The first GPU by name: "cuda" would mean whichever GPU is current in the loading thread (a training job's).
+    device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     if dtype is None:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     try:
