@@ -108,29 +108,59 @@ def ensure_tiny_model(data_dir: Path) -> Path:
 
 
 def load_pipeline(
-    spec: str, data_dir: Path, *, device: str | None = None, dtype: torch.dtype | None = None
+    spec: str, data_dir: Path, *, device: str | None = None, dtype: torch.dtype | None = None, placement: str = "auto"
 ) -> FluxPipeline:
-    """Load a FluxPipeline from "tiny", a hub id or a local folder, in eval mode.
+    """Load a FluxPipeline from "tiny", a hub id or a local folder, in eval mode, placed to fit the GPU.
 
     ``device`` defaults to the first GPU where there is one; ``dtype`` to bfloat16 on CUDA and float32 on the CPU
-    (the tiny model always float32 on the CPU, where bf16 matmuls are slow).
+    (the tiny model always float32 on the CPU, where bf16 matmuls are slow). ``placement`` (see
+    ``memory.choose_generation_placement``): "auto" picks from free GPU memory, so FLUX.1-dev generates on 24 and
+    16 GB cards too.
     """
     path = resolve_base_model(spec, data_dir)
     import torch
     from diffusers import FluxPipeline
+
+    from pipeline import memory
 
     # The first GPU by name: "cuda" would mean whichever GPU is current in the loading thread (a training job's).
     device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     if dtype is None:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     try:
-        pipe = FluxPipeline.from_pretrained(path, dtype=dtype, low_cpu_mem_usage=True)
+        pipe = FluxPipeline.from_pretrained(path, dtype=dtype, low_cpu_mem_usage=True)  # host RAM, memory-mapped
     except Exception as exc:  # noqa: BLE001 - every loader failure becomes one explained error
         raise BaseModelError(explain_load_failure(spec, exc)) from exc
-    for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
-        getattr(pipe, name).eval()
+    components = {name: getattr(pipe, name) for name in ("transformer", "vae", "text_encoder", "text_encoder_2")}
+    for module in components.values():
+        module.eval().requires_grad_(False)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    size = {name: sum(p.numel() * p.element_size() for p in m.parameters()) / memory.GB
+            for name, m in components.items()}
+    chosen, reason = memory.choose_generation_placement(
+        placement, memory.free_gpu_gb(device), transformer_gb=size["transformer"],
+        encoders_gb=size["text_encoder"] + size["text_encoder_2"], other_gb=size["vae"])
+    logger.info("base model %s: %s", spec, reason)
+    _place(pipe, chosen, device)
+    return pipe
+
+
+def _place(pipe: FluxPipeline, placement: str, device: str) -> None:
+    """Move ``pipe`` (in host RAM) to ``device`` as ``placement`` says."""
+    from pipeline import memory, offload
+
+    if placement in ("gpu", "cpu"):
+        pipe.to(device)
+        return
+    for name in ("text_encoder", "text_encoder_2"):  # used once per prompt: streaming costs little
+        offload.stream_linear_weights(getattr(pipe, name), device)
+    if placement == "fp8":
+        memory.quantize_frozen_linears_fp8(pipe.transformer, device=device)
+        pipe.transformer.to(device)
+    else:
+        offload.stream_linear_weights(pipe.transformer, device)
+    pipe.vae.to(device)
+    pipe.vae.enable_tiling()  # the 1024 px decode would otherwise need several GB at once
 
 
 def explain_load_failure(spec: str, exc: BaseException) -> str:

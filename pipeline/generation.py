@@ -92,10 +92,11 @@ class Comparison:
 class Generator:
     """A loaded base model that generates with any LoRA trained on it. Thread-safe: one generation at a time."""
 
-    def __init__(self, base_model: str, data_dir: Path, *, device: str | None = None) -> None:
+    def __init__(self, base_model: str, data_dir: Path, *, device: str | None = None, placement: str = "auto") -> None:
         self.base_model = base_model
         self.data_dir = Path(data_dir)
         self.device = device
+        self.placement = placement  # where the weights live: memory.choose_generation_placement
         self._pipe: Any = None
         self._lock = threading.RLock()
         self._adapters: OrderedDict[str, str] = OrderedDict()  # LoRA file key -> adapter name, oldest first
@@ -109,7 +110,8 @@ class Generator:
                 from pipeline.base_model import load_pipeline
 
                 logger.info("loading base model %s", self.base_model)
-                self._pipe = load_pipeline(self.base_model, self.data_dir, device=self.device)
+                self._pipe = load_pipeline(self.base_model, self.data_dir, device=self.device,
+                                           placement=self.placement)
             return self._pipe
 
     @contextlib.contextmanager

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.offload import transformer_blocks
+from pipeline.offload import alias_weight_in_state_dict, transformer_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,37 @@ def choose_mode(requested: str, free_gb: float | None) -> tuple[str, str]:
         if free_gb >= threshold:
             return mode, f"{free_gb:.0f} GB free on the GPU: {mode} (needs ≥ {threshold:.0f} GB)"
     return "offload", f"only {free_gb:.0f} GB free on the GPU: transformer blocks offloaded to host RAM"
+
+
+PLACEMENTS = ("gpu", "fp8", "stream")
+# GPU memory a FLUX generation needs beyond the weights (GB): 1024 px activations and the VAE decode (tiled in the
+# low-memory placements).
+_GENERATION_HEADROOM_GB = 3.0
+
+
+def choose_generation_placement(requested: str, free_gb: float | None, *, transformer_gb: float, encoders_gb: float,
+                                other_gb: float) -> tuple[str, str]:
+    """Where a generation pipeline's weights live, and why: ``requested`` unless "auto", which picks from free GPU
+    memory and the component sizes (bf16 FLUX.1-dev: transformer 23.8 GB, T5-XXL + CLIP 9.8 GB, VAE 0.2 GB).
+
+    - ``gpu``: everything on the GPU (FLUX.1-dev: ≥ 37 GB free);
+    - ``fp8``: the transformer's Linear weights in float8 on the GPU, the text encoders streamed from host RAM per
+      prompt (≥ 15 GB; a 24 GB card and most 16 GB ones);
+    - ``stream``: the transformer streamed too, one layer at a time (any GPU; every denoising step copies it).
+    Without CUDA: ``cpu``.
+    """
+    if requested != "auto":
+        if requested not in PLACEMENTS:
+            raise ValueError(f"placement: one of auto, {', '.join(PLACEMENTS)}; got {requested!r}")
+        return requested, f"placement {requested} asked for"
+    if free_gb is None:
+        return "cpu", "no CUDA GPU: float32 on the CPU"
+    need = {"gpu": transformer_gb + encoders_gb + other_gb, "fp8": transformer_gb / 2 + other_gb}
+    for placement, weights in need.items():
+        if free_gb >= weights + _GENERATION_HEADROOM_GB:
+            return placement, (f"{free_gb:.0f} GB free on the GPU: {placement} (needs "
+                               f"{weights + _GENERATION_HEADROOM_GB:.0f} GB)")
+    return "stream", f"only {free_gb:.0f} GB free on the GPU: weights streamed from host RAM (slow)"
 
 
 def estimate_memory(
@@ -176,5 +207,6 @@ def quantize_frozen_linears_fp8(model: torch.nn.Module, device: str | torch.devi
                                                      unsafe=True)
                 module.parametrizations.weight.original0.requires_grad_(False)
                 module.parametrizations.weight.original1.requires_grad_(False)
+                alias_weight_in_state_dict(module)
                 count += 1
     return count

@@ -58,8 +58,18 @@ class OffloadReport:
     host_bytes: int  # their total size
     buffer_bytes: int  # the host buffers holding them (pinned where CUDA is)
     pinned: bool
-    largest_block_bytes: int  # the most any one block brings to the GPU at once
+    largest_block_bytes: int  # the most any one block (or layer, when streaming) brings to the GPU at once
     resident_bytes: int  # parameters and buffers moved to the execution device
+
+
+def alias_weight_in_state_dict(module: torch.nn.Module) -> None:
+    """List a parametrised ``weight`` under its plain name in ``module.state_dict()`` too (the stored tensor: same
+    shape, host or float8 data). diffusers' FLUX LoRA loader looks weights up by that name to check shapes."""
+    def hook(module: torch.nn.Module, state_dict: dict, prefix: str, _metadata: object) -> None:
+        stored = module.parametrizations.weight
+        state_dict[prefix + "weight"] = stored.original if hasattr(stored, "original") else stored.original0
+
+    module.register_state_dict_post_hook(hook)
 
 
 def _nbytes(tensor: torch.Tensor) -> int:
@@ -113,11 +123,26 @@ def offload_block_weights(model: torch.nn.Module, device: str | torch.device) ->
     """
     if not getattr(model, "is_gradient_checkpointing", False):
         raise ValueError("block offload needs gradient checkpointing: call enable_gradient_checkpointing() first")
-    device = torch.device(device)
-    per_block = [[m for m in block.modules() if isinstance(m, torch.nn.Linear)
-                  and not parametrize.is_parametrized(m, "weight") and not m.weight.requires_grad]
-                 for block in transformer_blocks(model)]
-    linears = [m for block in per_block for m in block]
+    per_block = [_frozen_linears(block) for block in transformer_blocks(model)]
+    return _hold_on_host(model, per_block, torch.device(device))
+
+
+def stream_linear_weights(model: torch.nn.Module, device: str | torch.device) -> OffloadReport:
+    """For inference: every frozen Linear weight of ``model`` (on the CPU) stays in host RAM and is copied to
+    ``device`` for each use — under ``torch.no_grad`` the copy is freed as soon as its layer ran — and the rest of
+    the model moves to ``device``. Generation with FLUX.1-dev's transformer and T5-XXL on a GPU that holds neither."""
+    return _hold_on_host(model, [[m] for m in _frozen_linears(model)], torch.device(device))
+
+
+def _frozen_linears(module: torch.nn.Module) -> list[torch.nn.Linear]:
+    return [m for m in module.modules() if isinstance(m, torch.nn.Linear)
+            and not parametrize.is_parametrized(m, "weight") and not m.weight.requires_grad]
+
+
+def _hold_on_host(model: torch.nn.Module, groups: list[list[torch.nn.Linear]], device: torch.device) -> OffloadReport:
+    """Put the weights of ``groups`` (lists of Linear layers read together) in packed host buffers behind
+    ``HostWeight`` and move everything else in ``model`` to ``device``."""
+    linears = [m for group in groups for m in group]
     if any(m.weight.device.type != "cpu" for m in linears):
         raise ValueError(f"block offload starts from a model in host memory; it is on {linears[0].weight.device}")
     pinned = torch.cuda.is_available()
@@ -135,10 +160,11 @@ def offload_block_weights(model: torch.nn.Module, device: str | torch.device) ->
             offset += _aligned(_nbytes(weight))
             parametrize.register_parametrization(linears[i], "weight", HostWeight(device, view), unsafe=True)
             linears[i].parametrizations.weight.original.requires_grad_(False)
+            alias_weight_in_state_dict(linears[i])
     resident = _move_all_but_host_weights(model, device)
-    sizes = [sum(_nbytes(m.parametrizations.weight.original) for m in block) for block in per_block]
+    sizes = [sum(_nbytes(m.parametrizations.weight.original) for m in group) for group in groups]
     return OffloadReport(layers=len(linears), host_bytes=sum(sizes), buffer_bytes=buffer_bytes, pinned=pinned,
-                         largest_block_bytes=max(sizes), resident_bytes=resident)
+                         largest_block_bytes=max(sizes, default=0), resident_bytes=resident)
 
 
 def _move_all_but_host_weights(model: torch.nn.Module, device: torch.device) -> int:

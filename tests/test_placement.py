@@ -1,0 +1,60 @@
+"""Generation on GPUs smaller than the model: the placement choice, and each placement's output on the tiny model.
+
+On this CPU every placement runs with the CPU as its "GPU": streamed weights are real copies and fp8 weights are
+really float8, so the outputs show what the placements do to images; only the speed is the GPU's own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from lora_factory import make_lora
+
+from pipeline import memory
+from pipeline.base_model import default_test_generate_settings
+from pipeline.generation import Generator
+
+FLUX_DEV_GB = dict(transformer_gb=23.8, encoders_gb=9.8, other_gb=0.2)  # bf16 component sizes
+
+
+def test_placement_follows_free_gpu_memory() -> None:
+    def choose(free: float | None) -> str:
+        return memory.choose_generation_placement("auto", free, **FLUX_DEV_GB)[0]
+
+    assert choose(None) == "cpu"
+    assert choose(79.0) == "gpu" and choose(39.4) == "gpu"  # H100, A100 40 GB
+    assert choose(23.5) == "fp8" and choose(15.5) == "fp8"  # 24 GB and 16 GB cards
+    assert choose(11.5) == "stream"  # 12 GB
+    assert memory.choose_generation_placement("stream", 79.0, **FLUX_DEV_GB)[0] == "stream"
+    with pytest.raises(ValueError, match="placement"):
+        memory.choose_generation_placement("disk", 79.0, **FLUX_DEV_GB)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+def _images(generator: Generator, lora: Path | None) -> np.ndarray:
+    settings = default_test_generate_settings("tiny").__class__(prompt="a portrait photo of zorvek", steps=4,
+                                                                width=64, height=64, seed=3)
+    image = generator.generate(settings, lora_path=lora)[0]
+    return np.asarray(image, dtype=np.float64)
+
+
+@pytest.mark.parametrize("placement", ["stream", "fp8"])
+def test_each_placement_generates_what_the_plain_model_does(placement: str, data_dir: Path,
+                                                             tmp_path: Path) -> None:
+    plain = Generator("tiny", data_dir, device="cpu")
+    lora = make_lora(plain.pipeline, tmp_path / "lora")
+    placed = Generator("tiny", data_dir, device="cpu", placement=placement)
+    for with_lora in (None, lora):
+        reference, image = _images(plain, with_lora), _images(placed, with_lora)
+        if placement == "stream":  # the same weights, only read from host RAM (a rare rounding step apart)
+            assert np.abs(image - reference).max() <= 1
+        else:  # float8 weights: close, not equal
+            assert 0 < np.abs(image - reference).mean() < 8, np.abs(image - reference).mean()
+    # The LoRA still changes the placed model's images.
+    assert np.abs(_images(placed, lora) - _images(placed, None)).mean() > 1
