@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import json
 import logging
@@ -755,6 +756,10 @@ def train_lora(
             return _train(run, settings, output_dir, base_model, started, resume)
     finally:
         torch.set_num_threads(threads)
+        # Hand the GPU back before the assessment loads the generator: it picks its placement from free memory.
+        run.__dict__.clear()
+        gc.collect()
+        _empty_cache()
 
 
 def _train(run: _Run, settings: TrainSettings, output_dir: Path, base_model: str, started: float,
