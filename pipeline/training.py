@@ -300,11 +300,13 @@ def _prepare(dataset: Dataset, settings: TrainSettings, model_path: str, data_di
     if missing:
         on_event(ev.Message(f"encoding {len(missing)} captions with CLIP and T5"))
         encoders = FluxPipeline.from_pretrained(model_path, transformer=None, vae=None, dtype=dtype)
-        if offload_encoders:
-            # CLIP and T5-XXL (9.5 GB in bf16) take turns on the GPU: 16 and 12 GB cards hold one at a time.
-            encoders.enable_model_cpu_offload(device=device)
-        else:
-            encoders.to(device)
+        for encoder in (encoders.text_encoder, encoders.text_encoder_2):
+            encoder.eval().requires_grad_(False)
+            if offload_encoders:
+                # T5-XXL alone is 9.5 GB in bf16: on 16 and 12 GB cards its weights stream from host RAM instead.
+                offload.stream_linear_weights(encoder, device)
+            else:
+                encoder.to(device)
         with torch.no_grad():
             for prompt in missing:
                 embeds, pooled, _ids = encoders.encode_prompt(prompt=prompt, prompt_2=prompt, device=device,

@@ -138,3 +138,26 @@ def test_offload_refuses_a_model_that_is_not_in_host_memory() -> None:
     model = _model().to("meta")
     with pytest.raises(ValueError, match="host memory"):
         offload.offload_block_weights(model, "cpu")
+
+
+def test_streamed_text_encoders_encode_captions_exactly(tmp_path) -> None:
+    """The 16 / 12 GB training modes stream T5 and CLIP from host RAM while encoding captions: same embeddings."""
+    from PIL import Image
+
+    from pipeline.base_model import ensure_tiny_model
+    from pipeline.dataset import Dataset, DatasetItem
+    from pipeline.settings import TrainSettings
+    from pipeline.training import _prepare
+
+    model = str(ensure_tiny_model(tmp_path / "models"))
+    photo = tmp_path / "face.png"
+    Image.new("RGB", (64, 64), (180, 120, 90)).save(photo)
+    dataset = Dataset(items=(DatasetItem(image=photo, caption="a photo of zorvek", source="face.png"),),
+                      trigger_word="zorvek", resolution=64)
+    texts = {}
+    for streamed in (False, True):
+        prepared, _vae = _prepare(dataset, TrainSettings.quick(), model, tmp_path / f"cache-{streamed}", "cpu",
+                                  torch.float32, lambda event: None, offload_encoders=streamed)
+        texts[streamed] = prepared.texts[0]
+    torch.testing.assert_close(texts[True].prompt, texts[False].prompt, rtol=0, atol=0)
+    torch.testing.assert_close(texts[True].pooled, texts[False].pooled, rtol=0, atol=0)
