@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw, PngImagePlugin
 
+from pipeline import offload
 from pipeline.events import EventCallback, Message, Progress, StopCheck, ignore, never
 from pipeline.settings import GenerateSettings
 
@@ -146,7 +147,8 @@ class Generator:
             with warnings.catch_warnings():
                 # Several named adapters on one transformer is the point here; peft warns about it every time.
                 warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-                pipe.load_lora_weights(str(lora_path), adapter_name=name)
+                with offload.shapes_only():  # streamed weights are read for their shapes only, not copied
+                    pipe.load_lora_weights(str(lora_path), adapter_name=name)
         # diffusers' format converters assert on shapes they do not expect, so AssertionError is a bad file too.
         except (ValueError, KeyError, RuntimeError, OSError, AssertionError) as exc:
             raise GenerationError(

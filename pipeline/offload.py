@@ -16,7 +16,10 @@ Everything else — LoRA layers, biases, norms and the small modules outside the
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +44,11 @@ class HostWeight(torch.nn.Module):
         self._stored = stored  # where registration puts the weight: a view into a packed host buffer
 
     def forward(self, stored: torch.Tensor) -> torch.Tensor:
+        if getattr(_reads, "shapes_only", False):
+            return torch.empty(stored.shape, dtype=stored.dtype, device=self.device)
+        return self.copy(stored)
+
+    def copy(self, stored: torch.Tensor) -> torch.Tensor:
         # copy=True even when devices match (CPU tests), so a read never aliases the stored tensor.
         return stored.to(self.device, non_blocking=True, copy=True)
 
@@ -48,6 +56,23 @@ class HostWeight(torch.nn.Module):
         self._stored.copy_(weight.detach())
         stored, self._stored = self._stored, None  # the parametrisation's ``original`` holds it from now on
         return stored
+
+
+_reads = threading.local()
+
+
+@contextlib.contextmanager
+def shapes_only() -> Iterator[None]:
+    """In this thread, reading a host-held weight gives an uninitialised tensor of its shape, dtype and device, no
+    copy. For LoRA loading: peft and diffusers read each wrapped layer's weight some 20 times, only for its shape,
+    dtype and device — a host→GPU copy of FLUX.1-dev's 17 GB of targeted weights each time. (Per thread, so a
+    training running beside it still reads real weights.)"""
+    before = getattr(_reads, "shapes_only", False)
+    _reads.shapes_only = True
+    try:
+        yield
+    finally:
+        _reads.shapes_only = before
 
 
 @dataclass(frozen=True)
@@ -64,7 +89,11 @@ class OffloadReport:
 
 def alias_weight_in_state_dict(module: torch.nn.Module) -> None:
     """List a parametrised ``weight`` under its plain name in ``module.state_dict()`` too (the stored tensor: same
-    shape, host or float8 data). diffusers' FLUX LoRA loader looks weights up by that name to check shapes."""
+    shape, host or float8 data). diffusers' FLUX LoRA loader looks weights up by that name to check shapes.
+
+    Such layers cannot merge a LoRA into their weight (peft's ``fuse_lora``/``merge`` would write into a temporary
+    copy and change nothing): keep adapters unmerged on them, as the generator does.
+    """
     def hook(module: torch.nn.Module, state_dict: dict, prefix: str, _metadata: object) -> None:
         stored = module.parametrizations.weight
         state_dict[prefix + "weight"] = stored.original if hasattr(stored, "original") else stored.original0
@@ -135,8 +164,12 @@ def stream_linear_weights(model: torch.nn.Module, device: str | torch.device) ->
 
 
 def _frozen_linears(module: torch.nn.Module) -> list[torch.nn.Linear]:
-    return [m for m in module.modules() if isinstance(m, torch.nn.Linear)
-            and not parametrize.is_parametrized(m, "weight") and not m.weight.requires_grad]
+    found = [m for m in module.modules() if isinstance(m, torch.nn.Linear)
+             and not parametrize.is_parametrized(m, "weight") and not m.weight.requires_grad]
+    if not found:
+        raise ValueError(f"{type(module).__name__} has no frozen Linear layer to hold in host RAM: call "
+                         "requires_grad_(False) first (the whole model would otherwise go to the GPU)")
+    return found
 
 
 def _hold_on_host(model: torch.nn.Module, groups: list[list[torch.nn.Linear]], device: torch.device) -> OffloadReport:

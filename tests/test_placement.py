@@ -58,3 +58,20 @@ def test_each_placement_generates_what_the_plain_model_does(placement: str, data
             assert 0 < np.abs(image - reference).mean() < 8, np.abs(image - reference).mean()
     # The LoRA still changes the placed model's images.
     assert np.abs(_images(placed, lora) - _images(placed, None)).mean() > 1
+
+
+def test_loading_a_lora_on_streamed_weights_copies_none_of_them(data_dir: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline import offload
+
+    copies = []
+    original = offload.HostWeight.copy
+    monkeypatch.setattr(offload.HostWeight, "copy", lambda self, stored: copies.append(1) or original(self, stored))
+    placed = Generator("tiny", data_dir, device="cpu", placement="stream")
+    lora = make_lora(Generator("tiny", data_dir, device="cpu").pipeline, tmp_path / "lora")
+    assert placed.pipeline is not None  # loaded before counting
+    copies.clear()
+    with placed.activated(lora):
+        assert copies == []  # peft and diffusers read the weights for shapes only
+    _images(placed, lora)
+    assert copies  # generating reads the real weights
