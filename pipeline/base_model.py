@@ -135,14 +135,31 @@ def load_pipeline(
     for module in components.values():
         module.eval().requires_grad_(False)
     pipe.set_progress_bar_config(disable=True)
-    size = {name: sum(p.numel() * p.element_size() for p in m.parameters()) / memory.GB
-            for name, m in components.items()}
-    chosen, reason = memory.choose_generation_placement(
-        placement, memory.free_gpu_gb(device), transformer_gb=size["transformer"],
-        encoders_gb=size["text_encoder"] + size["text_encoder_2"], other_gb=size["vae"])
+    chosen, reason = memory.choose_generation_placement(placement, memory.free_gpu_gb(device),
+                                                        **_placement_sizes(components))
     logger.info("base model %s: %s", spec, reason)
     _place(pipe, chosen, device)
     return pipe
+
+
+def _placement_sizes(components: dict[str, torch.nn.Module]) -> dict[str, float]:
+    """GB of weights on the GPU in the "gpu" and "fp8" placements (see ``_place``)."""
+    import torch
+
+    from pipeline import memory, offload
+
+    def size(tensors: Any) -> float:
+        return sum(t.numel() * t.element_size() for t in tensors) / memory.GB
+
+    def linear_weights(modules: Any) -> list[torch.Tensor]:
+        return [m.weight for module in modules for m in module.modules() if isinstance(m, torch.nn.Linear)]
+
+    every = {name: size(m.parameters()) for name, m in components.items()}
+    blocks = size(linear_weights(offload.transformer_blocks(components["transformer"])))
+    encoders = ("text_encoder", "text_encoder_2")
+    streamed = sum(size(linear_weights([components[name]])) for name in encoders)
+    return {"gpu_gb": sum(every.values()),
+            "fp8_gb": sum(every.values()) - blocks / 2 - streamed}
 
 
 def _place(pipe: FluxPipeline, placement: str, device: str) -> None:

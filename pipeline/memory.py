@@ -83,19 +83,20 @@ def choose_mode(requested: str, free_gb: float | None) -> tuple[str, str]:
 
 
 PLACEMENTS = ("gpu", "fp8", "stream")
-# GPU memory a FLUX generation needs beyond the weights (GB): 1024 px activations and the VAE decode (tiled in the
-# low-memory placements).
+# GPU memory a FLUX generation needs beyond the weights (GB): 1024 px activations, the VAE decode (tiled above
+# 1024 px in the low-memory placements) and a few loaded LoRAs.
 _GENERATION_HEADROOM_GB = 3.0
 
 
-def choose_generation_placement(requested: str, free_gb: float | None, *, transformer_gb: float, encoders_gb: float,
-                                other_gb: float) -> tuple[str, str]:
+def choose_generation_placement(requested: str, free_gb: float | None, *, gpu_gb: float,
+                                fp8_gb: float) -> tuple[str, str]:
     """Where a generation pipeline's weights live, and why: ``requested`` unless "auto", which picks from free GPU
-    memory and the component sizes (bf16 FLUX.1-dev: transformer 23.8 GB, T5-XXL + CLIP 9.8 GB, VAE 0.2 GB).
+    memory and the weights each placement keeps on the GPU (``gpu_gb``: all of them; ``fp8_gb``: the fp8
+    transformer, the VAE and what the streamed encoders leave there). FLUX.1-dev in bf16: 31.4 and 11.6 GB.
 
-    - ``gpu``: everything on the GPU (FLUX.1-dev: ≥ 37 GB free);
-    - ``fp8``: the transformer's Linear weights in float8 on the GPU, the text encoders streamed from host RAM per
-      prompt (≥ 15 GB; a 24 GB card and most 16 GB ones);
+    - ``gpu``: everything on the GPU (FLUX.1-dev: ≥ 34.4 GB free);
+    - ``fp8``: the transformer blocks' Linear weights in float8 on the GPU, the text encoders streamed from host RAM
+      per prompt (≥ 14.6 GB: a 24 GB card and a 16 GB one);
     - ``stream``: the transformer streamed too, one layer at a time (any GPU; every denoising step copies it).
     Without CUDA: ``cpu``.
     """
@@ -105,11 +106,10 @@ def choose_generation_placement(requested: str, free_gb: float | None, *, transf
         return requested, f"placement {requested} asked for"
     if free_gb is None:
         return "cpu", "no CUDA GPU: float32 on the CPU"
-    need = {"gpu": transformer_gb + encoders_gb + other_gb, "fp8": transformer_gb / 2 + other_gb}
-    for placement, weights in need.items():
+    for placement, weights in (("gpu", gpu_gb), ("fp8", fp8_gb)):
         if free_gb >= weights + _GENERATION_HEADROOM_GB:
             return placement, (f"{free_gb:.0f} GB free on the GPU: {placement} (needs "
-                               f"{weights + _GENERATION_HEADROOM_GB:.0f} GB)")
+                               f"{weights + _GENERATION_HEADROOM_GB:.1f} GB)")
     return "stream", f"only {free_gb:.0f} GB free on the GPU: weights streamed from host RAM (slow)"
 
 
