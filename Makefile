@@ -33,6 +33,7 @@ bench: $(VENV)/.dev
 	HF_HUB_OFFLINE=1 $(PY) -m bench.train
 	HF_HUB_OFFLINE=1 $(PY) -m bench.generate
 	HF_HUB_OFFLINE=1 $(PY) -m bench.load_memory
+	HF_HUB_OFFLINE=1 $(PY) -m bench.generate_placements
 
 clean:
 	rm -rf $(VENV) .pytest_cache

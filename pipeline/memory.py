@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.offload import alias_weight_in_state_dict, transformer_blocks
+from pipeline.offload import alias_weight_in_state_dict, reading_shapes_only, transformer_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +174,11 @@ class _Float8Weight(torch.nn.Module):
         self.dtype = dtype
 
     def forward(self, stored: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        if reading_shapes_only():  # e.g. LoRA loading, which reads each weight ~20 times for its shape
+            return torch.empty(stored.shape, dtype=self.dtype, device=stored.device)
+        return self.dequantize(stored, scale)
+
+    def dequantize(self, stored: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         # Every float8 value is exact in bf16; one rounding in the multiply, like any bf16 weight.
         return stored.to(self.dtype) * scale.to(self.dtype)
 

@@ -44,7 +44,7 @@ class HostWeight(torch.nn.Module):
         self._stored = stored  # where registration puts the weight: a view into a packed host buffer
 
     def forward(self, stored: torch.Tensor) -> torch.Tensor:
-        if getattr(_reads, "shapes_only", False):
+        if reading_shapes_only():
             return torch.empty(stored.shape, dtype=stored.dtype, device=self.device)
         return self.copy(stored)
 
@@ -61,12 +61,17 @@ class HostWeight(torch.nn.Module):
 _reads = threading.local()
 
 
+def reading_shapes_only() -> bool:
+    """True inside ``shapes_only`` in this thread."""
+    return getattr(_reads, "shapes_only", False)
+
+
 @contextlib.contextmanager
 def shapes_only() -> Iterator[None]:
-    """In this thread, reading a host-held weight gives an uninitialised tensor of its shape, dtype and device, no
-    copy. For LoRA loading: peft and diffusers read each wrapped layer's weight some 20 times, only for its shape,
-    dtype and device — a host→GPU copy of FLUX.1-dev's 17 GB of targeted weights each time. (Per thread, so a
-    training running beside it still reads real weights.)"""
+    """In this thread, reading a host-held (or float8) weight gives an uninitialised tensor of its shape, dtype and
+    device: no copy, no dequantisation. For LoRA loading: peft and diffusers read each wrapped layer's weight some
+    20 times, only for its shape, dtype and device — a host→GPU copy of FLUX.1-dev's 17 GB of targeted weights each
+    time. (Per thread, so a training running beside it still reads real weights.)"""
     before = getattr(_reads, "shapes_only", False)
     _reads.shapes_only = True
     try:

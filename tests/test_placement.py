@@ -62,14 +62,19 @@ def test_each_placement_generates_what_the_plain_model_does(placement: str, data
     assert np.abs(_images(placed, lora) - _images(placed, None)).mean() > 1
 
 
-def test_loading_a_lora_on_streamed_weights_copies_none_of_them(data_dir: Path, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("placement", ["stream", "fp8"])
+def test_loading_a_lora_reads_no_placed_weight(placement: str, data_dir: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """peft and diffusers read each wrapped layer's weight ~20 times while loading, for its shape only: no host copy
+    (stream) or dequantisation (fp8) then."""
     from pipeline import offload
 
     copies = []
-    original = offload.HostWeight.copy
-    monkeypatch.setattr(offload.HostWeight, "copy", lambda self, stored: copies.append(1) or original(self, stored))
-    placed = Generator("tiny", data_dir, device="cpu", placement="stream")
+    kind = offload.HostWeight if placement == "stream" else memory._Float8Weight
+    method = "copy" if placement == "stream" else "dequantize"
+    original = getattr(kind, method)
+    monkeypatch.setattr(kind, method, lambda self, *stored: copies.append(1) or original(self, *stored))
+    placed = Generator("tiny", data_dir, device="cpu", placement=placement)
     lora = make_lora(Generator("tiny", data_dir, device="cpu").pipeline, tmp_path / "lora")
     assert placed.pipeline is not None  # loaded before counting
     copies.clear()
