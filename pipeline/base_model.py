@@ -139,6 +139,7 @@ def load_pipeline(
                                                         **_placement_sizes(components))
     logger.info("base model %s: %s", spec, reason)
     _place(pipe, chosen, device)
+    pipe.likeness_placement = chosen  # read by the generator, which reloads a pipeline placed while memory was short
     return pipe
 
 

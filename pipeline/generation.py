@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import json
 import logging
@@ -114,6 +115,21 @@ class Generator:
                 self._pipe = load_pipeline(self.base_model, self.data_dir, device=self.device,
                                            placement=self.placement)
             return self._pipe
+
+    @property
+    def placement_in_use(self) -> str | None:
+        """Where the loaded pipeline's weights live ("gpu", "fp8", "stream", "cpu"); None before loading."""
+        with self._lock:
+            return getattr(self._pipe, "likeness_placement", None) if self._pipe is not None else None
+
+    def unload(self) -> None:
+        """Drop the pipeline and its LoRAs (the next use loads and places it again)."""
+        with self._lock:
+            self._pipe = None
+            self._adapters.clear()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     @contextlib.contextmanager
     def activated(self, lora_path: Path | None, lora_scale: float = 1.0) -> Iterator[Any]:

@@ -316,6 +316,7 @@ class Workflow:
                 status = "cancelled" if result.status == "cancelled" else "failed"
                 self._finish(record.id, status=status, error=result.error or status, checkpoints=checkpoints)
                 return
+            self._reload_generator_placed_for_less_memory()
             self.library.update(record.id, status="assessing", lora_path=str(result.lora_path),
                                 kohya_path=str(result.kohya_path) if result.kohya_path else None,
                                 checkpoints=checkpoints)
@@ -351,6 +352,16 @@ class Workflow:
             if self.base_model not in self._generators:
                 self._generators[self.base_model] = Generator(self.base_model, self.data_dir)
             return self._generators[self.base_model]
+
+    def _reload_generator_placed_for_less_memory(self) -> None:
+        """A generator loaded while a training held the GPU was placed for the memory left then (fp8 or streamed);
+        once training has handed the GPU back, let the next use place it again."""
+        with self._generator_lock:
+            generator = self._generators.get(self.base_model)
+        if generator is not None and generator.placement == "auto" and generator.placement_in_use in ("fp8", "stream"):
+            logger.info("reloading the generator: it was placed (%s) while training used the GPU",
+                        generator.placement_in_use)
+            generator.unload()
 
     def test_generate_settings(self, resolution: int) -> GenerateSettings:
         from pipeline.base_model import default_test_generate_settings

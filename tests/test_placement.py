@@ -82,3 +82,20 @@ def test_loading_a_lora_reads_no_placed_weight(placement: str, data_dir: Path, t
         assert copies == []  # peft and diffusers read the weights for shapes only
     _images(placed, lora)
     assert copies  # generating reads the real weights
+
+
+def test_a_generator_placed_for_little_memory_is_reloaded_after_training(data_dir: Path, tmp_path: Path) -> None:
+    from pipeline.settings import AppSettings
+    from pipeline.workflow import Workflow
+
+    workflow = Workflow(AppSettings(data_dir=tmp_path / "app", base_model="tiny"), start_worker=False)
+    try:
+        generator = workflow.generator()
+        generator.placement = "stream"  # as "auto" chooses while a training fills the GPU
+        assert generator.pipeline is not None and generator.placement_in_use == "stream"
+        generator.placement = "auto"
+        workflow._reload_generator_placed_for_less_memory()
+        assert generator.placement_in_use is None  # unloaded: the next use places it again
+        assert _images(generator, None).shape == (64, 64, 3) and generator.placement_in_use == "cpu"
+    finally:
+        workflow.close()
