@@ -53,7 +53,8 @@ class HostWeight(torch.nn.Module):
         return stored.to(self.device, non_blocking=True, copy=True)
 
     def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
-        self._stored.copy_(weight.detach())
+        if self._stored.data_ptr() != weight.data_ptr():  # kept in place (memory-mapped) when it is the weight itself
+            self._stored.copy_(weight.detach())
         stored, self._stored = self._stored, None  # the parametrisation's ``original`` holds it from now on
         return stored
 
@@ -177,12 +178,34 @@ def _frozen_linears(module: torch.nn.Module) -> list[torch.nn.Linear]:
     return found
 
 
+def _room_to_copy(nbytes: int) -> bool:
+    """Whether host RAM can take a copy of ``nbytes`` with room to spare (a quarter, and 4 GiB for the rest)."""
+    import psutil
+
+    return psutil.virtual_memory().available >= 1.25 * nbytes + 4 * 1024**3
+
+
 def _hold_on_host(model: torch.nn.Module, groups: list[list[torch.nn.Linear]], device: torch.device) -> OffloadReport:
-    """Put the weights of ``groups`` (lists of Linear layers read together) in packed host buffers behind
-    ``HostWeight`` and move everything else in ``model`` to ``device``."""
+    """Put the weights of ``groups`` (lists of Linear layers read together) behind ``HostWeight`` and move
+    everything else in ``model`` to ``device``.
+
+    Where host RAM has room, the weights are copied into packed buffers, page-locked where CUDA is (asynchronous,
+    faster copies to the GPU). Where it has not, each weight stays where loading put it — memory-mapped from the
+    model's files, so page cache the kernel can drop — and every read copies from there, slower but within RAM.
+    """
     linears = [m for group in groups for m in group]
     if any(m.weight.device.type != "cpu" for m in linears):
         raise ValueError(f"block offload starts from a model in host memory; it is on {linears[0].weight.device}")
+    total = sum(_nbytes(m.weight) for m in linears)
+    if not _room_to_copy(total):
+        logger.warning("host RAM is short of %.1f GB: weights stay memory-mapped from the model files and are copied "
+                       "to the GPU from there (slower)", 1.25 * total / 1024**3)
+        for module in linears:
+            stored = module.weight.detach()
+            parametrize.register_parametrization(module, "weight", HostWeight(device, stored), unsafe=True)
+            module.parametrizations.weight.original.requires_grad_(False)
+            alias_weight_in_state_dict(module)
+        return _report(model, groups, device, buffer_bytes=0, pinned=False)
     pinned = torch.cuda.is_available()
     buffer_bytes = 0
     for members in _plan_buffers([_nbytes(m.weight) for m in linears]):
@@ -199,10 +222,15 @@ def _hold_on_host(model: torch.nn.Module, groups: list[list[torch.nn.Linear]], d
             parametrize.register_parametrization(linears[i], "weight", HostWeight(device, view), unsafe=True)
             linears[i].parametrizations.weight.original.requires_grad_(False)
             alias_weight_in_state_dict(linears[i])
+    return _report(model, groups, device, buffer_bytes=buffer_bytes, pinned=pinned)
+
+
+def _report(model: torch.nn.Module, groups: list[list[torch.nn.Linear]], device: torch.device, *,
+            buffer_bytes: int, pinned: bool) -> OffloadReport:
     resident = _move_all_but_host_weights(model, device)
     sizes = [sum(_nbytes(m.parametrizations.weight.original) for m in group) for group in groups]
-    return OffloadReport(layers=len(linears), host_bytes=sum(sizes), buffer_bytes=buffer_bytes, pinned=pinned,
-                         largest_block_bytes=max(sizes, default=0), resident_bytes=resident)
+    return OffloadReport(layers=sum(len(g) for g in groups), host_bytes=sum(sizes), buffer_bytes=buffer_bytes,
+                         pinned=pinned, largest_block_bytes=max(sizes, default=0), resident_bytes=resident)
 
 
 def _move_all_but_host_weights(model: torch.nn.Module, device: torch.device) -> int:

@@ -161,3 +161,20 @@ def test_streamed_text_encoders_encode_captions_exactly(tmp_path) -> None:
         texts[streamed] = prepared.texts[0]
     torch.testing.assert_close(texts[True].prompt, texts[False].prompt, rtol=0, atol=0)
     torch.testing.assert_close(texts[True].pooled, texts[False].pooled, rtol=0, atol=0)
+
+
+def test_short_of_host_ram_the_weights_stay_where_loading_put_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    resident = _model()
+    model = copy.deepcopy(resident)
+    before = {id(m): m.weight.data_ptr() for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    monkeypatch.setattr(offload, "_room_to_copy", lambda nbytes: False)
+    report = offload.offload_block_weights(model, "cpu")
+    assert report.buffer_bytes == 0 and not report.pinned
+    held = [m for m in model.modules() if hasattr(m, "parametrizations")]
+    assert len(held) == report.layers
+    assert all(m.parametrizations.weight.original.data_ptr() == before[id(m)] for m in held)  # no copy made
+    _loss(resident).backward()
+    _loss(model).backward()
+    for a, b in zip(resident.parameters(), model.parameters(), strict=True):
+        if a.requires_grad:
+            torch.testing.assert_close(b.grad, a.grad, rtol=0, atol=0)
