@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from bench.train import FLUX_DEV_TRANSFORMER
-from pipeline import base_model
+from pipeline import base_model, memory
 from pipeline.generation import Generator
 from pipeline.settings import GenerateSettings
 from pipeline.training import lora_target_modules
@@ -50,7 +50,8 @@ def random_flux_pipeline(layers: int | None, data_dir: Path) -> Any:
                                                          projection_dim=768)),
             "vae": AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16,
                                  down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                                 block_out_channels=(128, 256, 512, 512), layers_per_block=2, scaling_factor=0.3611,
+                                 block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=1024,
+                                 scaling_factor=0.3611,
                                  shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False),
         }
     generator = torch.Generator().manual_seed(0)
@@ -118,6 +119,9 @@ def measure(placement: str, args: argparse.Namespace, root: Path) -> dict[str, A
     row["s_per_step"] = round(gaps[len(gaps) // 2], 3) if gaps else None
     if cuda:
         row["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated(args.device) / GB, 2)
+    generator.unload()  # this placement's pipeline must be gone before the next one is built and measured
+    del pipe, generator
+    memory.empty_caches()
     return row
 
 

@@ -135,11 +135,12 @@ def load_pipeline(
     for module in components.values():
         module.eval().requires_grad_(False)
     pipe.set_progress_bar_config(disable=True)
-    chosen, reason = memory.choose_generation_placement(placement, memory.free_gpu_gb(device),
-                                                        **_placement_sizes(components))
+    sizes = _placement_sizes(components)
+    chosen, reason = memory.choose_generation_placement(placement, memory.free_gpu_gb(device), **sizes)
     logger.info("base model %s: %s", spec, reason)
     _place(pipe, chosen, device)
-    pipe.likeness_placement = chosen  # read by the generator, which reloads a pipeline placed while memory was short
+    # Read by the generator, which reloads a pipeline placed while memory was short once a better placement fits.
+    pipe.likeness_placement, pipe.likeness_sizes = chosen, sizes
     return pipe
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import hashlib
 import json
 import logging
@@ -122,14 +121,33 @@ class Generator:
         with self._lock:
             return getattr(self._pipe, "likeness_placement", None) if self._pipe is not None else None
 
+    def could_place_better(self) -> bool:
+        """Whether "auto" would now choose a better placement than the one in use, counting the GPU memory this
+        generator itself holds as free (it would be, after an unload)."""
+        from pipeline import memory
+
+        with self._lock:
+            if self._pipe is None or self.placement != "auto":
+                return False
+            in_use = getattr(self._pipe, "likeness_placement", None)
+            sizes = getattr(self._pipe, "likeness_sizes", None)
+            free = memory.free_gpu_gb(self.device or "cuda:0")
+            if in_use not in memory.PLACEMENTS or sizes is None or free is None:
+                return False
+            held = sum(t.numel() * t.element_size() for name in ("transformer", "vae", "text_encoder", "text_encoder_2")
+                       for t in [*getattr(self._pipe, name).parameters(), *getattr(self._pipe, name).buffers()]
+                       if t.device.type == "cuda") / memory.GB
+        best, _reason = memory.choose_generation_placement("auto", free + held, **sizes)
+        return memory.PLACEMENTS.index(best) < memory.PLACEMENTS.index(in_use)
+
     def unload(self) -> None:
         """Drop the pipeline and its LoRAs (the next use loads and places it again)."""
+        from pipeline.memory import empty_caches
+
         with self._lock:
             self._pipe = None
             self._adapters.clear()
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        empty_caches()
 
     @contextlib.contextmanager
     def activated(self, lora_path: Path | None, lora_scale: float = 1.0) -> Iterator[Any]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.offload import alias_weight_in_state_dict, reading_shapes_only, transformer_blocks
+from pipeline.offload import alias_weight_in_state_dict, nan_like, reading_shapes_only, transformer_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,17 @@ def free_gpu_gb(device: str | torch.device | None = None) -> float | None:
         return None
     free, _total = torch.cuda.mem_get_info(device)
     return free / GB
+
+
+def empty_caches() -> None:
+    """Collect garbage and give cached GPU memory and freed pinned host buffers back (torch keeps both otherwise)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        if hasattr(torch._C, "_host_emptyCache"):
+            torch._C._host_emptyCache()
 
 
 def host_memory_gb() -> float:
@@ -175,7 +186,7 @@ class _Float8Weight(torch.nn.Module):
 
     def forward(self, stored: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         if reading_shapes_only():  # e.g. LoRA loading, which reads each weight ~20 times for its shape
-            return torch.empty(stored.shape, dtype=self.dtype, device=stored.device)
+            return nan_like(stored, dtype=self.dtype, device=stored.device)
         return self.dequantize(stored, scale)
 
     def dequantize(self, stored: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,7 @@ class HostWeight(torch.nn.Module):
 
     def forward(self, stored: torch.Tensor) -> torch.Tensor:
         if reading_shapes_only():
-            return torch.empty(stored.shape, dtype=stored.dtype, device=self.device)
+            return nan_like(stored, dtype=stored.dtype, device=self.device)
         return self.copy(stored)
 
     def copy(self, stored: torch.Tensor) -> torch.Tensor:
@@ -62,6 +62,11 @@ class HostWeight(torch.nn.Module):
 _reads = threading.local()
 
 
+def nan_like(stored: torch.Tensor, *, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """A tensor of ``stored``'s shape that is one NaN broadcast (no memory, no fill): any use of its values shows."""
+    return torch.full((), float("nan"), dtype=dtype, device=device).expand(stored.shape)
+
+
 def reading_shapes_only() -> bool:
     """True inside ``shapes_only`` in this thread."""
     return getattr(_reads, "shapes_only", False)
@@ -69,8 +74,8 @@ def reading_shapes_only() -> bool:
 
 @contextlib.contextmanager
 def shapes_only() -> Iterator[None]:
-    """In this thread, reading a host-held (or float8) weight gives an uninitialised tensor of its shape, dtype and
-    device: no copy, no dequantisation. For LoRA loading: peft and diffusers read each wrapped layer's weight some
+    """In this thread, reading a host-held (or float8) weight gives a NaN tensor of its shape, dtype and device: no
+    copy, no dequantisation. For LoRA loading: peft and diffusers read each wrapped layer's weight some
     20 times, only for its shape, dtype and device — a host→GPU copy of FLUX.1-dev's 17 GB of targeted weights each
     time. (Per thread, so a training running beside it still reads real weights.)"""
     before = getattr(_reads, "shapes_only", False)

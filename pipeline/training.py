@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import hashlib
 import json
 import logging
@@ -316,7 +315,7 @@ def _prepare(dataset: Dataset, settings: TrainSettings, model_path: str, data_di
                              text_paths[prompt])
         # Free the text encoders (T5-XXL alone is 9.5 GB in bf16) before the transformer is loaded.
         del encoders
-        _empty_cache()
+        memory.empty_caches()
     texts = {}
     for prompt, path in text_paths.items():
         loaded = load_file(str(path))
@@ -354,13 +353,6 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     os.replace(tmp, path)
-
-
-def _empty_cache() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        if hasattr(torch._C, "_host_emptyCache"):  # freed pinned host buffers too (block offload: ~22 GB locked)
-            torch._C._host_emptyCache()
 
 
 # --- batches -------------------------------------------------------------------------------------------------------
@@ -762,8 +754,7 @@ def train_lora(
         torch.set_num_threads(threads)
         # Hand the GPU back before the assessment loads the generator: it picks its placement from free memory.
         run.__dict__.clear()
-        gc.collect()
-        _empty_cache()
+        memory.empty_caches()
 
 
 def _train(run: _Run, settings: TrainSettings, output_dir: Path, base_model: str, started: float,

@@ -306,6 +306,7 @@ class Workflow:
             result = train_lora(dataset, settings, folder / "lora", base_model=self.base_model,
                                 data_dir=self.data_dir, on_event=assessor.on_training_event, should_stop=should_stop,
                                 device=job.device or None)
+            self._reload_generator_placed_for_less_memory()
             checkpoints = [{"step": c.step, "path": str(c.path)} for c in result.checkpoints]
             if result.status == "cancelled" and self.jobs.interrupting and not self.jobs.cancel_requested(job.id):
                 # The app is shutting down: the job goes back to the queue and resumes from its last checkpoint.
@@ -316,7 +317,6 @@ class Workflow:
                 status = "cancelled" if result.status == "cancelled" else "failed"
                 self._finish(record.id, status=status, error=result.error or status, checkpoints=checkpoints)
                 return
-            self._reload_generator_placed_for_less_memory()
             self.library.update(record.id, status="assessing", lora_path=str(result.lora_path),
                                 kohya_path=str(result.kohya_path) if result.kohya_path else None,
                                 checkpoints=checkpoints)
@@ -358,7 +358,7 @@ class Workflow:
         once training has handed the GPU back, let the next use place it again."""
         with self._generator_lock:
             generator = self._generators.get(self.base_model)
-        if generator is not None and generator.placement == "auto" and generator.placement_in_use in ("fp8", "stream"):
+        if generator is not None and generator.could_place_better():
             logger.info("reloading the generator: it was placed (%s) while training used the GPU",
                         generator.placement_in_use)
             generator.unload()

@@ -84,7 +84,8 @@ def test_loading_a_lora_reads_no_placed_weight(placement: str, data_dir: Path, t
     assert copies  # generating reads the real weights
 
 
-def test_a_generator_placed_for_little_memory_is_reloaded_after_training(data_dir: Path, tmp_path: Path) -> None:
+def test_a_generator_placed_for_little_memory_is_reloaded_when_a_better_placement_fits(
+        data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline.settings import AppSettings
     from pipeline.workflow import Workflow
 
@@ -94,8 +95,13 @@ def test_a_generator_placed_for_little_memory_is_reloaded_after_training(data_di
         generator.placement = "stream"  # as "auto" chooses while a training fills the GPU
         assert generator.pipeline is not None and generator.placement_in_use == "stream"
         generator.placement = "auto"
+        monkeypatch.setattr(memory, "free_gpu_gb", lambda device=None: 1.0)  # still no room: keep it
+        workflow._reload_generator_placed_for_less_memory()
+        assert generator.placement_in_use == "stream"
+        monkeypatch.setattr(memory, "free_gpu_gb", lambda device=None: 79.0)  # the training handed the GPU back
         workflow._reload_generator_placed_for_less_memory()
         assert generator.placement_in_use is None  # unloaded: the next use places it again
+        monkeypatch.undo()
         assert _images(generator, None).shape == (64, 64, 3) and generator.placement_in_use == "cpu"
     finally:
         workflow.close()
