@@ -1,17 +1,19 @@
-"""Block offload for training on small GPUs: frozen block weights live in host RAM and visit the GPU only in use.
+"""Frozen weights that live in host RAM and visit the GPU only while in use: block offload for training on small
+GPUs, and streaming for generation on them.
 
-Every frozen Linear weight inside the transformer blocks gets a parametrisation whose stored tensor stays in
-(pinned) host memory; reading ``module.weight`` copies it to the execution device. That copy is an ordinary
-temporary, so autograd decides how long it lives:
+Every frozen Linear weight held this way gets a parametrisation whose stored tensor stays in (pinned) host memory;
+reading ``module.weight`` copies it to the execution device. That copy is an ordinary temporary, so autograd decides
+how long it lives:
 
-- forward, under gradient checkpointing: nothing is saved inside a block, so each copy is freed once its layer ran;
-- backward: the recompute of one block saves that block's copies for its own backward, which frees them.
+- training forward, under gradient checkpointing: nothing is saved inside a block, so each copy is freed once its
+  layer ran; backward: the recompute of one block saves that block's copies for its own backward, which frees them;
+- generation (no grad): each copy is freed once its layer ran.
 
 So about one block's weights are on the GPU at any time. diffusers' group offload does not manage this in training:
 its hooks onload every block again for the recompute and never offload it (on an H100, the whole 24-block probe
 model was resident after the backward; ``python -m bench.offload_memory``). The copies are issued on the compute
-stream (no prefetch), so a step costs about two host→GPU transfers of the weights on top of its compute.
-Everything else — LoRA layers, biases, norms and the small modules outside the blocks — is moved to the GPU.
+stream (no prefetch), so a training step costs about two host→GPU transfers of the weights on top of its compute.
+Everything else — LoRA layers, biases, norms, embeddings and the small modules outside the blocks — is moved to the GPU.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class HostWeight(torch.nn.Module):
     def __init__(self, device: torch.device, stored: torch.Tensor) -> None:
         super().__init__()
         self.device = device
-        self._stored = stored  # where registration puts the weight: a view into a packed host buffer
+        self._stored = stored  # where registration puts the weight: a view into a packed buffer, or the weight itself
 
     def forward(self, stored: torch.Tensor) -> torch.Tensor:
         if reading_shapes_only():
@@ -78,7 +80,7 @@ def shapes_only() -> Iterator[None]:
     copy, no dequantisation. For LoRA loading: peft and diffusers read each wrapped layer's weight some
     20 times, only for its shape, dtype and device — a host→GPU copy of FLUX.1-dev's 17 GB of targeted weights each
     time. (Per thread, so a training running beside it still reads real weights.)"""
-    before = getattr(_reads, "shapes_only", False)
+    before = reading_shapes_only()
     _reads.shapes_only = True
     try:
         yield
