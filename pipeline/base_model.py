@@ -140,7 +140,7 @@ def load_pipeline(
     logger.info("base model %s: %s", spec, reason)
     _place(pipe, chosen, device)
     # Read by the generator, which reloads a pipeline placed while memory was short once a better placement fits.
-    pipe.likeness_placement, pipe.likeness_sizes = chosen, sizes
+    pipe.likeness_placement, pipe.likeness_sizes, pipe.likeness_placement_reason = chosen, sizes, reason
     return pipe
 
 

@@ -211,7 +211,12 @@ class Generator:
         settings.validate()
         total = settings.steps * settings.num_images
         images: list[Image.Image] = []
+        first_load = self.placement_in_use is None
         with self.activated(lora_path, settings.lora_scale) as pipe:
+            if first_load:  # say where the weights went: a streamed model is slow, and the user should know why
+                placement = getattr(pipe, "likeness_placement", "")
+                on_event(Message(f"base model loaded: {getattr(pipe, 'likeness_placement_reason', placement)}",
+                                 level="warning" if placement == "stream" else "info"))
             for index in range(settings.num_images):
                 if should_stop():
                     break

@@ -105,3 +105,17 @@ def test_a_generator_placed_for_little_memory_is_reloaded_when_a_better_placemen
         assert _images(generator, None).shape == (64, 64, 3) and generator.placement_in_use == "cpu"
     finally:
         workflow.close()
+
+
+def test_the_first_generation_says_where_the_weights_went(data_dir: Path) -> None:
+    from pipeline.events import Message
+
+    placed = Generator("tiny", data_dir, device="cpu", placement="stream")
+    settings = default_test_generate_settings("tiny").__class__(prompt="a portrait", steps=2, width=64, height=64)
+    events: list = []
+    placed.generate(settings, on_event=events.append)
+    said = [e for e in events if isinstance(e, Message)]
+    assert len(said) == 1 and said[0].level == "warning" and "placement stream" in said[0].text
+    events.clear()
+    placed.generate(settings, on_event=events.append)
+    assert not [e for e in events if isinstance(e, Message)]  # once, when it loads

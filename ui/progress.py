@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import gradio as gr
 
-from pipeline.events import Event, EventCallback, Progress
+from pipeline.events import Event, EventCallback, Message, Progress
 
 
 def progress_events(progress: gr.Progress, desc: str, *, use_messages: bool = False) -> EventCallback:
-    """An ``on_event`` callback that moves ``progress`` for each Progress event with a total; others are ignored.
+    """An ``on_event`` callback that moves ``progress`` for each Progress event with a total and shows warnings as
+    toasts; other events are ignored.
 
     ``desc`` labels the bar; with ``use_messages`` an event's own message (e.g. which photo) replaces it.
     """
@@ -16,5 +17,7 @@ def progress_events(progress: gr.Progress, desc: str, *, use_messages: bool = Fa
     def on_event(event: Event) -> None:
         if isinstance(event, Progress) and event.total:
             progress((event.done, event.total), desc=(use_messages and event.message) or desc)
+        elif isinstance(event, Message) and event.level == "warning":
+            gr.Warning(event.text)  # e.g. the base model only fits streamed from host RAM: slow
 
     return on_event
