@@ -455,6 +455,7 @@ class _Run:
 
         self.prepared, self.vae = _prepare(self.dataset, s, self.model_path, self.data_dir, self.device,
                                            self.dtype, self.emit, offload_encoders=mode in ("nf4", "offload"))
+        self.vae.to("cpu")  # latents are cached: the VAE visits the GPU again only to decode sample images
         self._load_transformer()
         self.stages = resolution_stages(s)
         # Per resolution: a batch that fits at 512 px may not at 1024.
@@ -660,6 +661,7 @@ class _Run:
         paths = []
         size = self.stage_at(step).resolution
         self.transformer.eval()
+        self.vae.to(self.device)
         try:
             for i, text in enumerate(self.prepared.samples):
                 with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
@@ -672,6 +674,7 @@ class _Run:
                 paths.append(path)
         finally:
             self.transformer.train()
+            self.vae.to("cpu")
         prompts = tuple(p.replace("{trigger}", self.dataset.trigger_word) for p in s.sample_prompts)
         self.emit(ev.SampleImages(step=step, images=tuple(paths), prompts=prompts))
 
