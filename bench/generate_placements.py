@@ -92,6 +92,7 @@ def measure(placement: str, args: argparse.Namespace, root: Path) -> dict[str, A
         torch.cuda.reset_peak_memory_stats(args.device)
     tic = time.perf_counter()
     base_model._place(pipe, placement, args.device)
+    pipe.likeness_placement = base_model.Placement(placement, "bench: asked for", {})
     row["place_s"] = round(time.perf_counter() - tic, 2)
     generator = Generator("random-flux-dev", root / "data", device=args.device)
     generator._pipe = pipe  # the random pipeline stands in for a loaded base model

@@ -13,6 +13,7 @@ import logging
 import shutil
 import string
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,6 +108,27 @@ def ensure_tiny_model(data_dir: Path) -> Path:
     return folder
 
 
+GENERATION_COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a loaded pipeline's weights live (``memory.PLACEMENTS`` or "cpu"), why, and the GB each placement would
+    keep on the GPU (``memory.choose_generation_placement``'s ``gpu_gb``/``fp8_gb``), to place it again later."""
+
+    name: str
+    reason: str
+    sizes: dict[str, float]
+
+
+def generation_device() -> str:
+    """Where generation runs: the first GPU *by name* ("cuda" would mean whichever GPU is current in the calling
+    thread, a training job's), or the CPU."""
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
 def load_pipeline(
     spec: str, data_dir: Path, *, device: str | None = None, dtype: torch.dtype | None = None, placement: str = "auto"
 ) -> FluxPipeline:
@@ -123,15 +145,14 @@ def load_pipeline(
 
     from pipeline import memory
 
-    # The first GPU by name: "cuda" would mean whichever GPU is current in the loading thread (a training job's).
-    device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
+    device = device or generation_device()
     if dtype is None:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     try:
         pipe = FluxPipeline.from_pretrained(path, dtype=dtype, low_cpu_mem_usage=True)  # host RAM, memory-mapped
     except Exception as exc:  # noqa: BLE001 - every loader failure becomes one explained error
         raise BaseModelError(explain_load_failure(spec, exc)) from exc
-    components = {name: getattr(pipe, name) for name in ("transformer", "vae", "text_encoder", "text_encoder_2")}
+    components = {name: getattr(pipe, name) for name in GENERATION_COMPONENTS}
     for module in components.values():
         module.eval().requires_grad_(False)
     pipe.set_progress_bar_config(disable=True)
@@ -140,7 +161,7 @@ def load_pipeline(
     logger.info("base model %s: %s", spec, reason)
     _place(pipe, chosen, device)
     # Read by the generator, which reloads a pipeline placed while memory was short once a better placement fits.
-    pipe.likeness_placement, pipe.likeness_sizes, pipe.likeness_placement_reason = chosen, sizes, reason
+    pipe.likeness_placement = Placement(chosen, reason, sizes)
     return pipe
 
 

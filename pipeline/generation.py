@@ -24,6 +24,7 @@ import torch
 from PIL import Image, ImageDraw, PngImagePlugin
 
 from pipeline import offload
+from pipeline.base_model import GENERATION_COMPONENTS, Placement, generation_device
 from pipeline.events import EventCallback, Message, Progress, StopCheck, ignore, never
 from pipeline.settings import GenerateSettings
 
@@ -96,8 +97,8 @@ class Generator:
     def __init__(self, base_model: str, data_dir: Path, *, device: str | None = None, placement: str = "auto") -> None:
         self.base_model = base_model
         self.data_dir = Path(data_dir)
-        self.device = device
-        self.placement = placement  # where the weights live: memory.choose_generation_placement
+        self.device = device or generation_device()
+        self.placement = placement  # asked for: "auto" or one of memory.PLACEMENTS
         self._pipe: Any = None
         self._lock = threading.RLock()
         self._adapters: OrderedDict[str, str] = OrderedDict()  # LoRA file key -> adapter name, oldest first
@@ -116,10 +117,16 @@ class Generator:
             return self._pipe
 
     @property
-    def placement_in_use(self) -> str | None:
-        """Where the loaded pipeline's weights live ("gpu", "fp8", "stream", "cpu"); None before loading."""
+    def loaded_placement(self) -> Placement | None:
+        """Where the loaded pipeline's weights live and why; None before loading."""
         with self._lock:
-            return getattr(self._pipe, "likeness_placement", None) if self._pipe is not None else None
+            return None if self._pipe is None else self._pipe.likeness_placement
+
+    @property
+    def placement_in_use(self) -> str | None:
+        """"gpu", "fp8", "stream" or "cpu"; None before loading."""
+        placement = self.loaded_placement
+        return None if placement is None else placement.name
 
     def could_place_better(self) -> bool:
         """Whether "auto" would now choose a better placement than the one in use, counting the GPU memory this
@@ -127,18 +134,15 @@ class Generator:
         from pipeline import memory
 
         with self._lock:
-            if self._pipe is None or self.placement != "auto":
+            in_use = self.loaded_placement
+            free = memory.free_gpu_gb(self.device)
+            if self.placement != "auto" or in_use is None or in_use.name not in memory.PLACEMENTS or free is None:
                 return False
-            in_use = getattr(self._pipe, "likeness_placement", None)
-            sizes = getattr(self._pipe, "likeness_sizes", None)
-            free = memory.free_gpu_gb(self.device or "cuda:0")
-            if in_use not in memory.PLACEMENTS or sizes is None or free is None:
-                return False
-            held = sum(t.numel() * t.element_size() for name in ("transformer", "vae", "text_encoder", "text_encoder_2")
-                       for t in [*getattr(self._pipe, name).parameters(), *getattr(self._pipe, name).buffers()]
+            modules = [getattr(self._pipe, name) for name in GENERATION_COMPONENTS]
+            held = sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()]
                        if t.device.type == "cuda") / memory.GB
-        best, _reason = memory.choose_generation_placement("auto", free + held, **sizes)
-        return memory.PLACEMENTS.index(best) < memory.PLACEMENTS.index(in_use)
+        best, _reason = memory.choose_generation_placement("auto", free + held, **in_use.sizes)
+        return memory.PLACEMENTS.index(best) < memory.PLACEMENTS.index(in_use.name)
 
     def unload(self) -> None:
         """Drop the pipeline and its LoRAs (the next use loads and places it again)."""
@@ -214,9 +218,9 @@ class Generator:
         first_load = self.placement_in_use is None
         with self.activated(lora_path, settings.lora_scale) as pipe:
             if first_load:  # say where the weights went: a streamed model is slow, and the user should know why
-                placement = getattr(pipe, "likeness_placement", "")
-                on_event(Message(f"base model loaded: {getattr(pipe, 'likeness_placement_reason', placement)}",
-                                 level="warning" if placement == "stream" else "info"))
+                placement = pipe.likeness_placement
+                on_event(Message(f"base model loaded: {placement.reason}",
+                                 level="warning" if placement.name == "stream" else "info"))
             for index in range(settings.num_images):
                 if should_stop():
                     break

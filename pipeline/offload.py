@@ -205,8 +205,9 @@ def _hold_on_host(model: torch.nn.Module, groups: list[list[torch.nn.Linear]], d
         raise ValueError(f"block offload starts from a model in host memory; it is on {linears[0].weight.device}")
     total = sum(_nbytes(m.weight) for m in linears)
     if not _room_to_copy(total):
-        logger.warning("host RAM is short of %.1f GB: weights stay memory-mapped from the model files and are copied "
-                       "to the GPU from there (slower)", 1.25 * total / 1024**3)
+        logger.warning("host RAM is short of %.1f GB: weights stay where loading put them (memory-mapped from the "
+                       "model files when loaded from them) and are copied to the GPU from there (slower)",
+                       1.25 * total / 1024**3)
         for module in linears:
             stored = module.weight.detach()
             parametrize.register_parametrization(module, "weight", HostWeight(device, stored), unsafe=True)

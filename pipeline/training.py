@@ -431,6 +431,13 @@ class _Run:
         self.loss_smooth: float | None = None
         self.checkpoints: list[CheckpointInfo] = []
 
+    def release(self) -> None:
+        """Drop the models, optimiser and cached tensors and hand the memory back: the assessment's generator, loaded
+        next, picks its placement from the GPU memory that is free then."""
+        for name in ("transformer", "vae", "params", "optimizer", "lr_scheduler", "prepared"):
+            self.__dict__.pop(name, None)
+        memory.empty_caches()
+
     def emit(self, event: ev.Event) -> None:
         try:
             self._on_event(event)
@@ -485,7 +492,7 @@ class _Run:
             memory.quantize_frozen_linears_fp8(self.transformer, device=self.device)
         if self.mode == "offload":
             report = offload.offload_block_weights(self.transformer, self.device)
-            where = "pinned host RAM" if report.pinned else "host RAM (could not pin it: slower copies)"
+            where = "pinned host RAM" if report.pinned else "host RAM, not pinned (slower copies)"
             self.emit(ev.Message(f"block offload: {report.host_bytes / memory.GB:.1f} GB of weights stay in {where}, "
                                  f"at most {report.largest_block_bytes / memory.GB:.2f} GB on the GPU at once"))
         elif self.mode == "fp8":  # the rest of the model; its Linear weights are on the GPU already
@@ -755,9 +762,7 @@ def train_lora(
             return _train(run, settings, output_dir, base_model, started, resume)
     finally:
         torch.set_num_threads(threads)
-        # Hand the GPU back before the assessment loads the generator: it picks its placement from free memory.
-        run.__dict__.clear()
-        memory.empty_caches()
+        run.release()
 
 
 def _train(run: _Run, settings: TrainSettings, output_dir: Path, base_model: str, started: float,

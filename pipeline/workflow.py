@@ -472,7 +472,7 @@ class _CheckpointAssessor:
             return True
         from pipeline.memory import free_gpu_gb
 
-        free = free_gpu_gb("cuda:0")  # where the generator lives (pipeline.base_model.load_pipeline)
+        free = free_gpu_gb(self.workflow.generator().device)  # room for test generations beside the training
         return free is not None and free >= self.LIVE_MIN_FREE_GB
 
     def on_training_event(self, event: ev.Event) -> None:
