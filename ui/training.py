@@ -128,8 +128,11 @@ def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
             except ValueError as exc:  # a deleted model or a mistyped id
                 raise gr.Error(str(exc)) from exc
             while current.get("token") is token:
+                # Read the status before rendering: a run that finishes between the two still gets its final
+                # state rendered (on the next pass), so the last update is never a stale "assessing".
+                finished = workflow.library.get(mid).status in FINISHED_STATUSES
                 yield (*_render(workflow, mid), mid)
-                if workflow.library.get(mid).status in FINISHED_STATUSES:
+                if finished:
                     return
                 time.sleep(POLL_SECONDS)
 
