@@ -22,7 +22,7 @@ from typing import IO, Any
 from tinydb import Query
 
 from pipeline.events import StopCheck
-from pipeline.jsondb import lock_for, open_db
+from pipeline.jsondb import lock_for, open_db, set_aside_if_damaged
 
 try:  # POSIX only; elsewhere the single-runner guard is skipped (see _acquire_lock)
     import fcntl
@@ -99,6 +99,9 @@ class JobQueue:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.data_dir / "jobs.json"
+        # A damaged queue file is set aside (the workflow re-queues nothing by itself: models left waiting are marked
+        # so the user can press Resume).
+        self.damaged_backup = set_aside_if_damaged(self.db_path, "jobs")
         self.runner = runner
         self.on_change = on_change
         self._devices = tuple(devices) if devices else None  # resolved at start: torch import only when needed
@@ -317,13 +320,27 @@ class JobQueue:
 
     def _worker(self, device: str) -> None:
         try:
+            unrecorded: dict[str, str] = {}  # job id -> why its end could not be written (e.g. a full disk)
             while not self._stopping.is_set():
-                job = self._claim(device)
-                if job is None:
+                job = None
+                try:
+                    for job_id, reason in list(unrecorded.items()):  # as soon as the disk takes writes again
+                        self._write(job_id, status="failed", finished_at=_now(), error=reason)
+                        del unrecorded[job_id]
+                    job = self._claim(device)
+                    if job is None:
+                        with self._cond:
+                            self._cond.wait(0.5)
+                        continue
+                    self._run(job)
+                except Exception as exc:  # noqa: BLE001 - e.g. a full disk writing jobs.json: the queue must go on
+                    logger.exception("jobs: could not record job %s", job.id if job else "-")
+                    if job is not None:
+                        self._stop_flags.pop(job.id, None)
+                        unrecorded.setdefault(job.id, f"the job's end could not be saved ({type(exc).__name__}: "
+                                                      f"{exc}); free disk space and resume it")
                     with self._cond:
-                        self._cond.wait(0.5)
-                    continue
-                self._run(job)
+                        self._cond.wait(1.0)  # a disk that is still full must not make this a busy loop
         finally:
             with self._cond:
                 self._alive -= 1

@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,6 +68,28 @@ class AtomicJSONStorage(Storage):
 
     def close(self) -> None:
         pass
+
+
+def set_aside_if_damaged(path: Path, table: str) -> Path | None:
+    """At start-up: a state file that is empty, not JSON, or not tinydb's shape ({table: {id: {...}}}) is moved to
+    a timestamped backup beside it (never deleted), so the app starts and the bytes stay for a person to look at.
+    Returns the backup's path, or None when the file is missing or sound."""
+    path = Path(path)
+    with lock_for(path):
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            sound = isinstance(data, dict) and all(
+                isinstance(rows, dict) and all(isinstance(row, dict) for row in rows.values())
+                for rows in data.values()) and isinstance(data.get(table, {}), dict)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            sound = False
+        if sound:
+            return None
+        backup = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(path, backup)
+        return backup
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from typing import Any
 
 from tinydb import Query
 
-from pipeline.jsondb import open_db
+from pipeline.jsondb import open_db, set_aside_if_damaged
 from pipeline.modelcard import model_card
 from pipeline.trigger import generate_trigger_word, validate_trigger_word
 
@@ -100,6 +100,15 @@ class Library:
         self.exports_dir = self.data_dir / "exports"
         self.db_path = self.data_dir / "library.json"
         self.models_dir.mkdir(parents=True, exist_ok=True)
+        self.notices: list[str] = []  # what start-up repaired, for the page to say
+        backup = set_aside_if_damaged(self.db_path, "models")
+        if backup is not None:
+            recovered = self.rebuild_from_folders()
+            self.notices.append(
+                f"The model library ({self.db_path.name}) was damaged: it was moved aside to {backup.name} and "
+                f"{len(recovered)} model(s) were recovered from their folders. Scores and checkpoint choices of "
+                "recovered models are not restored; their LoRA files are.")
+            logger.warning("%s", self.notices[-1])
 
     # -- storage <-> record -------------------------------------------------------------------------------------
 
@@ -134,6 +143,42 @@ class Library:
     def _all_docs(self) -> list[dict[str, Any]]:
         with open_db(self.db_path) as db:
             return [dict(doc) for doc in db.table("models").all()]
+
+    def rebuild_from_folders(self) -> list[ModelRecord]:
+        """Records for model folders the library does not list (after library.json was lost or damaged), from what
+        each folder holds: its settings, its dataset's trigger word and its LoRA (with the base model it names)."""
+        from safetensors import safe_open
+
+        known = {doc["id"] for doc in self._all_docs()}
+        recovered = []
+        for folder in sorted(p for p in self.models_dir.iterdir() if p.is_dir() and p.name not in known):
+            try:
+                settings = json.loads((folder / "settings.json").read_text())
+                trigger = json.loads((folder / "dataset" / "dataset.json").read_text())["trigger_word"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not a model folder (or too broken to say whose it was)
+            lora = folder / "lora" / "lora.safetensors"
+            base_model, ready = "", False
+            if lora.is_file():
+                try:
+                    with safe_open(str(lora), "pt") as handle:
+                        base_model = (handle.metadata() or {}).get("likeness.base_model", "")
+                    ready = True
+                except (OSError, ValueError, RuntimeError):
+                    ready = False
+            kohya = folder / "lora" / "lora_kohya.safetensors"
+            created = datetime.fromtimestamp(folder.stat().st_mtime, UTC).isoformat(timespec="seconds")
+            record = ModelRecord(
+                id=folder.name, name=str(settings.get("name") or folder.name)[:MAX_NAME_LENGTH], trigger_word=trigger,
+                base_model=base_model or "unknown", status="ready" if ready else "failed", folder=folder,
+                created_at=created, settings=settings, lora_path=lora if ready else None,
+                kohya_path=kohya if ready and kohya.is_file() else None, finished_at=created,
+                error="" if ready else "recovered after the library was damaged: its training had not finished; "
+                                        "press Resume or train again")
+            with open_db(self.db_path) as db:
+                db.table("models").insert(self._to_stored(dataclasses.asdict(record)))
+            recovered.append(record)
+        return recovered
 
     # -- public API -----------------------------------------------------------------------------------------------
 

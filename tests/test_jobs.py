@@ -102,6 +102,39 @@ def test_a_failing_job_records_the_reason_and_the_queue_goes_on(tmp_path):
     assert ("bad", "running") in changes and ("bad", "failed") in changes and ("good", "done") in changes
 
 
+def test_a_job_whose_end_cannot_be_written_leaves_the_worker_alive(tmp_path):
+    """A full or broken disk while a job ends (ENOSPC writing jobs.json) used to kill the worker thread: the job
+    stayed "running" and every later training waited for a restart."""
+    db = tmp_path / "jobs.json"
+    aside = tmp_path / "jobs.json.aside"
+
+    def break_the_disk(job: Job, should_stop) -> None:
+        if job.model_id == "a":
+            os.replace(db, aside)
+            db.mkdir()  # every read and write of jobs.json now fails with an OSError, as on a broken disk
+            (db / "x").write_text("")
+
+            def repair() -> None:
+                time.sleep(1.0)
+                (db / "x").unlink()
+                db.rmdir()
+                os.replace(aside, db)
+
+            threading.Thread(target=repair, daemon=True).start()
+            raise OSError(28, "No space left on device")
+
+    queue = JobQueue(tmp_path, break_the_disk, devices=["cpu"], autostart=False)
+    first, second = queue.submit("a", {}), queue.submit("b", {})
+    queue.start()
+    try:
+        _wait_for(lambda: db.is_file() and queue.get(second.id).status == "done", timeout=20)
+        ended = queue.get(first.id)
+        assert ended.status == "failed" and "could not be saved" in ended.error and "resume" in ended.error
+        assert queue.running
+    finally:
+        queue.stop()
+
+
 def test_cancel_a_queued_job_and_positions(tmp_path):
     runner = Recorder(block=True)
     queue = JobQueue(tmp_path, runner, devices=["cpu"])

@@ -1,0 +1,30 @@
+"""Every numeric setting has a sane range: a request cannot hold the only GPU for weeks or pass nonsense along."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.settings import MAX_STEPS, GenerateSettings, SettingsError, TrainSettings
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("steps", 10**12), ("steps", MAX_STEPS + 1), ("steps", 0), ("batch_size", 10_000), ("rank", 100_000),
+    ("alpha", 0.0), ("seed", -1), ("seed", 2**40), ("warmup_steps", -5), ("guidance", 1e9), ("keep_checkpoints", 10**6),
+    ("max_grad_norm", 0.0), ("sample_every", 0),
+])
+def test_train_settings_out_of_range_name_the_field(field: str, value: object) -> None:
+    with pytest.raises(SettingsError, match=f"^{field}:"):
+        TrainSettings(**{field: value}).validate()
+
+
+def test_train_settings_defaults_and_the_upper_bound_are_valid() -> None:
+    TrainSettings().validate()
+    TrainSettings.micro().validate()
+    TrainSettings.quick().validate()
+    TrainSettings(steps=MAX_STEPS).validate()
+
+
+@pytest.mark.parametrize(("field", "value"), [("guidance", 1e6), ("lora_scale", 50.0), ("seed", -3)])
+def test_generate_settings_out_of_range_name_the_field(field: str, value: object) -> None:
+    with pytest.raises(SettingsError, match=f"^{field}:"):
+        GenerateSettings(prompt="a portrait", **{field: value}).validate()
