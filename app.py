@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402  (after the environment above: gradio reads it at import)
 
-from pipeline.base_model import default_base_model, is_tiny, quiet_library_logs  # noqa: E402
+from pipeline.base_model import default_base_model, is_micro, is_tiny, quiet_library_logs  # noqa: E402
 from pipeline.notify import smtp_settings_from_env  # noqa: E402
 from pipeline.settings import AppSettings  # noqa: E402
 from pipeline.workflow import Workflow  # noqa: E402
@@ -33,9 +33,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--auth", default=os.environ.get("LIKENESS_AUTH"), metavar="USER:PASSWORD",
                         help="ask for this login before showing the app (use it with --share or on a Space)")
     parser.add_argument("--base-model", default=os.environ.get("LIKENESS_BASE_MODEL"),
-                        help="'tiny' (default without CUDA), a hub id such as black-forest-labs/FLUX.1-dev "
+                        help="'micro' (default without CUDA), 'tiny', a hub id such as black-forest-labs/FLUX.1-dev "
                              "(default with CUDA), or a local diffusers folder")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.auth is not None:
+        user, colon, password = args.auth.partition(":")
+        if not (colon and user.strip() and password):
+            # A value without a colon used to turn login off without a word: refuse to start instead.
+            parser.error("--auth (or LIKENESS_AUTH) must be USER:PASSWORD with both parts non-empty; "
+                         "without a valid login the app would be open to anyone who has the link")
+        args.auth = (user.strip(), password)
+    return args
 
 
 def build_app(workflow: Workflow) -> gr.Blocks:
@@ -45,6 +53,14 @@ def build_app(workflow: Workflow) -> gr.Blocks:
             gr.Markdown("ℹ️ Running on the embedded **tiny** FLUX-architecture model (random weights): every step "
                         "runs for real on a CPU in seconds, but its images are noise. For real pictures start on a "
                         "GPU with `--base-model black-forest-labs/FLUX.1-dev`.", elem_classes=["notice"])
+        elif is_micro(workflow.base_model):
+            gr.Markdown("ℹ️ Running on the embedded **micro** FLUX-architecture model: 2.4 M parameters that learnt "
+                        "what a face looks like from a dozen faces in open-source packages. It learns *your* face "
+                        "at 64 px on a CPU in minutes, to show the whole pipeline working on a real signal; its "
+                        "pictures are small and soft. FLUX.1-dev on a GPU makes the real pictures "
+                        "(`--base-model black-forest-labs/FLUX.1-dev`).", elem_classes=["notice"])
+        for notice in workflow.notices:  # what start-up repaired (a damaged state file, an orphaned training)
+            gr.Markdown(f"⚠️ {notice}", elem_classes=["notice"])
         upload.build(workflow)
         train_inputs = settings.build(workflow)
         review.build(workflow)
@@ -74,8 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:  # BaseModelError, settings and LIKENESS_SMTP_* errors carry the fix in their message
         logging.error("%s", exc)
         demo = build_error_app(str(exc))
-    auth = tuple(args.auth.split(":", 1)) if args.auth and ":" in args.auth else None
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=args.auth,
                 allowed_paths=[str(args.data_dir.resolve())], css_paths=[ASSETS / "style.css"])
 
 

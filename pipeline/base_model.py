@@ -9,6 +9,7 @@ Its images are noise: it proves the pipeline, not the likeness.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import string
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.settings import FLUX_DEV, TINY_MODEL, GenerateSettings, TrainSettings
+from pipeline.settings import FLUX_DEV, MICRO_MODEL, TINY_MODEL, GenerateSettings, TrainSettings
 
 # torch, diffusers and transformers take seconds to import: only what builds or loads a model imports them, so the
 # app starts without waiting for them (torch is needed at start only to look for a GPU when no base model is given).
@@ -49,17 +50,41 @@ def is_tiny(spec: str) -> bool:
     return spec == TINY_MODEL or (Path(spec) / _VERSION_FILE).is_file()
 
 
+def is_micro(spec: str) -> bool:
+    """True for the embedded micro model (pretrained on faces, shipped in assets/micro), by name or by its folder."""
+    from pipeline import micro
+
+    return spec == MICRO_MODEL or (Path(spec) / micro.VERSION_FILE).is_file()
+
+
+def is_embedded(spec: str) -> bool:
+    """True for the models that ship with the app and run on a CPU at 64 px (tiny, micro)."""
+    return is_tiny(spec) or is_micro(spec)
+
+
 def tiny_model_version(path: str | Path) -> str:
-    """The build version of the tiny model saved in ``path``; "" for any other model (or no model there)."""
+    """The build of an embedded model saved in ``path`` (the tiny model's version, the micro model's checksums);
+    "" for any other model (or no model there). Caches keyed on it are not reused after a rebuild."""
+    from pipeline import micro
+
     version_file = Path(path) / _VERSION_FILE
-    return version_file.read_text().strip() if version_file.is_file() else ""
+    if version_file.is_file():
+        return version_file.read_text().strip()
+    sums = Path(path) / micro.CHECKSUM_FILE
+    return hashlib.sha256(sums.read_bytes()).hexdigest()[:16] if sums.is_file() else ""
 
 
 def default_base_model() -> str:
-    """FLUX.1-dev where a CUDA GPU is present, else the embedded tiny model."""
+    """FLUX.1-dev where a CUDA GPU is present, else the embedded micro model."""
     import torch
 
-    return FLUX_DEV if torch.cuda.is_available() else TINY_MODEL
+    return FLUX_DEV if torch.cuda.is_available() else MICRO_MODEL
+
+
+def max_text_tokens(tokenizer_2: Any, limit: int = 512) -> int:
+    """T5 tokens a prompt is padded to: FLUX.1-dev's 512, or fewer where the model's tokenizer says so (the micro
+    model's 32: its prompts are short, and padding to 512 would be most of its work)."""
+    return min(limit, int(getattr(tokenizer_2, "model_max_length", limit) or limit))
 
 
 def resolve_base_model(spec: str | None, data_dir: Path) -> str:
@@ -70,6 +95,8 @@ def resolve_base_model(spec: str | None, data_dir: Path) -> str:
     spec = (spec or TINY_MODEL).strip()
     if spec == TINY_MODEL:
         return str(ensure_tiny_model(data_dir))
+    if spec == MICRO_MODEL:
+        return str(micro_model_folder())
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file():
@@ -106,6 +133,18 @@ def ensure_tiny_model(data_dir: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def micro_model_folder() -> Path:
+    """assets/micro, the pretrained micro model that ships with the app (``python -m pipeline.micro build``)."""
+    from pipeline import micro
+
+    if not (micro.MICRO_FOLDER / "model_index.json").is_file():
+        raise BaseModelError(
+            f"the micro base model is missing from {micro.MICRO_FOLDER} (a partial checkout?): restore it with "
+            "`git checkout -- assets/micro`, rebuild it with `python -m pipeline.micro build`, or use "
+            "--base-model tiny")
+    return micro.MICRO_FOLDER
 
 
 GENERATION_COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2")
@@ -242,14 +281,22 @@ def default_train_settings(spec: str, **overrides: Any) -> TrainSettings:
     """Training defaults for a base model: the quick 64 px run for the tiny model, the documented ones otherwise."""
     if is_tiny(spec):
         return TrainSettings.quick(**overrides)
+    if is_micro(spec):
+        return TrainSettings.micro(**overrides)
     return TrainSettings(**overrides)
+
+
+MICRO_GENERATE_STEPS = 12  # the micro model's denoising steps (bench/micro_likeness.py)
 
 
 def default_test_generate_settings(spec: str, resolution: int = 512) -> GenerateSettings:
     """Test generations for a base model (assessment, samples, playground defaults): 64 px and 4 steps on the tiny
-    model, ``resolution`` px and 28 steps otherwise. The prompt is a placeholder to replace."""
+    model, 64 px and MICRO_GENERATE_STEPS on the micro model, ``resolution`` px and 28 steps otherwise. The prompt
+    is a placeholder to replace."""
     if is_tiny(spec):
         return GenerateSettings(prompt="-", steps=4, width=64, height=64)
+    if is_micro(spec):
+        return GenerateSettings(prompt="-", steps=MICRO_GENERATE_STEPS, width=64, height=64)
     return GenerateSettings(prompt="-", steps=28, width=resolution, height=resolution)
 
 
@@ -270,15 +317,15 @@ def _bytes_to_unicode() -> dict[int, str]:
     return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
 
 
-def _clip_tokenizer() -> CLIPTokenizer:
-    """A byte-level BPE tokenizer: every byte is a token (so any text tokenizes), plus a few whole words."""
+def clip_tokenizer(words: tuple[str, ...] = _COMMON_WORDS) -> CLIPTokenizer:
+    """A byte-level BPE tokenizer: every byte is a token (so any text tokenizes), plus ``words`` whole."""
     from transformers import CLIPTokenizer
     alphabet = list(_bytes_to_unicode().values())
     vocab: dict[str, int] = {}
     for token in alphabet + [c + "</w>" for c in alphabet]:
         vocab.setdefault(token, len(vocab))
     merges: list[tuple[str, str]] = []
-    for word in _COMMON_WORDS:
+    for word in words:
         if len(word) < 2:
             continue
         pieces = list(word[:-1]) + [word[-1] + "</w>"]
@@ -294,8 +341,8 @@ def _clip_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
-def _t5_tokenizer() -> T5Tokenizer:
-    """A unigram tokenizer over letters, digits, punctuation and a few words (sentencepiece-style '▁' pieces)."""
+def t5_tokenizer(words: tuple[str, ...] = _COMMON_WORDS, max_length: int = 512) -> T5Tokenizer:
+    """A unigram tokenizer over letters, digits, punctuation and ``words`` (sentencepiece-style '▁' pieces)."""
     from transformers import T5Tokenizer
     pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
     seen = {p for p, _ in pieces}
@@ -305,7 +352,7 @@ def _t5_tokenizer() -> T5Tokenizer:
             seen.add(piece)
             pieces.append((piece, score))
 
-    for word in _COMMON_WORDS:
+    for word in words:
         add("▁" + word, -2.0)
     add("▁", -3.0)
     # Latin-1 letters too, so names such as "Zoë" or "Müller" keep their letters instead of becoming <unk>.
@@ -313,7 +360,7 @@ def _t5_tokenizer() -> T5Tokenizer:
     for ch in string.ascii_letters + string.digits + string.punctuation + latin1:
         add("▁" + ch, -5.0)
         add(ch, -6.0)
-    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=max_length)
 
 
 def _build_tiny_pipeline() -> FluxPipeline:
@@ -324,18 +371,18 @@ def _build_tiny_pipeline() -> FluxPipeline:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        clip_tokenizer = _clip_tokenizer()
-        t5_tokenizer = _t5_tokenizer()
+        tok_clip = clip_tokenizer()
+        tok_t5 = t5_tokenizer()
         clip = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(clip_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+            vocab_size=len(tok_clip), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
             num_attention_heads=2, max_position_embeddings=77, projection_dim=32,
-            bos_token_id=clip_tokenizer.bos_token_id, eos_token_id=clip_tokenizer.eos_token_id,
-            pad_token_id=clip_tokenizer.pad_token_id,
+            bos_token_id=tok_clip.bos_token_id, eos_token_id=tok_clip.eos_token_id,
+            pad_token_id=tok_clip.pad_token_id,
         ))
         t5 = T5EncoderModel(T5Config(
-            vocab_size=len(t5_tokenizer), d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2,
-            pad_token_id=t5_tokenizer.pad_token_id, eos_token_id=t5_tokenizer.eos_token_id,
-            decoder_start_token_id=t5_tokenizer.pad_token_id,
+            vocab_size=len(tok_t5), d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2,
+            pad_token_id=tok_t5.pad_token_id, eos_token_id=tok_t5.eos_token_id,
+            decoder_start_token_id=tok_t5.pad_token_id,
         ))
         # 4 blocks: 8x spatial downscale and 16 latent channels, like FLUX's VAE, so 64 px -> 8x8 latents.
         vae = AutoencoderKL(
@@ -356,8 +403,8 @@ def _build_tiny_pipeline() -> FluxPipeline:
     for module in (clip, t5, vae, transformer):
         module.eval()
     return FluxPipeline(
-        scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=clip_tokenizer, text_encoder_2=t5,
-        tokenizer_2=t5_tokenizer, transformer=transformer,
+        scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=tok_clip, text_encoder_2=t5,
+        tokenizer_2=tok_t5, transformer=transformer,
     )
 
 

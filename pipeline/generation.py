@@ -24,7 +24,7 @@ import torch
 from PIL import Image, ImageDraw, PngImagePlugin
 
 from pipeline import offload
-from pipeline.base_model import GENERATION_COMPONENTS, Placement, generation_device
+from pipeline.base_model import GENERATION_COMPONENTS, Placement, generation_device, max_text_tokens
 from pipeline.events import EventCallback, Message, Progress, StopCheck, ignore, never
 from pipeline.settings import GenerateSettings
 
@@ -256,6 +256,7 @@ class Generator:
         if negative:
             kwargs.update(negative_prompt=negative, true_cfg_scale=NEGATIVE_PROMPT_CFG)
         result = pipe(
+            max_sequence_length=max_text_tokens(pipe.tokenizer_2),
             height=settings.height,
             width=settings.width,
             num_inference_steps=settings.steps,

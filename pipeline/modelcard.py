@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from pipeline.settings import FLUX_DEV, TINY_MODEL
+from pipeline.settings import FLUX_DEV, MICRO_MODEL, TINY_MODEL
 from pipeline.trigger import insert_trigger
 
 if TYPE_CHECKING:  # library imports this module; the type is only needed for hints
@@ -32,7 +32,7 @@ def example_prompts(record: ModelRecord, limit: int = 6) -> list[str]:
 
 def _front_matter(record: ModelRecord) -> str:
     lines = ["---"]
-    if record.base_model != TINY_MODEL:
+    if record.base_model not in (TINY_MODEL, MICRO_MODEL):
         lines.append(f"base_model: {record.base_model}")
     lines += [
         "library_name: diffusers",
@@ -74,13 +74,16 @@ def model_card(record: ModelRecord) -> str:
     """README.md markdown for ``record``: trigger word, base model, example prompts, diffusers and ComfyUI usage."""
     trigger = record.trigger_word
     scale = record.best_lora_scale if record.best_lora_scale is not None else 1.0
-    base = FLUX_DEV if record.base_model == TINY_MODEL else record.base_model
+    base = FLUX_DEV if record.base_model in (TINY_MODEL, MICRO_MODEL) else record.base_model
     lines = [_front_matter(record), "", f"# {record.name}", ""]
     lines.append(f"A personal LoRA made with Likeness from photos of one person. Trigger word: **`{trigger}`**.")
     lines.append("")
     if record.base_model == TINY_MODEL:
         lines += ["> Trained on Likeness's embedded **tiny test model**. It proves the pipeline works end to end;",
                   "> its images are noise. Retrain on FLUX.1-dev for real pictures.", ""]
+    elif record.base_model == MICRO_MODEL:
+        lines += ["> Trained on Likeness's embedded **micro model** (64 px, pretrained on a dozen faces, trains on a",
+                  "> CPU). It shows that the likeness is learnt; retrain on FLUX.1-dev for real pictures.", ""]
     lines += [
         "| | |", "|---|---|",
         f"| trigger word | `{trigger}` |",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 TINY_MODEL = "tiny"
+MICRO_MODEL = "micro"
 FLUX_DEV = "black-forest-labs/FLUX.1-dev"
 
 
@@ -74,6 +75,13 @@ class ClassifySettings:
         return self
 
 
+# Upper bounds that keep one request from holding the only GPU for weeks (10^12 steps were accepted before).
+MAX_STEPS = 100_000
+MAX_BATCH = 64
+MAX_RANK = 256
+MICRO_STEPS = 400  # the micro model's default training length (see TrainSettings.micro)
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """One LoRA training run. Defaults are for FLUX.1-dev on a face (see README: where each comes from)."""
@@ -110,9 +118,10 @@ class TrainSettings:
 
     def validate(self) -> TrainSettings:
         _check(bool(self.name.strip()), "name", "must not be empty")
-        _check(self.steps >= 1, "steps", f"must be at least 1, got {self.steps}")
+        _check(1 <= self.steps <= MAX_STEPS, "steps", f"must be between 1 and {MAX_STEPS}, got {self.steps}")
         _check(0 < self.learning_rate < 1, "learning_rate", f"must be in (0, 1), got {self.learning_rate}")
-        _check(self.batch_size >= 0, "batch_size", f"must be 0 (automatic) or more, got {self.batch_size}")
+        _check(0 <= self.batch_size <= MAX_BATCH, "batch_size",
+               f"must be 0 (automatic) or up to {MAX_BATCH}, got {self.batch_size}")
         _check(
             self.resolution % 16 == 0 and 32 <= self.resolution <= 2048,
             "resolution",
@@ -123,7 +132,13 @@ class TrainSettings:
             "finish_resolution",
             f"must be 0 (none) or a multiple of 16 between 32 and 2048, got {self.finish_resolution}",
         )
-        _check(self.rank >= 1, "rank", f"must be at least 1, got {self.rank}")
+        _check(1 <= self.rank <= MAX_RANK, "rank", f"must be between 1 and {MAX_RANK}, got {self.rank}")
+        _check(0 < self.alpha <= 4 * MAX_RANK, "alpha", f"must be in (0, {4 * MAX_RANK}], got {self.alpha}")
+        _check(0 <= self.seed < 2**32, "seed", f"must be between 0 and 2**32 - 1, got {self.seed}")
+        _check(0 <= self.warmup_steps <= MAX_STEPS, "warmup_steps",
+               f"must be between 0 and {MAX_STEPS}, got {self.warmup_steps}")
+        _check(0 < self.max_grad_norm <= 1000, "max_grad_norm", f"must be in (0, 1000], got {self.max_grad_norm}")
+        _check(0 <= self.guidance <= 30, "guidance", f"must be between 0 and 30, got {self.guidance}")
         _check(self.optimizer in ("adamw", "adamw8bit"), "optimizer", f"unknown optimizer {self.optimizer!r}")
         _check(self.lr_schedule in ("constant", "cosine"), "lr_schedule", f"unknown schedule {self.lr_schedule!r}")
         _check(
@@ -138,7 +153,8 @@ class TrainSettings:
         )
         _check(0 <= self.caption_dropout < 1, "caption_dropout", "must be in [0, 1)")
         _check(self.checkpoint_every >= 1, "checkpoint_every", "must be at least 1")
-        _check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1")
+        _check(1 <= self.keep_checkpoints <= 50, "keep_checkpoints", "must be between 1 and 50")
+        _check(self.sample_every >= 1, "sample_every", "must be at least 1")
         return self
 
     @property
@@ -147,6 +163,16 @@ class TrainSettings:
         if self.finish_resolution > self.resolution:
             return self.resolution, self.finish_resolution
         return (self.resolution,)
+
+    @classmethod
+    def micro(cls, **overrides: Any) -> TrainSettings:
+        """Settings for the embedded micro model: 64 px, a LoRA as wide as the model (rank 64 of 128), minutes on a
+        CPU. Measured in bench/micro_likeness.py (README: the micro base model)."""
+        base = dict(steps=MICRO_STEPS, resolution=64, finish_resolution=0, rank=64, alpha=64.0, learning_rate=1e-3,
+                    warmup_steps=20, checkpoint_every=MICRO_STEPS // 4, sample_every=MICRO_STEPS // 4,
+                    gradient_checkpointing=False)
+        base.update(overrides)
+        return cls(**base)
 
     @classmethod
     def quick(cls, **overrides: Any) -> TrainSettings:
@@ -175,6 +201,9 @@ class GenerateSettings:
         _check(bool(self.prompt.strip()), "prompt", "must not be empty")
         _check(1 <= self.steps <= 100, "steps", f"must be between 1 and 100, got {self.steps}")
         _check(1 <= self.num_images <= 8, "num_images", f"must be between 1 and 8, got {self.num_images}")
+        _check(0 <= self.guidance <= 30, "guidance", f"must be between 0 and 30, got {self.guidance}")
+        _check(-4 <= self.lora_scale <= 4, "lora_scale", f"must be between -4 and 4, got {self.lora_scale}")
+        _check(0 <= self.seed < 2**32, "seed", f"must be between 0 and 2**32 - 1, got {self.seed}")
         for name in ("width", "height"):
             value = getattr(self, name)
             _check(value % 16 == 0 and 32 <= value <= 2048, name, f"must be a multiple of 16 in 32..2048, got {value}")
@@ -238,8 +267,11 @@ class AppSettings:
     """Where the app keeps its data and which base model it trains on."""
 
     data_dir: Path = Path("data")
-    base_model: str = TINY_MODEL  # "tiny", a hub id, or a local diffusers folder
+    base_model: str = MICRO_MODEL  # "micro", "tiny", a hub id, or a local diffusers folder
     smtp: SmtpSettings = SmtpSettings()
+    # Free disk space a training needs before it starts (checkpoints, LoRAs, assessment images); 0: by base model,
+    # 0.2 GB for the embedded models and 2 GB for FLUX.1-dev (rank-16 checkpoints with optimizer state ~0.5 GB each).
+    min_free_disk_gb: float = 0.0
 
 
 def to_json(settings: Any) -> str:

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import re
 import shutil
@@ -34,11 +35,21 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pipeline import events as ev
 from pipeline import lora_formats, memory, offload
-from pipeline.base_model import BaseModelError, explain_load_failure, is_tiny, resolve_base_model, tiny_model_version
+from pipeline.base_model import (
+    BaseModelError,
+    default_test_generate_settings,
+    explain_load_failure,
+    is_embedded,
+    is_tiny,
+    max_text_tokens,
+    resolve_base_model,
+    tiny_model_version,
+)
 from pipeline.dataset import Dataset
 from pipeline.settings import TrainSettings, to_json
 
@@ -244,6 +255,17 @@ def _model_key(model_path: str) -> str:
     return f"{model_path}|{tiny_model_version(model_path)}"
 
 
+def _text_tokens(model_path: str) -> int:
+    """The T5 length prompts are padded to for this model (its tokenizer's, at most MAX_TEXT_TOKENS)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path, subfolder="tokenizer_2")
+    except (OSError, ValueError):  # a hub model not cached yet: FluxPipeline's own default
+        return MAX_TEXT_TOKENS
+    return max_text_tokens(tokenizer, MAX_TEXT_TOKENS)
+
+
 def _load_image(path: Path, bucket: tuple[int, int]) -> torch.Tensor:
     try:
         with Image.open(path) as raw:
@@ -294,7 +316,8 @@ def _prepare(dataset: Dataset, settings: TrainSettings, model_path: str, data_di
     prompts = [item.caption for item in dataset.items]
     sample_prompts = [p.replace("{trigger}", dataset.trigger_word) for p in settings.sample_prompts]
     wanted = dict.fromkeys(prompts + [""] + sample_prompts)
-    text_paths = {p: cache / "text" / f"{_key(p, model_key, MAX_TEXT_TOKENS)}.safetensors" for p in wanted}
+    tokens = _text_tokens(model_path)
+    text_paths = {p: cache / "text" / f"{_key(p, model_key, tokens)}.safetensors" for p in wanted}
     missing = [p for p, path in text_paths.items() if not path.is_file()]
     if missing:
         on_event(ev.Message(f"encoding {len(missing)} captions with CLIP and T5"))
@@ -309,7 +332,7 @@ def _prepare(dataset: Dataset, settings: TrainSettings, model_path: str, data_di
         with torch.no_grad():
             for prompt in missing:
                 embeds, pooled, _ids = encoders.encode_prompt(prompt=prompt, prompt_2=prompt, device=device,
-                                                              max_sequence_length=MAX_TEXT_TOKENS)
+                                                              max_sequence_length=tokens)
                 text_paths[prompt].parent.mkdir(parents=True, exist_ok=True)
                 _atomic_save({"prompt": embeds[0].float().cpu(), "pooled": pooled[0].float().cpu()},
                              text_paths[prompt])
@@ -605,11 +628,24 @@ class _Run:
         """Load the latest compatible checkpoint; returns the step to continue after (0 for a fresh run)."""
         from peft.utils import set_peft_model_state_dict
 
-        found = list_checkpoints(self.output_dir)
-        if not found:
+        found = list(list_checkpoints(self.output_dir))
+        state = None
+        while found and state is None:
+            latest = found[-1]
+            try:
+                state = torch.load(latest.path.parent / _STATE_FILE, map_location="cpu", weights_only=True)
+                load_file(str(latest.path))  # the LoRA file must read too: it is what the assessment loads
+            except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, SafetensorError) as exc:
+                # e.g. a disk that filled up or a kill mid-write: fall back to the newest checkpoint that loads.
+                state = None
+                found.pop()
+                aside = latest.path.parent.with_name(f".corrupt-{latest.path.parent.name}")
+                shutil.rmtree(aside, ignore_errors=True)
+                os.replace(latest.path.parent, aside)
+                self.emit(ev.Message(f"the checkpoint at step {latest.step} cannot be read ({type(exc).__name__}: "
+                                     f"{exc}); moved aside to {aside.name}, trying the one before", level="warning"))
+        if state is None:
             return 0
-        latest = found[-1]
-        state = torch.load(latest.path.parent / _STATE_FILE, map_location="cpu", weights_only=True)
         if state["fingerprint"] != self.fingerprint:
             self.emit(ev.Message(f"checkpoints in {self.output_dir} come from other settings, photos or base model: "
                                  "starting afresh", level="warning"))
@@ -662,7 +698,8 @@ class _Run:
         pipe = FluxPipeline(scheduler=scheduler, vae=self.vae, text_encoder=None, tokenizer=None,
                             text_encoder_2=None, tokenizer_2=None, transformer=self.transformer)
         pipe.set_progress_bar_config(disable=True)
-        tiny = is_tiny(self.model_path)
+        # The embedded models' own step counts (4 tiny, 12 micro), FLUX.1-dev 20: a sample is a glimpse, not a test.
+        steps = default_test_generate_settings(self.model_path).steps if is_embedded(self.model_path) else 20
         folder = self.output_dir / "samples"
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
@@ -674,7 +711,7 @@ class _Run:
                 with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
                     image = pipe(prompt_embeds=text.prompt[None].to(self.device, self.dtype),
                                  pooled_prompt_embeds=text.pooled[None].to(self.device, self.dtype),
-                                 height=size, width=size, num_inference_steps=4 if tiny else 20,
+                                 height=size, width=size, num_inference_steps=steps,
                                  guidance_scale=3.5, generator=torch.Generator().manual_seed(i)).images[0]
                 path = folder / f"step-{step:06d}-{i}.png"
                 image.save(path)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.base_model import max_text_tokens
 from pipeline.events import EventCallback, Message, Progress, StopCheck, ignore, never
 from pipeline.generation import Generator
 from pipeline.settings import VideoSettings
@@ -112,5 +113,6 @@ def _noise(pipe: Any, seed: int, width: int, height: int) -> torch.Tensor:
 def _embed(pipe: Any, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         prompt_embeds, pooled, _text_ids = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=pipe.device,
-                                                              num_images_per_prompt=1)
+                                                              num_images_per_prompt=1,
+                                                              max_sequence_length=max_text_tokens(pipe.tokenizer_2))
     return prompt_embeds, pooled

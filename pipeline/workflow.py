@@ -25,7 +25,7 @@ from pipeline.classify import ClassificationResult, classify_photos
 from pipeline.crops import build_dataset
 from pipeline.dataset import Dataset
 from pipeline.jobs import Job, JobQueue
-from pipeline.library import FINISHED_STATUSES, Library, ModelNotFound, ModelRecord
+from pipeline.library import BUSY_STATUSES, FINISHED_STATUSES, Library, ModelNotFound, ModelRecord
 from pipeline.photos import IntakeResult, PhotoStore, StoredPhoto
 from pipeline.settings import (
     AppSettings,
@@ -38,6 +38,10 @@ from pipeline.settings import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+class TrainingNotStarted(RuntimeError):
+    """A queued training could not start (e.g. no disk space); the model is marked failed with the reason."""
 
 
 @dataclass
@@ -156,6 +160,24 @@ class Workflow:
         self._generators: dict[str, Any] = {}
         self._generator_lock = threading.Lock()
         self.jobs = JobQueue(self.data_dir, self._run_job, autostart=start_worker)
+        self.notices: list[str] = list(self.library.notices)  # what start-up repaired, shown on the page
+        if self.jobs.damaged_backup is not None:
+            self.notices.append(f"The training queue ({self.jobs.db_path.name}) was damaged and was moved aside to "
+                                f"{self.jobs.damaged_backup.name}.")
+        if start_worker:
+            self._fail_orphaned_models()
+
+    def _fail_orphaned_models(self) -> None:
+        """Models that say they wait or train, with no job left to do it (a lost queue file, a disk that filled up
+        before the end was written): marked failed with the reason, so Resume is offered instead of a wait that
+        never ends."""
+        active = {job.model_id for job in self.jobs.list() if job.status in ("queued", "running")}
+        for record in self.library.list():
+            if record.status in ("queued", *BUSY_STATUSES) and record.id not in active:
+                self.library.update(record.id, status="failed",
+                                    error="interrupted: its place in the training queue was lost; press Resume")
+                self.notices.append(f"'{record.name}' was {record.status} with no training behind it: marked "
+                                    "failed, press Resume on the Training tab to go on.")
 
     # ---------------------------------------------------------------- upload
     def add_photos(self, paths: Iterable[Path | str]) -> IntakeResult:
@@ -295,6 +317,7 @@ class Workflow:
         # Runs queued before finish_resolution existed trained at one size: keep them so (their crops are that size).
         settings = from_dict(TrainSettings, {"finish_resolution": 0, **job.payload["settings"]})
         dataset = Dataset.load(folder / "dataset")
+        self._check_free_disk(record.id)
         self.library.update(record.id, status="training")
         monitor.note(f"training '{record.name}' on {self.base_model}: {settings.steps} steps at "
                      f"{' then '.join(str(r) for r in settings.resolutions)} px", status="training")
@@ -327,6 +350,21 @@ class Workflow:
             with contextlib.suppress(ModelNotFound):  # deleted while it trained: nothing left to mark
                 self._finish(record.id, status="failed", error=f"{type(exc).__name__}: {exc}")
             raise
+
+    def _check_free_disk(self, model_id: str) -> None:
+        """Fail a training before it starts when the data dir's disk is nearly full (a full disk mid-run used to
+        leave the model "training" for ever)."""
+        import shutil
+
+        from pipeline.base_model import is_embedded
+
+        needed = self.settings.min_free_disk_gb or (0.2 if is_embedded(self.base_model) else 2.0)
+        free = shutil.disk_usage(self.data_dir).free / 1e9
+        if free < needed:
+            message = (f"only {free:.2f} GB free on the disk holding the data dir, and a training needs about "
+                       f"{needed:g} GB: free some space (delete old models on the Models tab), then press Resume")
+            self._finish(model_id, status="failed", error=message)
+            raise TrainingNotStarted(message)
 
     def _finish(self, model_id: str, *, status: str, **fields: Any) -> ModelRecord:
         # The library stamps finished_at for a finishing status, in its one timestamp format.
@@ -442,8 +480,9 @@ class Workflow:
 class _CheckpointAssessor:
     """Measures each checkpoint as training saves it (the live likeness curve), then picks the best one.
 
-    Live measurement runs where a second copy of the base model fits beside training (the tiny model, or a GPU with
-    LIVE_MIN_FREE_GB free); elsewhere the checkpoints are measured once training has freed its memory.
+    Live measurement runs where a second copy of the base model fits beside training (the embedded tiny and micro
+    models, or a GPU with LIVE_MIN_FREE_GB free); elsewhere the checkpoints are measured once training has freed its
+    memory.
     """
 
     # Free GPU memory (GB) beside a running training above which a second copy of FLUX.1-dev for test generations
@@ -453,7 +492,7 @@ class _CheckpointAssessor:
     def __init__(self, workflow: Workflow, record: ModelRecord, dataset: Dataset, monitor: TrainingMonitor,
                  prompts: Sequence[str] = (), resolution: int | None = None) -> None:
         from pipeline.assessment import DEFAULT_TEST_PROMPTS, AssessmentPlan, reference_embeddings
-        from pipeline.base_model import is_tiny
+        from pipeline.base_model import is_embedded
 
         self.workflow = workflow
         self.record = record
@@ -464,11 +503,11 @@ class _CheckpointAssessor:
             prompts=tuple(prompts) or DEFAULT_TEST_PROMPTS, reference_images=images,
             settings=workflow.test_generate_settings(resolution or dataset.resolution)).validate()
         self.out_dir = Path(record.folder) / "assessment"
-        self.tiny = is_tiny(workflow.base_model)
+        self.embedded = is_embedded(workflow.base_model)
         self.results: dict[int, Any] = {}
 
     def _live(self) -> bool:
-        if self.tiny:
+        if self.embedded:
             return True
         from pipeline.memory import free_gpu_gb
 

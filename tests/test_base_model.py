@@ -11,7 +11,6 @@ import torch
 
 from pipeline.base_model import (
     BaseModelError,
-    default_base_model,
     default_train_settings,
     ensure_tiny_model,
     explain_load_failure,
@@ -118,10 +117,6 @@ def test_gated_message_mentions_licence_and_token() -> None:
     gated.__cause__ = GatedRepoError("Access to model is restricted", response=response)
     message = explain_load_failure(FLUX_DEV, gated)
     assert "licence" in message and "HF_TOKEN" in message
-
-
-def test_default_base_model_follows_cuda() -> None:
-    assert default_base_model() == (FLUX_DEV if torch.cuda.is_available() else TINY_MODEL)
 
 
 def test_default_train_settings(data_dir: Path) -> None:

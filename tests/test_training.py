@@ -190,6 +190,26 @@ def test_resume_repeats_the_uninterrupted_run(dataset: Dataset, data_dir: Path, 
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
 
 
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(dataset: Dataset, data_dir: Path,
+                                                                    tmp_path: Path) -> None:
+    settings = _quick(steps=12, checkpoint_every=4)
+    straight = train_lora(dataset, settings, tmp_path / "straight", base_model="tiny", data_dir=data_dir)
+    events: list[ev.Event] = []
+    first = train_lora(dataset, settings, tmp_path / "resumed", base_model="tiny", data_dir=data_dir,
+                       on_event=events.append, should_stop=_stop_after(events, 8))
+    assert first.status == "cancelled" and [c.step for c in first.checkpoints] == [4, 8]
+    latest = tmp_path / "resumed" / "checkpoints" / "step-000008"
+    (latest / "training_state.pt").write_bytes(b"\0" * 100)  # as a full disk or a kill mid-write leaves it
+    events.clear()
+    second = train_lora(dataset, settings, tmp_path / "resumed", base_model="tiny", data_dir=data_dir,
+                        on_event=events.append)
+    assert second.status == "completed" and second.steps_done == 12
+    assert any(isinstance(e, ev.Message) and "step 8 cannot be read" in e.text for e in events)
+    assert any(isinstance(e, ev.Message) and "resuming from the checkpoint at step 4" in e.text for e in events)
+    assert (tmp_path / "resumed" / "checkpoints" / ".corrupt-step-000008").is_dir()  # kept aside, not deleted
+    np.testing.assert_allclose(second.losses, straight.losses, rtol=1e-5)
+
+
 def test_resolution_stages_finish_the_last_quarter_at_the_finish_size() -> None:
     stages = resolution_stages(TrainSettings())
     assert [(s.resolution, s.first, s.last) for s in stages] == [(512, 1, 750), (1024, 751, 1000)]

@@ -179,3 +179,70 @@ def test_an_earlier_best_checkpoint_is_what_the_library_serves_in_both_formats(t
     kohya = Path(chosen["kohya_path"])
     assert kohya.name == "lora_best_kohya.safetensors" and kohya.is_file()
     assert read_metadata(kohya)["likeness.trigger_word"] == record.trigger_word
+
+
+def test_a_training_without_disk_space_fails_with_the_reason_and_the_queue_goes_on(tmp_path: Path,
+                                                                                  photos: list[Path]) -> None:
+    import dataclasses
+
+    full = _workflow(tmp_path / "data", photos, min_free_disk_gb=1e9)  # more than any disk has: "the disk is full"
+    try:
+        record = full.start_training(TrainSettings.quick(name="no-room", steps=2, sample_every=1000))
+        record = full.wait_for(record.id, timeout=120)
+        assert record.status == "failed" and "GB free" in record.error and "Resume" in record.error
+        assert full.jobs.for_model(record.id)[0].status == "failed"
+        assert full.jobs.running  # the worker is still there for the next training
+    finally:
+        full.close()
+    # With room again, Resume trains it to the end.
+    roomy = Workflow(dataclasses.replace(full.settings, min_free_disk_gb=0.0))
+    try:
+        roomy.resume_training(record.id)
+        assert roomy.wait_for(record.id, timeout=240).status == "ready"
+    finally:
+        roomy.close()
+
+
+@pytest.mark.parametrize("damage", [b"", b'{"models": []}', bytes(range(256)) * 4, b"[1, 2, 3]"])
+def test_a_damaged_library_is_set_aside_and_rebuilt_from_the_model_folders(tmp_path: Path, photos: list[Path],
+                                                                           damage: bytes) -> None:
+    data_dir = tmp_path / "data"
+    workflow = _workflow(data_dir, photos)
+    try:
+        record = workflow.start_training(TrainSettings.quick(name="Zoë's model", steps=4, checkpoint_every=2,
+                                                             sample_every=1000))
+        record = workflow.wait_for(record.id, timeout=240)
+        assert record.status == "ready"
+    finally:
+        workflow.close()
+    (data_dir / "library.json").write_bytes(damage)
+
+    restarted = _workflow(data_dir, photos)
+    try:
+        backups = list(data_dir.glob("library.json.damaged-*"))
+        assert len(backups) == 1 and backups[0].read_bytes() == damage  # the bytes are kept for a person to read
+        assert any("library.json" in n and "recovered" in n for n in restarted.notices), restarted.notices
+        again = restarted.library.get(record.id)
+        assert (again.name, again.trigger_word, again.status) == ("Zoë's model", record.trigger_word, "ready")
+        assert again.lora_path == record.lora_path and again.lora_path.is_file()
+        assert again.base_model == "tiny"
+    finally:
+        restarted.close()
+
+
+def test_a_lost_queue_marks_waiting_models_failed_so_they_can_resume(tmp_path: Path, photos: list[Path]) -> None:
+    data_dir = tmp_path / "data"
+    workflow = _workflow(data_dir, photos)
+    workflow.jobs.stop()  # nothing runs: the model stays queued
+    record = workflow.start_training(TrainSettings.quick(name="waiting", steps=2, sample_every=1000))
+    (data_dir / "jobs.json").write_bytes(b"\x00garbage")
+    restarted = _workflow(data_dir, photos)
+    try:
+        assert list(data_dir.glob("jobs.json.damaged-*"))
+        failed = restarted.library.get(record.id)
+        assert failed.status == "failed" and "Resume" in failed.error
+        assert any("jobs.json" in n for n in restarted.notices) and any("waiting" in n for n in restarted.notices)
+        restarted.resume_training(record.id)
+        assert restarted.wait_for(record.id, timeout=240).status == "ready"
+    finally:
+        restarted.close()

@@ -1,0 +1,125 @@
+"""Does a LoRA on the micro base model become the person? Prints JSON: the 2x2 table, the curves, the timings.
+
+Through the app's own path (Workflow: upload → classify → crops → train_lora → assessment per checkpoint), on the
+micro base model, for two people held out of its pretraining: the astronaut (skimage) and Grace Hopper
+(matplotlib). Each LoRA's test images (the app's 8 test prompts) are then scored against both people's training
+crops with the app's identity threshold: recognised as the person it learnt, and not as the other one.
+
+    PYTHONPATH=tests python -m bench.micro_likeness [--steps N] [--photos 16] [--sheet bench/results/micro.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import photo_factory
+from PIL import Image, ImageDraw
+
+from pipeline.assessment import AssessmentPlan, assess_lora, reference_embeddings
+from pipeline.base_model import quiet_library_logs
+from pipeline.library import ModelRecord
+from pipeline.settings import MICRO_MODEL, AppSettings
+from pipeline.workflow import Workflow
+
+PEOPLE = {
+    "astronaut": lambda: photo_factory.astronaut(),
+    "grace_hopper": lambda: photo_factory.grace_hopper(),
+}
+FACES = {"astronaut": photo_factory.ASTRONAUT_FACE, "grace_hopper": photo_factory.GRACE_HOPPER_FACE}
+
+
+def person_photos(person: str, folder: Path, count: int, seed: int = 0) -> list[Path]:
+    images = photo_factory.portrait_variants(PEOPLE[person](), FACES[person], count, seed=seed)
+    return photo_factory.write_set(folder, images, prefix=person)
+
+
+def train_person(person: str, root: Path, photos: int, steps: int | None) -> tuple[Workflow, ModelRecord, float]:
+    workflow = Workflow(AppSettings(data_dir=root / person, base_model=MICRO_MODEL))
+    workflow.add_photos(person_photos(person, root / f"{person}-upload", photos))
+    overrides = {"name": person} | ({"steps": steps, "checkpoint_every": max(1, steps // 4),
+                                     "sample_every": max(1, steps // 4)} if steps else {})
+    started = time.monotonic()
+    record = workflow.start_training(workflow.default_train_settings(**overrides))
+    record = workflow.wait_for(record.id, timeout=3600)
+    return workflow, record, time.monotonic() - started
+
+
+def crops(record: ModelRecord) -> list[Path]:
+    return sorted((Path(record.folder) / "dataset").glob("*.png"))
+
+
+def sheet(rows: list[tuple[str, list[Path]]], path: Path, size: int = 64) -> Path:
+    """One row per label: the training crops, the samples at three checkpoints, the assessment images."""
+    width = max(len(images) for _label, images in rows)
+    label_w = 150
+    out = Image.new("RGB", (label_w + width * (size + 2), len(rows) * (size + 2)), "white")
+    draw = ImageDraw.Draw(out)
+    for r, (label, images) in enumerate(rows):
+        draw.text((4, r * (size + 2) + size // 2 - 6), label, fill="black")
+        for c, image in enumerate(images):
+            with Image.open(image) as img:
+                out.paste(img.convert("RGB").resize((size, size)), (label_w + c * (size + 2), r * (size + 2)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out.save(path)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the micro defaults)")
+    parser.add_argument("--photos", type=int, default=16)
+    parser.add_argument("--sheet", type=Path, default=None, help="save the picture for the README here")
+    args = parser.parse_args()
+    quiet_library_logs()
+    root = Path(tempfile.mkdtemp(prefix="micro-likeness-"))
+    trained = {person: train_person(person, root, args.photos, args.steps) for person in PEOPLE}
+    references = {person: reference_embeddings(crops(record)) for person, (_w, record, _s) in trained.items()}
+
+    table: dict[str, dict[str, int]] = {}
+    runs = {}
+    rows: list[tuple[str, list[Path]]] = []
+    for person, (workflow, record, seconds) in trained.items():
+        generator = workflow.generator()
+        table[person] = {}
+        for other, reference in references.items():
+            plan = AssessmentPlan(trigger_word=record.trigger_word, reference=reference,
+                                  settings=workflow.test_generate_settings(64))
+            result = assess_lora(generator, Path(record.lora_path), plan, out_dir=root / f"{person}-vs-{other}",
+                                 lora_scale=record.best_lora_scale or 1.0)
+            table[person][other] = sum(image.recognised for image in result.images)
+            if other == person:
+                images = [image.path for image in result.images]
+                distances = [None if i.distance is None else round(i.distance, 3) for i in result.images]
+            else:
+                other_distances = [None if i.distance is None else round(i.distance, 3) for i in result.images]
+        base_plan = AssessmentPlan(trigger_word=record.trigger_word, reference=references[person],
+                                   settings=workflow.test_generate_settings(64))
+        base = assess_lora(generator, None, base_plan, out_dir=root / f"{person}-base")
+        scores = record.scores or {}
+        samples = sorted(Path(record.folder).rglob("samples/step-*-0.png"))
+        rows += [(f"{person}: photos", crops(record)[:8]), (f"{person}: samples", samples),
+                 (f"{person}: test images", images)]
+        runs[person] = {
+            "train_and_assess_seconds": round(seconds, 1),
+            "steps": record.settings.get("steps"),
+            "verdict": scores.get("verdict"),
+            "recognised_share": scores.get("recognised_share"),
+            "likeness_by_checkpoint": scores.get("likeness_by_checkpoint"),
+            "best_checkpoint_step": record.best_checkpoint_step,
+            "distances_to_self": distances,
+            "distances_to_other": other_distances,
+            "base_model_alone_recognised": sum(i.recognised for i in base.images),
+            "base_model_alone_faces": sum(i.faces > 0 for i in base.images),
+        }
+    figures = {"recognised_of_8": table, "runs": runs, "photos": args.photos, "data_dir": str(root)}
+    if args.sheet:
+        figures["sheet"] = str(sheet(rows, args.sheet))
+    print(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()
