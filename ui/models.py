@@ -7,6 +7,7 @@ import pandas as pd
 
 from pipeline.workflow import Workflow
 from ui.charts import series_frame
+from ui.text import escaped, plain
 
 CANCELLED = "(not deleted)"  # what the browser sends when the user answers No to "Delete this model?"
 COLUMNS = ["name", "trigger word", "status", "overall /100", "likeness", "base model", "created", "id"]
@@ -35,7 +36,8 @@ def _details(workflow: Workflow, model_id: str) -> tuple[str, str | None]:
     if not model_id:
         return "Select a model in the table.", None
     r = workflow.library.get(model_id)
-    lines = [f"### {r.name}", f"Trigger word: `{r.trigger_word}` · base model `{r.base_model}` · status **{r.status}**"]
+    lines = [f"### {plain(r.name)}",
+             f"Trigger word: **{plain(r.trigger_word)}** · base model {plain(r.base_model)} · status **{r.status}**"]
     if r.scores:
         lines.append(f"{r.scores.get('verdict_text', '')}")
         shown = [("overall", "overall score", _score, "/100"), ("likeness", "likeness", _share, ""),
@@ -112,7 +114,7 @@ def build(workflow: Workflow) -> gr.Tab:
                 try:
                     return action(*args)
                 except ValueError as exc:
-                    raise gr.Error(str(exc)) from exc
+                    raise gr.Error(escaped(exc)) from exc
             return run
 
         def select(mid: str) -> tuple:
@@ -122,7 +124,7 @@ def build(workflow: Workflow) -> gr.Tab:
             try:
                 return (*_show(workflow, mid), None)
             except ValueError as exc:  # a deleted model or a mistyped id
-                raise gr.Error(str(exc)) from exc
+                raise gr.Error(escaped(exc)) from exc
 
         def do_rename(mid: str, name: str) -> tuple:
             if not name.strip():
@@ -143,7 +145,7 @@ def build(workflow: Workflow) -> gr.Tab:
         def do_delete(mid: str) -> tuple:
             name = workflow.library.get(mid).name
             workflow.delete_model(mid)
-            gr.Info(f"Deleted {name}.")
+            gr.Info(f"Deleted {escaped(name)}.")
             return _table(workflow), f"Deleted {name}.", None, _curve(workflow, ""), \
                 gr.update(choices=_choices(workflow), value=None)
 

@@ -7,6 +7,7 @@ import gradio as gr
 from pipeline.settings import GenerateSettings
 from pipeline.workflow import Workflow
 from ui.progress import progress_events
+from ui.text import escaped
 
 BASE_ONLY = "(base model, no LoRA)"
 
@@ -68,7 +69,7 @@ def build(workflow: Workflow) -> gr.Tab:
             try:
                 paths = workflow.generate(mid or None, settings, on_event=progress_events(progress, "generating"))
             except ValueError as exc:
-                raise gr.Error(str(exc)) from exc
+                raise gr.Error(escaped(exc)) from exc
             return [str(p) for p in paths]
 
         def side_by_side(mid, text, neg, sd, st, gd, sc, w, h, n, mid_b, sc_b,
@@ -79,7 +80,7 @@ def build(workflow: Workflow) -> gr.Tab:
                 path = workflow.compare((mid or None, float(sc)), (mid_b or None, float(sc_b)), settings,
                                         on_event=progress_events(progress, "generating"))
             except ValueError as exc:
-                raise gr.Error(str(exc)) from exc
+                raise gr.Error(escaped(exc)) from exc
             return str(path)
 
         def clip(mid, text, second, nframes, rate, sd, progress: gr.Progress = gr.Progress()) -> str:
@@ -87,7 +88,7 @@ def build(workflow: Workflow) -> gr.Tab:
                 path = workflow.video(mid or None, prompt=text, prompt_b=second or None, frames=int(nframes),
                                       fps=int(rate), seed=int(sd), on_event=progress_events(progress, "frames"))
             except ValueError as exc:
-                raise gr.Error(str(exc)) from exc
+                raise gr.Error(escaped(exc)) from exc
             return str(path)
 
         go.click(generate, [model, prompt, negative, seed, steps, guidance, scale, width, height, count], gallery,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from pipeline.events import Event, EventCallback, Message, Progress
+from ui.text import escaped
 
 
 def progress_events(progress: gr.Progress, desc: str, *, use_messages: bool = False) -> EventCallback:
@@ -18,6 +19,6 @@ def progress_events(progress: gr.Progress, desc: str, *, use_messages: bool = Fa
         if isinstance(event, Progress) and event.total:
             progress((event.done, event.total), desc=(use_messages and event.message) or desc)
         elif isinstance(event, Message) and event.level == "warning":
-            gr.Warning(event.text)  # e.g. the base model only fits streamed from host RAM: slow
+            gr.Warning(escaped(event.text))  # e.g. the base model only fits streamed from host RAM: slow
 
     return on_event

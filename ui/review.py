@@ -8,6 +8,7 @@ import pandas as pd
 from pipeline.classify import ClassificationResult
 from pipeline.workflow import Workflow
 from ui.progress import progress_events
+from ui.text import escaped
 
 COLUMNS = ["file", "verdict", "selected", "score", "reasons", "duplicate_of", "your choice", "caption"]
 
@@ -67,7 +68,7 @@ def build(workflow: Workflow) -> gr.Tab:
             try:
                 result = workflow.classify(on_event=progress_events(progress, "classifying", use_messages=True))
             except ValueError as exc:
-                raise gr.Error(str(exc)) from exc
+                raise gr.Error(escaped(exc)) from exc
             last["result"] = result
             return _report(result), _table(workflow, result), _gallery(result), _for_api(result)
 
@@ -92,12 +93,12 @@ def build(workflow: Workflow) -> gr.Tab:
             if not name:
                 raise gr.Error("Click a row in the table (or type the photo's file name) first.")
             if name not in {p.name for p in workflow.list_photos()}:
-                raise gr.Error(f"No uploaded photo is named {name!r}: click its row in the table.")
+                raise gr.Error(f"No uploaded photo is named {escaped(repr(name))}: click its row in the table.")
             try:
                 workflow.set_override(name, how)
                 workflow.set_caption(name, text)
             except ValueError as exc:
-                raise gr.Error(str(exc)) from exc
+                raise gr.Error(escaped(exc)) from exc
             return classify()
 
         outputs = [report, table, gallery, as_json]

@@ -14,6 +14,7 @@ from pipeline.workflow import TrainingMonitor, Workflow
 from ui.charts import series_frame
 from ui.progress import progress_events
 from ui.settings import SettingsInputs, settings_from_values
+from ui.text import escaped, plain
 
 POLL_SECONDS = 1.0
 LOG_LINES = 300
@@ -46,7 +47,7 @@ def _log_text(lines: list[str]) -> str:
 
 def _status(workflow: Workflow, monitor: TrainingMonitor) -> str:
     record = workflow.library.get(monitor.model_id)
-    lines = [f"### {record.name} — {monitor.status}", f"Trigger word: `{record.trigger_word}`"]
+    lines = [f"### {plain(record.name)} — {monitor.status}", f"Trigger word: **{plain(record.trigger_word)}**"]
     ahead = workflow.jobs_ahead(monitor.model_id)
     if ahead:
         lines.append(f"⏳ Waiting in the queue: {ahead} training(s) ahead (one runs at a time per GPU).")
@@ -112,11 +113,11 @@ def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
                 train_settings = settings_from_values(names, list(values))
                 train_settings.validate()
             except ValueError as exc:
-                raise gr.Error(f"Check the Settings tab: {exc}") from exc
+                raise gr.Error(f"Check the Settings tab: {escaped(exc)}") from exc
             try:
                 record = workflow.start_training(train_settings, on_event=on_event)
             except ValueError as exc:
-                raise gr.Error(str(exc)) from exc
+                raise gr.Error(escaped(exc)) from exc
             yield from follow(record.id, current)
 
         def follow(mid: str, current: dict) -> Iterator[tuple]:
@@ -126,7 +127,7 @@ def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
             try:
                 workflow.library.get(mid)
             except ValueError as exc:  # a deleted model or a mistyped id
-                raise gr.Error(str(exc)) from exc
+                raise gr.Error(escaped(exc)) from exc
             while current.get("token") is token:
                 # Read the status before rendering: a run that finishes between the two still gets its final
                 # state rendered (on the next pass), so the last update is never a stale "assessing".
@@ -142,12 +143,12 @@ def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
             try:
                 record = workflow.library.get(mid)
             except ValueError as exc:
-                raise gr.Error(str(exc)) from exc
+                raise gr.Error(escaped(exc)) from exc
             if record.status in FINISHED_STATUSES:
-                gr.Info(f"'{record.name}' has already finished ({record.status}); nothing to stop.")
+                gr.Info(f"'{escaped(record.name)}' has already finished ({record.status}); nothing to stop.")
                 return _status(workflow, workflow.training_view(mid))
             workflow.cancel_training(mid)
-            return f"### {record.name} — stopping\n\nStopping at the next step; the last checkpoint is kept."
+            return f"### {plain(record.name)} — stopping\n\nStopping at the next step; the last checkpoint is kept."
 
         def go_on(mid: str, current: dict) -> Iterator[tuple]:
             if not mid:
@@ -155,7 +156,7 @@ def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
             try:
                 workflow.resume_training(mid)
             except ValueError as exc:
-                raise gr.Error(str(exc)) from exc
+                raise gr.Error(escaped(exc)) from exc
             yield from follow(mid, current)
 
         def on_open(mid: str, current: dict) -> Iterator[tuple]:

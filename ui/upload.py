@@ -7,6 +7,7 @@ from pathlib import Path
 import gradio as gr
 
 from pipeline.workflow import Workflow
+from ui.text import escaped, plain
 
 GUIDELINES = Path(__file__).resolve().parent.parent / "assets" / "guidelines.md"
 
@@ -48,11 +49,11 @@ def build(workflow: Workflow) -> gr.Tab:
             if not paths:
                 raise gr.Error("Choose one or more photos first.")
             result = workflow.add_photos(paths)
-            rejected = [f"{r.name}: {r.message}" for r in result.rejected]
+            rejected = [f"{plain(r.name)}: {plain(r.message)}" for r in result.rejected]
             news = f"Added {result.added} photo(s)."
             if result.already_stored:  # the store keeps one copy of the same bytes
                 news += (f" {len(result.already_stored)} file(s) were already uploaded and kept once: "
-                         f"{', '.join(result.already_stored)}.")
+                         f"{plain(', '.join(result.already_stored))}.")
             return _gallery(workflow), _status(workflow, news, rejected), None
 
         def pick(evt: gr.SelectData) -> str:
@@ -65,8 +66,8 @@ def build(workflow: Workflow) -> gr.Tab:
             try:
                 removed = workflow.remove_photo(photo_id)
             except ValueError as exc:
-                raise gr.Error(str(exc)) from exc
-            return _gallery(workflow), _status(workflow, f"Removed {removed.name}."), ""
+                raise gr.Error(escaped(exc)) from exc
+            return _gallery(workflow), _status(workflow, f"Removed {plain(removed.name)}."), ""
 
         upload.click(add, files, [gallery, status, files], api_name="upload_photos")
         files.upload(add, files, [gallery, status, files], api_name=False)  # dropping files is enough
