@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -71,6 +72,28 @@ def build_app(workflow: Workflow) -> gr.Blocks:
     return demo
 
 
+# The data dir's indexes: they list every photo and model, so they are never served, whatever else is.
+STATE_FILES = ("library.json", "jobs.json", "photos/index.json", "photos/choices.json")
+
+
+def file_access(data_dir: Path) -> dict[str, list[str]]:
+    """``launch`` keywords that serve no file of the data dir by its path.
+
+    Gradio copies the files a handler returns into its own cache (under content-hashed names) when they lie in the
+    working directory or the temp dir, so the data dir needs no ``allowed_paths`` there — which would serve all of
+    it, library.json included, to anyone who types a path. A data dir elsewhere (a Space's /data volume) has to be
+    allowed for the copies to be made; then its index files are blocked at least.
+    """
+    data_dir = data_dir.resolve()
+    inside = any(data_dir.is_relative_to(Path(root).resolve()) for root in (os.getcwd(), tempfile.gettempdir()))
+    if inside:
+        return {}
+    logging.warning("the data dir %s lies outside the working directory and the temp dir: Gradio must be allowed "
+                    "to read it, so a visitor who knows a file's path can fetch it (its indexes are blocked). "
+                    "Put --data-dir under the working directory to serve no file of it by path.", data_dir)
+    return {"allowed_paths": [str(data_dir)], "blocked_paths": [str(data_dir / name) for name in STATE_FILES]}
+
+
 def build_error_app(message: str) -> gr.Blocks:
     """Shown instead of the app when the base model cannot be used: says what failed and how to fix it."""
     with gr.Blocks(title="Likeness — cannot start") as demo:
@@ -91,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.error("%s", exc)
         demo = build_error_app(str(exc))
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=args.auth,
-                allowed_paths=[str(args.data_dir.resolve())], css_paths=[ASSETS / "style.css"])
+                css_paths=[ASSETS / "style.css"], **file_access(args.data_dir))
 
 
 if __name__ == "__main__":

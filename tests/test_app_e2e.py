@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -128,6 +129,14 @@ def test_whole_flow_through_the_running_app(tmp_path: Path, photos: list[Path]) 
         import imageio.v3 as iio
 
         assert iio.imread(video_path if isinstance(video_path, str) else video_path["path"]).shape[0] == 6
+
+        # No file of the data dir is served by its path: not the library's index, not a photo, not the LoRA.
+        photo = next(p for p in (data_dir / "photos").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        for secret in (data_dir / "library.json", photo, lora):
+            url = f"{app.url}gradio_api/file={secret.resolve()}"
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(url, timeout=10)
+            assert refused.value.code in (403, 404), (secret, refused.value.code)
 
         # Remove a photo by name; an unknown one is a clear error and removes nothing.
         _gallery, status, _selected = client.predict("portrait_00.jpg", api_name="/remove_photo")
