@@ -82,6 +82,22 @@ def _slug(text: str) -> str:
     return slug or "model"
 
 
+def _check_complete(path: Path, name: str) -> None:
+    """A download must not carry a half-written LoRA (a full disk, a kill mid-save): the safetensors header must
+    parse and the file must be exactly as long as the tensors it lists."""
+    try:
+        with open(path, "rb") as handle:
+            header_size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(header_size))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        complete = path.stat().st_size == 8 + header_size + end
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        complete = False
+    if not complete:
+        raise ValueError(f"model_id: the LoRA file of {name!r} ({path.name}) is damaged or incomplete; "
+                         "train it again or resume it")
+
+
 def _unique_name(name: str, taken: list[str]) -> str:
     """``name``, or ``name (2)``, ``name (3)``… when the library already has it: names find models in the CLI."""
     used = {t.casefold() for t in taken}
@@ -321,6 +337,9 @@ class Library:
                 f"model_id: {record.name!r} has no trained LoRA yet (status {record.status}); "
                 "wait until training is finished"
             )
+        for lora in (record.lora_path, record.kohya_path):
+            if lora is not None and lora.is_file():
+                _check_complete(lora, record.name)
         files: dict[str, Path | bytes] = {
             "README.md": model_card(record).encode(),
             "diffusers/pytorch_lora_weights.safetensors": record.lora_path,

@@ -286,3 +286,39 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names}
     return cls(**kwargs)
+
+
+def coerce(cls: type, data: dict[str, Any]) -> Any:
+    """Build a settings dataclass from loosely typed values (a form, an API call), each converted to its field's
+    type; a missing or unconvertible value is a SettingsError that names the field instead of a TypeError deep in
+    the pipeline. Optional text fields may be empty (None counts as "")."""
+    defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())  # type: ignore[misc]
+                for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in defaults:
+            raise SettingsError(f"{key}: not a setting of {cls.__name__}")
+        default = defaults[key]
+        if isinstance(default, str):
+            kwargs[key] = "" if value is None else str(value)
+            continue
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise SettingsError(f"{key}: must be given, got nothing")
+        try:
+            if isinstance(default, bool):
+                kwargs[key] = value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes")
+            elif isinstance(default, int):
+                number = float(value)
+                if not number.is_integer():
+                    raise ValueError
+                kwargs[key] = int(number)
+            elif isinstance(default, float):
+                kwargs[key] = float(value)
+            elif isinstance(default, tuple):
+                kwargs[key] = tuple(value)
+            else:
+                kwargs[key] = value
+        except (TypeError, ValueError, OverflowError):
+            kind = "a whole number" if isinstance(default, int) else "a number"
+            raise SettingsError(f"{key}: must be {kind}, got {value!r}") from None
+    return cls(**kwargs)

@@ -86,6 +86,11 @@ def test_whole_flow_through_the_running_app(tmp_path: Path, photos: list[Path]) 
         assert {"file", "verdict", "reasons", "score"} <= set(classification["records"][0])
         assert len(classification["selected"]) >= 10
 
+        # A missing value names its field (it used to be a bare "upstream exception").
+        with pytest.raises(Exception, match="steps: must be given"):
+            client.predict("e2e-model", None, 1e-3, 0, 64, 0, "", 4, 4.0, 42, "auto", "adamw", 15, 15, 0.05, "",
+                           api_name="/train")
+
         # Train the tiny model: the generator endpoint returns its last update when the model is ready.
         status_md, log, _plot, likeness_curve, _samples, model_id = client.predict(
             "e2e-model", 30, 1e-3, 0, 64, 0, "", 4, 4.0, 42, "auto", "adamw", 15, 15, 0.05, "", api_name="/train")

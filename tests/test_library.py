@@ -167,6 +167,20 @@ def test_export_of_an_unfinished_model_says_why(tmp_path):
         library.export_zip(record.id)
 
 
+@pytest.mark.parametrize("which", ["lora_path", "kohya_path"])
+def test_a_half_written_lora_is_not_zipped(tmp_path, which):
+    library = Library(tmp_path)
+    record = _finished_model(library)
+    path = getattr(record, which)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 20])  # as a full disk or a kill mid-save leaves it
+    with pytest.raises(ValueError, match="damaged or incomplete"):
+        library.export_zip(record.id)
+    assert not list(library.exports_dir.glob("*.zip"))
+    path.write_bytes(data)
+    assert library.export_zip(record.id).is_file()
+
+
 def test_concurrent_creates_from_two_instances_keep_every_record_and_unique_words(tmp_path):
     libraries = [Library(tmp_path), Library(tmp_path)]
     errors: list[BaseException] = []

@@ -28,3 +28,19 @@ def test_train_settings_defaults_and_the_upper_bound_are_valid() -> None:
 def test_generate_settings_out_of_range_name_the_field(field: str, value: object) -> None:
     with pytest.raises(SettingsError, match=f"^{field}:"):
         GenerateSettings(prompt="a portrait", **{field: value}).validate()
+
+
+def test_loose_values_are_converted_and_bad_ones_name_their_field() -> None:
+    from pipeline.settings import coerce
+
+    settings = coerce(TrainSettings, {"name": "anna", "steps": "300", "learning_rate": "1e-3", "rank": 16.0,
+                                      "trigger_word": None})
+    assert (settings.steps, settings.learning_rate, settings.rank, settings.trigger_word) == (300, 1e-3, 16, "")
+    with pytest.raises(SettingsError, match="^steps: must be given"):
+        coerce(TrainSettings, {"steps": None})
+    with pytest.raises(SettingsError, match="^steps: must be a whole number"):
+        coerce(TrainSettings, {"steps": "12.5"})
+    with pytest.raises(SettingsError, match="^learning_rate: must be a number"):
+        coerce(TrainSettings, {"learning_rate": "fast"})
+    with pytest.raises(SettingsError, match="^name: must not be empty"):
+        coerce(TrainSettings, {"name": None}).validate()

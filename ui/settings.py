@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from pipeline.settings import TrainSettings
+from pipeline.settings import TrainSettings, coerce
 from pipeline.workflow import Workflow
 
 
@@ -21,15 +21,13 @@ class SettingsInputs:
 
 
 def settings_from_values(names: list[str], values: list) -> TrainSettings:
+    """The form's (or an API caller's) values as TrainSettings; a missing or malformed one names its field."""
     kwargs = dict(zip(names, values, strict=True))
-    for key in ("steps", "batch_size", "resolution", "finish_resolution", "rank", "seed", "checkpoint_every",
-                "sample_every"):
-        kwargs[key] = int(kwargs[key])
     kwargs["trigger_word"] = (kwargs.get("trigger_word") or "").strip()
     if "test_prompts" in kwargs:  # one prompt per line; empty: the built-in set
-        kwargs["test_prompts"] = tuple(line.strip() for line in (kwargs["test_prompts"] or "").splitlines()
+        kwargs["test_prompts"] = tuple(line.strip() for line in str(kwargs["test_prompts"] or "").splitlines()
                                        if line.strip())
-    return TrainSettings(**kwargs)
+    return coerce(TrainSettings, kwargs)
 
 
 def build(workflow: Workflow) -> SettingsInputs:
