@@ -37,11 +37,12 @@ def person_photos(person: str, folder: Path, count: int, seed: int = 0) -> list[
     return photo_factory.write_set(folder, images, prefix=person)
 
 
-def train_person(person: str, root: Path, photos: int, steps: int | None) -> tuple[Workflow, ModelRecord, float]:
+def train_person(person: str, root: Path, photos: int, steps: int | None,
+                 extra: dict | None = None) -> tuple[Workflow, ModelRecord, float]:
     workflow = Workflow(AppSettings(data_dir=root / person, base_model=MICRO_MODEL))
     workflow.add_photos(person_photos(person, root / f"{person}-upload", photos))
-    overrides = {"name": person} | ({"steps": steps, "checkpoint_every": max(1, steps // 4),
-                                     "sample_every": max(1, steps // 4)} if steps else {})
+    overrides = {"name": person, **(extra or {})} | ({"steps": steps, "checkpoint_every": max(1, steps // 4),
+                                                      "sample_every": max(1, steps // 4)} if steps else {})
     started = time.monotonic()
     record = workflow.start_training(workflow.default_train_settings(**overrides))
     record = workflow.wait_for(record.id, timeout=3600)
@@ -73,10 +74,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the micro defaults)")
     parser.add_argument("--photos", type=int, default=16)
     parser.add_argument("--sheet", type=Path, default=None, help="save the picture for the README here")
+    parser.add_argument("--people", nargs="+", default=list(PEOPLE), choices=list(PEOPLE))
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--rank", type=int, default=None)
+    parser.add_argument("--guidance", type=float, default=None, help="training guidance (default: the micro one)")
     args = parser.parse_args()
     quiet_library_logs()
     root = Path(tempfile.mkdtemp(prefix="micro-likeness-"))
-    trained = {person: train_person(person, root, args.photos, args.steps) for person in PEOPLE}
+    extra = {k: v for k, v in (("learning_rate", args.lr), ("rank", args.rank), ("alpha", args.rank),
+                                ("guidance", args.guidance)) if v}
+    trained = {person: train_person(person, root, args.photos, args.steps, extra) for person in args.people}
     references = {person: reference_embeddings(crops(record)) for person, (_w, record, _s) in trained.items()}
 
     table: dict[str, dict[str, int]] = {}
@@ -84,6 +91,7 @@ def main() -> None:
     rows: list[tuple[str, list[Path]]] = []
     for person, (workflow, record, seconds) in trained.items():
         generator = workflow.generator()
+        other_distances: list = []
         table[person] = {}
         for other, reference in references.items():
             plan = AssessmentPlan(trigger_word=record.trigger_word, reference=reference,
@@ -91,11 +99,11 @@ def main() -> None:
             result = assess_lora(generator, Path(record.lora_path), plan, out_dir=root / f"{person}-vs-{other}",
                                  lora_scale=record.best_lora_scale or 1.0)
             table[person][other] = sum(image.recognised for image in result.images)
+            measured = [None if i.distance is None else round(i.distance, 3) for i in result.images]
             if other == person:
-                images = [image.path for image in result.images]
-                distances = [None if i.distance is None else round(i.distance, 3) for i in result.images]
+                images, distances = [image.path for image in result.images], measured
             else:
-                other_distances = [None if i.distance is None else round(i.distance, 3) for i in result.images]
+                other_distances = measured
         base_plan = AssessmentPlan(trigger_word=record.trigger_word, reference=references[person],
                                    settings=workflow.test_generate_settings(64))
         base = assess_lora(generator, None, base_plan, out_dir=root / f"{person}-base")

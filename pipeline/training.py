@@ -148,17 +148,22 @@ def sample_sigmas(batch: int, *, method: str, image_tokens: int, generator: torc
     return u
 
 
-def lora_target_modules(transformer: torch.nn.Module) -> list[str]:
-    """Attention and MLP projections of every transformer block (by full name, so the final proj_out is left)."""
+MODULATION_LEAVES = ("norm1.linear", "norm1_context.linear", "norm.linear")
+
+
+def lora_target_modules(transformer: torch.nn.Module, *, modulation: bool = False) -> list[str]:
+    """Attention and MLP projections of every transformer block (by full name, so the final proj_out is left);
+    with ``modulation`` also each block's adaptive-norm modulation (kohya's ``*_mod_lin``/``modulation_lin``)."""
     leaves = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
               "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
-              "ff_context.net.2", "proj_mlp", "proj_out")
+              "ff_context.net.2", "proj_mlp", "proj_out") + (MODULATION_LEAVES if modulation else ())
     blocks = ("transformer_blocks.", "single_transformer_blocks.")
     return [name for name, module in transformer.named_modules()
             if isinstance(module, torch.nn.Linear) and name.startswith(blocks) and name.split(".", 2)[2] in leaves]
 
 
-def add_lora(transformer: torch.nn.Module, *, rank: int, alpha: float, autocast: bool) -> list[torch.nn.Parameter]:
+def add_lora(transformer: torch.nn.Module, *, rank: int, alpha: float, autocast: bool,
+             modulation: bool = False) -> list[torch.nn.Parameter]:
     """Freeze ``transformer`` and add peft LoRA layers to its block projections; returns the trainable parameters.
 
     The LoRA weights (and so their gradients and AdamW state) are fp32 whatever the base dtype. Under bf16 autocast
@@ -170,7 +175,8 @@ def add_lora(transformer: torch.nn.Module, *, rank: int, alpha: float, autocast:
 
     transformer.requires_grad_(False)
     transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                                       target_modules=lora_target_modules(transformer), lora_dropout=0.0))
+                                       target_modules=lora_target_modules(transformer, modulation=modulation),
+                                       lora_dropout=0.0))
     if autocast:
         for module in transformer.modules():
             if isinstance(module, BaseTunerLayer):
@@ -510,7 +516,8 @@ class _Run:
         if self.checkpointing:
             self.transformer.enable_gradient_checkpointing()
         torch.manual_seed(s.seed)  # the LoRA A matrices' initialisation
-        self.params = add_lora(self.transformer, rank=s.rank, alpha=s.alpha, autocast=self.cuda)
+        self.params = add_lora(self.transformer, rank=s.rank, alpha=s.alpha, autocast=self.cuda,
+                               modulation=s.lora_modulation)
         if self.mode == "fp8":
             memory.quantize_frozen_linears_fp8(self.transformer, device=self.device)
         if self.mode == "offload":

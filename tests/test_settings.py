@@ -44,3 +44,14 @@ def test_loose_values_are_converted_and_bad_ones_name_their_field() -> None:
         coerce(TrainSettings, {"learning_rate": "fast"})
     with pytest.raises(SettingsError, match="^name: must not be empty"):
         coerce(TrainSettings, {"name": None}).validate()
+
+
+def test_the_form_keeps_the_base_models_defaults_for_fields_it_does_not_show() -> None:
+    from ui.settings import settings_from_values
+
+    micro = TrainSettings.micro()
+    settings = settings_from_values(["name", "steps"], ["anna", "200"], micro)
+    assert (settings.name, settings.steps) == ("anna", 200)
+    # warmup, guidance and the modulation LoRA are the micro model's, not the dataclass's FLUX.1-dev defaults
+    assert (settings.warmup_steps, settings.guidance, settings.lora_modulation) == (
+        micro.warmup_steps, micro.guidance, True)

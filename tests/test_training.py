@@ -161,6 +161,28 @@ def test_both_formats_load_and_change_the_output(completed, data_dir: Path) -> N
     assert np.abs(generate() - base).mean() > 0.1
 
 
+def test_a_lora_with_the_modulation_layers_loads_alike_in_both_formats(dataset: Dataset, data_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    result = train_lora(dataset, _quick(steps=6, lora_modulation=True, learning_rate=5e-3), tmp_path,
+                        base_model="tiny", data_dir=data_dir)
+    assert any("norm1.linear" in k for k in load_file(str(result.lora_path)))
+    kohya = load_file(str(result.kohya_path))
+    assert "lora_unet_double_blocks_0_img_mod_lin.lora_down.weight" in kohya
+    assert "lora_unet_single_blocks_0_modulation_lin.lora_up.weight" in kohya
+    pipe = load_pipeline("tiny", data_dir, device="cpu")
+
+    def generate() -> np.ndarray:
+        image = pipe(prompt=f"a photo of {TRIGGER} person", height=64, width=64, num_inference_steps=4,
+                     generator=torch.Generator().manual_seed(0)).images[0]
+        return np.asarray(image).astype(float)
+
+    pipe.load_lora_weights(str(result.lora_path), adapter_name="diffusers")
+    with_diffusers = generate()
+    pipe.unload_lora_weights()
+    pipe.load_lora_weights(load_kohya_as_diffusers(result.kohya_path), adapter_name="kohya")
+    assert np.abs(generate() - with_diffusers).max() <= 1
+
+
 def test_a_chosen_checkpoint_converts_to_the_same_kohya_file(completed, tmp_path: Path) -> None:
     result, _events, _out = completed
     converted = convert_to_kohya(result.lora_path, tmp_path / "best_kohya.safetensors")

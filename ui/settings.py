@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import gradio as gr
@@ -20,9 +21,10 @@ class SettingsInputs:
         return list(self.components.values())
 
 
-def settings_from_values(names: list[str], values: list) -> TrainSettings:
-    """The form's (or an API caller's) values as TrainSettings; a missing or malformed one names its field."""
-    kwargs = dict(zip(names, values, strict=True))
+def settings_from_values(names: list[str], values: list, defaults: TrainSettings) -> TrainSettings:
+    """The form's (or an API caller's) values over the base model's ``defaults`` (the fields the form does not show
+    keep those, not the dataclass's); a missing or malformed value names its field."""
+    kwargs = {**dataclasses.asdict(defaults), **dict(zip(names, values, strict=True))}
     kwargs["trigger_word"] = (kwargs.get("trigger_word") or "").strip()
     if "test_prompts" in kwargs:  # one prompt per line; empty: the built-in set
         kwargs["test_prompts"] = tuple(line.strip() for line in str(kwargs["test_prompts"] or "").splitlines()

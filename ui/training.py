@@ -110,7 +110,7 @@ def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
             # Classifying and cropping the photos, before the job is queued.
             on_event = progress_events(progress, "preparing the photos", use_messages=True)
             try:
-                train_settings = settings_from_values(names, list(values))
+                train_settings = settings_from_values(names, list(values), workflow.default_train_settings())
                 train_settings.validate()
             except ValueError as exc:
                 raise gr.Error(f"Check the Settings tab: {escaped(exc)}") from exc
