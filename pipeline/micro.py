@@ -96,8 +96,11 @@ class MicroSettings:
     vae_batch: int = 16
     vae_lr: float = 1e-3
     vae_kl: float = 1e-6
+    # decoder stage: the decoder alone, on the frozen encoder's latents (so the transformer's latent space stays)
+    decoder_steps: int = 2000
+    decoder_lr: float = 3e-4
     # transformer stage
-    steps: int = 5000
+    steps: int = 8000
     batch: int = 32
     lr: float = 6e-4
     warmup: int = 200
@@ -328,6 +331,18 @@ def _save_state(path: Path, state: dict) -> None:
     tmp.replace(path)
 
 
+def _resume(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Load a stage's checkpoint into ``model`` and ``optimizer``; the whole state ({} when there is none)."""
+    import torch
+
+    if not path.is_file():
+        return {}
+    state = torch.load(path, weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state
+
+
 def _cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -343,12 +358,8 @@ def train_vae(vae: torch.nn.Module, data: PretrainSet, settings: MicroSettings, 
 
     state_path = work / "vae_state.pt"
     optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr, weight_decay=0.0)
-    step, losses = 0, []
-    if state_path.is_file():
-        state = torch.load(state_path, weights_only=False)
-        vae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, losses = state["step"], state["losses"]
+    state = _resume(state_path, vae, optimizer)
+    step, losses = state.get("step", 0), state.get("losses", [])
     generator = torch.Generator().manual_seed(settings.seed + step)
     vae.train().requires_grad_(True)
     started = time.monotonic()
@@ -375,6 +386,48 @@ def train_vae(vae: torch.nn.Module, data: PretrainSet, settings: MicroSettings, 
                                      "losses": losses})
     vae.eval().requires_grad_(False)
     return {"vae_steps": step, "vae_loss": float(np.mean(losses[-50:])) if losses else float("nan")}
+
+
+def train_decoder(vae: torch.nn.Module, data: PretrainSet, settings: MicroSettings, work: Path,
+                  deadline: float) -> dict[str, float]:
+    """Stage 3: sharpen the decoder on the encoder's mean latents (what generation decodes), the encoder frozen, so
+    the latent space the transformer learnt stays the same; resumable."""
+    import torch
+    import torch.nn.functional as F
+
+    state_path = work / "decoder_state.pt"
+    decoder = [vae.decoder, *([vae.post_quant_conv] if vae.post_quant_conv is not None else [])]
+    params = [p for module in decoder for p in module.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=settings.decoder_lr, weight_decay=0.0)
+    state = _resume(state_path, vae, optimizer)
+    step, losses = state.get("step", 0), state.get("losses", [])
+    with torch.no_grad():
+        means = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in data.images.split(256)])
+    generator = torch.Generator().manual_seed(settings.seed + 2 + step)
+    vae.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    vae.decoder.train()
+    while step < settings.decoder_steps and time.monotonic() < deadline:
+        for group in optimizer.param_groups:
+            group["lr"] = _cosine_lr(step, settings.decoder_steps, settings.decoder_lr, 20)
+        index = torch.randint(len(means), (settings.vae_batch,), generator=generator)
+        recon = vae.decode(means[index]).sample
+        pixels = data.images[index]
+        loss = F.l1_loss(recon, pixels) + F.mse_loss(recon, pixels) + _edge_loss(recon, pixels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        step += 1
+        losses.append(float(loss))
+        if step % 50 == 0 or step == settings.decoder_steps:
+            logger.info("decoder step %d/%d loss %.4f", step, settings.decoder_steps, float(np.mean(losses[-50:])))
+        if step % settings.checkpoint_every == 0 or step == settings.decoder_steps:
+            _save_state(state_path, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                                     "losses": losses})
+    vae.eval().requires_grad_(False)
+    return {"decoder_steps": step, "decoder_loss": float(np.mean(losses[-50:])) if losses else float("nan")}
 
 
 def _edge_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -414,12 +467,9 @@ def train_transformer(pipe: FluxPipeline, data: PretrainSet, latents: torch.Tens
 
     state_path = work / "transformer_state.pt"
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=settings.lr, weight_decay=0.01)
-    step, losses = 0, []
-    if state_path.is_file():
-        state = torch.load(state_path, weights_only=False)
-        transformer.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, losses = state["step"], state["losses"]
+    state = _resume(state_path, transformer, optimizer)
+    step, losses = state.get("step", 0), state.get("losses", [])
+    if state:
         rng.setstate(state["rng"])
     generator = torch.Generator().manual_seed(settings.seed + 1 + step)
     transformer.train().requires_grad_(True)
@@ -522,7 +572,11 @@ def save(pipe: FluxPipeline, folder: Path, figures: dict) -> None:
     tmp.rename(folder)
 
 
-def build(settings: MicroSettings, work: Path, out: Path, *, minutes: float) -> dict:
+STAGES = ("transformer", "decoder")
+
+
+def build(settings: MicroSettings, work: Path, out: Path, *, minutes: float,
+          stages: tuple[str, ...] = STAGES) -> dict:
     """Pretrain the micro model within ``minutes`` (resuming from ``work``), save it to ``out``; its figures."""
     import torch
 
@@ -547,7 +601,13 @@ def build(settings: MicroSettings, work: Path, out: Path, *, minutes: float) -> 
     raw, shift, scale = latent_statistics(pipe.vae, data.images)
     pipe.vae.register_to_config(shift_factor=shift, scaling_factor=scale)
     latents = (raw - shift) * scale
-    figures.update(train_transformer(pipe, data, latents, settings, work, deadline))
+    if "transformer" in stages:
+        figures.update(train_transformer(pipe, data, latents, settings, work, deadline))
+    if "decoder" in stages:
+        # After the encoder's statistics are taken: the decoder's training changes neither.
+        figures.update(train_decoder(pipe.vae, data, settings, work, deadline))
+    if stages != STAGES:
+        return figures  # a partial run (e.g. the decoder beside a running transformer stage) saves nothing
     figures.update(settings=asdict(settings), parameters={
         name: sum(p.numel() for p in getattr(pipe, name).parameters())
         for name in ("transformer", "vae", "text_encoder", "text_encoder_2")})
@@ -565,6 +625,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--steps", type=int, default=MicroSettings.steps)
     b.add_argument("--vae-steps", type=int, default=MicroSettings.vae_steps)
     b.add_argument("--threads", type=int, default=0)
+    b.add_argument("--only", choices=STAGES, default=None,
+                   help="run one stage after the VAE's, e.g. the decoder beside a running transformer stage")
     sub.add_parser("verify", help="check assets/micro against its SHA256SUMS")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -573,7 +635,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"folder": str(MICRO_FOLDER), "mismatched": bad}))
         return 1 if bad else 0
     settings = MicroSettings(steps=args.steps, vae_steps=args.vae_steps, threads=args.threads)
-    figures = build(settings, args.work_dir, args.out, minutes=args.minutes)
+    figures = build(settings, args.work_dir, args.out, minutes=args.minutes,
+                    stages=(args.only,) if args.only else STAGES)
     print(json.dumps({k: v for k, v in figures.items() if k != "settings"}))
     return 0
 
