@@ -55,11 +55,12 @@ def build_app(workflow: Workflow) -> gr.Blocks:
                         "runs for real on a CPU in seconds, but its images are noise. For real pictures start on a "
                         "GPU with `--base-model black-forest-labs/FLUX.1-dev`.", elem_classes=["notice"])
         elif is_micro(workflow.base_model):
-            gr.Markdown("ℹ️ Running on the embedded **micro** FLUX-architecture model: 2.4 M parameters that learnt "
-                        "what a face looks like from a dozen faces in open-source packages. It learns *your* face "
-                        "at 64 px on a CPU in minutes, to show the whole pipeline working on a real signal; its "
-                        "pictures are small and soft. FLUX.1-dev on a GPU makes the real pictures "
-                        "(`--base-model black-forest-labs/FLUX.1-dev`).", elem_classes=["notice"])
+            gr.Markdown("ℹ️ Running on the embedded **micro** FLUX-architecture model (64 px, 2.4 M parameters, "
+                        "pretrained on a dozen faces from open-source packages) so that every step runs on a CPU in "
+                        "minutes. A LoRA on it learns a person's hair, colours and framing, but it does **not yet "
+                        "draw a recognisable face**, so its likeness scores stay near 0 — see the README. FLUX.1-dev "
+                        "on a GPU makes the real pictures (`--base-model black-forest-labs/FLUX.1-dev`).",
+                        elem_classes=["notice"])
         for notice in workflow.notices:  # what start-up repaired (a damaged state file, an orphaned training)
             gr.Markdown(f"⚠️ {notice}", elem_classes=["notice"])
         upload.build(workflow)
