@@ -18,6 +18,7 @@ from pipeline.notify import smtp_settings_from_env  # noqa: E402
 from pipeline.settings import AppSettings  # noqa: E402
 from pipeline.workflow import Workflow  # noqa: E402
 from ui import models, playground, review, settings, training, upload  # noqa: E402
+from ui.text import plain  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 
@@ -62,7 +63,7 @@ def build_app(workflow: Workflow) -> gr.Blocks:
                         "on a GPU makes the real pictures (`--base-model black-forest-labs/FLUX.1-dev`).",
                         elem_classes=["notice"])
         for notice in workflow.notices:  # what start-up repaired (a damaged state file, an orphaned training)
-            gr.Markdown(f"⚠️ {notice}", elem_classes=["notice"])
+            gr.Markdown(f"⚠️ {plain(notice)}", elem_classes=["notice"])  # it may name a model: text, not markup
         upload.build(workflow)
         train_inputs = settings.build(workflow)
         review.build(workflow)
