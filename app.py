@@ -13,11 +13,13 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402  (after the environment above: gradio reads it at import)
 
+from pipeline.accounts import Authenticator, UsersFile, make_account  # noqa: E402
 from pipeline.base_model import default_base_model, is_micro, is_tiny, quiet_library_logs  # noqa: E402
 from pipeline.notify import smtp_settings_from_env  # noqa: E402
 from pipeline.settings import AppSettings  # noqa: E402
-from pipeline.workflow import Workflow  # noqa: E402
-from ui import models, playground, review, settings, training, upload  # noqa: E402
+from pipeline.workspaces import WorkspaceMode, Workspaces, login_person  # noqa: E402
+from ui import admin, models, playground, review, settings, training, upload  # noqa: E402
+from ui.people import People, WorkspaceCookie  # noqa: E402
 from ui.text import plain  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -34,6 +36,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("LIKENESS_DATA_DIR", "data")))
     parser.add_argument("--auth", default=os.environ.get("LIKENESS_AUTH"), metavar="USER:PASSWORD",
                         help="ask for this login before showing the app (use it with --share or on a Space)")
+    parser.add_argument("--users", type=Path, default=os.environ.get("LIKENESS_USERS"), metavar="FILE",
+                        help="ask for a login from this users file (python -m pipeline users add NAME); each "
+                             "account gets its own workspace")
+    parser.add_argument("--workspaces", choices=[m.value for m in WorkspaceMode],
+                        default=os.environ.get("LIKENESS_WORKSPACES", WorkspaceMode.AUTO.value),
+                        help="auto: one shared workspace on 127.0.0.1 without a login, otherwise one per person "
+                             "(login, Hugging Face account or browser)")
+    parser.add_argument("--trainings-per-person", type=int, default=None, metavar="N",
+                        help="trainings one person may have waiting or running (default 1 with workspaces per "
+                             "person, no limit otherwise)")
+    parser.add_argument("--disk-per-person-gb", type=float, default=0.0, metavar="GB",
+                        help="disk each person's workspace may use (default: no limit)")
     parser.add_argument("--base-model", default=os.environ.get("LIKENESS_BASE_MODEL"),
                         help="'micro' (default without CUDA), 'tiny', a hub id such as black-forest-labs/FLUX.1-dev "
                              "(default with CUDA), or a local diffusers folder")
@@ -45,12 +59,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error("--auth (or LIKENESS_AUTH) must be USER:PASSWORD with both parts non-empty; "
                          "without a valid login the app would be open to anyone who has the link")
         args.auth = (user.strip(), password)
+    if args.auth and args.users:
+        parser.error("give either --auth (one login) or --users (a users file), not both")
+    if args.users and not Path(args.users).is_file():
+        parser.error(f"--users {args.users}: no such file; create it with: python -m pipeline users add NAME "
+                     f"--users-file {args.users}")
     return args
 
 
-def build_app(workflow: Workflow) -> gr.Blocks:
+def per_person(args: argparse.Namespace) -> bool:
+    """Whether each person gets their own workspace: forced by --workspaces, else whenever the app serves others
+    (a login, a public link, a non-loopback host, a Space)."""
+    if args.workspaces != WorkspaceMode.AUTO:
+        return args.workspaces == WorkspaceMode.PER_PERSON
+    return bool(args.auth or args.users or args.share or os.environ.get("SPACE_ID")
+                or args.host not in ("127.0.0.1", "localhost", "::1"))
+
+
+def build_app(people: People, *, hf_login: bool = False) -> gr.Blocks:
+    workflow = people.workspaces.local  # the base model and its defaults: the same for everyone
     with gr.Blocks(title="Likeness") as demo:
-        gr.Markdown("# Likeness\nYour photos → a personal FLUX LoRA that really looks like you.")
+        with gr.Row():
+            gr.Markdown("# Likeness\nYour photos → a personal FLUX LoRA that really looks like you.")
+            if hf_login:
+                gr.LoginButton(scale=0)
+        whose = gr.Markdown(elem_classes=["notice"])
         if is_tiny(workflow.base_model):
             gr.Markdown("ℹ️ Running on the embedded **tiny** FLUX-architecture model (random weights): every step "
                         "runs for real on a CPU in seconds, but its images are noise. For real pictures start on a "
@@ -62,16 +95,34 @@ def build_app(workflow: Workflow) -> gr.Blocks:
                         "draw a recognisable face**, so its likeness scores stay near 0 — see the README. FLUX.1-dev "
                         "on a GPU makes the real pictures (`--base-model black-forest-labs/FLUX.1-dev`).",
                         elem_classes=["notice"])
-        for notice in workflow.notices:  # what start-up repaired (a damaged state file, an orphaned training)
-            gr.Markdown(f"⚠️ {plain(notice)}", elem_classes=["notice"])  # it may name a model: text, not markup
-        upload.build(workflow)
+        notices = gr.Markdown(elem_classes=["notice"])
+        upload.build(people, demo)
         train_inputs = settings.build(workflow)
-        review.build(workflow)
-        training.build(workflow, train_inputs)
-        playground.build(workflow)
-        models.build(workflow)
+        review.build(people)
+        training.build(people, train_inputs)
+        playground.build(people)
+        models.build(people)
+        admin_tab = admin.build(people)
+
+        def who(request: gr.Request) -> tuple:
+            person = people.person(request)
+            repaired = [*people.workspaces.notices, *people(request).notices] if person.admin else \
+                people(request).notices  # what start-up repaired (may name a model: text, not markup)
+            text = "\n\n".join(f"⚠️ {plain(n)}" for n in repaired)
+            return _whose(people, person), text, gr.update(visible=people.per_person and person.admin)
+
+        demo.load(who, None, [whose, notices, admin_tab], api_name="whoami")
     demo.queue(max_size=64, default_concurrency_limit=4)
     return demo
+
+
+def _whose(people: People, person) -> str:
+    if not people.per_person:
+        return ""
+    if person.key.startswith("anon-"):
+        return ("🔒 **Your private workspace in this browser.** Your photos and models are visible only here; "
+                "another browser (or clearing this one's cookies) starts an empty one.")
+    return f"🔒 Signed in as **{plain(person.label)}**: your photos and models are yours alone."
 
 
 # The data dir's indexes: they list every photo and model, so they are never served, whatever else is.
@@ -108,15 +159,50 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own health checks, one line per request
     args = parse_args(argv)
     quiet_library_logs()
+    shared = per_person(args)
+    auth = None
     try:
+        if args.users:
+            authenticator = Authenticator(UsersFile(args.users).accounts)
+            owner = UsersFile(args.users).first()
+        elif args.auth:
+            only = make_account(args.auth[0], args.auth[1], admin=True)
+            authenticator = Authenticator(lambda: {only.name: only})
+            owner = only.name
+        else:
+            authenticator, owner = None, None
+        auth = authenticator.login if authenticator else None
+        limit = args.trainings_per_person if args.trainings_per_person is not None else (1 if shared else 0)
         app_settings = AppSettings(data_dir=args.data_dir, base_model=args.base_model or default_base_model(),
-                                   smtp=smtp_settings_from_env())
-        demo = build_app(Workflow(app_settings))
+                                   smtp=smtp_settings_from_env(), trainings_per_person=limit,
+                                   disk_per_person_gb=args.disk_per_person_gb)
+        app_settings.validate()
+        workspaces = Workspaces(app_settings, start_worker=False)
+        if shared and owner:  # a data dir used before accounts: its photos and models become the first account's
+            moved = workspaces.adopt_local_data(login_person(owner))
+            if moved:
+                logging.info("the existing photos and models now belong to the account %r", owner)
+        workspaces.start()
+        people = People(workspaces, per_person=shared, admins=authenticator.is_admin if authenticator else None)
+        demo = build_app(people, hf_login=bool(os.environ.get("SPACE_ID")) and shared)
     except ValueError as exc:  # BaseModelError, settings and LIKENESS_SMTP_* errors carry the fix in their message
         logging.error("%s", exc)
         demo = build_error_app(str(exc))
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=args.auth,
-                css_paths=[ASSETS / "style.css"], **file_access(args.data_dir))
+    if args.share and not (args.auth or args.users):
+        logging.warning("--share without --auth or --users: anyone who has the link can upload photos, train and "
+                        "generate on this machine's GPU; each visitor gets a private workspace, but nobody is asked "
+                        "who they are. Add --users FILE to require a login.")
+    if not shared and (args.share or args.host not in ("127.0.0.1", "localhost", "::1")):
+        logging.warning("--workspaces single while serving others: everyone who reaches the app sees, downloads "
+                        "and deletes the same photos and models.")
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
+                css_paths=[ASSETS / "style.css"], app_kwargs=_middleware(shared), **file_access(args.data_dir))
+
+
+def _middleware(shared: bool) -> dict:
+    from starlette.middleware import Middleware
+
+    return {"middleware": [Middleware(WorkspaceCookie)]} if shared else {}
 
 
 if __name__ == "__main__":

@@ -31,11 +31,12 @@ def _workflow(args: argparse.Namespace, start_worker: bool = False) -> Workflow:
     from pipeline.base_model import default_base_model
     from pipeline.notify import smtp_settings_from_env
     from pipeline.settings import AppSettings
-    from pipeline.workflow import Workflow
+    from pipeline.workspaces import LOCAL_PERSON, Workspaces, login_person
 
     settings = AppSettings(data_dir=args.data_dir, base_model=args.base_model or default_base_model(),
                            smtp=smtp_settings_from_env())
-    return Workflow(settings, start_worker=start_worker)
+    # The local workspace (what `python app.py` on 127.0.0.1 shows), or a login's with --user.
+    return Workspaces(settings, start_worker=start_worker).get(login_person(args.user) if args.user else LOCAL_PERSON)
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -118,12 +119,44 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_users(args: argparse.Namespace) -> int:
+    import getpass
+
+    from pipeline.accounts import UsersFile
+
+    users = UsersFile(args.users_file)
+    if args.action == "list":
+        accounts = users.accounts()
+        _emit(args, [{"name": a.name, "admin": a.admin} for a in accounts.values()],
+              "\n".join(f"{a.name}{' (admin)' if a.admin else ''}" for a in accounts.values()) or "no users yet")
+        return 0
+    if not args.name:
+        raise ValueError(f"users {args.action}: give the user's NAME")
+    if args.action == "remove":
+        users.remove(args.name)
+        _emit(args, {"removed": args.name}, f"removed {args.name} (their workspace stays in the data dir)")
+        return 0
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            raise ValueError("the two passwords differ")
+    users.add(args.name, password, admin=args.admin, replace=args.action == "passwd")
+    _emit(args, {"user": args.name, "admin": args.admin, "file": str(users.path)},
+          f"{'added' if args.action == 'add' else 'changed the password of'} {args.name} in {users.path}; start the "
+          f"app with: python app.py --users {users.path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print JSON for machines")
     common.add_argument("--data-dir", type=Path, default=Path(os.environ.get("LIKENESS_DATA_DIR", "data")))
     common.add_argument("--base-model", default=os.environ.get("LIKENESS_BASE_MODEL"))
+    common.add_argument("--user", help="act on this login's workspace (as in `app.py --users`); default: the local "
+                                       "one")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("classify", parents=[common], help="classify a folder of photos")
@@ -160,6 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", parents=[common], help="list the library")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("users", help="manage the logins of `app.py --users FILE` (passwords stored as scrypt hashes)")
+    p.add_argument("action", choices=["add", "passwd", "remove", "list"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("--users-file", type=Path, default=Path(os.environ.get("LIKENESS_USERS", "users.json")))
+    p.add_argument("--admin", action="store_true", help="may see every workspace and the queue, and delete a "
+                                                        "person's data")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    p.add_argument("--json", action="store_true", help="print JSON for machines")
+    p.set_defaults(func=cmd_users)
     return parser
 
 

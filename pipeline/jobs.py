@@ -160,6 +160,10 @@ class JobQueue:
         self._changed(job)
         return job
 
+    def set_payload(self, job_id: str, payload: dict) -> Job:
+        """Replace a job's payload (e.g. to point an old job at the workspace its model moved to)."""
+        return self._write(job_id, payload=dict(payload))
+
     def get(self, job_id: str) -> Job:
         with open_db(self.db_path) as db:
             doc = db.table("jobs").get(Query().id == job_id)

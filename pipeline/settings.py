@@ -276,6 +276,16 @@ class AppSettings:
     # Free disk space a training needs before it starts (checkpoints, LoRAs, assessment images); 0: by base model,
     # 0.2 GB for the embedded models and 2 GB for FLUX.1-dev (rank-16 checkpoints with optimizer state ~0.5 GB each).
     min_free_disk_gb: float = 0.0
+    # Fair sharing when several people use one app (a Space, a shared link): 0 means no limit. The app sets
+    # trainings_per_person to 1 when it gives each person a workspace.
+    trainings_per_person: int = 0  # trainings of one person that may wait or run at once
+    disk_per_person_gb: float = 0.0  # a person's photos, models and outputs; uploads and trainings stop above it
+
+    def validate(self) -> AppSettings:
+        _check(self.trainings_per_person >= 0, "trainings_per_person", "must be 0 (no limit) or more")
+        _check(self.disk_per_person_gb >= 0, "disk_per_person_gb", "must be 0 (no limit) or more")
+        _check(self.min_free_disk_gb >= 0, "min_free_disk_gb", "must be 0 (by base model) or more")
+        return self
 
 
 def to_json(settings: Any) -> str:

@@ -39,6 +39,18 @@ from pipeline.settings import (
 
 logger = logging.getLogger(__name__)
 
+LOCAL_WORKSPACE = "local"  # the one person of a single-user app: the data dir itself is their workspace
+
+
+def folder_size(folder: Path) -> int:
+    """Bytes of every file under ``folder`` (0 when it does not exist)."""
+    total = 0
+    for path in Path(folder).rglob("*"):
+        with contextlib.suppress(OSError):  # a file removed while we count
+            if path.is_file() and not path.is_symlink():
+                total += path.stat().st_size
+    return total
+
 
 class TrainingNotStarted(RuntimeError):
     """A queued training could not start (e.g. no disk space); the model is marked failed with the reason."""
@@ -138,40 +150,60 @@ class TrainingMonitor:
             )
 
 
-class Workflow:
-    """Owns the app's data dir: the uploaded photos, the library, the job queue and the loaded generators."""
+class Generators:
+    """The loaded generation pipelines, one per base model, shared by every workspace of the app."""
 
-    def __init__(self, settings: AppSettings, *, start_worker: bool = True) -> None:
+    def __init__(self) -> None:
+        self.loaded: dict[str, Any] = {}
+        self.lock = threading.Lock()
+
+
+class Workflow:
+    """One workspace's flow: its uploaded photos, choices, library and outputs, over a job queue and generators
+    that may be shared with other workspaces (see ``pipeline.workspaces``).
+
+    Alone (``jobs`` not given) it owns the data dir as today's single-user app does: the photos, the library, the
+    job queue and the loaded generators all live in ``settings.data_dir``.
+    """
+
+    def __init__(self, settings: AppSettings, *, start_worker: bool = True, workspace: str = LOCAL_WORKSPACE,
+                 folder: Path | None = None, jobs: JobQueue | None = None,
+                 generators: Generators | None = None) -> None:
         from pipeline.base_model import is_tiny, resolve_base_model
 
         self.settings = settings
-        self.data_dir = Path(settings.data_dir)
+        self.workspace = workspace
+        self.shared_dir = Path(settings.data_dir)  # base models and the latent cache: one copy for everyone
+        self.data_dir = Path(folder) if folder is not None else self.shared_dir
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.base_model = settings.base_model
         # Fail early and clearly when the chosen base model cannot be found (the UI shows the message). The tiny
         # model needs no check: it is built on first use, not at start-up (building imports diffusers: seconds).
         if not is_tiny(settings.base_model):
-            resolve_base_model(settings.base_model, self.data_dir)
+            resolve_base_model(settings.base_model, self.shared_dir)
         self.photos = PhotoStore(self.data_dir / "photos", IntakeSettings())
         self.library = Library(self.data_dir)
         self._monitors: dict[str, TrainingMonitor] = {}
         self._monitor_lock = threading.Lock()
         self._analyses: dict[tuple, Any] = {}  # per-photo measurements, so re-classifying is quick
-        self._generators: dict[str, Any] = {}
-        self._generator_lock = threading.Lock()
-        self.jobs = JobQueue(self.data_dir, self._run_job, autostart=start_worker)
+        self.last_classification: ClassificationResult | None = None  # shown again when the Review tab reopens
+        self._generators = generators or Generators()
+        self.jobs = jobs if jobs is not None else JobQueue(self.data_dir, self._run_job, autostart=start_worker)
         self.notices: list[str] = list(self.library.notices)  # what start-up repaired, shown on the page
-        if self.jobs.damaged_backup is not None:
+        if jobs is None and self.jobs.damaged_backup is not None:
             self.notices.append(f"The training queue ({self.jobs.db_path.name}) was damaged and was moved aside to "
                                 f"{self.jobs.damaged_backup.name}.")
         if start_worker:
             self._fail_orphaned_models()
 
+    def _my_jobs(self) -> list[Job]:
+        return [job for job in self.jobs.list() if job.payload.get("workspace", LOCAL_WORKSPACE) == self.workspace]
+
     def _fail_orphaned_models(self) -> None:
         """Models that say they wait or train, with no job left to do it (a lost queue file, a disk that filled up
         before the end was written): marked failed with the reason, so Resume is offered instead of a wait that
         never ends."""
-        active = {job.model_id for job in self.jobs.list() if job.status in ("queued", "running")}
+        active = {job.model_id for job in self._my_jobs() if job.status in ("queued", "running")}
         for record in self.library.list():
             if record.status in ("queued", *BUSY_STATUSES) and record.id not in active:
                 self.library.update(record.id, status="failed",
@@ -181,6 +213,7 @@ class Workflow:
 
     # ---------------------------------------------------------------- upload
     def add_photos(self, paths: Iterable[Path | str]) -> IntakeResult:
+        self._check_disk_quota()
         return self.photos.add_files(paths)
 
     def remove_photo(self, ref: str) -> StoredPhoto:
@@ -243,6 +276,8 @@ class Workflow:
                        on_event: ev.EventCallback = ev.ignore) -> ModelRecord:
         """Classify (unless given), build the dataset into the model's folder, queue the training job."""
         settings.validate()
+        self._check_training_limit()
+        self._check_disk_quota()
         result = classification or self.classify(on_event=on_event)
         if not result.selected:
             raise ValueError(f"No usable photos to train on: {result.report.summary}")
@@ -259,7 +294,7 @@ class Workflow:
                    "captioner": dataset.captioner, "report": result.to_dict()["report"]}
         record = self.library.update(record.id, dataset=summary, settings=json.loads(to_json(settings)))
         self._monitor(record.id).note(f"queued: {len(dataset)} photos, trigger word '{record.trigger_word}'")
-        self.jobs.submit(record.id, {"settings": json.loads(to_json(settings))})
+        self.jobs.submit(record.id, {"settings": json.loads(to_json(settings)), "workspace": self.workspace})
         return record
 
     def resume_training(self, model_id: str) -> ModelRecord:
@@ -269,10 +304,31 @@ class Workflow:
             raise ValueError(f"model '{record.name}' is {record.status}: only a stopped or failed training resumes")
         if not (Path(record.folder) / "dataset" / "dataset.json").exists():
             raise ValueError(f"model '{record.name}' has no dataset to train on; start a new training instead")
+        self._check_training_limit()
         record = self.library.update(model_id, status="queued", error="", finished_at=None)
         self._monitor(model_id).note("queued again: resuming from the last checkpoint", status="queued")
-        self.jobs.submit(model_id, {"settings": record.settings})
+        self.jobs.submit(model_id, {"settings": record.settings, "workspace": self.workspace})
         return record
+
+    def _check_training_limit(self) -> None:
+        """Fair sharing of the queue: at most ``trainings_per_person`` of this workspace's trainings wait or run."""
+        limit = self.settings.trainings_per_person
+        if not limit:
+            return
+        mine = [job for job in self._my_jobs() if job.status in ("queued", "running")]
+        if len(mine) >= limit:
+            names = ", ".join(f"'{self.library.get(job.model_id).name}'" for job in mine
+                              if job.model_id in {r.id for r in self.library.list()})
+            raise ValueError(f"you already have {len(mine)} training(s) waiting or running ({names}); this app "
+                             f"allows {limit} per person so that everyone gets a turn: wait for it to finish or "
+                             "stop it on the Training tab")
+
+    def _check_disk_quota(self) -> None:
+        """Per-person disk limit (``disk_per_person_gb``; 0: none): refuse new uploads and trainings above it."""
+        quota = self.settings.disk_per_person_gb
+        if quota and (used := folder_size(self.data_dir) / 1e9) >= quota:
+            raise ValueError(f"your workspace uses {used:.2f} GB of the {quota:g} GB each person may use: delete "
+                             "old models on the Models tab (or photos on the Upload tab) first")
 
     def _monitor(self, model_id: str) -> TrainingMonitor:
         with self._monitor_lock:
@@ -288,10 +344,12 @@ class Workflow:
 
     def jobs_ahead(self, model_id: str) -> int | None:
         """How many trainings run or wait before this model's (None when it is not waiting)."""
+        self.library.get(model_id)  # another workspace's model is "not found", like one that does not exist
         waiting = [job for job in self.jobs.for_model(model_id) if job.status == "queued"]
         return self.jobs.position(waiting[0].id) if waiting else None
 
     def cancel_training(self, model_id: str) -> None:
+        self.library.get(model_id)  # only this workspace's trainings: another's is "not found"
         for job in self.jobs.for_model(model_id):
             if job.status in ("queued", "running") and self.jobs.cancel(job.id).status == "cancelled":
                 # A queued job ends at once; a running one stops at its next step and reports itself.
@@ -327,7 +385,7 @@ class Workflow:
             assessor = _CheckpointAssessor(self, record, dataset, monitor, prompts=settings.test_prompts,
                                            resolution=settings.resolution)
             result = train_lora(dataset, settings, folder / "lora", base_model=self.base_model,
-                                data_dir=self.data_dir, on_event=assessor.on_training_event, should_stop=should_stop,
+                                data_dir=self.shared_dir, on_event=assessor.on_training_event, should_stop=should_stop,
                                 device=job.device or None)
             self._reload_generator_placed_for_less_memory()
             checkpoints = [{"step": c.step, "path": str(c.path)} for c in result.checkpoints]
@@ -386,16 +444,16 @@ class Workflow:
     def generator(self) -> Any:
         from pipeline.generation import Generator
 
-        with self._generator_lock:
-            if self.base_model not in self._generators:
-                self._generators[self.base_model] = Generator(self.base_model, self.data_dir)
-            return self._generators[self.base_model]
+        with self._generators.lock:
+            if self.base_model not in self._generators.loaded:
+                self._generators.loaded[self.base_model] = Generator(self.base_model, self.shared_dir)
+            return self._generators.loaded[self.base_model]
 
     def _reload_generator_placed_for_less_memory(self) -> None:
         """A generator loaded while a training held the GPU was placed for the memory left then (fp8 or streamed);
         once training has handed the GPU back, let the next use place it again."""
-        with self._generator_lock:
-            generator = self._generators.get(self.base_model)
+        with self._generators.lock:
+            generator = self._generators.loaded.get(self.base_model)
         if generator is not None and generator.could_place_better():
             logger.info("reloading the generator: it was placed (%s) while training used the GPU",
                         generator.placement_in_use)
@@ -469,7 +527,7 @@ class Workflow:
 
     # --------------------------------------------------------------- library
     def delete_model(self, model_id: str) -> None:
-        self.cancel_training(model_id)
+        self.cancel_training(model_id)  # raises ModelNotFound for a model that is not in this workspace
         self.library.delete(model_id, force=True)
         self._monitors.pop(model_id, None)
 

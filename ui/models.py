@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import gradio as gr
 import pandas as pd
 
 from pipeline.workflow import Workflow
 from ui.charts import series_frame
+from ui.people import People
 from ui.text import escaped, plain
 
 CANCELLED = "(not deleted)"  # what the browser sends when the user answers No to "Delete this model?"
@@ -57,9 +60,9 @@ def _details(workflow: Workflow, model_id: str) -> tuple[str, str | None]:
     return "\n\n".join(lines), str(r.sample_grid) if r.sample_grid else None
 
 
-def _curve(workflow: Workflow, model_id: str) -> pd.DataFrame:
+def _curve(workflow: Workflow | None, model_id: str) -> pd.DataFrame:
     rows = []
-    if model_id:
+    if model_id and workflow is not None:
         scores = workflow.library.get(model_id).scores or {}
         for key, label, factor in (("likeness_by_checkpoint", "likeness ×100", 100), ("by_checkpoint", "overall", 1)):
             rows += [(int(step), (value or 0) * factor, label) for step, value in scores.get(key, {}).items()]
@@ -74,19 +77,19 @@ def _choices(workflow: Workflow) -> list[tuple[str, str]]:
     return [(r.label, r.id) for r in workflow.library.list()]
 
 
-def build(workflow: Workflow) -> gr.Tab:
+def build(people: People) -> gr.Tab:
     with gr.Tab("6 · Models", id="models") as tab:
-        table = gr.Dataframe(value=_table(workflow), headers=COLUMNS, interactive=False,
+        table = gr.Dataframe(headers=COLUMNS, interactive=False,
                              label="Your models (click a row to select it)")
         with gr.Row():
             with gr.Column(scale=3):
                 details = gr.Markdown("Select a model in the table.")
-                curve = gr.LinePlot(_curve(workflow, ""), x="step", y="score", color="measure",
+                curve = gr.LinePlot(_curve(None, ""), x="step", y="score", color="measure",
                                     title="Likeness and overall score by checkpoint", height=260)
                 grid = gr.Image(label="Test generations beside the training photos", type="filepath", height=360)
             with gr.Column(scale=2):
                 # Custom values: the API names models by id, including ones made after this page was built.
-                model_id = gr.Dropdown(label="Selected model", choices=_choices(workflow), value=None,
+                model_id = gr.Dropdown(label="Selected model", choices=[], value=None,
                                        allow_custom_value=True)
                 with gr.Row(equal_height=True):
                     new_name = gr.Textbox(label="New name", scale=3)
@@ -108,17 +111,21 @@ def build(workflow: Workflow) -> gr.Tab:
             return frame.iloc[evt.index[0]]["id"]
 
         def guarded(action):
+            """``action(model_id, …, request)`` with a model selected; its errors as messages. ``wraps`` keeps the
+            signature, by which Gradio passes the request."""
+            @functools.wraps(action)
             def run(*args):
                 if not args[0]:
                     raise gr.Error("Select a model first: click its row in the table.")
                 try:
                     return action(*args)
-                except ValueError as exc:
+                except ValueError as exc:  # includes another person's model: "not found", as if it did not exist
                     raise gr.Error(escaped(exc)) from exc
             return run
 
-        def select(mid: str) -> tuple:
+        def select(mid: str, request: gr.Request) -> tuple:
             """Show the chosen model; the zip of the previous one goes away."""
+            workflow = people(request)
             if not mid:
                 return "Select a model in the table.", None, _curve(workflow, ""), None
             try:
@@ -126,35 +133,46 @@ def build(workflow: Workflow) -> gr.Tab:
             except ValueError as exc:  # a deleted model or a mistyped id
                 raise gr.Error(escaped(exc)) from exc
 
-        def do_rename(mid: str, name: str) -> tuple:
+        def do_rename(mid: str, name: str, request: gr.Request) -> tuple:
+            workflow = people(request)
             if not name.strip():
                 raise gr.Error("Type the new name first.")
             workflow.library.rename(mid, name.strip())
             return _table(workflow), *_show(workflow, mid)
 
-        def do_trigger(mid: str, word: str) -> tuple:
+        def do_trigger(mid: str, word: str, request: gr.Request) -> tuple:
+            workflow = people(request)
             workflow.library.set_trigger_word(mid, word)
             return _table(workflow), *_show(workflow, mid)
 
-        def do_push(mid: str, repo: str, secret: str, is_private: bool) -> str:
+        def do_push(mid: str, repo: str, secret: str, is_private: bool, request: gr.Request) -> str:
             from pipeline.hub import push_to_hub
 
+            workflow = people(request)
             url = push_to_hub(workflow.library, mid, repo.strip(), secret, private=is_private)
             return f"Pushed to [{url}]({url})."
 
-        def do_delete(mid: str) -> tuple:
+        def do_delete(mid: str, request: gr.Request) -> tuple:
+            workflow = people(request)
             name = workflow.library.get(mid).name
             workflow.delete_model(mid)
             gr.Info(f"Deleted {escaped(name)}.")
             return _table(workflow), f"Deleted {name}.", None, _curve(workflow, ""), \
                 gr.update(choices=_choices(workflow), value=None)
 
-        def confirmed_delete(mid: str | None) -> tuple:
+        def do_download(mid: str, request: gr.Request) -> str:
+            return str(people(request).library.export_zip(mid))
+
+        def confirmed_delete(mid: str | None, request: gr.Request) -> tuple:
             if mid == CANCELLED:
                 return (gr.skip(),) * 5
-            return guarded(do_delete)(mid)
+            return guarded(do_delete)(mid, request)
 
-        def refresh(mid: str) -> tuple:
+        def listing(request: gr.Request) -> pd.DataFrame:
+            return _table(people(request))
+
+        def refresh(mid: str, request: gr.Request) -> tuple:
+            workflow = people(request)
             ids = [i for _, i in _choices(workflow)]
             keep = mid if mid in ids else None
             return _table(workflow), gr.update(choices=_choices(workflow), value=keep)
@@ -166,7 +184,7 @@ def build(workflow: Workflow) -> gr.Tab:
         rename.click(guarded(do_rename), [model_id, new_name], [table, *shown], api_name="rename_model").success(
             refresh, model_id, [table, model_id], api_name=False)
         retrigger.click(guarded(do_trigger), [model_id, new_trigger], [table, *shown], api_name="set_trigger_word")
-        download.click(guarded(lambda mid: str(workflow.library.export_zip(mid))), model_id, archive,
+        download.click(guarded(do_download), model_id, archive,
                        api_name="download_model")
         # Deleting cannot be undone: the browser asks first (API callers are not asked).
         push.click(guarded(do_push), [model_id, repo_id, token, private], pushed, api_name="push_to_hub")
@@ -175,6 +193,6 @@ def build(workflow: Workflow) -> gr.Tab:
                         f" ? '{CANCELLED}' : mid").success(
             lambda mid: (None, "", "") if not mid else (gr.skip(),) * 3, model_id, [archive, new_name, new_trigger],
             api_name=False)  # a deleted model's zip and edits go with it
-        tab.select(lambda: _table(workflow), None, table, api_name="list_models")
+        tab.select(listing, None, table, api_name="list_models")
         tab.select(refresh, model_id, [table, model_id], api_name=False)
     return tab

@@ -6,6 +6,7 @@ import gradio as gr
 
 from pipeline.settings import GenerateSettings
 from pipeline.workflow import Workflow
+from ui.people import People
 from ui.progress import progress_events
 from ui.text import escaped
 
@@ -24,12 +25,12 @@ def _defaults(workflow: Workflow) -> GenerateSettings:
                             height=size.height)
 
 
-def build(workflow: Workflow) -> gr.Tab:
-    d = _defaults(workflow)
+def build(people: People) -> gr.Tab:
+    d = _defaults(people.workspaces.local)  # sizes and steps of the base model: the same for everyone
     with gr.Tab("5 · Playground", id="playground") as tab:
         with gr.Row():
             # Custom values: the API may name a model trained after this page was built.
-            model = gr.Dropdown(label="Model", choices=_choices(workflow), value=_choices(workflow)[0][1], scale=2,
+            model = gr.Dropdown(label="Model", choices=[(BASE_ONLY, "")], value="", scale=2,
                                 allow_custom_value=True)
             prompt = gr.Textbox(label="Prompt ({trigger} is replaced by the model's trigger word)",
                                 value=d.prompt, scale=4)
@@ -49,7 +50,7 @@ def build(workflow: Workflow) -> gr.Tab:
                              object_fit="contain", type="filepath", buttons=["download", "fullscreen"])
         with gr.Accordion("Compare: two models, or one model at two LoRA scales, same prompt and seeds", open=False):
             with gr.Row():
-                other = gr.Dropdown(label="Second model", choices=_choices(workflow), value=_choices(workflow)[0][1],
+                other = gr.Dropdown(label="Second model", choices=[(BASE_ONLY, "")], value="",
                                     allow_custom_value=True)
                 other_scale = gr.Slider(0, 2, value=0.8, step=0.05, label="Second LoRA scale")
             compare = gr.Button("Compare")
@@ -62,7 +63,9 @@ def build(workflow: Workflow) -> gr.Tab:
             make = gr.Button("Make video")
             video = gr.Video(label="Clip (MP4)", height=420)
 
-        def generate(mid, text, neg, sd, st, gd, sc, w, h, n, progress: gr.Progress = gr.Progress()) -> list[str]:
+        def generate(mid, text, neg, sd, st, gd, sc, w, h, n, request: gr.Request,
+                     progress: gr.Progress = gr.Progress()) -> list[str]:
+            workflow = people(request)
             settings = GenerateSettings(prompt=text, negative_prompt=neg, seed=int(sd), steps=int(st),
                                         guidance=float(gd), width=int(w), height=int(h), lora_scale=float(sc),
                                         num_images=int(n))
@@ -72,8 +75,9 @@ def build(workflow: Workflow) -> gr.Tab:
                 raise gr.Error(escaped(exc)) from exc
             return [str(p) for p in paths]
 
-        def side_by_side(mid, text, neg, sd, st, gd, sc, w, h, n, mid_b, sc_b,
+        def side_by_side(mid, text, neg, sd, st, gd, sc, w, h, n, mid_b, sc_b, request: gr.Request,
                          progress: gr.Progress = gr.Progress()) -> str:
+            workflow = people(request)
             settings = GenerateSettings(prompt=text, negative_prompt=neg, seed=int(sd), steps=int(st),
                                         guidance=float(gd), width=int(w), height=int(h), num_images=int(n))
             try:
@@ -83,7 +87,9 @@ def build(workflow: Workflow) -> gr.Tab:
                 raise gr.Error(escaped(exc)) from exc
             return str(path)
 
-        def clip(mid, text, second, nframes, rate, sd, progress: gr.Progress = gr.Progress()) -> str:
+        def clip(mid, text, second, nframes, rate, sd, request: gr.Request,
+                 progress: gr.Progress = gr.Progress()) -> str:
+            workflow = people(request)
             try:
                 path = workflow.video(mid or None, prompt=text, prompt_b=second or None, frames=int(nframes),
                                       fps=int(rate), seed=int(sd), on_event=progress_events(progress, "frames"))
@@ -99,9 +105,9 @@ def build(workflow: Workflow) -> gr.Tab:
         make.click(clip, [model, prompt, prompt_b, frames, fps, seed], video, api_name="video",
                    concurrency_id="gpu", concurrency_limit=1)
 
-        def refresh(first: str, second: str) -> tuple:
+        def refresh(first: str, second: str, request: gr.Request) -> tuple:
             # A model trained or deleted since the page loaded: offer the current list, newest ready model first.
-            choices = _choices(workflow)
+            choices = _choices(people(request))
             ids = [mid for _, mid in choices]
             return tuple(gr.update(choices=choices, value=value if value and value in ids else ids[0])
                          for value in (first, second))

@@ -7,6 +7,7 @@ import pandas as pd
 
 from pipeline.classify import ClassificationResult
 from pipeline.workflow import Workflow
+from ui.people import People
 from ui.progress import progress_events
 from ui.text import escaped
 
@@ -45,8 +46,7 @@ def _for_api(result: ClassificationResult) -> dict:
     return data
 
 
-def build(workflow: Workflow) -> gr.Tab:
-    last: dict[str, ClassificationResult] = {}  # the latest check, shown again when the tab is reopened
+def build(people: People) -> gr.Tab:
     with gr.Tab("3 · Review", id="review") as tab:
         gr.Markdown("Each photo is checked for a single clear face, sharpness, exposure, duplicates and "
                     "whether it shows the same person. Override any verdict below; your choice wins.")
@@ -64,17 +64,22 @@ def build(workflow: Workflow) -> gr.Tab:
         gallery = gr.Gallery(label="Photos with their verdicts", columns=6, height="auto", interactive=False)
         as_json = gr.JSON(label="Classification (the same JSON as the CLI and API)", visible=False)
 
-        def classify(progress: gr.Progress = gr.Progress()) -> tuple:
+        def classify(request: gr.Request, progress: gr.Progress = gr.Progress()) -> tuple:
+            workflow = people(request)
+            return _classify(workflow, progress)
+
+        def _classify(workflow: Workflow, progress: gr.Progress) -> tuple:
             try:
                 result = workflow.classify(on_event=progress_events(progress, "classifying", use_messages=True))
             except ValueError as exc:
                 raise gr.Error(escaped(exc)) from exc
-            last["result"] = result
+            workflow.last_classification = result  # the latest check, shown again when the tab is reopened
             return _report(result), _table(workflow, result), _gallery(result), _for_api(result)
 
-        def show_last() -> tuple:
+        def show_last(request: gr.Request) -> tuple:
             """On opening the tab: the last check (without running it again), or what to do first."""
-            result = last.get("result")
+            workflow = people(request)
+            result = workflow.last_classification
             count = len(workflow.list_photos())
             if result is None:
                 hint = ("No photos yet: add them on the Upload tab." if not count else
@@ -89,9 +94,11 @@ def build(workflow: Workflow) -> gr.Tab:
             row = frame.iloc[evt.index[0]]
             return row["file"], row["your choice"] or "auto", row["caption"] or ""
 
-        def set_choice(name: str, how: str, text: str) -> tuple:
+        def set_choice(name: str, how: str, text: str, request: gr.Request,
+                       progress: gr.Progress = gr.Progress()) -> tuple:
             if not name:
                 raise gr.Error("Click a row in the table (or type the photo's file name) first.")
+            workflow = people(request)
             if name not in {p.name for p in workflow.list_photos()}:
                 raise gr.Error(f"No uploaded photo is named {escaped(repr(name))}: click its row in the table.")
             try:
@@ -99,7 +106,7 @@ def build(workflow: Workflow) -> gr.Tab:
                 workflow.set_caption(name, text)
             except ValueError as exc:
                 raise gr.Error(escaped(exc)) from exc
-            return classify()
+            return _classify(workflow, progress)
 
         outputs = [report, table, gallery, as_json]
         run.click(classify, None, outputs, api_name="classify", concurrency_id="gpu", concurrency_limit=1)

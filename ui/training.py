@@ -12,6 +12,7 @@ from pipeline.events import duration_text
 from pipeline.library import BUSY_STATUSES, FINISHED_STATUSES
 from pipeline.workflow import TrainingMonitor, Workflow
 from ui.charts import series_frame
+from ui.people import People
 from ui.progress import progress_events
 from ui.settings import SettingsInputs, settings_from_values
 from ui.text import escaped, plain
@@ -80,14 +81,14 @@ def _model_choices(workflow: Workflow) -> list[tuple[str, str]]:
     return [(r.label, r.id) for r in workflow.library.list()]
 
 
-def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
+def build(people: People, settings: SettingsInputs) -> gr.Tab:
     names = list(settings.components)
     with gr.Tab("4 · Training", id="training") as tab:
         with gr.Row():
             train = gr.Button("Train", variant="primary", scale=2)
             stop = gr.Button("Stop", variant="stop", scale=1)
             resume = gr.Button("Resume", scale=1)
-            watch = gr.Dropdown(label="Watch a model", choices=_model_choices(workflow), value=None, scale=3,
+            watch = gr.Dropdown(label="Watch a model", choices=[], value=None, scale=3,
                                 allow_custom_value=True)
         status = gr.Markdown(IDLE)
         with gr.Row():
@@ -105,8 +106,9 @@ def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
         # turns drawing different models into the same components.
         watcher = gr.State({})
 
-        def start(*values, progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
+        def start(request: gr.Request, progress: gr.Progress = gr.Progress(), *values) -> Iterator[tuple]:
             *values, current = values
+            workflow = people(request)
             # Classifying and cropping the photos, before the job is queued.
             on_event = progress_events(progress, "preparing the photos", use_messages=True)
             try:
@@ -118,9 +120,12 @@ def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
                 record = workflow.start_training(train_settings, on_event=on_event)
             except ValueError as exc:
                 raise gr.Error(escaped(exc)) from exc
-            yield from follow(record.id, current)
+            yield from _follow(workflow, record.id, current)
 
-        def follow(mid: str, current: dict) -> Iterator[tuple]:
+        def follow(mid: str, current: dict, request: gr.Request) -> Iterator[tuple]:
+            yield from _follow(people(request), mid, current)
+
+        def _follow(workflow: Workflow, mid: str, current: dict) -> Iterator[tuple]:
             if not mid:
                 return
             token = current["token"] = object()
@@ -137,9 +142,10 @@ def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
                     return
                 time.sleep(POLL_SECONDS)
 
-        def cancel(mid: str) -> str:
+        def cancel(mid: str, request: gr.Request) -> str:
             if not mid:
                 raise gr.Error("Nothing is training: press Train, or pick a model under 'Watch a model'.")
+            workflow = people(request)
             try:
                 record = workflow.library.get(mid)
             except ValueError as exc:
@@ -150,26 +156,28 @@ def build(workflow: Workflow, settings: SettingsInputs) -> gr.Tab:
             workflow.cancel_training(mid)
             return f"### {plain(record.name)} — stopping\n\nStopping at the next step; the last checkpoint is kept."
 
-        def go_on(mid: str, current: dict) -> Iterator[tuple]:
+        def go_on(mid: str, current: dict, request: gr.Request) -> Iterator[tuple]:
             if not mid:
                 raise gr.Error("Pick the stopped model under 'Watch a model' first.")
+            workflow = people(request)
             try:
                 workflow.resume_training(mid)
             except ValueError as exc:
                 raise gr.Error(escaped(exc)) from exc
-            yield from follow(mid, current)
+            yield from _follow(workflow, mid, current)
 
-        def on_open(mid: str, current: dict) -> Iterator[tuple]:
+        def on_open(mid: str, current: dict, request: gr.Request) -> Iterator[tuple]:
             """Opening the tab with nothing shown (e.g. after a page reload) follows the run in progress, if any."""
             if mid:
                 return
+            workflow = people(request)
             busy = [r for r in workflow.library.list() if r.status in ("queued", *BUSY_STATUSES)]
             running = [r for r in busy if r.status != "queued"] or busy[::-1]  # else the oldest waiting one
             if running:
-                yield from follow(running[0].id, current)
+                yield from _follow(workflow, running[0].id, current)
 
-        def refresh(mid: str) -> dict:
-            return gr.update(choices=_model_choices(workflow), value=mid or None)
+        def refresh(mid: str, request: gr.Request) -> dict:
+            return gr.update(choices=_model_choices(people(request)), value=mid or None)
 
         outputs = [status, log, plot, likeness, samples, model_id]
         # "multiple": a second Train while one runs queues a second model (Gradio ignores it by default).

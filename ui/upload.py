@@ -7,6 +7,7 @@ from pathlib import Path
 import gradio as gr
 
 from pipeline.workflow import Workflow
+from ui.people import People
 from ui.text import escaped, plain
 
 GUIDELINES = Path(__file__).resolve().parent.parent / "assets" / "guidelines.md"
@@ -26,7 +27,7 @@ def _status(workflow: Workflow, news: str = "", rejected: list[str] | None = Non
     return "\n".join(lines)
 
 
-def build(workflow: Workflow) -> gr.Tab:
+def build(people: People, demo: gr.Blocks) -> gr.Tab:
     with gr.Tab("1 · Upload", id="upload") as tab:
         with gr.Row():
             with gr.Column(scale=3):
@@ -35,8 +36,8 @@ def build(workflow: Workflow) -> gr.Tab:
                                 file_count="multiple", file_types=["image"], type="filepath", height=160)
                 # Dropping files adds them; the button stays for the API (upload_photos) only.
                 upload = gr.Button("Add photos", variant="primary", visible=False)
-                status = gr.Markdown(_status(workflow))
-                gallery = gr.Gallery(value=_gallery(workflow), label="Your photos", columns=6, height="auto",
+                status = gr.Markdown()
+                gallery = gr.Gallery(label="Your photos", columns=6, height="auto",
                                      allow_preview=True, interactive=False)
                 with gr.Row():
                     selected = gr.Textbox(label="Selected photo id (click a photo above)", interactive=False,
@@ -45,10 +46,14 @@ def build(workflow: Workflow) -> gr.Tab:
             with gr.Column(scale=2):
                 gr.Markdown(GUIDELINES.read_text() if GUIDELINES.exists() else "")
 
-        def add(paths: list[str] | None) -> tuple[list, str, None]:
+        def add(paths: list[str] | None, request: gr.Request) -> tuple[list, str, None]:
             if not paths:
                 raise gr.Error("Choose one or more photos first.")
-            result = workflow.add_photos(paths)
+            workflow = people(request)
+            try:
+                result = workflow.add_photos(paths)
+            except ValueError as exc:  # e.g. the person's disk quota
+                raise gr.Error(escaped(exc)) from exc
             rejected = [f"{plain(r.name)}: {plain(r.message)}" for r in result.rejected]
             news = f"Added {result.added} photo(s)."
             if result.already_stored:  # the store keeps one copy of the same bytes
@@ -56,13 +61,14 @@ def build(workflow: Workflow) -> gr.Tab:
                          f"{plain(', '.join(result.already_stored))}.")
             return _gallery(workflow), _status(workflow, news, rejected), None
 
-        def pick(evt: gr.SelectData) -> str:
-            photos = workflow.list_photos()
+        def pick(evt: gr.SelectData, request: gr.Request) -> str:
+            photos = people(request).list_photos()
             return photos[evt.index].id if 0 <= evt.index < len(photos) else ""
 
-        def drop(photo_id: str) -> tuple[list, str, str]:
+        def drop(photo_id: str, request: gr.Request) -> tuple[list, str, str]:
             if not photo_id:
                 raise gr.Error("Click a photo in the gallery to select it, then remove it.")
+            workflow = people(request)
             try:
                 removed = workflow.remove_photo(photo_id)
             except ValueError as exc:
@@ -73,5 +79,10 @@ def build(workflow: Workflow) -> gr.Tab:
         files.upload(add, files, [gallery, status, files], api_name=False)  # dropping files is enough
         gallery.select(pick, None, selected)
         remove.click(drop, selected, [gallery, status, selected], api_name="remove_photo")
-        tab.select(lambda: (_gallery(workflow), _status(workflow)), None, [gallery, status], api_name=False)
+        def show(request: gr.Request) -> tuple[list, str]:
+            workflow = people(request)
+            return _gallery(workflow), _status(workflow)
+
+        tab.select(show, None, [gallery, status], api_name=False)
+        demo.load(show, None, [gallery, status], api_name=False)  # this person's photos, not anyone else's
     return tab

@@ -1,0 +1,164 @@
+"""Several people on one running app: each endpoint, called by another person with the first person's ids and
+paths, succeeds 0 times; logins are throttled; an existing single-user data dir becomes the first account's."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import photo_factory
+import pytest
+from app_runner import RunningApp
+from gradio_client import Client, handle_file
+
+from pipeline.accounts import UsersFile
+from pipeline.settings import AppSettings, TrainSettings
+from pipeline.workspaces import LOCAL_PERSON, Workspaces
+
+PASSWORDS = {"alice": "alice-Secret-1", "bob": "bob-Secret-22", "carol": "carol-Secret-333"}
+
+
+def _single_user_data_dir(data_dir: Path, photos: list[Path]) -> tuple[str, list[str]]:
+    """A data dir as the app left it before accounts: photos and one trained model, in the local workspace."""
+    people = Workspaces(AppSettings(data_dir=data_dir, base_model="tiny"))
+    try:
+        local = people.get(LOCAL_PERSON)
+        local.add_photos(photos)
+        record = local.start_training(TrainSettings.quick(name="before-accounts", steps=4, checkpoint_every=4,
+                                                          sample_every=1000))
+        assert local.wait_for(record.id, timeout=300).status == "ready"
+        return record.id, [p.id for p in local.list_photos()]
+    finally:
+        people.close()
+
+
+def _refused(call) -> bool:
+    try:
+        call()
+    except Exception:  # gradio_client raises AppError (or ValueError) with the handler's message
+        return True
+    return False
+
+
+def test_two_accounts_cannot_reach_each_others_photos_and_models(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    photos = photo_factory.portrait_set(tmp_path / "upload", 6)
+    model_id, photo_ids = _single_user_data_dir(data_dir, photos)
+    users = UsersFile(tmp_path / "users.json")
+    for name, password in PASSWORDS.items():
+        users.add(name, password, admin=name == "alice")
+
+    app = RunningApp(data_dir, "--users", str(users.path))
+    try:
+        with pytest.raises(ValueError, match="Could not login"):  # (an async auth used to let anyone in)
+            Client(app.url, auth=("alice", "not her password"), verbose=False)
+        alice = Client(app.url, auth=("alice", PASSWORDS["alice"]), verbose=False)
+        bob = Client(app.url, auth=("bob", PASSWORDS["bob"]), verbose=False)
+
+        # Migration: the first account owns what the data dir held; the second starts empty.
+        assert model_id in json.dumps(alice.predict(api_name="/list_models"))
+        assert bob.predict(api_name="/list_models")["data"] == []
+        assert "Signed in as **bob**" in bob.predict(api_name="/whoami")[0]
+
+        # Every endpoint that names a model or a photo, called by Bob with Alice's ids and names.
+        photo_name = photos[0].name
+        attempts = {
+            "rename_model": lambda: bob.predict(model_id, "mine now", api_name="/rename_model"),
+            "set_trigger_word": lambda: bob.predict(model_id, "stolen", api_name="/set_trigger_word"),
+            "download_model": lambda: bob.predict(model_id, api_name="/download_model"),
+            "push_to_hub": lambda: bob.predict(model_id, "bob/x", "hf_xxx", True, api_name="/push_to_hub"),
+            "generate": lambda: bob.predict(model_id, "{trigger}", "", 1, 2, 3.5, 1.0, 64, 64, 1,
+                                            api_name="/generate"),
+            "compare": lambda: bob.predict(model_id, "{trigger}", "", 1, 2, 3.5, 1.0, 64, 64, 1, model_id, 0.5,
+                                           api_name="/compare"),
+            "video": lambda: bob.predict(model_id, "{trigger}", "", 4, 4, 1, api_name="/video"),
+            "watch_training": lambda: bob.predict(model_id, api_name="/watch_training"),
+            "stop_training": lambda: bob.predict(model_id, api_name="/stop_training"),
+            "resume_training": lambda: bob.predict(model_id, api_name="/resume_training"),
+            "remove_photo (id)": lambda: bob.predict(photo_ids[0], api_name="/remove_photo"),
+            "remove_photo (name)": lambda: bob.predict(photo_name, api_name="/remove_photo"),
+            "override": lambda: bob.predict(photo_name, "exclude", "", api_name="/override"),
+            "classify": lambda: bob.predict(api_name="/classify"),
+            "delete_model": lambda: bob.predict(model_id, api_name="/delete_model"),
+            "admin_overview": lambda: bob.predict(api_name="/admin_overview"),
+            "admin_delete_workspace": lambda: bob.predict("user-alice", api_name="/admin_delete_workspace"),
+        }
+        succeeded = [name for name, call in attempts.items() if not _refused(call)]
+        assert succeeded == [], succeeded
+
+        # Alice's model and photos are untouched, and she still uses them.
+        table = alice.predict(api_name="/list_models")
+        row = next(r for r in table["data"] if model_id in r)
+        assert row[0] == "before-accounts" and row[2] == "ready"
+        report, _table, _gallery, classification = alice.predict(api_name="/classify")
+        assert len(classification["records"]) == 6
+        assert alice.predict(model_id, api_name="/download_model")
+
+        # No file of anyone's data is served by its path, with or without a login.
+        person_dir = data_dir / "people"
+        secrets = [p for p in person_dir.rglob("*") if p.is_file() and p.suffix in (".jpg", ".json", ".safetensors")]
+        assert len(secrets) >= 8
+        for secret in secrets[:12]:
+            url = f"{app.url}gradio_api/file={urllib.parse.quote(str(secret.resolve()))}"
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(url, timeout=10)
+            assert refused.value.code in (401, 403, 404), (secret, refused.value.code)
+
+        # The operator (alice: --admin) sees every workspace and the queue.
+        workspaces, _jobs = alice.predict(api_name="/admin_overview")
+        keys = [r[0] for r in workspaces["data"]]
+        assert any(k.startswith("user-alice-") for k in keys)
+
+        # Guessing carol's password: after five wrong ones even the right one is refused for a while.
+        def login(password: str) -> int:
+            form = urllib.parse.urlencode({"username": "carol", "password": password}).encode()
+            try:
+                with urllib.request.urlopen(f"{app.url}login", data=form, timeout=30) as response:
+                    return response.status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        assert [login(f"guess-{i}") for i in range(12)] == [400] * 12
+        assert login(PASSWORDS["carol"]) == 400  # locked: not even checked
+    finally:
+        app.stop()
+
+    # No password was written anywhere: the log, the data dir, the users file.
+    texts = [app.log.read_text(errors="replace"), users.path.read_text()]
+    texts += [p.read_bytes().decode("latin-1") for p in data_dir.rglob("*") if p.is_file()
+              and p.stat().st_size < 5_000_000]
+    for password in PASSWORDS.values():
+        assert not any(password in text for text in texts)
+
+
+def test_anonymous_browsers_get_private_workspaces(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    photos = photo_factory.portrait_set(tmp_path / "upload", 3)
+    app = RunningApp(data_dir, "--workspaces", "per-browser")
+    try:
+        # A browser's first page load sets an unguessable, HttpOnly workspace cookie.
+        with urllib.request.urlopen(app.url, timeout=30) as page:
+            cookie = page.headers.get("set-cookie", "")
+        assert cookie.startswith("likeness_workspace=") and "HttpOnly" in cookie
+        assert len(cookie.split(";")[0].split("=", 1)[1]) >= 40
+
+        token_a, token_b = "a" * 20 + "-workspace-token-A", "b" * 20 + "-workspace-token-B"
+        a = Client(app.url, headers={"X-Likeness-Workspace": token_a}, verbose=False)
+        b = Client(app.url, headers={"X-Likeness-Workspace": token_b}, verbose=False)
+        _gallery, status, _ = a.predict([handle_file(str(p)) for p in photos], api_name="/upload_photos")
+        assert "3 photo(s) uploaded" in status
+        assert _refused(lambda: b.predict(photos[0].name, api_name="/remove_photo"))
+        assert _refused(lambda: b.predict(api_name="/classify"))  # B has no photos: nothing of A's is classified
+        # The same token later (a reload, another script) finds the same workspace.
+        again = Client(app.url, headers={"X-Likeness-Workspace": token_a}, verbose=False)
+        _gallery, status, _ = again.predict(photos[0].name, api_name="/remove_photo")
+        assert "2 photo(s) uploaded" in status
+        # A caller with no token gets a workspace of its own session: not A's.
+        stranger = Client(app.url, verbose=False)
+        assert _refused(lambda: stranger.predict(photos[1].name, api_name="/remove_photo"))
+        assert _refused(lambda: stranger.predict(api_name="/admin_overview"))  # anonymous is never the operator
+    finally:
+        app.stop()

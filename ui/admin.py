@@ -1,0 +1,51 @@
+"""Admin tab, for the operator only (the ``--auth`` login, or a users-file account added with ``--admin``): every
+workspace's disk and trainings, the whole queue, and deleting a person's data."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from ui.people import People
+from ui.text import escaped
+
+WORKSPACE_COLUMNS = ["workspace", "disk MB", "photos", "models", "trainings waiting or running"]
+JOB_COLUMNS = ["workspace", "model id", "status", "created", "started", "device"]
+
+
+def build(people: People) -> gr.Tab:
+    with gr.Tab("Admin", id="admin", visible=False) as tab:
+        gr.Markdown("Every person's workspace and the training queue. Only operators see this tab.")
+        refresh = gr.Button("Refresh")
+        workspaces = gr.Dataframe(headers=WORKSPACE_COLUMNS, interactive=False, label="Workspaces")
+        jobs = gr.Dataframe(headers=JOB_COLUMNS, interactive=False, label="Training queue (running, waiting, done)")
+        with gr.Row(equal_height=True):
+            key = gr.Textbox(label="Workspace to delete (its name in the table)", scale=3)
+            delete = gr.Button("Delete this person's photos, models and outputs", variant="stop", scale=2)
+
+        def check(request: gr.Request) -> None:
+            if not people.person(request).admin:
+                raise gr.Error("Only the app's operator may use the admin view.")
+
+        def overview(request: gr.Request) -> tuple[pd.DataFrame, pd.DataFrame]:
+            check(request)
+            rows = [[u.key, round(u.bytes / 1e6, 1), u.photos, u.models, u.active_trainings]
+                    for u in people.workspaces.usage()]
+            queue = [[j.payload.get("workspace", "local"), j.model_id, j.status, j.created_at[:19],
+                      (j.started_at or "")[:19], j.device or ""] for j in people.workspaces.jobs.list()]
+            return pd.DataFrame(rows, columns=WORKSPACE_COLUMNS), pd.DataFrame(queue, columns=JOB_COLUMNS)
+
+        def remove(name: str, request: gr.Request) -> tuple[pd.DataFrame, pd.DataFrame]:
+            check(request)
+            name = (name or "").strip()
+            if name not in people.workspaces.keys():
+                raise gr.Error(f"No workspace is named {escaped(repr(name))}: copy its name from the table.")
+            people.workspaces.delete(name)
+            gr.Info(f"Deleted the workspace {escaped(name)}.")
+            return overview(request)
+
+        refresh.click(overview, None, [workspaces, jobs], api_name="admin_overview")
+        tab.select(overview, None, [workspaces, jobs], api_name=False)
+        delete.click(remove, key, [workspaces, jobs], api_name="admin_delete_workspace",
+                     js="(name) => confirm('Delete ' + name + ' and everything in it?') ? name : ''")
+    return tab
