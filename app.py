@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own health checks, one line per request
     args = parse_args(argv)
     quiet_library_logs()
+    _check_writable(args.data_dir)
     shared = per_person(args)
     auth = None
     try:
@@ -197,6 +198,18 @@ def main(argv: list[str] | None = None) -> None:
                         "and deletes the same photos and models.")
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
                 css_paths=[ASSETS / "style.css"], app_kwargs=_middleware(shared), **file_access(args.data_dir))
+
+
+def _check_writable(data_dir: Path) -> None:
+    """Stop with one line, not a traceback, when the data dir cannot be written: nothing could be saved."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        probe = data_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise SystemExit(f"error: cannot write to the data dir {data_dir} ({exc.strerror or exc}): choose a "
+                         "writable folder with --data-dir (or LIKENESS_DATA_DIR)") from None
 
 
 def _middleware(shared: bool) -> dict:

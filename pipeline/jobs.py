@@ -132,7 +132,7 @@ class JobQueue:
             table.update(fields, Query().id == job_id)
             doc = table.get(Query().id == job_id)
         if doc is None:
-            raise JobNotFound(f"job_id: no job {job_id!r} in {self.db_path}")
+            raise JobNotFound(f"job_id: no job {job_id!r} in the queue")
         return self._job(dict(doc))
 
     def _changed(self, job: Job) -> None:
@@ -168,7 +168,7 @@ class JobQueue:
         with open_db(self.db_path) as db:
             doc = db.table("jobs").get(Query().id == job_id)
         if doc is None:
-            raise JobNotFound(f"job_id: no job {job_id!r} in {self.db_path}; list the jobs to see their ids")
+            raise JobNotFound(f"job_id: no job {job_id!r} in the queue; list the jobs to see their ids")
         return self._job(dict(doc))
 
     def list(self) -> list[Job]:

@@ -229,8 +229,8 @@ class Library:
         with open_db(self.db_path) as db:
             doc = db.table("models").get(Query().id == model_id)
         if doc is None:
-            raise ModelNotFound(f"model_id: no model {model_id!r} in the library at {self.db_path}; "
-                                "list the models to see their ids")
+            # The message reaches web visitors: it names no server path (the data dir's location is not theirs).
+            raise ModelNotFound(f"model_id: no model {model_id!r} in your library; list the models to see their ids")
         return self._record(dict(doc))
 
     def find(self, name_or_id: str) -> ModelRecord:

@@ -563,6 +563,7 @@ class _CheckpointAssessor:
         self.out_dir = Path(record.folder) / "assessment"
         self.embedded = is_embedded(workflow.base_model)
         self.results: dict[int, Any] = {}
+        self.checkpoint_paths: dict[int, Path] = {}
 
     def _live(self) -> bool:
         if self.embedded:
@@ -580,7 +581,21 @@ class _CheckpointAssessor:
             result = assess_lora(self.workflow.generator(), event.path, self.plan,
                                  out_dir=self.out_dir / f"step_{event.step:06d}")
             self.results[event.step] = result
+            self.checkpoint_paths[event.step] = Path(event.path)
             self.monitor.on_assessment(event.step, result.likeness, result.overall)
+            self._prune()
+
+    def _prune(self) -> None:
+        """Test images of checkpoints that training has already deleted (it keeps ``keep_checkpoints``) go too:
+        they could never be chosen, and a long run would otherwise leave one folder of images per checkpoint. Their
+        scores stay in the training log and the likeness curve."""
+        import shutil
+
+        for step, path in list(self.checkpoint_paths.items()):
+            if not path.exists():
+                shutil.rmtree(self.out_dir / f"step_{step:06d}", ignore_errors=True)
+                del self.checkpoint_paths[step]
+                self.results.pop(step, None)
 
     def choose(self, result: Any) -> dict[str, Any]:
         """Assess what is not measured yet, choose the best checkpoint and scale: the library fields to set."""

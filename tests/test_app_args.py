@@ -33,3 +33,16 @@ def test_a_data_dir_elsewhere_is_allowed_but_its_indexes_are_blocked() -> None:
     assert access["allowed_paths"] == ["/srv/likeness-data"]
     assert "/srv/likeness-data/library.json" in access["blocked_paths"]
     assert "/srv/likeness-data/photos/index.json" in access["blocked_paths"]
+
+
+def test_a_data_dir_that_cannot_be_written_stops_the_start_with_one_line(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # a data dir below a file cannot be created, even by root
+    result = subprocess.run([sys.executable, str(app.Path(app.__file__)), "--data-dir", str(blocker / "data")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "cannot write to the data dir" in result.stderr and "--data-dir" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -247,3 +247,21 @@ def test_a_lost_queue_marks_waiting_models_failed_so_they_can_resume(tmp_path: P
         assert restarted.wait_for(record.id, timeout=240).status == "ready"
     finally:
         restarted.close()
+
+
+def test_test_images_of_deleted_checkpoints_are_pruned_with_them(tmp_path: Path, photos: list[Path]) -> None:
+    workflow = _workflow(tmp_path / "data", photos)
+    try:
+        record = workflow.start_training(TrainSettings.quick(name="pruned", steps=10, checkpoint_every=2,
+                                                             keep_checkpoints=2, sample_every=1000))
+        assert workflow.wait_for(record.id, timeout=300).status == "ready"
+        folder = Path(record.folder)
+        kept = sorted(int(p.name.split("-")[1]) for p in (folder / "lora" / "checkpoints").iterdir())
+        assessed = sorted(int(p.name.split("_")[1]) for p in (folder / "assessment").iterdir()
+                          if p.name.startswith("step_"))
+        assert kept == [8, 10]
+        assert set(assessed) <= {8, 10} and 10 in assessed  # not one folder per checkpoint ever made (2, 4, 6)
+        # The live curve still shows every checkpoint that was measured.
+        assert [s for s, _, _ in workflow.training_view(record.id).assessments][:5] == [2, 4, 6, 8, 10]
+    finally:
+        workflow.close()
