@@ -17,7 +17,7 @@ from pipeline.accounts import Authenticator, UsersFile, make_account  # noqa: E4
 from pipeline.base_model import default_base_model, is_micro, is_tiny, quiet_library_logs  # noqa: E402
 from pipeline.notify import smtp_settings_from_env  # noqa: E402
 from pipeline.settings import AppSettings  # noqa: E402
-from pipeline.workspaces import WorkspaceMode, Workspaces, login_person  # noqa: E402
+from pipeline.workspaces import SECRET_FILE, WorkspaceMode, Workspaces  # noqa: E402
 from ui import admin, models, playground, review, settings, training, upload  # noqa: E402
 from ui.people import People, WorkspaceCookie  # noqa: E402
 from ui.text import plain  # noqa: E402
@@ -126,7 +126,7 @@ def _whose(people: People, person) -> str:
 
 
 # The data dir's indexes: they list every photo and model, so they are never served, whatever else is.
-STATE_FILES = ("library.json", "jobs.json", "photos/index.json", "photos/choices.json")
+STATE_FILES = ("library.json", "jobs.json", "photos/index.json", "photos/choices.json", SECRET_FILE)
 
 
 def file_access(data_dir: Path) -> dict[str, list[str]]:
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         app_settings.validate()
         workspaces = Workspaces(app_settings, start_worker=False)
         if shared and owner:  # a data dir used before accounts: its photos and models become the first account's
-            moved = workspaces.adopt_local_data(login_person(owner))
+            moved = workspaces.adopt_local_data(workspaces.login(owner))
             if moved:
                 logging.info("the existing photos and models now belong to the account %r", owner)
         workspaces.start()

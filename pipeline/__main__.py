@@ -31,12 +31,13 @@ def _workflow(args: argparse.Namespace, start_worker: bool = False) -> Workflow:
     from pipeline.base_model import default_base_model
     from pipeline.notify import smtp_settings_from_env
     from pipeline.settings import AppSettings
-    from pipeline.workspaces import LOCAL_PERSON, Workspaces, login_person
+    from pipeline.workspaces import LOCAL_PERSON, Workspaces
 
     settings = AppSettings(data_dir=args.data_dir, base_model=args.base_model or default_base_model(),
                            smtp=smtp_settings_from_env())
     # The local workspace (what `python app.py` on 127.0.0.1 shows), or a login's with --user.
-    return Workspaces(settings, start_worker=start_worker).get(login_person(args.user) if args.user else LOCAL_PERSON)
+    workspaces = Workspaces(settings, start_worker=start_worker)
+    return workspaces.get(workspaces.login(args.user) if args.user else LOCAL_PERSON)
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:

@@ -11,10 +11,14 @@ only a key that names a folder.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import hmac
 import logging
+import os
 import re
+import secrets
 import shutil
 import threading
 from dataclasses import dataclass
@@ -54,27 +58,45 @@ LOCAL_PERSON = Person(LOCAL_WORKSPACE, "this computer", admin=True)
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-def _key(kind: str, name: str) -> str:
-    """A folder name for ``name``: readable when the name is a plain one, and never a path."""
-    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+SECRET_FILE = ".workspaces-secret"
+
+
+def _digest(secret: bytes, text: str, length: int) -> str:
+    return hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()[:length]
+
+
+def _key(secret: bytes, kind: str, name: str) -> str:
+    """A folder name for ``name``: readable when the name is a plain one, never a path, and with a hash keyed by
+    the data dir's secret, so that nobody can work out the path of someone's files from their name."""
     readable = name.lower() if _SAFE_NAME.match(name) and name not in (".", "..") else "x"
-    return f"{kind}-{readable}-{digest}"
+    return f"{kind}-{readable}-{_digest(secret, kind + ':' + name, 16)}"
 
 
-def login_person(name: str, *, admin: bool = False) -> Person:
+def login_person(name: str, secret: bytes, *, admin: bool = False) -> Person:
     """A person who logged in with the app's own login (``--auth`` or ``--users``)."""
-    return Person(_key("user", name), name, admin)
+    return Person(_key(secret, "user", name), name, admin)
 
 
-def hf_person(name: str) -> Person:
+def hf_person(name: str, secret: bytes) -> Person:
     """A person signed in with Hugging Face on a Space."""
-    return Person(_key("hf", name), f"{name} (Hugging Face)")
+    return Person(_key(secret, "hf", name), f"{name} (Hugging Face)")
 
 
-def token_person(token: str) -> Person:
+def token_person(token: str, secret: bytes) -> Person:
     """An anonymous visitor known by a secret token (a browser's cookie, an API caller's header): the folder is
-    named by the token's hash, so the folder names on disk do not give the tokens away."""
-    return Person("anon-" + hashlib.sha256(token.encode()).hexdigest()[:32], "this browser")
+    named by the token's keyed hash, so the folder names on disk do not give the tokens away."""
+    return Person("anon-" + _digest(secret, "token:" + token, 32), "this browser")
+
+
+def install_secret(root: Path) -> bytes:
+    """The data dir's own random key for folder names (created once, readable by its owner only). Losing it
+    loses the way from a name to its folder, not the data: keep it with the data dir's backups."""
+    path = Path(root) / SECRET_FILE
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return bytes.fromhex(path.read_text().strip())
 
 
 class Workspaces:
@@ -84,6 +106,7 @@ class Workspaces:
         self.settings = settings
         self.root = Path(settings.data_dir)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.secret = install_secret(self.root)
         self._lock = threading.Lock()
         self._flows: dict[str, Workflow] = {}
         self._generators = Generators()
@@ -107,6 +130,15 @@ class Workspaces:
                         generators=self._generators)
         self._flows[key] = flow
         return flow
+
+    def login(self, name: str, *, admin: bool = False) -> Person:
+        return login_person(name, self.secret, admin=admin)
+
+    def hf_account(self, name: str) -> Person:
+        return hf_person(name, self.secret)
+
+    def browser(self, token: str) -> Person:
+        return token_person(token, self.secret)
 
     def folder(self, key: str) -> Path:
         return self.root if key == LOCAL_WORKSPACE else self.root / PEOPLE_FOLDER / key

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import gradio as gr
 
 from pipeline.workflow import Workflow
-from pipeline.workspaces import LOCAL_PERSON, Person, Workspaces, hf_person, login_person, token_person
+from pipeline.workspaces import LOCAL_PERSON, Person, Workspaces
 
 COOKIE = "likeness_workspace"
 HEADER = "x-likeness-workspace"
@@ -39,19 +39,19 @@ class People:
         if request is None:  # no request to tell people apart by: refuse rather than guess
             raise gr.Error("This action needs a browser or API session.")
         if request.username:
-            return login_person(request.username, admin=self._is_admin(request.username))
+            return self.workspaces.login(request.username, admin=self._is_admin(request.username))
         name = _hf_username(request)
         if name:
-            return hf_person(name)
+            return self.workspaces.hf_account(name)
         token = (request.headers.get(HEADER) or "").strip()
         if len(token) >= MIN_TOKEN_LENGTH:
-            return token_person(token)
+            return self.workspaces.browser(token)
         token = request.cookies.get(COOKIE, "")
         if len(token) >= MIN_TOKEN_LENGTH:
-            return token_person(token)
+            return self.workspaces.browser(token)
         if not request.session_hash:
             raise gr.Error("This action needs a browser or API session.")
-        return token_person("session:" + request.session_hash)
+        return self.workspaces.browser("session:" + request.session_hash)
 
     def __call__(self, request: gr.Request | None) -> Workflow:
         return self.workspaces.get(self.person(request))
