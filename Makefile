@@ -20,7 +20,13 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 run: $(VENV)/.runtime
 	$(PY) app.py $(ARGS)
 
+# The browser tests drive Debian's chromium (Playwright's own browser download is not reachable everywhere).
+CHROMIUM_INSTALL = command -v chromium >/dev/null || { $(SUDO) apt-get install -y -qq chromium >/dev/null \
+	|| { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }; }
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 test: $(VENV)/.dev
+	$(CHROMIUM_INSTALL)
 	$(PY) -m pytest -q -ra
 
 lint: $(VENV)/.dev

@@ -83,7 +83,7 @@ def build_app(people: People, *, hf_login: bool = False) -> gr.Blocks:
             gr.Markdown("# Likeness\nYour photos → a personal FLUX LoRA that really looks like you.")
             if hf_login:
                 gr.LoginButton(scale=0)
-        whose = gr.Markdown(elem_classes=["notice"])
+        whose = gr.Markdown(elem_classes=["notice"], visible=False)
         if is_tiny(workflow.base_model):
             gr.Markdown("ℹ️ Running on the embedded **tiny** FLUX-architecture model (random weights): every step "
                         "runs for real on a CPU in seconds, but its images are noise. For real pictures start on a "
@@ -95,7 +95,7 @@ def build_app(people: People, *, hf_login: bool = False) -> gr.Blocks:
                         "draw a recognisable face**, so its likeness scores stay near 0 — see the README. FLUX.1-dev "
                         "on a GPU makes the real pictures (`--base-model black-forest-labs/FLUX.1-dev`).",
                         elem_classes=["notice"])
-        notices = gr.Markdown(elem_classes=["notice"])
+        notices = gr.Markdown(elem_classes=["notice"], visible=False)
         upload.build(people, demo)
         train_inputs = settings.build(workflow)
         review.build(people)
@@ -109,9 +109,16 @@ def build_app(people: People, *, hf_login: bool = False) -> gr.Blocks:
             repaired = [*people.workspaces.notices, *people(request).notices] if person.admin else \
                 people(request).notices  # what start-up repaired (may name a model: text, not markup)
             text = "\n\n".join(f"⚠️ {plain(n)}" for n in repaired)
-            return _whose(people, person), text, gr.update(visible=people.per_person and person.admin)
+            whose_text = _whose(people, person)
+            return (gr.update(value=whose_text, visible=bool(whose_text)), gr.update(value=text, visible=bool(text)),
+                    gr.update(visible=people.per_person and person.admin))
 
-        demo.load(who, None, [whose, notices, admin_tab], api_name="whoami")
+        def whoami(request: gr.Request) -> str:
+            """Whose workspace this session acts on (for API callers)."""
+            return _whose(people, people.person(request)) or "the local workspace (one person, no login)"
+
+        demo.load(who, None, [whose, notices, admin_tab], api_name=False)
+        gr.api(whoami, api_name="whoami")
     demo.queue(max_size=64, default_concurrency_limit=4)
     return demo
 

@@ -70,7 +70,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                               "trigger_word")
                      and v is not None}
         settings = workflow.default_train_settings(name=args.name, **overrides)
-        record = workflow.start_training(settings, classification=classification)
+        record = workflow.start_training(settings, classification=classification, anyway=args.anyway)
         shown = 0
         while True:
             view = workflow.training_view(record.id)
@@ -174,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--rank", type=int)
     p.add_argument("--trigger-word")
+    p.add_argument("--anyway", action="store_true", help="train even if the classifier says the set is not ready")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("generate", parents=[common], help="generate an image with a model ('base' for none)")

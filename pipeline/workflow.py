@@ -52,6 +52,10 @@ def folder_size(folder: Path) -> int:
     return total
 
 
+class NotReady(ValueError):
+    """The photo set is not ready to train on; the message says why and what to do."""
+
+
 class TrainingNotStarted(RuntimeError):
     """A queued training could not start (e.g. no disk space); the model is marked failed with the reason."""
 
@@ -273,14 +277,21 @@ class Workflow:
         return default_train_settings(self.base_model, **overrides)
 
     def start_training(self, settings: TrainSettings, *, classification: ClassificationResult | None = None,
-                       on_event: ev.EventCallback = ev.ignore) -> ModelRecord:
-        """Classify (unless given), build the dataset into the model's folder, queue the training job."""
+                       anyway: bool = False, on_event: ev.EventCallback = ev.ignore) -> ModelRecord:
+        """Classify (unless given), build the dataset into the model's folder, queue the training job.
+
+        A set the classifier calls "not ready" (too few usable photos, two people mixed) is refused with the reason
+        unless ``anyway``: a training on it costs the GPU time and rarely gives a likeness.
+        """
         settings.validate()
         self._check_training_limit()
         self._check_disk_quota()
         result = classification or self.classify(on_event=on_event)
         if not result.selected:
             raise ValueError(f"No usable photos to train on: {result.report.summary}")
+        if result.report.readiness == "not_ready" and not anyway:
+            raise NotReady(f"{result.report.summary} Fix the set on the Review tab (or `python -m pipeline classify`), "
+                           "or train anyway if you know why: the checkbox under Train, --anyway on the command line.")
         record = self.library.create(settings.name, self.base_model, json.loads(to_json(settings)),
                                      trigger_word=settings.trigger_word)
         settings = dataclasses.replace(settings, trigger_word=record.trigger_word)

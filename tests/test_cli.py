@@ -43,8 +43,11 @@ def test_train_generate_assess_models(tmp_path: Path) -> None:
     photo_factory.portrait_set(folder, 8)
     data = ["--data-dir", str(tmp_path / "data"), "--base-model", "tiny"]
 
+    # 8 photos are fewer than a likeness needs: refused with the reason, unless --anyway.
+    refused = run_cli("train", str(folder), "--name", "cli-model", "--steps", "10", *data)
+    assert refused.returncode == 2 and "Not ready: only 8 usable photo(s)" in refused.stderr
     out = run_cli("train", str(folder), "--name", "cli-model", "--steps", "10", "--finish-resolution", "96", "--json",
-                  *data)
+                  "--anyway", *data)
     assert out.returncode == 0, out.stdout + out.stderr
     record = json.loads(out.stdout)
     assert record["status"] == "ready"

@@ -40,9 +40,9 @@ def test_one_training_at_a_time_and_the_queue_survives_a_restart(tmp_path: Path,
     workflow = _workflow(data_dir, photos)
     classification = workflow.classify()
     first = workflow.start_training(TrainSettings.quick(name="first", steps=60, checkpoint_every=10,
-                                                        sample_every=1000), classification=classification)
+                                                        sample_every=1000), classification=classification, anyway=True)
     second = workflow.start_training(TrainSettings.quick(name="second", steps=5, checkpoint_every=5,
-                                                         sample_every=1000), classification=classification)
+                                                         sample_every=1000), classification=classification, anyway=True)
 
     def first_step() -> int:
         step = workflow.training_view(first.id).last_step
@@ -78,9 +78,10 @@ def test_cancel_a_queued_and_a_running_training(tmp_path: Path, photos: list[Pat
     try:
         classification = workflow.classify()
         running = workflow.start_training(TrainSettings.quick(name="long", steps=500, checkpoint_every=5,
-                                                              sample_every=1000), classification=classification)
+                                                              sample_every=1000),
+                                          classification=classification, anyway=True)
         waiting = workflow.start_training(TrainSettings.quick(name="waiting", steps=5),
-                                          classification=classification)
+                                          classification=classification, anyway=True)
         _wait(lambda: 5 in workflow.training_view(running.id).checkpoints)
         workflow.cancel_training(waiting.id)
         assert workflow.library.get(waiting.id).status == "cancelled"
@@ -125,7 +126,7 @@ def test_an_email_arrives_when_training_ends(tmp_path: Path, photos: list[Path])
         try:
             prompts = ("{trigger} at the beach", "a pencil sketch of {trigger}")
             record = workflow.start_training(TrainSettings.quick(name="mailed", steps=6, checkpoint_every=3,
-                                                                 test_prompts=prompts))
+                                                                 test_prompts=prompts), anyway=True)
             assert workflow.wait_for(record.id, timeout=240).status == "ready"
             # The user's test prompts, not the built-in set, were generated for each checkpoint.
             step_dir = Path(record.folder) / "assessment" / "step_000003"
@@ -157,7 +158,7 @@ def test_an_earlier_best_checkpoint_is_what_the_library_serves_in_both_formats(t
     workflow = _workflow(tmp_path / "data", photos)
     try:
         record = workflow.start_training(TrainSettings.quick(name="early", steps=6, checkpoint_every=3,
-                                                             test_prompts=("{trigger}",)))
+                                                             test_prompts=("{trigger}",)), anyway=True)
         record = workflow.wait_for(record.id, timeout=240)
         assert record.status == "ready"
         folder = Path(record.folder)
@@ -187,7 +188,7 @@ def test_a_training_without_disk_space_fails_with_the_reason_and_the_queue_goes_
 
     full = _workflow(tmp_path / "data", photos, min_free_disk_gb=1e9)  # more than any disk has: "the disk is full"
     try:
-        record = full.start_training(TrainSettings.quick(name="no-room", steps=2, sample_every=1000))
+        record = full.start_training(TrainSettings.quick(name="no-room", steps=2, sample_every=1000), anyway=True)
         record = full.wait_for(record.id, timeout=120)
         assert record.status == "failed" and "GB free" in record.error and "Resume" in record.error
         assert full.jobs.for_model(record.id)[0].status == "failed"
@@ -210,7 +211,7 @@ def test_a_damaged_library_is_set_aside_and_rebuilt_from_the_model_folders(tmp_p
     workflow = _workflow(data_dir, photos)
     try:
         record = workflow.start_training(TrainSettings.quick(name="Zoë's model", steps=4, checkpoint_every=2,
-                                                             sample_every=1000))
+                                                             sample_every=1000), anyway=True)
         record = workflow.wait_for(record.id, timeout=240)
         assert record.status == "ready"
     finally:
@@ -235,7 +236,7 @@ def test_a_lost_queue_marks_waiting_models_failed_so_they_can_resume(tmp_path: P
     data_dir = tmp_path / "data"
     workflow = _workflow(data_dir, photos)
     workflow.jobs.stop()  # nothing runs: the model stays queued
-    record = workflow.start_training(TrainSettings.quick(name="waiting", steps=2, sample_every=1000))
+    record = workflow.start_training(TrainSettings.quick(name="waiting", steps=2, sample_every=1000), anyway=True)
     (data_dir / "jobs.json").write_bytes(b"\x00garbage")
     restarted = _workflow(data_dir, photos)
     try:
@@ -253,7 +254,7 @@ def test_test_images_of_deleted_checkpoints_are_pruned_with_them(tmp_path: Path,
     workflow = _workflow(tmp_path / "data", photos)
     try:
         record = workflow.start_training(TrainSettings.quick(name="pruned", steps=10, checkpoint_every=2,
-                                                             keep_checkpoints=2, sample_every=1000))
+                                                             keep_checkpoints=2, sample_every=1000), anyway=True)
         assert workflow.wait_for(record.id, timeout=300).status == "ready"
         folder = Path(record.folder)
         kept = sorted(int(p.name.split("-")[1]) for p in (folder / "lora" / "checkpoints").iterdir())
@@ -263,5 +264,17 @@ def test_test_images_of_deleted_checkpoints_are_pruned_with_them(tmp_path: Path,
         assert set(assessed) <= {8, 10} and 10 in assessed  # not one folder per checkpoint ever made (2, 4, 6)
         # The live curve still shows every checkpoint that was measured.
         assert [s for s, _, _ in workflow.training_view(record.id).assessments][:5] == [2, 4, 6, 8, 10]
+    finally:
+        workflow.close()
+
+
+def test_a_set_that_is_not_ready_is_refused_with_the_reason(tmp_path: Path, photos: list[Path]) -> None:
+    from pipeline.workflow import NotReady
+
+    workflow = _workflow(tmp_path / "data", photos)
+    try:
+        with pytest.raises(NotReady, match="Not ready: only 6 usable photo"):
+            workflow.start_training(TrainSettings.quick(name="too-few", steps=2))
+        assert workflow.library.list() == [] and workflow.jobs.list() == []  # nothing was created or queued
     finally:
         workflow.close()

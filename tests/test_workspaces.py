@@ -35,10 +35,10 @@ def test_two_people_see_only_their_own_photos_and_models(tmp_path: Path, photos:
         assert len(alice.list_photos()) == 6 and bob.list_photos() == []
         photo = alice.list_photos()[0]
 
-        record = alice.start_training(_quick("alice-model"))
+        record = alice.start_training(_quick("alice-model"), anyway=True)
         # One waiting or running training per person: Alice's second is refused, Bob may queue his own.
         with pytest.raises(ValueError, match="1 per person"):
-            alice.start_training(_quick("again"))
+            alice.start_training(_quick("again"), anyway=True)
         _wait_ready(alice, record.id)  # the shared queue ran it in Alice's workspace
         assert Path(record.folder).is_relative_to(people.folder(alice.workspace))
         assert [r.id for r in alice.library.list()] == [record.id] and bob.library.list() == []
@@ -77,7 +77,7 @@ def test_a_single_user_data_dir_becomes_the_first_accounts_workspace(tmp_path: P
     before = Workspaces(AppSettings(data_dir=data_dir, base_model="tiny"))
     local = before.get(LOCAL_PERSON)
     local.add_photos(photos)
-    record = local.start_training(_quick("before-accounts"))
+    record = local.start_training(_quick("before-accounts"), anyway=True)
     _wait_ready(local, record.id)
     queued = local.library.create("waiting", "tiny", {})  # a job left in the queue when the app stopped
     before.jobs.submit(queued.id, {"settings": {}})

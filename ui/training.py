@@ -85,7 +85,9 @@ def build(people: People, settings: SettingsInputs) -> gr.Tab:
     names = list(settings.components)
     with gr.Tab("4 · Training", id="training") as tab:
         with gr.Row():
-            train = gr.Button("Train", variant="primary", scale=2)
+            with gr.Column(scale=2, min_width=160):
+                train = gr.Button("Train", variant="primary")
+                anyway = gr.Checkbox(label="Train even if the photos are not ready", value=False)
             stop = gr.Button("Stop", variant="stop", scale=1)
             resume = gr.Button("Resume", scale=1)
             watch = gr.Dropdown(label="Watch a model", choices=[], value=None, scale=3,
@@ -107,7 +109,7 @@ def build(people: People, settings: SettingsInputs) -> gr.Tab:
         watcher = gr.State({})
 
         def start(request: gr.Request, progress: gr.Progress = gr.Progress(), *values) -> Iterator[tuple]:
-            *values, current = values
+            *values, train_anyway, current = values
             workflow = people(request)
             # Classifying and cropping the photos, before the job is queued.
             on_event = progress_events(progress, "preparing the photos", use_messages=True)
@@ -117,7 +119,7 @@ def build(people: People, settings: SettingsInputs) -> gr.Tab:
             except ValueError as exc:
                 raise gr.Error(f"Check the Settings tab: {escaped(exc)}") from exc
             try:
-                record = workflow.start_training(train_settings, on_event=on_event)
+                record = workflow.start_training(train_settings, anyway=bool(train_anyway), on_event=on_event)
             except ValueError as exc:
                 raise gr.Error(escaped(exc)) from exc
             yield from _follow(workflow, record.id, current)
@@ -181,7 +183,8 @@ def build(people: People, settings: SettingsInputs) -> gr.Tab:
 
         outputs = [status, log, plot, likeness, samples, model_id]
         # "multiple": a second Train while one runs queues a second model (Gradio ignores it by default).
-        train.click(start, [*settings.as_list(), watcher], outputs, api_name="train", trigger_mode="multiple").then(
+        train.click(start, [*settings.as_list(), anyway, watcher], outputs, api_name="train",
+                    trigger_mode="multiple").then(
             refresh, model_id, watch, api_name=False)  # the list shows the run's final status
         # .input, not .change: the dropdown also shows the model that Train started, without a second watcher.
         watch.input(follow, [watch, watcher], outputs, api_name="watch_training")
