@@ -97,7 +97,7 @@ def build_app(people: People, *, hf_login: bool = False) -> gr.Blocks:
                         elem_classes=["notice"])
         notices = gr.Markdown(elem_classes=["notice"], visible=False)
         upload.build(people, demo)
-        train_inputs = settings.build(workflow)
+        train_inputs = settings.build(people, demo)
         review.build(people)
         training.build(people, train_inputs)
         playground.build(people)
@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     quiet_library_logs()
     _check_writable(args.data_dir)
+    _check_port_free(args.host, args.port)
     shared = per_person(args)
     auth = None
     try:
@@ -205,6 +206,20 @@ def main(argv: list[str] | None = None) -> None:
                         "and deletes the same photos and models.")
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
                 css_paths=[ASSETS / "style.css"], app_kwargs=_middleware(shared), **file_access(args.data_dir))
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """A busy port used to cost ~30 s of start-up and end in Gradio's OSError traceback: say so at once."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: TIME_WAIT is no clash
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise SystemExit(f"error: cannot serve on {host}:{port} ({exc.strerror or exc}): another program (or "
+                             "another Likeness) uses it; choose a free one with --port N (or LIKENESS_PORT)") from None
 
 
 def _check_writable(data_dir: Path) -> None:

@@ -49,7 +49,8 @@ CLIP_CANDIDATES = ("openai/clip-vit-large-patch14", "openai/clip-vit-base-patch3
 VERDICT_WORDS = {
     READY: "ready",
     LOW_QUALITY: "low quality results: inconsistent lighting or limited variety",
-    NOT_RECOGNISABLE: "not recognisable: mixed subjects or poor face visibility",
+    # Says what was measured, not a guess at the cause (a clean one-person set read "mixed subjects" before).
+    NOT_RECOGNISABLE: "not recognisable: the test images do not show this person's face",
 }
 
 

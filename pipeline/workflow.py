@@ -271,6 +271,24 @@ class Workflow:
         )
 
     # ----------------------------------------------------------------- train
+    @property
+    def _draft_path(self) -> Path:
+        return self.data_dir / "settings_draft.json"
+
+    def save_settings_draft(self, values: dict[str, Any]) -> None:
+        """What the person last typed on the Settings tab, so that a reload does not silently reset it."""
+        tmp = self._draft_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(values, default=str))
+        tmp.replace(self._draft_path)
+
+    def settings_draft(self) -> dict[str, Any]:
+        """The saved form values ({} when none, or when the file is damaged: the defaults then apply)."""
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(self._draft_path.read_text())
+            if isinstance(data, dict):
+                return data
+        return {}
+
     def default_train_settings(self, **overrides: Any) -> TrainSettings:
         from pipeline.base_model import default_train_settings
 

@@ -46,3 +46,19 @@ def test_a_data_dir_that_cannot_be_written_stops_the_start_with_one_line(tmp_pat
     assert result.returncode == 1
     assert "cannot write to the data dir" in result.stderr and "--data-dir" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_busy_port_stops_the_start_at_once_naming_the_flag(tmp_path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run([sys.executable, str(app.Path(app.__file__)), "--port", str(port), "--data-dir",
+                                 str(tmp_path / "data")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert f"cannot serve on 127.0.0.1:{port}" in result.stderr and "--port" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -49,7 +49,8 @@ def _details(workflow: Workflow, model_id: str) -> tuple[str, str | None]:
         lines.append(" · ".join(f"{label} **{fmt(r.scores[key])}{unit}**" for key, label, fmt, unit in shown
                                 if r.scores.get(key) is not None))
         if r.scores.get("prompt_fidelity") is None and r.scores.get("fidelity_note"):
-            lines.append(f"Prompt fidelity not measured: {r.scores['fidelity_note']}")
+            # The note names a shell command for the operator (it is in the model card); a visitor needs none.
+            lines.append("Prompt fidelity not measured: no CLIP model is installed on this server.")
         if r.scores.get("by_checkpoint"):
             lines.append("Overall score by checkpoint: " + ", ".join(
                 f"step {s}: {_score(v)}" for s, v in r.scores["by_checkpoint"].items()))
@@ -85,7 +86,8 @@ def build(people: People) -> gr.Tab:
             with gr.Column(scale=3):
                 details = gr.Markdown("Select a model in the table.")
                 curve = gr.LinePlot(_curve(None, ""), x="step", y="score", color="measure",
-                                    title="Likeness and overall score by checkpoint", height=260)
+                                    title="Likeness and overall score by checkpoint", height=260,
+                                    y_lim=[0, 100])
                 grid = gr.Image(label="Test generations beside the training photos", type="filepath", height=360)
             with gr.Column(scale=2):
                 # Custom values: the API names models by id, including ones made after this page was built.
@@ -181,14 +183,18 @@ def build(people: People) -> gr.Tab:
         shown = [details, grid, curve]
         model_id.change(select, model_id, [*shown, archive], api_name=False)
         # Then: the selector's label shows the new name; the API's outputs stay as they were.
-        rename.click(guarded(do_rename), [model_id, new_name], [table, *shown], api_name="rename_model").success(
+        rename.click(guarded(do_rename), [model_id, new_name], [table, *shown], api_name="rename_model",
+                     show_progress="hidden").success(
             refresh, model_id, [table, model_id], api_name=False)
-        retrigger.click(guarded(do_trigger), [model_id, new_trigger], [table, *shown], api_name="set_trigger_word")
+        retrigger.click(guarded(do_trigger), [model_id, new_trigger], [table, *shown], api_name="set_trigger_word",
+                       show_progress="hidden")
         download.click(guarded(do_download), model_id, archive,
-                       api_name="download_model")
+                       api_name="download_model", show_progress="hidden")
         # Deleting cannot be undone: the browser asks first (API callers are not asked).
-        push.click(guarded(do_push), [model_id, repo_id, token, private], pushed, api_name="push_to_hub")
+        push.click(guarded(do_push), [model_id, repo_id, token, private], pushed, api_name="push_to_hub",
+                   show_progress="hidden")
         delete.click(confirmed_delete, model_id, [table, *shown, model_id], api_name="delete_model",
+                     show_progress="hidden",
                      js=f"(mid) => (mid && !confirm('Delete this model and all its files? This cannot be undone.'))"
                         f" ? '{CANCELLED}' : mid").success(
             lambda mid: (None, "", "") if not mid else (gr.skip(),) * 3, model_id, [archive, new_name, new_trigger],

@@ -64,7 +64,7 @@ def build(people: People) -> gr.Tab:
             video = gr.Video(label="Clip (MP4)", height=420)
 
         def generate(mid, text, neg, sd, st, gd, sc, w, h, n, request: gr.Request,
-                     progress: gr.Progress = gr.Progress()) -> list[str]:
+                     progress: gr.Progress = gr.Progress()) -> list[tuple[str, str]]:
             workflow = people(request)
             settings = GenerateSettings(prompt=text, negative_prompt=neg, seed=int(sd), steps=int(st),
                                         guidance=float(gd), width=int(w), height=int(h), lora_scale=float(sc),
@@ -73,7 +73,8 @@ def build(people: People) -> gr.Tab:
                 paths = workflow.generate(mid or None, settings, on_event=progress_events(progress, "generating"))
             except ValueError as exc:
                 raise gr.Error(escaped(exc)) from exc
-            return [str(p) for p in paths]
+            # Each image with its seed, so a good one can be made again (prompt and settings are in the PNG too).
+            return [(str(p), f"seed {settings.seed + i}") for i, p in enumerate(paths)]
 
         def side_by_side(mid, text, neg, sd, st, gd, sc, w, h, n, mid_b, sc_b, request: gr.Request,
                          progress: gr.Progress = gr.Progress()) -> str:

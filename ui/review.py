@@ -111,6 +111,7 @@ def build(people: People) -> gr.Tab:
         outputs = [report, table, gallery, as_json]
         run.click(classify, None, outputs, api_name="classify", concurrency_id="gpu", concurrency_limit=1)
         table.select(pick, table, [file, choice, caption])
-        apply.click(set_choice, [file, choice, caption], outputs, api_name="override", concurrency_id="gpu")
+        apply.click(set_choice, [file, choice, caption], outputs, api_name="override", concurrency_id="gpu",
+                    show_progress="hidden")
         tab.select(show_last, None, outputs, api_name=False)
     return tab

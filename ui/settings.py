@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from pipeline.settings import TrainSettings, coerce
-from pipeline.workflow import Workflow
+from ui.people import People
 
 
 @dataclass
@@ -32,7 +32,8 @@ def settings_from_values(names: list[str], values: list, defaults: TrainSettings
     return coerce(TrainSettings, kwargs)
 
 
-def build(workflow: Workflow) -> SettingsInputs:
+def build(people: People, demo: gr.Blocks) -> SettingsInputs:
+    workflow = people.workspaces.local  # the base model's defaults: the same for everyone
     defaults = workflow.default_train_settings()
     with gr.Tab("2 · Settings", id="settings"):
         gr.Markdown(
@@ -74,4 +75,27 @@ def build(workflow: Workflow) -> SettingsInputs:
                 label="Test prompts for the assessment, one per line ({trigger} = the trigger word); "
                       "empty: the built-in portrait, style, setting and expression set",
                 value="\n".join(defaults.test_prompts), lines=3)
+            reset = gr.Button("Back to the defaults", size="sm")
+
+    names = list(c)
+    # The form is kept in the person's workspace as they type: a reload (or another device with the same login)
+    # shows what they chose, instead of silently training on the defaults.
+    def restore(request: gr.Request) -> tuple:
+        draft = people(request).settings_draft()
+        return tuple(draft[name] if name in draft else gr.skip() for name in names)
+
+    def save(request: gr.Request, *values) -> None:  # the request first: Gradio injects it by position
+        people(request).save_settings_draft(dict(zip(names, values, strict=True)))
+
+    def back_to_defaults(request: gr.Request) -> tuple:
+        people(request).save_settings_draft({})
+        fresh = dataclasses.asdict(defaults)
+        fresh["test_prompts"] = "\n".join(defaults.test_prompts)
+        fresh["trigger_word"] = ""
+        return tuple(fresh[name] for name in names)
+
+    demo.load(restore, None, list(c.values()), api_name=False)
+    gr.on([component.input for component in c.values()], save, list(c.values()), None, api_name=False,
+          show_progress="hidden", queue=False)
+    reset.click(back_to_defaults, None, list(c.values()), api_name=False)
     return SettingsInputs(c)

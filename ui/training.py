@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import gradio as gr
 import pandas as pd
 
+from pipeline.assessment import LOW_QUALITY, NOT_RECOGNISABLE, READY
 from pipeline.events import duration_text
 from pipeline.library import BUSY_STATUSES, FINISHED_STATUSES
 from pipeline.workflow import TrainingMonitor, Workflow
@@ -17,6 +18,7 @@ from ui.progress import progress_events
 from ui.settings import SettingsInputs, settings_from_values
 from ui.text import escaped, plain
 
+VERDICT_ICONS = {READY: "✅", LOW_QUALITY: "⚠️", NOT_RECOGNISABLE: "❌"}
 POLL_SECONDS = 1.0
 LOG_LINES = 300
 IDLE = "Upload photos, check them on the Review tab, then press Train. Pick a model under *Watch a model* to see " \
@@ -65,8 +67,10 @@ def _status(workflow: Workflow, monitor: TrainingMonitor) -> str:
     elif record.error:
         lines.append(f"❌ {record.error}")
     if record.status == "ready" and record.scores:
-        lines.append(f"✅ {record.scores.get('verdict_text', '')} (overall {record.scores.get('overall', 0):.0f}/100)"
-                     " — try it on the Playground tab; its files are on the Models tab.")
+        icon = VERDICT_ICONS.get(record.scores.get("verdict", ""), "")
+        lines.append(f"Training finished. {icon} {record.scores.get('verdict_text', '')} (overall "
+                     f"{record.scores.get('overall', 0):.0f}/100) — try it on the Playground tab; its files are on "
+                     "the Models tab.")
     return "\n\n".join(lines)
 
 
@@ -88,8 +92,8 @@ def build(people: People, settings: SettingsInputs) -> gr.Tab:
             with gr.Column(scale=2, min_width=160):
                 train = gr.Button("Train", variant="primary")
                 anyway = gr.Checkbox(label="Train even if the photos are not ready", value=False)
-            stop = gr.Button("Stop", variant="stop", scale=1)
-            resume = gr.Button("Resume", scale=1)
+            stop = gr.Button("Stop", variant="stop", scale=1, interactive=False)
+            resume = gr.Button("Resume", scale=1, interactive=False)
             watch = gr.Dropdown(label="Watch a model", choices=[], value=None, scale=3,
                                 allow_custom_value=True)
         status = gr.Markdown(IDLE)
@@ -98,7 +102,7 @@ def build(people: People, settings: SettingsInputs) -> gr.Tab:
                                y="loss", color="series", title="Training loss", height=300, scale=3)
             likeness = gr.LinePlot(series_frame([], ("step", "score", "measure"), ("likeness %", "overall score")),
                                    x="step", y="score", color="measure", title="Likeness by checkpoint (%, /100)",
-                                   height=300, scale=2)
+                                   height=300, scale=2, y_lim=[0, 100])
         samples = gr.Gallery(label="Samples as it learns (newest first)", columns=6, height=220,
                              object_fit="contain")
         log = gr.Textbox(label="Log (newest first)", lines=14, max_lines=14, autoscroll=False)
@@ -111,6 +115,10 @@ def build(people: People, settings: SettingsInputs) -> gr.Tab:
         def start(request: gr.Request, progress: gr.Progress = gr.Progress(), *values) -> Iterator[tuple]:
             *values, train_anyway, current = values
             workflow = people(request)
+            # Progress is drawn here, not by Gradio's overlay: a refusal (e.g. "not ready") is then a message that
+            # leaves the page as it was, instead of red "Error" badges over every panel.
+            yield ("### Preparing…\n\n⏳ Checking the photos and cutting the face crops (a few seconds).",
+                   *(gr.skip(),) * (len(outputs) - 1))
             # Classifying and cropping the photos, before the job is queued.
             on_event = progress_events(progress, "preparing the photos", use_messages=True)
             try:
@@ -175,8 +183,19 @@ def build(people: People, settings: SettingsInputs) -> gr.Tab:
             workflow = people(request)
             busy = [r for r in workflow.library.list() if r.status in ("queued", *BUSY_STATUSES)]
             running = [r for r in busy if r.status != "queued"] or busy[::-1]  # else the oldest waiting one
-            if running:
-                yield from _follow(workflow, running[0].id, current)
+            # Nothing running: the latest model, so the tab is never blank once something was trained.
+            shown = running or workflow.library.list()[:1]
+            if shown:
+                yield from _follow(workflow, shown[0].id, current)
+
+        def buttons(mid: str, request: gr.Request) -> tuple:
+            """Stop only while a run waits or trains; Resume only for a stopped or failed one."""
+            try:
+                state = people(request).library.get(mid).status if mid else ""
+            except ValueError:
+                state = ""
+            return (gr.update(interactive=state in ("queued", *BUSY_STATUSES)),
+                    gr.update(interactive=state in ("cancelled", "failed")))
 
         def refresh(mid: str, request: gr.Request) -> dict:
             return gr.update(choices=_model_choices(people(request)), value=mid or None)
@@ -184,14 +203,19 @@ def build(people: People, settings: SettingsInputs) -> gr.Tab:
         outputs = [status, log, plot, likeness, samples, model_id]
         # "multiple": a second Train while one runs queues a second model (Gradio ignores it by default).
         train.click(start, [*settings.as_list(), anyway, watcher], outputs, api_name="train",
-                    trigger_mode="multiple").then(
+                    trigger_mode="multiple", show_progress="hidden").then(
             refresh, model_id, watch, api_name=False)  # the list shows the run's final status
         # .input, not .change: the dropdown also shows the model that Train started, without a second watcher.
-        watch.input(follow, [watch, watcher], outputs, api_name="watch_training")
+        watch.input(follow, [watch, watcher], outputs, api_name="watch_training").then(
+            refresh, model_id, watch, api_name=False)
         # The watcher keeps running after Stop, so the page shows the run end ("cancelled") by itself.
-        stop.click(cancel, model_id, status, api_name="stop_training")
-        resume.click(go_on, [model_id, watcher], outputs, api_name="resume_training")
+        stop.click(cancel, model_id, status, api_name="stop_training", show_progress="hidden")
+        resume.click(go_on, [model_id, watcher], outputs, api_name="resume_training", show_progress="hidden").then(
+            refresh, model_id, watch, api_name=False)
+        # Each render may change the status: the buttons follow it.
+        status.change(buttons, model_id, [stop, resume], api_name=False, show_progress="hidden")
         model_id.change(refresh, model_id, watch, api_name=False)
         tab.select(refresh, model_id, watch, api_name=False)
-        tab.select(on_open, [model_id, watcher], outputs, api_name=False)
+        tab.select(on_open, [model_id, watcher], outputs, api_name=False).then(
+            refresh, model_id, watch, api_name=False)  # its label then shows the final status, not "(training)"
     return tab

@@ -6,20 +6,57 @@ from pathlib import Path
 
 import gradio as gr
 
+from pipeline.classify import REASONS
 from pipeline.workflow import Workflow
 from ui.people import People
+from ui.progress import progress_events
 from ui.text import escaped, plain
 
 GUIDELINES = Path(__file__).resolve().parent.parent / "assets" / "guidelines.md"
 
 
+def _verdicts(workflow: Workflow) -> dict[str, str]:
+    """Each photo's verdict in a few plain words, from the last check of the current set ({} when there is none)."""
+    result = workflow.last_classification
+    if result is None or {r.file for r in result.records} != {p.name for p in workflow.list_photos()}:
+        return {}
+    words = {}
+    for r in result.records:
+        if r.verdict == "keep":
+            words[r.file] = "✅ good" if not r.reasons else f"✅ kept by you ({REASONS[r.reasons[0]][0]})"
+        elif r.verdict == "duplicate":
+            words[r.file] = f"↺ near-copy of {r.duplicate_of}" if r.duplicate_of else "↺ near-copy"
+        else:
+            words[r.file] = "❌ " + "; ".join(REASONS[c][0] for c in r.reasons if c in REASONS)
+    return words
+
+
+def _check(workflow: Workflow, progress: gr.Progress | None = None) -> str:
+    """Classify the current set (seconds: each photo is analysed once and cached) so every thumbnail shows its
+    verdict at once; returns the set's one-line summary."""
+    try:
+        result = workflow.classify(on_event=progress_events(progress, "checking the photos") if progress else
+                                   lambda _event: None)
+    except ValueError:  # no photos left
+        workflow.last_classification = None
+        return ""
+    workflow.last_classification = result
+    return result.report.summary
+
+
 def _gallery(workflow: Workflow) -> list[tuple[str, str]]:
-    return [(str(p.path), f"{p.name} · {p.width}×{p.height} · id {p.id[:8]}") for p in workflow.list_photos()]
+    verdicts = _verdicts(workflow)
+    # The verdict first: a thumbnail's caption is cut to its width.
+    return [(str(p.path), " · ".join(filter(None, (verdicts.get(p.name), p.name, f"id {p.id[:8]}"))))
+            for p in workflow.list_photos()]
 
 
-def _status(workflow: Workflow, news: str = "", rejected: list[str] | None = None) -> str:
+def _status(workflow: Workflow, news: str = "", rejected: list[str] | None = None, summary: str = "") -> str:
     count = len(workflow.list_photos())
-    lines = [f"**{count} photo(s) uploaded.** Aim for 15–20 of one person, then check them on the Review tab."]
+    lines = [f"**{count} photo(s) uploaded.** Aim for 15–20 of one person; each photo's verdict is under it, and "
+             "the Review tab explains them."]
+    if summary:
+        lines.append(f"**{plain(summary)}**")
     if news:
         lines.append(news)
     for reason in rejected or []:
@@ -46,7 +83,8 @@ def build(people: People, demo: gr.Blocks) -> gr.Tab:
             with gr.Column(scale=2):
                 gr.Markdown(GUIDELINES.read_text() if GUIDELINES.exists() else "")
 
-        def add(paths: list[str] | None, request: gr.Request) -> tuple[list, str, None]:
+        def add(paths: list[str] | None, request: gr.Request,
+                progress: gr.Progress = gr.Progress()) -> tuple[list, str, None]:
             if not paths:
                 raise gr.Error("Choose one or more photos first.")
             workflow = people(request)
@@ -59,7 +97,8 @@ def build(people: People, demo: gr.Blocks) -> gr.Tab:
             if result.already_stored:  # the store keeps one copy of the same bytes
                 news += (f" {len(result.already_stored)} file(s) were already uploaded and kept once: "
                          f"{plain(', '.join(result.already_stored))}.")
-            return _gallery(workflow), _status(workflow, news, rejected), None
+            summary = _check(workflow, progress)
+            return _gallery(workflow), _status(workflow, news, rejected, summary), None
 
         def pick(evt: gr.SelectData, request: gr.Request) -> str:
             photos = people(request).list_photos()
@@ -73,12 +112,13 @@ def build(people: People, demo: gr.Blocks) -> gr.Tab:
                 removed = workflow.remove_photo(photo_id)
             except ValueError as exc:
                 raise gr.Error(escaped(exc)) from exc
-            return _gallery(workflow), _status(workflow, f"Removed {plain(removed.name)}."), ""
+            summary = _check(workflow)
+            return _gallery(workflow), _status(workflow, f"Removed {plain(removed.name)}.", summary=summary), ""
 
         upload.click(add, files, [gallery, status, files], api_name="upload_photos")
         files.upload(add, files, [gallery, status, files], api_name=False)  # dropping files is enough
         gallery.select(pick, None, selected)
-        remove.click(drop, selected, [gallery, status, selected], api_name="remove_photo")
+        remove.click(drop, selected, [gallery, status, selected], api_name="remove_photo", show_progress="hidden")
         def show(request: gr.Request) -> tuple[list, str]:
             workflow = people(request)
             return _gallery(workflow), _status(workflow)

@@ -1,0 +1,140 @@
+"""A first-time user's whole flow in a real browser (Debian's chromium via Playwright), on the tiny model.
+
+Uploads by the file chooser, walks every tab, is refused Train on a set that is not ready, trains anyway, reloads
+mid-training and finds the run again, sees the loss plot and the run reach its last step, generates in the
+playground, and checks that settings survive a reload, errors leave the page intact, and the page fits a phone.
+Screenshots of each tab go to a temp dir, or to ``LIKENESS_SCREENSHOTS`` (the README's come from this run).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import browser
+import photo_factory
+import pytest
+from app_runner import RunningApp
+from playwright.sync_api import Page, expect, sync_playwright
+
+pytestmark = pytest.mark.slow
+WAIT = 120_000  # ms: the machine may be busy
+
+
+def _shoot(page: Page, folder: Path, name: str) -> None:
+    """A full-page screenshot, reduced to 128 colours (a third of the bytes; the README shows these)."""
+    from PIL import Image
+
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    with Image.open(path) as image:
+        image.convert("RGB").quantize(colors=128, dither=Image.Dither.NONE).save(path, optimize=True)
+
+
+def _error_badges(page: Page) -> int:
+    """Gradio's red "Error" badges over components (not the toast that carries the message)."""
+    return page.locator("[data-testid=status-tracker]:not(.hide) span.error").count()
+
+
+def _tab(page: Page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def test_a_first_time_user_goes_from_photos_to_a_model(tmp_path: Path) -> None:
+    shots = Path(os.environ.get("LIKENESS_SCREENSHOTS") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    photos = photo_factory.portrait_set(tmp_path / "upload", 4)
+    app = RunningApp(tmp_path / "data")
+    try:
+        with sync_playwright() as playwright:
+            context = browser.launch(playwright, tmp_path / "profile")
+            page = context.new_page()
+            page.goto(app.url)
+            page.get_by_text("0 photo(s) uploaded").wait_for(timeout=WAIT)
+
+            # 1 · Upload through the file chooser: each thumbnail shows its verdict at once.
+            with page.expect_file_chooser() as chooser:
+                page.get_by_text("Click to Upload").click()
+            chooser.value.set_files([str(p) for p in photos])
+            page.get_by_text("4 photo(s) uploaded").wait_for(timeout=WAIT)
+            page.get_by_text("Not ready: only 4 usable photo(s)").wait_for(timeout=WAIT)
+            assert page.get_by_text(re.compile(r"✅ good · portrait_00\.jpg")).count()
+            _shoot(page, shots, "1-upload")
+
+            # An error is a message, and the gallery stays (it used to be covered by red "Error" badges).
+            page.get_by_role("button", name="Remove selected photo").click()
+            page.get_by_test_id("toast-text").filter(has_text="Click a photo in the gallery").wait_for(timeout=WAIT)
+            assert page.get_by_text(re.compile(r"portrait_03\.jpg")).count()
+            assert not _error_badges(page)
+
+            # 2 · Settings survive a reload (they used to go back to the defaults).
+            _tab(page, "2 · Settings")
+            page.get_by_label("Model name").fill("browser-model")
+            page.get_by_label("Training steps").fill("150")
+            page.get_by_label("Training steps").press("Tab")
+            time.sleep(1)  # the form is saved as it changes
+            page.reload()
+            page.get_by_text("4 photo(s) uploaded").wait_for(timeout=WAIT)
+            _tab(page, "2 · Settings")
+            assert page.get_by_label("Model name").input_value() == "browser-model"
+            assert page.get_by_label("Training steps").input_value() == "150"
+            _shoot(page, shots, "2-settings")
+
+            # 3 · Review.
+            _tab(page, "3 · Review")
+            page.get_by_role("button", name="Classify photos").click()
+            page.get_by_text("photo(s) selected for training").wait_for(timeout=WAIT)
+            _shoot(page, shots, "3-review")
+
+            # 4 · Training: refused on a set that is not ready, with the reason; then trained anyway.
+            _tab(page, "4 · Training")
+            page.get_by_role("button", name="Train", exact=True).click()
+            page.get_by_test_id("toast-text").filter(has_text="Not ready: only 4 usable photo(s)").wait_for(
+                timeout=WAIT)
+            assert not _error_badges(page)
+            page.get_by_label("Train even if the photos are not ready").check()
+            page.get_by_role("button", name="Train", exact=True).click()
+            page.get_by_text(re.compile(r"Step \d+/150")).wait_for(timeout=WAIT)
+
+            # Reload mid-training: the Training tab finds the run again and follows it to its end.
+            page.reload()
+            page.get_by_text("4 photo(s) uploaded").wait_for(timeout=WAIT)
+            _tab(page, "4 · Training")
+            page.get_by_text("browser-model —").wait_for(timeout=WAIT)
+            page.get_by_text("Step 150/150").wait_for(timeout=300_000)
+            page.get_by_text("Training finished.").wait_for(timeout=300_000)
+            assert page.locator("text=Training loss").count()
+            expect(page.get_by_role("button", name="Stop")).to_be_disabled(timeout=30_000)  # nothing left to stop
+            expect(page.get_by_role("button", name="Resume")).to_be_disabled(timeout=30_000)
+            # The model picker no longer says "(training)" once the run is over.
+            expect(page.get_by_label("Watch a model")).to_have_value(re.compile(r"\(ready\)"), timeout=30_000)
+            _shoot(page, shots, "4-training")
+
+            # 5 · Playground: the new model is offered; the image comes back with its seed.
+            _tab(page, "5 · Playground")
+            page.get_by_role("button", name="Generate").click()
+            page.get_by_text("seed 0").wait_for(timeout=WAIT)
+            _shoot(page, shots, "5-playground")
+
+            # 6 · Models.
+            _tab(page, "6 · Models")
+            page.get_by_text("browser-model", exact=True).filter(visible=True).first.wait_for(timeout=WAIT)
+            assert not page.get_by_text("hf download").count()  # no shell commands for a browser user
+            _shoot(page, shots, "6-models")
+
+            # A phone: every tab reachable without a "more" menu; and dark mode stays readable.
+            page.set_viewport_size({"width": 390, "height": 844})
+            page.goto(app.url)
+            page.get_by_text("4 photo(s) uploaded").wait_for(timeout=WAIT)
+            for name in ("1 · Upload", "4 · Training", "6 · Models"):
+                assert page.get_by_role("tab", name=name).is_visible(), name
+            _shoot(page, shots, "phone")
+            page.set_viewport_size({"width": 1400, "height": 1000})
+            page.goto(app.url + "?__theme=dark")
+            page.get_by_text("4 photo(s) uploaded").wait_for(timeout=WAIT)
+            _shoot(page, shots, "dark")
+            context.close()
+    finally:
+        app.stop()
