@@ -137,3 +137,24 @@ def build_dataset(result: ClassificationResult, folder: Path, trigger_word: str,
     if not items:
         raise ValueError("result: none of the selected photos could be cropped (originals missing?); classify again")
     return Dataset(items=tuple(items), trigger_word=trigger_word, resolution=resolution, captioner=captioner.name)
+
+
+def face_preview(record: PhotoRecord, crop_factor: float = 2.2, side: int = 256) -> Image.Image | None:
+    """What training will use from this photo: its square crop, with the detected face boxed (None when no face
+    was found or the file cannot be read). For the Review tab's cards."""
+    from PIL import ImageDraw
+
+    if record.face_box is None or record.path is None or record.size is None:
+        return None
+    try:
+        decoded = open_image(record.path, max_side=1024)
+    except ImageError:
+        return None
+    scale = decoded.scale
+    box = square_crop_box(record.face_box, record.size, crop_factor)
+    crop = decoded.image.crop(tuple(round(v * scale) for v in box)).resize((side, side))
+    zoom = side / max(1, box[2] - box[0])
+    x0, y0, x1, y1 = record.face_box
+    ImageDraw.Draw(crop).rectangle([(x0 - box[0]) * zoom, (y0 - box[1]) * zoom, (x1 - box[0]) * zoom,
+                                    (y1 - box[1]) * zoom], outline=(255, 170, 0), width=3)
+    return crop

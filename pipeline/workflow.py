@@ -246,6 +246,20 @@ class Workflow:
             raise ValueError(f"choice must be 'include', 'exclude' or 'auto', got {choice!r}")
         self._update_choices("overrides", file, None if choice in (None, "auto") else choice)
 
+    def set_overrides(self, files: Iterable[str], choice: str | None) -> int:
+        """The same choice for several photos at once (the Review tab's bulk actions); returns how many."""
+        if choice not in (None, "auto", "include", "exclude"):
+            raise ValueError(f"choice must be 'include', 'exclude' or 'auto', got {choice!r}")
+        choices = self.user_choices()
+        names = list(files)
+        for name in names:
+            if choice in (None, "auto"):
+                choices["overrides"].pop(name, None)
+            else:
+                choices["overrides"][name] = choice
+        self._write_choices(choices)
+        return len(names)
+
     def set_caption(self, file: str, caption: str | None) -> None:
         self._update_choices("captions", file, caption.strip() if caption and caption.strip() else None)
 
@@ -255,6 +269,9 @@ class Workflow:
             choices[kind].pop(file, None)
         else:
             choices[kind][file] = value
+        self._write_choices(choices)
+
+    def _write_choices(self, choices: dict[str, dict[str, str]]) -> None:
         self._choices_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._choices_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(choices, indent=2))

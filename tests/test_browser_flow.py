@@ -86,6 +86,11 @@ def test_a_first_time_user_goes_from_photos_to_a_model(tmp_path: Path) -> None:
             _tab(page, "3 · Review")
             page.get_by_role("button", name="Classify photos").click()
             page.get_by_text("photo(s) selected for training").wait_for(timeout=WAIT)
+            # Clicking a photo card selects it for a decision (it used to need a click on its table row).
+            page.locator("#review-cards img").first.click()
+            expect(page.get_by_label("Photo file name")).to_have_value(re.compile(r"portrait_0\d\.jpg"),
+                                                                       timeout=30_000)
+            page.keyboard.press("Escape")  # leave the preview the click opened
             _shoot(page, shots, "3-review")
 
             # 4 · Training: refused on a set that is not ready, with the reason; then trained anyway.

@@ -5,13 +5,19 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from pipeline.classify import ClassificationResult
+from pipeline.classify import REASONS, ClassificationResult
+from pipeline.crops import face_preview
 from pipeline.workflow import Workflow
 from ui.people import People
 from ui.progress import progress_events
 from ui.text import escaped
 
-COLUMNS = ["file", "verdict", "selected", "score", "reasons", "duplicate_of", "your choice", "caption"]
+COLUMNS = ["file", "verdict", "selected", "photo quality /100", "why (and the fix)", "duplicate_of", "your choice",
+           "caption"]
+SCORE_NOTE = ("**Photo quality /100** rates this photo alone — sharpness, light and how large and frontal the face is. "
+              "Whether it shows the *same person* as the rest is checked separately, so a sharp photo of someone "
+              "else can score high and still be left out. Click a photo or a row to change its verdict or caption.")
+VERDICT_MARKS = {"keep": "✅", "reject": "❌", "duplicate": "↺"}
 
 
 def _table(workflow: Workflow, result: ClassificationResult) -> pd.DataFrame:
@@ -19,8 +25,8 @@ def _table(workflow: Workflow, result: ClassificationResult) -> pd.DataFrame:
     selected = set(result.selected)
     rows = [
         [r.file, r.verdict, "✔" if r.file in selected else "", None if r.score is None else round(r.score),
-         ", ".join(r.reasons), r.duplicate_of or "", choices["overrides"].get(r.file, "auto"),
-         choices["captions"].get(r.file, "")]
+         " ".join(r.messages) or ", ".join(REASONS.get(c, (c,))[0] for c in r.reasons), r.duplicate_of or "",
+         choices["overrides"].get(r.file, "auto"), choices["captions"].get(r.file, "")]
         for r in result.records
     ]
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -34,9 +40,18 @@ def _report(result: ClassificationResult) -> str:
     return "\n".join(lines)
 
 
-def _gallery(result: ClassificationResult) -> list[tuple[str, str]]:
-    return [(str(r.path), f"{r.file}: {r.verdict}" + (f" ({', '.join(r.reasons)})" if r.reasons else ""))
-            for r in result.records if r.path is not None]
+def _gallery(result: ClassificationResult) -> list[tuple]:
+    """Each photo as training will see it: the square face crop with the detected face boxed (the whole photo
+    when no face was found), its verdict and the reason in words."""
+    cards = []
+    for r in result.records:
+        if r.path is None:
+            continue
+        words = ", ".join(REASONS[c][0] for c in r.reasons if c in REASONS)
+        caption = f"{VERDICT_MARKS.get(r.verdict, '')} {r.file}" + (f": {words}" if words else "")
+        cards.append((face_preview(r) or str(r.path), caption))
+    return cards
+
 
 
 def _for_api(result: ClassificationResult) -> dict:
@@ -52,16 +67,23 @@ def build(people: People) -> gr.Tab:
                     "whether it shows the same person. Override any verdict below; your choice wins.")
         run = gr.Button("Classify photos", variant="primary")
         report = gr.Markdown("Press **Classify photos** to check the uploaded photos.")
-        table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, label="Verdicts",
-                             column_widths=["15%", "9%", "8%", "7%", "20%", "13%", "9%", "19%"])
-        gr.Markdown("**Change a verdict or a caption:** click a row in the table (or type the file name), choose, "
-                    "then Apply.")
+        gallery = gr.Gallery(label="What training will use: each photo's face crop (face boxed) and its verdict",
+                             columns=6, height="auto", interactive=False, object_fit="contain",
+                             elem_id="review-cards")
+        gr.Markdown(SCORE_NOTE)
         with gr.Row(equal_height=True):
             file = gr.Textbox(label="Photo file name", scale=2)
             choice = gr.Radio(["auto", "include", "exclude"], value="auto", label="Your choice", scale=3)
             caption = gr.Textbox(label="Caption (empty: automatic; the trigger word is added)", scale=4)
             apply = gr.Button("Apply", scale=1)
-        gallery = gr.Gallery(label="Photos with their verdicts", columns=6, height="auto", interactive=False)
+        with gr.Row(equal_height=True):
+            # Custom values: the choices follow each check, and API callers name a reason code directly.
+            reason = gr.Dropdown(label="All photos flagged for…", choices=[], scale=3, allow_custom_value=True)
+            include_all = gr.Button("Include them all", scale=1)
+            exclude_all = gr.Button("Exclude them all", scale=1)
+            reset_all = gr.Button("Every photo back to automatic", scale=1)
+        table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, label="Verdicts in detail",
+                             column_widths=["14%", "8%", "8%", "8%", "24%", "11%", "9%", "18%"])
         as_json = gr.JSON(label="Classification (the same JSON as the CLI and API)", visible=False)
 
         def classify(request: gr.Request, progress: gr.Progress = gr.Progress()) -> tuple:
@@ -108,7 +130,48 @@ def build(people: People) -> gr.Tab:
                 raise gr.Error(escaped(exc)) from exc
             return _classify(workflow, progress)
 
+        def pick_card(evt: gr.SelectData, frame: pd.DataFrame, request: gr.Request) -> tuple[str, str, str]:
+            result = people(request).last_classification
+            shown = [r.file for r in result.records if r.path is not None] if result else []
+            if not 0 <= evt.index < len(shown):
+                return gr.skip(), gr.skip(), gr.skip()
+            row = frame[frame["file"] == shown[evt.index]]
+            if row.empty:
+                return shown[evt.index], "auto", ""
+            return shown[evt.index], row.iloc[0]["your choice"] or "auto", row.iloc[0]["caption"] or ""
+
+        def bulk(how: str):
+            def run(code: str | None, request: gr.Request, progress: gr.Progress = gr.Progress()) -> tuple:
+                workflow = people(request)
+                result = workflow.last_classification
+                if result is None:
+                    raise gr.Error("Press Classify photos first.")
+                if how == "auto":
+                    files = [r.file for r in result.records]
+                else:
+                    if code not in REASONS:
+                        raise gr.Error("Choose which flagged photos first (a reason from the list).")
+                    files = [r.file for r in result.records if code in r.reasons]
+                count = workflow.set_overrides(files, how)
+                gr.Info(f"{count} photo(s) set to {how}.")
+                return _classify(workflow, progress)
+            return run
+
+        def reasons_of(data: dict | None) -> dict:
+            codes = sorted({c for r in (data or {}).get("records", []) for c in r.get("reasons", [])})
+            counts = {c: sum(c in r.get("reasons", []) for r in data["records"]) for c in codes} if data else {}
+            return gr.update(choices=[(f"{REASONS[c][0]} ({counts[c]})", c) for c in codes if c in REASONS],
+                             value=None)
+
         outputs = [report, table, gallery, as_json]
+        gallery.select(pick_card, table, [file, choice, caption])
+        as_json.change(reasons_of, as_json, reason, api_name=False, show_progress="hidden")
+        include_all.click(bulk("include"), reason, outputs, api_name="include_all", concurrency_id="gpu",
+                          show_progress="hidden")
+        exclude_all.click(bulk("exclude"), reason, outputs, api_name="exclude_all", concurrency_id="gpu",
+                          show_progress="hidden")
+        reset_all.click(bulk("auto"), reason, outputs, api_name="reset_choices", concurrency_id="gpu",
+                        show_progress="hidden")
         run.click(classify, None, outputs, api_name="classify", concurrency_id="gpu", concurrency_limit=1)
         table.select(pick, table, [file, choice, caption])
         apply.click(set_choice, [file, choice, caption], outputs, api_name="override", concurrency_id="gpu",
