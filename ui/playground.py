@@ -44,7 +44,9 @@ def build(people: People) -> gr.Tab:
             width = gr.Slider(32, 1536, value=d.width, step=16, label="Width")
             height = gr.Slider(32, 1536, value=d.height, step=16, label="Height")
             count = gr.Slider(1, 8, value=1, step=1, label="Images")
-        go = gr.Button("Generate", variant="primary")
+        with gr.Row():
+            go = gr.Button("Generate", variant="primary", scale=3)
+            stop = gr.Button("Cancel", scale=1)
         gallery = gr.Gallery(label="Results (PNG with prompt and settings in its metadata)", columns=4, height=420,
                              preview=False, elem_classes=["results-gallery"],
                              object_fit="contain", type="filepath", buttons=["download", "fullscreen"])
@@ -98,12 +100,11 @@ def build(people: People) -> gr.Tab:
                 raise gr.Error(escaped(exc)) from exc
             return str(path)
 
-        go.click(generate, [model, prompt, negative, seed, steps, guidance, scale, width, height, count], gallery,
-                 api_name="generate", concurrency_id="gpu", concurrency_limit=1)
-        compare.click(side_by_side, [model, prompt, negative, seed, steps, guidance, scale, width, height, count,
-                                     other, other_scale], sheet, api_name="compare", concurrency_id="gpu",
-                      concurrency_limit=1)
-        make.click(clip, [model, prompt, prompt_b, frames, fps, seed], video, api_name="video",
+        form = [model, prompt, negative, seed, steps, guidance, scale, width, height, count]
+        generating = go.click(generate, form, gallery, api_name="generate", concurrency_id="gpu", concurrency_limit=1)
+        comparing = compare.click(side_by_side, [*form, other, other_scale], sheet, api_name="compare",
+                                  concurrency_id="gpu", concurrency_limit=1)
+        filming = make.click(clip, [model, prompt, prompt_b, frames, fps, seed], video, api_name="video",
                    concurrency_id="gpu", concurrency_limit=1)
 
         def refresh(first: str, second: str, request: gr.Request) -> tuple:
@@ -114,4 +115,6 @@ def build(people: People) -> gr.Tab:
                          for value in (first, second))
 
         tab.select(refresh, [model, other], [model, other], api_name=False)
+        # Gradio's own cancellation: the running generation stops at its next step, the queue moves on.
+        stop.click(None, None, None, cancels=[generating, comparing, filming], api_name=False)
     return tab

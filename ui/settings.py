@@ -57,9 +57,12 @@ def build(people: People, demo: gr.Blocks) -> SettingsInputs:
         with gr.Accordion("Advanced", open=False):
             with gr.Row():
                 c["trigger_word"] = gr.Textbox(label="Trigger word (empty: generated)", value="")
-                c["rank"] = gr.Number(label="LoRA rank", value=defaults.rank, precision=0, minimum=1)
-                c["alpha"] = gr.Number(label="LoRA alpha", value=defaults.alpha)
-                c["seed"] = gr.Number(label="Seed", value=defaults.seed, precision=0)
+                c["rank"] = gr.Number(label="LoRA rank", value=defaults.rank, precision=0, minimum=1,
+                                    info="capacity of the LoRA: 16 holds a face; more learns faster, overfits sooner")
+                c["alpha"] = gr.Number(label="LoRA alpha", value=defaults.alpha,
+                                     info="scales the LoRA's effect (alpha / rank); equal to the rank is neutral")
+                c["seed"] = gr.Number(label="Seed", value=defaults.seed, precision=0,
+                                    info="the same seed, photos and settings train the same LoRA")
             with gr.Row():
                 c["memory_mode"] = gr.Dropdown(label="Memory mode", value=defaults.memory_mode,
                                                choices=["auto", "bf16", "fp8", "nf4", "offload"])
@@ -70,7 +73,9 @@ def build(people: People, demo: gr.Blocks) -> SettingsInputs:
                 c["sample_every"] = gr.Number(label="Sample images every N steps", value=defaults.sample_every,
                                               precision=0, minimum=1)
                 c["caption_dropout"] = gr.Slider(label="Caption dropout", minimum=0, maximum=0.5, step=0.01,
-                                                 value=defaults.caption_dropout)
+                                                 value=defaults.caption_dropout,
+                                                 info="share of steps trained without a caption: the face then "
+                                                      "comes with the trigger word less exclusively")
             c["test_prompts"] = gr.Textbox(
                 label="Test prompts for the assessment, one per line ({trigger} = the trigger word); "
                       "empty: the built-in portrait, style, setting and expression set",
