@@ -39,8 +39,8 @@ def person_photos(person: str, folder: Path, count: int, seed: int = 0) -> list[
 
 
 def train_person(person: str, root: Path, photos: int, steps: int | None,
-                 extra: dict | None = None) -> tuple[Workflow, ModelRecord, float]:
-    workflow = Workflow(AppSettings(data_dir=root / person, base_model=MICRO_MODEL))
+                 extra: dict | None = None, base_model: str = MICRO_MODEL) -> tuple[Workflow, ModelRecord, float]:
+    workflow = Workflow(AppSettings(data_dir=root / person, base_model=base_model))
     workflow.add_photos(person_photos(person, root / f"{person}-upload", photos))
     overrides = {"name": person, **(extra or {})} | ({"steps": steps, "checkpoint_every": max(1, steps // 4),
                                                       "sample_every": max(1, steps // 4)} if steps else {})
@@ -85,6 +85,8 @@ def sheet(rows: list[tuple[str, list[Path]]], path: Path, size: int = 64) -> Pat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the micro defaults)")
+    parser.add_argument("--base-model", default=MICRO_MODEL,
+                        help="a micro model folder, e.g. one `python -m pipeline.micro build --out DIR` made")
     parser.add_argument("--photos", type=int, default=16)
     parser.add_argument("--sheet", type=Path, default=None, help="save the picture for the README here")
     parser.add_argument("--people", nargs="+", default=list(PEOPLE), choices=list(PEOPLE))
@@ -96,7 +98,8 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="micro-likeness-"))
     extra = {k: v for k, v in (("learning_rate", args.lr), ("rank", args.rank), ("alpha", args.rank),
                                 ("guidance", args.guidance)) if v}
-    trained = {person: train_person(person, root, args.photos, args.steps, extra) for person in args.people}
+    trained = {person: train_person(person, root, args.photos, args.steps, extra, args.base_model)
+               for person in args.people}
     references = {person: reference_embeddings(crops(record)) for person, (_w, record, _s) in trained.items()}
 
     table: dict[str, dict[str, int]] = {}
