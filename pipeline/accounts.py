@@ -130,13 +130,18 @@ class LoginThrottle:
             entry = self._failures.get(name)
             return max(0.0, entry.locked_until - (now or time.monotonic())) if entry else 0.0
 
+    max_names: int = 10_000  # names tracked at once: random names must not grow the table without bound
+
     def failed(self, name: str, now: float | None = None) -> None:
+        now = now or time.monotonic()
         with self._lock:
+            if len(self._failures) >= self.max_names:  # forget names whose lock has run out (or never started)
+                self._failures = {n: f for n, f in self._failures.items() if f.locked_until > now}
             entry = self._failures.setdefault(name, _Failures())
             entry.count += 1
             if entry.count >= self.free:
                 delay = min(self.max_delay, self.first_delay * 2 ** (entry.count - self.free))
-                entry.locked_until = (now or time.monotonic()) + delay
+                entry.locked_until = now + delay
 
     def succeeded(self, name: str) -> None:
         with self._lock:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import tempfile
 import threading
 import time
@@ -87,7 +88,8 @@ def set_aside_if_damaged(path: Path, table: str) -> Path | None:
             sound = False
         if sound:
             return None
-        backup = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        # A random tail: the backup may list every workspace, so its name must not be guessable from the time.
+        backup = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(8)}")
         os.replace(path, backup)
         return backup
 

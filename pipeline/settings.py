@@ -280,10 +280,12 @@ class AppSettings:
     # trainings_per_person to 1 when it gives each person a workspace.
     trainings_per_person: int = 0  # trainings of one person that may wait or run at once
     disk_per_person_gb: float = 0.0  # a person's photos, models and outputs; uploads and trainings stop above it
+    max_workspaces: int = 1000  # workspaces on disk (empty anonymous ones are pruned first); 0: no limit
 
     def validate(self) -> AppSettings:
         _check(self.trainings_per_person >= 0, "trainings_per_person", "must be 0 (no limit) or more")
         _check(self.disk_per_person_gb >= 0, "disk_per_person_gb", "must be 0 (no limit) or more")
+        _check(self.max_workspaces >= 0, "max_workspaces", "must be 0 (no limit) or more")
         _check(self.min_free_disk_gb >= 0, "min_free_disk_gb", "must be 0 (by base model) or more")
         return self
 

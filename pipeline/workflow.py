@@ -189,6 +189,7 @@ class Workflow:
         self.library = Library(self.data_dir)
         self._monitors: dict[str, TrainingMonitor] = {}
         self._monitor_lock = threading.Lock()
+        self._start_lock = threading.Lock()
         self._analyses: dict[tuple, Any] = {}  # per-photo measurements, so re-classifying is quick
         self.last_classification: ClassificationResult | None = None  # shown again when the Review tab reopens
         self._generators = generators or Generators()
@@ -319,6 +320,11 @@ class Workflow:
         unless ``anyway``: a training on it costs the GPU time and rarely gives a likeness.
         """
         settings.validate()
+        with self._start_lock:  # two quick Train clicks must not both pass the per-person limit
+            return self._start_training(settings, classification, anyway, on_event)
+
+    def _start_training(self, settings: TrainSettings, classification: ClassificationResult | None, anyway: bool,
+                        on_event: ev.EventCallback) -> ModelRecord:
         self._check_training_limit()
         self._check_disk_quota()
         result = classification or self.classify(on_event=on_event)
@@ -350,10 +356,11 @@ class Workflow:
             raise ValueError(f"model '{record.name}' is {record.status}: only a stopped or failed training resumes")
         if not (Path(record.folder) / "dataset" / "dataset.json").exists():
             raise ValueError(f"model '{record.name}' has no dataset to train on; start a new training instead")
-        self._check_training_limit()
-        record = self.library.update(model_id, status="queued", error="", finished_at=None)
-        self._monitor(model_id).note("queued again: resuming from the last checkpoint", status="queued")
-        self.jobs.submit(model_id, {"settings": record.settings, "workspace": self.workspace})
+        with self._start_lock:
+            self._check_training_limit()
+            record = self.library.update(model_id, status="queued", error="", finished_at=None)
+            self._monitor(model_id).note("queued again: resuming from the last checkpoint", status="queued")
+            self.jobs.submit(model_id, {"settings": record.settings, "workspace": self.workspace})
         return record
 
     def _check_training_limit(self) -> None:
@@ -391,12 +398,12 @@ class Workflow:
     def jobs_ahead(self, model_id: str) -> int | None:
         """How many trainings run or wait before this model's (None when it is not waiting)."""
         self.library.get(model_id)  # another workspace's model is "not found", like one that does not exist
-        waiting = [job for job in self.jobs.for_model(model_id) if job.status == "queued"]
+        waiting = [job for job in self._my_jobs() if job.model_id == model_id and job.status == "queued"]
         return self.jobs.position(waiting[0].id) if waiting else None
 
     def cancel_training(self, model_id: str) -> None:
         self.library.get(model_id)  # only this workspace's trainings: another's is "not found"
-        for job in self.jobs.for_model(model_id):
+        for job in [job for job in self._my_jobs() if job.model_id == model_id]:
             if job.status in ("queued", "running") and self.jobs.cancel(job.id).status == "cancelled":
                 # A queued job ends at once; a running one stops at its next step and reports itself.
                 self.library.update(model_id, status="cancelled")
@@ -523,6 +530,7 @@ class Workflow:
         from pipeline.trigger import insert_trigger
 
         settings.validate()
+        self._check_disk_quota()  # every output is saved in the workspace
         lora_path, trigger, _label = self._lora(model_id)
         if lora_path is not None:
             settings = dataclasses.replace(settings, prompt=insert_trigger(settings.prompt, trigger))
@@ -555,6 +563,7 @@ class Workflow:
         from pipeline.trigger import insert_trigger
         from pipeline.video import make_video
 
+        self._check_disk_quota()
         lora_path, trigger, _label = self._lora(model_id)
         if lora_path is not None:
             prompt = insert_trigger(prompt, trigger)

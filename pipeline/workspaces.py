@@ -37,6 +37,10 @@ PEOPLE_FOLDER = "people"
 PERSONAL_ENTRIES = ("photos", "models", "library.json", "generations", "videos", "exports")
 
 
+class WorkspaceLimit(ValueError):
+    """No room for another workspace (``AppSettings.max_workspaces``)."""
+
+
 class WorkspaceMode(StrEnum):
     """How the app tells people apart (``--workspaces``)."""
 
@@ -152,8 +156,38 @@ class Workspaces:
         with self._lock:
             flow = self._flows.get(key)
             if flow is None:
+                if not self.folder(key).exists():
+                    self._make_room()
                 flow = self._make(key, self.folder(key), check_orphans=self.jobs.running)
             return flow
+
+    def _make_room(self) -> None:
+        """Every visitor (or API call without a token) gets a workspace: past ``max_workspaces`` the empty anonymous
+        ones older than an hour go first, and when none can, a new person is refused rather than filling the disk."""
+        cap = self.settings.max_workspaces
+        if not cap or len(self.keys()) < cap:
+            return
+        self.prune_empty(min_age_seconds=3600)
+        if len(self.keys()) >= cap:
+            raise WorkspaceLimit(f"this app already holds {cap} people's workspaces and has no room for another; "
+                                 "ask its operator")
+
+    def prune_empty(self, min_age_seconds: float = 3600) -> list[str]:
+        """Remove anonymous workspaces with no photos and no models, untouched for ``min_age_seconds``."""
+        import time
+
+        removed = []
+        for key in self.keys():
+            folder = self.folder(key)
+            if not key.startswith("anon-") or time.time() - folder.stat().st_mtime < min_age_seconds:
+                continue
+            photos = [p for p in (folder / "photos").rglob("*") if p.is_file() and p.suffix != ".json"]
+            models = list((folder / "models").iterdir()) if (folder / "models").is_dir() else []
+            if not photos and not models:
+                self._flows.pop(key, None)
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(key)
+        return removed
 
     def keys(self) -> list[str]:
         """Every workspace on disk besides the local one."""

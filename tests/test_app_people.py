@@ -145,6 +145,23 @@ def test_anonymous_browsers_get_private_workspaces(tmp_path: Path) -> None:
             cookie = page.headers.get("set-cookie", "")
         assert cookie.startswith("likeness_workspace=") and "HttpOnly" in cookie
         assert len(cookie.split(";")[0].split("=", 1)[1]) >= 40
+        # A planted or malformed cookie is replaced, not used.
+        planted = urllib.request.Request(app.url, headers={"Cookie": "likeness_workspace=short"})
+        with urllib.request.urlopen(planted, timeout=30) as page:
+            assert page.headers.get("set-cookie", "").startswith("likeness_workspace=")
+
+        # Another website's page cannot call the app with the visitor's cookie (it could read their photos).
+        for hostile in ({"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors"},
+                        {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "no-cors"},
+                        {"Origin": "https://evil.example"}):
+            request = urllib.request.Request(f"{app.url}gradio_api/info", headers=hostile)
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=30)
+            assert refused.value.code == 403, hostile
+        navigation = urllib.request.Request(app.url, headers={"Sec-Fetch-Site": "cross-site",
+                                                              "Sec-Fetch-Mode": "navigate"})
+        with urllib.request.urlopen(navigation, timeout=30) as page:  # a link or a Space's iframe: allowed
+            assert page.status == 200
 
         token_a, token_b = "a" * 20 + "-workspace-token-A", "b" * 20 + "-workspace-token-B"
         a = Client(app.url, headers={"X-Likeness-Workspace": token_a}, verbose=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import photo_factory
@@ -114,3 +115,22 @@ def test_a_workspace_name_is_never_a_path(tmp_path: Path) -> None:
     again = Workspaces(AppSettings(data_dir=tmp_path / "data", base_model="tiny"), start_worker=False)
     assert other.login("alice").key != people.login("alice").key == again.login("alice").key
     assert (people.root / ".workspaces-secret").stat().st_mode & 0o777 == 0o600
+
+
+def test_workspaces_are_capped_and_empty_anonymous_ones_make_room(tmp_path: Path, photos: list[Path]) -> None:
+    import os
+
+    from pipeline.workspaces import WorkspaceLimit
+
+    people = Workspaces(AppSettings(data_dir=tmp_path / "data", base_model="tiny", max_workspaces=2),
+                        start_worker=False)
+    kept, empty = people.get(people.browser("k" * 43)), people.get(people.browser("e" * 43))
+    kept.add_photos(photos[:1])
+    with pytest.raises(WorkspaceLimit, match="no room"):
+        people.get(people.browser("n" * 43))  # a third visitor while both are in use (and recent)
+    an_hour_ago = time.time() - 3700
+    for key in people.keys():
+        os.utime(people.folder(key), (an_hour_ago, an_hour_ago))
+    newcomer = people.get(people.browser("n" * 43))  # the empty, idle workspace made room; the one with photos stays
+    assert not people.folder(empty.workspace).exists() and people.folder(newcomer.workspace).exists()
+    assert len(kept.list_photos()) == 1

@@ -12,17 +12,22 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 from collections.abc import Callable
 
 import gradio as gr
 
 from pipeline.workflow import Workflow
-from pipeline.workspaces import LOCAL_PERSON, Person, Workspaces
+from pipeline.workspaces import LOCAL_PERSON, Person, WorkspaceLimit, Workspaces
 
 COOKIE = "likeness_workspace"
+# On https the cookie carries the __Host- prefix: browsers then refuse it from any other site or subdomain (a
+# sibling app on the same parent domain cannot plant its own token in a visitor's browser).
+SECURE_COOKIE = "__Host-" + COOKIE
 HEADER = "x-likeness-workspace"
 MIN_TOKEN_LENGTH = 24  # a caller-chosen token shorter than this could be guessed
+_ISSUED_TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")  # what WorkspaceCookie sets: secrets.token_urlsafe(32)
 
 
 class People:
@@ -46,15 +51,18 @@ class People:
         token = (request.headers.get(HEADER) or "").strip()
         if len(token) >= MIN_TOKEN_LENGTH:
             return self.workspaces.browser(token)
-        token = request.cookies.get(COOKIE, "")
-        if len(token) >= MIN_TOKEN_LENGTH:
+        token = request.cookies.get(SECURE_COOKIE if _is_https(request.headers, request.url.scheme) else COOKIE, "")
+        if _ISSUED_TOKEN.match(token):
             return self.workspaces.browser(token)
         if not request.session_hash:
             raise gr.Error("This action needs a browser or API session.")
         return self.workspaces.browser("session:" + request.session_hash)
 
     def __call__(self, request: gr.Request | None) -> Workflow:
-        return self.workspaces.get(self.person(request))
+        try:
+            return self.workspaces.get(self.person(request))
+        except WorkspaceLimit as exc:
+            raise gr.Error(str(exc)) from exc
 
 
 def _hf_username(request: gr.Request) -> str | None:
@@ -66,23 +74,40 @@ def _hf_username(request: gr.Request) -> str | None:
     return None
 
 
-class WorkspaceCookie:
-    """ASGI middleware: a browser without the workspace cookie gets one, on the page load that precedes its events.
+def _is_https(headers, scheme: str) -> bool:
+    return scheme == "https" or (headers.get("x-forwarded-proto") or "").split(",")[0].strip() == "https"
 
-    On https (a Space, embedded in huggingface.co) the cookie is ``SameSite=None; Secure; Partitioned`` so that it
-    works inside the cross-site iframe; on plain http it is ``SameSite=Lax``.
+
+class WorkspaceCookie:
+    """ASGI middleware for apps that serve several people: refuses requests another website makes with the
+    visitor's cookies, and gives a browser without a valid workspace cookie one, on the page load that precedes
+    its events.
+
+    - Cross-site: a request a browser marks ``Sec-Fetch-Site: cross-site``/``same-site`` that is not a page
+      navigation (so not the Space's own iframe), or whose ``Origin`` is not this host, gets 403: otherwise a
+      hostile page could call the API with the visitor's cookie and read or delete their photos.
+    - The cookie is an unguessable token, HttpOnly; on https ``__Host-`` prefixed, ``Secure``, ``SameSite=None``
+      and ``Partitioned`` (so it works inside a Space's iframe); on plain http ``SameSite=Lax``.
     """
 
     def __init__(self, app) -> None:
         self.app = app
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or _has_cookie(scope):
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        secure = scope.get("scheme") == "https" or _header(scope, b"x-forwarded-proto") == "https"
-        attributes = "SameSite=None; Secure; Partitioned" if secure else "SameSite=Lax"
-        cookie = (f"{COOKIE}={secrets.token_urlsafe(32)}; Path=/; Max-Age=31536000; HttpOnly; {attributes}").encode()
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if _cross_site(headers):
+            await _forbidden(scope, send)
+            return
+        https = _is_https(headers, scope.get("scheme", "http"))
+        name = SECURE_COOKIE if https else COOKIE
+        if scope["type"] != "http" or _ISSUED_TOKEN.match(_cookie(headers.get("cookie", ""), name)):
+            await self.app(scope, receive, send)
+            return
+        attributes = "Secure; SameSite=None; Partitioned" if https else "SameSite=Lax"
+        cookie = f"{name}={secrets.token_urlsafe(32)}; Path=/; Max-Age=31536000; HttpOnly; {attributes}".encode()
 
         async def send_with_cookie(message) -> None:
             if message["type"] == "http.response.start":
@@ -92,12 +117,30 @@ class WorkspaceCookie:
         await self.app(scope, receive, send_with_cookie)
 
 
-def _header(scope, name: bytes) -> str:
-    for key, value in scope.get("headers", []):
-        if key.lower() == name:
-            return value.decode("latin-1")
+def _cross_site(headers: dict[str, str]) -> bool:
+    site = headers.get("sec-fetch-site")
+    if site in ("cross-site", "same-site") and headers.get("sec-fetch-mode") != "navigate":
+        return True
+    origin = headers.get("origin")
+    if site is None and origin and origin != "null":  # an older browser: compare the Origin with the Host
+        return origin.split("://", 1)[-1].rstrip("/") != headers.get("host", "")
+    return False
+
+
+async def _forbidden(scope, send) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    body = b"refused: a request from another website"
+    await send({"type": "http.response.start", "status": 403,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _cookie(header: str, name: str) -> str:
+    """The value of the cookie called exactly ``name`` ("" when absent)."""
+    for part in header.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return value
     return ""
-
-
-def _has_cookie(scope) -> bool:
-    return f"{COOKIE}=".encode() in _header(scope, b"cookie").encode("latin-1")
