@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -17,7 +16,7 @@ from pipeline.accounts import Authenticator, UsersFile, make_account  # noqa: E4
 from pipeline.base_model import default_base_model, is_micro, is_tiny, quiet_library_logs  # noqa: E402
 from pipeline.notify import smtp_settings_from_env  # noqa: E402
 from pipeline.settings import AppSettings  # noqa: E402
-from pipeline.workspaces import SECRET_FILE, WorkspaceMode, Workspaces  # noqa: E402
+from pipeline.workspaces import WorkspaceMode, Workspaces  # noqa: E402
 from ui import admin, models, playground, review, settings, training, upload  # noqa: E402
 from ui.people import People, WorkspaceCookie  # noqa: E402
 from ui.text import plain  # noqa: E402
@@ -132,28 +131,6 @@ def _whose(people: People, person) -> str:
     return f"🔒 Signed in as **{plain(person.label)}**: your photos and models are yours alone."
 
 
-# The data dir's indexes: they list every photo and model, so they are never served, whatever else is.
-STATE_FILES = ("library.json", "jobs.json", "photos/index.json", "photos/choices.json", SECRET_FILE)
-
-
-def file_access(data_dir: Path) -> dict[str, list[str]]:
-    """``launch`` keywords that serve no file of the data dir by its path.
-
-    Gradio copies the files a handler returns into its own cache (under content-hashed names) when they lie in the
-    working directory or the temp dir, so the data dir needs no ``allowed_paths`` there — which would serve all of
-    it, library.json included, to anyone who types a path. A data dir elsewhere (a Space's /data volume) has to be
-    allowed for the copies to be made; then its index files are blocked at least.
-    """
-    data_dir = data_dir.resolve()
-    inside = any(data_dir.is_relative_to(Path(root).resolve()) for root in (os.getcwd(), tempfile.gettempdir()))
-    if inside:
-        return {}
-    logging.warning("the data dir %s lies outside the working directory and the temp dir: Gradio must be allowed "
-                    "to read it, so a visitor who knows a file's path can fetch it (its indexes are blocked). "
-                    "Put --data-dir under the working directory to serve no file of it by path.", data_dir)
-    return {"allowed_paths": [str(data_dir)], "blocked_paths": [str(data_dir / name) for name in STATE_FILES]}
-
-
 def build_error_app(message: str) -> gr.Blocks:
     """Shown instead of the app when the base model cannot be used: says what failed and how to fix it."""
     with gr.Blocks(title="Likeness — cannot start") as demo:
@@ -205,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.warning("--workspaces single while serving others: everyone who reaches the app sees, downloads "
                         "and deletes the same photos and models.")
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-                css_paths=[ASSETS / "style.css"], app_kwargs=_middleware(shared), **file_access(args.data_dir))
+                css_paths=[ASSETS / "style.css"], app_kwargs=_middleware(shared))
 
 
 def _check_port_free(host: str, port: int) -> None:

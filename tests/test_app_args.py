@@ -24,17 +24,6 @@ def test_auth_from_flag_and_environment(monkeypatch: pytest.MonkeyPatch) -> None
         app.parse_args([])
 
 
-def test_a_data_dir_under_the_working_or_temp_dir_is_never_served_by_path(tmp_path) -> None:
-    assert app.file_access(tmp_path / "data") == {}  # Gradio copies returned files into its cache itself
-
-
-def test_a_data_dir_elsewhere_is_allowed_but_its_indexes_are_blocked() -> None:
-    access = app.file_access(app.Path("/srv/likeness-data"))
-    assert access["allowed_paths"] == ["/srv/likeness-data"]
-    assert "/srv/likeness-data/library.json" in access["blocked_paths"]
-    assert "/srv/likeness-data/photos/index.json" in access["blocked_paths"]
-
-
 def test_a_data_dir_that_cannot_be_written_stops_the_start_with_one_line(tmp_path) -> None:
     import subprocess
     import sys

@@ -9,6 +9,7 @@ import pandas as pd
 
 from pipeline.workflow import Workflow
 from ui.charts import series_frame
+from ui.files import served
 from ui.people import People
 from ui.text import escaped, plain
 
@@ -58,7 +59,7 @@ def _details(workflow: Workflow, model_id: str) -> tuple[str, str | None]:
         lines.append(f"Best checkpoint: step {r.best_checkpoint_step} at LoRA scale {r.best_lora_scale}")
     if r.error:
         lines.append(f"❌ {r.error}")
-    return "\n\n".join(lines), str(r.sample_grid) if r.sample_grid else None
+    return "\n\n".join(lines), served(r.sample_grid) if r.sample_grid else None
 
 
 def _curve(workflow: Workflow | None, model_id: str) -> pd.DataFrame:
@@ -163,7 +164,7 @@ def build(people: People) -> gr.Tab:
                 gr.update(choices=_choices(workflow), value=None)
 
         def do_download(mid: str, request: gr.Request) -> str:
-            return str(people(request).library.export_zip(mid))
+            return served(people(request).library.export_zip(mid))
 
         def confirmed_delete(mid: str | None, request: gr.Request) -> tuple:
             if mid == CANCELLED:

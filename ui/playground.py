@@ -6,6 +6,7 @@ import gradio as gr
 
 from pipeline.settings import GenerateSettings
 from pipeline.workflow import Workflow
+from ui.files import served
 from ui.people import People
 from ui.progress import progress_events
 from ui.text import escaped
@@ -76,7 +77,7 @@ def build(people: People) -> gr.Tab:
             except ValueError as exc:
                 raise gr.Error(escaped(exc)) from exc
             # Each image with its seed, so a good one can be made again (prompt and settings are in the PNG too).
-            return [(str(p), f"seed {settings.seed + i}") for i, p in enumerate(paths)]
+            return [(served(p), f"seed {settings.seed + i}") for i, p in enumerate(paths)]
 
         def side_by_side(mid, text, neg, sd, st, gd, sc, w, h, n, mid_b, sc_b, request: gr.Request,
                          progress: gr.Progress = gr.Progress()) -> str:
@@ -88,7 +89,7 @@ def build(people: People) -> gr.Tab:
                                         on_event=progress_events(progress, "generating"))
             except ValueError as exc:
                 raise gr.Error(escaped(exc)) from exc
-            return str(path)
+            return served(path)
 
         def clip(mid, text, second, nframes, rate, sd, request: gr.Request,
                  progress: gr.Progress = gr.Progress()) -> str:
@@ -98,7 +99,7 @@ def build(people: People) -> gr.Tab:
                                       fps=int(rate), seed=int(sd), on_event=progress_events(progress, "frames"))
             except ValueError as exc:
                 raise gr.Error(escaped(exc)) from exc
-            return str(path)
+            return served(path)
 
         form = [model, prompt, negative, seed, steps, guidance, scale, width, height, count]
         generating = go.click(generate, form, gallery, api_name="generate", concurrency_id="gpu", concurrency_limit=1)

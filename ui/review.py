@@ -8,6 +8,7 @@ import pandas as pd
 from pipeline.classify import REASONS, ClassificationResult
 from pipeline.crops import face_preview
 from pipeline.workflow import Workflow
+from ui.files import served
 from ui.people import People
 from ui.progress import progress_events
 from ui.text import escaped
@@ -49,7 +50,7 @@ def _gallery(result: ClassificationResult) -> list[tuple]:
             continue
         words = ", ".join(REASONS[c][0] for c in r.reasons if c in REASONS)
         caption = f"{VERDICT_MARKS.get(r.verdict, '')} {r.file}" + (f": {words}" if words else "")
-        cards.append((face_preview(r) or str(r.path), caption))
+        cards.append((face_preview(r) or served(r.path), caption))
     return cards
 
 

@@ -13,6 +13,7 @@ from pipeline.events import duration_text
 from pipeline.library import BUSY_STATUSES, FINISHED_STATUSES
 from pipeline.workflow import TrainingMonitor, Workflow
 from ui.charts import series_frame
+from ui.files import served
 from ui.people import People
 from ui.progress import progress_events
 from ui.settings import SettingsInputs, settings_from_values
@@ -76,7 +77,7 @@ def _status(workflow: Workflow, monitor: TrainingMonitor) -> str:
 
 def _render(workflow: Workflow, model_id: str) -> tuple:
     monitor = workflow.training_view(model_id)
-    samples = [(str(path), f"step {step}: {prompt}") for step, path, prompt in reversed(monitor.samples[-12:])]
+    samples = [(served(path), f"step {step}: {prompt}") for step, path, prompt in reversed(monitor.samples[-12:])]
     return (_status(workflow, monitor), _log_text(monitor.log), _loss_frame(monitor),
             _likeness_frame(monitor), samples)
 

@@ -8,6 +8,7 @@ import gradio as gr
 
 from pipeline.classify import REASONS
 from pipeline.workflow import Workflow
+from ui.files import served
 from ui.people import People
 from ui.progress import progress_events
 from ui.text import escaped, plain
@@ -47,7 +48,7 @@ def _check(workflow: Workflow, progress: gr.Progress | None = None) -> str:
 def _gallery(workflow: Workflow) -> list[tuple[str, str]]:
     verdicts = _verdicts(workflow)
     # The verdict first: a thumbnail's caption is cut to its width.
-    return [(str(p.path), " · ".join(filter(None, (verdicts.get(p.name), p.name, f"id {p.id[:8]}"))))
+    return [(served(p.path), " · ".join(filter(None, (verdicts.get(p.name), p.name, f"id {p.id[:8]}"))))
             for p in workflow.list_photos()]
 
 
