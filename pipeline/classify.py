@@ -132,6 +132,10 @@ class ClassificationResult:
     selected: tuple[str, ...]  # file names chosen for training, in input order
     report: DatasetReport
 
+    def files_flagged(self, reason: str) -> list[str]:
+        """The photos that got ``reason`` (a REASONS code), for the Review tab's bulk decisions."""
+        return [r.file for r in self.records if reason in r.reasons]
+
     def record(self, file: str) -> PhotoRecord:
         for record in self.records:
             if record.file == file:

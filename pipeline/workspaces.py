@@ -209,12 +209,18 @@ class Workspaces:
         rows = []
         for key in [LOCAL_WORKSPACE, *self.keys()]:
             flow = self.get_key(key)
-            size = (sum(folder_size(self.root / name) if (self.root / name).is_dir() else
-                        (self.root / name).stat().st_size for name in PERSONAL_ENTRIES if (self.root / name).exists())
-                    if key == LOCAL_WORKSPACE else folder_size(self.folder(key)))
+            size = self._local_size() if key == LOCAL_WORKSPACE else folder_size(self.folder(key))
             rows.append(WorkspaceUsage(key, size, len(flow.list_photos()), len(flow.library.list()),
                                        active.get(key, 0)))
         return rows
+
+    def _local_size(self) -> int:
+        """The local workspace's bytes: only its own entries of the data dir (not the queue, caches, others)."""
+        total = 0
+        for name in PERSONAL_ENTRIES:
+            path = self.root / name
+            total += path.stat().st_size if path.is_file() else folder_size(path)
+        return total
 
     def delete(self, key: str) -> None:
         """Remove a person's workspace and everything in it (their trainings are stopped first)."""

@@ -152,7 +152,7 @@ def build(people: People) -> gr.Tab:
                 else:
                     if code not in REASONS:
                         raise gr.Error("Choose which flagged photos first (a reason from the list).")
-                    files = [r.file for r in result.records if code in r.reasons]
+                    files = result.files_flagged(code)
                 count = workflow.set_overrides(files, how)
                 gr.Info(f"{count} photo(s) set to {how}.")
                 return _classify(workflow, progress)

@@ -7,6 +7,7 @@ from pathlib import Path
 import gradio as gr
 
 from pipeline.classify import REASONS
+from pipeline.events import ignore
 from pipeline.workflow import Workflow
 from ui.files import served
 from ui.people import People
@@ -37,7 +38,7 @@ def _check(workflow: Workflow, progress: gr.Progress | None = None) -> str:
     verdict at once; returns the set's one-line summary."""
     try:
         result = workflow.classify(on_event=progress_events(progress, "checking the photos") if progress else
-                                   lambda _event: None)
+                                   ignore)
     except ValueError:  # no photos left
         workflow.last_classification = None
         return ""
