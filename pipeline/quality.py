@@ -17,11 +17,15 @@ from scipy import ndimage
 from pipeline.faces import Face
 from pipeline.settings import ClassifySettings
 
-SHARPNESS_SIDE = 256  # faces larger than this are measured downscaled, so 12 MP faces compare with small ones
-REFERENCE_CONTRAST = 50.0  # sharpness is normalised to this luma standard deviation (dark photos are not "blurry")
+# Blur is judged on the face brought to this side (shrunk or enlarged), so it is measured relative to the face:
+# an upscaled photo is not blurrier than its source, and a big face is not sharper for its pixel count.
+BLUR_FACE_SIDE = 128
+REBLUR_SIGMA = 1.0  # the known blur added to compare with (px at BLUR_FACE_SIDE)
+MAX_EDGE_BLUR = 99.0  # reported for a region without edges (finite, so it stays valid JSON)
+EDGE_SHARE = 0.10  # the strongest tenth of the gradients: the face's edges (eyes, brows, mouth, outline)
 SHADOW_LEVEL, HIGHLIGHT_LEVEL = 8, 247  # luma at or beyond these counts as clipped
 # Comfortable values: at or beyond them a component scores full marks.
-SHARP_ENOUGH_FACTOR = 3.0  # sharpness of 3× the blur limit is crisp
+CRISP_EDGE_BLUR = 0.8  # px at BLUR_FACE_SIDE: a well-focused face (measured 0.70–0.95 on clean photos)
 GOOD_CONTRAST = 40.0  # luma standard deviation of a well-lit face
 GOOD_LUMA = (90.0, 170.0)  # face mean luma range that needs no correction
 # Weights of the score's components (sum 1): sharpness matters most for a LoRA, then light and resolution.
@@ -30,7 +34,7 @@ WEIGHTS = {"sharpness": 0.35, "exposure": 0.25, "resolution": 0.2, "contrast": 0
 
 @dataclass(frozen=True)
 class QualityMetrics:
-    sharpness: float  # variance of the Laplacian of the face (≤256 px), at a luma std of 50
+    edge_blur: float  # how wide the face's edges are: Gaussian sigma in px with the face at 128 px (see edge_blur)
     mean_luma: float  # 0–255, face region
     shadows_clipped: float  # fraction of face pixels at luma ≤ 8
     highlights_clipped: float  # fraction of face pixels at luma ≥ 247
@@ -67,6 +71,32 @@ def _blockiness(luma: np.ndarray) -> float | None:
     return float(at_border / max(inside, 1e-3))
 
 
+def edge_blur(region: Image.Image, face_side: float | None) -> float:
+    """The blur of ``region``'s edges as a Gaussian sigma in pixels, with the face scaled to BLUR_FACE_SIDE.
+
+    Re-blur estimation: blurring an edge of width s by a known sigma a shrinks its gradient by the factor
+    sqrt(s² + a²) / s, so the ratio of the gradients before and after gives s back. Taken on the strongest edges and
+    as a median, it depends neither on contrast (a dark face is not "blurry") nor on how many pixels the photo has.
+    """
+    grey = region.convert("L")
+    ratio = BLUR_FACE_SIDE / (face_side or max(grey.size) / 2)
+    size = (max(8, round(grey.width * ratio)), max(8, round(grey.height * ratio)))
+    resample = Image.Resampling.BICUBIC if ratio > 1 else Image.Resampling.BOX
+    luma = np.asarray(grey.resize(size, resample), dtype=np.float64)
+
+    blurred = ndimage.gaussian_filter(luma, REBLUR_SIGMA)
+    widths = []
+    for axis in (0, 1):  # each direction alone, so a motion blur (one direction) is seen too
+        before = np.abs(ndimage.sobel(luma, axis))
+        after = np.abs(ndimage.sobel(blurred, axis))
+        edges = before >= np.quantile(before, 1.0 - EDGE_SHARE)
+        if before[edges].max(initial=0.0) < 1.0:  # a flat region has no edges: as blurred as can be
+            return MAX_EDGE_BLUR
+        shrink = np.clip(before[edges] / np.maximum(after[edges], 1e-6), 1.0 + 1e-4, None)
+        widths.append(float(np.median(REBLUR_SIGMA / np.sqrt(shrink**2 - 1.0))))
+    return min(max(widths), MAX_EDGE_BLUR)
+
+
 def measure_quality(image: Image.Image, face: Face | None, *, scale: float = 1.0, crop_factor: float = 2.2,
                     original_size: tuple[int, int] | None = None, grid_aligned: bool = False) -> QualityMetrics:
     """Measure ``image`` (RGB, possibly reduced by ``scale`` from the original) around ``face`` (in its pixels).
@@ -77,15 +107,14 @@ def measure_quality(image: Image.Image, face: Face | None, *, scale: float = 1.0
     original_size = original_size or (round(image.width / scale), round(image.height / scale))
     region = _region(image, face).convert("L")
     luma = np.asarray(region, dtype=np.float64)
+    blur = edge_blur(region, None if face is None else face.side)
     small = region
-    if max(region.size) > SHARPNESS_SIDE:
-        ratio = SHARPNESS_SIDE / max(region.size)
+    if max(region.size) > 256:  # noise is judged at a common size too, so a 12 MP face is not "noisier"
+        ratio = 256 / max(region.size)
         small = region.resize((max(1, round(region.width * ratio)), max(1, round(region.height * ratio))),
                               Image.Resampling.BILINEAR, reducing_gap=2.0)
-    small_luma = np.asarray(small, dtype=np.float64)
-    laplacian = ndimage.laplace(small_luma)
+    laplacian = ndimage.laplace(np.asarray(small, dtype=np.float64))
     contrast = float(luma.std())
-    sharpness = float(laplacian.var() / max(small_luma.std(), 5.0) ** 2 * REFERENCE_CONTRAST**2)
     # noise: robust sigma of the Laplacian (MAD) in luma levels; edges are a minority, so the median ignores them
     noise = float(np.median(np.abs(laplacian - np.median(laplacian))) * 1.4826 / math.sqrt(20))
     # blocks sit on the original's 8-pixel grid, so only the whole, unreduced image shows them
@@ -95,7 +124,7 @@ def measure_quality(image: Image.Image, face: Face | None, *, scale: float = 1.0
         face_pixels = face.side / scale
         crop_side = min(face_pixels * crop_factor, float(min(original_size)))
     return QualityMetrics(
-        sharpness=sharpness,
+        edge_blur=blur,
         mean_luma=float(luma.mean()),
         shadows_clipped=float((luma <= SHADOW_LEVEL).mean()),
         highlights_clipped=float((luma >= HIGHLIGHT_LEVEL).mean()),
@@ -110,7 +139,7 @@ def measure_quality(image: Image.Image, face: Face | None, *, scale: float = 1.0
 def quality_issues(metrics: QualityMetrics, settings: ClassifySettings) -> tuple[str, ...]:
     """Hard quality reasons: ``blurry``, ``underexposed``, ``overexposed``, ``low_resolution``."""
     reasons = []
-    if metrics.sharpness < settings.min_sharpness:
+    if metrics.edge_blur > settings.max_edge_blur:
         reasons.append("blurry")
     if metrics.mean_luma < settings.min_mean_luma or metrics.shadows_clipped > settings.max_clipped_fraction:
         reasons.append("underexposed")
@@ -130,9 +159,8 @@ def _ramp(value: float, low: float, high: float) -> float:
 
 def quality_components(metrics: QualityMetrics, settings: ClassifySettings) -> dict[str, float]:
     """Each component in [0, 1]; see WEIGHTS."""
-    # sharpness on a log scale: doubling it matters as much at 60 as at 600
-    sharp = _ramp(math.log(max(metrics.sharpness, 1e-3)), math.log(settings.min_sharpness / 2),
-                  math.log(settings.min_sharpness * SHARP_ENOUGH_FACTOR))
+    # full marks for a crisp face, about half at the limit (a little soft: kept, ranked lower), none at 1.5× it
+    sharp = _ramp(metrics.edge_blur, settings.max_edge_blur * 1.5, CRISP_EDGE_BLUR)
     luma = metrics.mean_luma
     if luma < GOOD_LUMA[0]:
         exposure = _ramp(luma, settings.min_mean_luma * 0.6, GOOD_LUMA[0])

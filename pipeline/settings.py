@@ -50,13 +50,13 @@ class ClassifySettings:
     min_face_fraction: float = 0.015  # face box area / image area: half-body shots are ~0.03, keep them
     max_yaw_degrees: float = 45.0
     min_eye_brightness: float = 0.45  # eye patches' luma / the face's: bare eyes 0.90–1.04, sunglasses 0.14–0.35
-    min_sharpness: float = 60.0  # variance of Laplacian on the face crop, normalised to 256 px
-    min_mean_luma: float = 55.0
+    max_edge_blur: float = 1.88  # face edge width (Gaussian sigma, px) with the face at 128 px; see quality.edge_blur
+    min_mean_luma: float = 62.0
     max_mean_luma: float = 205.0
     max_clipped_fraction: float = 0.25
     min_face_pixels: int = 128  # face box side in original pixels
     duplicate_hash_distance: int = 6  # perceptual-hash Hamming distance (64-bit hashes)
-    identity_threshold: float = 0.55  # dlib embedding distance to the set's consensus
+    identity_threshold: float = 0.57  # dlib embedding distance to the set's consensus
     target_min: int = 15
     target_max: int = 20
     training_resolution: int = 512

@@ -37,7 +37,7 @@ def test_blur_is_caught_and_a_little_softness_only_lowers_the_score(portrait):
     sharp = _measure(portrait)
     soft = _measure(photo_factory.blurred(portrait, 1))
     blurred = _measure(photo_factory.blurred(portrait, 6))
-    assert sharp.sharpness > soft.sharpness > blurred.sharpness
+    assert sharp.edge_blur < soft.edge_blur < blurred.edge_blur
     assert "blurry" not in quality_issues(soft, SETTINGS)
     assert "blurry" in quality_issues(blurred, SETTINGS)
     assert quality_score(sharp, SETTINGS) > quality_score(soft, SETTINGS) > quality_score(blurred, SETTINGS)
