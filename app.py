@@ -17,7 +17,7 @@ from pipeline.base_model import default_base_model, is_micro, is_tiny, quiet_lib
 from pipeline.notify import smtp_settings_from_env  # noqa: E402
 from pipeline.settings import AppSettings  # noqa: E402
 from pipeline.workspaces import WorkspaceMode, Workspaces  # noqa: E402
-from ui import admin, models, playground, review, settings, training, upload  # noqa: E402
+from ui import admin, models, playground, review, settings, steps, training, upload  # noqa: E402
 from ui.people import People, WorkspaceCookie  # noqa: E402
 from ui.text import plain  # noqa: E402
 
@@ -95,6 +95,7 @@ def build_app(people: People, *, hf_login: bool = False) -> gr.Blocks:
                         "on a GPU makes the real pictures (`--base-model black-forest-labs/FLUX.1-dev`).",
                         elem_classes=["notice"])
         notices = gr.Markdown(elem_classes=["notice"], visible=False)
+        steps.build(people, demo)
         upload.build(people, demo)
         train_inputs = settings.build(people, demo)
         review.build(people)

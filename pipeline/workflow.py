@@ -24,6 +24,7 @@ from pipeline import events as ev
 from pipeline.classify import ClassificationResult, classify_photos
 from pipeline.crops import build_dataset
 from pipeline.dataset import Dataset
+from pipeline.flow_status import FlowStatus, flow_status
 from pipeline.jobs import Job, JobQueue
 from pipeline.library import BUSY_STATUSES, FINISHED_STATUSES, Library, ModelNotFound, ModelRecord
 from pipeline.photos import IntakeResult, PhotoStore, StoredPhoto
@@ -287,6 +288,12 @@ class Workflow:
             [p.path for p in photos], settings or ClassifySettings(), names=[p.name for p in photos],
             overrides=self.user_choices()["overrides"], on_event=on_event, cache=self._analyses,
         )
+
+    def flow_status(self) -> FlowStatus:
+        """Where this person stands, photos to model, and what is missing (the step indicator)."""
+        settings = ClassifySettings()
+        return flow_status([p.name for p in self.list_photos()], self.last_classification, self.library.list(),
+                           target_min=settings.target_min, target_max=settings.target_max)
 
     # ----------------------------------------------------------------- train
     @property

@@ -61,6 +61,8 @@ def test_a_first_time_user_goes_from_photos_to_a_model(tmp_path: Path) -> None:
             page.get_by_text("4 photo(s) uploaded").wait_for(timeout=WAIT)
             page.get_by_text("Not ready: only 4 usable photo(s)").wait_for(timeout=WAIT)
             assert page.get_by_text(re.compile(r"✅ good · portrait_00\.jpg")).count()
+            # The step indicator says where the user is and what is missing.
+            expect(page.locator("#steps")).to_contain_text("4 photos: 11 more recommended", timeout=30_000)
             _shoot(page, shots, "1-upload")
 
             # An error is a message, and the gallery stays (it used to be covered by red "Error" badges).
@@ -115,6 +117,7 @@ def test_a_first_time_user_goes_from_photos_to_a_model(tmp_path: Path) -> None:
             expect(page.get_by_role("button", name="Resume")).to_be_disabled(timeout=30_000)
             # The model picker no longer says "(training)" once the run is over.
             expect(page.get_by_label("Watch a model")).to_have_value(re.compile(r"\(ready\)"), timeout=30_000)
+            expect(page.locator("#steps")).to_contain_text("1 model ready", timeout=30_000)
             _shoot(page, shots, "4-training")
 
             # 5 · Playground: the new model is offered; the image comes back with its seed.
