@@ -24,6 +24,7 @@ from pipeline import events as ev
 from pipeline.classify import ClassificationResult, classify_photos
 from pipeline.crops import build_dataset
 from pipeline.dataset import Dataset
+from pipeline.estimate import SpeedLog, TrainingEstimate, device_name, estimate_training, speed_key
 from pipeline.flow_status import FlowStatus, flow_status
 from pipeline.jobs import Job, JobQueue
 from pipeline.library import BUSY_STATUSES, FINISHED_STATUSES, Library, ModelNotFound, ModelRecord
@@ -188,6 +189,7 @@ class Workflow:
             resolve_base_model(settings.base_model, self.shared_dir)
         self.photos = PhotoStore(self.data_dir / "photos", IntakeSettings())
         self.library = Library(self.data_dir)
+        self.speeds = SpeedLog(self.shared_dir)  # the machine's measured training speeds: the same for everyone
         self._monitors: dict[str, TrainingMonitor] = {}
         self._monitor_lock = threading.Lock()
         self._start_lock = threading.Lock()
@@ -296,6 +298,13 @@ class Workflow:
                            target_min=settings.target_min, target_max=settings.target_max)
 
     # ----------------------------------------------------------------- train
+    def estimate(self, settings: TrainSettings) -> TrainingEstimate:
+        """Time and memory the training would take here (measured by earlier runs where there are some)."""
+        from pipeline.base_model import is_micro, is_tiny
+
+        embedded = "micro" if is_micro(self.base_model) else "tiny" if is_tiny(self.base_model) else None
+        return estimate_training(settings, self.base_model, self.speeds, embedded=embedded)
+
     @property
     def _draft_path(self) -> Path:
         return self.data_dir / "settings_draft.json"
@@ -432,6 +441,7 @@ class Workflow:
         record = self.library.get(job.model_id)
         folder = Path(record.folder)
         monitor = self._monitor(record.id)
+        resumed = bool(record.checkpoints)  # this session's time covers only part of the steps
         # Runs queued before finish_resolution existed trained at one size: keep them so (their crops are that size).
         settings = from_dict(TrainSettings, {"finish_resolution": 0, **job.payload["settings"]})
         dataset = Dataset.load(folder / "dataset")
@@ -458,6 +468,9 @@ class Workflow:
                 status = "cancelled" if result.status == "cancelled" else "failed"
                 self._finish(record.id, status=status, error=result.error or status, checkpoints=checkpoints)
                 return
+            if not resumed and result.steps_done:
+                self.speeds.record(speed_key(self.base_model, device_name()[0], settings),
+                                   result.seconds / result.steps_done)
             self.library.update(record.id, status="assessing", lora_path=str(result.lora_path),
                                 kohya_path=str(result.kohya_path) if result.kohya_path else None,
                                 checkpoints=checkpoints)

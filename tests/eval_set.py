@@ -140,8 +140,8 @@ def _non_face(index: int) -> Image.Image:
     return image.resize((image.width * 2, image.height * 2), Image.Resampling.BICUBIC)
 
 
-def person_set(name: str, *, clean: int = 6, seed: int = 0) -> list[Sample]:
-    """One person's labelled upload: ``clean`` good photos and one photo per problem."""
+def person_set(name: str, *, clean: int = 6, seed: int = 0, problems: bool = True) -> list[Sample]:
+    """One person's labelled upload: ``clean`` good photos and (``problems``) one photo per problem."""
     everyone = people()
     person = everyone[name]
     half = TUNING if name in TUNING else TEST
@@ -161,6 +161,8 @@ def person_set(name: str, *, clean: int = 6, seed: int = 0) -> list[Sample]:
             shot = _light(_portrait(_glasses(person, dark=False), rng), rng)
         shot = _upscale(shot, rng, (1200, 1600) if i != 5 else (700, 1000))  # one smaller
         samples.append(Sample(f"{name}_clean_{i}.jpg", shot, CLEAN, int(rng.integers(40, 96))))
+    if not problems:
+        return samples
 
     def problem(label: str, image: Image.Image, tag: str = "") -> None:
         samples.append(Sample(f"{name}_{tag or label}.jpg", image, label))
@@ -265,7 +267,7 @@ def clean_embeddings(names, count: int = 6) -> dict[str, list[np.ndarray]]:  # n
     embedder = face_identity()
     out: dict[str, list[np.ndarray]] = {}
     for name in names:
-        for sample in person_set(name, clean=count)[:count]:
+        for sample in person_set(name, clean=count, problems=False):
             with Image.open(io.BytesIO(jpeg(sample))) as img:
                 image = img.convert("RGB")
             faces = detect_faces(image)

@@ -9,6 +9,7 @@ import gradio as gr
 
 from pipeline.settings import TrainSettings, coerce
 from ui.people import People
+from ui.text import plain
 
 
 @dataclass
@@ -81,6 +82,7 @@ def build(people: People, demo: gr.Blocks) -> SettingsInputs:
                       "empty: the built-in portrait, style, setting and expression set",
                 value="\n".join(defaults.test_prompts), lines=3)
             reset = gr.Button("Back to the defaults", size="sm")
+        estimate = gr.Markdown(elem_id="estimate")
 
     names = list(c)
     # The form is kept in the person's workspace as they type: a reload (or another device with the same login)
@@ -99,7 +101,19 @@ def build(people: People, demo: gr.Blocks) -> SettingsInputs:
         fresh["trigger_word"] = ""
         return tuple(fresh[name] for name in names)
 
-    demo.load(restore, None, list(c.values()), api_name=False)
+    def estimate_text(request: gr.Request, *values) -> str:
+        workflow = people(request)
+        try:
+            chosen = settings_from_values(names, list(values), workflow.default_train_settings())
+        except ValueError as exc:
+            return f"⏱ No estimate until the settings are valid: {plain(exc)}"
+        return f"⏱ {workflow.estimate(chosen).text()}"
+
+    demo.load(restore, None, list(c.values()), api_name=False).then(
+        estimate_text, list(c.values()), estimate, api_name=False, show_progress="hidden")
+    gr.on([c[name].change for name in ("steps", "batch_size", "resolution", "finish_resolution", "rank",
+                                       "memory_mode")],
+          estimate_text, list(c.values()), estimate, api_name=False, show_progress="hidden")
     gr.on([component.input for component in c.values()], save, list(c.values()), None, api_name=False,
           show_progress="hidden", queue=False)
     reset.click(back_to_defaults, None, list(c.values()), api_name=False)
