@@ -32,18 +32,22 @@ def servable(path: Path | str) -> bool:
     return any(resolved.is_relative_to(root) for root in _roots())
 
 
-def served(path: Path | str) -> str:
+def served(path: Path | str, name: str | None = None) -> str:
     """``path`` itself when Gradio may read it, else a copy in a private temp folder (reused while the file is
-    unchanged), as a string for a Gradio component."""
-    if servable(path):
+    unchanged), as a string for a Gradio component. ``name``: the file name the browser should save it as (a copy
+    is then always made: a hard link where the disk allows, so a 100 MB LoRA costs nothing)."""
+    if name is None and servable(path):
         return str(path)
     source = Path(path).resolve()
     stat = source.stat()
     key = hashlib.sha256(f"{source}:{stat.st_mtime_ns}:{stat.st_size}".encode()).hexdigest()[:32]
-    copy = _copies() / key / source.name
+    copy = _copies() / key / (name or source.name)
     if not copy.exists():
         copy.parent.mkdir(parents=True, exist_ok=True)
         partial = copy.with_name(copy.name + ".part")
-        shutil.copyfile(source, partial)
+        try:
+            os.link(source, partial)
+        except OSError:  # another disk, or links not allowed
+            shutil.copyfile(source, partial)
         partial.replace(copy)
     return str(copy)

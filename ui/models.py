@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import re
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
@@ -13,6 +15,7 @@ from ui.files import served
 from ui.people import People
 from ui.text import escaped, plain
 
+PLACEHOLDER = Path(__file__).resolve().parent.parent / "assets" / "model-placeholder.png"
 CANCELLED = "(not deleted)"  # what the browser sends when the user answers No to "Delete this model?"
 COLUMNS = ["name", "trigger word", "status", "overall /100", "likeness", "base model", "created", "id"]
 
@@ -24,6 +27,35 @@ def _table(workflow: Workflow) -> pd.DataFrame:
         rows.append([r.name, r.trigger_word, r.status, _score(scores.get("overall")), _share(scores.get("likeness")),
                      r.base_model, r.created_at[:19].replace("T", " "), r.id])
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _cards(workflow: Workflow) -> tuple[list[tuple[str, str]], list[str]]:
+    """One card per model, newest first: its test sheet (or first training crop while it trains) and a caption with
+    what matters; and the ids in the same order (a click gives an index)."""
+    cards, ids = [], []
+    for r in sorted(workflow.library.list(), key=lambda r: r.created_at, reverse=True):
+        crops = sorted((Path(r.folder) / "dataset").glob("*.png")) if not r.sample_grid else []
+        image = r.sample_grid if r.sample_grid and Path(r.sample_grid).is_file() else crops[0] if crops else \
+            PLACEHOLDER
+        scores = r.scores or {}
+        facts = [r.status] + ([f"{_score(scores['overall'])}/100", f"likeness {_share(scores.get('likeness'))}"]
+                              if scores.get("overall") is not None else [])
+        cards.append((served(image), f"{r.name} · {' · '.join(facts)}"))
+        ids.append(r.id)
+    return cards, ids
+
+
+def _downloads(workflow: Workflow, model_id: str) -> tuple:
+    """The two LoRA files as one-click downloads, named after the model; hidden until it is ready."""
+    if not model_id:
+        return gr.update(visible=False, value=None), gr.update(visible=False, value=None)
+    r = workflow.library.get(model_id)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", r.name).strip("-.") or "likeness"
+    out = []
+    for path, suffix in ((r.lora_path, ""), (r.kohya_path, "-comfyui")):
+        ready = r.is_ready and path is not None and Path(path).is_file()
+        out.append(gr.update(visible=ready, value=served(path, f"{stem}{suffix}.safetensors") if ready else None))
+    return tuple(out)
 
 
 def _score(value: float | None) -> str:
@@ -38,7 +70,7 @@ def _share(value: float | None) -> str:
 
 def _details(workflow: Workflow, model_id: str) -> tuple[str, str | None]:
     if not model_id:
-        return "Select a model in the table.", None
+        return "Select a model: click its card.", None
     r = workflow.library.get(model_id)
     lines = [f"### {plain(r.name)}",
              f"Trigger word: **{plain(r.trigger_word)}** · base model {plain(r.base_model)} · status **{r.status}**"]
@@ -81,11 +113,15 @@ def _choices(workflow: Workflow) -> list[tuple[str, str]]:
 
 def build(people: People) -> gr.Tab:
     with gr.Tab("6 · Models", id="models") as tab:
-        table = gr.Dataframe(headers=COLUMNS, interactive=False,
-                             label="Your models (click a row to select it)")
+        cards = gr.Gallery(label="Your models — click one", columns=4, height="auto", allow_preview=False,
+                           object_fit="contain", elem_id="model-cards", elem_classes=["results-gallery"])
+        card_ids = gr.State([])
+        with gr.Accordion("All models as a table", open=False):
+            table = gr.Dataframe(headers=COLUMNS, interactive=False,
+                                 label="Your models (click a row to select it)")
         with gr.Row():
             with gr.Column(scale=3):
-                details = gr.Markdown("Select a model in the table.")
+                details = gr.Markdown("Select a model: click its card.")
                 curve = gr.LinePlot(_curve(None, ""), x="step", y="score", color="measure",
                                     title="Likeness and overall score by checkpoint", height=260,
                                     y_lim=[0, 100])
@@ -100,7 +136,10 @@ def build(people: People) -> gr.Tab:
                 with gr.Row(equal_height=True):
                     new_trigger = gr.Textbox(label="New trigger word", scale=3)
                     retrigger = gr.Button("Change trigger word", scale=1)
-                download = gr.Button("Download zip (diffusers + ComfyUI/kohya LoRA, model card)")
+                with gr.Row():
+                    lora_file = gr.DownloadButton("⬇ LoRA (diffusers)", visible=False, variant="primary")
+                    kohya_file = gr.DownloadButton("⬇ LoRA (ComfyUI / kohya)", visible=False, variant="primary")
+                download = gr.Button("Download zip (both LoRAs, model card, samples)")
                 archive = gr.File(label="Download", height=80)
                 with gr.Accordion("Push to the Hugging Face Hub", open=False):
                     repo_id = gr.Textbox(label="Repository (your-user/model-name)")
@@ -113,13 +152,21 @@ def build(people: People) -> gr.Tab:
         def pick(evt: gr.SelectData, frame: pd.DataFrame) -> str:
             return frame.iloc[evt.index[0]]["id"]
 
+        def pick_card(evt: gr.SelectData, ids: list[str]) -> str:
+            return ids[evt.index] if 0 <= evt.index < len(ids) else gr.skip()
+
+        def show_cards(mid: str | None, request: gr.Request) -> tuple:
+            """The cards; with nothing chosen yet, the newest model is shown rather than an empty panel."""
+            found, ids = _cards(people(request))
+            return found, ids, mid if mid in ids else (ids[0] if ids else None)
+
         def guarded(action):
             """``action(model_id, …, request)`` with a model selected; its errors as messages. ``wraps`` keeps the
             signature, by which Gradio passes the request."""
             @functools.wraps(action)
             def run(*args):
                 if not args[0]:
-                    raise gr.Error("Select a model first: click its row in the table.")
+                    raise gr.Error("Select a model first: click its card.")
                 try:
                     return action(*args)
                 except ValueError as exc:  # includes another person's model: "not found", as if it did not exist
@@ -130,9 +177,9 @@ def build(people: People) -> gr.Tab:
             """Show the chosen model; the zip of the previous one goes away."""
             workflow = people(request)
             if not mid:
-                return "Select a model in the table.", None, _curve(workflow, ""), None
+                return "Select a model: click its card.", None, _curve(workflow, ""), None, *_downloads(workflow, "")
             try:
-                return (*_show(workflow, mid), None)
+                return (*_show(workflow, mid), None, *_downloads(workflow, mid))
             except ValueError as exc:  # a deleted model or a mistyped id
                 raise gr.Error(escaped(exc)) from exc
 
@@ -181,12 +228,14 @@ def build(people: People) -> gr.Tab:
             return _table(workflow), gr.update(choices=_choices(workflow), value=keep)
 
         table.select(pick, table, model_id)
+        cards.select(pick_card, card_ids, model_id)
         shown = [details, grid, curve]
-        model_id.change(select, model_id, [*shown, archive], api_name=False)
+        model_id.change(select, model_id, [*shown, archive, lora_file, kohya_file], api_name=False)
         # Then: the selector's label shows the new name; the API's outputs stay as they were.
         rename.click(guarded(do_rename), [model_id, new_name], [table, *shown], api_name="rename_model",
                      show_progress="hidden").success(
-            refresh, model_id, [table, model_id], api_name=False)
+            refresh, model_id, [table, model_id], api_name=False).then(
+            show_cards, model_id, [cards, card_ids, model_id], api_name=False, show_progress="hidden")
         retrigger.click(guarded(do_trigger), [model_id, new_trigger], [table, *shown], api_name="set_trigger_word",
                        show_progress="hidden")
         download.click(guarded(do_download), model_id, archive,
@@ -199,7 +248,9 @@ def build(people: People) -> gr.Tab:
                      js=f"(mid) => (mid && !confirm('Delete this model and all its files? This cannot be undone.'))"
                         f" ? '{CANCELLED}' : mid").success(
             lambda mid: (None, "", "") if not mid else (gr.skip(),) * 3, model_id, [archive, new_name, new_trigger],
-            api_name=False)  # a deleted model's zip and edits go with it
+            api_name=False).then(  # a deleted model's zip and edits go with it; its card too
+            show_cards, model_id, [cards, card_ids, model_id], api_name=False, show_progress="hidden")
         tab.select(listing, None, table, api_name="list_models")
-        tab.select(refresh, model_id, [table, model_id], api_name=False)
+        tab.select(refresh, model_id, [table, model_id], api_name=False).then(
+            show_cards, model_id, [cards, card_ids, model_id], api_name=False, show_progress="hidden")
     return tab
