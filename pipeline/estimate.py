@@ -1,9 +1,9 @@
 """How long a training will take and how much memory it needs, said before it starts (the Settings tab).
 
-Time comes from this machine where it has trained the same way before (every finished run records its wall time
-per step, checkpoints and their checks included, in the shared data dir), else from the project's bench figures,
-and says which. Memory is pipeline.memory's first-order estimate for FLUX.1-dev, the bench's peak for the embedded
-models.
+Time comes from this machine where it has trained the same way before (every finished run records its median time
+per step and the rest of its wall time — loading, checkpoints, their checks — in the shared data dir), else from
+the project's bench figures, and says which. Memory is pipeline.memory's first-order estimate for FLUX.1-dev, the
+bench's peak for the embedded models.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import threading
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,41 +54,54 @@ class TrainingEstimate:
 
 
 def speed_key(base_model: str, device: str, settings: TrainSettings) -> str:
-    """What makes runs comparable: the model, the hardware, the sizes and the LoRA's rank."""
+    """What makes runs comparable: the model, the hardware, the sizes, the LoRA's rank and how memory is held."""
     return "|".join(str(v) for v in (base_model, device, settings.resolution, settings.finish_resolution,
-                                     settings.batch_size, settings.rank))
+                                     settings.batch_size, settings.rank, settings.memory_mode, settings.optimizer))
+
+
+@dataclass(frozen=True)
+class Speed:
+    seconds_per_step: float  # the median step
+    overhead_seconds: float  # the rest of the run's wall time: loading, caching, checkpoints and their checks
+
+
+_locks: defaultdict[Path, threading.Lock] = defaultdict(threading.Lock)  # one per file: every workspace shares it
 
 
 class SpeedLog:
-    """Seconds per step measured by finished trainings on this machine, by :func:`speed_key` (the last five)."""
+    """Speeds measured by finished trainings on this machine, by :func:`speed_key` (the last five runs)."""
 
     def __init__(self, folder: Path) -> None:
-        self.path = Path(folder) / SPEED_FILE
-        self._lock = threading.Lock()
+        self.path = Path(folder).resolve() / SPEED_FILE
 
-    def _read(self) -> dict[str, list[float]]:
+    def _read(self) -> dict[str, list]:
         try:
             data = json.loads(self.path.read_text())
             return data if isinstance(data, dict) else {}
         except (OSError, ValueError):
             return {}
 
-    def record(self, key: str, seconds_per_step: float) -> None:
-        if not seconds_per_step > 0:
+    def record(self, key: str, speed: Speed) -> None:
+        if not speed.seconds_per_step > 0:
             return
-        with self._lock:
+        with _locks[self.path]:
             data = self._read()
-            data[key] = [*data.get(key, [])[-4:], round(seconds_per_step, 4)]
+            entry = [round(speed.seconds_per_step, 4), round(max(0.0, speed.overhead_seconds), 1)]
+            data[key] = [*data.get(key, [])[-4:], entry]
             try:
-                tmp = self.path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(data))
-                tmp.replace(self.path)
+                handle, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".speed-", suffix=".tmp")
+                with os.fdopen(handle, "w") as f:
+                    json.dump(data, f)
+                os.replace(tmp, self.path)
             except OSError as exc:  # an estimate is not worth failing a finished training for
                 logger.warning("cannot record the training speed: %s", exc)
 
-    def get(self, key: str) -> float | None:
-        values = sorted(self._read().get(key, []))
-        return values[len(values) // 2] if values else None
+    def get(self, key: str) -> Speed | None:
+        runs = [r for r in self._read().get(key, []) if isinstance(r, list) and len(r) == 2]
+        if not runs:
+            return None
+        runs.sort()
+        return Speed(*runs[len(runs) // 2])
 
 
 def device_name() -> tuple[str, str]:
@@ -104,8 +119,10 @@ def estimate_training(settings: TrainSettings, base_model: str, speeds: SpeedLog
     kind, words = device_name()
     measured = speeds.get(speed_key(base_model, kind, settings))
     if measured is not None:
-        return TrainingEstimate(measured * settings.steps, _memory(settings, kind, embedded), words,
-                                f"measured here: {measured:.2f} s per step on the last runs like this")
+        return TrainingEstimate(measured.overhead_seconds + measured.seconds_per_step * settings.steps,
+                                _memory(settings, kind, embedded), words,
+                                f"measured here: {measured.seconds_per_step:.2f} s per step and "
+                                f"{duration_text(measured.overhead_seconds)} around them on the last runs like this")
     if embedded:
         per_step = REFERENCE[embedded]
         return TrainingEstimate(per_step * settings.steps, EMBEDDED_MEMORY_GB, words,

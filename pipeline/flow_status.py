@@ -74,10 +74,15 @@ def flow_status(photo_names: Sequence[str], classification: ClassificationResult
     busy = [m for m in models if m.status in BUSY_STATUSES]
     queued = [m for m in models if m.status == "queued"]
     ready = [m for m in models if m.status == "ready"]
+    latest = max(models, key=lambda m: m.created_at, default=None)
     if busy:
         train = StepState(Step.TRAIN, False, f"{busy[0].status}…")
     elif queued:
         train = StepState(Step.TRAIN, False, "waiting for the GPU")
+    elif latest is not None and latest.status == "cancelled":
+        train = StepState(Step.TRAIN, bool(ready), "stopped: Resume continues it")
+    elif latest is not None and latest.status == "failed":
+        train = StepState(Step.TRAIN, bool(ready), "the last run failed: see the Training tab")
     elif ready:
         train = StepState(Step.TRAIN, True, "done")
     else:

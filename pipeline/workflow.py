@@ -24,7 +24,7 @@ from pipeline import events as ev
 from pipeline.classify import ClassificationResult, classify_photos
 from pipeline.crops import build_dataset
 from pipeline.dataset import Dataset
-from pipeline.estimate import SpeedLog, TrainingEstimate, device_name, estimate_training, speed_key
+from pipeline.estimate import Speed, SpeedLog, TrainingEstimate, device_name, estimate_training, speed_key
 from pipeline.flow_status import FlowStatus, flow_status
 from pipeline.jobs import Job, JobQueue
 from pipeline.library import BUSY_STATUSES, FINISHED_STATUSES, Library, ModelNotFound, ModelRecord
@@ -441,7 +441,6 @@ class Workflow:
         record = self.library.get(job.model_id)
         folder = Path(record.folder)
         monitor = self._monitor(record.id)
-        resumed = bool(record.checkpoints)  # this session's time covers only part of the steps
         # Runs queued before finish_resolution existed trained at one size: keep them so (their crops are that size).
         settings = from_dict(TrainSettings, {"finish_resolution": 0, **job.payload["settings"]})
         dataset = Dataset.load(folder / "dataset")
@@ -454,8 +453,15 @@ class Workflow:
             # test images have 4x the pixels to denoise at every checkpoint.
             assessor = _CheckpointAssessor(self, record, dataset, monitor, prompts=settings.test_prompts,
                                            resolution=settings.resolution)
+            steps: list[ev.TrainStep] = []  # this session's steps, for the machine's speed record
+
+            def on_event(event: ev.Event) -> None:
+                if isinstance(event, ev.TrainStep):
+                    steps.append(event)
+                assessor.on_training_event(event)
+
             result = train_lora(dataset, settings, folder / "lora", base_model=self.base_model,
-                                data_dir=self.shared_dir, on_event=assessor.on_training_event, should_stop=should_stop,
+                                data_dir=self.shared_dir, on_event=on_event, should_stop=should_stop,
                                 device=job.device or None)
             self._reload_generator_placed_for_less_memory()
             checkpoints = [{"step": c.step, "path": str(c.path)} for c in result.checkpoints]
@@ -468,9 +474,10 @@ class Workflow:
                 status = "cancelled" if result.status == "cancelled" else "failed"
                 self._finish(record.id, status=status, error=result.error or status, checkpoints=checkpoints)
                 return
-            if not resumed and result.steps_done:
+            if steps and steps[0].step == 1:  # a resumed run's time covers only part of the steps
+                per_step = sorted(s.seconds_per_step for s in steps)[len(steps) // 2]
                 self.speeds.record(speed_key(self.base_model, device_name()[0], settings),
-                                   result.seconds / result.steps_done)
+                                   Speed(per_step, result.seconds - per_step * len(steps)))
             self.library.update(record.id, status="assessing", lora_path=str(result.lora_path),
                                 kohya_path=str(result.kohya_path) if result.kohya_path else None,
                                 checkpoints=checkpoints)

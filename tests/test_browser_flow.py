@@ -83,7 +83,7 @@ def test_a_first_time_user_goes_from_photos_to_a_model(tmp_path: Path) -> None:
             assert page.get_by_label("Model name").input_value() == "browser-model"
             assert page.get_by_label("Training steps").input_value() == "150"
             # Before training: how long and how much memory, on this hardware, and from what.
-            expect(page.locator("#estimate")).to_contain_text("Estimate on this CPU", timeout=30_000)
+            expect(page.locator("#estimate")).to_contain_text("Estimate on ", timeout=30_000)
             expect(page.locator("#estimate")).to_contain_text("s per step")
             _shoot(page, shots, "2-settings")
 

@@ -39,7 +39,8 @@ def test_the_steps_follow_the_workspace(tmp_path: Path) -> None:
 
         record = workflow.start_training(TrainSettings.quick(name="steps", steps=3, checkpoint_every=3,
                                                              sample_every=1000), anyway=True)
-        assert workflow.flow_status().steps[2].note in ("waiting for the GPU", "training…", "assessing…")
+        # whatever the machine's speed: waiting, running, or (a fast one) already done
+        assert workflow.flow_status().steps[2].note in ("waiting for the GPU", "training…", "assessing…", "done")
         workflow.wait_for(record.id, timeout=300)
         status = workflow.flow_status()
         assert status.steps[2].done and status.steps[3].note == "1 model ready" and status.steps[3].done

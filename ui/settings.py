@@ -104,7 +104,7 @@ def build(people: People, demo: gr.Blocks) -> SettingsInputs:
     def estimate_text(request: gr.Request, *values) -> str:
         workflow = people(request)
         try:
-            chosen = settings_from_values(names, list(values), workflow.default_train_settings())
+            chosen = settings_from_values(names, list(values), workflow.default_train_settings()).validate()
         except ValueError as exc:
             return f"⏱ No estimate until the settings are valid: {plain(exc)}"
         return f"⏱ {workflow.estimate(chosen).text()}"
@@ -112,7 +112,7 @@ def build(people: People, demo: gr.Blocks) -> SettingsInputs:
     demo.load(restore, None, list(c.values()), api_name=False).then(
         estimate_text, list(c.values()), estimate, api_name=False, show_progress="hidden")
     gr.on([c[name].change for name in ("steps", "batch_size", "resolution", "finish_resolution", "rank",
-                                       "memory_mode")],
+                                       "memory_mode", "optimizer")],
           estimate_text, list(c.values()), estimate, api_name=False, show_progress="hidden")
     gr.on([component.input for component in c.values()], save, list(c.values()), None, api_name=False,
           show_progress="hidden", queue=False)

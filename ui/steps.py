@@ -25,8 +25,12 @@ def build(people: People, demo: gr.Blocks) -> gr.Markdown:
     line = gr.Markdown(elem_classes=["steps"], elem_id="steps")
 
     def refresh(request: gr.Request) -> str:
-        return render(people(request).flow_status())
+        try:
+            return render(people(request).flow_status())
+        except gr.Error:  # no workspace for this visitor (e.g. the app is full): the page says why elsewhere
+            return ""
 
     demo.load(refresh, None, line, api_name=False, show_progress="hidden")
-    gr.Timer(REFRESH_SECONDS).tick(refresh, None, line, api_name=False, show_progress="hidden")
+    # Outside the queue: a tick must never wait behind (or fill) the queue that trainings and generations use.
+    gr.Timer(REFRESH_SECONDS).tick(refresh, None, line, api_name=False, show_progress="hidden", queue=False)
     return line
