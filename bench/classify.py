@@ -101,6 +101,9 @@ def evaluation() -> dict:
                       "misses": [f"{o.file}: expected {o.label or 'clean'}, got {list(o.reasons)}"
                                  for o in test if not o.met],
                       "per_reason": eval_set.precision_recall(test),
+                      # the same margins as the tuning half's, measured here (no threshold is taken from them)
+                      "margins": {name: {k: v for k, v in m.items() if k != "chosen"} for name, m in
+                                  eval_set.tuned_thresholds(test_records, test, others).items()},
                       # what the classifier does: each clean photo against its set's consensus, not pairwise
                       "clean_consensus_distance_max": round(max(consensus), 3) if consensus else None},
         # the model's raw ability: every pair of clean photos (all people, then the people of the test half only)
