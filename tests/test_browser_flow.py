@@ -45,7 +45,7 @@ def _tab(page: Page, name: str) -> None:
 def test_a_first_time_user_goes_from_photos_to_a_model(tmp_path: Path) -> None:
     shots = Path(os.environ.get("LIKENESS_SCREENSHOTS") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
-    photos = photo_factory.portrait_set(tmp_path / "upload", 4)
+    photos = photo_factory.portrait_set(tmp_path / "upload", 5)
     app = RunningApp(tmp_path / "data")
     try:
         with sync_playwright() as playwright:
@@ -58,7 +58,14 @@ def test_a_first_time_user_goes_from_photos_to_a_model(tmp_path: Path) -> None:
             with page.expect_file_chooser() as chooser:
                 page.get_by_text("Click to Upload").click()
             chooser.value.set_files([str(p) for p in photos])
+            page.get_by_text("5 photo(s) uploaded").wait_for(timeout=WAIT)
+            # A thumbnail's × removes that photo (it used to take a click, a copied id and a button).
+            last = page.locator("#photo-gallery .thumbnail-item, #photo-gallery button[aria-label^='Thumbnail']").last
+            last.hover()
+            page.locator("#photo-gallery button[aria-label='Delete image']").last.click()
+            page.get_by_text("Removed portrait_04.jpg").wait_for(timeout=WAIT)
             page.get_by_text("4 photo(s) uploaded").wait_for(timeout=WAIT)
+            assert not page.get_by_text(re.compile(r"portrait_04\.jpg · id")).count()
             page.get_by_text("Not ready: only 4 usable photo(s)").wait_for(timeout=WAIT)
             assert page.get_by_text(re.compile(r"✅ good · portrait_00\.jpg")).count()
             # The step indicator says where the user is and what is missing.

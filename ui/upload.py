@@ -46,11 +46,15 @@ def _check(workflow: Workflow, progress: gr.Progress | None = None) -> str:
     return result.report.summary
 
 
-def _gallery(workflow: Workflow) -> list[tuple[str, str]]:
+def _gallery(workflow: Workflow) -> tuple[dict, list[str]]:
+    """The thumbnails (each with its × to remove it: the gallery is interactive only while it has photos, else it
+    would show a second, unwired drop zone) and the photo ids in the same order."""
     verdicts = _verdicts(workflow)
+    photos = workflow.list_photos()
     # The verdict first: a thumbnail's caption is cut to its width.
-    return [(served(p.path), " · ".join(filter(None, (verdicts.get(p.name), p.name, f"id {p.id[:8]}"))))
-            for p in workflow.list_photos()]
+    items = [(served(p.path), " · ".join(filter(None, (verdicts.get(p.name), p.name, f"id {p.id[:8]}"))))
+             for p in photos]
+    return gr.update(value=items, interactive=bool(items)), [p.id for p in photos]
 
 
 def _status(workflow: Workflow, news: str = "", rejected: list[str] | None = None, summary: str = "") -> str:
@@ -76,8 +80,9 @@ def build(people: People, demo: gr.Blocks) -> gr.Tab:
                 # Dropping files adds them; the button stays for the API (upload_photos) only.
                 upload = gr.Button("Add photos", variant="primary", visible=False)
                 status = gr.Markdown()
-                gallery = gr.Gallery(label="Your photos", columns=6, height="auto",
-                                     allow_preview=True, interactive=False)
+                gallery = gr.Gallery(label="Your photos — × on a photo removes it", columns=6, height="auto",
+                                     allow_preview=True, interactive=False, elem_id="photo-gallery")
+                photo_ids = gr.State([])
                 with gr.Row():
                     selected = gr.Textbox(label="Selected photo id (click a photo above)", interactive=False,
                                           scale=3)
@@ -100,13 +105,19 @@ def build(people: People, demo: gr.Blocks) -> gr.Tab:
                 news += (f" {len(result.already_stored)} file(s) were already uploaded and kept once: "
                          f"{plain(', '.join(result.already_stored))}.")
             summary = _check(workflow, progress)
-            return _gallery(workflow), _status(workflow, news, rejected, summary), None
+            return *_gallery(workflow), _status(workflow, news, rejected, summary), None
 
-        def pick(evt: gr.SelectData, request: gr.Request) -> str:
-            photos = people(request).list_photos()
-            return photos[evt.index].id if 0 <= evt.index < len(photos) else ""
+        def pick(evt: gr.SelectData, ids: list[str]) -> str:
+            return ids[evt.index] if 0 <= evt.index < len(ids) else ""
 
-        def drop(photo_id: str, request: gr.Request) -> tuple[list, str, str]:
+        def drop_clicked(evt: gr.EventData, ids: list[str], request: gr.Request) -> tuple:
+            """A thumbnail's ×: the photo shown at that place when the page last drew the gallery."""
+            index = evt._data.get("index", -1) if isinstance(evt._data, dict) else -1
+            if not 0 <= index < len(ids):
+                raise gr.Error("That photo is no longer there: the gallery has been refreshed.")
+            return drop(ids[index], request)
+
+        def drop(photo_id: str, request: gr.Request) -> tuple:
             if not photo_id:
                 raise gr.Error("Click a photo in the gallery to select it, then remove it.")
             workflow = people(request)
@@ -115,16 +126,20 @@ def build(people: People, demo: gr.Blocks) -> gr.Tab:
             except ValueError as exc:
                 raise gr.Error(escaped(exc)) from exc
             summary = _check(workflow)
-            return _gallery(workflow), _status(workflow, f"Removed {plain(removed.name)}.", summary=summary), ""
+            return *_gallery(workflow), _status(workflow, f"Removed {plain(removed.name)}.", summary=summary), ""
 
-        upload.click(add, files, [gallery, status, files], api_name="upload_photos")
-        files.upload(add, files, [gallery, status, files], api_name=False)  # dropping files is enough
-        gallery.select(pick, None, selected)
-        remove.click(drop, selected, [gallery, status, selected], api_name="remove_photo", show_progress="hidden")
-        def show(request: gr.Request) -> tuple[list, str]:
+        upload.click(add, files, [gallery, photo_ids, status, files], api_name="upload_photos")
+        files.upload(add, files, [gallery, photo_ids, status, files], api_name=False)  # dropping files is enough
+        gallery.select(pick, photo_ids, selected)
+        gallery.delete(drop_clicked, photo_ids, [gallery, photo_ids, status, selected], api_name=False,
+                       show_progress="hidden")
+        remove.click(drop, selected, [gallery, photo_ids, status, selected], api_name="remove_photo",
+                     show_progress="hidden")
+
+        def show(request: gr.Request) -> tuple:
             workflow = people(request)
-            return _gallery(workflow), _status(workflow)
+            return *_gallery(workflow), _status(workflow)
 
-        tab.select(show, None, [gallery, status], api_name=False)
-        demo.load(show, None, [gallery, status], api_name=False)  # this person's photos, not anyone else's
+        tab.select(show, None, [gallery, photo_ids, status], api_name=False)
+        demo.load(show, None, [gallery, photo_ids, status], api_name=False)  # this person's photos only
     return tab
