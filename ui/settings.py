@@ -43,14 +43,21 @@ def build(people: People, demo: gr.Blocks) -> SettingsInputs:
         )
         c: dict[str, gr.components.Component] = {}
         with gr.Row():
-            c["name"] = gr.Textbox(label="Model name", value=defaults.name)
-            c["steps"] = gr.Number(label="Training steps", value=defaults.steps, precision=0, minimum=1)
-            c["learning_rate"] = gr.Number(label="Learning rate", value=defaults.learning_rate)
+            c["name"] = gr.Textbox(label="Model name", value=defaults.name,
+                                   info="how the model is listed; the trigger word, not the name, brings you in")
+            c["steps"] = gr.Number(label="Training steps", value=defaults.steps, precision=0, minimum=1,
+                                   info="more steps learn the face more closely; too many copy the photos' "
+                                        "clothes and light. The best checkpoint is chosen by measurement")
+            c["learning_rate"] = gr.Number(label="Learning rate", value=defaults.learning_rate,
+                                           info="how big each step is: higher learns faster but can overshoot "
+                                                "(noisy loss, burnt images)")
         with gr.Row():
             c["batch_size"] = gr.Number(label="Batch size (0 = automatic from photos and memory)",
-                                        value=defaults.batch_size, precision=0, minimum=0)
+                                        value=defaults.batch_size, precision=0, minimum=0,
+                                        info="photos per step; automatic fits the GPU and the photo count")
             c["resolution"] = gr.Dropdown(label="Resolution (px)", value=defaults.resolution,
-                                          choices=sorted({defaults.resolution, 512, 768, 1024}))
+                                          choices=sorted({defaults.resolution, 512, 768, 1024}),
+                                          info="the size most steps train at: 512 learns a face fast")
             c["finish_resolution"] = gr.Dropdown(
                 label="Finish at (px): the last quarter of the steps, if above the resolution",
                 value=defaults.finish_resolution,
@@ -66,13 +73,18 @@ def build(people: People, demo: gr.Blocks) -> SettingsInputs:
                                     info="the same seed, photos and settings train the same LoRA")
             with gr.Row():
                 c["memory_mode"] = gr.Dropdown(label="Memory mode", value=defaults.memory_mode,
-                                               choices=["auto", "bf16", "fp8", "nf4", "offload"])
+                                               choices=["auto", "bf16", "fp8", "nf4", "offload"],
+                                               info="how the base model is held: auto picks by free GPU memory "
+                                                    "(bf16 ≥ 40 GB, fp8 24 GB, nf4 16 GB, offload 12 GB)")
                 c["optimizer"] = gr.Dropdown(label="Optimizer (8-bit needs bitsandbytes and a GPU)",
-                                             value=defaults.optimizer, choices=["adamw", "adamw8bit"])
+                                             value=defaults.optimizer, choices=["adamw", "adamw8bit"],
+                                             info="8-bit keeps the optimizer's memory 4x smaller")
                 c["checkpoint_every"] = gr.Number(label="Checkpoint every N steps", value=defaults.checkpoint_every,
-                                                  precision=0, minimum=1)
+                                                  precision=0, minimum=1,
+                                                  info="each checkpoint is tested for likeness; Resume starts there")
                 c["sample_every"] = gr.Number(label="Sample images every N steps", value=defaults.sample_every,
-                                              precision=0, minimum=1)
+                                              precision=0, minimum=1,
+                                              info="pictures on the Training tab as the face appears")
                 c["caption_dropout"] = gr.Slider(label="Caption dropout", minimum=0, maximum=0.5, step=0.01,
                                                  value=defaults.caption_dropout,
                                                  info="share of steps trained without a caption: the face then "
