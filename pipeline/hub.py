@@ -1,6 +1,6 @@
 """Optional: push a finished model to the Hugging Face Hub, when the user gives a write token.
 
-The upload holds exactly what the download zip holds (Library.export_files), with the model card as README.md,
+The upload holds exactly what the download zip holds (pipeline.export.export_files), with the model card as README.md,
 so the Hub shows the trigger word and usage. The token is used for this call only: never stored or logged.
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from huggingface_hub import HfApi
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from pipeline.export import export_files
 from pipeline.library import Library
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def push_to_hub(library: Library, model_id: str, repo_id: str, token: str, *, pr
         raise HubError(f"repo_id: {repo_id!r} is not a valid repo name ({error}); use 'your-user/model-name'") from None
     if "/" not in repo_id:
         raise HubError(f"repo_id: {repo_id!r} needs the owner, e.g. 'your-user/{repo_id}'")
-    files = library.export_files(model_id)
+    files = export_files(library, model_id)
     api = HfApi(endpoint=endpoint, token=token.strip())
     with tempfile.TemporaryDirectory(prefix="likeness-hub-") as staging:
         root = Path(staging)

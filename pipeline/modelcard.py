@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from pipeline.library import ModelRecord
 from pipeline.settings import FLUX_DEV, MICRO_MODEL, TINY_MODEL
 from pipeline.trigger import insert_trigger
-
-if TYPE_CHECKING:  # library imports this module; the type is only needed for hints
-    from pipeline.library import ModelRecord
 
 DEFAULT_EXAMPLE_PROMPTS = (
     "a portrait photo of {trigger}, soft window light, 85mm",

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from pipeline.export import export_zip
 from pipeline.library import Library, ModelNotFound
 from pipeline.settings import TINY_MODEL, TrainSettings, to_json
 from pipeline.trigger import is_known_word
@@ -124,7 +125,7 @@ def test_delete_removes_files_export_and_record(tmp_path):
     library = Library(tmp_path)
     record = _finished_model(library)
     other = library.create("other", TINY_MODEL, {})
-    export = library.export_zip(record.id)
+    export = export_zip(library, record.id)
     library.delete(record.id)
     assert not record.folder.exists() and not export.exists()
     assert [r.id for r in Library(tmp_path).list()] == [other.id]
@@ -145,7 +146,7 @@ def test_delete_refuses_a_model_that_is_training_unless_forced(tmp_path):
 def test_export_zip_holds_both_loras_card_and_grid(tmp_path):
     library = Library(tmp_path)
     record = _finished_model(library, "Anna Smith")
-    path = library.export_zip(record.id)
+    path = export_zip(library, record.id)
     with zipfile.ZipFile(path) as archive:
         names = set(archive.namelist())
         assert {"README.md", "diffusers/pytorch_lora_weights.safetensors", "comfyui/anna-smith.safetensors",
@@ -164,7 +165,7 @@ def test_export_of_an_unfinished_model_says_why(tmp_path):
     library = Library(tmp_path)
     record = library.create("anna", TINY_MODEL, {})
     with pytest.raises(ValueError, match="no trained LoRA yet"):
-        library.export_zip(record.id)
+        export_zip(library, record.id)
 
 
 @pytest.mark.parametrize("which", ["lora_path", "kohya_path"])
@@ -175,10 +176,10 @@ def test_a_half_written_lora_is_not_zipped(tmp_path, which):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 20])  # as a full disk or a kill mid-save leaves it
     with pytest.raises(ValueError, match="damaged or incomplete"):
-        library.export_zip(record.id)
+        export_zip(library, record.id)
     assert not list(library.exports_dir.glob("*.zip"))
     path.write_bytes(data)
-    assert library.export_zip(record.id).is_file()
+    assert export_zip(library, record.id).is_file()
 
 
 def test_concurrent_creates_from_two_instances_keep_every_record_and_unique_words(tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 import photo_factory
 import pytest
 
+from pipeline.export import export_zip
 from pipeline.library import ModelNotFound
 from pipeline.photos import PhotoNotFound
 from pipeline.settings import AppSettings, TrainSettings
@@ -48,7 +49,7 @@ def test_two_people_see_only_their_own_photos_and_models(tmp_path: Path, photos:
         attempts = [
             lambda: bob.remove_photo(photo.id), lambda: bob.remove_photo(photo.name),
             lambda: bob.library.get(record.id), lambda: bob.library.rename(record.id, "mine"),
-            lambda: bob.library.set_trigger_word(record.id, "zzq"), lambda: bob.library.export_zip(record.id),
+            lambda: bob.library.set_trigger_word(record.id, "zzq"), lambda: export_zip(bob.library, record.id),
             lambda: bob.delete_model(record.id), lambda: bob.cancel_training(record.id),
             lambda: bob.resume_training(record.id), lambda: bob.jobs_ahead(record.id),
             lambda: bob.training_view(record.id),

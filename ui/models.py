@@ -9,6 +9,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from pipeline.export import export_zip
 from pipeline.workflow import Workflow
 from ui.charts import series_frame
 from ui.files import served
@@ -211,7 +212,7 @@ def build(people: People) -> gr.Tab:
                 gr.update(choices=_choices(workflow), value=None)
 
         def do_download(mid: str, request: gr.Request) -> str:
-            return served(people(request).library.export_zip(mid))
+            return served(export_zip(people(request).library, mid))
 
         def confirmed_delete(mid: str | None, request: gr.Request) -> tuple:
             if mid == CANCELLED:
