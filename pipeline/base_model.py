@@ -33,6 +33,10 @@ logger = logging.getLogger(__name__)
 TINY_MODEL_VERSION = "1"
 _TINY_FOLDER = "tiny"
 _VERSION_FILE = "likeness_tiny_version.txt"
+# Where the shipped micro model lives and the files that mark and check it (pipeline/micro.py builds it).
+MICRO_FOLDER = Path(__file__).resolve().parent.parent / "assets" / "micro"
+MICRO_VERSION_FILE = "likeness_micro.json"
+MICRO_CHECKSUM_FILE = "SHA256SUMS"
 
 # Words that appear in captions and prompts; whole-word tokens keep CLIP's 77-token window from filling with letters.
 _COMMON_WORDS = (
@@ -52,9 +56,7 @@ def is_tiny(spec: str) -> bool:
 
 def is_micro(spec: str) -> bool:
     """True for the embedded micro model (pretrained on faces, shipped in assets/micro), by name or by its folder."""
-    from pipeline import micro
-
-    return spec == MICRO_MODEL or (Path(spec) / micro.VERSION_FILE).is_file()
+    return spec == MICRO_MODEL or (Path(spec) / MICRO_VERSION_FILE).is_file()
 
 
 def is_embedded(spec: str) -> bool:
@@ -65,12 +67,10 @@ def is_embedded(spec: str) -> bool:
 def tiny_model_version(path: str | Path) -> str:
     """The build of an embedded model saved in ``path`` (the tiny model's version, the micro model's checksums);
     "" for any other model (or no model there). Caches keyed on it are not reused after a rebuild."""
-    from pipeline import micro
-
     version_file = Path(path) / _VERSION_FILE
     if version_file.is_file():
         return version_file.read_text().strip()
-    sums = Path(path) / micro.CHECKSUM_FILE
+    sums = Path(path) / MICRO_CHECKSUM_FILE
     return hashlib.sha256(sums.read_bytes()).hexdigest()[:16] if sums.is_file() else ""
 
 
@@ -137,14 +137,12 @@ def ensure_tiny_model(data_dir: Path) -> Path:
 
 def micro_model_folder() -> Path:
     """assets/micro, the pretrained micro model that ships with the app (``python -m pipeline.micro build``)."""
-    from pipeline import micro
-
-    if not (micro.MICRO_FOLDER / "model_index.json").is_file():
+    if not (MICRO_FOLDER / "model_index.json").is_file():
         raise BaseModelError(
-            f"the micro base model is missing from {micro.MICRO_FOLDER} (a partial checkout?): restore it with "
+            f"the micro base model is missing from {MICRO_FOLDER} (a partial checkout?): restore it with "
             "`git checkout -- assets/micro`, rebuild it with `python -m pipeline.micro build`, or use "
             "--base-model tiny")
-    return micro.MICRO_FOLDER
+    return MICRO_FOLDER
 
 
 GENERATION_COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2")

@@ -36,6 +36,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
+from pipeline.base_model import MICRO_CHECKSUM_FILE as CHECKSUM_FILE
+from pipeline.base_model import MICRO_FOLDER
+from pipeline.base_model import MICRO_VERSION_FILE as VERSION_FILE
 from pipeline.package_photos import archive_photos, package_folder
 
 if TYPE_CHECKING:
@@ -44,10 +47,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MICRO_FOLDER = Path(__file__).resolve().parent.parent / "assets" / "micro"
 MICRO_VERSION = "1"
-VERSION_FILE = "likeness_micro.json"
-CHECKSUM_FILE = "SHA256SUMS"
 RESOLUTION = 64
 TEXT_TOKENS = 32  # T5 tokens: the micro model's prompts are short (the longest test prompt is ~22), and 512
 # would cost 8x the 64 image tokens' work in every block
