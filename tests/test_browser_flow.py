@@ -56,7 +56,7 @@ def test_a_first_time_user_goes_from_photos_to_a_model(tmp_path: Path) -> None:
 
             # 1 · Upload through the file chooser: each thumbnail shows its verdict at once.
             with page.expect_file_chooser() as chooser:
-                page.get_by_text("Click to Upload").click()
+                page.locator("#photo-files").get_by_text("Click to Upload").click()
             chooser.value.set_files([str(p) for p in photos])
             page.get_by_text("5 photo(s) uploaded").wait_for(timeout=WAIT)
             # A thumbnail's × removes that photo (it used to take a click, a copied id and a button).

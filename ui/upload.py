@@ -46,15 +46,14 @@ def _check(workflow: Workflow, progress: gr.Progress | None = None) -> str:
     return result.report.summary
 
 
-def _gallery(workflow: Workflow) -> tuple[dict, list[str]]:
-    """The thumbnails (each with its × to remove it: the gallery is interactive only while it has photos, else it
-    would show a second, unwired drop zone) and the photo ids in the same order."""
+def _gallery(workflow: Workflow) -> tuple[list[tuple[str, str]], list[str]]:
+    """The thumbnails and the photo ids in the same order (a thumbnail's × gives only its place)."""
     verdicts = _verdicts(workflow)
     photos = workflow.list_photos()
     # The verdict first: a thumbnail's caption is cut to its width.
     items = [(served(p.path), " · ".join(filter(None, (verdicts.get(p.name), p.name, f"id {p.id[:8]}"))))
              for p in photos]
-    return gr.update(value=items, interactive=bool(items)), [p.id for p in photos]
+    return items, [p.id for p in photos]
 
 
 def _status(workflow: Workflow, news: str = "", rejected: list[str] | None = None, summary: str = "") -> str:
@@ -76,12 +75,15 @@ def build(people: People, demo: gr.Blocks) -> gr.Tab:
             with gr.Column(scale=3):
                 files = gr.File(label="Photos (JPEG, PNG, WebP, HEIC) — drop several at once or one by one; "
                                       "they are added as soon as they arrive",
-                                file_count="multiple", file_types=["image"], type="filepath", height=160)
+                                file_count="multiple", file_types=["image"], type="filepath", height=160,
+                                elem_id="photo-files")
                 # Dropping files adds them; the button stays for the API (upload_photos) only.
                 upload = gr.Button("Add photos", variant="primary", visible=False)
                 status = gr.Markdown()
+                # Interactive for each thumbnail's ×; photos dropped onto it are added like any others.
                 gallery = gr.Gallery(label="Your photos — × on a photo removes it", columns=6, height="auto",
-                                     allow_preview=True, interactive=False, elem_id="photo-gallery")
+                                     allow_preview=True, interactive=True, file_types=["image"],
+                                     elem_id="photo-gallery")
                 photo_ids = gr.State([])
                 with gr.Row():
                     selected = gr.Textbox(label="Selected photo id (click a photo above)", interactive=False,
@@ -107,6 +109,15 @@ def build(people: People, demo: gr.Blocks) -> gr.Tab:
             summary = _check(workflow, progress)
             return *_gallery(workflow), _status(workflow, news, rejected, summary), None
 
+        def dropped_on_gallery(items: list | None, request: gr.Request,
+                               progress: gr.Progress = gr.Progress()) -> tuple:
+            """Files dropped onto the gallery itself: the new ones are those without our caption."""
+            new = [item[0] for item in items or [] if not (item[1] if isinstance(item, list | tuple) else None)]
+            if not new:
+                workflow = people(request)
+                return *_gallery(workflow), _status(workflow), None
+            return add(new, request, progress)
+
         def pick(evt: gr.SelectData, ids: list[str]) -> str:
             return ids[evt.index] if 0 <= evt.index < len(ids) else ""
 
@@ -130,6 +141,7 @@ def build(people: People, demo: gr.Blocks) -> gr.Tab:
 
         upload.click(add, files, [gallery, photo_ids, status, files], api_name="upload_photos")
         files.upload(add, files, [gallery, photo_ids, status, files], api_name=False)  # dropping files is enough
+        gallery.upload(dropped_on_gallery, gallery, [gallery, photo_ids, status, files], api_name=False)
         gallery.select(pick, photo_ids, selected)
         gallery.delete(drop_clicked, photo_ids, [gallery, photo_ids, status, selected], api_name=False,
                        show_progress="hidden")
