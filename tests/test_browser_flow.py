@@ -66,6 +66,7 @@ def test_a_first_time_user_goes_from_photos_to_a_model(tmp_path: Path) -> None:
             page.get_by_text("Removed portrait_04.jpg").wait_for(timeout=WAIT)
             page.get_by_text("4 photo(s) uploaded").wait_for(timeout=WAIT)
             assert not page.get_by_text(re.compile(r"portrait_04\.jpg · id")).count()
+            assert not page.locator("#photo-gallery button[aria-label='Clear']").is_visible()  # no clear-all
             page.get_by_text("Not ready: only 4 usable photo(s)").wait_for(timeout=WAIT)
             assert page.get_by_text(re.compile(r"✅ good · portrait_00\.jpg")).count()
             # The step indicator says where the user is and what is missing.

@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 
@@ -44,10 +45,10 @@ def served(path: Path | str, name: str | None = None) -> str:
     copy = _copies() / key / (name or source.name)
     if not copy.exists():
         copy.parent.mkdir(parents=True, exist_ok=True)
-        partial = copy.with_name(copy.name + ".part")
+        partial = copy.with_name(f".{uuid.uuid4().hex}.part")  # unique: two requests at once never share it
         try:
             os.link(source, partial)
         except OSError:  # another disk, or links not allowed
             shutil.copyfile(source, partial)
-        partial.replace(copy)
+        os.replace(partial, copy)
     return str(copy)

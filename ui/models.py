@@ -10,6 +10,7 @@ import gradio as gr
 import pandas as pd
 
 from pipeline.export import export_zip
+from pipeline.library import check_complete
 from pipeline.workflow import Workflow
 from ui.charts import series_frame
 from ui.files import served
@@ -55,6 +56,11 @@ def _downloads(workflow: Workflow, model_id: str) -> tuple:
     out = []
     for path, suffix in ((r.lora_path, ""), (r.kohya_path, "-comfyui")):
         ready = r.is_ready and path is not None and Path(path).is_file()
+        try:
+            if ready:
+                check_complete(Path(path), r.name)  # never hand out a half-written file
+        except ValueError:
+            ready = False
         out.append(gr.update(visible=ready, value=served(path, f"{stem}{suffix}.safetensors") if ready else None))
     return tuple(out)
 

@@ -122,9 +122,14 @@ def build(people: People, demo: gr.Blocks) -> gr.Tab:
             return ids[evt.index] if 0 <= evt.index < len(ids) else ""
 
         def drop_clicked(evt: gr.EventData, ids: list[str], request: gr.Request) -> tuple:
-            """A thumbnail's ×: the photo shown at that place when the page last drew the gallery."""
-            index = evt._data.get("index", -1) if isinstance(evt._data, dict) else -1
-            if not 0 <= index < len(ids):
+            """A thumbnail's ×. The photo is named by its file (stored as ``<photo id>.<ext>``, and Gradio keeps the
+            name), not by its place: a second × pressed before the first one's answer sees an older order."""
+            data = evt._data if isinstance(evt._data, dict) else {}
+            stem = Path(str((data.get("file") or {}).get("path", ""))).stem
+            if stem in ids:
+                return drop(stem, request)
+            index = data.get("index", -1)
+            if not isinstance(index, int) or not 0 <= index < len(ids):
                 raise gr.Error("That photo is no longer there: the gallery has been refreshed.")
             return drop(ids[index], request)
 
