@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from pipeline.export import export_zip
+from pipeline.export import complete_loras, export_zip
 from pipeline.library import Library, ModelNotFound
 from pipeline.settings import TINY_MODEL, TrainSettings, to_json
 from pipeline.trigger import is_known_word
@@ -178,8 +178,11 @@ def test_a_half_written_lora_is_not_zipped(tmp_path, which):
     with pytest.raises(ValueError, match="damaged or incomplete"):
         export_zip(library, record.id)
     assert not list(library.exports_dir.glob("*.zip"))
+    offered = complete_loras(library, record.id)  # the one-click downloads leave out the cut file only
+    assert path not in offered.values() and len(offered) == 1
     path.write_bytes(data)
     assert export_zip(library, record.id).is_file()
+    assert set(complete_loras(library, record.id).values()) == {record.lora_path, record.kohya_path}
 
 
 def test_concurrent_creates_from_two_instances_keep_every_record_and_unique_words(tmp_path):

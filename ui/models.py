@@ -9,8 +9,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from pipeline.export import export_zip
-from pipeline.library import check_complete
+from pipeline.export import complete_loras, export_zip
 from pipeline.workflow import Workflow
 from ui.charts import series_frame
 from ui.files import served
@@ -48,21 +47,15 @@ def _cards(workflow: Workflow) -> tuple[list[tuple[str, str]], list[str]]:
 
 
 def _downloads(workflow: Workflow, model_id: str) -> tuple:
-    """The two LoRA files as one-click downloads, named after the model; hidden until it is ready."""
+    """The two LoRA files as one-click downloads, named after the model; hidden until they can be handed out."""
     if not model_id:
         return gr.update(visible=False, value=None), gr.update(visible=False, value=None)
     r = workflow.library.get(model_id)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", r.name).strip("-.") or "likeness"
-    out = []
-    for path, suffix in ((r.lora_path, ""), (r.kohya_path, "-comfyui")):
-        ready = r.is_ready and path is not None and Path(path).is_file()
-        try:
-            if ready:
-                check_complete(Path(path), r.name)  # never hand out a half-written file
-        except ValueError:
-            ready = False
-        out.append(gr.update(visible=ready, value=served(path, f"{stem}{suffix}.safetensors") if ready else None))
-    return tuple(out)
+    loras = complete_loras(workflow.library, model_id)
+    return tuple(gr.update(visible=kind in loras,
+                           value=served(loras[kind], f"{stem}{suffix}.safetensors") if kind in loras else None)
+                 for kind, suffix in (("diffusers", ""), ("kohya", "-comfyui")))
 
 
 def _score(value: float | None) -> str:
