@@ -126,7 +126,7 @@ def main() -> None:
         base_plan = AssessmentPlan(trigger_word=record.trigger_word, reference=references[person],
                                    settings=workflow.test_generate_settings(64))
         base = assess_lora(generator, None, base_plan, out_dir=root / f"{person}-base")
-        scores = record.scores or {}
+        scores = record.scores.to_dict() if record.scores else {}
         samples = sorted(Path(record.folder).rglob("samples/step-*-0.png"))
         rows += [(f"{person}: photos", crops(record)[:8]), (f"{person}: samples", samples),
                  (f"{person}: test images", images)]

@@ -59,7 +59,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pipeline.classify import classify_photos
-    from pipeline.library import FINISHED_STATUSES
+    from pipeline.status import MODEL_FINISHED, Status
 
     workflow = _workflow(args, start_worker=True)
     try:
@@ -78,13 +78,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                 for line in view.log[shown:]:
                     print(line, flush=True)
             shown = len(view.log)
-            if view.status in FINISHED_STATUSES:
+            if view.status in MODEL_FINISHED:
                 break
             time.sleep(0.5)
         record = workflow.library.get(record.id)
         _emit(args, dataclasses.asdict(record), f"{record.name}: {record.status} (id {record.id}, trigger word "
                                                 f"'{record.trigger_word}')")
-        return 0 if record.status == "ready" else 1
+        return 0 if record.status == Status.READY else 1
     finally:
         workflow.close()
 
@@ -107,9 +107,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_assess(args: argparse.Namespace) -> int:
     record = _workflow(args).library.find(args.model)
-    _emit(args, {"id": record.id, "name": record.name, "status": record.status, "scores": record.scores,
+    scores = record.scores.to_dict() if record.scores else {}
+    _emit(args, {"id": record.id, "name": record.name, "status": record.status, "scores": scores,
                  "best_checkpoint_step": record.best_checkpoint_step, "best_lora_scale": record.best_lora_scale},
-          json.dumps(record.scores, indent=2, default=str))
+          json.dumps(scores, indent=2, default=str))
     return 0
 
 

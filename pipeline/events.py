@@ -55,6 +55,15 @@ class CheckpointSaved:
 
 
 @dataclass(frozen=True)
+class CheckpointAssessed:
+    """A checkpoint's test generations were measured: the likeness curve's next point."""
+
+    step: int
+    likeness: float  # 0–1
+    overall: float  # 0–100
+
+
+@dataclass(frozen=True)
 class Message:
     """A log line worth showing to the user (phase changes, warnings, fallbacks)."""
 
@@ -63,7 +72,7 @@ class Message:
     extra: dict = field(default_factory=dict)
 
 
-Event = Progress | TrainStep | SampleImages | CheckpointSaved | Message
+Event = Progress | TrainStep | SampleImages | CheckpointSaved | CheckpointAssessed | Message
 EventCallback = Callable[[Event], None]
 StopCheck = Callable[[], bool]
 

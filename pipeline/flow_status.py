@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from enum import Enum
 
 from pipeline.classify import ClassificationResult
-from pipeline.library import BUSY_STATUSES, ModelRecord
+from pipeline.library import ModelRecord
+from pipeline.status import MODEL_BUSY, Status
 
 
 class Step(Enum):
@@ -71,17 +72,17 @@ def flow_status(photo_names: Sequence[str], classification: ClassificationResult
         else:
             review = StepState(Step.REVIEW, True, f"{selected} selected")
 
-    busy = [m for m in models if m.status in BUSY_STATUSES]
-    queued = [m for m in models if m.status == "queued"]
-    ready = [m for m in models if m.status == "ready"]
+    busy = [m for m in models if m.status in MODEL_BUSY]
+    queued = [m for m in models if m.status == Status.QUEUED]
+    ready = [m for m in models if m.status == Status.READY]
     latest = max(models, key=lambda m: m.created_at, default=None)
     if busy:
         train = StepState(Step.TRAIN, False, f"{busy[0].status}…")
     elif queued:
         train = StepState(Step.TRAIN, False, "waiting for the GPU")
-    elif latest is not None and latest.status == "cancelled":
+    elif latest is not None and latest.status == Status.CANCELLED:
         train = StepState(Step.TRAIN, bool(ready), "stopped: Resume continues it")
-    elif latest is not None and latest.status == "failed":
+    elif latest is not None and latest.status == Status.FAILED:
         train = StepState(Step.TRAIN, bool(ready), "the last run failed: see the Training tab")
     elif ready:
         train = StepState(Step.TRAIN, True, "done")

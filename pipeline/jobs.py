@@ -23,6 +23,7 @@ from tinydb import Query
 
 from pipeline.events import StopCheck
 from pipeline.jsondb import lock_for, open_db, set_aside_if_damaged
+from pipeline.status import JOB_ACTIVE, JOB_FINISHED, Status
 
 try:  # POSIX only; elsewhere the single-runner guard is skipped (see _acquire_lock)
     import fcntl
@@ -31,8 +32,6 @@ except ImportError:  # pragma: no cover - Windows
 
 logger = logging.getLogger(__name__)
 
-JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
-FINISHED = ("done", "failed", "cancelled")
 _CANCEL_POLL_SECONDS = 1.0  # how often a running job looks for a cancel made through another JobQueue object
 
 
@@ -51,7 +50,7 @@ class Job:
     id: str
     model_id: str
     kind: str  # "train"
-    status: str  # one of JOB_STATUSES
+    status: Status  # one of JOB_STATUSES
     payload: dict = field(default_factory=dict)
     created_at: str = ""
     started_at: str | None = None
@@ -120,7 +119,8 @@ class JobQueue:
     @staticmethod
     def _job(doc: dict[str, Any]) -> Job:
         names = {f.name for f in dataclasses.fields(Job)}
-        return Job(**{k: v for k, v in doc.items() if k in names})
+        job = Job(**{k: v for k, v in doc.items() if k in names})
+        return dataclasses.replace(job, status=Status(job.status))
 
     def _docs(self) -> list[dict[str, Any]]:
         with open_db(self.db_path) as db:
@@ -153,7 +153,7 @@ class JobQueue:
         with open_db(self.db_path) as db:
             table = db.table("jobs")
             order = max((doc.get("order", 0.0) for doc in table.all()), default=0.0) + 1
-            job = Job(id=uuid.uuid4().hex[:12], model_id=model_id, kind=kind, status="queued",
+            job = Job(id=uuid.uuid4().hex[:12], model_id=model_id, kind=kind, status=Status.QUEUED,
                       payload=dict(payload or {}), created_at=_now(), order=order)
             table.insert(dataclasses.asdict(job))
         logger.info("jobs: queued %s job %s for model %s", kind, job.id, model_id)
@@ -174,9 +174,9 @@ class JobQueue:
     def list(self) -> list[Job]:
         """Running jobs, then queued ones in the order they will run, then finished ones newest first."""
         jobs = [self._job(doc) for doc in self._docs()]
-        running = sorted((j for j in jobs if j.status == "running"), key=lambda j: j.started_at or "")
-        queued = sorted((j for j in jobs if j.status == "queued"), key=lambda j: j.order)
-        finished = sorted((j for j in jobs if j.status in FINISHED), key=lambda j: (j.finished_at or "", j.order),
+        running = sorted((j for j in jobs if j.status == Status.RUNNING), key=lambda j: j.started_at or "")
+        queued = sorted((j for j in jobs if j.status == Status.QUEUED), key=lambda j: j.order)
+        finished = sorted((j for j in jobs if j.status in JOB_FINISHED), key=lambda j: (j.finished_at or "", j.order),
                           reverse=True)
         return running + queued + finished
 
@@ -186,20 +186,20 @@ class JobQueue:
     def position(self, job_id: str) -> int:
         """How many jobs are ahead of this one: 0 = running or next to start; -1 = finished."""
         job = self.get(job_id)
-        if job.status == "running":
+        if job.status == Status.RUNNING:
             return 0
-        if job.status in FINISHED:
+        if job.status in JOB_FINISHED:
             return -1
-        lineup = [j for j in self.list() if j.status in ("running", "queued")]
+        lineup = [j for j in self.list() if j.status in JOB_ACTIVE]
         return [j.id for j in lineup].index(job_id)
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a queued job now, or ask a running one to stop (its should_stop() turns True)."""
         with lock_for(self.db_path):  # one lock across read and write
             job = self.get(job_id)
-            if job.status == "queued":
-                job = self._write(job_id, status="cancelled", finished_at=_now(), cancel_requested=True)
-            elif job.status == "running":
+            if job.status == Status.QUEUED:
+                job = self._write(job_id, status=Status.CANCELLED, finished_at=_now(), cancel_requested=True)
+            elif job.status == Status.RUNNING:
                 job = self._write(job_id, cancel_requested=True)
         flag = self._stop_flags.get(job_id)
         if flag is not None:
@@ -246,7 +246,7 @@ class JobQueue:
         """Wait until nothing is queued or running; False if that did not happen within ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while True:
-            if not any(doc["status"] in ("queued", "running") for doc in self._docs()):
+            if not any(doc["status"] in JOB_ACTIVE for doc in self._docs()):
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -296,14 +296,14 @@ class JobQueue:
         with open_db(self.db_path) as db:
             table = db.table("jobs")
             docs = [dict(doc) for doc in table.all()]
-            interrupted = sorted((d for d in docs if d["status"] == "running"), key=lambda d: d.get("order", 0.0))
-            front = min((d.get("order", 0.0) for d in docs if d["status"] == "queued"), default=1.0)
+            interrupted = sorted((d for d in docs if d["status"] == Status.RUNNING), key=lambda d: d.get("order", 0.0))
+            front = min((d.get("order", 0.0) for d in docs if d["status"] == Status.QUEUED), default=1.0)
             for index, doc in enumerate(interrupted):
                 if doc.get("cancel_requested"):
-                    fields = {"status": "cancelled", "finished_at": _now()}
+                    fields = {"status": Status.CANCELLED, "finished_at": _now()}
                 else:
                     # keep their own order among themselves, all ahead of anything queued
-                    fields = {"status": "queued", "order": front - len(interrupted) + index}
+                    fields = {"status": Status.QUEUED, "order": front - len(interrupted) + index}
                 table.update(fields, Query().id == doc["id"])
                 changed.append(self._job({**doc, **fields}))
         for job in changed:
@@ -313,11 +313,11 @@ class JobQueue:
     def _claim(self, device: str) -> Job | None:
         with open_db(self.db_path) as db:
             table = db.table("jobs")
-            queued = [dict(doc) for doc in table.all() if doc["status"] == "queued"]
+            queued = [dict(doc) for doc in table.all() if doc["status"] == Status.QUEUED]
             if not queued:
                 return None
             doc = min(queued, key=lambda d: d.get("order", 0.0))
-            fields = {"status": "running", "started_at": _now(), "finished_at": None, "device": device,
+            fields = {"status": Status.RUNNING, "started_at": _now(), "finished_at": None, "device": device,
                       "attempts": doc.get("attempts", 0) + 1, "error": ""}
             table.update(fields, Query().id == doc["id"])
         return self._job({**doc, **fields})
@@ -329,7 +329,7 @@ class JobQueue:
                 job = None
                 try:
                     for job_id, reason in list(unrecorded.items()):  # as soon as the disk takes writes again
-                        self._write(job_id, status="failed", finished_at=_now(), error=reason)
+                        self._write(job_id, status=Status.FAILED, finished_at=_now(), error=reason)
                         del unrecorded[job_id]
                     job = self._claim(device)
                     if job is None:
@@ -377,15 +377,15 @@ class JobQueue:
         finally:
             self._stop_flags.pop(job.id, None)
         if flag.is_set() or self.get(job.id).cancel_requested:
-            finished = self._write(job.id, status="cancelled", finished_at=_now(), error=error)
+            finished = self._write(job.id, status=Status.CANCELLED, finished_at=_now(), error=error)
         elif self._interrupt.is_set():
             with open_db(self.db_path) as db:
-                front = min((d.get("order", 0.0) for d in db.table("jobs").all() if d["status"] == "queued"),
+                front = min((d.get("order", 0.0) for d in db.table("jobs").all() if d["status"] == Status.QUEUED),
                             default=job.order + 1)
-            finished = self._write(job.id, status="queued", order=min(job.order, front - 1), error=error)
+            finished = self._write(job.id, status=Status.QUEUED, order=min(job.order, front - 1), error=error)
         elif error:
-            finished = self._write(job.id, status="failed", finished_at=_now(), error=error)
+            finished = self._write(job.id, status=Status.FAILED, finished_at=_now(), error=error)
         else:
-            finished = self._write(job.id, status="done", finished_at=_now())
+            finished = self._write(job.id, status=Status.DONE, finished_at=_now())
         logger.info("jobs: job %s is %s", job.id, finished.status)
         self._changed(finished)

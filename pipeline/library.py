@@ -21,13 +21,12 @@ from typing import Any
 from tinydb import Query
 
 from pipeline.jsondb import open_db, set_aside_if_damaged
+from pipeline.scores import ModelScores
+from pipeline.status import MODEL_BUSY, MODEL_FINISHED, MODEL_STATUSES, Status
 from pipeline.trigger import generate_trigger_word, validate_trigger_word
 
 logger = logging.getLogger(__name__)
 
-STATUSES = ("queued", "training", "assessing", "ready", "failed", "cancelled")
-FINISHED_STATUSES = ("ready", "failed", "cancelled")
-BUSY_STATUSES = ("training", "assessing")
 _PATH_FIELDS = ("folder", "lora_path", "kohya_path", "sample_grid")
 _READ_ONLY_FIELDS = ("id", "folder", "created_at")
 MAX_NAME_LENGTH = 80
@@ -50,12 +49,12 @@ class ModelRecord:
     name: str
     trigger_word: str
     base_model: str
-    status: str  # one of STATUSES
+    status: Status  # one of MODEL_STATUSES
     folder: Path  # data_dir/models/<id>
     created_at: str
     settings: dict = field(default_factory=dict)  # TrainSettings as a dict
     dataset: dict = field(default_factory=dict)  # summary: photos used, counts, resolution, captioner
-    scores: dict = field(default_factory=dict)  # assessment: likeness, quality, overall, ...
+    scores: ModelScores | None = None  # the best checkpoint's assessment; None until assessed
     lora_path: Path | None = None  # diffusers-format LoRA safetensors
     kohya_path: Path | None = None  # kohya/ComfyUI-format LoRA safetensors
     sample_grid: Path | None = None
@@ -67,7 +66,7 @@ class ModelRecord:
 
     @property
     def is_ready(self) -> bool:
-        return self.status == "ready" and self.lora_path is not None and self.lora_path.is_file()
+        return self.status == Status.READY and self.lora_path is not None and self.lora_path.is_file()
 
     @property
     def label(self) -> str:
@@ -128,6 +127,8 @@ class Library:
 
     def stored_form(self, value: Any) -> Any:
         """``value`` as the database keeps it: paths relative to the data dir, tuples as lists."""
+        if isinstance(value, ModelScores):
+            return value.to_dict()
         if isinstance(value, Path):
             try:
                 return value.resolve().relative_to(self.data_dir.resolve()).as_posix()
@@ -150,6 +151,8 @@ class Library:
         data = {k: v for k, v in doc.items() if k in names}  # newer files may carry fields we don't know
         for name in _PATH_FIELDS:
             data[name] = self._from_stored_path(data.get(name))
+        data["status"] = Status(data["status"])
+        data["scores"] = ModelScores.from_dict(data.get("scores"))
         data["checkpoints"] = tuple(
             {**c, "path": self._from_stored_path(c.get("path"))} for c in data.get("checkpoints") or ()
         )
@@ -168,7 +171,10 @@ class Library:
         recovered = []
         for folder in sorted(p for p in self.models_dir.iterdir() if p.is_dir() and p.name not in known):
             try:
-                settings = json.loads((folder / "settings.json").read_text())
+                # job.json is the training job's spec (pipeline.training_job); older folders kept settings.json.
+                spec = folder / "job.json"
+                settings = (json.loads(spec.read_text())["settings"] if spec.is_file()
+                            else json.loads((folder / "settings.json").read_text()))
                 trigger = json.loads((folder / "dataset" / "dataset.json").read_text())["trigger_word"]
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # not a model folder (or too broken to say whose it was)
@@ -185,7 +191,7 @@ class Library:
             created = datetime.fromtimestamp(folder.stat().st_mtime, UTC).isoformat(timespec="seconds")
             record = ModelRecord(
                 id=folder.name, name=str(settings.get("name") or folder.name)[:MAX_NAME_LENGTH], trigger_word=trigger,
-                base_model=base_model or "unknown", status="ready" if ready else "failed", folder=folder,
+                base_model=base_model or "unknown", status=Status.READY if ready else Status.FAILED, folder=folder,
                 created_at=created, settings=settings, lora_path=lora if ready else None,
                 kohya_path=kohya if ready and kohya.is_file() else None, finished_at=created,
                 error="" if ready else "recovered after the library was damaged: its training had not finished; "
@@ -215,7 +221,7 @@ class Library:
             settings = dict(settings or {})
             settings["trigger_word"] = word
             record = ModelRecord(
-                id=model_id, name=name, trigger_word=word, base_model=str(base_model), status="queued",
+                id=model_id, name=name, trigger_word=word, base_model=str(base_model), status=Status.QUEUED,
                 folder=folder, created_at=now_iso(), settings=settings,
             )
             folder.mkdir(parents=True, exist_ok=False)
@@ -247,10 +253,10 @@ class Library:
             raise ModelNotFound(f"model: {len(named)} models are named {key!r} ({ids}); give the id instead")
         raise ModelNotFound(f"model: no model with id or name {key!r}; run `python -m pipeline models` to list them")
 
-    def list(self, status: str | None = None) -> list[ModelRecord]:
+    def list(self, status: Status | str | None = None) -> list[ModelRecord]:
         """All models, newest first; only those with ``status`` when given."""
-        if status is not None and status not in STATUSES:
-            raise ValueError(f"status: unknown status {status!r}; use one of {', '.join(STATUSES)}")
+        if status is not None and status not in MODEL_STATUSES:
+            raise ValueError(f"status: unknown status {status!r}; use one of {', '.join(MODEL_STATUSES)}")
         records = [self._record(doc) for doc in self._all_docs()]
         if status is not None:
             records = [r for r in records if r.status == status]
@@ -269,10 +275,12 @@ class Library:
                 raise ValueError(f"{name}: cannot be changed after the model is created")
         if "name" in fields:
             fields["name"] = self._check_name(fields["name"])
+        if isinstance(fields.get("scores"), dict):
+            fields["scores"] = ModelScores.from_dict(fields["scores"])
         if "status" in fields:
-            if fields["status"] not in STATUSES:
-                raise ValueError(f"status: unknown status {fields['status']!r}; use one of {', '.join(STATUSES)}")
-            if fields["status"] in FINISHED_STATUSES:
+            if fields["status"] not in MODEL_STATUSES:
+                raise ValueError(f"status: unknown status {fields['status']!r}; use one of {', '.join(MODEL_STATUSES)}")
+            if fields["status"] in MODEL_FINISHED:
                 fields.setdefault("finished_at", now_iso())
             else:
                 fields.setdefault("finished_at", None)
@@ -311,7 +319,7 @@ class Library:
     def delete(self, model_id: str, *, force: bool = False) -> None:
         """Remove the model's record and its folder. A model still training needs ``force`` (cancel it first)."""
         record = self.get(model_id)
-        if record.status in BUSY_STATUSES and not force:
+        if record.status in MODEL_BUSY and not force:
             raise ValueError(f"model_id: {record.name!r} is {record.status}; cancel its job first, then delete it")
         folder = record.folder.resolve()
         if folder.parent != self.models_dir.resolve():

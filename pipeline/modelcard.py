@@ -56,7 +56,7 @@ def _scores_section(record: ModelRecord) -> list[str]:
     if not record.scores:
         return ["## Scores", "", "Not assessed yet.", ""]
     lines = ["## Scores", "", "| measure | value |", "|---|---|"]
-    for key, value in record.scores.items():
+    for key, value in record.scores.to_dict().items():
         if isinstance(value, dict | list | tuple):
             continue  # per-image details live in likeness.json; the card shows the headline numbers
         lines.append(f"| {key} | {_format_value(value)} |")

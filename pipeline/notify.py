@@ -14,7 +14,7 @@ import mimetypes
 import os
 import smtplib
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Any
 
 from pipeline.library import ModelRecord
 from pipeline.settings import SmtpSettings
+from pipeline.status import Status
 
 logger = logging.getLogger(__name__)
 
@@ -108,27 +109,27 @@ def score_lines(scores: Mapping[str, Any], skip: Sequence[str] = ()) -> list[str
 
 
 def _subject(record: ModelRecord) -> str:
-    if record.status == "ready":
-        overall = record.scores.get("overall")
-        score = f" (overall score {_fmt(float(overall))}/100)" if isinstance(overall, int | float) else ""
+    if record.status == Status.READY:
+        overall = record.scores.overall if record.scores else None
+        score = f" (overall score {_fmt(float(overall))}/100)" if overall is not None else ""
         return f"Likeness: your model “{record.name}” is ready{score}"
-    if record.status == "failed":
+    if record.status == Status.FAILED:
         return f"Likeness: training “{record.name}” failed"
-    if record.status == "cancelled":
+    if record.status == Status.CANCELLED:
         return f"Likeness: training “{record.name}” was cancelled"
     return f"Likeness: model “{record.name}” is {record.status}"
 
 
 def _text_body(record: ModelRecord, has_grid: bool) -> str:
     lines = ["Hello,", ""]
-    if record.status == "ready":
+    if record.status == Status.READY:
         lines += [f"Your model “{record.name}” finished training and is ready to use.", ""]
-    elif record.status == "failed":
+    elif record.status == Status.FAILED:
         lines += [f"Training of your model “{record.name}” failed.", "", f"Reason: {record.error or 'unknown'}", "",
                   "Open the Training tab in Likeness for the full log. Common fixes: fewer or smaller photos, a lower",
                   "resolution or a lighter memory mode when memory ran out; more varied, sharper photos of one person",
                   "when the likeness was poor.", ""]
-    elif record.status == "cancelled":
+    elif record.status == Status.CANCELLED:
         lines += [f"Training of your model “{record.name}” was cancelled.", ""]
         if record.error:
             lines += [f"Note: {record.error}", ""]
@@ -142,10 +143,11 @@ def _text_body(record: ModelRecord, has_grid: bool) -> str:
         "",
     ]
     if record.scores:
-        verdict = record.scores.get("verdict_text") or record.scores.get("verdict")
+        verdict = record.scores.verdict_text or record.scores.verdict
         if verdict:
             lines += [f"Verdict: {verdict}", ""]
-        lines += ["Scores:"] + [f"  {line}" for line in score_lines(record.scores, skip=("verdict", "verdict_text"))]
+        lines += ["Scores:"] + [f"  {line}" for line in score_lines(record.scores.to_dict(),
+                                                                    skip=("verdict", "verdict_text"))]
         lines.append("")
     if record.best_checkpoint_step is not None:
         scale = f" at LoRA scale {record.best_lora_scale:g}" if record.best_lora_scale is not None else ""
@@ -267,3 +269,13 @@ def send_training_email(smtp: SmtpSettings, record: ModelRecord, *, images: Sequ
     except (smtplib.SMTPException, OSError) as error:
         raise NotificationError(f"smtp: could not send via {where}: {type(error).__name__}: {error}") from None
     logger.info("notify: sent %r to %s via %s", message["Subject"], ", ".join(recipients), where)
+
+
+def email_notifier(smtp: SmtpSettings) -> Callable[[ModelRecord], str]:
+    """A training runner's notifier: the training-finished e-mail with the sample grid; says where it went."""
+
+    def notify(record: ModelRecord) -> str:
+        send_training_email(smtp, record, images=[Path(record.sample_grid)] if record.sample_grid else [])
+        return f"e-mail sent to {smtp.recipient}"
+
+    return notify

@@ -52,6 +52,7 @@ from pipeline.base_model import (
 )
 from pipeline.dataset import Dataset
 from pipeline.settings import TrainSettings, to_json
+from pipeline.status import Status
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class CheckpointInfo:
 
 @dataclass(frozen=True)
 class TrainResult:
-    status: str  # "completed" | "cancelled" | "failed"
+    status: Status  # one of RESULT_STATUSES: COMPLETED, CANCELLED or FAILED
     lora_path: Path | None
     kohya_path: Path | None
     checkpoints: tuple[CheckpointInfo, ...]
@@ -827,7 +828,7 @@ def _train(run: _Run, settings: TrainSettings, output_dir: Path, base_model: str
                 if step > 0 and (not run.checkpoints or run.checkpoints[-1].step != step):
                     run.save_checkpoint(step)
                 run.emit(ev.Message(f"stopped at step {step} of {settings.steps}; the run can be resumed"))
-                return _result(run, "cancelled", step, started)
+                return _result(run, Status.CANCELLED, step, started)
             tic = time.perf_counter()
             step += 1
             stage = run.stage_at(step)
@@ -857,7 +858,7 @@ def _train(run: _Run, settings: TrainSettings, output_dir: Path, base_model: str
         lora_path, kohya_path = output_dir / _LORA_FILE, output_dir / _KOHYA_FILE
         run.write_lora(lora_path, step, kohya_path)
         run.emit(ev.Message(f"training finished: {step} steps, LoRA saved to {lora_path}"))
-        return _result(run, "completed", step, started, lora_path, kohya_path)
+        return _result(run, Status.COMPLETED, step, started, lora_path, kohya_path)
     except BaseModelError as exc:
         return _failed(run, str(exc), step, started)
     except TrainingError:
@@ -884,7 +885,7 @@ def _stage_batches(run: _Run, done: int) -> Iterator[list[int]]:
                 yield indices
 
 
-def _result(run: _Run, status: str, step: int, started: float, lora_path: Path | None = None,
+def _result(run: _Run, status: Status, step: int, started: float, lora_path: Path | None = None,
             kohya_path: Path | None = None) -> TrainResult:
     return TrainResult(status=status, lora_path=lora_path, kohya_path=kohya_path,
                        checkpoints=tuple(run.checkpoints), steps_done=step,
@@ -894,4 +895,4 @@ def _result(run: _Run, status: str, step: int, started: float, lora_path: Path |
 
 def _failed(run: _Run, reason: str, step: int, started: float) -> TrainResult:
     run.emit(ev.Message(f"training failed: {reason}", level="error"))
-    return dataclasses.replace(_result(run, "failed", step, started), error=reason)
+    return dataclasses.replace(_result(run, Status.FAILED, step, started), error=reason)

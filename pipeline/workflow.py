@@ -2,7 +2,8 @@
 
 photos → classification → dataset → training → assessment → library → generation. Each step is a call to the
 module that owns it; this module only orders them and keeps what the user chose (overrides, captions) on disk so a
-restart loses nothing. Training runs in the job queue's worker thread, one at a time; its events are kept in a
+restart loses nothing. A training is queued as a ``TrainingJobSpec`` and run by a ``TrainingRunner``
+(``pipeline.training_job``) in the job queue's worker thread, one at a time; its events are kept in a
 ``TrainingMonitor`` per model that the UI polls.
 """
 
@@ -15,19 +16,18 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline import events as ev
 from pipeline.classify import ClassificationResult, classify_photos
 from pipeline.crops import build_dataset
-from pipeline.dataset import Dataset
-from pipeline.estimate import Speed, SpeedLog, TrainingEstimate, device_name, estimate_training, speed_key
+from pipeline.estimate import SpeedLog, TrainingEstimate, estimate_training
 from pipeline.flow_status import FlowStatus, flow_status
+from pipeline.generators import Generators
 from pipeline.jobs import Job, JobQueue
-from pipeline.library import BUSY_STATUSES, FINISHED_STATUSES, Library, ModelNotFound, ModelRecord
+from pipeline.library import Library, ModelRecord
 from pipeline.photos import IntakeResult, PhotoStore, StoredPhoto
 from pipeline.settings import (
     AppSettings,
@@ -36,8 +36,12 @@ from pipeline.settings import (
     IntakeSettings,
     TrainSettings,
     VideoSettings,
-    to_json,
 )
+from pipeline.status import JOB_ACTIVE, MODEL_ACTIVE, MODEL_FINISHED, MODEL_RESUMABLE, Status
+from pipeline.training_job import TrainingJobSpec, TrainingMonitor, TrainingRunner
+
+if TYPE_CHECKING:
+    from pipeline.generation import Generator
 
 logger = logging.getLogger(__name__)
 
@@ -56,112 +60,6 @@ def folder_size(folder: Path) -> int:
 
 class NotReady(ValueError):
     """The photo set is not ready to train on; the message says why and what to do."""
-
-
-class TrainingNotStarted(RuntimeError):
-    """A queued training could not start (e.g. no disk space); the model is marked failed with the reason."""
-
-
-@dataclass
-class TrainingMonitor:
-    """What a training run has reported so far: the UI renders it, the job fills it.
-
-    Every entry is also appended to a journal (``training_log.jsonl`` in the model's folder), so the log, the loss
-    curve and the samples are still there after the app restarts.
-    """
-
-    model_id: str
-    journal: Path | None = None
-    status: str = "queued"
-    log: list[str] = field(default_factory=list)
-    losses: list[tuple[int, float, float]] = field(default_factory=list)  # (step, raw, smoothed)
-    last_step: ev.TrainStep | None = None
-    samples: list[tuple[int, Path, str]] = field(default_factory=list)  # (step, image, prompt)
-    checkpoints: list[int] = field(default_factory=list)
-    assessments: list[tuple[int, float, float]] = field(default_factory=list)  # (step, likeness 0–1, overall 0–100)
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @classmethod
-    def open(cls, model_id: str, journal: Path) -> TrainingMonitor:
-        monitor = cls(model_id)
-        if journal.exists():
-            for line in journal.read_text().splitlines():
-                with contextlib.suppress(ValueError):  # a line cut by a crash is skipped, not fatal
-                    monitor._apply(json.loads(line))
-        monitor.journal = journal
-        return monitor
-
-    def on_event(self, event: ev.Event) -> None:
-        if isinstance(event, ev.TrainStep):
-            self.last_step = event
-            self._add({"kind": "loss", "step": event.step, "raw": event.loss, "smooth": event.loss_smooth})
-            if event.step == 1 or event.step % 10 == 0 or event.step == event.total_steps:
-                self._add({"kind": "log", "text": (
-                    f"step {event.step}/{event.total_steps}  loss {event.loss:.4f} (smoothed "
-                    f"{event.loss_smooth:.4f})  lr {event.learning_rate:.2e}  {event.seconds_per_step:.2f} s/step"
-                    f"  ETA {ev.duration_text(event.eta_seconds)}  [{event.phase}]")})
-        elif isinstance(event, ev.SampleImages):
-            for image, prompt in zip(event.images, event.prompts, strict=False):
-                self._add({"kind": "sample", "step": event.step, "path": str(image), "prompt": prompt})
-            self._add({"kind": "log", "text": f"step {event.step}: {len(event.images)} sample image(s)"})
-        elif isinstance(event, ev.CheckpointSaved):
-            self._add({"kind": "checkpoint", "step": event.step})
-            self._add({"kind": "log", "text": f"step {event.step}: checkpoint saved"})
-        elif isinstance(event, ev.Progress):
-            count = f"{event.done}/{event.total}" if event.total else ""
-            text = (f"[{event.stage}] {event.message} ({count})" if event.message and count
-                    else f"[{event.stage}] {event.message or count}")
-            self._add({"kind": "log", "text": text})
-        elif isinstance(event, ev.Message):
-            self._add({"kind": "log", "text": ("⚠ " if event.level != "info" else "") + event.text})
-
-    def on_assessment(self, step: int, likeness: float, overall: float) -> None:
-        self._add({"kind": "assessment", "step": step, "likeness": likeness, "overall": overall})
-        self._add({"kind": "log", "text": f"step {step}: likeness {likeness:.0%}, overall score {overall:.0f}/100"})
-
-    def note(self, text: str, status: str | None = None) -> None:
-        self._add({"kind": "log", "text": text})
-        if status:
-            self.status = status
-
-    def _add(self, entry: dict[str, Any]) -> None:
-        with self.lock:
-            self._apply(entry)
-            if self.journal is not None:
-                try:
-                    with self.journal.open("a") as f:
-                        f.write(json.dumps(entry) + "\n")
-                except OSError as exc:  # e.g. the model was deleted while it trained: keep the run going
-                    logger.warning("cannot write %s: %s", self.journal, exc)
-                    self.journal = None
-
-    def _apply(self, entry: dict[str, Any]) -> None:
-        kind = entry["kind"]
-        if kind == "log":
-            self.log.append(entry["text"])
-        elif kind == "loss":
-            self.losses.append((entry["step"], entry["raw"], entry["smooth"]))
-        elif kind == "sample":
-            self.samples.append((entry["step"], Path(entry["path"]), entry["prompt"]))
-        elif kind == "checkpoint":
-            self.checkpoints.append(entry["step"])
-        elif kind == "assessment":
-            self.assessments.append((entry["step"], entry["likeness"], entry["overall"]))
-
-    def snapshot(self) -> TrainingMonitor:
-        with self.lock:
-            return dataclasses.replace(
-                self, log=list(self.log), losses=list(self.losses), samples=list(self.samples),
-                checkpoints=list(self.checkpoints), assessments=list(self.assessments), lock=threading.Lock(),
-            )
-
-
-class Generators:
-    """The loaded generation pipelines, one per base model, shared by every workspace of the app."""
-
-    def __init__(self) -> None:
-        self.loaded: dict[str, Any] = {}
-        self.lock = threading.Lock()
 
 
 class Workflow:
@@ -195,8 +93,8 @@ class Workflow:
         self._start_lock = threading.Lock()
         self._analyses: dict[tuple, Any] = {}  # per-photo measurements, so re-classifying is quick
         self.last_classification: ClassificationResult | None = None  # shown again when the Review tab reopens
-        self._generators = generators or Generators()
-        self.jobs = jobs if jobs is not None else JobQueue(self.data_dir, self._run_job, autostart=start_worker)
+        self._generators = generators or Generators(self.shared_dir)
+        self.jobs = jobs if jobs is not None else JobQueue(self.data_dir, self.run_job, autostart=start_worker)
         self.notices: list[str] = list(self.library.notices)  # what start-up repaired, shown on the page
         if jobs is None and self.jobs.damaged_backup is not None:
             self.notices.append(f"The training queue ({self.jobs.db_path.name}) was damaged and was moved aside to "
@@ -211,10 +109,10 @@ class Workflow:
         """Models that say they wait or train, with no job left to do it (a lost queue file, a disk that filled up
         before the end was written): marked failed with the reason, so Resume is offered instead of a wait that
         never ends."""
-        active = {job.model_id for job in self._my_jobs() if job.status in ("queued", "running")}
+        active = {job.model_id for job in self._my_jobs() if job.status in JOB_ACTIVE}
         for record in self.library.list():
-            if record.status in ("queued", *BUSY_STATUSES) and record.id not in active:
-                self.library.update(record.id, status="failed",
+            if record.status in MODEL_ACTIVE and record.id not in active:
+                self.library.update(record.id, status=Status.FAILED,
                                     error="interrupted: its place in the training queue was lost; press Resume")
                 self.notices.append(f"'{record.name}' was {record.status} with no training behind it: marked "
                                     "failed, press Resume on the Training tab to go on.")
@@ -349,34 +247,38 @@ class Workflow:
         if result.report.readiness == "not_ready" and not anyway:
             raise NotReady(f"{result.report.summary} Fix the set on the Review tab (or `python -m pipeline classify`), "
                            "or train anyway if you know why: the checkbox under Train, --anyway on the command line.")
-        record = self.library.create(settings.name, self.base_model, json.loads(to_json(settings)),
-                                     trigger_word=settings.trigger_word)
-        settings = dataclasses.replace(settings, trigger_word=record.trigger_word)
+        record = self.library.create(settings.name, self.base_model, {}, trigger_word=settings.trigger_word)
+        spec = TrainingJobSpec(model_id=record.id, workspace=self.workspace, base_model=self.base_model,
+                               settings=dataclasses.replace(settings, trigger_word=record.trigger_word))
         folder = Path(record.folder)
         (folder / "classification.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
-        (folder / "settings.json").write_text(to_json(settings))
-        dataset = build_dataset(result, folder / "dataset", record.trigger_word, max(settings.resolutions),
+        dataset = build_dataset(result, folder / spec.dataset, record.trigger_word, max(settings.resolutions),
                                 captions=self.user_choices()["captions"], on_event=on_event)
-        dataset.save(folder / "dataset")
+        dataset.save(folder / spec.dataset)
+        spec.save(folder)
         summary = {"photos_used": [item.source for item in dataset.items], "count": len(dataset),
                    "captioner": dataset.captioner, "report": result.to_dict()["report"]}
-        record = self.library.update(record.id, dataset=summary, settings=json.loads(to_json(settings)))
+        payload = spec.to_dict()  # the one JSON form of the job: queue, job.json and the record's settings
+        record = self.library.update(record.id, dataset=summary, settings=payload["settings"])
         self._monitor(record.id).note(f"queued: {len(dataset)} photos, trigger word '{record.trigger_word}'")
-        self.jobs.submit(record.id, {"settings": json.loads(to_json(settings)), "workspace": self.workspace})
+        self.jobs.submit(record.id, payload)
         return record
 
     def resume_training(self, model_id: str) -> ModelRecord:
         """Queue a stopped or failed training again; it continues from its last checkpoint."""
         record = self.library.get(model_id)
-        if record.status not in ("cancelled", "failed"):
+        if record.status not in MODEL_RESUMABLE:
             raise ValueError(f"model '{record.name}' is {record.status}: only a stopped or failed training resumes")
-        if not (Path(record.folder) / "dataset" / "dataset.json").exists():
+        # Models made before job specs were saved: their record's settings and base model make one.
+        spec = TrainingJobSpec.load(record.folder) or TrainingJobSpec.from_dict(
+            {"settings": record.settings}, model_id=model_id, base_model=record.base_model, workspace=self.workspace)
+        if not (Path(record.folder) / spec.dataset / "dataset.json").exists():
             raise ValueError(f"model '{record.name}' has no dataset to train on; start a new training instead")
         with self._start_lock:
             self._check_training_limit()
-            record = self.library.update(model_id, status="queued", error="", finished_at=None)
-            self._monitor(model_id).note("queued again: resuming from the last checkpoint", status="queued")
-            self.jobs.submit(model_id, {"settings": record.settings, "workspace": self.workspace})
+            record = self.library.update(model_id, status=Status.QUEUED, error="", finished_at=None)
+            self._monitor(model_id).note("queued again: resuming from the last checkpoint", status=Status.QUEUED)
+            self.jobs.submit(model_id, spec.to_dict())
         return record
 
     def _check_training_limit(self) -> None:
@@ -384,7 +286,7 @@ class Workflow:
         limit = self.settings.trainings_per_person
         if not limit:
             return
-        mine = [job for job in self._my_jobs() if job.status in ("queued", "running")]
+        mine = [job for job in self._my_jobs() if job.status in JOB_ACTIVE]
         if len(mine) >= limit:
             names = ", ".join(f"'{self.library.get(job.model_id).name}'" for job in mine
                               if job.model_id in {r.id for r in self.library.list()})
@@ -414,130 +316,47 @@ class Workflow:
     def jobs_ahead(self, model_id: str) -> int | None:
         """How many trainings run or wait before this model's (None when it is not waiting)."""
         self.library.get(model_id)  # another workspace's model is "not found", like one that does not exist
-        waiting = [job for job in self._my_jobs() if job.model_id == model_id and job.status == "queued"]
+        waiting = [job for job in self._my_jobs() if job.model_id == model_id and job.status == Status.QUEUED]
         return self.jobs.position(waiting[0].id) if waiting else None
 
     def cancel_training(self, model_id: str) -> None:
         self.library.get(model_id)  # only this workspace's trainings: another's is "not found"
         for job in [job for job in self._my_jobs() if job.model_id == model_id]:
-            if job.status in ("queued", "running") and self.jobs.cancel(job.id).status == "cancelled":
+            if job.status in JOB_ACTIVE and self.jobs.cancel(job.id).status == Status.CANCELLED:
                 # A queued job ends at once; a running one stops at its next step and reports itself.
-                self.library.update(model_id, status="cancelled")
+                self.library.update(model_id, status=Status.CANCELLED)
 
     def wait_for(self, model_id: str, timeout: float = 600.0, poll: float = 0.5) -> ModelRecord:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             record = self.library.get(model_id)
-            if record.status in FINISHED_STATUSES:
+            if record.status in MODEL_FINISHED:
                 return record
             time.sleep(poll)
         raise TimeoutError(f"model {model_id} still {self.library.get(model_id).status} after {timeout:.0f} s")
 
-    def _run_job(self, job: Job, should_stop: ev.StopCheck) -> None:
-        """The training job: train (assessing checkpoints as they land) → pick the best → ready (+ e-mail)."""
-        from pipeline.settings import from_dict
-        from pipeline.training import train_lora
-
+    def run_job(self, job: Job, should_stop: ev.StopCheck) -> None:
+        """The queue's runner for this workspace's training jobs."""
         record = self.library.get(job.model_id)
-        folder = Path(record.folder)
-        monitor = self._monitor(record.id)
-        # Runs queued before finish_resolution existed trained at one size: keep them so (their crops are that size).
-        settings = from_dict(TrainSettings, {"finish_resolution": 0, **job.payload["settings"]})
-        dataset = Dataset.load(folder / "dataset")
-        self._check_free_disk(record.id)
-        self.library.update(record.id, status="training")
-        monitor.note(f"training '{record.name}' on {self.base_model}: {settings.steps} steps at "
-                     f"{' then '.join(str(r) for r in settings.resolutions)} px", status="training")
-        try:
-            # Assessed at the main resolution, not the finishing one: likeness is measured on the face, and 1024 px
-            # test images have 4x the pixels to denoise at every checkpoint.
-            assessor = _CheckpointAssessor(self, record, dataset, monitor, prompts=settings.test_prompts,
-                                           resolution=settings.resolution)
-            steps: list[ev.TrainStep] = []  # this session's steps, for the machine's speed record
+        spec = TrainingJobSpec.from_dict(job.payload, model_id=job.model_id, base_model=record.base_model,
+                                         workspace=self.workspace)
+        self.training_runner().run(
+            spec, device=job.device or None, should_stop=should_stop,
+            shutting_down=lambda: self.jobs.interrupting and not self.jobs.cancel_requested(job.id))
 
-            def on_event(event: ev.Event) -> None:
-                if isinstance(event, ev.TrainStep):
-                    steps.append(event)
-                assessor.on_training_event(event)
-
-            result = train_lora(dataset, settings, folder / "lora", base_model=self.base_model,
-                                data_dir=self.shared_dir, on_event=on_event, should_stop=should_stop,
-                                device=job.device or None)
-            self._reload_generator_placed_for_less_memory()
-            checkpoints = [{"step": c.step, "path": str(c.path)} for c in result.checkpoints]
-            if result.status == "cancelled" and self.jobs.interrupting and not self.jobs.cancel_requested(job.id):
-                # The app is shutting down: the job goes back to the queue and resumes from its last checkpoint.
-                self.library.update(record.id, status="queued", checkpoints=checkpoints)
-                monitor.note("interrupted by shutdown: will resume from the last checkpoint", status="queued")
-                return
-            if result.status != "completed":
-                status = "cancelled" if result.status == "cancelled" else "failed"
-                self._finish(record.id, status=status, error=result.error or status, checkpoints=checkpoints)
-                return
-            if steps and steps[0].step == 1:  # a resumed run's time covers only part of the steps
-                per_step = sorted(s.seconds_per_step for s in steps)[len(steps) // 2]
-                self.speeds.record(speed_key(self.base_model, device_name()[0], settings),
-                                   Speed(per_step, result.seconds - per_step * len(steps)))
-            self.library.update(record.id, status="assessing", lora_path=str(result.lora_path),
-                                kohya_path=str(result.kohya_path) if result.kohya_path else None,
-                                checkpoints=checkpoints)
-            monitor.note("assessing: test generations, likeness and quality per checkpoint", status="assessing")
-            self._finish(record.id, status="ready", **assessor.choose(result))
-        except Exception as exc:  # the job must end with a reason the user can read, whatever failed
-            logger.exception("training job %s failed", job.id)
-            with contextlib.suppress(ModelNotFound):  # deleted while it trained: nothing left to mark
-                self._finish(record.id, status="failed", error=f"{type(exc).__name__}: {exc}")
-            raise
-
-    def _check_free_disk(self, model_id: str) -> None:
-        """Fail a training before it starts when the data dir's disk is nearly full (a full disk mid-run used to
-        leave the model "training" for ever)."""
-        import shutil
-
-        from pipeline.base_model import is_embedded
-
-        needed = self.settings.min_free_disk_gb or (0.2 if is_embedded(self.base_model) else 2.0)
-        free = shutil.disk_usage(self.data_dir).free / 1e9
-        if free < needed:
-            message = (f"only {free:.2f} GB free on the disk holding the data dir, and a training needs about "
-                       f"{needed:g} GB: free some space (delete old models on the Models tab), then press Resume")
-            self._finish(model_id, status="failed", error=message)
-            raise TrainingNotStarted(message)
-
-    def _finish(self, model_id: str, *, status: str, **fields: Any) -> ModelRecord:
-        # The library stamps finished_at for a finishing status, in its one timestamp format.
-        record = self.library.update(model_id, status=status, **fields)
-        self._monitor(model_id).note(f"{status}" + (f": {record.error}" if record.error else ""), status=status)
+    def training_runner(self) -> TrainingRunner:
+        """What runs this workspace's trainings, given what it needs."""
+        notify = None
         if self.settings.smtp.enabled:
-            from pipeline.notify import send_training_email
+            from pipeline.notify import email_notifier
 
-            try:
-                grid = [Path(record.sample_grid)] if record.sample_grid else []
-                send_training_email(self.settings.smtp, record, images=grid)
-                self._monitor(model_id).note(f"e-mail sent to {self.settings.smtp.recipient}")
-            except Exception as exc:  # a mail server problem must not turn a finished model into a failure
-                logger.warning("could not send the e-mail: %s", exc)
-                self._monitor(model_id).note(f"⚠ could not send the e-mail: {exc}")
-        return record
+            notify = email_notifier(self.settings.smtp)
+        return TrainingRunner(self.library, self._generators, self._monitor, self.speeds, self.shared_dir,
+                              notify=notify, min_free_disk_gb=self.settings.min_free_disk_gb)
 
     # -------------------------------------------------------------- generate
-    def generator(self) -> Any:
-        from pipeline.generation import Generator
-
-        with self._generators.lock:
-            if self.base_model not in self._generators.loaded:
-                self._generators.loaded[self.base_model] = Generator(self.base_model, self.shared_dir)
-            return self._generators.loaded[self.base_model]
-
-    def _reload_generator_placed_for_less_memory(self) -> None:
-        """A generator loaded while a training held the GPU was placed for the memory left then (fp8 or streamed);
-        once training has handed the GPU back, let the next use place it again."""
-        with self._generators.lock:
-            generator = self._generators.loaded.get(self.base_model)
-        if generator is not None and generator.could_place_better():
-            logger.info("reloading the generator: it was placed (%s) while training used the GPU",
-                        generator.placement_in_use)
-            generator.unload()
+    def generator(self) -> Generator:
+        return self._generators.get(self.base_model)
 
     def test_generate_settings(self, resolution: int) -> GenerateSettings:
         from pipeline.base_model import default_test_generate_settings
@@ -608,6 +427,38 @@ class Workflow:
         return folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}{suffix}"
 
     # --------------------------------------------------------------- library
+    def models(self, status: Status | None = None) -> list[ModelRecord]:
+        """This person's models, newest first (only those with ``status`` when given)."""
+        return self.library.list(status)
+
+    def model(self, model_id: str) -> ModelRecord:
+        """One of this person's models; ModelNotFound for anyone else's, as for one that does not exist."""
+        return self.library.get(model_id)
+
+    def rename_model(self, model_id: str, name: str) -> ModelRecord:
+        return self.library.rename(model_id, name)
+
+    def set_trigger_word(self, model_id: str, word: str) -> ModelRecord:
+        return self.library.set_trigger_word(model_id, word)
+
+    def downloadable_loras(self, model_id: str) -> dict[str, Path]:
+        """The model's LoRA files that are complete, by format ("diffusers", "kohya")."""
+        from pipeline.export import complete_loras
+
+        return complete_loras(self.library, model_id)
+
+    def export_zip(self, model_id: str) -> Path:
+        """Both LoRAs, the model card, the samples and the scores in one zip."""
+        from pipeline.export import export_zip
+
+        return export_zip(self.library, model_id)
+
+    def push_to_hub(self, model_id: str, repo_id: str, token: str, *, private: bool = True) -> str:
+        """Upload the model to a Hugging Face repository; returns its address."""
+        from pipeline.hub import push_to_hub
+
+        return push_to_hub(self.library, model_id, repo_id, token, private=private)
+
     def delete_model(self, model_id: str) -> None:
         self.cancel_training(model_id)  # raises ModelNotFound for a model that is not in this workspace
         self.library.delete(model_id, force=True)
@@ -615,102 +466,3 @@ class Workflow:
 
     def close(self) -> None:
         self.jobs.stop()
-
-
-class _CheckpointAssessor:
-    """Measures each checkpoint as training saves it (the live likeness curve), then picks the best one.
-
-    Live measurement runs where a second copy of the base model fits beside training (the embedded tiny and micro
-    models, or a GPU with LIVE_MIN_FREE_GB free); elsewhere the checkpoints are measured once training has freed its
-    memory.
-    """
-
-    # Free GPU memory (GB) beside a running training above which a second copy of FLUX.1-dev for test generations
-    # fits (bf16 transformer ~24 GB + T5 ~10 GB + headroom).
-    LIVE_MIN_FREE_GB = 40.0
-
-    def __init__(self, workflow: Workflow, record: ModelRecord, dataset: Dataset, monitor: TrainingMonitor,
-                 prompts: Sequence[str] = (), resolution: int | None = None) -> None:
-        from pipeline.assessment import DEFAULT_TEST_PROMPTS, AssessmentPlan, reference_embeddings
-        from pipeline.base_model import is_embedded
-
-        self.workflow = workflow
-        self.record = record
-        self.monitor = monitor
-        images = [item.image for item in dataset.items]
-        self.plan = AssessmentPlan(
-            trigger_word=record.trigger_word, reference=reference_embeddings(images),
-            prompts=tuple(prompts) or DEFAULT_TEST_PROMPTS, reference_images=images,
-            settings=workflow.test_generate_settings(resolution or dataset.resolution)).validate()
-        self.out_dir = Path(record.folder) / "assessment"
-        self.embedded = is_embedded(workflow.base_model)
-        self.results: dict[int, Any] = {}
-        self.checkpoint_paths: dict[int, Path] = {}
-
-    def _live(self) -> bool:
-        if self.embedded:
-            return True
-        from pipeline.memory import free_gpu_gb
-
-        free = free_gpu_gb(self.workflow.generator().device)  # room for test generations beside the training
-        return free is not None and free >= self.LIVE_MIN_FREE_GB
-
-    def on_training_event(self, event: ev.Event) -> None:
-        self.monitor.on_event(event)
-        if isinstance(event, ev.CheckpointSaved) and self._live():
-            from pipeline.assessment import assess_lora
-
-            result = assess_lora(self.workflow.generator(), event.path, self.plan,
-                                 out_dir=self.out_dir / f"step_{event.step:06d}")
-            self.results[event.step] = result
-            self.checkpoint_paths[event.step] = Path(event.path)
-            self.monitor.on_assessment(event.step, result.likeness, result.overall)
-            self._prune()
-
-    def _prune(self) -> None:
-        """Test images of checkpoints that training has already deleted (it keeps ``keep_checkpoints``) go too:
-        they could never be chosen, and a long run would otherwise leave one folder of images per checkpoint. Their
-        scores stay in the training log and the likeness curve."""
-        import shutil
-
-        for step, path in list(self.checkpoint_paths.items()):
-            if not path.exists():
-                shutil.rmtree(self.out_dir / f"step_{step:06d}", ignore_errors=True)
-                del self.checkpoint_paths[step]
-                self.results.pop(step, None)
-
-    def choose(self, result: Any) -> dict[str, Any]:
-        """Assess what is not measured yet, choose the best checkpoint and scale: the library fields to set."""
-        from pipeline.assessment import assess_checkpoints
-
-        # Checkpoints by step; the final LoRA stands for the last step (it carries the full metadata).
-        by_step = {c.step: Path(c.path) for c in result.checkpoints}
-        by_step[result.steps_done] = Path(result.lora_path)
-        steps = sorted(by_step.items())
-        best_step, best_scale, results = assess_checkpoints(
-            self.workflow.generator(), steps, self.plan, out_dir=self.out_dir, on_event=self.monitor.on_event,
-            known=self.results)
-        for step, measured in sorted(results.items()):
-            if step not in self.results:
-                self.monitor.on_assessment(step, measured.likeness, measured.overall)
-        best = results[best_step]
-        scores = {"overall": best.overall, "likeness": best.likeness, "recognised_share": best.recognised_share,
-                  "quality": best.quality, "prompt_fidelity": best.prompt_fidelity, "fidelity_note": best.fidelity_note,
-                  "parts": best.parts,
-                  "verdict": best.verdict, "verdict_text": best.verdict_text,
-                  "by_checkpoint": {str(s): r.overall for s, r in sorted(results.items())},
-                  "likeness_by_checkpoint": {str(s): r.likeness for s, r in sorted(results.items())}}
-        checkpoints = [{"step": s, "path": str(p), "scores": {"overall": results[s].overall,
-                                                               "likeness": results[s].likeness}}
-                       for s, p in steps if s in results]
-        self.monitor.note(f"best checkpoint: step {best_step} at LoRA scale {best_scale:g} — {best.verdict_text}")
-        chosen = {"scores": scores, "checkpoints": checkpoints, "best_checkpoint_step": best_step,
-                  "best_lora_scale": best_scale, "lora_path": str(by_step[best_step]),
-                  "sample_grid": str(best.grid) if best.grid else None}
-        if best_step != result.steps_done:
-            # The download must carry the chosen checkpoint in both formats, not the last step's kohya file.
-            from pipeline.lora_formats import convert_to_kohya
-
-            best_kohya = Path(result.lora_path).with_name("lora_best_kohya.safetensors")
-            chosen["kohya_path"] = str(convert_to_kohya(by_step[best_step], best_kohya))
-        return chosen

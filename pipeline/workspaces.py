@@ -26,9 +26,11 @@ from enum import StrEnum
 from pathlib import Path
 
 from pipeline import events as ev
+from pipeline.generators import Generators
 from pipeline.jobs import Job, JobQueue
 from pipeline.settings import AppSettings
-from pipeline.workflow import LOCAL_WORKSPACE, Generators, Workflow, folder_size
+from pipeline.status import JOB_ACTIVE
+from pipeline.workflow import LOCAL_WORKSPACE, Workflow, folder_size
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +115,7 @@ class Workspaces:
         self.secret = install_secret(self.root)
         self._lock = threading.Lock()
         self._flows: dict[str, Workflow] = {}
-        self._generators = Generators()
+        self._generators = Generators(self.root)
         self.jobs = JobQueue(self.root, self._run_job, autostart=False)
         self.local = self._make(LOCAL_WORKSPACE, self.root, False)
         self.notices: list[str] = []  # the queue's; each workspace keeps its own (a damaged library, …)
@@ -196,14 +198,14 @@ class Workspaces:
 
     def _run_job(self, job: Job, should_stop: ev.StopCheck) -> None:
         # The job names its workspace; jobs queued before workspaces existed belong to the local one.
-        self.get_key(job.payload.get("workspace", LOCAL_WORKSPACE))._run_job(job, should_stop)
+        self.get_key(job.payload.get("workspace", LOCAL_WORKSPACE)).run_job(job, should_stop)
 
     # ------------------------------------------------------------------ the operator's view
     def usage(self) -> list[WorkspaceUsage]:
         """Disk, photos, models and trainings of every workspace (the admin view)."""
         active = {}
         for job in self.jobs.list():
-            if job.status in ("queued", "running"):
+            if job.status in JOB_ACTIVE:
                 key = job.payload.get("workspace", LOCAL_WORKSPACE)
                 active[key] = active.get(key, 0) + 1
         rows = []

@@ -141,8 +141,8 @@ def test_each_lora_looks_like_its_person_not_the_other(trained: dict, tmp_path: 
 @pytest.mark.slow
 def test_the_best_checkpoint_follows_the_measured_scores(trained: dict) -> None:
     for _workflow, record, _ref in trained.values():
-        overall = {int(step): score for step, score in record.scores["by_checkpoint"].items()}
-        assert len(overall) >= 3 and len(record.scores["likeness_by_checkpoint"]) == len(overall)
+        overall = record.scores.by_checkpoint
+        assert len(overall) >= 3 and len(record.scores.likeness_by_checkpoint) == len(overall)
         assert record.best_checkpoint_step == max(overall, key=lambda s: (round(overall[s], 6), s))
         assert Path(record.lora_path).is_file()  # the chosen checkpoint's LoRA is the one the library serves
 

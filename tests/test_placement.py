@@ -96,10 +96,10 @@ def test_a_generator_placed_for_little_memory_is_reloaded_when_a_better_placemen
         assert generator.pipeline is not None and generator.placement_in_use == "stream"
         generator.placement = "auto"
         monkeypatch.setattr(memory, "free_gpu_gb", lambda device=None: 1.0)  # still no room: keep it
-        workflow._reload_generator_placed_for_less_memory()
+        workflow._generators.place_again_when_better(workflow.base_model)
         assert generator.placement_in_use == "stream"
         monkeypatch.setattr(memory, "free_gpu_gb", lambda device=None: 79.0)  # the training handed the GPU back
-        workflow._reload_generator_placed_for_less_memory()
+        workflow._generators.place_again_when_better(workflow.base_model)
         assert generator.placement_in_use is None  # unloaded: the next use places it again
         monkeypatch.undo()
         assert _images(generator, None).shape == (64, 64, 3) and generator.placement_in_use == "cpu"

@@ -149,11 +149,13 @@ def test_an_earlier_best_checkpoint_is_what_the_library_serves_in_both_formats(t
     """When the measurement prefers an earlier checkpoint, the model's LoRA and its kohya file are that one."""
     import dataclasses
 
+    from pipeline.base_model import is_embedded
     from pipeline.dataset import Dataset
-    from pipeline.events import CheckpointSaved
+    from pipeline.events import CheckpointAssessed, CheckpointSaved
     from pipeline.lora_formats import read_metadata
+    from pipeline.status import Status
     from pipeline.training import CheckpointInfo, TrainResult
-    from pipeline.workflow import _CheckpointAssessor
+    from pipeline.training_job import CheckpointAssessor
 
     workflow = _workflow(tmp_path / "data", photos)
     try:
@@ -165,19 +167,25 @@ def test_an_earlier_best_checkpoint_is_what_the_library_serves_in_both_formats(t
         lora = folder / "lora" / "lora.safetensors"
         early = next(Path(c["path"]) for c in record.checkpoints if c["step"] == 3)
         early = early if early.is_absolute() else workflow.data_dir / early
-        result = TrainResult(status="completed", lora_path=lora, kohya_path=folder / "lora" / "lora_kohya.safetensors",
+        result = TrainResult(status=Status.COMPLETED, lora_path=lora,
+                             kohya_path=folder / "lora" / "lora_kohya.safetensors",
                              checkpoints=(CheckpointInfo(3, early), CheckpointInfo(6, lora)), steps_done=6,
                              final_loss=None, losses=())
-        assessor = _CheckpointAssessor(workflow, record, Dataset.load(folder / "dataset"),
-                                       workflow.training_view(record.id), prompts=("{trigger}",))
+        seen = []
+        assessor = CheckpointAssessor(workflow.generator, trigger_word=record.trigger_word,
+                                      dataset=Dataset.load(folder / "dataset"),
+                                      settings=workflow.test_generate_settings(64), out_dir=folder / "assessment",
+                                      embedded=is_embedded(workflow.base_model), on_event=seen.append,
+                                      prompts=("{trigger}",))
         assessor.on_training_event(CheckpointSaved(3, early))
+        assert seen[-1] == CheckpointAssessed(3, assessor.results[3].likeness, assessor.results[3].overall)
         assessor.results[3] = dataclasses.replace(assessor.results[3], overall=99.0)  # step 3 measured best
         chosen = assessor.choose(result)
     finally:
         workflow.close()
-    assert chosen["best_checkpoint_step"] == 3
-    assert Path(chosen["lora_path"]) == early
-    kohya = Path(chosen["kohya_path"])
+    assert chosen.best_checkpoint_step == 3 and chosen.scores.by_checkpoint[3] == 99.0
+    assert chosen.lora_path == early
+    kohya = chosen.kohya_path
     assert kohya.name == "lora_best_kohya.safetensors" and kohya.is_file()
     assert read_metadata(kohya)["likeness.trigger_word"] == record.trigger_word
 

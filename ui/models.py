@@ -9,7 +9,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from pipeline.export import complete_loras, export_zip
+from pipeline.scores import ModelScores
 from pipeline.workflow import Workflow
 from ui.charts import series_frame
 from ui.files import served
@@ -23,9 +23,9 @@ COLUMNS = ["name", "trigger word", "status", "overall /100", "likeness", "base m
 
 def _table(workflow: Workflow) -> pd.DataFrame:
     rows = []
-    for r in workflow.library.list():
-        scores = r.scores or {}
-        rows.append([r.name, r.trigger_word, r.status, _score(scores.get("overall")), _share(scores.get("likeness")),
+    for r in workflow.models():
+        scores = r.scores or ModelScores()
+        rows.append([r.name, r.trigger_word, r.status, _score(scores.overall), _share(scores.likeness),
                      r.base_model, r.created_at[:19].replace("T", " "), r.id])
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -34,13 +34,13 @@ def _cards(workflow: Workflow) -> tuple[list[tuple[str, str]], list[str]]:
     """One card per model, newest first: its test sheet (or first training crop while it trains) and a caption with
     what matters; and the ids in the same order (a click gives an index)."""
     cards, ids = [], []
-    for r in sorted(workflow.library.list(), key=lambda r: r.created_at, reverse=True):
+    for r in sorted(workflow.models(), key=lambda r: r.created_at, reverse=True):
         crops = sorted((Path(r.folder) / "dataset").glob("*.png")) if not r.sample_grid else []
         image = r.sample_grid if r.sample_grid and Path(r.sample_grid).is_file() else crops[0] if crops else \
             PLACEHOLDER
-        scores = r.scores or {}
-        facts = [r.status] + ([f"{_score(scores['overall'])}/100", f"likeness {_share(scores.get('likeness'))}"]
-                              if scores.get("overall") is not None else [])
+        scores = r.scores or ModelScores()
+        facts = [r.status] + ([f"{_score(scores.overall)}/100", f"likeness {_share(scores.likeness)}"]
+                              if scores.overall is not None else [])
         cards.append((served(image), f"{r.name} · {' · '.join(facts)}"))
         ids.append(r.id)
     return cards, ids
@@ -50,9 +50,9 @@ def _downloads(workflow: Workflow, model_id: str) -> tuple:
     """The two LoRA files as one-click downloads, named after the model; hidden until they can be handed out."""
     if not model_id:
         return gr.update(visible=False, value=None), gr.update(visible=False, value=None)
-    r = workflow.library.get(model_id)
+    r = workflow.model(model_id)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", r.name).strip("-.") or "likeness"
-    loras = complete_loras(workflow.library, model_id)
+    loras = workflow.downloadable_loras(model_id)
     return tuple(gr.update(visible=kind in loras,
                            value=served(loras[kind], f"{stem}{suffix}.safetensors") if kind in loras else None)
                  for kind, suffix in (("diffusers", ""), ("kohya", "-comfyui")))
@@ -71,22 +71,22 @@ def _share(value: float | None) -> str:
 def _details(workflow: Workflow, model_id: str) -> tuple[str, str | None]:
     if not model_id:
         return "Select a model: click its card.", None
-    r = workflow.library.get(model_id)
+    r = workflow.model(model_id)
     lines = [f"### {plain(r.name)}",
              f"Trigger word: **{plain(r.trigger_word)}** · base model {plain(r.base_model)} · status **{r.status}**"]
     if r.scores:
-        lines.append(f"{r.scores.get('verdict_text', '')}")
-        shown = [("overall", "overall score", _score, "/100"), ("likeness", "likeness", _share, ""),
-                 ("recognised_share", "recognised in", _share, " of test images"),
-                 ("quality", "image quality", _score, "/100")]
-        lines.append(" · ".join(f"{label} **{fmt(r.scores[key])}{unit}**" for key, label, fmt, unit in shown
-                                if r.scores.get(key) is not None))
-        if r.scores.get("prompt_fidelity") is None and r.scores.get("fidelity_note"):
+        lines.append(r.scores.verdict_text)
+        shown = [(r.scores.overall, "overall score", _score, "/100"), (r.scores.likeness, "likeness", _share, ""),
+                 (r.scores.recognised_share, "recognised in", _share, " of test images"),
+                 (r.scores.quality, "image quality", _score, "/100")]
+        lines.append(" · ".join(f"{label} **{fmt(value)}{unit}**" for value, label, fmt, unit in shown
+                                if value is not None))
+        if r.scores.prompt_fidelity is None and r.scores.fidelity_note:
             # The note names a shell command for the operator (it is in the model card); a visitor needs none.
             lines.append("Prompt fidelity not measured: no CLIP model is installed on this server.")
-        if r.scores.get("by_checkpoint"):
+        if r.scores.by_checkpoint:
             lines.append("Overall score by checkpoint: " + ", ".join(
-                f"step {s}: {_score(v)}" for s, v in r.scores["by_checkpoint"].items()))
+                f"step {s}: {_score(v)}" for s, v in r.scores.by_checkpoint.items()))
     if r.best_checkpoint_step is not None:
         lines.append(f"Best checkpoint: step {r.best_checkpoint_step} at LoRA scale {r.best_lora_scale}")
     if r.error:
@@ -97,9 +97,10 @@ def _details(workflow: Workflow, model_id: str) -> tuple[str, str | None]:
 def _curve(workflow: Workflow | None, model_id: str) -> pd.DataFrame:
     rows = []
     if model_id and workflow is not None:
-        scores = workflow.library.get(model_id).scores or {}
-        for key, label, factor in (("likeness_by_checkpoint", "likeness ×100", 100), ("by_checkpoint", "overall", 1)):
-            rows += [(int(step), (value or 0) * factor, label) for step, value in scores.get(key, {}).items()]
+        scores = workflow.model(model_id).scores or ModelScores()
+        for curve, label, factor in ((scores.likeness_by_checkpoint, "likeness ×100", 100),
+                                     (scores.by_checkpoint, "overall", 1)):
+            rows += [(step, (value or 0) * factor, label) for step, value in curve.items()]
     return series_frame(rows, ("step", "score", "measure"), ("likeness ×100", "overall"))
 
 
@@ -108,7 +109,7 @@ def _show(workflow: Workflow, model_id: str) -> tuple:
 
 
 def _choices(workflow: Workflow) -> list[tuple[str, str]]:
-    return [(r.label, r.id) for r in workflow.library.list()]
+    return [(r.label, r.id) for r in workflow.models()]
 
 
 def build(people: People) -> gr.Tab:
@@ -187,31 +188,28 @@ def build(people: People) -> gr.Tab:
             workflow = people(request)
             if not name.strip():
                 raise gr.Error("Type the new name first.")
-            workflow.library.rename(mid, name.strip())
+            workflow.rename_model(mid, name.strip())
             return _table(workflow), *_show(workflow, mid)
 
         def do_trigger(mid: str, word: str, request: gr.Request) -> tuple:
             workflow = people(request)
-            workflow.library.set_trigger_word(mid, word)
+            workflow.set_trigger_word(mid, word)
             return _table(workflow), *_show(workflow, mid)
 
         def do_push(mid: str, repo: str, secret: str, is_private: bool, request: gr.Request) -> str:
-            from pipeline.hub import push_to_hub
-
-            workflow = people(request)
-            url = push_to_hub(workflow.library, mid, repo.strip(), secret, private=is_private)
+            url = people(request).push_to_hub(mid, repo.strip(), secret, private=is_private)
             return f"Pushed to [{url}]({url})."
 
         def do_delete(mid: str, request: gr.Request) -> tuple:
             workflow = people(request)
-            name = workflow.library.get(mid).name
+            name = workflow.model(mid).name
             workflow.delete_model(mid)
             gr.Info(f"Deleted {escaped(name)}.")
             return _table(workflow), f"Deleted {name}.", None, _curve(workflow, ""), \
                 gr.update(choices=_choices(workflow), value=None)
 
         def do_download(mid: str, request: gr.Request) -> str:
-            return served(export_zip(people(request).library, mid))
+            return served(people(request).export_zip(mid))
 
         def confirmed_delete(mid: str | None, request: gr.Request) -> tuple:
             if mid == CANCELLED:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from pipeline.settings import GenerateSettings
+from pipeline.status import Status
 from pipeline.workflow import Workflow
 from ui.files import served
 from ui.people import People
@@ -16,7 +17,7 @@ BASE_ONLY = "(base model, no LoRA)"
 
 def _choices(workflow: Workflow) -> list[tuple[str, str]]:
     ready = [(f"{r.name} · {r.trigger_word} · {r.created_at[:19].replace('T', ' ')}", r.id)
-             for r in workflow.library.list(status="ready")]
+             for r in workflow.models(Status.READY)]
     return ready + [(BASE_ONLY, "")]
 
 

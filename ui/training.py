@@ -10,8 +10,9 @@ import pandas as pd
 
 from pipeline.assessment import LOW_QUALITY, NOT_RECOGNISABLE, READY
 from pipeline.events import duration_text
-from pipeline.library import BUSY_STATUSES, FINISHED_STATUSES
-from pipeline.workflow import TrainingMonitor, Workflow
+from pipeline.status import MODEL_ACTIVE, MODEL_FINISHED, MODEL_RESUMABLE, Status
+from pipeline.training_job import TrainingMonitor
+from pipeline.workflow import Workflow
 from ui.charts import series_frame
 from ui.files import served
 from ui.people import People
@@ -50,7 +51,7 @@ def _log_text(lines: list[str]) -> str:
 
 
 def _status(workflow: Workflow, monitor: TrainingMonitor) -> str:
-    record = workflow.library.get(monitor.model_id)
+    record = workflow.model(monitor.model_id)
     lines = [f"### {plain(record.name)} — {monitor.status}", f"Trigger word: **{plain(record.trigger_word)}**"]
     ahead = workflow.jobs_ahead(monitor.model_id)
     if ahead:
@@ -63,14 +64,14 @@ def _status(workflow: Workflow, monitor: TrainingMonitor) -> str:
                   f"loss {step.loss_smooth:.4f}"]
         parts += [f"GPU {step.gpu_memory_gb:.1f} GB"] if step.gpu_memory_gb else []
         lines.append(" · ".join(parts))
-    if record.status == "cancelled":
+    if record.status == Status.CANCELLED:
         lines.append("⏹ Stopped. Press Train to start a new run.")
     elif record.error:
         lines.append(f"❌ {record.error}")
-    if record.status == "ready" and record.scores:
-        icon = VERDICT_ICONS.get(record.scores.get("verdict", ""), "")
-        lines.append(f"Training finished. {icon} {record.scores.get('verdict_text', '')} (overall "
-                     f"{record.scores.get('overall', 0):.0f}/100) — try it on the Playground tab; its files are on "
+    if record.status == Status.READY and record.scores:
+        icon = VERDICT_ICONS.get(record.scores.verdict, "")
+        lines.append(f"Training finished. {icon} {record.scores.verdict_text} (overall "
+                     f"{record.scores.overall or 0:.0f}/100) — try it on the Playground tab; its files are on "
                      "the Models tab.")
     return "\n\n".join(lines)
 
@@ -83,7 +84,7 @@ def _render(workflow: Workflow, model_id: str) -> tuple:
 
 
 def _model_choices(workflow: Workflow) -> list[tuple[str, str]]:
-    return [(r.label, r.id) for r in workflow.library.list()]
+    return [(r.label, r.id) for r in workflow.models()]
 
 
 def build(people: People, settings: SettingsInputs) -> gr.Tab:
@@ -141,13 +142,13 @@ def build(people: People, settings: SettingsInputs) -> gr.Tab:
                 return
             token = current["token"] = object()
             try:
-                workflow.library.get(mid)
+                workflow.model(mid)
             except ValueError as exc:  # a deleted model or a mistyped id
                 raise gr.Error(escaped(exc)) from exc
             while current.get("token") is token:
                 # Read the status before rendering: a run that finishes between the two still gets its final
                 # state rendered (on the next pass), so the last update is never a stale "assessing".
-                finished = workflow.library.get(mid).status in FINISHED_STATUSES
+                finished = workflow.model(mid).status in MODEL_FINISHED
                 yield (*_render(workflow, mid), mid)
                 if finished:
                     return
@@ -158,10 +159,10 @@ def build(people: People, settings: SettingsInputs) -> gr.Tab:
                 raise gr.Error("Nothing is training: press Train, or pick a model under 'Watch a model'.")
             workflow = people(request)
             try:
-                record = workflow.library.get(mid)
+                record = workflow.model(mid)
             except ValueError as exc:
                 raise gr.Error(escaped(exc)) from exc
-            if record.status in FINISHED_STATUSES:
+            if record.status in MODEL_FINISHED:
                 gr.Info(f"'{escaped(record.name)}' has already finished ({record.status}); nothing to stop.")
                 return _status(workflow, workflow.training_view(mid))
             workflow.cancel_training(mid)
@@ -182,21 +183,21 @@ def build(people: People, settings: SettingsInputs) -> gr.Tab:
             if mid:
                 return
             workflow = people(request)
-            busy = [r for r in workflow.library.list() if r.status in ("queued", *BUSY_STATUSES)]
-            running = [r for r in busy if r.status != "queued"] or busy[::-1]  # else the oldest waiting one
+            busy = [r for r in workflow.models() if r.status in MODEL_ACTIVE]
+            running = [r for r in busy if r.status != Status.QUEUED] or busy[::-1]  # else the oldest waiting one
             # Nothing running: the latest model, so the tab is never blank once something was trained.
-            shown = running or workflow.library.list()[:1]
+            shown = running or workflow.models()[:1]
             if shown:
                 yield from _follow(workflow, shown[0].id, current)
 
         def buttons(mid: str, request: gr.Request) -> tuple:
             """Stop only while a run waits or trains; Resume only for a stopped or failed one."""
             try:
-                state = people(request).library.get(mid).status if mid else ""
+                state = people(request).model(mid).status if mid else ""
             except ValueError:
                 state = ""
-            return (gr.update(interactive=state in ("queued", *BUSY_STATUSES)),
-                    gr.update(interactive=state in ("cancelled", "failed")))
+            return (gr.update(interactive=state in MODEL_ACTIVE),
+                    gr.update(interactive=state in MODEL_RESUMABLE))
 
         def refresh(mid: str, request: gr.Request) -> dict:
             return gr.update(choices=_model_choices(people(request)), value=mid or None)

@@ -1,0 +1,59 @@
+"""A trained model's measured scores, as the library keeps them and the pages, the e-mail and the CLI show them.
+
+The assessment measures every checkpoint (``AssessmentResult``); a model keeps the best one's totals and, per
+checkpoint, its overall score and likeness (the curves). Stored in the library as a plain dict with the same keys as
+before this type existed, so older library files read back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.assessment import AssessmentResult
+
+
+@dataclass(frozen=True)
+class ModelScores:
+    overall: float | None = None  # 0–100
+    likeness: float | None = None  # 0–1, face identity against the training photos
+    recognised_share: float | None = None  # 0–1, test images in which the person is recognised
+    quality: float | None = None  # 0–100
+    prompt_fidelity: float | None = None  # CLIP score; None where no CLIP model is on disk
+    fidelity_note: str = ""
+    parts: dict[str, float] = field(default_factory=dict)  # each part of the overall score
+    verdict: str = ""  # the assessment's READY, LOW_QUALITY or NOT_RECOGNISABLE
+    verdict_text: str = ""
+    by_checkpoint: dict[int, float] = field(default_factory=dict)  # step -> overall
+    likeness_by_checkpoint: dict[int, float] = field(default_factory=dict)  # step -> likeness
+
+    @classmethod
+    def from_assessment(cls, best: AssessmentResult, results: Mapping[int, AssessmentResult]) -> ModelScores:
+        """The best checkpoint's totals and every measured checkpoint's curve points."""
+        return cls(overall=best.overall, likeness=best.likeness, recognised_share=best.recognised_share,
+                   quality=best.quality, prompt_fidelity=best.prompt_fidelity, fidelity_note=best.fidelity_note,
+                   parts=dict(best.parts), verdict=best.verdict, verdict_text=best.verdict_text,
+                   by_checkpoint={s: r.overall for s, r in sorted(results.items())},
+                   likeness_by_checkpoint={s: r.likeness for s, r in sorted(results.items())})
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> ModelScores | None:
+        """From the stored form (None for a model not assessed yet); unknown keys from newer files are skipped."""
+        if not data:
+            return None
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        for curve in ("by_checkpoint", "likeness_by_checkpoint"):
+            values[curve] = {int(step): value for step, value in (values.get(curve) or {}).items()}
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored and exported form, without what was not measured: JSON keys are strings, so the curves'
+        steps are too."""
+        data = dataclasses.asdict(self)
+        for curve in ("by_checkpoint", "likeness_by_checkpoint"):
+            data[curve] = {str(step): value for step, value in data[curve].items()}
+        return {key: value for key, value in data.items() if value is not None and value != "" and value != {}}
