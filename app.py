@@ -50,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--base-model", default=os.environ.get("LIKENESS_BASE_MODEL"),
                         help="'micro' (default without CUDA), 'tiny', a hub id such as black-forest-labs/FLUX.1-dev "
                              "(default with CUDA), or a local diffusers folder")
+    parser.add_argument("--ray", default=os.environ.get("LIKENESS_RAY_ADDRESS", ""), metavar="auto|ADDRESS",
+                        help="run trainings as tasks on a Ray cluster: 'auto' (the cluster this machine joined with "
+                             "`ray start`) or the head's address; the data dir must be on a disk every node sees")
     args = parser.parse_args(argv)
     if args.auth is not None:
         user, colon, password = args.auth.partition(":")
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         limit = args.trainings_per_person if args.trainings_per_person is not None else (1 if shared else 0)
         app_settings = AppSettings(data_dir=args.data_dir, base_model=args.base_model or default_base_model(),
                                    smtp=smtp_settings_from_env(), trainings_per_person=limit,
-                                   disk_per_person_gb=args.disk_per_person_gb)
+                                   disk_per_person_gb=args.disk_per_person_gb, ray_address=args.ray.strip())
         app_settings.validate()
         workspaces = Workspaces(app_settings, start_worker=False)
         if shared and owner:  # a data dir used before accounts: its photos and models become the first account's

@@ -55,6 +55,15 @@ class CheckpointSaved:
 
 
 @dataclass(frozen=True)
+class AssessmentStarted:
+    """Training ended: its LoRA is saved and every checkpoint is measured now (the model turns "assessing")."""
+
+    lora_path: Path
+    kohya_path: Path | None
+    checkpoints: tuple[CheckpointSaved, ...]
+
+
+@dataclass(frozen=True)
 class CheckpointAssessed:
     """A checkpoint's test generations were measured: the likeness curve's next point."""
 
@@ -72,7 +81,7 @@ class Message:
     extra: dict = field(default_factory=dict)
 
 
-Event = Progress | TrainStep | SampleImages | CheckpointSaved | CheckpointAssessed | Message
+Event = Progress | TrainStep | SampleImages | CheckpointSaved | AssessmentStarted | CheckpointAssessed | Message
 EventCallback = Callable[[Event], None]
 StopCheck = Callable[[], bool]
 

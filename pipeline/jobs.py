@@ -32,11 +32,17 @@ except ImportError:  # pragma: no cover - Windows
 
 logger = logging.getLogger(__name__)
 
+MAX_ATTEMPTS = 3  # starts of one job; past them an interrupted job fails instead of going round for ever
 _CANCEL_POLL_SECONDS = 1.0  # how often a running job looks for a cancel made through another JobQueue object
 
 
 class JobNotFound(ValueError):
     """No job with this id in the queue."""
+
+
+class JobInterrupted(RuntimeError):
+    """Raised by a runner whose job could not go on for a reason outside the job (the machine running it went
+    away): the job goes back to the front of the queue and runs again, up to MAX_ATTEMPTS times in all."""
 
 
 class QueueBusy(RuntimeError):
@@ -60,6 +66,9 @@ class Job:
     attempts: int = 0  # how many times a worker started it (more than 1: resumed after a restart)
     order: float = 0.0  # queue position key; smaller runs first
     cancel_requested: bool = False
+    node: str = ""  # on a cluster: the node and task that ran it last, and the worker process
+    task: str = ""
+    pid: int = 0
 
 
 Runner = Callable[[Job, StopCheck], None]
@@ -163,6 +172,10 @@ class JobQueue:
     def set_payload(self, job_id: str, payload: dict) -> Job:
         """Replace a job's payload (e.g. to point an old job at the workspace its model moved to)."""
         return self._write(job_id, payload=dict(payload))
+
+    def annotate(self, job_id: str, *, node: str = "", task: str = "", pid: int = 0) -> Job:
+        """Record where a running job runs (a cluster's node, task and worker process)."""
+        return self._write(job_id, node=node, task=task, pid=pid)
 
     def get(self, job_id: str) -> Job:
         with open_db(self.db_path) as db:
@@ -368,9 +381,12 @@ class JobQueue:
 
         logger.info("jobs: running %s job %s for model %s on %s", job.kind, job.id, job.model_id, job.device)
         self._changed(job)
-        error = ""
+        error, interrupted = "", False
         try:
             self.runner(job, should_stop)
+        except JobInterrupted as exc:
+            logger.warning("jobs: job %s was interrupted (%s); it goes back to the queue", job.id, exc)
+            error, interrupted = str(exc), True
         except Exception as exc:  # the runner's failure is the job's failure, not the worker's
             logger.exception("jobs: job %s failed", job.id)
             error = f"{type(exc).__name__}: {exc}"
@@ -378,7 +394,10 @@ class JobQueue:
             self._stop_flags.pop(job.id, None)
         if flag.is_set() or self.get(job.id).cancel_requested:
             finished = self._write(job.id, status=Status.CANCELLED, finished_at=_now(), error=error)
-        elif self._interrupt.is_set():
+        elif interrupted and job.attempts >= MAX_ATTEMPTS:
+            finished = self._write(job.id, status=Status.FAILED, finished_at=_now(),
+                                   error=f"{error} ({job.attempts} attempts)")
+        elif self._interrupt.is_set() or interrupted:
             with open_db(self.db_path) as db:
                 front = min((d.get("order", 0.0) for d in db.table("jobs").all() if d["status"] == Status.QUEUED),
                             default=job.order + 1)

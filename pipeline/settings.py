@@ -281,6 +281,9 @@ class AppSettings:
     trainings_per_person: int = 0  # trainings of one person that may wait or run at once
     disk_per_person_gb: float = 0.0  # a person's photos, models and outputs; uploads and trainings stop above it
     max_workspaces: int = 1000  # workspaces on disk (empty anonymous ones are pruned first); 0: no limit
+    # Trainings run in this process ("") or as tasks on a Ray cluster: "auto" (the cluster this machine joined
+    # with `ray start`) or the head's address ("10.0.0.5:6379"). The data dir must be on a disk every node sees.
+    ray_address: str = ""
 
     def validate(self) -> AppSettings:
         _check(self.trainings_per_person >= 0, "trainings_per_person", "must be 0 (no limit) or more")

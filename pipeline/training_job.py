@@ -18,11 +18,12 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline import events as ev
 from pipeline.dataset import Dataset
 from pipeline.estimate import Speed, SpeedLog, device_name, speed_key
+from pipeline.jobs import JobInterrupted
 from pipeline.library import Library, ModelNotFound, ModelRecord
 from pipeline.scores import ModelScores
 from pipeline.settings import TrainSettings, from_dict, to_json
@@ -297,80 +298,190 @@ class CheckpointAssessor:
                                 lora_path=by_step[best_step], kohya_path=kohya, sample_grid=best.grid)
 
 
+@dataclass(frozen=True)
+class JobOutcome:
+    """What the compute of a job returns to the app: the training's result and, when it completed, the choice."""
+
+    result: TrainResult
+    choice: CheckpointChoice | None = None
+
+
+class WorkerLost(JobInterrupted):
+    """The process or machine running a job went away mid-run; the job goes back to the queue and resumes from
+    its last checkpoint."""
+
+
+def train_and_choose(spec: TrainingJobSpec, model_folder: Path, shared_dir: Path, generators: Generators, *,
+                     device: str | None, on_event: ev.EventCallback, should_stop: ev.StopCheck) -> JobOutcome:
+    """A job's compute, wherever it runs (in the app, or on a Ray worker that sees the same data dir): train,
+    measuring each checkpoint as it lands, then choose the best. Touches no library: the app records the outcome."""
+    from pipeline.base_model import default_test_generate_settings, is_embedded
+    from pipeline.training import train_lora
+
+    settings = spec.settings
+    dataset = Dataset.load(Path(model_folder) / spec.dataset)
+    # Assessed at the main resolution, not the finishing one: likeness is measured on the face, and 1024 px test
+    # images have 4x the pixels to denoise at every checkpoint.
+    assessor = CheckpointAssessor(
+        lambda: generators.get(spec.base_model), trigger_word=settings.trigger_word, dataset=dataset,
+        settings=default_test_generate_settings(spec.base_model, settings.resolution),
+        out_dir=Path(model_folder) / "assessment", embedded=is_embedded(spec.base_model), on_event=on_event,
+        prompts=settings.test_prompts)
+    result = train_lora(dataset, settings, Path(model_folder) / "lora", base_model=spec.base_model,
+                        data_dir=shared_dir, on_event=assessor.on_training_event, should_stop=should_stop,
+                        device=device)
+    generators.place_again_when_better(spec.base_model)
+    if result.status != Status.COMPLETED:
+        return JobOutcome(result)
+    on_event(ev.AssessmentStarted(result.lora_path, result.kohya_path,
+                                  tuple(ev.CheckpointSaved(c.step, c.path) for c in result.checkpoints)))
+    return JobOutcome(result, assessor.choose(result))
+
+
+@dataclass(frozen=True)
+class NodeView:
+    node_id: str
+    address: str
+    alive: bool
+    cpus: float
+    gpus: float
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """What the Training tab shows of the cluster."""
+
+    address: str
+    nodes: tuple[NodeView, ...]
+
+    @property
+    def gpus(self) -> float:
+        return sum(n.gpus for n in self.nodes if n.alive)
+
+    @property
+    def cpus(self) -> float:
+        return sum(n.cpus for n in self.nodes if n.alive)
+
+
+Placement = Callable[[Mapping[str, Any]], None]  # where a job runs: {"node", "task", "pid"} on a cluster
+
+
+class Executor(Protocol):
+    """Where a job's compute runs: this process (``LocalExecutor``) or a cluster (``pipeline.ray_cluster``)."""
+
+    local: bool  # runs on this machine's devices (its speeds are this machine's)
+
+    def slots(self) -> tuple[str, ...] | None:
+        """The job queue's worker slots (None: one per local device)."""
+
+    def run(self, spec: TrainingJobSpec, model_folder: Path, *, device: str | None, on_event: ev.EventCallback,
+            should_stop: ev.StopCheck, on_placed: Placement) -> JobOutcome:
+        """Run the compute; raises WorkerLost when whatever ran it went away."""
+
+    def close(self) -> None:
+        """Let go of what the executor holds (a cluster connection)."""
+
+    def view(self) -> ClusterView | None:
+        """The cluster's nodes, for the Training tab; None when trainings run in this process."""
+
+
+@dataclass
+class LocalExecutor:
+    """The embedded default: the job's compute runs in the queue's worker thread, on its device."""
+
+    generators: Generators
+    shared_dir: Path
+    local: bool = True
+
+    def slots(self) -> tuple[str, ...] | None:
+        return None
+
+    def run(self, spec: TrainingJobSpec, model_folder: Path, *, device: str | None, on_event: ev.EventCallback,
+            should_stop: ev.StopCheck, on_placed: Placement) -> JobOutcome:
+        return train_and_choose(spec, model_folder, self.shared_dir, self.generators, device=device,
+                                on_event=on_event, should_stop=should_stop)
+
+    def close(self) -> None:
+        pass
+
+    def view(self) -> ClusterView | None:
+        return None
+
+
 @dataclass
 class TrainingRunner:
-    """Runs training jobs against one library. Everything it uses is given to it."""
+    """Runs training jobs against one library: the job's compute on the executor, its bookkeeping here."""
 
     library: Library
-    generators: Generators
+    executor: Executor
     monitor: Callable[[str], TrainingMonitor]  # the monitor of a model id
     speeds: SpeedLog  # the machine's measured speeds, for the estimate
-    shared_dir: Path  # base models and the latent cache
     notify: Notifier | None = None
     min_free_disk_gb: float = 0.0  # 0: by the base model (0.2 GB embedded, 2 GB otherwise)
 
     def run(self, spec: TrainingJobSpec, *, device: str | None, should_stop: ev.StopCheck,
-            shutting_down: Callable[[], bool]) -> None:
+            shutting_down: Callable[[], bool], on_placed: Placement = lambda _place: None,
+            last_attempt: bool = False) -> None:
         """Train → measure each checkpoint → keep the best → ready (and tell the person).
 
         ``should_stop`` ends the run at its next step; ``shutting_down()`` then says whether the app is stopping
-        (the job goes back to the queue and resumes later) rather than the person cancelling.
+        (the job goes back to the queue and resumes later) rather than the person cancelling. A lost worker sends
+        the job back to the queue too, unless this was its ``last_attempt``.
         """
-        from pipeline.base_model import default_test_generate_settings, is_embedded
-        from pipeline.training import train_lora
-
         record = self.library.get(spec.model_id)
-        folder = Path(record.folder)
         monitor = self.monitor(record.id)
         settings = spec.settings
-        dataset = Dataset.load(folder / spec.dataset)
         self._check_free_disk(record.id, spec.base_model)
         self.library.update(record.id, status=Status.TRAINING)
         monitor.note(f"training '{record.name}' on {spec.base_model}: {settings.steps} steps at "
                      f"{' then '.join(str(r) for r in settings.resolutions)} px", status=Status.TRAINING)
+        steps: list[ev.TrainStep] = []  # this session's steps, for the machine's speed record
+
+        def on_event(event: ev.Event) -> None:
+            if isinstance(event, ev.AssessmentStarted):
+                self.library.update(record.id, status=Status.ASSESSING, lora_path=event.lora_path,
+                                    kohya_path=event.kohya_path,
+                                    checkpoints=[{"step": c.step, "path": str(c.path)} for c in event.checkpoints])
+                monitor.note("assessing: test generations, likeness and quality per checkpoint",
+                             status=Status.ASSESSING)
+                return
+            if isinstance(event, ev.TrainStep):
+                steps.append(event)
+            monitor.on_event(event)
+
         try:
-            # Assessed at the main resolution, not the finishing one: likeness is measured on the face, and 1024 px
-            # test images have 4x the pixels to denoise at every checkpoint.
-            assessor = CheckpointAssessor(
-                lambda: self.generators.get(spec.base_model), trigger_word=record.trigger_word, dataset=dataset,
-                settings=default_test_generate_settings(spec.base_model, settings.resolution),
-                out_dir=folder / "assessment", embedded=is_embedded(spec.base_model), on_event=monitor.on_event,
-                prompts=settings.test_prompts)
-            steps: list[ev.TrainStep] = []  # this session's steps, for the machine's speed record
-
-            def on_event(event: ev.Event) -> None:
-                if isinstance(event, ev.TrainStep):
-                    steps.append(event)
-                assessor.on_training_event(event)
-
-            result = train_lora(dataset, settings, folder / "lora", base_model=spec.base_model,
-                                data_dir=self.shared_dir, on_event=on_event, should_stop=should_stop, device=device)
-            self.generators.place_again_when_better(spec.base_model)
-            checkpoints = [{"step": c.step, "path": str(c.path)} for c in result.checkpoints]
-            if result.status == Status.CANCELLED and shutting_down():
-                # The app is shutting down: the job goes back to the queue and resumes from its last checkpoint.
-                self.library.update(record.id, status=Status.QUEUED, checkpoints=checkpoints)
-                monitor.note("interrupted by shutdown: will resume from the last checkpoint", status=Status.QUEUED)
-                return
-            if result.status != Status.COMPLETED:
-                self._finish(record.id, status=result.status, error=result.error or result.status,
-                             checkpoints=checkpoints)
-                return
-            if steps and steps[0].step == 1:  # a resumed run's time covers only part of the steps
-                per_step = sorted(s.seconds_per_step for s in steps)[len(steps) // 2]
-                self.speeds.record(speed_key(spec.base_model, device_name()[0], settings),
-                                   Speed(per_step, result.seconds - per_step * len(steps)))
-            self.library.update(record.id, status=Status.ASSESSING, lora_path=str(result.lora_path),
-                                kohya_path=str(result.kohya_path) if result.kohya_path else None,
-                                checkpoints=checkpoints)
-            monitor.note("assessing: test generations, likeness and quality per checkpoint", status=Status.ASSESSING)
-            self._finish(record.id, status=Status.READY, **assessor.choose(result).library_fields())
+            outcome = self.executor.run(spec, Path(record.folder), device=device, on_event=on_event,
+                                        should_stop=should_stop, on_placed=on_placed)
+        except WorkerLost as exc:
+            with contextlib.suppress(ModelNotFound):
+                if last_attempt:
+                    self._finish(record.id, status=Status.FAILED, error=f"{exc}, again: press Resume to try once more")
+                    raise RuntimeError(str(exc)) from exc
+                self.library.update(record.id, status=Status.QUEUED)
+                monitor.note(f"⚠ {exc}: the training goes back to the queue and resumes from its last checkpoint",
+                             status=Status.QUEUED)
+            raise
         except Exception as exc:  # the job must end with a reason the user can read, whatever failed
             logger.exception("training of model %s failed", spec.model_id)
             with contextlib.suppress(ModelNotFound):  # deleted while it trained: nothing left to mark
                 self._finish(record.id, status=Status.FAILED, error=f"{type(exc).__name__}: {exc}")
             raise
-
+        result = outcome.result
+        checkpoints = [{"step": c.step, "path": str(c.path)} for c in result.checkpoints]
+        if result.status == Status.CANCELLED and shutting_down():
+            # The app is shutting down: the job goes back to the queue and resumes from its last checkpoint.
+            self.library.update(record.id, status=Status.QUEUED, checkpoints=checkpoints)
+            monitor.note("interrupted by shutdown: will resume from the last checkpoint", status=Status.QUEUED)
+            return
+        if outcome.choice is None:
+            self._finish(record.id, status=result.status, error=result.error or result.status,
+                         checkpoints=checkpoints)
+            return
+        if steps and steps[0].step == 1 and self.executor.local:  # a resumed run's time covers only part of the steps
+            per_step = sorted(s.seconds_per_step for s in steps)[len(steps) // 2]
+            self.speeds.record(speed_key(spec.base_model, device_name()[0], settings),
+                               Speed(per_step, result.seconds - per_step * len(steps)))
+        self._finish(record.id, status=Status.READY, **outcome.choice.library_fields())
     def _check_free_disk(self, model_id: str, base_model: str) -> None:
         """Fail a training before it starts when the data dir's disk is nearly full (a full disk mid-run used to
         leave the model "training" for ever)."""

@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ from pipeline.crops import build_dataset
 from pipeline.estimate import SpeedLog, TrainingEstimate, estimate_training
 from pipeline.flow_status import FlowStatus, flow_status
 from pipeline.generators import Generators
-from pipeline.jobs import Job, JobQueue
+from pipeline.jobs import MAX_ATTEMPTS, Job, JobQueue
 from pipeline.library import Library, ModelRecord
 from pipeline.photos import IntakeResult, PhotoStore, StoredPhoto
 from pipeline.settings import (
@@ -38,7 +39,14 @@ from pipeline.settings import (
     VideoSettings,
 )
 from pipeline.status import JOB_ACTIVE, MODEL_ACTIVE, MODEL_FINISHED, MODEL_RESUMABLE, Status
-from pipeline.training_job import TrainingJobSpec, TrainingMonitor, TrainingRunner
+from pipeline.training_job import (
+    ClusterView,
+    Executor,
+    LocalExecutor,
+    TrainingJobSpec,
+    TrainingMonitor,
+    TrainingRunner,
+)
 
 if TYPE_CHECKING:
     from pipeline.generation import Generator
@@ -58,6 +66,34 @@ def folder_size(folder: Path) -> int:
     return total
 
 
+def make_executor(settings: AppSettings, generators: Generators) -> Executor:
+    """In this process, or on the Ray cluster at ``settings.ray_address`` ("auto": the one this machine joined)."""
+    if not settings.ray_address:
+        return LocalExecutor(generators, Path(settings.data_dir))
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise ValueError("ray_address: trainings on a Ray cluster need Ray on this machine: pip install ray (the "
+                         "same version on every node)")
+    from pipeline.ray_cluster import RayExecutor
+
+    try:
+        return RayExecutor(settings.ray_address, Path(settings.data_dir))
+    except ConnectionError as exc:
+        raise ValueError(f"ray_address: no Ray cluster answers at {settings.ray_address!r} ({exc}); start its "
+                         "head with `ray start --head`, or give the address it printed") from exc
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """A training in the queue, as a person may see it."""
+
+    name: str  # "" for another person's training
+    status: Status  # queued or running
+    node: str = ""  # on a Ray cluster, the node it runs on
+    pid: int = 0
+
+
 class NotReady(ValueError):
     """The photo set is not ready to train on; the message says why and what to do."""
 
@@ -72,7 +108,7 @@ class Workflow:
 
     def __init__(self, settings: AppSettings, *, start_worker: bool = True, workspace: str = LOCAL_WORKSPACE,
                  folder: Path | None = None, jobs: JobQueue | None = None,
-                 generators: Generators | None = None) -> None:
+                 generators: Generators | None = None, executor: Executor | None = None) -> None:
         from pipeline.base_model import is_tiny, resolve_base_model
 
         self.settings = settings
@@ -94,7 +130,11 @@ class Workflow:
         self._analyses: dict[tuple, Any] = {}  # per-photo measurements, so re-classifying is quick
         self.last_classification: ClassificationResult | None = None  # shown again when the Review tab reopens
         self._generators = generators or Generators(self.shared_dir)
-        self.jobs = jobs if jobs is not None else JobQueue(self.data_dir, self.run_job, autostart=start_worker)
+        # Where trainings run: in this process (the default) or on a Ray cluster (``AppSettings.ray_address``).
+        self._owns_executor = executor is None
+        self.executor = executor or make_executor(settings, self._generators)
+        self.jobs = jobs if jobs is not None else JobQueue(self.data_dir, self.run_job, autostart=start_worker,
+                                                           devices=self.executor.slots())
         self.notices: list[str] = list(self.library.notices)  # what start-up repaired, shown on the page
         if jobs is None and self.jobs.damaged_backup is not None:
             self.notices.append(f"The training queue ({self.jobs.db_path.name}) was damaged and was moved aside to "
@@ -342,7 +382,8 @@ class Workflow:
                                          workspace=self.workspace)
         self.training_runner().run(
             spec, device=job.device or None, should_stop=should_stop,
-            shutting_down=lambda: self.jobs.interrupting and not self.jobs.cancel_requested(job.id))
+            shutting_down=lambda: self.jobs.interrupting and not self.jobs.cancel_requested(job.id),
+            on_placed=lambda place: self.jobs.annotate(job.id, **place), last_attempt=job.attempts >= MAX_ATTEMPTS)
 
     def training_runner(self) -> TrainingRunner:
         """What runs this workspace's trainings, given what it needs."""
@@ -351,8 +392,8 @@ class Workflow:
             from pipeline.notify import email_notifier
 
             notify = email_notifier(self.settings.smtp)
-        return TrainingRunner(self.library, self._generators, self._monitor, self.speeds, self.shared_dir,
-                              notify=notify, min_free_disk_gb=self.settings.min_free_disk_gb)
+        return TrainingRunner(self.library, self.executor, self._monitor, self.speeds, notify=notify,
+                              min_free_disk_gb=self.settings.min_free_disk_gb)
 
     # -------------------------------------------------------------- generate
     def generator(self) -> Generator:
@@ -464,5 +505,25 @@ class Workflow:
         self.library.delete(model_id, force=True)
         self._monitors.pop(model_id, None)
 
+    def queue(self) -> list[QueueEntry]:
+        """Trainings that run or wait, in the order they run; other people's are counted, not named."""
+        mine = {job.id for job in self._my_jobs()}
+        entries = []
+        for job in self.jobs.list():
+            if job.status not in JOB_ACTIVE:
+                continue
+            name = ""
+            if job.id in mine:
+                with contextlib.suppress(ValueError):
+                    name = self.library.get(job.model_id).name
+            entries.append(QueueEntry(name, job.status, job.node, job.pid))
+        return entries
+
+    def cluster(self) -> ClusterView | None:
+        """The Ray cluster trainings run on (``pipeline.ray_cluster.ClusterView``); None when they run here."""
+        return self.executor.view()
+
     def close(self) -> None:
         self.jobs.stop()
+        if self._owns_executor:
+            self.executor.close()

@@ -30,7 +30,7 @@ from pipeline.generators import Generators
 from pipeline.jobs import Job, JobQueue
 from pipeline.settings import AppSettings
 from pipeline.status import JOB_ACTIVE
-from pipeline.workflow import LOCAL_WORKSPACE, Workflow, folder_size
+from pipeline.workflow import LOCAL_WORKSPACE, Workflow, folder_size, make_executor
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,8 @@ class Workspaces:
         self._lock = threading.Lock()
         self._flows: dict[str, Workflow] = {}
         self._generators = Generators(self.root)
-        self.jobs = JobQueue(self.root, self._run_job, autostart=False)
+        self.executor = make_executor(settings, self._generators)
+        self.jobs = JobQueue(self.root, self._run_job, autostart=False, devices=self.executor.slots())
         self.local = self._make(LOCAL_WORKSPACE, self.root, False)
         self.notices: list[str] = []  # the queue's; each workspace keeps its own (a damaged library, …)
         if self.jobs.damaged_backup is not None:
@@ -133,6 +134,7 @@ class Workspaces:
 
     def _make(self, key: str, folder: Path, check_orphans: bool) -> Workflow:
         flow = Workflow(self.settings, start_worker=check_orphans, workspace=key, folder=folder, jobs=self.jobs,
+                        executor=self.executor,
                         generators=self._generators)
         self._flows[key] = flow
         return flow
@@ -266,6 +268,7 @@ class Workspaces:
 
     def close(self) -> None:
         self.jobs.stop()
+        self.executor.close()
 
 
 @dataclass(frozen=True)

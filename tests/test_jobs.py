@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.jobs import Job, JobNotFound, JobQueue, QueueBusy
+from pipeline.jobs import MAX_ATTEMPTS, Job, JobInterrupted, JobNotFound, JobQueue, QueueBusy
 
 
 class Recorder:
@@ -100,6 +100,32 @@ def test_a_failing_job_records_the_reason_and_the_queue_goes_on(tmp_path):
     assert failed.status == "failed" and "out of memory while training bad" in failed.error
     assert queue.get(good.id).status == "done"
     assert ("bad", "running") in changes and ("bad", "failed") in changes and ("good", "done") in changes
+
+
+def test_an_interrupted_job_runs_again_before_newer_ones_and_fails_after_its_last_attempt(tmp_path):
+    """A runner whose machine went away raises JobInterrupted: the job goes back to the front of the queue."""
+    runs: list[tuple[str, int]] = []
+
+    def runner(job: Job, should_stop) -> None:
+        runs.append((job.model_id, job.attempts))
+        if job.model_id == "lost-once" and job.attempts == 1 or job.model_id == "always-lost":
+            raise JobInterrupted("the worker running it went away")
+
+    queue = JobQueue(tmp_path, runner, devices=["cpu"], autostart=False)
+    try:
+        once = queue.submit("lost-once", {})
+        queue.submit("next", {})
+        queue.start()
+        assert queue.wait_idle(10)
+        assert runs == [("lost-once", 1), ("lost-once", 2), ("next", 1)]
+        assert queue.get(once.id).status == "done" and queue.get(once.id).attempts == 2
+
+        always = queue.submit("always-lost", {})
+        assert queue.wait_idle(10)
+    finally:
+        queue.stop()
+    gone = queue.get(always.id)
+    assert gone.status == "failed" and gone.attempts == MAX_ATTEMPTS and "went away" in gone.error
 
 
 def test_a_job_whose_end_cannot_be_written_leaves_the_worker_alive(tmp_path):

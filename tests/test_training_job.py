@@ -15,7 +15,7 @@ from pipeline.generators import Generators
 from pipeline.library import Library, ModelRecord
 from pipeline.settings import AppSettings, TrainSettings
 from pipeline.status import JOB_STATUSES, MODEL_STATUSES, RESULT_STATUSES, Status
-from pipeline.training_job import SPEC_VERSION, TrainingJobSpec, TrainingMonitor, TrainingRunner
+from pipeline.training_job import SPEC_VERSION, LocalExecutor, TrainingJobSpec, TrainingMonitor, TrainingRunner
 from pipeline.workflow import Workflow
 
 
@@ -73,7 +73,8 @@ def test_a_runner_trains_a_queued_job_with_only_what_it_is_given(tmp_path: Path)
         told.append(finished)
         return "told"
 
-    runner = TrainingRunner(library, Generators(data_dir), monitor, SpeedLog(data_dir), data_dir, notify=notify)
+    runner = TrainingRunner(library, LocalExecutor(Generators(data_dir), data_dir), monitor, SpeedLog(data_dir),
+                            notify=notify)
     spec = TrainingJobSpec.from_dict(job.payload)
     runner.run(spec, device="cpu", should_stop=ev.never, shutting_down=lambda: False)
 

@@ -10,7 +10,7 @@ from ui.people import People
 from ui.text import escaped
 
 WORKSPACE_COLUMNS = ["workspace", "disk MB", "photos", "models", "trainings waiting or running"]
-JOB_COLUMNS = ["workspace", "model id", "status", "created", "started", "device"]
+JOB_COLUMNS = ["workspace", "model id", "status", "created", "started", "device", "node", "attempts"]
 
 
 def build(people: People) -> gr.Tab:
@@ -33,7 +33,8 @@ def build(people: People) -> gr.Tab:
             rows = [[u.key, round(u.bytes / 1e6, 1), u.photos, u.models, u.active_trainings]
                     for u in people.workspaces.usage()]
             queue = [[j.payload.get("workspace", "local"), j.model_id, j.status, j.created_at[:19],
-                      (j.started_at or "")[:19], j.device or ""] for j in people.workspaces.jobs.list()]
+                      (j.started_at or "")[:19], j.device or "", j.node[:8], j.attempts]
+                     for j in people.workspaces.jobs.list()]
             return pd.DataFrame(rows, columns=WORKSPACE_COLUMNS), pd.DataFrame(queue, columns=JOB_COLUMNS)
 
         def remove(name: str, request: gr.Request) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -83,6 +83,24 @@ def _render(workflow: Workflow, model_id: str) -> tuple:
             _likeness_frame(monitor), samples)
 
 
+def _cluster_text(workflow: Workflow) -> str | None:
+    """The Ray cluster's nodes and the queue with each training's node; None when trainings run in the app."""
+    view = workflow.cluster()
+    if view is None:
+        return None
+    alive = [n for n in view.nodes if n.alive]
+    lines = [f"**Ray cluster** `{plain(view.address)}`: {len(alive)} node(s), {view.cpus:g} CPU, {view.gpus:g} GPU"]
+    lines += [f"- node `{n.node_id[:8]}` {plain(n.address)} · {n.cpus:g} CPU · {n.gpus:g} GPU"
+              + ("" if n.alive else " · gone") for n in view.nodes]
+    entries = workflow.queue()
+    lines.append("" if entries else "No training runs or waits.")
+    for entry in entries:
+        who = f"'{plain(entry.name)}'" if entry.name else "another person's training"
+        where = f" on node `{entry.node[:8]}`" if entry.node and entry.status == Status.RUNNING else ""
+        lines.append(f"- {who}: {entry.status}{where}")
+    return "\n".join(lines)
+
+
 def _model_choices(workflow: Workflow) -> list[tuple[str, str]]:
     return [(r.label, r.id) for r in workflow.models()]
 
@@ -99,6 +117,7 @@ def build(people: People, settings: SettingsInputs) -> gr.Tab:
             watch = gr.Dropdown(label="Watch a model", choices=[], value=None, scale=3,
                                 allow_custom_value=True)
         status = gr.Markdown(IDLE)
+        cluster = gr.Markdown(visible=False, elem_id="cluster-view")
         with gr.Row():
             plot = gr.LinePlot(series_frame([], ("step", "loss", "series"), ("loss", "smoothed")), x="step",
                                y="loss", color="series", title="Training loss", height=300, scale=3)
@@ -199,6 +218,10 @@ def build(people: People, settings: SettingsInputs) -> gr.Tab:
             return (gr.update(interactive=state in MODEL_ACTIVE),
                     gr.update(interactive=state in MODEL_RESUMABLE))
 
+        def show_cluster(request: gr.Request) -> dict:
+            text = _cluster_text(people(request))
+            return gr.update(value=text or "", visible=text is not None)
+
         def refresh(mid: str, request: gr.Request) -> dict:
             return gr.update(choices=_model_choices(people(request)), value=mid or None)
 
@@ -218,6 +241,7 @@ def build(people: People, settings: SettingsInputs) -> gr.Tab:
         status.change(buttons, model_id, [stop, resume], api_name=False, show_progress="hidden")
         model_id.change(refresh, model_id, watch, api_name=False)
         tab.select(refresh, model_id, watch, api_name=False)
+        tab.select(show_cluster, None, cluster, api_name=False, show_progress="hidden")
         tab.select(on_open, [model_id, watcher], outputs, api_name=False).then(
             refresh, model_id, watch, api_name=False)  # its label then shows the final status, not "(training)"
     return tab

@@ -1,0 +1,272 @@
+"""Trainings as tasks on a Ray cluster, when one GPU box is not enough.
+
+The app stays the one web front end, the one job queue and the one library: each queue slot hands its job to Ray
+as a task asking for one GPU (one CPU on a CPU-only cluster), and Ray places it on any free node. The task runs the
+job's compute (``training_job.train_and_choose``) there; its events come back through a small channel actor, and so
+does a stop request, both polled about once a second. Photos, crops, checkpoints and LoRAs are read and written in
+the data dir, which every node must see at the same path (a shared disk). A worker process or node that goes away
+mid-training raises ``WorkerLost``: the job goes back to the front of the queue and resumes from its last checkpoint
+on whichever node is free.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pipeline import events as ev
+from pipeline.training_job import (
+    ClusterView,
+    JobOutcome,
+    NodeView,
+    Placement,
+    TrainingJobSpec,
+    WorkerLost,
+    train_and_choose,
+)
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE = "likeness"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Passed on to the workers: they read no model hub and keep the app's logging quiet, as the app does.
+FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY")
+POLL_SECONDS = 0.5
+
+
+class _Channel:
+    """Events from the running tasks to the app, and stop requests back, by job key. One per app, owned by it."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, list[Any]] = {}
+        self.places: dict[str, dict[str, Any]] = {}
+        self.stops: set[str] = set()
+
+    def put(self, key: str, event: Any) -> None:
+        self.events.setdefault(key, []).append(event)
+
+    def placed(self, key: str, place: dict[str, Any]) -> None:
+        self.places[key] = place
+
+    def flush(self, key: str) -> bool:
+        """Answered after every earlier ``put`` of the same caller (an actor runs one caller's calls in order)."""
+        return True
+
+    def drain(self, key: str) -> tuple[list[Any], dict[str, Any] | None]:
+        return self.events.pop(key, []), self.places.get(key)
+
+    def stop(self, key: str) -> None:
+        self.stops.add(key)
+
+    def stopped(self, key: str) -> bool:
+        return key in self.stops
+
+    def forget(self, key: str) -> None:
+        self.events.pop(key, None)
+        self.places.pop(key, None)
+        self.stops.discard(key)
+
+
+_WORKER_GENERATORS: dict[str, Any] = {}  # per worker process: its loaded base models, reused by its next tasks
+
+
+def _compute(spec_data: dict[str, Any], model_folder: str, shared_dir: str, channel: Any, key: str) -> JobOutcome:
+    """The Ray task: the job's compute on the node Ray chose, reporting through the channel."""
+    import ray
+
+    from pipeline.generators import Generators
+    from pipeline.jobs import default_devices
+
+    context = ray.get_runtime_context()
+    channel.placed.remote(key, {"node": context.get_node_id(), "task": context.get_task_id() or "",
+                                "pid": os.getpid()})
+    generators = _WORKER_GENERATORS.setdefault(shared_dir, Generators(Path(shared_dir)))
+    asked = [0.0, False]  # last poll time, stop seen
+
+    def should_stop() -> bool:
+        if not asked[1] and time.monotonic() - asked[0] >= 1.0:
+            asked[0] = time.monotonic()
+            asked[1] = bool(ray.get(channel.stopped.remote(key)))
+        return bool(asked[1])
+
+    try:
+        return train_and_choose(TrainingJobSpec.from_dict(spec_data), Path(model_folder), Path(shared_dir),
+                                generators, device=default_devices()[0],
+                                on_event=lambda event: channel.put.remote(key, event), should_stop=should_stop)
+    finally:
+        ray.get(channel.flush.remote(key))  # every event is in the channel before the result is
+
+
+def _check_reachable(address: str) -> None:
+    """Ray waits minutes on an address where nothing listens: ask the head's port first, briefly."""
+    import socket
+
+    if address == "auto" or address.startswith("ray://"):
+        return  # "auto" finds the local cluster's address itself and fails at once when there is none
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=3):
+            pass
+    except (OSError, ValueError) as exc:
+        raise ConnectionError(f"cannot reach {address}: {exc}") from exc
+
+
+class RayExecutor:
+    """Runs each job's compute as a Ray task; one queue slot per GPU of the cluster (per CPU when it has none)."""
+
+    local = False
+
+    def __init__(self, address: str, shared_dir: Path, *, cpus_per_training: float = 1.0) -> None:
+        import ray
+
+        self.address = address
+        self.shared_dir = Path(shared_dir).resolve()
+        self.cpus_per_training = cpus_per_training
+        env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+        # Workers import this project from the same path (each node has the app's checkout and environment).
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(PROJECT_ROOT), os.environ.get("PYTHONPATH"))))
+        _check_reachable(address)
+        if not ray.is_initialized():
+            ray.init(address=address, namespace=NAMESPACE, runtime_env={"env_vars": env}, log_to_driver=False,
+                     logging_level=logging.WARNING)
+        self._channel = ray.remote(num_cpus=0)(_Channel).remote()
+        resources = ray.cluster_resources()
+        self.gpus = int(resources.get("GPU", 0))
+        self._task = ray.remote(
+            num_gpus=1 if self.gpus else 0, num_cpus=cpus_per_training, max_retries=0)(_compute)
+        logger.info("ray: connected to %s (%s)", address, resources)
+
+    def slots(self) -> tuple[str, ...]:
+        """One queue slot per training the cluster can hold at once, as it is now (nodes that join later add
+        room once the app restarts)."""
+        import ray
+
+        resources = ray.cluster_resources()
+        count = self.gpus or int(resources.get("CPU", 1) // self.cpus_per_training)
+        return tuple(f"ray-{index}" for index in range(max(1, count)))
+
+    def view(self) -> ClusterView:
+        import ray
+
+        nodes = tuple(NodeView(node["NodeID"], node.get("NodeManagerAddress", ""), bool(node.get("Alive")),
+                               float(node.get("Resources", {}).get("CPU", 0)),
+                               float(node.get("Resources", {}).get("GPU", 0)))
+                      for node in ray.nodes())
+        return ClusterView(self.address, nodes)
+
+    def run(self, spec: TrainingJobSpec, model_folder: Path, *, device: str | None, on_event: ev.EventCallback,
+            should_stop: ev.StopCheck, on_placed: Placement) -> JobOutcome:
+        import ray
+        from ray import exceptions as rx
+
+        from pipeline.base_model import resolve_base_model
+
+        resolve_base_model(spec.base_model, self.shared_dir)  # built here once, not by two workers at a time
+        key = f"{spec.model_id}-{time.monotonic_ns()}"
+        ref = self._task.remote(spec.to_dict(), str(Path(model_folder).resolve()), str(self.shared_dir),
+                                self._channel, key)
+        placed: Mapping[str, Any] | None = None
+        stop_sent = False
+        try:
+            while True:
+                done, _ = ray.wait([ref], timeout=POLL_SECONDS)
+                events, place = ray.get(self._channel.drain.remote(key))
+                if place and place != placed:
+                    placed = place
+                    on_placed(place)
+                for event in events:
+                    on_event(event)
+                if not stop_sent and should_stop():
+                    self._channel.stop.remote(key)
+                    stop_sent = True
+                if done:
+                    break
+            try:
+                return ray.get(ref)
+            finally:
+                for event in ray.get(self._channel.drain.remote(key))[0]:
+                    on_event(event)
+        except (rx.WorkerCrashedError, rx.NodeDiedError, rx.LocalRayletDiedError, rx.ObjectLostError,
+                rx.OutOfMemoryError, rx.TaskCancelledError) as exc:
+            where = f"node {placed['node'][:8]}, process {placed['pid']}" if placed else "its node"
+            raise WorkerLost(f"the Ray worker running it ({where}) went away: {type(exc).__name__}") from exc
+        except rx.RayTaskError as exc:
+            raise exc.as_instanceof_cause() from None
+        finally:
+            self._channel.forget.remote(key)
+
+    def close(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+class LocalCluster:
+    """A throwaway Ray cluster on this machine — a head and ``workers`` more nodes, CPU only, small object stores,
+    in their own temp dir — for the tests and the bench. Stopping it stops only its own processes (``ray stop``
+    would stop every Ray process of the user). Run it where only loopback is up (``unshare -n``): Ray binds its
+    nodes to a routable address whenever one exists."""
+
+    def __init__(self, *, workers: int = 1, cpus_per_node: int = 1, object_store_bytes: int = 80_000_000) -> None:
+        import socket
+        import tempfile
+
+        self.temp = Path(tempfile.mkdtemp(prefix="lr", dir="/tmp"))  # Ray's socket paths must stay short
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.address = f"127.0.0.1:{self.port}"
+        self.workers = workers
+        self.common = ["--block", "--disable-usage-stats", f"--num-cpus={cpus_per_node}",
+                       f"--object-store-memory={object_store_bytes}", "--node-ip-address=127.0.0.1"]
+        self.processes: list[Any] = []
+
+    def _ray(self, *args: str, **kwargs: Any) -> Any:
+        import subprocess
+        import sys
+
+        command = [str(Path(sys.executable).with_name("ray")), *args]
+        env = {**os.environ, "RAY_TMPDIR": str(self.temp)}
+        if kwargs.pop("background", False):
+            log = open(self.temp / f"node-{len(self.processes)}.log", "w")  # noqa: SIM115 - open while it runs
+            return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        return subprocess.run(command, capture_output=True, text=True, env=env, **kwargs)
+
+    def start(self, timeout: float = 60.0) -> LocalCluster:
+        self.processes.append(self._ray("start", "--head", f"--port={self.port}", "--include-dashboard=false",
+                                        f"--temp-dir={self.temp}", *self.common, background=True))
+        deadline = time.monotonic() + timeout
+        while self._ray("status", f"--address={self.address}").returncode != 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the Ray head did not answer within {timeout:.0f} s (see {self.temp})")
+            time.sleep(0.5)
+        for _ in range(self.workers):
+            self.processes.append(self._ray("start", f"--address={self.address}", *self.common, background=True))
+        return self
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        for process in self.processes:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.processes.clear()
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()

@@ -1,0 +1,115 @@
+"""Trainings on a real local Ray cluster, run by tests/test_ray_cluster.py inside a private network namespace.
+
+Starts a head and one worker node (CPU only, small object stores, their own temp dir), points the app's workflow at
+the head, runs two short trainings through the workflow's API, then a longer one whose worker process is killed
+mid-training, and prints what it saw as one JSON line. Stops only the two nodes it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import photo_factory  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from pipeline.ray_cluster import LocalCluster  # noqa: E402
+from pipeline.settings import AppSettings, TrainSettings  # noqa: E402
+from pipeline.workflow import Workflow  # noqa: E402
+from ui.training import _cluster_text  # noqa: E402 - the Training tab's view of the cluster
+
+TIMEOUT = 300.0
+
+
+def wait_for(condition, what: str, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def lora_shapes(path: str) -> dict[str, list[int]]:
+    return {name: list(tensor.shape) for name, tensor in load_file(path).items()}
+
+
+def main(root: Path) -> dict:
+    facts: dict = {}
+    with LocalCluster(workers=1) as cluster:
+        import ray
+
+        photos = photo_factory.portrait_set(root / "photos", 6)
+
+        # The same training on the local backend, for the LoRA's shape.
+        settings = TrainSettings.quick(name="local", steps=4, checkpoint_every=2, sample_every=1000,
+                                       test_prompts=("{trigger}",))
+        local = Workflow(AppSettings(data_dir=root / "local", base_model="tiny"))
+        try:
+            local.add_photos(photos)
+            record = local.wait_for(local.start_training(settings, anyway=True).id, timeout=TIMEOUT)
+            facts["local"] = {"status": record.status, "shapes": lora_shapes(record.lora_path)}
+        finally:
+            local.close()
+
+        app = Workflow(AppSettings(data_dir=root / "cluster", base_model="tiny", ray_address=cluster.address))
+        try:
+            wait_for(lambda: len([n for n in ray.nodes() if n["Alive"]]) == 2, "two live nodes", 60)
+            facts["nodes"] = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+            facts["slots"] = list(app.executor.slots())
+            app.add_photos(photos)
+            first = app.start_training(TrainSettings.quick(name="first", steps=4, checkpoint_every=2,
+                                                           sample_every=1000, test_prompts=("{trigger}",)),
+                                       anyway=True)
+            second = app.start_training(TrainSettings.quick(name="second", steps=4, checkpoint_every=2,
+                                                            sample_every=1000, test_prompts=("{trigger}",)),
+                                        anyway=True)
+            runs = []
+            for model in (first, second):
+                record = app.wait_for(model.id, timeout=TIMEOUT)
+                [job] = app.jobs.for_model(model.id)
+                runs.append({"status": record.status, "node": job.node, "task": job.task, "pid": job.pid,
+                             "shapes": lora_shapes(record.lora_path) if record.lora_path else {},
+                             "assessed": [s for s, _l, _o in app.training_view(model.id).assessments]})
+            facts["runs"] = runs
+            view = app.cluster()
+            facts["view"] = {"nodes": len(view.nodes), "cpus": view.cpus}
+
+            # A longer run whose worker process dies mid-training: it resumes elsewhere from its last checkpoint.
+            long = app.start_training(TrainSettings.quick(name="killed", steps=200, checkpoint_every=10,
+                                                          sample_every=1000, test_prompts=("{trigger}",)),
+                                      anyway=True)
+
+            def step() -> int:
+                last = app.training_view(long.id).last_step
+                return last.step if last else 0
+
+            wait_for(lambda: step() >= 12 and app.jobs.for_model(long.id)[0].pid, "the long run's step 12")
+            [job] = app.jobs.for_model(long.id)
+            killed_pid, killed_node = job.pid, job.node
+            facts["cluster_text"] = _cluster_text(app)
+            facts["status_at_kill"] = app.jobs.get(job.id).status
+            os.kill(killed_pid, signal.SIGKILL)
+            killed_at = step()
+            record = app.wait_for(long.id, timeout=TIMEOUT)
+            [job] = app.jobs.for_model(long.id)
+            log = app.training_view(long.id).log
+            facts["killed"] = {"status": record.status, "killed_pid": killed_pid, "pid_after": job.pid,
+                               "node_before": killed_node, "node_after": job.node,
+                               "attempts": job.attempts, "killed_at": killed_at,
+                               "resumed_lines": [line for line in log if "resum" in line.lower()],
+                               "went_away": any("went away" in line for line in log),
+                               "lora": bool(record.lora_path and Path(record.lora_path).is_file())}
+        finally:
+            app.close()
+    return facts
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(Path(sys.argv[1]))))

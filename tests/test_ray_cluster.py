@@ -1,0 +1,65 @@
+"""Trainings on a real Ray cluster (a head and a worker node on this machine), with a worker lost mid-training.
+
+Ray binds its nodes to a routable address when there is one; the scenario runs in a private network namespace
+(``unshare -n`` with only loopback up), so every byte stays on this machine. See tests/ray_scenario.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+SCENARIO = Path(__file__).with_name("ray_scenario.py")
+
+
+def _namespace_command() -> list[str]:
+    """``unshare -n`` as root, ``unshare -rn`` (a user namespace) elsewhere; skip where neither is allowed."""
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs unshare and ip (util-linux, iproute2) to keep the cluster on loopback")
+    for command in (["unshare", "-n"], ["unshare", "-rn"]):
+        if subprocess.run([*command, "true"], capture_output=True).returncode == 0:
+            return command
+    pytest.skip("this machine allows no private network namespace (unshare -n / -rn)")
+
+
+@pytest.mark.slow
+def test_trainings_run_on_ray_nodes_and_a_lost_worker_resumes_elsewhere(tmp_path: Path) -> None:
+    run = subprocess.run([*_namespace_command(), "--", "sh", "-c",
+                          f'ip link set lo up && exec "{sys.executable}" "{SCENARIO}" "{tmp_path}"'],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
+    facts = json.loads(run.stdout.strip().splitlines()[-1])
+
+    assert facts["local"]["status"] == "ready" and facts["slots"] == ["ray-0", "ray-1"]
+    assert facts["view"] == {"nodes": 2, "cpus": 2.0}
+    for ran in facts["runs"]:
+        # It ran as a Ray task on one of the cluster's nodes, and made the local backend's LoRA.
+        assert ran["status"] == "ready" and ran["node"] in facts["nodes"] and ran["task"] and ran["pid"]
+        assert ran["shapes"] == facts["local"]["shapes"] and ran["shapes"]
+        assert ran["assessed"] == [2, 4]  # the likeness curve came back from the worker, checkpoint by checkpoint
+
+    killed = facts["killed"]
+    assert facts["status_at_kill"] == "running"
+    # The Training tab showed the cluster and which node ran the training.
+    assert "2 node(s), 2 CPU, 0 GPU" in facts["cluster_text"]
+    assert f"'killed': running on node `{killed['node_before'][:8]}`" in facts["cluster_text"]
+    assert killed["went_away"] and killed["attempts"] == 2 and killed["status"] == "ready" and killed["lora"]
+    assert killed["pid_after"] != killed["killed_pid"] and killed["node_after"] in facts["nodes"]
+    resumed = [line for line in killed["resumed_lines"] if line.startswith("resuming from the checkpoint at step")]
+    assert resumed and int(resumed[0].split()[-1]) >= 10  # nothing before the last checkpoint is trained again
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "no-port-here"])
+def test_an_address_where_no_cluster_answers_is_refused_at_once_with_the_fix(tmp_path: Path, address: str) -> None:
+    from pipeline.settings import AppSettings
+    from pipeline.workflow import Workflow
+
+    with pytest.raises(ValueError, match="no Ray cluster answers .*ray start --head"):
+        Workflow(AppSettings(data_dir=tmp_path, base_model="tiny", ray_address=address), start_worker=False)
