@@ -68,6 +68,7 @@ def run_jobs(data_dir: Path, jobs: int, steps: int, ray_address: str = "") -> di
     from pipeline.generators import Generators
 
     executor = TimedExecutor(make_executor(settings, Generators(data_dir)))
+    slots = len(executor.slots() or ("local",))
     workflow = Workflow(settings, executor=executor)
     try:
         workflow.add_photos(photo_factory.portrait_set(data_dir.parent / "photos", 6))
@@ -86,7 +87,7 @@ def run_jobs(data_dir: Path, jobs: int, steps: int, ray_address: str = "") -> di
     def mean(key: str) -> float:
         return round(statistics.fmean(t[key] for t in timings), 2)
 
-    return {"slots": len(executor.slots() or ("local",)), "statuses": statuses, "wall_s": round(wall, 1),
+    return {"slots": slots, "statuses": statuses, "wall_s": round(wall, 1),
             "jobs_per_minute": round(60 * jobs / wall, 2), "mean_job_s": mean("job_s"),
             "mean_training_s": mean("training_s"), "mean_to_first_step_s": mean("to_first_step_s"),
             "first_job_to_first_step_s": round(timings[0]["to_first_step_s"], 2) if timings else None}

@@ -248,7 +248,17 @@ class LocalCluster:
             time.sleep(0.5)
         for _ in range(self.workers):
             self.processes.append(self._ray("start", f"--address={self.address}", *self.common, background=True))
+        while self.alive_nodes() < 1 + self.workers:  # a queue sized before its workers joined would be too small
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the Ray worker nodes did not join within {timeout:.0f} s (see {self.temp})")
+            time.sleep(0.5)
         return self
+
+    def alive_nodes(self) -> int:
+        """Nodes `ray status` lists as active."""
+        status = self._ray("status", f"--address={self.address}").stdout
+        active = status.partition("Active:")[2].partition("Pending:")[0]
+        return sum(1 for line in active.splitlines() if "node_" in line)
 
     def stop(self) -> None:
         import signal
