@@ -14,6 +14,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,9 +31,15 @@ from pipeline.trigger import insert_trigger
 
 logger = logging.getLogger(__name__)
 
-READY = "ready"
-LOW_QUALITY = "low_quality"
-NOT_RECOGNISABLE = "not_recognisable"
+class Verdict(StrEnum):
+    """What the assessment concludes about a LoRA."""
+
+    READY = "ready"
+    LOW_QUALITY = "low_quality"
+    NOT_RECOGNISABLE = "not_recognisable"
+
+
+READY, LOW_QUALITY, NOT_RECOGNISABLE = Verdict.READY, Verdict.LOW_QUALITY, Verdict.NOT_RECOGNISABLE
 
 # Weights of the overall score's parts (prompt fidelity's share is spread over the others when it is unmeasured).
 WEIGHTS = {"likeness": 0.45, "recognised": 0.25, "quality": 0.2, "prompt_fidelity": 0.1}
@@ -87,7 +94,7 @@ class AssessmentResult:
     quality: float  # 0–100
     overall: float  # 0–100
     parts: dict[str, float]  # each part of the overall score on 0–100, and variety
-    verdict: str  # READY, LOW_QUALITY or NOT_RECOGNISABLE
+    verdict: Verdict
     verdict_text: str
     grid: Path | None = None
     variety: float = 0.0  # 0–1, how different the test images are from one another

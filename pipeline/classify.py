@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Mapping, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -110,12 +111,20 @@ class PhotoRecord:
         }
 
 
+class Readiness(StrEnum):
+    """Whether a photo set is worth training on."""
+
+    READY = "ready"
+    USABLE = "usable"  # trains, with advice
+    NOT_READY = "not_ready"
+
+
 @dataclass(frozen=True)
 class DatasetReport:
     total: int
     counts: dict[str, int]  # by verdict ("keep", "reject", "duplicate") and "selected"
     reasons: dict[str, int]  # by reason code, over all photos
-    readiness: str  # "ready" | "usable" | "not_ready"
+    readiness: Readiness
     summary: str  # one sentence with the concrete fix
     advice: tuple[str, ...] = ()
     lighting_groups: dict[str, int] = field(default_factory=dict)  # among the selected photos
@@ -364,7 +373,7 @@ def _report(records: Sequence[PhotoRecord], selected: Sequence[str], analyses: M
         others -= included_others
     if others and others + included_others >= max(2, with_face / 3):
         # Not one stray photo but a second person throughout: the user must say who the model is of.
-        readiness = "not_ready"
+        readiness = Readiness.NOT_READY
         summary = (f"Not ready: mixed subjects. {others} of {with_face} photos show a different person from the "
                    "rest; upload photos of one person only (or include/exclude photos to choose who).")
         advice.insert(0, summary.removeprefix("Not ready: "))
@@ -377,26 +386,27 @@ def _report(records: Sequence[PhotoRecord], selected: Sequence[str], analyses: M
 
 
 def readiness_verdict(selected: int, total: int, reasons: Mapping[str, int], advice: Sequence[str],
-                      settings: ClassifySettings) -> tuple[str, str]:
-    """("ready" | "usable" | "not_ready", a one-sentence summary with the concrete fix)."""
+                      settings: ClassifySettings) -> tuple[Readiness, str]:
+    """The set's readiness and a one-sentence summary with the concrete fix."""
     minimum = max(1, math.ceil(settings.target_min * 2 / 3))  # ~10: below this a likeness rarely holds
     top = [code for code, _ in Counter(reasons).most_common() if code != "duplicate"][:2]
     fix = "; ".join(f"{reasons[c]} {REASONS[c][2]} ({REASONS[c][1]})" for c in top)
     left_out = total - selected
     if total == 0:
-        return "not_ready", (f"Not ready: no photos. Add {settings.target_min}–{settings.target_max} photos of one "
-                             "person.")
+        return Readiness.NOT_READY, (f"Not ready: no photos. Add {settings.target_min}–{settings.target_max} "
+                                     "photos of one person.")
     if selected < minimum:
-        return "not_ready", (f"Not ready: only {selected} usable photo(s) of {total}. Add at least "
+        return Readiness.NOT_READY, (f"Not ready: only {selected} usable photo(s) of {total}. Add at least "
                              f"{settings.target_min - selected} more sharp, well-lit photos of the person alone"
                              + (f". Rejected: {fix}." if fix else "."))
     if selected < settings.target_min:
-        return "usable", (f"Usable, but only {selected} good photos ({settings.target_min}–{settings.target_max} "
-                          f"recommended): add {settings.target_min - selected} more sharp, well-lit photos of the "
-                          "person alone, with different angles and expressions.")
+        return Readiness.USABLE, (f"Usable, but only {selected} good photos "
+                                  f"({settings.target_min}–{settings.target_max} recommended): add "
+                                  f"{settings.target_min - selected} more sharp, well-lit photos of the person alone, "
+                                  "with different angles and expressions.")
     if advice:
-        return "usable", f"Usable, but: {advice[0]} ({selected} photos selected of {total}.)"
-    return "ready", f"Ready: {selected} good photos selected of {total}" + (
+        return Readiness.USABLE, f"Usable, but: {advice[0]} ({selected} photos selected of {total}.)"
+    return Readiness.READY, f"Ready: {selected} good photos selected of {total}" + (
         f" ({left_out} left out)." if left_out else ".")
 
 

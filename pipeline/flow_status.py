@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from pipeline.classify import ClassificationResult
+from pipeline.classify import ClassificationResult, Readiness
 from pipeline.library import ModelRecord
 from pipeline.status import MODEL_BUSY, Status
 
@@ -67,7 +67,7 @@ def flow_status(photo_names: Sequence[str], classification: ClassificationResult
             review = StepState(Step.REVIEW, False,
                                f"{_plural(len(undecided), 'photo')} need{'s' if len(undecided) == 1 else ''} "
                                f"your decision · {selected} selected")
-        elif readiness == "not_ready":
+        elif readiness == Readiness.NOT_READY:
             review = StepState(Step.REVIEW, False, f"not ready: {selected} selected")
         else:
             review = StepState(Step.REVIEW, True, f"{selected} selected")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline import events as ev
-from pipeline.classify import ClassificationResult, classify_photos
+from pipeline.classify import ClassificationResult, Readiness, classify_photos
 from pipeline.crops import build_dataset
 from pipeline.estimate import SpeedLog, TrainingEstimate, estimate_training
 from pipeline.flow_status import FlowStatus, flow_status
@@ -284,7 +284,7 @@ class Workflow:
         result = classification or self.classify(on_event=on_event)
         if not result.selected:
             raise ValueError(f"No usable photos to train on: {result.report.summary}")
-        if result.report.readiness == "not_ready" and not anyway:
+        if result.report.readiness == Readiness.NOT_READY and not anyway:
             raise NotReady(f"{result.report.summary} Fix the set on the Review tab (or `python -m pipeline classify`), "
                            "or train anyway if you know why: the checkbox under Train, --anyway on the command line.")
         record = self.library.create(settings.name, self.base_model, {}, trigger_word=settings.trigger_word)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from pipeline.classify import REASONS, ClassificationResult
+from pipeline.classify import REASONS, ClassificationResult, Readiness
 from pipeline.crops import face_preview
 from pipeline.workflow import Workflow
 from ui.files import served
@@ -35,7 +35,7 @@ def _table(workflow: Workflow, result: ClassificationResult) -> pd.DataFrame:
 
 def _report(result: ClassificationResult) -> str:
     report = result.report
-    icon = {"ready": "✅", "usable": "⚠️", "not_ready": "❌"}.get(report.readiness, "")
+    icon = {Readiness.READY: "✅", Readiness.USABLE: "⚠️", Readiness.NOT_READY: "❌"}.get(report.readiness, "")
     lines = [f"### {icon} {report.summary}", f"**{len(result.selected)} photo(s) selected for training.**"]
     lines += [f"- {tip}" for tip in report.advice]
     return "\n".join(lines)
