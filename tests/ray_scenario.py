@@ -2,7 +2,8 @@
 
 Starts a head and one worker node (CPU only, small object stores, their own temp dir), points the app's workflow at
 the head, runs two short trainings through the workflow's API, then a longer one whose worker process is killed
-mid-training, and prints what it saw as one JSON line. Stops only the two nodes it started.
+mid-training, then one stopped and resumed, and prints what it saw as one JSON line. Stops only the two nodes it
+started.
 """
 
 from __future__ import annotations
@@ -106,6 +107,23 @@ def main(root: Path) -> dict:
                                "resumed_lines": [line for line in log if "resum" in line.lower()],
                                "went_away": any("went away" in line for line in log),
                                "lora": bool(record.lora_path and Path(record.lora_path).is_file())}
+
+            # Stop on the page reaches the worker; Resume goes on from the checkpoint it saved when it stopped.
+            stopped = app.start_training(TrainSettings.quick(name="stopped", steps=200, checkpoint_every=50,
+                                                             sample_every=1000, test_prompts=("{trigger}",)),
+                                         anyway=True)
+            wait_for(lambda: (app.training_view(stopped.id).last_step or 0) and
+                     app.training_view(stopped.id).last_step.step >= 12, "the stopped run's step 12")
+            app.cancel_training(stopped.id)
+            cancelled = app.wait_for(stopped.id, timeout=60)
+            at_stop = app.training_view(stopped.id).last_step.step
+            app.resume_training(stopped.id)
+            resumed = app.wait_for(stopped.id, timeout=TIMEOUT)
+            facts["stopped"] = {"status_after_stop": cancelled.status, "stopped_at": at_stop,
+                                "checkpoints_after_stop": [c["step"] for c in cancelled.checkpoints],
+                                "status_after_resume": resumed.status,
+                                "resumed_lines": [line for line in app.training_view(stopped.id).log
+                                                  if line.startswith("resuming from the checkpoint at step")]}
         finally:
             app.close()
     return facts

@@ -55,6 +55,11 @@ def test_trainings_run_on_ray_nodes_and_a_lost_worker_resumes_elsewhere(tmp_path
     resumed = [line for line in killed["resumed_lines"] if line.startswith("resuming from the checkpoint at step")]
     assert resumed and int(resumed[0].split()[-1]) >= 10  # nothing before the last checkpoint is trained again
 
+    stopped = facts["stopped"]  # Stop and Resume work as they do locally
+    assert stopped["status_after_stop"] == "cancelled" and stopped["status_after_resume"] == "ready"
+    assert stopped["stopped_at"] < 200 and stopped["stopped_at"] in stopped["checkpoints_after_stop"]
+    assert stopped["resumed_lines"] == [f"resuming from the checkpoint at step {stopped['stopped_at']}"]
+
 
 @pytest.mark.parametrize("address", ["127.0.0.1:1", "no-port-here"])
 def test_an_address_where_no_cluster_answers_is_refused_at_once_with_the_fix(tmp_path: Path, address: str) -> None:
