@@ -77,8 +77,11 @@ def run_jobs(data_dir: Path, jobs: int, steps: int, ray_address: str = "") -> di
         ids = [workflow.start_training(TrainSettings.quick(name=f"job-{i}", steps=steps, checkpoint_every=steps,
                                                            sample_every=1000, test_prompts=("{trigger}",)),
                                        classification=classification, anyway=True).id for i in range(jobs)]
-        statuses = [workflow.wait_for(model_id, timeout=1800).status for model_id in ids]
+        records = [workflow.wait_for(model_id, timeout=1800) for model_id in ids]
         wall = time.perf_counter() - began
+        failed = [f"{r.name}: {r.error}" for r in records if r.status != "ready"]
+        if failed:
+            raise SystemExit("trainings did not finish: " + "; ".join(failed))
     finally:
         workflow.close()
         executor.close()
@@ -87,7 +90,7 @@ def run_jobs(data_dir: Path, jobs: int, steps: int, ray_address: str = "") -> di
     def mean(key: str) -> float:
         return round(statistics.fmean(t[key] for t in timings), 2)
 
-    return {"slots": slots, "statuses": statuses, "wall_s": round(wall, 1),
+    return {"slots": slots, "all_ready": True, "wall_s": round(wall, 1),
             "jobs_per_minute": round(60 * jobs / wall, 2), "mean_job_s": mean("job_s"),
             "mean_training_s": mean("training_s"), "mean_to_first_step_s": mean("to_first_step_s"),
             "first_job_to_first_step_s": round(timings[0]["to_first_step_s"], 2) if timings else None}

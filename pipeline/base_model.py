@@ -14,6 +14,7 @@ import logging
 import shutil
 import string
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -114,11 +115,21 @@ def resolve_base_model(spec: str | None, data_dir: Path) -> str:
     return spec
 
 
+_TINY_BUILD_LOCK = threading.Lock()
+
+
 def ensure_tiny_model(data_dir: Path) -> Path:
     """The folder of the embedded tiny FLUX pipeline under ``data_dir/base_models``, built there on first use."""
     folder = Path(data_dir) / "base_models" / _TINY_FOLDER
     if tiny_model_version(folder) == TINY_MODEL_VERSION:
         return folder
+    with _TINY_BUILD_LOCK:  # two trainings starting at once (two GPUs, two cluster slots) build it once
+        if tiny_model_version(folder) == TINY_MODEL_VERSION:
+            return folder
+        return _build_tiny_into(folder)
+
+
+def _build_tiny_into(folder: Path) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     logger.info("building the embedded tiny FLUX model in %s", folder)
     # Build beside the target and swap in, so a crash mid-save never leaves a folder that looks complete.

@@ -394,7 +394,7 @@ class JobQueue:
             self._stop_flags.pop(job.id, None)
         if flag.is_set() or self.get(job.id).cancel_requested:
             finished = self._write(job.id, status=Status.CANCELLED, finished_at=_now(), error=error)
-        elif interrupted and job.attempts >= MAX_ATTEMPTS:
+        elif interrupted and job.attempts >= MAX_ATTEMPTS and not self._interrupt.is_set():
             finished = self._write(job.id, status=Status.FAILED, finished_at=_now(),
                                    error=f"{error} ({job.attempts} attempts)")
         elif self._interrupt.is_set() or interrupted:

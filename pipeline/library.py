@@ -172,9 +172,8 @@ class Library:
         for folder in sorted(p for p in self.models_dir.iterdir() if p.is_dir() and p.name not in known):
             try:
                 # job.json is the training job's spec (pipeline.training_job); older folders kept settings.json.
-                spec = folder / "job.json"
-                settings = (json.loads(spec.read_text())["settings"] if spec.is_file()
-                            else json.loads((folder / "settings.json").read_text()))
+                spec = json.loads((folder / "job.json").read_text()) if (folder / "job.json").is_file() else {}
+                settings = spec["settings"] if spec else json.loads((folder / "settings.json").read_text())
                 trigger = json.loads((folder / "dataset" / "dataset.json").read_text())["trigger_word"]
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # not a model folder (or too broken to say whose it was)
@@ -191,7 +190,8 @@ class Library:
             created = datetime.fromtimestamp(folder.stat().st_mtime, UTC).isoformat(timespec="seconds")
             record = ModelRecord(
                 id=folder.name, name=str(settings.get("name") or folder.name)[:MAX_NAME_LENGTH], trigger_word=trigger,
-                base_model=base_model or "unknown", status=Status.READY if ready else Status.FAILED, folder=folder,
+                base_model=base_model or spec.get("base_model") or "unknown",
+                status=Status.READY if ready else Status.FAILED, folder=folder,
                 created_at=created, settings=settings, lora_path=lora if ready else None,
                 kohya_path=kohya if ready and kohya.is_file() else None, finished_at=created,
                 error="" if ready else "recovered after the library was damaged: its training had not finished; "

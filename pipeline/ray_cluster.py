@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import events as ev
+from pipeline.status import Status
 from pipeline.training_job import (
     ClusterView,
     JobOutcome,
@@ -72,7 +73,9 @@ class _Channel:
         self.stops.discard(key)
 
 
-_WORKER_GENERATORS: dict[str, Any] = {}  # per worker process: its loaded base models, reused by its next tasks
+# Per worker process: its loaded base models, reused by its next tasks (CPU tasks share worker processes; Ray gives
+# each GPU task a fresh process, which also hands the GPU's memory back when it ends).
+_WORKER_GENERATORS: dict[str, Any] = {}
 
 
 def _compute(spec_data: dict[str, Any], model_folder: str, shared_dir: str, channel: Any, key: str) -> JobOutcome:
@@ -134,12 +137,21 @@ class RayExecutor:
         if not ray.is_initialized():
             ray.init(address=address, namespace=NAMESPACE, runtime_env={"env_vars": env}, log_to_driver=False,
                      logging_level=logging.WARNING)
-        self._channel = ray.remote(num_cpus=0)(_Channel).remote()
+        self._channel = self._new_channel()
         resources = ray.cluster_resources()
         self.gpus = int(resources.get("GPU", 0))
         self._task = ray.remote(
             num_gpus=1 if self.gpus else 0, num_cpus=cpus_per_training, max_retries=0)(_compute)
         logger.info("ray: connected to %s (%s)", address, resources)
+
+    @staticmethod
+    def _new_channel() -> Any:
+        """The channel lives on the app's own node: a worker node that goes away must not take it along."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        return ray.remote(num_cpus=0, scheduling_strategy=here)(_Channel).remote()
 
     def slots(self) -> tuple[str, ...]:
         """One queue slot per training the cluster can hold at once, as it is now (nodes that join later add
@@ -165,40 +177,56 @@ class RayExecutor:
         from ray import exceptions as rx
 
         from pipeline.base_model import resolve_base_model
+        from pipeline.training import TrainResult, list_checkpoints
 
-        resolve_base_model(spec.base_model, self.shared_dir)  # built here once, not by two workers at a time
+        resolve_base_model(spec.base_model, self.shared_dir)  # the tiny model is built here, not by two workers
         key = f"{spec.model_id}-{time.monotonic_ns()}"
+        channel = self._channel
         ref = self._task.remote(spec.to_dict(), str(Path(model_folder).resolve()), str(self.shared_dir),
-                                self._channel, key)
+                                channel, key)
         placed: Mapping[str, Any] | None = None
         stop_sent = False
         try:
             while True:
                 done, _ = ray.wait([ref], timeout=POLL_SECONDS)
-                events, place = ray.get(self._channel.drain.remote(key))
+                events, place = ray.get(channel.drain.remote(key), timeout=60)
                 if place and place != placed:
                     placed = place
                     on_placed(place)
                 for event in events:
                     on_event(event)
-                if not stop_sent and should_stop():
-                    self._channel.stop.remote(key)
-                    stop_sent = True
+                if not done and should_stop():
+                    if placed is None:
+                        # Still waiting for a node (none has room, or the one it asked for left): nothing to save.
+                        ray.cancel(ref, force=True)
+                        return JobOutcome(TrainResult(
+                            status=Status.CANCELLED, lora_path=None, kohya_path=None, steps_done=0, final_loss=None,
+                            losses=(), checkpoints=list_checkpoints(Path(model_folder) / "lora")))
+                    if not stop_sent:
+                        channel.stop.remote(key)
+                        stop_sent = True
                 if done:
                     break
             try:
                 return ray.get(ref)
             finally:
-                for event in ray.get(self._channel.drain.remote(key))[0]:
+                for event in ray.get(channel.drain.remote(key), timeout=60)[0]:
                     on_event(event)
+        except rx.RayActorError as exc:  # the channel went with its node: a new one for the next jobs
+            self._channel = self._new_channel()
+            ray.cancel(ref, force=True)
+            raise WorkerLost(f"the app lost touch with the Ray worker running it ({type(exc).__name__})") from exc
         except (rx.WorkerCrashedError, rx.NodeDiedError, rx.LocalRayletDiedError, rx.ObjectLostError,
                 rx.OutOfMemoryError, rx.TaskCancelledError) as exc:
             where = f"node {placed['node'][:8]}, process {placed['pid']}" if placed else "its node"
             raise WorkerLost(f"the Ray worker running it ({where}) went away: {type(exc).__name__}") from exc
+        except rx.GetTimeoutError as exc:
+            ray.cancel(ref, force=True)
+            raise WorkerLost("the Ray cluster stopped answering") from exc
         except rx.RayTaskError as exc:
             raise exc.as_instanceof_cause() from None
         finally:
-            self._channel.forget.remote(key)
+            channel.forget.remote(key)
 
     def close(self) -> None:
         import ray

@@ -454,6 +454,9 @@ class TrainingRunner:
                                         should_stop=should_stop, on_placed=on_placed)
         except WorkerLost as exc:
             with contextlib.suppress(ModelNotFound):
+                if should_stop() and not shutting_down():  # the person had pressed Stop: it stays stopped
+                    self._finish(record.id, status=Status.CANCELLED, error=f"stopped ({exc})")
+                    return
                 if last_attempt:
                     self._finish(record.id, status=Status.FAILED, error=f"{exc}, again: press Resume to try once more")
                     raise RuntimeError(str(exc)) from exc
@@ -462,8 +465,13 @@ class TrainingRunner:
                              status=Status.QUEUED)
             raise
         except Exception as exc:  # the job must end with a reason the user can read, whatever failed
-            logger.exception("training of model %s failed", spec.model_id)
             with contextlib.suppress(ModelNotFound):  # deleted while it trained: nothing left to mark
+                if shutting_down():  # e.g. the cluster connection closed under it: it resumes at the next start
+                    self.library.update(record.id, status=Status.QUEUED)
+                    monitor.note(f"interrupted by shutdown ({type(exc).__name__}): will resume from the last "
+                                 "checkpoint", status=Status.QUEUED)
+                    raise JobInterrupted(str(exc)) from exc
+                logger.exception("training of model %s failed", spec.model_id)
                 self._finish(record.id, status=Status.FAILED, error=f"{type(exc).__name__}: {exc}")
             raise
         result = outcome.result

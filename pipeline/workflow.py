@@ -309,9 +309,14 @@ class Workflow:
         record = self.library.get(model_id)
         if record.status not in MODEL_RESUMABLE:
             raise ValueError(f"model '{record.name}' is {record.status}: only a stopped or failed training resumes")
-        # Models made before job specs were saved: their record's settings and base model make one.
+        # Models made before job specs were saved: their record's settings and base model make one (a model recovered
+        # from its folder may not know its base model: this app's).
+        base = record.base_model if record.base_model != "unknown" else self.base_model
         spec = TrainingJobSpec.load(record.folder) or TrainingJobSpec.from_dict(
-            {"settings": record.settings}, model_id=model_id, base_model=record.base_model, workspace=self.workspace)
+            {"settings": record.settings}, model_id=model_id, base_model=base, workspace=self.workspace)
+        # Where it lives now (its data may have moved into an account's workspace) and the trigger word it has now.
+        spec = dataclasses.replace(spec, workspace=self.workspace,
+                                   settings=dataclasses.replace(spec.settings, trigger_word=record.trigger_word))
         if not (Path(record.folder) / spec.dataset / "dataset.json").exists():
             raise ValueError(f"model '{record.name}' has no dataset to train on; start a new training instead")
         with self._start_lock:
@@ -524,6 +529,6 @@ class Workflow:
         return self.executor.view()
 
     def close(self) -> None:
-        self.jobs.stop()
-        if self._owns_executor:
+        # A worker still inside a job (an assessment does not stop half-way) keeps the executor it uses.
+        if self.jobs.stop() and self._owns_executor:
             self.executor.close()

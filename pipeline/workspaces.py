@@ -267,8 +267,8 @@ class Workspaces:
         return present
 
     def close(self) -> None:
-        self.jobs.stop()
-        self.executor.close()
+        if self.jobs.stop():  # a worker still inside a job keeps the executor it uses
+            self.executor.close()
 
 
 @dataclass(frozen=True)

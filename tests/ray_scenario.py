@@ -83,7 +83,7 @@ def main(root: Path) -> dict:
             facts["view"] = {"nodes": len(view.nodes), "cpus": view.cpus}
 
             # A longer run whose worker process dies mid-training: it resumes elsewhere from its last checkpoint.
-            long = app.start_training(TrainSettings.quick(name="killed", steps=200, checkpoint_every=10,
+            long = app.start_training(TrainSettings.quick(name="killed", steps=500, checkpoint_every=10,
                                                           sample_every=1000, test_prompts=("{trigger}",)),
                                       anyway=True)
 
@@ -109,7 +109,7 @@ def main(root: Path) -> dict:
                                "lora": bool(record.lora_path and Path(record.lora_path).is_file())}
 
             # Stop on the page reaches the worker; Resume goes on from the checkpoint it saved when it stopped.
-            stopped = app.start_training(TrainSettings.quick(name="stopped", steps=200, checkpoint_every=50,
+            stopped = app.start_training(TrainSettings.quick(name="stopped", steps=500, checkpoint_every=50,
                                                              sample_every=1000, test_prompts=("{trigger}",)),
                                          anyway=True)
             wait_for(lambda: (app.training_view(stopped.id).last_step or 0) and

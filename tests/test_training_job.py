@@ -90,3 +90,24 @@ def test_a_runner_trains_a_queued_job_with_only_what_it_is_given(tmp_path: Path)
     again = dataclasses.replace(spec, settings=dataclasses.replace(spec.settings, steps=8))
     runner.run(again, device="cpu", should_stop=lambda: True, shutting_down=lambda: True)
     assert library.get(record.id).status == Status.QUEUED and len(told) == 1
+
+
+def test_resume_runs_where_the_model_lives_now_with_its_trigger_word_now(tmp_path: Path) -> None:
+    """A stopped model's data moved (e.g. into an account's workspace) and its trigger word changed: the resumed job
+    names the workspace and the word it has now, not those in job.json."""
+    workflow = Workflow(AppSettings(data_dir=tmp_path / "data", base_model="tiny"), start_worker=False)
+    try:
+        workflow.add_photos(photo_factory.portrait_set(tmp_path / "photos", 6))
+        record = workflow.start_training(TrainSettings.quick(name="moved", steps=4), anyway=True)
+        workflow.cancel_training(record.id)  # a queued job ends at once
+        saved = json.loads((Path(record.folder) / "job.json").read_text())
+        (Path(record.folder) / "job.json").write_text(json.dumps({**saved, "workspace": "user-elsewhere"}))
+        workflow.set_trigger_word(record.id, "zqvx")
+        workflow.resume_training(record.id)
+        resumed = [job for job in workflow.jobs.list() if job.status == Status.QUEUED]
+    finally:
+        workflow.close()
+    [job] = resumed
+    spec = TrainingJobSpec.from_dict(job.payload)
+    assert spec.workspace == workflow.workspace and spec.settings.trigger_word == "zqvx"
+    assert spec.settings.steps == 4 and spec.model_id == record.id
