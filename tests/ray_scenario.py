@@ -124,6 +124,17 @@ def main(root: Path) -> dict:
                                 "status_after_resume": resumed.status,
                                 "resumed_lines": [line for line in app.training_view(stopped.id).log
                                                   if line.startswith("resuming from the checkpoint at step")]}
+
+            # Stop while the task still waits for a node with room (it asks for more CPUs than any node has).
+            from pipeline.ray_cluster import RayExecutor
+            from pipeline.training_job import TrainingJobSpec
+
+            greedy = RayExecutor(cluster.address, root / "cluster", cpus_per_training=8)
+            spec = TrainingJobSpec.load(Path(first.folder))
+            asked = time.monotonic()
+            outcome = greedy.run(spec, Path(first.folder), device=None, on_event=lambda _e: None,
+                                 should_stop=lambda: time.monotonic() - asked > 2, on_placed=lambda _p: None)
+            facts["unplaced_stop"] = {"status": outcome.result.status, "seconds": round(time.monotonic() - asked, 1)}
         finally:
             app.close()
     return facts

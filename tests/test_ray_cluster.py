@@ -58,6 +58,8 @@ def test_trainings_run_on_ray_nodes_and_a_lost_worker_resumes_elsewhere(tmp_path
     stopped = facts["stopped"]  # Stop and Resume work as they do locally
     assert stopped["status_after_stop"] == "cancelled" and stopped["status_after_resume"] == "ready"
     assert stopped["stopped_at"] < 500 and stopped["stopped_at"] in stopped["checkpoints_after_stop"]
+    # A training still waiting for a node with room is withdrawn at once.
+    assert facts["unplaced_stop"]["status"] == "cancelled" and facts["unplaced_stop"]["seconds"] < 10
     assert stopped["resumed_lines"] == [f"resuming from the checkpoint at step {stopped['stopped_at']}"]
 
 
