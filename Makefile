@@ -27,7 +27,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 test: $(VENV)/.dev
 	$(CHROMIUM_INSTALL)
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=12
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
