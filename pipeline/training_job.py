@@ -490,6 +490,7 @@ class TrainingRunner:
             self.speeds.record(speed_key(spec.base_model, device_name()[0], settings),
                                Speed(per_step, result.seconds - per_step * len(steps)))
         self._finish(record.id, status=Status.READY, **outcome.choice.library_fields())
+
     def _check_free_disk(self, model_id: str, base_model: str) -> None:
         """Fail a training before it starts when the data dir's disk is nearly full (a full disk mid-run used to
         leave the model "training" for ever)."""
