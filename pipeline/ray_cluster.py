@@ -11,6 +11,7 @@ on whichever node is free.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -292,14 +293,20 @@ class LocalCluster:
         import signal
         import subprocess
 
-        for process in self.processes:
-            try:
+        # Each node is its own process group (`ray start --block` and everything it started): all of them are asked
+        # at once, and what has not ended after a few seconds is killed (`ray start --block` itself waits long).
+        for process in reversed(self.processes):
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
-                process.wait(timeout=20)
+        deadline = time.monotonic() + 5
+        for process in reversed(self.processes):
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
                 pass
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # the group's stragglers too, when its leader has ended
+            process.wait()
         self.processes.clear()
         shutil.rmtree(self.temp, ignore_errors=True)
 

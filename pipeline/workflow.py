@@ -309,14 +309,16 @@ class Workflow:
         record = self.library.get(model_id)
         if record.status not in MODEL_RESUMABLE:
             raise ValueError(f"model '{record.name}' is {record.status}: only a stopped or failed training resumes")
-        # Models made before job specs were saved: their record's settings and base model make one (a model recovered
-        # from its folder may not know its base model: this app's).
+        # The spec it was queued with, with what the model has now: its record's settings (its trigger word may have
+        # changed) and the workspace it lives in (its data may have moved into an account's). A model made before
+        # specs were saved gets one from its record (a model recovered from its folder may not know its base model:
+        # this app's, then).
+        saved = TrainingJobSpec.load(record.folder)
         base = record.base_model if record.base_model != "unknown" else self.base_model
-        spec = TrainingJobSpec.load(record.folder) or TrainingJobSpec.from_dict(
-            {"settings": record.settings}, model_id=model_id, base_model=base, workspace=self.workspace)
-        # Where it lives now (its data may have moved into an account's workspace) and the trigger word it has now.
-        spec = dataclasses.replace(spec, workspace=self.workspace,
-                                   settings=dataclasses.replace(spec.settings, trigger_word=record.trigger_word))
+        spec = TrainingJobSpec.from_dict(
+            {"settings": record.settings, "version": saved.version if saved else 0,
+             "dataset": saved.dataset if saved else "dataset"},
+            model_id=model_id, base_model=saved.base_model if saved else base, workspace=self.workspace)
         if not (Path(record.folder) / spec.dataset / "dataset.json").exists():
             raise ValueError(f"model '{record.name}' has no dataset to train on; start a new training instead")
         with self._start_lock:

@@ -42,8 +42,14 @@ def lora_shapes(path: str) -> dict[str, list[int]]:
 
 
 def main(root: Path) -> dict:
-    facts: dict = {}
+    facts: dict = {"seconds": {}}
+    began = time.monotonic()
+
+    def lap(name: str) -> None:  # where the time goes, for the log
+        facts["seconds"][name] = round(time.monotonic() - began, 1)
+
     with LocalCluster(workers=1) as cluster:
+        lap("cluster up")
         import ray
 
         photos = photo_factory.portrait_set(root / "photos", 6)
@@ -56,6 +62,7 @@ def main(root: Path) -> dict:
             local.add_photos(photos)
             record = local.wait_for(local.start_training(settings, anyway=True).id, timeout=TIMEOUT)
             facts["local"] = {"status": record.status, "shapes": lora_shapes(record.lora_path)}
+            lap("local training")
         finally:
             local.close()
 
@@ -79,11 +86,12 @@ def main(root: Path) -> dict:
                              "shapes": lora_shapes(record.lora_path) if record.lora_path else {},
                              "assessed": [s for s, _l, _o in app.training_view(model.id).assessments]})
             facts["runs"] = runs
+            lap("two trainings on ray")
             view = app.cluster()
             facts["view"] = {"nodes": len(view.nodes), "cpus": view.cpus}
 
             # A longer run whose worker process dies mid-training: it resumes elsewhere from its last checkpoint.
-            long = app.start_training(TrainSettings.quick(name="killed", steps=500, checkpoint_every=10,
+            long = app.start_training(TrainSettings.quick(name="killed", steps=300, checkpoint_every=10,
                                                           sample_every=1000, test_prompts=("{trigger}",)),
                                       anyway=True)
 
@@ -108,6 +116,7 @@ def main(root: Path) -> dict:
                                "went_away": any("went away" in line for line in log),
                                "lora": bool(record.lora_path and Path(record.lora_path).is_file())}
 
+            lap("killed and resumed")
             # Stop on the page reaches the worker; Resume goes on from the checkpoint it saved when it stopped.
             stopped = app.start_training(TrainSettings.quick(name="stopped", steps=500, checkpoint_every=50,
                                                              sample_every=1000, test_prompts=("{trigger}",)),
@@ -117,6 +126,8 @@ def main(root: Path) -> dict:
             app.cancel_training(stopped.id)
             cancelled = app.wait_for(stopped.id, timeout=60)
             at_stop = app.training_view(stopped.id).last_step.step
+            # Resume a shorter run so the test ends soon; it continues from the kept checkpoint.
+            app.library.update(stopped.id, settings={**cancelled.settings, "steps": at_stop + 5})
             app.resume_training(stopped.id)
             resumed = app.wait_for(stopped.id, timeout=TIMEOUT)
             facts["stopped"] = {"status_after_stop": cancelled.status, "stopped_at": at_stop,
@@ -125,6 +136,7 @@ def main(root: Path) -> dict:
                                 "resumed_lines": [line for line in app.training_view(stopped.id).log
                                                   if line.startswith("resuming from the checkpoint at step")]}
 
+            lap("stopped and resumed")
             # Stop while the task still waits for a node with room (it asks for more CPUs than any node has).
             from pipeline.ray_cluster import RayExecutor
             from pipeline.training_job import TrainingJobSpec
@@ -137,6 +149,8 @@ def main(root: Path) -> dict:
             facts["unplaced_stop"] = {"status": outcome.result.status, "seconds": round(time.monotonic() - asked, 1)}
         finally:
             app.close()
+        lap("app closed")
+    lap("cluster stopped")
     return facts
 
 
