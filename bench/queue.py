@@ -97,7 +97,7 @@ def run_jobs(data_dir: Path, jobs: int, steps: int, ray_address: str = "") -> di
 
 
 def ray_side(jobs: int, steps: int) -> dict:
-    from pipeline.ray_cluster import LocalCluster
+    from local_ray import LocalCluster
 
     with tempfile.TemporaryDirectory() as tmp, LocalCluster(workers=1) as cluster:
         return run_jobs(Path(tmp) / "data", jobs, steps, ray_address=cluster.address)

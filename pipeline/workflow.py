@@ -91,7 +91,6 @@ class QueueEntry:
     name: str  # "" for another person's training
     status: Status  # queued or running
     node: str = ""  # on a Ray cluster, the node it runs on
-    pid: int = 0
 
 
 class NotReady(ValueError):
@@ -523,7 +522,7 @@ class Workflow:
             if job.id in mine:
                 with contextlib.suppress(ValueError):
                     name = self.library.get(job.model_id).name
-            entries.append(QueueEntry(name, job.status, job.node, job.pid))
+            entries.append(QueueEntry(name, job.status, job.node))
         return entries
 
     def cluster(self) -> ClusterView | None:

@@ -19,12 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import photo_factory  # noqa: E402
+from local_ray import LocalCluster  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from pipeline.ray_cluster import LocalCluster  # noqa: E402
 from pipeline.settings import AppSettings, TrainSettings  # noqa: E402
 from pipeline.workflow import Workflow  # noqa: E402
-from ui.training import _cluster_text  # noqa: E402 - the Training tab's view of the cluster
+from ui.training import cluster_text  # noqa: E402 - the Training tab's view of the cluster
 
 TIMEOUT = 300.0
 
@@ -102,7 +102,7 @@ def main(root: Path) -> dict:
             wait_for(lambda: step() >= 12 and app.jobs.for_model(long.id)[0].pid, "the long run's step 12")
             [job] = app.jobs.for_model(long.id)
             killed_pid, killed_node = job.pid, job.node
-            facts["cluster_text"] = _cluster_text(app)
+            facts["cluster_text"] = cluster_text(app)
             facts["status_at_kill"] = app.jobs.get(job.id).status
             os.kill(killed_pid, signal.SIGKILL)
             killed_at = step()

@@ -83,7 +83,7 @@ def _render(workflow: Workflow, model_id: str) -> tuple:
             _likeness_frame(monitor), samples)
 
 
-def _cluster_text(workflow: Workflow) -> str | None:
+def cluster_text(workflow: Workflow) -> str | None:
     """The Ray cluster's nodes and the queue with each training's node; None when trainings run in the app."""
     view = workflow.cluster()
     if view is None:
@@ -219,7 +219,7 @@ def build(people: People, settings: SettingsInputs) -> gr.Tab:
                     gr.update(interactive=state in MODEL_RESUMABLE))
 
         def show_cluster(request: gr.Request) -> dict:
-            text = _cluster_text(people(request))
+            text = cluster_text(people(request))
             return gr.update(value=text or "", visible=text is not None)
 
         def refresh(mid: str, request: gr.Request) -> dict:
