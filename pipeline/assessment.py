@@ -45,6 +45,7 @@ READY, LOW_QUALITY, NOT_RECOGNISABLE = Verdict.READY, Verdict.LOW_QUALITY, Verdi
 WEIGHTS = {"likeness": 0.45, "recognised": 0.25, "quality": 0.2, "prompt_fidelity": 0.1}
 # A LoRA is recognisable when at least half the test images show the person.
 MIN_RECOGNISED_SHARE = 0.5
+PROMPT_SEED_STRIDE = 1000  # test prompt i uses the plan's seeds + 1000 i
 MIN_QUALITY = 45.0
 # Mean pairwise perceptual-hash distance (bits of 64) / 32: unrelated images sit near 1, one picture repeated near 0.
 MIN_VARIETY = 0.25
@@ -274,13 +275,16 @@ def assess_lora(
     on_event: EventCallback = ignore,
     should_stop: StopCheck = never,
 ) -> AssessmentResult:
-    """Generate every prompt × seed of ``plan`` with the LoRA, score them and save the images and a grid in
-    ``out_dir``. Without a LoRA (``lora_path`` None) the prompts go without the trigger word: the base model."""
+    """Generate every prompt × seed of ``plan`` (each prompt its own seeds) with the LoRA, score them and save the
+    images and a grid in ``out_dir``. Without a LoRA (``lora_path`` None) the prompts go without the trigger word:
+    the base model."""
     plan.validate()
     base = plan.settings or default_assessment_settings(generator)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    jobs = list(itertools.product(plan.prompts, plan.seeds))
+    # Each prompt draws its own seeds (prompt i: seed + PROMPT_SEED_STRIDE * i): where a model barely follows the
+    # prompt (the micro one) eight prompts on one seed are one sample eight times, and one unlucky seed decided all.
+    jobs = [(template, seed + PROMPT_SEED_STRIDE * i) for i, template in enumerate(plan.prompts) for seed in plan.seeds]
     paths: list[Path] = []
     used: list[str] = []
     for index, (template, seed) in enumerate(jobs):
