@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 SPEED_FILE = "training_speed.json"
 # Wall seconds per step where this machine has not trained yet (bench/results): the embedded models on the 2-core
-# CPU (tiny: bench/train.py; micro: bench/micro_likeness.py, 1500 steps with checkpoint checks in 196 s), and
+# CPU (tiny: bench/train.py; micro: bench/micro_likeness.py, 0.10–0.14 s/step with the checks at each checkpoint), and
 # FLUX.1-dev on an H100 by memory mode at 512 and 1024 px (bench/results/train_gpu_h100*.json).
 REFERENCE = {
     "tiny": 0.05,

@@ -79,7 +79,7 @@ class ClassifySettings:
 MAX_STEPS = 100_000
 MAX_BATCH = 64
 MAX_RANK = 256
-MICRO_STEPS = 1500  # the micro model's default training length (see TrainSettings.micro)
+MICRO_STEPS = 5000  # the micro model's default training length (see TrainSettings.micro)
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ class TrainSettings:
         blocks' modulation), trained at the guidance it generates with; minutes on a CPU. Measured in
         bench/micro_likeness.py (README: the micro base model)."""
         base = dict(steps=MICRO_STEPS, resolution=64, finish_resolution=0, rank=128, alpha=128.0,
-                    lora_modulation=True, learning_rate=2e-3, guidance=3.5, warmup_steps=50,
+                    lora_modulation=True, learning_rate=1e-3, guidance=3.5, warmup_steps=50,
                     checkpoint_every=MICRO_STEPS // 5, sample_every=MICRO_STEPS // 5, gradient_checkpointing=False)
         base.update(overrides)
         return cls(**base)

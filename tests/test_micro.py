@@ -100,7 +100,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
         root = tmp_path_factory.mktemp(person)
         workflow = Workflow(AppSettings(data_dir=root / "data", base_model=MICRO_MODEL))
         workflow.add_photos(person_photos(person, root / "upload", 16))
-        # 600 of the default 1500 steps: the look is learnt by then (the bench's curve), at 2/5 of the time.
+        # 600 of the default 5000 steps: the look is learnt by then (the bench's curve), at an eighth of the time.
         record = workflow.start_training(workflow.default_train_settings(
             name=person, test_prompts=DEFAULT_TEST_PROMPTS[:4], steps=TEST_STEPS, checkpoint_every=TEST_STEPS // 3,
             sample_every=TEST_STEPS, warmup_steps=20))
