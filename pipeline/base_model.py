@@ -295,7 +295,7 @@ def default_train_settings(spec: str, **overrides: Any) -> TrainSettings:
     return TrainSettings(**overrides)
 
 
-MICRO_GENERATE_STEPS = 28  # the micro model's denoising steps: more faces than at 12 (bench/micro_likeness.py)
+MICRO_GENERATE_STEPS = 28  # the micro model's denoising steps (FLUX's; 40 drew more faces than 12: README)
 
 
 def default_test_generate_settings(spec: str, resolution: int = 512) -> GenerateSettings:
