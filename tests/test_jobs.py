@@ -133,12 +133,14 @@ def test_a_job_whose_end_cannot_be_written_leaves_the_worker_alive(tmp_path):
     stayed "running" and every later training waited for a restart."""
     db = tmp_path / "jobs.json"
     aside = tmp_path / "jobs.json.aside"
+    broken = threading.Event()
 
     def break_the_disk(job: Job, should_stop) -> None:
         if job.model_id == "a":
             os.replace(db, aside)
             db.mkdir()  # every read and write of jobs.json now fails with an OSError, as on a broken disk
             (db / "x").write_text("")
+            broken.set()
 
             def repair() -> None:
                 time.sleep(1.0)
@@ -153,6 +155,9 @@ def test_a_job_whose_end_cannot_be_written_leaves_the_worker_alive(tmp_path):
     first, second = queue.submit("a", {}), queue.submit("b", {})
     queue.start()
     try:
+        # Poll only once the disk is broken: before that, jobs.json could turn into a folder between the test's
+        # is_file() and its read (a race that failed one run of the suite).
+        assert broken.wait(20)
         _wait_for(lambda: db.is_file() and queue.get(second.id).status == "done", timeout=20)
         ended = queue.get(first.id)
         assert ended.status == "failed" and "could not be saved" in ended.error and "resume" in ended.error
