@@ -421,11 +421,23 @@ def list_checkpoints(output_dir: Path) -> tuple[CheckpointInfo, ...]:
     return tuple(sorted(found, key=lambda c: c.step))
 
 
-def _resume_fingerprint(settings: TrainSettings, model_key: str, dataset: Dataset) -> str:
+def _resume_fingerprints(settings: TrainSettings, base_model: str, model_path: str,
+                         dataset: Dataset) -> tuple[str, str]:
+    """What a checkpoint must have been trained on to be resumed: (this version's, the one before).
+
+    This version's names the photos by their place inside the dataset and the base model by its name and build, not
+    by where they lie, so a checkpoint resumes on another machine (a cluster node without the app's disk) or after the
+    data dir moved. The one before hashed absolute paths; it is still accepted, so runs stopped before keep resuming.
+    """
     free = _RESUME_FREE_FIELDS - ({"steps"} if len(settings.resolutions) > 1 else set())  # steps place the switch
-    data = {k: v for k, v in dataclasses.asdict(settings).items() if k not in free}
-    items = [(str(i.training_image), i.caption) for i in dataset.items]
-    return _key(json.dumps(data, sort_keys=True, default=str), model_key, items)
+    data = json.dumps({k: v for k, v in dataclasses.asdict(settings).items() if k not in free}, sort_keys=True,
+                      default=str)
+    images = [i.training_image for i in dataset.items]
+    root = Path(os.path.commonpath(images)) if len(images) > 1 else images[0].parent if images else Path()
+    placed = [(i.training_image.relative_to(root).as_posix(), i.caption) for i in dataset.items]
+    current = _key("v2", data, f"{base_model}|{tiny_model_version(model_path)}", placed)
+    before = _key(data, _model_key(model_path), [(str(i.training_image), i.caption) for i in dataset.items])
+    return current, before
 
 
 # --- the run -------------------------------------------------------------------------------------------------------
@@ -479,8 +491,8 @@ class _Run:
     def setup(self) -> None:
         s = self.settings
         self.model_path = resolve_base_model(self.base_model, self.data_dir)
-        self.model_key = _model_key(self.model_path)
-        self.fingerprint = _resume_fingerprint(s, self.model_key, self.dataset)
+        self.fingerprint, self.legacy_fingerprint = _resume_fingerprints(s, self.base_model, self.model_path,
+                                                                         self.dataset)
         free_gb = memory.free_gpu_gb(self.device)
         mode, reason = memory.choose_mode(s.memory_mode, free_gb)
         if mode == "nf4" and not memory.bitsandbytes_works():
@@ -654,7 +666,7 @@ class _Run:
                                      f"{exc}); moved aside to {aside.name}, trying the one before", level="warning"))
         if state is None:
             return 0
-        if state["fingerprint"] != self.fingerprint:
+        if state["fingerprint"] not in (self.fingerprint, self.legacy_fingerprint):
             self.emit(ev.Message(f"checkpoints in {self.output_dir} come from other settings, photos or base model: "
                                  "starting afresh", level="warning"))
             shutil.rmtree(self.output_dir / "checkpoints", ignore_errors=True)

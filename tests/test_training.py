@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +211,35 @@ def test_resume_repeats_the_uninterrupted_run(dataset: Dataset, data_dir: Path, 
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+
+
+def test_a_run_resumes_where_its_photos_checkpoints_and_base_model_lie_elsewhere(
+        dataset: Dataset, data_dir: Path, tmp_path: Path) -> None:
+    """As on a cluster node without the app's disk: the same photos, checkpoints and base model at other paths."""
+    settings = _quick()
+    straight = train_lora(dataset, settings, tmp_path / "straight", base_model="tiny", data_dir=data_dir)
+    events: list[ev.Event] = []
+    first = train_lora(dataset, settings, tmp_path / "here", base_model="tiny", data_dir=data_dir,
+                       on_event=events.append, should_stop=_stop_after(events, 6))
+    assert first.status == "cancelled" and first.steps_done == 6
+    photos = tmp_path / "elsewhere" / "photos"
+    photos.mkdir(parents=True)
+    moved = Dataset(items=tuple(dataclasses.replace(i, image=Path(shutil.copy(i.image, photos / i.image.name)))
+                                for i in dataset.items), trigger_word=dataset.trigger_word,
+                    resolution=dataset.resolution)
+    shutil.copytree(tmp_path / "here", tmp_path / "elsewhere" / "lora")
+    events.clear()
+    second = train_lora(moved, settings, tmp_path / "elsewhere" / "lora", base_model="tiny",
+                        data_dir=tmp_path / "elsewhere" / "data", on_event=events.append)  # its own tiny model
+    assert any(isinstance(e, ev.Message) and "resuming from the checkpoint at step 6" in e.text for e in events)
+    assert second.status == "completed" and second.steps_done == 10
+    np.testing.assert_allclose(second.losses, straight.losses, rtol=1e-5)
+    # Other photos are still other photos: their checkpoints are not resumed.
+    other = Dataset(items=moved.items[1:], trigger_word=dataset.trigger_word, resolution=dataset.resolution)
+    shutil.copytree(tmp_path / "here", tmp_path / "other")
+    events.clear()
+    train_lora(other, settings, tmp_path / "other", base_model="tiny", data_dir=data_dir, on_event=events.append)
+    assert any(isinstance(e, ev.Message) and "starting afresh" in e.text for e in events)
 
 
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(dataset: Dataset, data_dir: Path,
