@@ -52,7 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(default with CUDA), or a local diffusers folder")
     parser.add_argument("--ray", default=os.environ.get("LIKENESS_RAY_ADDRESS", ""), metavar="auto|ADDRESS",
                         help="run trainings as tasks on a Ray cluster: 'auto' (the cluster this machine joined with "
-                             "`ray start`) or the head's address; the data dir must be on a disk every node sees")
+                             "`ray start`) or the head's address; nodes that do not see the data dir get each "
+                             "job's files through Ray's object store")
     args = parser.parse_args(argv)
     if args.auth is not None:
         user, colon, password = args.auth.partition(":")

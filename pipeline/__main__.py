@@ -34,7 +34,7 @@ def _workflow(args: argparse.Namespace, start_worker: bool = False) -> Workflow:
     from pipeline.workspaces import LOCAL_PERSON, Workspaces
 
     settings = AppSettings(data_dir=args.data_dir, base_model=args.base_model or default_base_model(),
-                           smtp=smtp_settings_from_env())
+                           smtp=smtp_settings_from_env(), ray_address=getattr(args, "ray", "").strip())
     # The local workspace (what `python app.py` on 127.0.0.1 shows), or a login's with --user.
     workspaces = Workspaces(settings, start_worker=start_worker)
     return workspaces.get(workspaces.login(args.user) if args.user else LOCAL_PERSON)
@@ -176,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int)
     p.add_argument("--trigger-word")
     p.add_argument("--anyway", action="store_true", help="train even if the classifier says the set is not ready")
+    p.add_argument("--ray", default=os.environ.get("LIKENESS_RAY_ADDRESS", ""), metavar="auto|ADDRESS",
+                   help="train as a task on a Ray cluster, as `app.py --ray` does: 'auto' or the head's address")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("generate", parents=[common], help="generate an image with a model ('base' for none)")

@@ -33,6 +33,7 @@ except ImportError:  # pragma: no cover - Windows
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3  # starts of one job; past them an interrupted job fails instead of going round for ever
+RECOUNT_SECONDS = 10.0  # how often a queue with a ``recount`` asks how many workers it may run
 _CANCEL_POLL_SECONDS = 1.0  # how often a running job looks for a cancel made through another JobQueue object
 
 
@@ -102,6 +103,7 @@ class JobQueue:
         *,
         autostart: bool = True,
         devices: Sequence[str] | None = None,
+        recount: Callable[[], Sequence[str] | None] | None = None,
         on_change: ChangeCallback | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
@@ -113,6 +115,9 @@ class JobQueue:
         self.runner = runner
         self.on_change = on_change
         self._devices = tuple(devices) if devices else None  # resolved at start: torch import only when needed
+        # Asked again every RECOUNT_SECONDS while the queue runs: a cluster that gained nodes gets more workers.
+        self._recount = recount
+        self._started: set[str] = set()
         self._cond = threading.Condition()
         self._stopping = threading.Event()  # no new jobs are taken
         self._interrupt = threading.Event()  # running jobs are asked to stop and go back to the queue
@@ -230,12 +235,44 @@ class JobQueue:
         self._interrupt.clear()
         self._requeue_interrupted()
         devices = self._devices or default_devices()
-        self._alive = len(devices)
+        self._alive = 0
+        self._started = set()
         for device in devices:
+            self._add_worker(device)
+        if self._recount is not None:
+            watcher = threading.Thread(target=self._watch_devices, name="likeness-jobs-recount", daemon=True)
+            self._threads.append(watcher)
+            watcher.start()
+        logger.info("jobs: started %d worker(s) on %s", len(devices), ", ".join(devices))
+
+    @property
+    def workers(self) -> tuple[str, ...]:
+        """The devices (or cluster slots) a worker takes jobs for."""
+        with self._cond:
+            return tuple(sorted(self._started))
+
+    def _add_worker(self, device: str) -> None:
+        with self._cond:
+            if self._stopping.is_set() or device in self._started:
+                return
+            self._started.add(device)
+            self._alive += 1
             thread = threading.Thread(target=self._worker, args=(device,), name=f"likeness-jobs-{device}", daemon=True)
             self._threads.append(thread)
             thread.start()
-        logger.info("jobs: started %d worker(s) on %s", len(devices), ", ".join(devices))
+
+    def _watch_devices(self) -> None:
+        assert self._recount is not None
+        while not self._stopping.wait(RECOUNT_SECONDS):
+            try:
+                devices = self._recount() or ()
+            except Exception as exc:  # noqa: BLE001 - e.g. a cluster that does not answer now: ask again later
+                logger.warning("jobs: could not count the workers' devices: %s", exc)
+                continue
+            for device in devices:
+                if device not in self._started:
+                    logger.info("jobs: a new worker on %s (more room than at the start)", device)
+                    self._add_worker(device)
 
     def stop(self, timeout: float = 30.0, *, interrupt: bool = True) -> bool:
         """Stop the workers. With ``interrupt`` running jobs are asked to stop and go back to the front of the
@@ -251,6 +288,7 @@ class JobQueue:
         ended = not any(thread.is_alive() for thread in self._threads)
         if ended:
             self._threads = []
+            self._started = set()
         else:
             logger.warning("jobs: a worker did not stop within %.0f s; its job is re-queued on the next start", timeout)
         return ended

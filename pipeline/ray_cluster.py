@@ -3,22 +3,29 @@
 The app stays the one web front end, the one job queue and the one library: each queue slot hands its job to Ray
 as a task asking for one GPU (one CPU on a CPU-only cluster), and Ray places it on any free node. The task runs the
 job's compute (``training_job.train_and_choose``) there; its events come back through a small channel actor, and so
-does a stop request, both polled about once a second. Photos, crops, checkpoints and LoRAs are read and written in
-the data dir, which every node must see at the same path (a shared disk). A worker process or node that goes away
+does a stop request, both polled about once a second. A node that sees the app's data dir at the same path (a shared
+disk) reads and writes the job's files there; any other asks for them — the app puts them in Ray's object store —
+and sends back what the job writes as it goes (``pipeline.job_files``). A worker process or node that goes away
 mid-training raises ``WorkerLost``: the job goes back to the front of the queue and resumes from its last checkpoint
-on whichever node is free.
+(on the app's disk either way) on whichever node is free.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
+import secrets
+import shutil
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from pipeline import events as ev
+from pipeline import job_files
 from pipeline.status import Status
 from pipeline.training_job import (
     ClusterView,
@@ -37,6 +44,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Passed on to the workers: where the app reads no model hub (offline, its cache), neither do they.
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY")
 POLL_SECONDS = 0.5
+# In the data dir: a node that reads the same token there shares the app's disk.
+DISK_TOKEN_FILE = ".cluster-disk-token"
+INPUTS_TIMEOUT_SECONDS = 300.0  # a node waits this long for a job's files before the job fails
 
 
 class _Channel:
@@ -46,6 +56,8 @@ class _Channel:
         self.events: dict[str, list[Any]] = {}
         self.places: dict[str, dict[str, Any]] = {}
         self.stops: set[str] = set()
+        self.wanted: set[str] = set()  # jobs whose node asked for their files
+        self.inputs: dict[str, list[Any]] = {}  # the files' object ref, in a list so Ray passes the ref itself
 
     def put(self, key: str, event: Any) -> None:
         self.events.setdefault(key, []).append(event)
@@ -57,8 +69,18 @@ class _Channel:
         """Answered after every earlier ``put`` of the same caller (an actor runs one caller's calls in order)."""
         return True
 
-    def drain(self, key: str) -> tuple[list[Any], dict[str, Any] | None]:
-        return self.events.pop(key, []), self.places.get(key)
+    def drain(self, key: str) -> tuple[list[Any], dict[str, Any] | None, bool]:
+        return self.events.pop(key, []), self.places.get(key), key in self.wanted
+
+    def want_inputs(self, key: str) -> None:
+        self.wanted.add(key)
+
+    def give_inputs(self, key: str, ref: list[Any]) -> None:
+        self.inputs[key] = ref
+        self.wanted.discard(key)
+
+    def get_inputs(self, key: str) -> list[Any] | None:
+        return self.inputs.get(key)
 
     def stop(self, key: str) -> None:
         self.stops.add(key)
@@ -70,6 +92,8 @@ class _Channel:
         self.events.pop(key, None)
         self.places.pop(key, None)
         self.stops.discard(key)
+        self.wanted.discard(key)
+        self.inputs.pop(key, None)
 
 
 # Per worker process: its loaded base models, reused by its next tasks (CPU tasks share worker processes; Ray gives
@@ -77,17 +101,16 @@ class _Channel:
 _WORKER_GENERATORS: dict[str, Any] = {}
 
 
-def _compute(spec_data: dict[str, Any], model_folder: str, shared_dir: str, channel: Any, key: str) -> JobOutcome:
+def _compute(spec_data: dict[str, Any], model_folder: str, shared_dir: str, disk_token: str, channel: Any,
+             key: str) -> JobOutcome:
     """The Ray task: the job's compute on the node Ray chose, reporting through the channel."""
     import ray
 
-    from pipeline.generators import Generators
     from pipeline.jobs import default_devices
 
     context = ray.get_runtime_context()
     channel.placed.remote(key, {"node": context.get_node_id(), "task": context.get_task_id() or "",
                                 "pid": os.getpid()})
-    generators = _WORKER_GENERATORS.setdefault(shared_dir, Generators(Path(shared_dir)))
     asked = [0.0, False]  # last poll time, stop seen
 
     def should_stop() -> bool:
@@ -96,12 +119,107 @@ def _compute(spec_data: dict[str, Any], model_folder: str, shared_dir: str, chan
             asked[1] = bool(ray.get(channel.stopped.remote(key)))
         return bool(asked[1])
 
+    spec = TrainingJobSpec.from_dict(spec_data)
+    device = default_devices()[0]
     try:
-        return train_and_choose(TrainingJobSpec.from_dict(spec_data), Path(model_folder), Path(shared_dir),
-                                generators, device=default_devices()[0],
-                                on_event=lambda event: channel.put.remote(key, event), should_stop=should_stop)
+        if _sees_disk(Path(shared_dir), disk_token):
+            return train_and_choose(spec, Path(model_folder), Path(shared_dir), _worker_generators(shared_dir),
+                                    device=device, on_event=lambda event: channel.put.remote(key, event),
+                                    should_stop=should_stop)
+        return _compute_elsewhere(spec, Path(model_folder), shared_dir, device, channel, key, should_stop)
     finally:
         ray.get(channel.flush.remote(key))  # every event is in the channel before the result is
+
+
+def _sees_disk(shared_dir: Path, token: str) -> bool:
+    try:
+        return (shared_dir / DISK_TOKEN_FILE).read_text() == token
+    except OSError:
+        return False
+
+
+def _worker_generators(folder: str) -> Any:
+    from pipeline.generators import Generators
+
+    return _WORKER_GENERATORS.setdefault(folder, Generators(Path(folder)))
+
+
+def _compute_elsewhere(spec: TrainingJobSpec, app_folder: Path, shared_dir: str, device: str, channel: Any,
+                       key: str, should_stop: ev.StopCheck) -> JobOutcome:
+    """On a node without the app's disk: the job's files come from the object store into a folder of this node's,
+    what it writes goes back through the channel, and its events and result name the app's files."""
+    import fcntl
+
+    import ray
+
+    from pipeline.base_model import resolve_base_model
+
+    # This node's own data dir for the app (base models it builds, caches), and a folder for this job.
+    scratch = Path(tempfile.gettempdir()) / "likeness-node" / hashlib.sha256(shared_dir.encode()).hexdigest()[:16]
+    folder = scratch / "jobs" / key
+    folder.mkdir(parents=True, exist_ok=True)
+    with _node_lock(scratch):  # no sweep between another job's start and its lock
+        running = (scratch / "jobs" / f"{key}.lock").open("w")  # held while the job runs here; a kill lets it go
+        fcntl.flock(running, fcntl.LOCK_EX)
+        _sweep_left_behind(scratch / "jobs", keep=folder)
+    try:
+        channel.want_inputs.remote(key)
+        deadline = time.monotonic() + INPUTS_TIMEOUT_SECONDS
+        while (ref := ray.get(channel.get_inputs.remote(key))) is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the app did not send the job's files within {INPUTS_TIMEOUT_SECONDS:.0f} s")
+            time.sleep(0.2)
+        job_files.unpack(ray.get(ref[0]), folder)
+        with _node_lock(scratch):  # one build of the tiny model per node
+            resolve_base_model(spec.base_model, scratch)
+        mirror = job_files.FolderMirror(folder)
+
+        def send_changes() -> None:
+            changes = mirror.changes()
+            if changes is not None:
+                channel.put.remote(key, changes)
+
+        def on_event(event: ev.Event) -> None:
+            if not isinstance(event, ev.TrainStep):  # the files an event names reach the app before it does
+                send_changes()
+            channel.put.remote(key, job_files.rebase(event, folder, app_folder))
+
+        on_event(ev.Message("this node does not see the app's data dir: the job's files travel through Ray's "
+                            "object store"))
+        outcome = train_and_choose(spec, folder, scratch, _worker_generators(str(scratch)), device=device,
+                                   on_event=on_event, should_stop=should_stop)
+        send_changes()
+        return job_files.rebase(outcome, folder, app_folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # what it wrote is in the channel's calls already
+        (scratch / "jobs" / f"{key}.lock").unlink(missing_ok=True)
+        running.close()
+
+
+@contextlib.contextmanager
+def _node_lock(scratch: Path) -> Iterator[None]:
+    """One job at a time on this node between these lines (processes of the node share no memory)."""
+    import fcntl
+
+    with (scratch / ".node.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _sweep_left_behind(jobs: Path, *, keep: Path) -> None:
+    """Folders of jobs whose process was killed on this node (their lock is free): their files reached the app."""
+    import fcntl
+
+    for lock_path in jobs.glob("*.lock"):
+        if lock_path.with_suffix("") == keep:
+            continue
+        with lock_path.open("a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a job running on this node now
+            shutil.rmtree(lock_path.with_suffix(""), ignore_errors=True)
+            lock_path.unlink(missing_ok=True)
 
 
 def _check_reachable(address: str) -> None:
@@ -137,11 +255,22 @@ class RayExecutor:
             ray.init(address=address, namespace=NAMESPACE, runtime_env={"env_vars": env}, log_to_driver=False,
                      logging_level=logging.WARNING)
         self._channel = self._new_channel()
+        self.disk_token = self._disk_token()
         resources = ray.cluster_resources()
         self.gpus = int(resources.get("GPU", 0))
         self._task = ray.remote(
             num_gpus=1 if self.gpus else 0, num_cpus=cpus_per_training, max_retries=0)(_compute)
         logger.info("ray: connected to %s (%s)", address, resources)
+
+    def _disk_token(self) -> str:
+        """A random token in the data dir: the nodes that read it there share the app's disk."""
+        path = self.shared_dir / DISK_TOKEN_FILE
+        if not path.is_file():
+            self.shared_dir.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".part")
+            partial.write_text(secrets.token_hex(16))
+            os.replace(partial, path)
+        return path.read_text()
 
     @staticmethod
     def _new_channel() -> Any:
@@ -153,12 +282,14 @@ class RayExecutor:
         return ray.remote(num_cpus=0, scheduling_strategy=here)(_Channel).remote()
 
     def slots(self) -> tuple[str, ...]:
-        """One queue slot per training the cluster can hold at once, as it is now (nodes that join later add
-        room once the app restarts)."""
+        """One queue slot per training the cluster can hold at once, as it is now (the queue asks again every
+        ``jobs.RECOUNT_SECONDS``: nodes that join later add slots; slots of nodes that left wait in Ray for room)."""
         import ray
 
         resources = ray.cluster_resources()
-        count = self.gpus or int(resources.get("CPU", 1) // self.cpus_per_training)
+        # Tasks ask for what the cluster had at the start: a GPU each, or CPUs where it had no GPU.
+        count = (int(resources.get("GPU", 0)) if self.gpus
+                 else int(resources.get("CPU", 1) // self.cpus_per_training))
         return tuple(f"ray-{index}" for index in range(max(1, count)))
 
     def view(self) -> ClusterView:
@@ -181,26 +312,37 @@ class RayExecutor:
         resolve_base_model(spec.base_model, self.shared_dir)  # the tiny model is built here, not by two workers
         key = f"{spec.model_id}-{time.monotonic_ns()}"
         channel = self._channel
-        ref = self._task.remote(spec.to_dict(), str(Path(model_folder).resolve()), str(self.shared_dir),
-                                channel, key)
+        folder = Path(model_folder).resolve()
+        ref = self._task.remote(spec.to_dict(), str(folder), str(self.shared_dir), self.disk_token, channel, key)
         placed: Mapping[str, Any] | None = None
+        inputs: list[Any] = []  # the job's files in the object store, held until the job ends
         stop_sent = False
+
+        def deliver(events: list[Any]) -> None:
+            for event in events:
+                if isinstance(event, job_files.FileChanges):  # from a node without the app's disk
+                    job_files.apply(event, folder)
+                else:
+                    on_event(event)
+
         try:
             while True:
                 done, _ = ray.wait([ref], timeout=POLL_SECONDS)
-                events, place = ray.get(channel.drain.remote(key), timeout=60)
+                events, place, wants_inputs = ray.get(channel.drain.remote(key), timeout=60)
                 if place and place != placed:
                     placed = place
                     on_placed(place)
-                for event in events:
-                    on_event(event)
+                if wants_inputs and not inputs:
+                    inputs.append(ray.put(job_files.pack_inputs(folder)))
+                    channel.give_inputs.remote(key, inputs)
+                deliver(events)
                 if not done and should_stop():
                     if placed is None:
                         # Still waiting for a node (none has room, or the one it asked for left): nothing to save.
                         ray.cancel(ref, force=True)
                         return JobOutcome(TrainResult(
                             status=Status.CANCELLED, lora_path=None, kohya_path=None, steps_done=0, final_loss=None,
-                            losses=(), checkpoints=list_checkpoints(Path(model_folder) / "lora")))
+                            losses=(), checkpoints=list_checkpoints(folder / "lora")))
                     if not stop_sent:
                         channel.stop.remote(key)
                         stop_sent = True
@@ -209,8 +351,7 @@ class RayExecutor:
             try:
                 return ray.get(ref)
             finally:
-                for event in ray.get(channel.drain.remote(key), timeout=60)[0]:
-                    on_event(event)
+                deliver(ray.get(channel.drain.remote(key), timeout=60)[0])
         except rx.RayActorError as exc:  # the channel went with its node: a new one for the next jobs
             self._channel = self._new_channel()
             ray.cancel(ref, force=True)
@@ -225,6 +366,9 @@ class RayExecutor:
         except rx.RayTaskError as exc:
             raise exc.as_instanceof_cause() from None
         finally:
+            # A node that went away may have sent files (a checkpoint) the loop had not drained yet: keep them.
+            with contextlib.suppress(Exception):
+                deliver(ray.get(channel.drain.remote(key), timeout=10)[0])
             channel.forget.remote(key)
 
     def close(self) -> None:

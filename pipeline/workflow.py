@@ -133,7 +133,8 @@ class Workflow:
         self._owns_executor = executor is None
         self.executor = executor or make_executor(settings, self._generators)
         self.jobs = jobs if jobs is not None else JobQueue(self.data_dir, self.run_job, autostart=start_worker,
-                                                           devices=self.executor.slots())
+                                                           devices=self.executor.slots(),
+                                                           recount=None if self.executor.local else self.executor.slots)
         self.notices: list[str] = list(self.library.notices)  # what start-up repaired, shown on the page
         if jobs is None and self.jobs.damaged_backup is not None:
             self.notices.append(f"The training queue ({self.jobs.db_path.name}) was damaged and was moved aside to "

@@ -117,7 +117,8 @@ class Workspaces:
         self._flows: dict[str, Workflow] = {}
         self._generators = Generators(self.root)
         self.executor = make_executor(settings, self._generators)
-        self.jobs = JobQueue(self.root, self._run_job, autostart=False, devices=self.executor.slots())
+        self.jobs = JobQueue(self.root, self._run_job, autostart=False, devices=self.executor.slots(),
+                             recount=None if self.executor.local else self.executor.slots)
         self.local = self._make(LOCAL_WORKSPACE, self.root, False)
         self.notices: list[str] = []  # the queue's; each workspace keeps its own (a damaged library, …)
         if self.jobs.damaged_backup is not None:

@@ -1,9 +1,10 @@
 """Trainings on a real local Ray cluster, run by tests/test_ray_cluster.py inside a private network namespace.
 
 Starts a head and one worker node (CPU only, small object stores, their own temp dir), points the app's workflow at
-the head, runs two short trainings through the workflow's API, then a longer one whose worker process is killed
-mid-training, then one stopped and resumed, and prints what it saw as one JSON line. Stops only the two nodes it
-started.
+the head, runs two short trainings through the workflow's API, then one stopped and resumed. Then a second cluster
+whose trainings run only on nodes that do not see the app's data dir (each in its own mount namespace, an empty
+tmpfs over it): a node joins while the app runs, and a training's worker process is killed mid-training. Prints
+what it saw as one JSON line. Stops only the nodes it started.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -48,11 +50,10 @@ def main(root: Path) -> dict:
     def lap(name: str) -> None:  # where the time goes, for the log
         facts["seconds"][name] = round(time.monotonic() - began, 1)
 
+    photos = photo_factory.portrait_set(root / "photos", 6)
     with LocalCluster(workers=1) as cluster:
         lap("cluster up")
         import ray
-
-        photos = photo_factory.portrait_set(root / "photos", 6)
 
         # The same training on the local backend, for the LoRA's shape.
         settings = TrainSettings.quick(name="local", steps=4, checkpoint_every=2, sample_every=1000,
@@ -90,33 +91,6 @@ def main(root: Path) -> dict:
             view = app.cluster()
             facts["view"] = {"nodes": len(view.nodes), "cpus": view.cpus}
 
-            # A longer run whose worker process dies mid-training: it resumes elsewhere from its last checkpoint.
-            long = app.start_training(TrainSettings.quick(name="killed", steps=300, checkpoint_every=10,
-                                                          sample_every=1000, test_prompts=("{trigger}",)),
-                                      anyway=True)
-
-            def step() -> int:
-                last = app.training_view(long.id).last_step
-                return last.step if last else 0
-
-            wait_for(lambda: step() >= 12 and app.jobs.for_model(long.id)[0].pid, "the long run's step 12")
-            [job] = app.jobs.for_model(long.id)
-            killed_pid, killed_node = job.pid, job.node
-            facts["cluster_text"] = cluster_text(app)
-            facts["status_at_kill"] = app.jobs.get(job.id).status
-            os.kill(killed_pid, signal.SIGKILL)
-            killed_at = step()
-            record = app.wait_for(long.id, timeout=TIMEOUT)
-            [job] = app.jobs.for_model(long.id)
-            log = app.training_view(long.id).log
-            facts["killed"] = {"status": record.status, "killed_pid": killed_pid, "pid_after": job.pid,
-                               "node_before": killed_node, "node_after": job.node,
-                               "attempts": job.attempts, "killed_at": killed_at,
-                               "resumed_lines": [line for line in log if "resum" in line.lower()],
-                               "went_away": any("went away" in line for line in log),
-                               "lora": bool(record.lora_path and Path(record.lora_path).is_file())}
-
-            lap("killed and resumed")
             # Stop on the page reaches the worker; Resume goes on from the checkpoint it saved when it stopped.
             stopped = app.start_training(TrainSettings.quick(name="stopped", steps=500, checkpoint_every=50,
                                                              sample_every=1000, test_prompts=("{trigger}",)),
@@ -150,6 +124,91 @@ def main(root: Path) -> dict:
         finally:
             app.close()
         lap("app closed")
+    lap("cluster stopped")
+    facts["no_shared_disk"] = without_a_shared_disk(root, photos, facts["local"]["shapes"])
+    lap("cluster without a shared disk")
+    return facts
+
+
+def without_a_shared_disk(root: Path, photos: list[Path], local_shapes: dict) -> dict:
+    """The head (where the app runs) takes no trainings; its worker nodes see an empty folder at the data dir."""
+    import ray
+
+    import pipeline.jobs
+
+    pipeline.jobs.RECOUNT_SECONDS = 1.0  # the queue looks for new nodes every second here (10 s in the app)
+    data = root / "nodisk"
+    data.mkdir()
+    facts: dict = {"seconds": {}}
+    began = time.monotonic()
+
+    def lap(name: str) -> None:
+        facts["seconds"][name] = round(time.monotonic() - began, 1)
+
+    with LocalCluster(workers=0, head_cpus=0) as cluster:
+        lap("cluster up")
+        cluster.add_worker(hide=data, tmpdir=root / "nodes-tmp")  # the nodes' own files (one machine here)
+        app = Workflow(AppSettings(data_dir=data, base_model="tiny", ray_address=cluster.address))
+        try:
+            facts["workers_at_start"] = list(app.jobs.workers)
+            token = data / ".cluster-disk-token"
+            facts["node_sees_data_dir"] = ray.get(ray.remote(num_cpus=1)(os.path.exists).remote(str(token)))
+            facts["app_sees_data_dir"] = token.exists()
+            cluster.add_worker(hide=data, tmpdir=root / "nodes-tmp")  # the cluster grows while the app runs
+            wait_for(lambda: len(app.jobs.workers) == 2, "a second queue worker for the new node", 60)
+            facts["workers_after_join"] = list(app.jobs.workers)
+            lap("second node joined")
+
+            app.add_photos(photos)
+            long = app.start_training(TrainSettings.quick(name="killed", steps=150, checkpoint_every=10,
+                                                          sample_every=1000, test_prompts=("{trigger}",)),
+                                      anyway=True)
+
+            def step() -> int:
+                last = app.training_view(long.id).last_step
+                return last.step if last else 0
+
+            # Step 12 is reported after the checkpoint at step 10 reached the app's disk (the channel keeps order).
+            wait_for(lambda: step() >= 12 and app.jobs.for_model(long.id)[0].pid, "the long run's step 12")
+            [job] = app.jobs.for_model(long.id)
+            killed_pid, killed_node = job.pid, job.node
+            facts["cluster_text"] = cluster_text(app)
+            facts["status_at_kill"] = app.jobs.get(job.id).status
+            os.kill(killed_pid, signal.SIGKILL)
+            lap("killed")
+            record = app.wait_for(long.id, timeout=TIMEOUT)
+            lap("resumed and ready")
+            [job] = app.jobs.for_model(long.id)
+            log = app.training_view(long.id).log
+            folder = Path(record.folder)
+            facts["killed"] = {
+                "status": record.status, "killed_pid": killed_pid, "pid_after": job.pid,
+                "node_before": killed_node, "node_after": job.node, "attempts": job.attempts,
+                "resumed_lines": [line for line in log if line.startswith("resuming from the checkpoint at step")],
+                "went_away": any("went away" in line for line in log),
+                "object_store_lines": sum("does not see the app's data dir" in line for line in log),
+                "lora_in_data_dir": Path(record.lora_path).is_relative_to(data) and Path(record.lora_path).is_file(),
+                "shapes": lora_shapes(record.lora_path),
+                "checkpoints": sorted(p.name for p in (folder / "lora" / "checkpoints").iterdir()),
+                "recorded_checkpoints_on_disk": all(Path(c["path"]).is_file() for c in record.checkpoints),
+                "test_images": len(list((folder / "assessment").rglob("*.png"))),
+                "grid": bool(record.sample_grid and Path(record.sample_grid).is_file()),
+                "local_shapes_match": lora_shapes(record.lora_path) == local_shapes,
+                # The killed process's folder on its node is swept by the next job there (the same scratch here).
+                "left_on_nodes": sorted(p.name for p in (root / "nodes-tmp").glob("likeness-node/*/jobs/*")),
+            }
+        finally:
+            app.close()
+        lap("app closed")
+        # The command line trains on the cluster too (its own data dir; the nodes see this one).
+        cli = subprocess.run([sys.executable, "-m", "pipeline", "train", str(photos[0].parent), "--name", "cli",
+                              "--steps", "4", "--anyway", "--json", "--base-model", "tiny",
+                              "--data-dir", str(root / "cli"), "--ray", cluster.address],
+                             capture_output=True, text=True, timeout=TIMEOUT, cwd=Path(__file__).parent.parent)
+        jobs = json.loads((root / "cli" / "jobs.json").read_text())["jobs"].values()
+        facts["cli"] = {"returncode": cli.returncode, "status": json.loads(cli.stdout or "{}").get("status"),
+                        "nodes": [job.get("node") for job in jobs], "stderr": cli.stderr[-2000:]}
+        lap("command line training")
     lap("cluster stopped")
     return facts
 

@@ -45,22 +45,47 @@ def test_trainings_run_on_ray_nodes_and_a_lost_worker_resumes_elsewhere(tmp_path
         assert ran["shapes"] == facts["local"]["shapes"] and ran["shapes"]
         assert ran["assessed"] == [2, 4]  # the likeness curve came back from the worker, checkpoint by checkpoint
 
-    killed = facts["killed"]
-    assert facts["status_at_kill"] == "running"
-    # The Training tab showed the cluster and which node ran the training.
-    assert "2 node(s), 2 CPU, 0 GPU" in facts["cluster_text"]
-    assert f"'killed': running on node `{killed['node_before'][:8]}`" in facts["cluster_text"]
-    assert killed["went_away"] and killed["attempts"] == 2 and killed["status"] == "ready" and killed["lora"]
-    assert killed["pid_after"] != killed["killed_pid"] and killed["node_after"] in facts["nodes"]
-    resumed = [line for line in killed["resumed_lines"] if line.startswith("resuming from the checkpoint at step")]
-    assert resumed and int(resumed[0].split()[-1]) >= 10  # nothing before the last checkpoint is trained again
-
     stopped = facts["stopped"]  # Stop and Resume work as they do locally
     assert stopped["status_after_stop"] == "cancelled" and stopped["status_after_resume"] == "ready"
     assert stopped["stopped_at"] < 500 and stopped["stopped_at"] in stopped["checkpoints_after_stop"]
     # A training still waiting for a node with room is withdrawn at once.
     assert facts["unplaced_stop"]["status"] == "cancelled" and facts["unplaced_stop"]["seconds"] < 10
     assert stopped["resumed_lines"] == [f"resuming from the checkpoint at step {stopped['stopped_at']}"]
+
+    # A cluster whose worker nodes do not see the app's disk; one of them joined while the app ran.
+    apart = facts["no_shared_disk"]
+    assert apart["app_sees_data_dir"] and not apart["node_sees_data_dir"]
+    assert apart["workers_at_start"] == ["ray-0"] and apart["workers_after_join"] == ["ray-0", "ray-1"]
+    assert apart["status_at_kill"] == "running"
+    assert "3 node(s), 2 CPU, 0 GPU" in apart["cluster_text"]
+    killed = apart["killed"]
+    assert f"'killed': running on node `{killed['node_before'][:8]}`" in apart["cluster_text"]
+    # Its worker process was killed mid-training: it resumed from the checkpoint that had reached the app's disk.
+    assert killed["went_away"] and killed["attempts"] == 2 and killed["status"] == "ready"
+    assert killed["pid_after"] != killed["killed_pid"]
+    resumed = [int(line.split()[-1]) for line in killed["resumed_lines"]]
+    assert resumed and resumed[0] >= 10
+    assert killed["object_store_lines"] == 2  # both attempts got their files through the object store
+    # Everything it made is on the app's disk: the LoRA (the local backend's shapes), checkpoints, test images.
+    assert killed["lora_in_data_dir"] and killed["local_shapes_match"] and killed["grid"]
+    assert killed["recorded_checkpoints_on_disk"] and killed["test_images"] > 0
+    assert killed["checkpoints"] and all(name.startswith("step-") for name in killed["checkpoints"])
+    assert killed["left_on_nodes"] == []
+    # `python -m pipeline train --ray ADDRESS` ran its training as a task on one of the cluster's nodes.
+    cli = apart["cli"]
+    assert cli["returncode"] == 0 and cli["status"] == "ready", cli["stderr"]
+    assert len(cli["nodes"]) == 1 and cli["nodes"][0]
+
+
+def test_the_command_line_refuses_an_address_where_no_cluster_answers(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.__main__ import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    assert main(["train", str(photos), "--name", "x", "--data-dir", str(tmp_path / "data"), "--base-model", "tiny",
+                 "--ray", "127.0.0.1:1"]) == 2
+    assert "no Ray cluster answers at '127.0.0.1:1'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1:1", "no-port-here"])
