@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -199,16 +198,6 @@ def without_a_shared_disk(root: Path, photos: list[Path], local_shapes: dict) ->
             }
         finally:
             app.close()
-        lap("app closed")
-        # The command line trains on the cluster too (its own data dir; the nodes see this one).
-        cli = subprocess.run([sys.executable, "-m", "pipeline", "train", str(photos[0].parent), "--name", "cli",
-                              "--steps", "4", "--anyway", "--json", "--base-model", "tiny",
-                              "--data-dir", str(root / "cli"), "--ray", cluster.address],
-                             capture_output=True, text=True, timeout=TIMEOUT, cwd=Path(__file__).parent.parent)
-        jobs = json.loads((root / "cli" / "jobs.json").read_text())["jobs"].values()
-        facts["cli"] = {"returncode": cli.returncode, "status": json.loads(cli.stdout or "{}").get("status"),
-                        "nodes": [job.get("node") for job in jobs], "stderr": cli.stderr[-2000:]}
-        lap("command line training")
     lap("cluster stopped")
     return facts
 
