@@ -1,8 +1,9 @@
 """Throughput of N queued short trainings: the in-process queue vs a Ray cluster of two worker processes on this
-machine, and what dispatching a job to Ray costs. Prints JSON.
+machine — with the data dir shared, and with worker nodes that do not see it (the job's files go through Ray's object
+store) — and what dispatching a job to Ray costs. Prints JSON.
 
-Both sides run the same N trainings of the tiny model through the workflow's API. The Ray side runs inside a
-private network namespace (``unshare -n``) so its cluster stays on loopback; the script re-runs itself there.
+All sides run the same N trainings of the tiny model through the workflow's API. The Ray sides run inside a
+private network namespace (``unshare -n``) so their clusters stay on loopback; the script re-runs itself there.
 
     python -m bench.queue [--jobs 4] [--steps 30]
 """
@@ -96,36 +97,54 @@ def run_jobs(data_dir: Path, jobs: int, steps: int, ray_address: str = "") -> di
             "first_job_to_first_step_s": round(timings[0]["to_first_step_s"], 2) if timings else None}
 
 
-def ray_side(jobs: int, steps: int) -> dict:
+def ray_side(jobs: int, steps: int, shared_disk: bool) -> dict:
     from local_ray import LocalCluster
 
-    with tempfile.TemporaryDirectory() as tmp, LocalCluster(workers=1) as cluster:
-        return run_jobs(Path(tmp) / "data", jobs, steps, ray_address=cluster.address)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        if shared_disk:
+            with LocalCluster(workers=1) as cluster:
+                return run_jobs(data, jobs, steps, ray_address=cluster.address)
+        data.mkdir()
+        # The head (the app's node) takes no trainings; two worker nodes see an empty folder at the data dir.
+        with LocalCluster(workers=0, head_cpus=0) as cluster:
+            for _ in range(2):
+                cluster.add_worker(hide=data, tmpdir=Path(tmp) / "nodes")
+            return run_jobs(data, jobs, steps, ray_address=cluster.address)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=4)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--ray-side", action="store_true", help=argparse.SUPPRESS)  # the re-run in the namespace
+    parser.add_argument("--ray-side", choices=["shared", "apart"], help=argparse.SUPPRESS)  # the namespace re-run
     args = parser.parse_args()
     if args.ray_side:
-        print(json.dumps(ray_side(args.jobs, args.steps)))
+        print(json.dumps(ray_side(args.jobs, args.steps, shared_disk=args.ray_side == "shared")))
         return
     with tempfile.TemporaryDirectory() as tmp:
         local = run_jobs(Path(tmp) / "data", args.jobs, args.steps)
-    inner = f'exec "{sys.executable}" -m bench.queue --ray-side --jobs {args.jobs} --steps {args.steps}'
-    done = subprocess.run(["unshare", "-n", "--", "sh", "-c", f"ip link set lo up && {inner}"], cwd=ROOT,
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(done.stderr[-4000:])
-    ray = json.loads(done.stdout.strip().splitlines()[-1])
+
+    def in_namespace(side: str) -> dict:
+        inner = f'exec "{sys.executable}" -m bench.queue --ray-side {side} --jobs {args.jobs} --steps {args.steps}'
+        done = subprocess.run(["unshare", "-n", "--", "sh", "-c", f"ip link set lo up && {inner}"], cwd=ROOT,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(done.stderr[-4000:])
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    ray, apart = in_namespace("shared"), in_namespace("apart")
     print(json.dumps({
         "jobs": args.jobs, "steps": args.steps, "base_model": "tiny", "machine": "2 CPU cores (shared)",
-        "local": local, "ray_two_worker_nodes": ray,
+        "local": local, "ray_two_worker_nodes": ray, "ray_two_worker_nodes_without_the_data_dir": apart,
         "throughput_ratio_ray_vs_local": round(ray["jobs_per_minute"] / local["jobs_per_minute"], 2),
-        # What handing a job to Ray adds before its first step (a worker process, its imports, the model load).
+        "throughput_ratio_ray_without_shared_disk_vs_local": round(apart["jobs_per_minute"] / local["jobs_per_minute"],
+                                                                   2),
+        # What handing a job to Ray adds before its first step (a worker process, its imports, the model load; and
+        # without a shared disk the files' round trip through the object store).
         "dispatch_overhead_per_job_s": round(ray["mean_to_first_step_s"] - local["mean_to_first_step_s"], 2),
+        "dispatch_overhead_per_job_without_shared_disk_s": round(
+            apart["mean_to_first_step_s"] - local["mean_to_first_step_s"], 2),
     }, indent=2))
 
 

@@ -3,7 +3,7 @@
 Starts a head and one worker node (CPU only, small object stores, their own temp dir), points the app's workflow at
 the head, runs two short trainings through the workflow's API, then one stopped and resumed. Then a second cluster
 whose trainings run only on nodes that do not see the app's data dir (each in its own mount namespace, an empty
-tmpfs over it): a node joins while the app runs, and a training's worker process is killed mid-training. Prints
+tmpfs over it): a node joins while the app runs, and the node running a training is killed mid-training. Prints
 what it saw as one JSON line. Stops only the nodes it started.
 """
 
@@ -129,6 +129,13 @@ def main(root: Path) -> dict:
     return facts
 
 
+def _ended(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
 def without_a_shared_disk(root: Path, photos: list[Path], local_shapes: dict) -> dict:
     """The head (where the app runs) takes no trainings; its worker nodes see an empty folder at the data dir."""
     import ray
@@ -173,6 +180,9 @@ def without_a_shared_disk(root: Path, photos: list[Path], local_shapes: dict) ->
             killed_pid, killed_node = job.pid, job.node
             facts["cluster_text"] = cluster_text(app)
             facts["status_at_kill"] = app.jobs.get(job.id).status
+            # The whole node goes: its raylet (the worker's parent) with its process group, and the worker.
+            raylet = int(Path(f"/proc/{killed_pid}/stat").read_text().rpartition(")")[2].split()[1])
+            os.killpg(os.getpgid(raylet), signal.SIGKILL)
             os.kill(killed_pid, signal.SIGKILL)
             lap("killed")
             record = app.wait_for(long.id, timeout=TIMEOUT)
@@ -195,6 +205,7 @@ def without_a_shared_disk(root: Path, photos: list[Path], local_shapes: dict) ->
                 "local_shapes_match": lora_shapes(record.lora_path) == local_shapes,
                 # The killed process's folder on its node is swept by the next job there (the same scratch here).
                 "left_on_nodes": sorted(p.name for p in (root / "nodes-tmp").glob("likeness-node/*/jobs/*")),
+                "raylet_ended": _ended(raylet),
             }
         finally:
             app.close()
