@@ -14,7 +14,6 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -26,18 +25,11 @@ from pipeline.events import EventCallback, Message, Progress, StopCheck, ignore,
 from pipeline.faces import Face, detect_faces
 from pipeline.generation import DEFAULT_TEST_PROMPTS, Generator, image_metadata, save_png
 from pipeline.quality import QualityMetrics, measure_quality, quality_components, quality_score
+from pipeline.scores import Verdict
 from pipeline.settings import ClassifySettings, GenerateSettings
 from pipeline.trigger import insert_trigger
 
 logger = logging.getLogger(__name__)
-
-class Verdict(StrEnum):
-    """What the assessment concludes about a LoRA."""
-
-    READY = "ready"
-    LOW_QUALITY = "low_quality"
-    NOT_RECOGNISABLE = "not_recognisable"
-
 
 READY, LOW_QUALITY, NOT_RECOGNISABLE = Verdict.READY, Verdict.LOW_QUALITY, Verdict.NOT_RECOGNISABLE
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import string
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -77,6 +79,10 @@ def tiny_model_version(path: str | Path) -> str:
 
 def default_base_model() -> str:
     """FLUX.1-dev where a CUDA GPU is present, else the embedded micro model."""
+    from pipeline.hardware import gpu_may_be_present
+
+    if not gpu_may_be_present():
+        return MICRO_MODEL
     import torch
 
     return FLUX_DEV if torch.cuda.is_available() else MICRO_MODEL
@@ -190,6 +196,8 @@ def load_pipeline(
     path = resolve_base_model(spec, data_dir)
     import torch
     from diffusers import FluxPipeline
+
+    quiet_library_logs()
 
     from pipeline import memory
 
@@ -419,10 +427,18 @@ def _build_tiny_pipeline() -> FluxPipeline:
 
 def quiet_library_logs() -> None:
     """Hide diffusers/transformers progress bars and chatter (e.g. 'No LoRA keys … CLIPTextModel'): our own events
-    report progress, and those lines drown the log a user reads."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
+    report progress, and those lines drown the log a user reads.
 
-    for module in (diffusers_logging, transformers_logging):
-        module.set_verbosity_error()
-        module.disable_progress_bar()
+    Libraries not loaded yet are quietened through their environment and the hub's switch, not by importing them:
+    diffusers brings torch, 3 s of the app's start. Loading a pipeline calls this again for diffusers' own bars.
+    """
+    import huggingface_hub.utils
+
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    huggingface_hub.utils.disable_progress_bars()  # transformers takes its own bars' switch from it when it loads
+    for name in ("diffusers.utils.logging", "transformers.utils.logging"):
+        module = sys.modules.get(name)
+        if module is not None:
+            module.set_verbosity_error()
+            module.disable_progress_bar()

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.events import duration_text
-from pipeline.memory import choose_mode, estimate_memory, free_gpu_gb
 from pipeline.settings import TrainSettings
 
 logger = logging.getLogger(__name__)
@@ -106,10 +105,13 @@ class SpeedLog:
 
 def device_name() -> tuple[str, str]:
     """(kind, words): ("cuda", "NVIDIA H200") or ("cpu", "this CPU (2 cores)")."""
-    import torch
+    from pipeline.hardware import gpu_may_be_present
 
-    if torch.cuda.is_available():
-        return "cuda", torch.cuda.get_device_name(0)
+    if gpu_may_be_present():
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda", torch.cuda.get_device_name(0)
     return "cpu", f"this CPU ({os.cpu_count()} cores)"
 
 
@@ -142,12 +144,16 @@ def estimate_training(settings: TrainSettings, base_model: str, speeds: SpeedLog
 
 
 def _mode(settings: TrainSettings) -> str:
+    from pipeline.memory import choose_mode, free_gpu_gb  # torch: only for FLUX.1-dev, not the embedded models
+
     return choose_mode(settings.memory_mode, free_gpu_gb())[0]
 
 
 def _memory(settings: TrainSettings, kind: str, embedded: str | None) -> float | None:
     if embedded:
         return EMBEDDED_MEMORY_GB
+    from pipeline.memory import estimate_memory
+
     mode = "cpu" if kind == "cpu" else _mode(settings)
     final = max(settings.resolution, settings.finish_resolution)
     figure = estimate_memory(mode, base_parameters=FLUX_PARAMETERS,

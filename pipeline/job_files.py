@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
-# What a job reads from its model folder: its spec, its dataset, and the checkpoints it resumes from.
-_INPUTS = ("job.json", "dataset")
 _CHECKPOINT = re.compile(r"step-\d+")
 
 
@@ -27,10 +25,6 @@ class FileChanges:
 
     written: Mapping[str, bytes]
     deleted: tuple[str, ...] = ()
-
-    @property
-    def size(self) -> int:
-        return sum(len(data) for data in self.written.values())
 
 
 def _inside(folder: Path, relative: str) -> Path:
@@ -45,10 +39,11 @@ def _files(folder: Path) -> list[Path]:
     return sorted(path for path in Path(folder).rglob("*") if path.is_file())
 
 
-def pack_inputs(model_folder: Path) -> dict[str, bytes]:
-    """The files a job reads, by path relative to the model folder."""
+def pack_inputs(model_folder: Path, dataset: str = "dataset") -> dict[str, bytes]:
+    """The files a job reads — its spec, its dataset (the folder named in the spec) and the checkpoints it resumes
+    from — by path relative to the model folder."""
     folder = Path(model_folder)
-    chosen = [folder / name for name in _INPUTS]
+    chosen = [folder / "job.json", _inside(folder, dataset)]
     checkpoints = folder / "lora" / "checkpoints"
     if checkpoints.is_dir():  # complete ones only: not a `.step-….tmp` or a `.corrupt-…` set aside
         chosen += [child for child in checkpoints.iterdir() if _CHECKPOINT.fullmatch(child.name)]
@@ -60,6 +55,7 @@ def pack_inputs(model_folder: Path) -> dict[str, bytes]:
 
 
 def unpack(files: Mapping[str, bytes], folder: Path) -> None:
+    """Write packed files under ``folder`` (on the node)."""
     for relative, data in files.items():
         target = _inside(folder, relative)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -73,9 +69,13 @@ class FolderMirror:
         self.folder = Path(folder)
         self.seen = self._scan()
 
-    def _scan(self) -> dict[str, tuple[int, int]]:
-        return {path.relative_to(self.folder).as_posix(): (path.stat().st_size, path.stat().st_mtime_ns)
-                for path in _files(self.folder)}
+    def _scan(self) -> dict[str, tuple[int, int, int]]:
+        # The inode too: a file replaced whole (os.replace) within the clock's granularity at the same size is new.
+        stamps = {}
+        for path in _files(self.folder):
+            stat = path.stat()
+            stamps[path.relative_to(self.folder).as_posix()] = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        return stamps
 
     def changes(self) -> FileChanges | None:
         now = self._scan()
@@ -111,13 +111,17 @@ T = TypeVar("T")
 def rebase(value: T, source: Path, target: Path) -> T:
     """``value`` (an event, a result, a tuple or dict of them) with every path under ``source`` moved under
     ``target``; paths are ``Path`` objects or strings, as the job's dataclasses hold them."""
-    source_text = str(source).rstrip(os.sep) + os.sep
+    source_text = str(source).rstrip(os.sep)
 
     def move(item: Any) -> Any:
         if isinstance(item, Path):
             return Path(move(str(item)))
         if isinstance(item, str):
-            return str(Path(target, item[len(source_text):])) if item.startswith(source_text) else item
+            if item == source_text:
+                return str(target)
+            if item.startswith(source_text + os.sep):
+                return str(Path(target, item[len(source_text) + 1:]))
+            return item
         if dataclasses.is_dataclass(item) and not isinstance(item, type):
             return dataclasses.replace(item, **{f.name: move(getattr(item, f.name))
                                                 for f in dataclasses.fields(item) if f.init})

@@ -82,6 +82,10 @@ def _now() -> str:
 
 def default_devices() -> tuple[str, ...]:
     """One entry per CUDA GPU, or ("cpu",) where there is none."""
+    from pipeline.hardware import gpu_may_be_present
+
+    if not gpu_may_be_present():
+        return ("cpu",)
     import torch  # imported here: the queue itself needs no torch, and tests pass devices explicitly
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -240,9 +244,9 @@ class JobQueue:
         for device in devices:
             self._add_worker(device)
         if self._recount is not None:
-            watcher = threading.Thread(target=self._watch_devices, name="likeness-jobs-recount", daemon=True)
-            self._threads.append(watcher)
-            watcher.start()
+            # Not one of the workers: a recount that hangs (a cluster not answering) must not hold up stop or start;
+            # it ends at its next look once the queue stops (one left over from a restart only repeats the count).
+            threading.Thread(target=self._watch_devices, name="likeness-jobs-recount", daemon=True).start()
         logger.info("jobs: started %d worker(s) on %s", len(devices), ", ".join(devices))
 
     @property

@@ -58,9 +58,11 @@ class _Channel:
         self.stops: set[str] = set()
         self.wanted: set[str] = set()  # jobs whose node asked for their files
         self.inputs: dict[str, list[Any]] = {}  # the files' object ref, in a list so Ray passes the ref itself
+        self.forgotten: set[str] = set()  # jobs the app let go of: a task still running must not refill them
 
     def put(self, key: str, event: Any) -> None:
-        self.events.setdefault(key, []).append(event)
+        if key not in self.forgotten:
+            self.events.setdefault(key, []).append(event)
 
     def placed(self, key: str, place: dict[str, Any]) -> None:
         self.places[key] = place
@@ -82,6 +84,9 @@ class _Channel:
     def get_inputs(self, key: str) -> list[Any] | None:
         return self.inputs.get(key)
 
+    def release_inputs(self, key: str) -> None:
+        self.inputs.pop(key, None)
+
     def stop(self, key: str) -> None:
         self.stops.add(key)
 
@@ -94,6 +99,7 @@ class _Channel:
         self.stops.discard(key)
         self.wanted.discard(key)
         self.inputs.pop(key, None)
+        self.forgotten.add(key)
 
 
 # Per worker process: its loaded base models, reused by its next tasks (CPU tasks share worker processes; Ray gives
@@ -157,11 +163,12 @@ def _compute_elsewhere(spec: TrainingJobSpec, app_folder: Path, shared_dir: str,
     # This node's own data dir for the app (base models it builds, caches), and a folder for this job.
     scratch = Path(tempfile.gettempdir()) / "likeness-node" / hashlib.sha256(shared_dir.encode()).hexdigest()[:16]
     folder = scratch / "jobs" / key
-    folder.mkdir(parents=True, exist_ok=True)
+    (scratch / "jobs").mkdir(parents=True, exist_ok=True)
     with _node_lock(scratch):  # no sweep between another job's start and its lock
         running = (scratch / "jobs" / f"{key}.lock").open("w")  # held while the job runs here; a kill lets it go
         fcntl.flock(running, fcntl.LOCK_EX)
-        _sweep_left_behind(scratch / "jobs", keep=folder)
+        sweep_left_behind(scratch / "jobs")
+    folder.mkdir()  # after its lock: a folder without one is never left behind
     try:
         channel.want_inputs.remote(key)
         deadline = time.monotonic() + INPUTS_TIMEOUT_SECONDS
@@ -177,7 +184,9 @@ def _compute_elsewhere(spec: TrainingJobSpec, app_folder: Path, shared_dir: str,
         def send_changes() -> None:
             changes = mirror.changes()
             if changes is not None:
-                channel.put.remote(key, changes)
+                # Waited for: the files are on the app's side before any event names them (and a slow link slows
+                # the training rather than piling up bytes).
+                ray.get(channel.put.remote(key, changes))
 
         def on_event(event: ev.Event) -> None:
             if not isinstance(event, ev.TrainStep):  # the files an event names reach the app before it does
@@ -201,18 +210,18 @@ def _node_lock(scratch: Path) -> Iterator[None]:
     """One job at a time on this node between these lines (processes of the node share no memory)."""
     import fcntl
 
+    scratch.mkdir(parents=True, exist_ok=True)
     with (scratch / ".node.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
 
-def _sweep_left_behind(jobs: Path, *, keep: Path) -> None:
-    """Folders of jobs whose process was killed on this node (their lock is free): their files reached the app."""
+def sweep_left_behind(jobs: Path) -> None:
+    """Remove the folders of jobs whose process was killed on this node (their lock is free); what they wrote had
+    reached the app. Those running now hold their lock and stay."""
     import fcntl
 
     for lock_path in jobs.glob("*.lock"):
-        if lock_path.with_suffix("") == keep:
-            continue
         with lock_path.open("a") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -255,22 +264,22 @@ class RayExecutor:
             ray.init(address=address, namespace=NAMESPACE, runtime_env={"env_vars": env}, log_to_driver=False,
                      logging_level=logging.WARNING)
         self._channel = self._new_channel()
-        self.disk_token = self._disk_token()
+        self.disk_token = self._new_disk_token()
         resources = ray.cluster_resources()
         self.gpus = int(resources.get("GPU", 0))
         self._task = ray.remote(
             num_gpus=1 if self.gpus else 0, num_cpus=cpus_per_training, max_retries=0)(_compute)
         logger.info("ray: connected to %s (%s)", address, resources)
 
-    def _disk_token(self) -> str:
-        """A random token in the data dir: the nodes that read it there share the app's disk."""
-        path = self.shared_dir / DISK_TOKEN_FILE
-        if not path.is_file():
-            self.shared_dir.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(".part")
-            partial.write_text(secrets.token_hex(16))
-            os.replace(partial, path)
-        return path.read_text()
+    def _new_disk_token(self) -> str:
+        """A new random token in the data dir at every start: the nodes that read it there share the app's disk (a
+        node with an old copy of the data dir at the same path reads an old token, and gets the files sent)."""
+        token = secrets.token_hex(16)
+        self.shared_dir.mkdir(parents=True, exist_ok=True)
+        partial = self.shared_dir / f"{DISK_TOKEN_FILE}.part"
+        partial.write_text(token)
+        os.replace(partial, self.shared_dir / DISK_TOKEN_FILE)
+        return token
 
     @staticmethod
     def _new_channel() -> Any:
@@ -333,8 +342,11 @@ class RayExecutor:
                     placed = place
                     on_placed(place)
                 if wants_inputs and not inputs:
-                    inputs.append(ray.put(job_files.pack_inputs(folder)))
+                    inputs.append(ray.put(job_files.pack_inputs(folder, spec.dataset)))
                     channel.give_inputs.remote(key, inputs)
+                elif inputs and events:  # the node has unpacked them (it reports only after): free the object store
+                    channel.release_inputs.remote(key)
+                    inputs.clear()
                 deliver(events)
                 if not done and should_stop():
                     if placed is None:
@@ -365,10 +377,16 @@ class RayExecutor:
             raise WorkerLost("the Ray cluster stopped answering") from exc
         except rx.RayTaskError as exc:
             raise exc.as_instanceof_cause() from None
+        except BaseException:
+            # The app's side failed (e.g. its disk is full): the task must not train on unseen beside the next job.
+            ray.cancel(ref, force=True)
+            raise
         finally:
             # A node that went away may have sent files (a checkpoint) the loop had not drained yet: keep them.
-            with contextlib.suppress(Exception):
+            try:
                 deliver(ray.get(channel.drain.remote(key), timeout=10)[0])
+            except Exception as exc:  # noqa: BLE001 - the job's own error is the one to raise
+                logger.warning("ray: the last events of %s were not delivered: %s", spec.model_id, exc)
             channel.forget.remote(key)
 
     def close(self) -> None:

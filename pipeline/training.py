@@ -47,6 +47,7 @@ from pipeline.base_model import (
     is_embedded,
     is_tiny,
     max_text_tokens,
+    quiet_library_logs,
     resolve_base_model,
     tiny_model_version,
 )
@@ -328,6 +329,7 @@ def _prepare(dataset: Dataset, settings: TrainSettings, model_path: str, data_di
     missing = [p for p, path in text_paths.items() if not path.is_file()]
     if missing:
         on_event(ev.Message(f"encoding {len(missing)} captions with CLIP and T5"))
+        quiet_library_logs()  # the pipeline's loading bar
         encoders = FluxPipeline.from_pretrained(model_path, transformer=None, vae=None, dtype=dtype)
         for encoder in (encoders.text_encoder, encoders.text_encoder_2):
             encoder.eval().requires_grad_(False)

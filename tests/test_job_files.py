@@ -34,6 +34,7 @@ def model_folder(tmp_path: Path) -> Path:
 
 
 def test_a_job_takes_its_spec_dataset_and_complete_checkpoints_only(model_folder: Path) -> None:
+    _write(model_folder / "old-dataset" / "dataset.json", b"{}")  # a dataset the spec does not name
     packed = job_files.pack_inputs(model_folder)
     assert sorted(packed) == ["dataset/aspect/a.png", "dataset/dataset.json", "job.json",
                               "lora/checkpoints/step-000010/lora.safetensors",
@@ -55,7 +56,11 @@ def test_the_app_folder_mirrors_what_the_node_writes_and_deletes(model_folder: P
     (node / "lora" / "checkpoints" / "step-000010").rmdir()
     _write(node / "lora" / "samples" / "step_000020_0.png", b"sample")
     changes = mirror.changes()
-    assert changes is not None and changes.size == len(b"lora-20state-20sample")
+    assert changes is not None and sorted(changes.written) == [
+        "lora/checkpoints/step-000020/lora.safetensors", "lora/checkpoints/step-000020/training_state.pt",
+        "lora/samples/step_000020_0.png"]
+    assert changes.deleted == ("lora/checkpoints/step-000010/lora.safetensors",
+                               "lora/checkpoints/step-000010/training_state.pt")
     job_files.apply(changes, model_folder)
 
     assert (model_folder / "lora" / "checkpoints" / "step-000020" / "training_state.pt").read_bytes() == b"state-20"
@@ -96,3 +101,19 @@ def test_events_and_results_name_the_apps_files(tmp_path: Path) -> None:
     assert job_files.rebase({"path": f"{node}/a.png", "other": f"{node}-x/a.png", "n": 3}, node, app) == {
         "path": f"{app}/a.png", "other": f"{node}-x/a.png", "n": 3}
     assert job_files.rebase(Path("/elsewhere/a.png"), node, app) == Path("/elsewhere/a.png")
+    assert job_files.rebase(str(node), node, app) == str(app)
+
+
+def test_a_node_sweeps_the_folders_of_killed_jobs_but_not_of_running_ones(tmp_path: Path) -> None:
+    import fcntl
+
+    from pipeline.ray_cluster import sweep_left_behind
+
+    jobs = tmp_path / "jobs"
+    for key in ("killed", "running"):
+        _write(jobs / key / "lora" / "x.safetensors", b"x")
+        (jobs / f"{key}.lock").touch()
+    with (jobs / "running.lock").open("w") as held:  # as the running job's process holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        sweep_left_behind(jobs)
+    assert sorted(p.name for p in jobs.iterdir()) == ["running", "running.lock"]

@@ -234,6 +234,17 @@ def test_a_run_resumes_where_its_photos_checkpoints_and_base_model_lie_elsewhere
     assert any(isinstance(e, ev.Message) and "resuming from the checkpoint at step 6" in e.text for e in events)
     assert second.status == "completed" and second.steps_done == 10
     np.testing.assert_allclose(second.losses, straight.losses, rtol=1e-5)
+    # A checkpoint saved before this fingerprint existed (it hashed absolute paths) still resumes where it was made.
+    from pipeline.base_model import resolve_base_model
+    from pipeline.training import _resume_fingerprints
+
+    state_path = tmp_path / "here" / "checkpoints" / "step-000006" / "training_state.pt"
+    state = torch.load(state_path, weights_only=True)
+    state["fingerprint"] = _resume_fingerprints(settings, "tiny", resolve_base_model("tiny", data_dir), dataset)[1]
+    torch.save(state, state_path)
+    events.clear()
+    train_lora(dataset, settings, tmp_path / "here", base_model="tiny", data_dir=data_dir, on_event=events.append)
+    assert any(isinstance(e, ev.Message) and "resuming from the checkpoint at step 6" in e.text for e in events)
     # Other photos are still other photos: their checkpoints are not resumed.
     other = Dataset(items=moved.items[1:], trigger_word=dataset.trigger_word, resolution=dataset.resolution)
     shutil.copytree(tmp_path / "here", tmp_path / "other")

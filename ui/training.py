@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import gradio as gr
 import pandas as pd
 
-from pipeline.assessment import LOW_QUALITY, NOT_RECOGNISABLE, READY
 from pipeline.events import duration_text
+from pipeline.scores import Verdict
 from pipeline.status import MODEL_ACTIVE, MODEL_FINISHED, MODEL_RESUMABLE, Status
 from pipeline.training_job import TrainingMonitor
 from pipeline.workflow import Workflow
@@ -20,7 +20,7 @@ from ui.progress import progress_events
 from ui.settings import SettingsInputs, settings_from_values
 from ui.text import escaped, plain
 
-VERDICT_ICONS = {READY: "✅", LOW_QUALITY: "⚠️", NOT_RECOGNISABLE: "❌"}
+VERDICT_ICONS = {Verdict.READY: "✅", Verdict.LOW_QUALITY: "⚠️", Verdict.NOT_RECOGNISABLE: "❌"}
 POLL_SECONDS = 1.0
 LOG_LINES = 300
 IDLE = "Upload photos, check them on the Review tab, then press Train. Pick a model under *Watch a model* to see " \
