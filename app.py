@@ -70,12 +70,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def on_a_space() -> bool:
+    """Running as a Hugging Face Space (as Gradio itself tells: its OAuth is real only there; elsewhere its mocked
+    login asks the Hub for the machine's token, which fails offline)."""
+    return os.environ.get("SYSTEM") == "spaces" and bool(os.environ.get("SPACE_ID"))
+
+
 def per_person(args: argparse.Namespace) -> bool:
     """Whether each person gets their own workspace: forced by --workspaces, else whenever the app serves others
     (a login, a public link, a non-loopback host, a Space)."""
     if args.workspaces != WorkspaceMode.AUTO:
         return args.workspaces == WorkspaceMode.PER_PERSON
-    return bool(args.auth or args.users or args.share or os.environ.get("SPACE_ID")
+    return bool(args.auth or args.users or args.share or on_a_space()
                 or args.host not in ("127.0.0.1", "localhost", "::1"))
 
 
@@ -175,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
                 logging.info("the existing photos and models now belong to the account %r", owner)
         workspaces.start()
         people = People(workspaces, per_person=shared, admins=authenticator.is_admin if authenticator else None)
-        demo = build_app(people, hf_login=bool(os.environ.get("SPACE_ID")) and shared)
+        demo = build_app(people, hf_login=on_a_space() and shared)
     except ValueError as exc:  # BaseModelError, settings and LIKENESS_SMTP_* errors carry the fix in their message
         logging.error("%s", exc)
         demo = build_error_app(str(exc))

@@ -20,9 +20,9 @@ def _free_port() -> int:
 
 
 class RunningApp:
-    def __init__(self, data_dir: Path, *args: str, base_model: str = "tiny") -> None:
+    def __init__(self, data_dir: Path, *args: str, base_model: str = "tiny", env: dict[str, str] | None = None) -> None:
         self.port = _free_port()
-        env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", **(env or {})}
         self.log = data_dir.parent / f"app-{self.port}.log"
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "app.py"), "--port", str(self.port), "--data-dir", str(data_dir),

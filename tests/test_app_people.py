@@ -180,3 +180,52 @@ def test_anonymous_browsers_get_private_workspaces(tmp_path: Path) -> None:
         assert _refused(lambda: stranger.predict(api_name="/admin_overview"))  # anonymous is never the operator
     finally:
         app.stop()
+
+
+def _hf_session_cookie(username: str, client_secret: str) -> str:
+    """The session cookie Gradio's "Sign in with Hugging Face" leaves after a login on a Space (Starlette's signed
+    session holding the OAuth info), made here: the Hub's login page cannot be reached from this machine."""
+    import base64
+    import hashlib
+    import time
+
+    from itsdangerous import TimestampSigner
+
+    session = {"oauth_info": {"access_token": f"hf_oauth_{username}", "expires_at": time.time() + 3600,
+                              "userinfo": {"preferred_username": username, "name": username.title(),
+                                           "picture": "", "profile": f"https://huggingface.co/{username}"}}}
+    signer = TimestampSigner(hashlib.sha256(f"{client_secret}-v4".encode()).hexdigest())  # gradio.oauth's key
+    return "session=" + signer.sign(base64.b64encode(json.dumps(session).encode())).decode()
+
+
+def test_hugging_face_accounts_on_a_space_get_their_own_workspaces(tmp_path: Path) -> None:
+    """On a Space with `hf_oauth: true` (the environment a Space gives the app), each signed-in Hugging Face account
+    has its own workspace; a session signed with another key is nobody's account."""
+    data_dir = tmp_path / "data"
+    photos = photo_factory.portrait_set(tmp_path / "upload", 3)
+    secret = "space-oauth-client-secret"
+    app = RunningApp(data_dir, env={"SYSTEM": "spaces", "SPACE_ID": "someone/likeness",
+                                    "OAUTH_CLIENT_ID": "likeness-test",
+                                    "OAUTH_CLIENT_SECRET": secret, "OPENID_PROVIDER_URL": "http://127.0.0.1:9",
+                                    "OAUTH_SCOPES": "openid profile"})
+    try:
+        with urllib.request.urlopen(f"{app.url}config", timeout=30) as page:  # the page offers the sign-in button
+            assert "Sign in with Hugging Face" in page.read().decode()
+        alice = Client(app.url, headers={"Cookie": _hf_session_cookie("alice", secret)}, verbose=False)
+        bob = Client(app.url, headers={"Cookie": _hf_session_cookie("bob", secret)}, verbose=False)
+        forged = Client(app.url, headers={"Cookie": _hf_session_cookie("alice", "a guessed secret")}, verbose=False)
+        _gallery, status, _ = alice.predict([handle_file(str(p)) for p in photos], api_name="/upload_photos")
+        assert "3 photo(s) uploaded" in status
+        assert _refused(lambda: bob.predict(photos[0].name, api_name="/remove_photo"))
+        assert _refused(lambda: forged.predict(photos[0].name, api_name="/remove_photo"))
+        # Alice again (another tab, a reload): the same workspace, kept under her account's name.
+        _gallery, status, _ = Client(app.url, headers={"Cookie": _hf_session_cookie("alice", secret)},
+                                     verbose=False).predict(photos[0].name, api_name="/remove_photo")
+        assert "2 photo(s) uploaded" in status
+        photos_by_folder = {p.name.rsplit("-", 1)[0]: len(list((p / "photos").glob("*.jpg")))
+                            for p in (data_dir / "people").iterdir()}
+        # Alice's two photos in her account's folder; Bob's is empty; the forged session got an anonymous one.
+        assert photos_by_folder.pop("hf-alice") == 2 and photos_by_folder.pop("hf-bob") == 0
+        assert list(photos_by_folder) == ["anon"] and sum(photos_by_folder.values()) == 0
+    finally:
+        app.stop()
