@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> None:
             if moved:
                 logging.info("the existing photos and models now belong to the account %r", owner)
         workspaces.start()
-        people = People(workspaces, per_person=shared, admins=authenticator.is_admin if authenticator else None)
+        people = People(workspaces, per_person=shared, admins=authenticator.is_admin if authenticator else None,
+                        hf_accounts=on_a_space() and shared)
         demo = build_app(people, hf_login=on_a_space() and shared)
     except ValueError as exc:  # BaseModelError, settings and LIKENESS_SMTP_* errors carry the fix in their message
         logging.error("%s", exc)

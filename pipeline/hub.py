@@ -6,9 +6,12 @@ so the Hub shows the trigger word and usage. The token is used for this call onl
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 from huggingface_hub import HfApi
@@ -18,6 +21,12 @@ from pipeline.export import export_files
 from pipeline.library import Library
 
 logger = logging.getLogger(__name__)
+
+# Accounts of the tokens API callers sent, by the token's hash: the Hub's whoami is rate-limited, and a caller
+# sends its token with every request. A refused token is remembered for a shorter while.
+_ACCOUNTS: dict[str, tuple[float, str | None]] = {}
+_ACCOUNTS_LOCK = threading.Lock()
+ACCOUNT_SECONDS, REFUSED_SECONDS = 600.0, 60.0
 
 
 class HubError(ValueError):
@@ -60,3 +69,28 @@ def push_to_hub(library: Library, model_id: str, repo_id: str, token: str, *, pr
                            "Check the token has write access and the Hub is reachable") from None
     logger.info("hub: pushed model %s to %s", model_id, url)
     return str(url)
+
+
+def account_of_token(token: str, *, endpoint: str | None = None) -> str:
+    """The Hugging Face account a token belongs to, as the Hub's whoami says (remembered for a while); raises
+    HubError for a token the Hub refuses or when it cannot be asked. The token is never stored or logged."""
+    key = hashlib.sha256(token.encode()).hexdigest()
+    now = time.monotonic()
+    with _ACCOUNTS_LOCK:
+        until, name = _ACCOUNTS.get(key, (0.0, None))
+    if until > now:
+        if name is None:
+            raise HubError("this Hugging Face token was refused by the Hub")
+        return name
+    try:
+        name = HfApi(endpoint=endpoint).whoami(token=token, cache=False)["name"]
+    except Exception as exc:  # noqa: BLE001 - the Hub's errors vary; none may leak the token
+        refused = getattr(getattr(exc, "response", None), "status_code", None) == 401
+        if refused:
+            with _ACCOUNTS_LOCK:
+                _ACCOUNTS[key] = (now + REFUSED_SECONDS, None)
+            raise HubError("this Hugging Face token was refused by the Hub") from None
+        raise HubError(f"the Hub could not be asked whose token this is ({type(exc).__name__})") from None
+    with _ACCOUNTS_LOCK:
+        _ACCOUNTS[key] = (now + ACCOUNT_SECONDS, name)
+    return name

@@ -198,16 +198,52 @@ def _hf_session_cookie(username: str, client_secret: str) -> str:
     return "session=" + signer.sign(base64.b64encode(json.dumps(session).encode())).decode()
 
 
+class _FakeHub:
+    """The Hub's whoami on loopback (HF_ENDPOINT), for the tokens of two accounts; it counts the questions."""
+
+    ACCOUNTS = {"hf_alice_api_token_0123456789": "alice", "hf_bob_api_token_0123456789": "bob"}
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        hub = self
+        self.asked = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server name
+                hub.asked += 1
+                name = hub.ACCOUNTS.get(self.headers.get("authorization", "").removeprefix("Bearer "))
+                body = json.dumps({"name": name, "type": "user"} if name else {"error": "Invalid token"}).encode()
+                self.send_response(200 if name and self.path == "/api/whoami-v2" else 401)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
 def test_hugging_face_accounts_on_a_space_get_their_own_workspaces(tmp_path: Path) -> None:
     """On a Space with `hf_oauth: true` (the environment a Space gives the app), each signed-in Hugging Face account
-    has its own workspace; a session signed with another key is nobody's account."""
+    has its own workspace, and an API caller's Hugging Face token finds its account's; a session signed with another
+    key is nobody's account, and a token the Hub refuses is refused."""
     data_dir = tmp_path / "data"
     photos = photo_factory.portrait_set(tmp_path / "upload", 3)
     secret = "space-oauth-client-secret"
+    hub = _FakeHub()
     app = RunningApp(data_dir, env={"SYSTEM": "spaces", "SPACE_ID": "someone/likeness",
                                     "OAUTH_CLIENT_ID": "likeness-test",
                                     "OAUTH_CLIENT_SECRET": secret, "OPENID_PROVIDER_URL": "http://127.0.0.1:9",
-                                    "OAUTH_SCOPES": "openid profile"})
+                                    "OAUTH_SCOPES": "openid profile", "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"})
     try:
         with urllib.request.urlopen(f"{app.url}config", timeout=30) as page:  # the page offers the sign-in button
             assert "Sign in with Hugging Face" in page.read().decode()
@@ -222,10 +258,23 @@ def test_hugging_face_accounts_on_a_space_get_their_own_workspaces(tmp_path: Pat
         _gallery, status, _ = Client(app.url, headers={"Cookie": _hf_session_cookie("alice", secret)},
                                      verbose=False).predict(photos[0].name, api_name="/remove_photo")
         assert "2 photo(s) uploaded" in status
+        # API callers with their Hugging Face token (gradio_client's token=): Alice's finds her signed-in workspace.
+        alice_api = Client(app.url, token="hf_alice_api_token_0123456789", verbose=False)
+        _gallery, status, _ = alice_api.predict(photos[1].name, api_name="/remove_photo")
+        assert "1 photo(s) uploaded" in status
+        bob_api = Client(app.url, token="hf_bob_api_token_0123456789", verbose=False)
+        assert _refused(lambda: bob_api.predict(photos[2].name, api_name="/remove_photo"))
+        with pytest.raises(Exception, match="refused by the Hub"):
+            Client(app.url, token="hf_not_a_real_token_0123456789", verbose=False).predict(api_name="/classify")
+        asked = hub.asked
+        alice_api.predict(api_name="/list_models")
+        assert hub.asked == asked  # her token's account is remembered, not asked of the Hub per request
         photos_by_folder = {p.name.rsplit("-", 1)[0]: len(list((p / "photos").glob("*.jpg")))
                             for p in (data_dir / "people").iterdir()}
         # Alice's two photos in her account's folder; Bob's is empty; the forged session got an anonymous one.
-        assert photos_by_folder.pop("hf-alice") == 2 and photos_by_folder.pop("hf-bob") == 0
+        assert photos_by_folder.pop("hf-alice") == 1 and photos_by_folder.pop("hf-bob") == 0
         assert list(photos_by_folder) == ["anon"] and sum(photos_by_folder.values()) == 0
+        assert "hf_alice_api_token" not in app.log.read_text()  # no token in the log
     finally:
         app.stop()
+        hub.close()

@@ -1,7 +1,8 @@
 """Who is asking: every request resolved to one person's workspace, never to an id or path the client sends.
 
 - the app's own login (``--auth``/``--users``): the logged-in name;
-- "Sign in with Hugging Face" on a Space: the account name;
+- "Sign in with Hugging Face" on a Space: the account name; an API caller there may send its Hugging Face token
+  instead (``gradio_client.Client(…, token=…)``), whose account the Hub names;
 - otherwise, when the app serves others: each browser gets a private workspace named by an unguessable token in an
   HttpOnly cookie (set on the first page load, so it is there before any event and survives reloads and
   restarts); an API caller may send its own token in the ``X-Likeness-Workspace`` header, or gets a workspace for
@@ -18,6 +19,7 @@ from collections.abc import Callable
 
 import gradio as gr
 
+from pipeline.hub import HubError, account_of_token
 from pipeline.workflow import Workflow
 from pipeline.workspaces import LOCAL_PERSON, Person, WorkspaceLimit, Workspaces
 
@@ -33,10 +35,12 @@ _ISSUED_TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")  # what WorkspaceCookie sets:
 class People:
     """``people(request)`` → the workflow of the person who sent ``request``."""
 
-    def __init__(self, workspaces: Workspaces, *, per_person: bool, admins: Callable[[str], bool] | None = None):
+    def __init__(self, workspaces: Workspaces, *, per_person: bool, admins: Callable[[str], bool] | None = None,
+                 hf_accounts: bool = False):
         self.workspaces = workspaces
         self.per_person = per_person
         self._is_admin = admins or (lambda _name: False)
+        self.hf_accounts = hf_accounts  # on a Space: signed-in accounts, and API callers by their token
 
     def person(self, request: gr.Request | None) -> Person:
         if not self.per_person:
@@ -48,6 +52,12 @@ class People:
         name = _hf_username(request)
         if name:
             return self.workspaces.hf_account(name)
+        bearer = _hf_token(request.headers) if self.hf_accounts else None
+        if bearer:
+            try:
+                return self.workspaces.hf_account(account_of_token(bearer))
+            except HubError as exc:
+                raise gr.Error(f"{exc}: send a valid token, or none for a private anonymous workspace") from None
         token = (request.headers.get(HEADER) or "").strip()
         if len(token) >= MIN_TOKEN_LENGTH:
             return self.workspaces.browser(token)
@@ -71,6 +81,16 @@ def _hf_username(request: gr.Request) -> str | None:
         info = request.request.session.get("oauth_info")  # no session middleware: AssertionError
         if info:
             return info["userinfo"]["preferred_username"]
+    return None
+
+
+def _hf_token(headers) -> str | None:
+    """A Hugging Face token sent by an API caller: gradio_client sends ``token=`` as ``X-HF-Authorization`` (the
+    Space's proxy reads it too), other clients as ``Authorization``."""
+    for name in ("x-hf-authorization", "authorization"):
+        scheme, _, token = (headers.get(name) or "").partition(" ")
+        if scheme.lower() == "bearer" and token.strip().startswith("hf_"):
+            return token.strip()
     return None
 
 
