@@ -25,9 +25,9 @@ from pipeline.events import EventCallback, Message, Progress, StopCheck, ignore,
 from pipeline.faces import Face, detect_faces
 from pipeline.generation import DEFAULT_TEST_PROMPTS, Generator, image_metadata, save_png
 from pipeline.quality import QualityMetrics, measure_quality, quality_components, quality_score
-from pipeline.scores import Verdict
 from pipeline.settings import ClassifySettings, GenerateSettings
 from pipeline.trigger import insert_trigger
+from pipeline.verdict import Verdict
 
 logger = logging.getLogger(__name__)
 

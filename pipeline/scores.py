@@ -10,20 +10,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pipeline.assessment import AssessmentResult
-
-
-class Verdict(StrEnum):
-    """What the assessment concludes about a LoRA (here, not in the assessment, so that the pages can name it without
-    loading what measures it: torch)."""
-
-    READY = "ready"
-    LOW_QUALITY = "low_quality"
-    NOT_RECOGNISABLE = "not_recognisable"
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ import gradio as gr
 import pandas as pd
 
 from pipeline.events import duration_text
-from pipeline.scores import Verdict
 from pipeline.status import MODEL_ACTIVE, MODEL_FINISHED, MODEL_RESUMABLE, Status
 from pipeline.training_job import TrainingMonitor
+from pipeline.verdict import Verdict
 from pipeline.workflow import Workflow
 from ui.charts import series_frame
 from ui.files import served
