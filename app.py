@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
         workspaces.start()
         people = People(workspaces, per_person=shared, admins=authenticator.is_admin if authenticator else None,
                         hf_accounts=on_a_space() and shared)
-        demo = build_app(people, hf_login=on_a_space() and shared)
+        # The sign-in button only where the Space turned OAuth on (`hf_oauth: true`): Gradio refuses to start without.
+        demo = build_app(people, hf_login=on_a_space() and shared and bool(os.environ.get("OAUTH_CLIENT_ID")))
     except ValueError as exc:  # BaseModelError, settings and LIKENESS_SMTP_* errors carry the fix in their message
         logging.error("%s", exc)
         demo = build_error_app(str(exc))

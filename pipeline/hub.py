@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import shutil
 import tempfile
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 from huggingface_hub import HfApi
@@ -23,10 +25,15 @@ from pipeline.library import Library
 logger = logging.getLogger(__name__)
 
 # Accounts of the tokens API callers sent, by the token's hash: the Hub's whoami is rate-limited, and a caller
-# sends its token with every request. A refused token is remembered for a shorter while.
+# sends its token with every request. Short, so that a revoked token stops working soon.
 _ACCOUNTS: dict[str, tuple[float, str | None]] = {}
 _ACCOUNTS_LOCK = threading.Lock()
-ACCOUNT_SECONDS, REFUSED_SECONDS = 600.0, 60.0
+_LOOKUPS: deque[float] = deque()  # when unknown tokens were asked about, for NEW_TOKENS_PER_MINUTE
+ACCOUNT_SECONDS, REFUSED_SECONDS = 120.0, 60.0
+NEW_TOKENS_PER_MINUTE = 30
+WHOAMI_TIMEOUT_SECONDS = 10.0
+_TOKEN_SHAPE = re.compile(r"^hf_[A-Za-z0-9]{30,}$")  # a user access token (an app's sign-in token is hf_oauth_…)
+_REFUSED = "this Hugging Face token does not open a workspace here (only a user's own access token does)"
 
 
 class HubError(ValueError):
@@ -72,25 +79,44 @@ def push_to_hub(library: Library, model_id: str, repo_id: str, token: str, *, pr
 
 
 def account_of_token(token: str, *, endpoint: str | None = None) -> str:
-    """The Hugging Face account a token belongs to, as the Hub's whoami says (remembered for a while); raises
-    HubError for a token the Hub refuses or when it cannot be asked. The token is never stored or logged."""
+    """The Hugging Face user whose personal access token this is, as the Hub's whoami says (remembered for a short
+    while); raises HubError for anything else — a token the Hub refuses, an organisation's, a sign-in token another
+    app was given — or when the Hub cannot be asked. The token is never stored or logged."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    if not _TOKEN_SHAPE.match(token):
+        raise HubError("this is not a Hugging Face access token (hf_…)")
     key = hashlib.sha256(token.encode()).hexdigest()
     now = time.monotonic()
     with _ACCOUNTS_LOCK:
         until, name = _ACCOUNTS.get(key, (0.0, None))
-    if until > now:
-        if name is None:
-            raise HubError("this Hugging Face token was refused by the Hub")
-        return name
+        if until > now:
+            if name is None:
+                raise HubError(_REFUSED)
+            return name
+        # Anyone may send made-up tokens: bound what they cost (memory, and the Space's whoami allowance).
+        for old in [k for k, (expiry, _name) in _ACCOUNTS.items() if expiry <= now]:
+            del _ACCOUNTS[old]
+        while _LOOKUPS and _LOOKUPS[0] < now - 60:
+            _LOOKUPS.popleft()
+        if len(_LOOKUPS) >= NEW_TOKENS_PER_MINUTE:
+            raise HubError("too many unknown tokens in the last minute: try again shortly")
+        _LOOKUPS.append(now)
     try:
-        name = HfApi(endpoint=endpoint).whoami(token=token, cache=False)["name"]
-    except Exception as exc:  # noqa: BLE001 - the Hub's errors vary; none may leak the token
-        refused = getattr(getattr(exc, "response", None), "status_code", None) == 401
-        if refused:
-            with _ACCOUNTS_LOCK:
-                _ACCOUNTS[key] = (now + REFUSED_SECONDS, None)
-            raise HubError("this Hugging Face token was refused by the Hub") from None
+        response = get_session().get(f"{endpoint or constants.ENDPOINT}/api/whoami-v2",
+                                     headers={"authorization": f"Bearer {token}"}, timeout=WHOAMI_TIMEOUT_SECONDS)
+        answer = response.json() if response.status_code == 200 else {}
+    except Exception as exc:  # noqa: BLE001 - network errors vary; none may carry the token out
         raise HubError(f"the Hub could not be asked whose token this is ({type(exc).__name__})") from None
+    if response.status_code not in (200, 401):
+        raise HubError(f"the Hub could not be asked whose token this is (HTTP {response.status_code})")
+    # Only a user's own personal access token: an organisation's token, or the sign-in token a user gave another
+    # app (whoami names its user too), must not open that user's photos here.
+    personal = answer.get("type") == "user" and (answer.get("auth") or {}).get("type") == "access_token"
+    name = str(answer.get("name") or "") if personal else ""
     with _ACCOUNTS_LOCK:
-        _ACCOUNTS[key] = (now + ACCOUNT_SECONDS, name)
+        _ACCOUNTS[key] = (now + (ACCOUNT_SECONDS if name else REFUSED_SECONDS), name or None)
+    if not name:
+        raise HubError(_REFUSED)
     return name

@@ -329,7 +329,6 @@ def _prepare(dataset: Dataset, settings: TrainSettings, model_path: str, data_di
     missing = [p for p, path in text_paths.items() if not path.is_file()]
     if missing:
         on_event(ev.Message(f"encoding {len(missing)} captions with CLIP and T5"))
-        quiet_library_logs()  # the pipeline's loading bar
         encoders = FluxPipeline.from_pretrained(model_path, transformer=None, vae=None, dtype=dtype)
         for encoder in (encoders.text_encoder, encoders.text_encoder_2):
             encoder.eval().requires_grad_(False)
@@ -492,6 +491,7 @@ class _Run:
 
     def setup(self) -> None:
         s = self.settings
+        quiet_library_logs()  # before any model loads (here, in a CLI run, or in a Ray worker process)
         self.model_path = resolve_base_model(self.base_model, self.data_dir)
         self.fingerprint, self.legacy_fingerprint = _resume_fingerprints(s, self.base_model, self.model_path,
                                                                          self.dataset)

@@ -201,7 +201,11 @@ def _hf_session_cookie(username: str, client_secret: str) -> str:
 class _FakeHub:
     """The Hub's whoami on loopback (HF_ENDPOINT), for the tokens of two accounts; it counts the questions."""
 
-    ACCOUNTS = {"hf_alice_api_token_0123456789": "alice", "hf_bob_api_token_0123456789": "bob"}
+    # token -> (account, how it was issued): Alice's and Bob's own access tokens, and a sign-in token Alice gave
+    # another app (whoami names her for it too).
+    ACCOUNTS = {"hf_AliceAccessToken0123456789abcdef": ("alice", "access_token"),
+                "hf_BobAccessToken0123456789abcdefgh": ("bob", "access_token"),
+                "hf_AliceGaveAnotherApp0123456789abc": ("alice", "oauth")}
 
     def __init__(self) -> None:
         import http.server
@@ -213,8 +217,10 @@ class _FakeHub:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the http.server name
                 hub.asked += 1
-                name = hub.ACCOUNTS.get(self.headers.get("authorization", "").removeprefix("Bearer "))
-                body = json.dumps({"name": name, "type": "user"} if name else {"error": "Invalid token"}).encode()
+                name, issued = hub.ACCOUNTS.get(self.headers.get("authorization", "").removeprefix("Bearer "),
+                                                (None, None))
+                body = json.dumps({"name": name, "type": "user", "auth": {"type": issued}} if name
+                                  else {"error": "Invalid token"}).encode()
                 self.send_response(200 if name and self.path == "/api/whoami-v2" else 401)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
@@ -232,10 +238,17 @@ class _FakeHub:
         self.server.shutdown()
 
 
-def test_hugging_face_accounts_on_a_space_get_their_own_workspaces(tmp_path: Path) -> None:
+def test_hugging_face_accounts_on_a_space_get_their_own_workspaces(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """On a Space with `hf_oauth: true` (the environment a Space gives the app), each signed-in Hugging Face account
     has its own workspace, and an API caller's Hugging Face token finds its account's; a session signed with another
     key is nobody's account, and a token the Hub refuses is refused."""
+    import huggingface_hub.constants
+
+    # gradio_client sends this machine's saved Hugging Face token by itself: none here, so each client is only what
+    # the test makes it.
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
     data_dir = tmp_path / "data"
     photos = photo_factory.portrait_set(tmp_path / "upload", 3)
     secret = "space-oauth-client-secret"
@@ -259,22 +272,32 @@ def test_hugging_face_accounts_on_a_space_get_their_own_workspaces(tmp_path: Pat
                                      verbose=False).predict(photos[0].name, api_name="/remove_photo")
         assert "2 photo(s) uploaded" in status
         # API callers with their Hugging Face token (gradio_client's token=): Alice's finds her signed-in workspace.
-        alice_api = Client(app.url, token="hf_alice_api_token_0123456789", verbose=False)
+        alice_api = Client(app.url, token="hf_AliceAccessToken0123456789abcdef", verbose=False)
         _gallery, status, _ = alice_api.predict(photos[1].name, api_name="/remove_photo")
         assert "1 photo(s) uploaded" in status
-        bob_api = Client(app.url, token="hf_bob_api_token_0123456789", verbose=False)
+        # Bob's token, sent as a plain Authorization header: his own workspace, not Alice's photos.
+        bob_api = Client(app.url, headers={"authorization": "Bearer hf_BobAccessToken0123456789abcdefgh"},
+                         verbose=False)
         assert _refused(lambda: bob_api.predict(photos[2].name, api_name="/remove_photo"))
-        with pytest.raises(Exception, match="refused by the Hub"):
-            Client(app.url, token="hf_not_a_real_token_0123456789", verbose=False).predict(api_name="/classify")
+        bob_api.predict([handle_file(str(photos[0]))], api_name="/upload_photos")
+        # Tokens that must not open Alice's workspace: one the Hub refuses, and her sign-in token for another app.
+        for token in ("hf_NotARealToken0123456789abcdefghij", "hf_AliceGaveAnotherApp0123456789abc"):
+            with pytest.raises(Exception, match="does not open a workspace here"):
+                Client(app.url, token=token, verbose=False).predict(photos[2].name, api_name="/remove_photo")
+        # A workspace header asked for explicitly wins over the token gradio_client may send by itself.
+        own = Client(app.url, token="hf_AliceAccessToken0123456789abcdef",
+                     headers={"X-Likeness-Workspace": "c" * 30}, verbose=False)
+        assert _refused(lambda: own.predict(photos[2].name, api_name="/remove_photo"))
         asked = hub.asked
         alice_api.predict(api_name="/list_models")
         assert hub.asked == asked  # her token's account is remembered, not asked of the Hub per request
         photos_by_folder = {p.name.rsplit("-", 1)[0]: len(list((p / "photos").glob("*.jpg")))
                             for p in (data_dir / "people").iterdir()}
-        # Alice's two photos in her account's folder; Bob's is empty; the forged session got an anonymous one.
-        assert photos_by_folder.pop("hf-alice") == 1 and photos_by_folder.pop("hf-bob") == 0
-        assert list(photos_by_folder) == ["anon"] and sum(photos_by_folder.values()) == 0
-        assert "hf_alice_api_token" not in app.log.read_text()  # no token in the log
+        # Alice's last photo in her account's folder, Bob's one in his; the forged session and the explicit workspace
+        # header got anonymous ones, with nothing of theirs.
+        assert photos_by_folder.pop("hf-alice") == 1 and photos_by_folder.pop("hf-bob") == 1
+        assert set(photos_by_folder) == {"anon"} and sum(photos_by_folder.values()) == 0
+        assert "AccessToken" not in app.log.read_text()  # no token in the log
     finally:
         app.stop()
         hub.close()

@@ -52,15 +52,16 @@ class People:
         name = _hf_username(request)
         if name:
             return self.workspaces.hf_account(name)
+        token = (request.headers.get(HEADER) or "").strip()
+        if len(token) >= MIN_TOKEN_LENGTH:  # asked for explicitly: before a token gradio_client may send by itself
+            return self.workspaces.browser(token)
         bearer = _hf_token(request.headers) if self.hf_accounts else None
         if bearer:
             try:
                 return self.workspaces.hf_account(account_of_token(bearer))
             except HubError as exc:
-                raise gr.Error(f"{exc}: send a valid token, or none for a private anonymous workspace") from None
-        token = (request.headers.get(HEADER) or "").strip()
-        if len(token) >= MIN_TOKEN_LENGTH:
-            return self.workspaces.browser(token)
+                raise gr.Error(f"{exc}. Send your own access token, or an {HEADER} header for a private workspace "
+                               "of your own.") from None
         token = request.cookies.get(SECURE_COOKIE if _is_https(request.headers, request.url.scheme) else COOKIE, "")
         if _ISSUED_TOKEN.match(token):
             return self.workspaces.browser(token)
