@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
+from pipeline.atomic_files import write_atomic
+
 _CHECKPOINT = re.compile(r"step-\d+")
 
 
@@ -93,9 +95,7 @@ def apply(changes: FileChanges, model_folder: Path) -> None:
     for relative, data in changes.written.items():
         target = _inside(folder, relative)
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.part")
-        partial.write_bytes(data)
-        os.replace(partial, target)
+        write_atomic(target, data)
     for relative in changes.deleted:
         target = _inside(folder, relative)
         target.unlink(missing_ok=True)

@@ -10,13 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import threading
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pipeline.atomic_files import write_atomic
 from pipeline.images import ImageError, image_size, open_image
 from pipeline.settings import IntakeSettings
 
@@ -113,7 +112,7 @@ class PhotoStore:
                 return self._photos[pid]
             self._check_room(name, pid)
             name = self._unique_name(name)
-            _write_atomic(path, data)
+            write_atomic(path, data)
             photo = StoredPhoto(id=pid, name=name, path=path, width=width, height=height)
             self._photos[pid] = photo
             self._write_index()
@@ -243,16 +242,5 @@ class PhotoStore:
             record["file"] = photo.path.name
             del record["path"]
             records.append(record)
-        _write_atomic(self.index_path, json.dumps({"photos": records}, indent=2).encode())
+        write_atomic(self.index_path, json.dumps({"photos": records}, indent=2).encode())
 
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a file behind."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

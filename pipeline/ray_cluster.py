@@ -26,6 +26,7 @@ from typing import Any
 
 from pipeline import events as ev
 from pipeline import job_files
+from pipeline.atomic_files import write_atomic
 from pipeline.status import Status
 from pipeline.training_job import (
     ClusterView,
@@ -276,9 +277,7 @@ class RayExecutor:
         node with an old copy of the data dir at the same path reads an old token, and gets the files sent)."""
         token = secrets.token_hex(16)
         self.shared_dir.mkdir(parents=True, exist_ok=True)
-        partial = self.shared_dir / f"{DISK_TOKEN_FILE}.part"
-        partial.write_text(token)
-        os.replace(partial, self.shared_dir / DISK_TOKEN_FILE)
+        write_atomic(self.shared_dir / DISK_TOKEN_FILE, token.encode())
         return token
 
     @staticmethod

@@ -68,7 +68,7 @@ def test_the_app_folder_mirrors_what_the_node_writes_and_deletes(model_folder: P
     assert not (model_folder / "lora" / "checkpoints" / "step-000010").exists()  # its emptied folder went too
     assert (model_folder / "dataset" / "aspect" / "a.png").read_bytes() == b"png-a"  # untouched
     assert (model_folder / "assessment" / "step_000010" / "0.png").exists()  # what the node never had stays
-    assert not list(model_folder.rglob(".*.part"))
+    assert not [p for p in model_folder.rglob("*.tmp") if p.is_file()]  # each file was swapped in whole
 
     _write(node / "lora" / "samples" / "step_000020_0.png", b"sample, redrawn")  # rewritten: sent again
     again = mirror.changes()

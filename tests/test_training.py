@@ -197,13 +197,22 @@ def _stop_after(events: list[ev.Event], step: int):
     return lambda: any(isinstance(e, ev.TrainStep) and e.step >= step for e in events)
 
 
-def test_resume_repeats_the_uninterrupted_run(dataset: Dataset, data_dir: Path, tmp_path: Path) -> None:
-    settings = _quick()
-    straight = train_lora(dataset, settings, tmp_path / "straight", base_model="tiny", data_dir=data_dir)
+@pytest.fixture(scope="module")
+def straight(dataset: Dataset, data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The quick run without a stop, for the resumed runs to repeat."""
+    return train_lora(dataset, _quick(), tmp_path_factory.mktemp("straight"), base_model="tiny", data_dir=data_dir)
+
+
+def _stopped_at_6(dataset: Dataset, data_dir: Path, folder: Path) -> None:
     events: list[ev.Event] = []
-    first = train_lora(dataset, settings, tmp_path / "resumed", base_model="tiny", data_dir=data_dir,
-                       on_event=events.append, should_stop=_stop_after(events, 6))
+    first = train_lora(dataset, _quick(), folder, base_model="tiny", data_dir=data_dir, on_event=events.append,
+                       should_stop=_stop_after(events, 6))
     assert first.status == "cancelled" and first.steps_done == 6
+
+
+def test_resume_repeats_the_uninterrupted_run(dataset: Dataset, data_dir: Path, tmp_path: Path, straight) -> None:
+    settings = _quick()
+    _stopped_at_6(dataset, data_dir, tmp_path / "resumed")
     second = train_lora(dataset, settings, tmp_path / "resumed", base_model="tiny", data_dir=data_dir)
     assert second.status == "completed" and second.steps_done == 10
     np.testing.assert_allclose(second.losses, straight.losses, rtol=1e-5)
@@ -214,21 +223,17 @@ def test_resume_repeats_the_uninterrupted_run(dataset: Dataset, data_dir: Path, 
 
 
 def test_a_run_resumes_where_its_photos_checkpoints_and_base_model_lie_elsewhere(
-        dataset: Dataset, data_dir: Path, tmp_path: Path) -> None:
+        dataset: Dataset, data_dir: Path, tmp_path: Path, straight) -> None:
     """As on a cluster node without the app's disk: the same photos, checkpoints and base model at other paths."""
     settings = _quick()
-    straight = train_lora(dataset, settings, tmp_path / "straight", base_model="tiny", data_dir=data_dir)
+    _stopped_at_6(dataset, data_dir, tmp_path / "here")
     events: list[ev.Event] = []
-    first = train_lora(dataset, settings, tmp_path / "here", base_model="tiny", data_dir=data_dir,
-                       on_event=events.append, should_stop=_stop_after(events, 6))
-    assert first.status == "cancelled" and first.steps_done == 6
     photos = tmp_path / "elsewhere" / "photos"
     photos.mkdir(parents=True)
     moved = Dataset(items=tuple(dataclasses.replace(i, image=Path(shutil.copy(i.image, photos / i.image.name)))
                                 for i in dataset.items), trigger_word=dataset.trigger_word,
                     resolution=dataset.resolution)
     shutil.copytree(tmp_path / "here", tmp_path / "elsewhere" / "lora")
-    events.clear()
     second = train_lora(moved, settings, tmp_path / "elsewhere" / "lora", base_model="tiny",
                         data_dir=tmp_path / "elsewhere" / "data", on_event=events.append)  # its own tiny model
     assert any(isinstance(e, ev.Message) and "resuming from the checkpoint at step 6" in e.text for e in events)
