@@ -214,6 +214,69 @@ def tiny_cpu_bench() -> dict[str, Any]:
     }
 
 
+def _busy_core(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def embedded_cpu_threads(steps: int = 150, rounds: int = 2) -> dict[str, Any]:
+    """Seconds per step of the micro model's training (its defaults, 16 crops) on 1 and 2 torch threads, on an idle
+    machine and beside a process keeping one core busy, alternated ``rounds`` times (the machine's noise shows as the
+    spread): what ``training.EMBEDDED_CPU_THREADS`` is chosen from."""
+    import multiprocessing
+
+    from PIL import Image
+    from skimage import data
+
+    from pipeline import events as ev
+    from pipeline import training
+    from pipeline.dataset import Dataset, DatasetItem
+    from pipeline.settings import TrainSettings
+
+    chosen = training.EMBEDDED_CPU_THREADS
+    rows: dict[str, list[float]] = {}
+    seen: list[ev.TrainStep] = []
+
+    def keep(event: ev.Event) -> None:
+        if isinstance(event, ev.TrainStep):
+            seen.append(event)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        face = Image.fromarray(data.astronaut()).crop((140, 20, 340, 220))
+        items = []
+        for i in range(16):
+            path = root / f"photo-{i:02d}.png"
+            face.rotate(i * 2 - 16).resize((128, 128)).save(path)
+            items.append(DatasetItem(image=path, caption="a photo of ohwx person", source=path.name))
+        dataset = Dataset(items=tuple(items), trigger_word="ohwx", resolution=64)
+        settings = TrainSettings.micro(steps=steps, checkpoint_every=steps, sample_every=steps)
+        try:
+            for run in range(rounds):
+                for busy in (False, True):
+                    for threads in (1, 2):
+                        burner = multiprocessing.Process(target=_busy_core, args=(600,), daemon=True)
+                        if busy:
+                            burner.start()
+                        seen.clear()
+                        training.EMBEDDED_CPU_THREADS = threads
+                        try:
+                            training.train_lora(dataset, settings, root / f"run-{run}-{busy}-{threads}",
+                                                base_model="micro", data_dir=root / "data",
+                                                on_event=keep)
+                        finally:
+                            if busy:
+                                burner.terminate()
+                                burner.join()
+                        key = f"{threads}_thread{'s' if threads > 1 else ''}_{'one_core_busy' if busy else 'idle'}"
+                        rows.setdefault(key, []).append(round(seen[-1].seconds_per_step, 4))
+        finally:
+            training.EMBEDDED_CPU_THREADS = chosen
+    return {"model": "micro", "steps": steps, "s_per_step": rows, "chosen_threads": chosen,
+            "cpu_threads": os.cpu_count()}
+
+
 # --- GPU ------------------------------------------------------------------------------------------------------------
 
 
@@ -327,6 +390,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("--skip-tiny", action="store_true", help="skip the tiny-model CPU run")
+    parser.add_argument("--threads-only", action="store_true",
+                        help="only the embedded models' CPU thread choice (idle and beside a busy core; ~4 min)")
     parser.add_argument("--gpu-only", action="store_true", help="only the GPU measurements (and the FLOP counts)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed GPU steps per row (compilation happens here)")
     parser.add_argument("--steps", type=int, default=8, help="timed GPU steps per row (after 3 warm-up steps)")
@@ -338,6 +403,11 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     began = time.monotonic()
     report: dict[str, Any] = {"torch": torch.__version__, "text_tokens": TEXT_TOKENS, "lora_rank": RANK}
+    if args.threads_only:
+        report = {"torch": torch.__version__, "embedded_cpu_threads": embedded_cpu_threads()}
+        json.dump(report, sys.stdout, indent=2)
+        print()
+        return
 
     def write() -> None:
         if args.out:
@@ -359,6 +429,8 @@ def main() -> None:
         write()
         if not args.skip_tiny:
             report["tiny_cpu"] = tiny_cpu_bench()
+            write()
+            report["embedded_cpu_threads"] = embedded_cpu_threads()
             write()
     if torch.cuda.is_available():
         report["gpu"] = {"name": torch.cuda.get_device_name(), "bf16_matmul_tflops_measured":

@@ -45,7 +45,6 @@ from pipeline.base_model import (
     default_test_generate_settings,
     explain_load_failure,
     is_embedded,
-    is_tiny,
     max_text_tokens,
     quiet_library_logs,
     resolve_base_model,
@@ -61,6 +60,11 @@ PHASES = ("initial learning", "feature refinement", "style adaptation", "final o
 COMPILE_MIN_STEPS = 300  # on CUDA, runs this long compile the transformer blocks first
 MAX_TEXT_TOKENS = 512  # T5 tokens: what FluxPipeline uses at inference, so training sees the same padding
 FINISH_SHARE = 0.25  # of the steps, trained at ``finish_resolution``
+# Torch threads for the embedded (tiny, micro) models on a CPU. Their matrices are too small to share across cores:
+# on 2 cores (bench/results/embedded_threads_cpu.json) the micro model takes 0.12-0.13 s/step on one thread whether
+# or not the other core is busy, and on two threads 0.095 when idle but 0.29-0.33 beside one busy core (the tiny
+# model: 0.04 against 0.2-0.7). One thread also lets two trainings (Ray slots, tests) share two cores.
+EMBEDDED_CPU_THREADS = 1
 _ASPECTS = (1.0, 4 / 5, 5 / 4, 3 / 4, 4 / 3, 2 / 3, 3 / 2, 9 / 16, 16 / 9)  # width / height
 _STEP_DIR = re.compile(r"^step-(\d{6})$")
 _STATE_FILE = "training_state.pt"
@@ -811,10 +815,8 @@ def train_lora(
         settings = dataclasses.replace(settings, finish_resolution=0)
     run = _Run(dataset, settings, output_dir, base_model, data_dir, on_event, should_stop, device)
     threads = torch.get_num_threads()
-    if not run.cuda and is_tiny(base_model):
-        # The tiny model's matrices are too small to split across cores: one thread avoids the scheduling overhead,
-        # which dominates (measured 0.04 s/step on one thread against 0.2-0.7 s on two busy cores).
-        torch.set_num_threads(1)
+    if not run.cuda and is_embedded(base_model):
+        torch.set_num_threads(EMBEDDED_CPU_THREADS)
     try:
         # Whatever still means "the current GPU" inside libraries then means this run's GPU (per thread).
         with torch.cuda.device(device) if run.cuda else contextlib.nullcontext():
