@@ -44,6 +44,23 @@ SINGLE_BLOCK_MODULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("linear2", ("proj_out",)),
     ("modulation_lin", ("norm.linear",)),
 )
+# The transformer's own layers outside the blocks (diffusers name, kohya name). BFL orders the final modulation
+# (shift, scale), diffusers (scale, shift): that LoRA's up weight has its two halves swapped (diffusers' reader too).
+TOP_LEVEL_MODULES: tuple[tuple[str, str], ...] = (
+    ("x_embedder", "img_in"),
+    ("context_embedder", "txt_in"),
+    ("time_text_embed.timestep_embedder.linear_1", "time_in_in_layer"),
+    ("time_text_embed.timestep_embedder.linear_2", "time_in_out_layer"),
+    ("time_text_embed.text_embedder.linear_1", "vector_in_in_layer"),
+    ("time_text_embed.text_embedder.linear_2", "vector_in_out_layer"),
+    ("time_text_embed.guidance_embedder.linear_1", "guidance_in_in_layer"),
+    ("time_text_embed.guidance_embedder.linear_2", "guidance_in_out_layer"),
+    ("proj_out", "final_layer_linear"),
+    ("norm_out.linear", "final_layer_adaLN_modulation_1"),
+)
+_SWAPPED_HALVES = {"norm_out.linear"}
+_TOP_TO_KOHYA = dict(TOP_LEVEL_MODULES)
+_TOP_FROM_KOHYA = {kohya: diffusers for diffusers, kohya in TOP_LEVEL_MODULES}
 _BLOCK_KINDS = {
     "transformer_blocks": ("double_blocks", DOUBLE_BLOCK_MODULES),
     "single_transformer_blocks": ("single_blocks", SINGLE_BLOCK_MODULES),
@@ -51,6 +68,8 @@ _BLOCK_KINDS = {
 _KOHYA_KINDS = {kohya: (diffusers, table) for diffusers, (kohya, table) in _BLOCK_KINDS.items()}
 _DIFFUSERS_KEY = re.compile(r"^(?:transformer\.)?(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$")
 _KOHYA_KEY = re.compile(r"^lora_unet_(double_blocks|single_blocks)_(\d+)_(\w+)\.(lora_(?:down|up)\.weight|alpha)$")
+_KOHYA_TOP_KEY = re.compile(
+    rf"^lora_unet_({'|'.join(map(re.escape, _TOP_FROM_KOHYA))})\.(lora_(?:down|up)\.weight|alpha)$")
 
 
 class LoraFormatError(ValueError):
@@ -104,13 +123,22 @@ def from_diffusers(state: Mapping[str, torch.Tensor]) -> dict[str, LoraFactors]:
 def to_kohya(factors: Mapping[str, LoraFactors]) -> dict[str, torch.Tensor]:
     """The kohya/ComfyUI layout (``lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`` ...)."""
     blocks: dict[tuple[str, int], dict[str, LoraFactors]] = {}
+    out: dict[str, torch.Tensor] = {}
     for module, f in factors.items():
+        if module in _TOP_TO_KOHYA:
+            # alpha / rank folded into up and no alpha stored (readers take alpha = rank): diffusers' reader ignores
+            # the final layer's alpha, and older ones refuse a final-layer alpha key
+            prefix = f"lora_unet_{_TOP_TO_KOHYA[module]}"
+            up = f.b.detach().float() * f.scale
+            out[f"{prefix}.lora_down.weight"] = f.a.detach().float().contiguous()
+            out[f"{prefix}.lora_up.weight"] = _swap_halves(up) if module in _SWAPPED_HALVES else up.contiguous()
+            continue
         kind, _, rest = module.partition(".")
         index, _, inner = rest.partition(".")
         if kind not in _BLOCK_KINDS or not index.isdigit():
-            raise LoraFormatError(f"module {module!r} has no kohya name: only FLUX transformer block layers do")
+            raise LoraFormatError(f"module {module!r} has no kohya name: only FLUX transformer block layers, the "
+                                  f"embedders and the final layer do")
         blocks.setdefault((kind, int(index)), {})[inner] = f
-    out: dict[str, torch.Tensor] = {}
     for (kind, index), inner in sorted(blocks.items()):
         kohya_kind, table = _BLOCK_KINDS[kind]
         used = set()
@@ -161,12 +189,24 @@ def from_kohya(state: Mapping[str, torch.Tensor]) -> dict[str, LoraFactors]:
     whole down weight and its rows of the up weight (exact either way).
     """
     groups: dict[tuple[str, str, str], dict[str, torch.Tensor]] = {}
+    top: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
+        if match := _KOHYA_TOP_KEY.match(key):
+            top.setdefault(_TOP_FROM_KOHYA[match.group(1)], {})[match.group(2)] = value
+            continue
         match = _KOHYA_KEY.match(key)
         if not match:
-            raise LoraFormatError(f"key {key!r} is not a kohya FLUX transformer key (lora_unet_double_blocks_N_...)")
+            raise LoraFormatError(f"key {key!r} is not a kohya FLUX transformer key (lora_unet_double_blocks_N_..., "
+                                  f"lora_unet_single_blocks_N_..., lora_unet_ + one of {', '.join(_TOP_FROM_KOHYA)})")
         groups.setdefault(match.group(1, 2, 3), {})[match.group(4)] = value
     out: dict[str, LoraFactors] = {}
+    for module, tensors in top.items():
+        if not {"lora_down.weight", "lora_up.weight"} <= tensors.keys():
+            raise LoraFormatError(f"lora_unet_{_TOP_TO_KOHYA[module]}: needs both lora_down and lora_up weights")
+        down, up = tensors["lora_down.weight"].float(), tensors["lora_up.weight"].float()
+        alpha = float(tensors["alpha"]) if "alpha" in tensors else float(down.shape[0])
+        out[module] = LoraFactors(a=down, b=_swap_halves(up) if module in _SWAPPED_HALVES else up,
+                                  scale=alpha / down.shape[0])
     for (kohya_kind, index, name), tensors in groups.items():
         prefix = f"lora_unet_{kohya_kind}_{index}_{name}"
         diffusers_kind, table = _KOHYA_KINDS[kohya_kind]
@@ -193,6 +233,12 @@ def from_kohya(state: Mapping[str, torch.Tensor]) -> dict[str, LoraFactors]:
             for module, piece in zip(names, pieces, strict=True):
                 out[module] = LoraFactors(a=down, b=piece.contiguous(), scale=scale)
     return out
+
+
+def _swap_halves(weight: torch.Tensor) -> torch.Tensor:
+    """The rows' two halves exchanged: (scale, shift) <-> (shift, scale)."""
+    first, second = weight.chunk(2, dim=0)
+    return torch.cat([second, first], dim=0).contiguous()
 
 
 def _fused_out_dims(name: str, total: int, n: int) -> list[int]:

@@ -26,6 +26,7 @@ import pickle
 import random
 import re
 import shutil
+import threading
 import time
 import tomllib
 from collections.abc import Iterator, Sequence
@@ -65,12 +66,14 @@ FINISH_SHARE = 0.25  # of the steps, trained at ``finish_resolution``
 # or not the other core is busy, and on two threads 0.095 when idle but 0.29-0.33 beside one busy core (the tiny
 # model: 0.04 against 0.2-0.7). One thread also lets two trainings (Ray slots, tests) share two cores.
 EMBEDDED_CPU_THREADS = 1
+_init_lock = threading.Lock()  # torch's global generator seeds the LoRA's initialisation
 _ASPECTS = (1.0, 4 / 5, 5 / 4, 3 / 4, 4 / 3, 2 / 3, 3 / 2, 9 / 16, 16 / 9)  # width / height
 _STEP_DIR = re.compile(r"^step-(\d{6})$")
 _STATE_FILE = "training_state.pt"
 _LORA_FILE = "lora.safetensors"
 _KOHYA_FILE = "lora_kohya.safetensors"
 # Settings that do not change what a step computes: a run may resume after they changed.
+_LATER_FIELDS = {"lora_outer_layers": False}  # TrainSettings fields newer than the resume fingerprint, and defaults
 _RESUME_FREE_FIELDS = {"name", "steps", "checkpoint_every", "keep_checkpoints", "sample_every", "sample_prompts"}
 
 
@@ -157,19 +160,24 @@ def sample_sigmas(batch: int, *, method: str, image_tokens: int, generator: torc
 MODULATION_LEAVES = ("norm1.linear", "norm1_context.linear", "norm.linear")
 
 
-def lora_target_modules(transformer: torch.nn.Module, *, modulation: bool = False) -> list[str]:
-    """Attention and MLP projections of every transformer block (by full name, so the final proj_out is left);
-    with ``modulation`` also each block's adaptive-norm modulation (kohya's ``*_mod_lin``/``modulation_lin``)."""
+def lora_target_modules(transformer: torch.nn.Module, *, modulation: bool = False,
+                        outer_layers: bool = False) -> list[str]:
+    """Attention and MLP projections of every transformer block (by full name, so the final proj_out is left out
+    unless asked for); with ``modulation`` also each block's adaptive-norm modulation (kohya's
+    ``*_mod_lin``/``modulation_lin``); with ``outer_layers`` also the linear layers outside the blocks that a kohya
+    file can name (embedders, final layer)."""
     leaves = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
               "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
               "ff_context.net.2", "proj_mlp", "proj_out") + (MODULATION_LEAVES if modulation else ())
     blocks = ("transformer_blocks.", "single_transformer_blocks.")
+    outer = {name for name, _kohya in lora_formats.TOP_LEVEL_MODULES} if outer_layers else set()
     return [name for name, module in transformer.named_modules()
-            if isinstance(module, torch.nn.Linear) and name.startswith(blocks) and name.split(".", 2)[2] in leaves]
+            if isinstance(module, torch.nn.Linear)
+            and (name in outer or (name.startswith(blocks) and name.split(".", 2)[2] in leaves))]
 
 
 def add_lora(transformer: torch.nn.Module, *, rank: int, alpha: float, autocast: bool,
-             modulation: bool = False) -> list[torch.nn.Parameter]:
+             modulation: bool = False, outer_layers: bool = False) -> list[torch.nn.Parameter]:
     """Freeze ``transformer`` and add peft LoRA layers to its block projections; returns the trainable parameters.
 
     The LoRA weights (and so their gradients and AdamW state) are fp32 whatever the base dtype. Under bf16 autocast
@@ -181,7 +189,8 @@ def add_lora(transformer: torch.nn.Module, *, rank: int, alpha: float, autocast:
 
     transformer.requires_grad_(False)
     transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                                       target_modules=lora_target_modules(transformer, modulation=modulation),
+                                       target_modules=lora_target_modules(transformer, modulation=modulation,
+                                                                          outer_layers=outer_layers),
                                        lora_dropout=0.0))
     if autocast:
         for module in transformer.modules():
@@ -435,6 +444,8 @@ def _resume_fingerprints(settings: TrainSettings, base_model: str, model_path: s
     data dir moved. The one before hashed absolute paths; it is still accepted, so runs stopped before keep resuming.
     """
     free = _RESUME_FREE_FIELDS - ({"steps"} if len(settings.resolutions) > 1 else set())  # steps place the switch
+    # fields added since at their default are left out, so the runs stopped before them still resume
+    free |= {k for k, default in _LATER_FIELDS.items() if getattr(settings, k) == default}
     data = json.dumps({k: v for k, v in dataclasses.asdict(settings).items() if k not in free}, sort_keys=True,
                       default=str)
     images = [i.training_image for i in dataset.items]
@@ -534,9 +545,10 @@ class _Run:
             self.emit(ev.Message("enough GPU memory: gradient checkpointing off (faster steps)"))
         if self.checkpointing:
             self.transformer.enable_gradient_checkpointing()
-        torch.manual_seed(s.seed)  # the LoRA A matrices' initialisation
-        self.params = add_lora(self.transformer, rank=s.rank, alpha=s.alpha, autocast=self.cuda,
-                               modulation=s.lora_modulation)
+        with _init_lock:  # two trainings in one process (a test, a bench) must not draw from each other's seed
+            torch.manual_seed(s.seed)  # the LoRA A matrices' initialisation
+            self.params = add_lora(self.transformer, rank=s.rank, alpha=s.alpha, autocast=self.cuda,
+                                   modulation=s.lora_modulation, outer_layers=s.lora_outer_layers)
         if self.mode == "fp8":
             memory.quantize_frozen_linears_fp8(self.transformer, device=self.device)
         if self.mode == "offload":
@@ -814,16 +826,41 @@ def train_lora(
                             level="warning"))
         settings = dataclasses.replace(settings, finish_resolution=0)
     run = _Run(dataset, settings, output_dir, base_model, data_dir, on_event, should_stop, device)
-    threads = torch.get_num_threads()
-    if not run.cuda and is_embedded(base_model):
-        torch.set_num_threads(EMBEDDED_CPU_THREADS)
     try:
         # Whatever still means "the current GPU" inside libraries then means this run's GPU (per thread).
-        with torch.cuda.device(device) if run.cuda else contextlib.nullcontext():
+        with torch.cuda.device(device) if run.cuda else _cpu_threads(
+                EMBEDDED_CPU_THREADS if is_embedded(base_model) else None):
             return _train(run, settings, output_dir, base_model, started, resume)
     finally:
-        torch.set_num_threads(threads)
         run.release()
+
+
+_threads_lock = threading.Lock()
+_threads_users = 0  # trainings inside _cpu_threads now
+_threads_before = 0  # torch's thread count before the first of them
+
+
+@contextlib.contextmanager
+def _cpu_threads(count: int | None) -> Iterator[None]:
+    """Train on ``count`` torch threads (None: as they are). torch keeps the count per thread but also makes it the
+    default of threads started later, so what is restored is the count from before the first of several trainings
+    running at once, not what the second one found."""
+    global _threads_users, _threads_before
+    if count is None:
+        yield
+        return
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_before = torch.get_num_threads()
+        _threads_users += 1
+        before = _threads_before
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _threads_users -= 1
+        torch.set_num_threads(before)
 
 
 def _train(run: _Run, settings: TrainSettings, output_dir: Path, base_model: str, started: float,

@@ -75,6 +75,41 @@ def test_kohya_file_reads_back_exactly_in_diffusers(tmp_path: Path, rank: int, a
     _assert_same_deltas(from_diffusers(state), factors)
 
 
+# The transformer's layers outside the blocks at FLUX.1's sizes (out, in); the micro model's LoRA trains them too.
+TOP_LEVEL = {"x_embedder": (HIDDEN, 64), "context_embedder": (HIDDEN, 4096),
+             "time_text_embed.timestep_embedder.linear_1": (HIDDEN, 256),
+             "time_text_embed.timestep_embedder.linear_2": (HIDDEN, HIDDEN),
+             "time_text_embed.text_embedder.linear_1": (HIDDEN, 768),
+             "time_text_embed.text_embedder.linear_2": (HIDDEN, HIDDEN),
+             "time_text_embed.guidance_embedder.linear_1": (HIDDEN, 256),
+             "time_text_embed.guidance_embedder.linear_2": (HIDDEN, HIDDEN),
+             "proj_out": (64, HIDDEN), "norm_out.linear": (2 * HIDDEN, HIDDEN)}
+
+
+def test_top_level_layers_read_back_in_diffusers_with_the_final_modulation_swapped(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(3)
+    state = _peft_state(4, {"single_transformer_blocks": (0,)})
+    for module, (out_features, in_features) in TOP_LEVEL.items():
+        state[f"{module}.lora_A.weight"] = torch.randn(4, in_features, generator=generator) * 0.01
+        state[f"{module}.lora_B.weight"] = torch.randn(out_features, 4, generator=generator) * 0.01
+    factors = factors_from_peft(state, rank=4, alpha=2.0)
+    kohya = to_kohya(factors)
+    assert kohya["lora_unet_img_in.lora_down.weight"].shape == (4, 64)
+    assert "lora_unet_final_layer_linear.alpha" not in kohya  # alpha / rank folded into up (see below)
+    # BFL's final modulation is (shift, scale), diffusers' (scale, shift): the up weight's halves trade places.
+    b = factors["norm_out.linear"].b * 0.5
+    torch.testing.assert_close(kohya["lora_unet_final_layer_adaLN_modulation_1.lora_up.weight"],
+                               torch.cat([b[HIDDEN:], b[:HIDDEN]]))
+    _assert_same_deltas(from_kohya(kohya), factors)
+    path = save_lora_file(tmp_path / "kohya.safetensors", kohya, {})
+    # diffusers' own converter of kohya FLUX files (it ignores the final layer's alpha: hence the folded scale). It
+    # gives these layers' keys without the "transformer." prefix, so its load_lora_weights then leaves them out
+    # (diffusers 0.42): in diffusers, lora.safetensors or load_kohya_as_diffusers carry them (README).
+    converted = FluxPipeline.lora_state_dict(str(path))
+    state = converted[0] if isinstance(converted, tuple) else converted
+    _assert_same_deltas(from_diffusers(state), factors)
+
+
 def test_kohya_names_and_alphas() -> None:
     factors = factors_from_peft(_peft_state(4, {"transformer_blocks": (3,), "single_transformer_blocks": (5,)}),
                                 rank=4, alpha=2.0)
@@ -133,8 +168,10 @@ def test_bad_inputs_name_the_key() -> None:
     only_q = {k: v for k, v in only_q.items() if not k.endswith(("to_k", "to_v"))}
     with pytest.raises(LoraFormatError, match="missing"):
         to_kohya(only_q)
-    with pytest.raises(LoraFormatError, match="x_embedder"):
-        to_kohya({"x_embedder": LoraFactors(a=torch.zeros(1, 2), b=torch.zeros(2, 1))})
+    with pytest.raises(LoraFormatError, match="pos_embed.proj"):
+        to_kohya({"pos_embed.proj": LoraFactors(a=torch.zeros(1, 2), b=torch.zeros(2, 1))})
+    with pytest.raises(LoraFormatError, match="lora_unet_img_in"):
+        from_kohya({"lora_unet_img_in.lora_down.weight": torch.zeros(1, 2)})
     with pytest.raises(LoraFormatError, match="lora_te1_text_model"):
         from_kohya({"lora_te1_text_model.lora_down.weight": torch.zeros(1, 2)})
 

@@ -96,16 +96,17 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from bench.micro_likeness import crops, person_photos
 
     started = {}
-    for person in ("astronaut", "grace_hopper"):
-        root = tmp_path_factory.mktemp(person)
-        workflow = Workflow(AppSettings(data_dir=root / "data", base_model=MICRO_MODEL))
-        workflow.add_photos(person_photos(person, root / "upload", 16))
-        # 600 of the default 5000 steps: the look is learnt by then (the bench's curve), at an eighth of the time.
-        # Two data dirs, so two queues: both train at once, each on the one thread an embedded model trains on.
-        started[person] = (workflow, workflow.start_training(workflow.default_train_settings(
-            name=person, test_prompts=DEFAULT_TEST_PROMPTS[:4], steps=TEST_STEPS, checkpoint_every=TEST_STEPS // 3,
-            sample_every=TEST_STEPS, warmup_steps=20)))
     try:
+        for person in ("astronaut", "grace_hopper"):
+            root = tmp_path_factory.mktemp(person)
+            workflow = Workflow(AppSettings(data_dir=root / "data", base_model=MICRO_MODEL))
+            started[person] = (workflow, None)
+            workflow.add_photos(person_photos(person, root / "upload", 16))
+            # 600 of the default 5000 steps: the look is learnt by then (the bench's curve), an eighth of the time.
+            # Two data dirs, so two queues: both train at once, each on the one thread an embedded model trains on.
+            started[person] = (workflow, workflow.start_training(workflow.default_train_settings(
+                name=person, test_prompts=DEFAULT_TEST_PROMPTS[:4], steps=TEST_STEPS,
+                checkpoint_every=TEST_STEPS // 3, sample_every=TEST_STEPS, warmup_steps=20)))
         out = {}
         for person, (workflow, record) in started.items():
             record = workflow.wait_for(record.id, timeout=1800)

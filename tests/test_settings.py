@@ -53,5 +53,5 @@ def test_the_form_keeps_the_base_models_defaults_for_fields_it_does_not_show() -
     settings = settings_from_values(["name", "steps"], ["anna", "200"], micro)
     assert (settings.name, settings.steps) == ("anna", 200)
     # warmup, guidance and the modulation LoRA are the micro model's, not the dataclass's FLUX.1-dev defaults
-    assert (settings.warmup_steps, settings.guidance, settings.lora_modulation) == (
-        micro.warmup_steps, micro.guidance, True)
+    assert (settings.warmup_steps, settings.guidance, settings.lora_modulation, settings.lora_outer_layers) == (
+        micro.warmup_steps, micro.guidance, True, True)
