@@ -175,8 +175,8 @@ class TrainSettings:
     @classmethod
     def micro(cls, **overrides: Any) -> TrainSettings:
         """Settings for the embedded micro model: 64 px, a LoRA as wide as the model (rank 128 of 128, with the
-        blocks' modulation), trained at the guidance it generates with; minutes on a CPU. Measured in
-        bench/micro_likeness.py (README: the micro base model)."""
+        blocks' modulation and the layers outside the blocks), trained at the guidance it generates with; minutes on a
+        CPU. Measured in bench/micro_likeness.py (README: the micro base model)."""
         base = dict(steps=MICRO_STEPS, resolution=64, finish_resolution=0, rank=128, alpha=128.0,
                     lora_modulation=True, lora_outer_layers=True, learning_rate=1e-3, guidance=3.5, warmup_steps=50,
                     checkpoint_every=MICRO_STEPS // 5, sample_every=MICRO_STEPS // 5, gradient_checkpointing=False)

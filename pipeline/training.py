@@ -73,8 +73,9 @@ _STATE_FILE = "training_state.pt"
 _LORA_FILE = "lora.safetensors"
 _KOHYA_FILE = "lora_kohya.safetensors"
 # Settings that do not change what a step computes: a run may resume after they changed.
-_LATER_FIELDS = {"lora_outer_layers": False}  # TrainSettings fields newer than the resume fingerprint, and defaults
 _RESUME_FREE_FIELDS = {"name", "steps", "checkpoint_every", "keep_checkpoints", "sample_every", "sample_prompts"}
+# TrainSettings fields newer than the resume fingerprint, with their defaults: left out of it at those.
+_LATER_FIELDS = {"lora_outer_layers": False}
 
 
 class TrainingError(ValueError):
@@ -178,7 +179,8 @@ def lora_target_modules(transformer: torch.nn.Module, *, modulation: bool = Fals
 
 def add_lora(transformer: torch.nn.Module, *, rank: int, alpha: float, autocast: bool,
              modulation: bool = False, outer_layers: bool = False) -> list[torch.nn.Parameter]:
-    """Freeze ``transformer`` and add peft LoRA layers to its block projections; returns the trainable parameters.
+    """Freeze ``transformer`` and add peft LoRA layers to the modules of :func:`lora_target_modules`; returns the
+    trainable parameters.
 
     The LoRA weights (and so their gradients and AdamW state) are fp32 whatever the base dtype. Under bf16 autocast
     peft's cast of each layer's input to fp32 is switched off: autocast runs the LoRA matmuls in bf16 anyway, and
