@@ -166,14 +166,26 @@ def memory_table() -> dict[str, Any]:
     return table
 
 
-def tiny_cpu_bench() -> dict[str, Any]:
-    """train_lora on the tiny model: 16 astronaut face crops, 50 steps at 64 px (TrainSettings.quick)."""
+def astronaut_dataset(folder: Path) -> Any:
+    """16 astronaut face crops (slightly rotated) at 64 px, written into ``folder``: the CPU rows' training set."""
     from PIL import Image
     from skimage import data
 
+    from pipeline.dataset import Dataset, DatasetItem
+
+    face = Image.fromarray(data.astronaut()).crop((140, 20, 340, 220))
+    items = []
+    for i in range(16):
+        path = folder / f"photo-{i:02d}.png"
+        face.rotate(i * 2 - 16).resize((128, 128)).save(path)
+        items.append(DatasetItem(image=path, caption="a photo of ohwx person", source=path.name))
+    return Dataset(items=tuple(items), trigger_word="ohwx", resolution=64)
+
+
+def tiny_cpu_bench() -> dict[str, Any]:
+    """train_lora on the tiny model: 16 astronaut face crops, 50 steps at 64 px (TrainSettings.quick)."""
     from pipeline import events as ev
     from pipeline.base_model import ensure_tiny_model
-    from pipeline.dataset import Dataset, DatasetItem
     from pipeline.settings import TrainSettings
     from pipeline.training import train_lora
 
@@ -182,13 +194,7 @@ def tiny_cpu_bench() -> dict[str, Any]:
         start = time.perf_counter()
         ensure_tiny_model(root / "data")
         build_seconds = time.perf_counter() - start
-        face = Image.fromarray(data.astronaut()).crop((140, 20, 340, 220))
-        items = []
-        for i in range(16):
-            path = root / f"photo-{i:02d}.png"
-            face.rotate(i * 2 - 16).resize((128, 128)).save(path)
-            items.append(DatasetItem(image=path, caption="a photo of ohwx person", source=path.name))
-        dataset = Dataset(items=tuple(items), trigger_word="ohwx", resolution=64)
+        dataset = astronaut_dataset(root)
         steps: list[ev.TrainStep] = []
 
         def keep(event: ev.Event) -> None:
@@ -226,12 +232,8 @@ def embedded_cpu_threads(steps: int = 150, rounds: int = 2) -> dict[str, Any]:
     spread): what ``training.EMBEDDED_CPU_THREADS`` is chosen from."""
     import multiprocessing
 
-    from PIL import Image
-    from skimage import data
-
     from pipeline import events as ev
     from pipeline import training
-    from pipeline.dataset import Dataset, DatasetItem
     from pipeline.settings import TrainSettings
 
     chosen = training.EMBEDDED_CPU_THREADS
@@ -244,13 +246,7 @@ def embedded_cpu_threads(steps: int = 150, rounds: int = 2) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        face = Image.fromarray(data.astronaut()).crop((140, 20, 340, 220))
-        items = []
-        for i in range(16):
-            path = root / f"photo-{i:02d}.png"
-            face.rotate(i * 2 - 16).resize((128, 128)).save(path)
-            items.append(DatasetItem(image=path, caption="a photo of ohwx person", source=path.name))
-        dataset = Dataset(items=tuple(items), trigger_word="ohwx", resolution=64)
+        dataset = astronaut_dataset(root)
         settings = TrainSettings.micro(steps=steps, checkpoint_every=steps, sample_every=steps)
         try:
             for run in range(rounds):
