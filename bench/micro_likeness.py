@@ -6,6 +6,9 @@ micro base model, for two people held out of its pretraining: the astronaut (ski
 crops with the app's identity threshold: recognised as the person it learnt, and not as the other one.
 
     PYTHONPATH=tests python -m bench.micro_likeness [--steps N] [--photos 16] [--sheet bench/results/micro.png]
+
+The JSON also gives the VAE's round trip: each person's crops encoded and decoded by the base's VAE and scored the
+same way, the ceiling the decoder leaves any LoRA (``--vae-only``: that alone, in seconds).
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import photo_factory
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
-from pipeline.assessment import AssessmentPlan, assess_lora, reference_embeddings
-from pipeline.base_model import quiet_library_logs
+from pipeline.assessment import AssessmentPlan, assess_lora, reference_embeddings, score_images
+from pipeline.base_model import quiet_library_logs, resolve_base_model
+from pipeline.crops import build_dataset
 from pipeline.library import ModelRecord
 from pipeline.settings import MICRO_MODEL, AppSettings
 from pipeline.workflow import Workflow
@@ -74,6 +78,51 @@ def crops(record: ModelRecord) -> list[Path]:
     return sorted((Path(record.folder) / "dataset").glob("*.png"))
 
 
+def person_crops(person: str, root: Path, photos: int) -> list[Path]:
+    """The training crops the app makes of ``photos`` photos of ``person`` (upload → classify → crops), untrained."""
+    workflow = Workflow(AppSettings(data_dir=root / person))
+    try:
+        workflow.add_photos(person_photos(person, root / f"{person}-upload", photos))
+        dataset = build_dataset(workflow.classify(), root / f"{person}-crops", "sks", 64, use_blip=False)
+        return sorted(Path(item.image) for item in dataset.items)
+    finally:
+        workflow.close()
+
+
+def vae_round_trip(base_model: str, people: dict[str, list[Path]], root: Path, blur: float = 1.5) -> dict:
+    """The ceiling the base's VAE leaves a LoRA: each person's own crops encoded and decoded, scored against both
+    people's crops with the app's threshold. A LoRA's images pass through the same decoder, so what these
+    reconstructions are recognised as bounds the 2x2 table. Beside it, for comparison: the same crops at the model's
+    size without the VAE, and blurred by ``blur`` px instead (does the VAE only soften?)."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(resolve_base_model(base_model, root), subfolder="vae").float().eval()
+    size = vae.config.sample_size  # the resolution the model trains and draws at
+    references = {person: reference_embeddings(paths) for person, paths in people.items()}
+
+    def scored(images: list[Image.Image]) -> dict[str, dict]:
+        row = {}
+        for other, reference in references.items():
+            result = score_images(images, reference)
+            found = [i.distance for i in result.images if i.distance is not None]
+            row[other] = {"recognised": sum(i.recognised for i in result.images), "of": len(images),
+                          "median_distance": round(float(np.median(found)), 3) if found else None}
+        return row
+
+    table: dict[str, dict] = {"vae": {}, "no_vae": {}, f"blurred_{blur}px": {}}
+    for person, paths in people.items():
+        originals = [Image.open(p).convert("RGB").resize((size, size), Image.Resampling.LANCZOS) for p in paths]
+        pixels = torch.from_numpy(np.stack([np.asarray(i, dtype=np.float32) for i in originals]))
+        with torch.no_grad():
+            decoded = vae.decode(vae.encode(pixels.permute(0, 3, 1, 2).div(127.5).sub(1.0)).latent_dist.mean).sample
+        table["vae"][person] = scored([Image.fromarray(x) for x in decoded.clamp(-1, 1).add(1).mul(127.5).round()
+                                       .byte().permute(0, 2, 3, 1).numpy()])
+        table["no_vae"][person] = scored(originals)
+        table[f"blurred_{blur}px"][person] = scored([i.filter(ImageFilter.GaussianBlur(blur)) for i in originals])
+    return table
+
+
 def sheet(rows: list[tuple[str, list[Path]]], path: Path, size: int = 64) -> Path:
     """One row per label: the training crops, the samples at three checkpoints, the assessment images."""
     width = max(len(images) for _label, images in rows)
@@ -101,11 +150,19 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--rank", type=int, default=None)
     parser.add_argument("--guidance", type=float, default=None, help="training guidance (default: the micro one)")
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None)
+    parser.add_argument("--vae-only", action="store_true",
+                        help="only the VAE's round trip of each person's crops (seconds; no training)")
     args = parser.parse_args()
     quiet_library_logs()
     root = Path(tempfile.mkdtemp(prefix="micro-likeness-"))
+    if args.vae_only:
+        people = {person: person_crops(person, root, args.photos) for person in args.people}
+        print(json.dumps({"vae_round_trip": vae_round_trip(args.base_model, people, root),
+                          "base_model": args.base_model}, indent=1))
+        return
     extra = {k: v for k, v in (("learning_rate", args.lr), ("rank", args.rank), ("alpha", args.rank),
-                                ("guidance", args.guidance)) if v}
+                                ("guidance", args.guidance), ("lr_schedule", args.lr_schedule)) if v}
     trained = train_people(args.people, root, args.photos, args.steps, extra, args.base_model)
     references = {person: reference_embeddings(crops(record)) for person, (_w, record, _s) in trained.items()}
 
@@ -150,10 +207,14 @@ def main() -> None:
             "base_model_alone_faces": sum(i.faces > 0 for i in base.images),
         }
     figures = {"recognised_of_8": table, "appearance_distance": appearance, "runs": runs, "photos": args.photos,
+               "vae_round_trip": vae_round_trip(args.base_model, {p: crops(r) for p, (_w, r, _s) in trained.items()},
+                                                root),
                "data_dir": str(root)}
     if args.sheet:
         figures["sheet"] = str(sheet(rows, args.sheet))
     print(json.dumps(figures, indent=1))
+    for workflow, _record, _seconds in trained.values():
+        workflow.close()
 
 
 if __name__ == "__main__":

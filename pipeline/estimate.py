@@ -53,9 +53,13 @@ class TrainingEstimate:
 
 
 def speed_key(base_model: str, device: str, settings: TrainSettings) -> str:
-    """What makes runs comparable: the model, the hardware, the sizes, the LoRA's rank and how memory is held."""
+    """What makes runs comparable: the model, the hardware, the sizes, the LoRA's rank and layers, how memory is held.
+
+    (The layers joined the key in 2026-12: a micro run with the outer layers does more work per step than one without,
+    so speeds logged before do not match any key now and the next run measures again.)"""
     return "|".join(str(v) for v in (base_model, device, settings.resolution, settings.finish_resolution,
-                                     settings.batch_size, settings.rank, settings.memory_mode, settings.optimizer))
+                                     settings.batch_size, settings.rank, settings.memory_mode, settings.optimizer,
+                                     settings.lora_modulation, settings.lora_outer_layers))
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ def test_a_finished_training_makes_the_next_estimate_a_measurement(tmp_path: Pat
                                                        sample_every=1000))
         assert longer.seconds == pytest.approx(measured.overhead_seconds + 1200 * measured.seconds_per_step)
         assert "measured here" not in workflow.estimate(TrainSettings.quick(steps=12, rank=8)).basis  # not alike
+        assert "measured here" not in workflow.estimate(TrainSettings.quick(steps=12, lora_outer_layers=True)).basis
         assert f"{measured.seconds_per_step:.2f} s per step" in after.text()
     finally:
         workflow.close()
