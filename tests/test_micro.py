@@ -95,12 +95,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     train, assess each checkpoint); four test prompts instead of eight keep it to a few minutes."""
     from bench.micro_likeness import crops, person_photos
 
-    started = {}
+    workflows, started = [], {}
     try:
         for person in ("astronaut", "grace_hopper"):
             root = tmp_path_factory.mktemp(person)
             workflow = Workflow(AppSettings(data_dir=root / "data", base_model=MICRO_MODEL))
-            started[person] = (workflow, None)
+            workflows.append(workflow)  # closed in `finally` even if its upload fails
             workflow.add_photos(person_photos(person, root / "upload", 16))
             # 600 of the default 5000 steps: the look is learnt by then (the bench's curve), an eighth of the time.
             # Two data dirs, so two queues: both train at once, each on the one thread an embedded model trains on.
@@ -114,7 +114,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
             out[person] = (workflow, record, reference_embeddings(crops(record)))
         yield out
     finally:
-        for workflow, _record in started.values():
+        for workflow in workflows:
             workflow.close()
 
 
