@@ -8,7 +8,7 @@ crops with the app's identity threshold: recognised as the person it learnt, and
     PYTHONPATH=tests python -m bench.micro_likeness [--steps N] [--photos 16] [--sheet bench/results/micro.png]
 
 The JSON also gives the VAE's round trip: each person's crops encoded and decoded by the base's VAE and scored the
-same way, the ceiling the decoder leaves any LoRA (``--vae-only``: that alone, in seconds).
+same way, about the ceiling the decoder leaves any LoRA (``--vae-only``: that alone, in seconds).
 """
 
 from __future__ import annotations
@@ -54,11 +54,16 @@ def train_people(people: list[str], root: Path, photos: int, steps: int | None, 
                                                           "sample_every": max(1, steps // 4)} if steps else {})
         started[person] = (workflow, workflow.start_training(workflow.default_train_settings(**overrides)))
     trained = {}
-    for person, (workflow, record) in started.items():
-        record = workflow.wait_for(record.id, timeout=3600)
-        assert record.status == "ready", f"{person}: {record.status} {record.error}"
-        ended, began = datetime.fromisoformat(record.finished_at), datetime.fromisoformat(record.created_at)
-        trained[person] = (workflow, record, (ended - began).total_seconds())
+    try:
+        for person, (workflow, record) in started.items():
+            record = workflow.wait_for(record.id, timeout=3600)
+            assert record.status == "ready", f"{person}: {record.status} {record.error}"
+            ended, began = datetime.fromisoformat(record.finished_at), datetime.fromisoformat(record.created_at)
+            trained[person] = (workflow, record, (ended - began).total_seconds())
+    except BaseException:
+        for workflow, _record in started.values():
+            workflow.close()
+        raise
     return trained
 
 
@@ -90,9 +95,10 @@ def person_crops(person: str, root: Path, photos: int) -> list[Path]:
 
 
 def vae_round_trip(base_model: str, people: dict[str, list[Path]], root: Path, blur: float = 1.5) -> dict:
-    """The ceiling the base's VAE leaves a LoRA: each person's own crops encoded and decoded, scored against both
-    people's crops with the app's threshold. A LoRA's images pass through the same decoder, so what these
-    reconstructions are recognised as bounds the 2x2 table. Beside it, for comparison: the same crops at the model's
+    """About the ceiling the base's VAE leaves a LoRA: each person's own crops encoded and decoded, scored against
+    both people's crops with the app's threshold. A LoRA's images pass through the same decoder, so what these
+    reconstructions are recognised as approximates the best 2x2 table a LoRA can reach (the encoder's mean latent is
+    not necessarily the best one the decoder could be given). Beside it, for comparison: the same crops at the model's
     size without the VAE, and blurred by ``blur`` px instead (does the VAE only soften?)."""
     import torch
     from diffusers import AutoencoderKL
@@ -112,7 +118,10 @@ def vae_round_trip(base_model: str, people: dict[str, list[Path]], root: Path, b
 
     table: dict[str, dict] = {"vae": {}, "no_vae": {}, f"blurred_{blur}px": {}}
     for person, paths in people.items():
-        originals = [Image.open(p).convert("RGB").resize((size, size), Image.Resampling.LANCZOS) for p in paths]
+        originals = []
+        for path in paths:
+            with Image.open(path) as img:
+                originals.append(img.convert("RGB").resize((size, size), Image.Resampling.LANCZOS))
         pixels = torch.from_numpy(np.stack([np.asarray(i, dtype=np.float32) for i in originals]))
         with torch.no_grad():
             decoded = vae.decode(vae.encode(pixels.permute(0, 3, 1, 2).div(127.5).sub(1.0)).latent_dist.mean).sample
@@ -162,8 +171,19 @@ def main() -> None:
                           "base_model": args.base_model}, indent=1))
         return
     extra = {k: v for k, v in (("learning_rate", args.lr), ("rank", args.rank), ("alpha", args.rank),
-                                ("guidance", args.guidance), ("lr_schedule", args.lr_schedule)) if v}
+                                ("guidance", args.guidance), ("lr_schedule", args.lr_schedule))
+             if v is not None}
     trained = train_people(args.people, root, args.photos, args.steps, extra, args.base_model)
+    try:
+        figures = report(trained, root, args)
+    finally:
+        for workflow, _record, _seconds in trained.values():
+            workflow.close()
+    print(json.dumps(figures, indent=1))
+
+
+def report(trained: dict[str, tuple[Workflow, ModelRecord, float]], root: Path, args: argparse.Namespace) -> dict:
+    """The 2x2 table, each run's figures, the VAE's round trip and (``args.sheet``) the picture."""
     references = {person: reference_embeddings(crops(record)) for person, (_w, record, _s) in trained.items()}
 
     table: dict[str, dict[str, int]] = {}
@@ -212,9 +232,7 @@ def main() -> None:
                "data_dir": str(root)}
     if args.sheet:
         figures["sheet"] = str(sheet(rows, args.sheet))
-    print(json.dumps(figures, indent=1))
-    for workflow, _record, _seconds in trained.values():
-        workflow.close()
+    return figures
 
 
 if __name__ == "__main__":

@@ -147,10 +147,10 @@ def test_each_lora_looks_like_its_person_not_the_other(trained: dict, tmp_path: 
 @pytest.mark.slow
 def test_the_vae_keeps_each_held_out_face_recognisable(trained: dict, tmp_path: Path) -> None:
     """Every image a LoRA makes passes through the micro VAE's decoder, so its round trip of a person's own crops
-    bounds what any LoRA can reach (bench: the astronaut 16 of 16, Grace Hopper 13 of 14 recognised as themselves).
-    Asserted: most of each person's reconstructions are recognised as them and lie nearer them than the other
-    person. (Not asserted, because it fails today and limits the 2x2: 6 of the astronaut's 16 are also within the
-    threshold of Grace Hopper — README.)"""
+    approximates the best a LoRA can reach (bench: the astronaut 16 of 16, Grace Hopper 13 of 14 recognised as
+    themselves). Asserted: most of each person's reconstructions are recognised as them and lie nearer them than the
+    other person. (Not asserted, because it fails today and limits the 2x2: 6 of the astronaut's 16 are also within
+    the threshold of Grace Hopper — README.)"""
     from bench.micro_likeness import crops, vae_round_trip
 
     table = vae_round_trip(MICRO_MODEL, {p: crops(record) for p, (_w, record, _r) in trained.items()}, tmp_path)["vae"]
