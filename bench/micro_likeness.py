@@ -103,6 +103,8 @@ def vae_round_trip(base_model: str, people: dict[str, list[Path]], root: Path, b
     import torch
     from diffusers import AutoencoderKL
 
+    from pipeline.training import load_training_image
+
     vae = AutoencoderKL.from_pretrained(resolve_base_model(base_model, root), subfolder="vae").float().eval()
     size = vae.config.sample_size  # the resolution the model trains and draws at
     references = {person: reference_embeddings(paths) for person, paths in people.items()}
@@ -116,17 +118,17 @@ def vae_round_trip(base_model: str, people: dict[str, list[Path]], root: Path, b
                           "median_distance": round(float(np.median(found)), 3) if found else None}
         return row
 
+    def to_images(pixels: torch.Tensor) -> list[Image.Image]:
+        array = pixels.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        return [Image.fromarray(x) for x in array]
+
     table: dict[str, dict] = {"vae": {}, "no_vae": {}, f"blurred_{blur}px": {}}
     for person, paths in people.items():
-        originals = []
-        for path in paths:
-            with Image.open(path) as img:
-                originals.append(img.convert("RGB").resize((size, size), Image.Resampling.LANCZOS))
-        pixels = torch.from_numpy(np.stack([np.asarray(i, dtype=np.float32) for i in originals]))
+        pixels = torch.stack([load_training_image(path, (size, size)) for path in paths])  # what training encodes
         with torch.no_grad():
-            decoded = vae.decode(vae.encode(pixels.permute(0, 3, 1, 2).div(127.5).sub(1.0)).latent_dist.mean).sample
-        table["vae"][person] = scored([Image.fromarray(x) for x in decoded.clamp(-1, 1).add(1).mul(127.5).round()
-                                       .byte().permute(0, 2, 3, 1).numpy()])
+            decoded = vae.decode(vae.encode(pixels).latent_dist.mean).sample
+        originals = to_images(pixels)
+        table["vae"][person] = scored(to_images(decoded))
         table["no_vae"][person] = scored(originals)
         table[f"blurred_{blur}px"][person] = scored([i.filter(ImageFilter.GaussianBlur(blur)) for i in originals])
     return table

@@ -289,7 +289,8 @@ def _text_tokens(model_path: str) -> int:
     return max_text_tokens(tokenizer, MAX_TEXT_TOKENS)
 
 
-def _load_image(path: Path, bucket: tuple[int, int]) -> torch.Tensor:
+def load_training_image(path: Path, bucket: tuple[int, int]) -> torch.Tensor:
+    """A dataset image as training encodes it: upright, RGB, fitted to ``bucket`` (width, height), CHW in [-1, 1]."""
     try:
         with Image.open(path) as raw:
             image = ImageOps.exif_transpose(raw).convert("RGB")
@@ -326,7 +327,7 @@ def _prepare(dataset: Dataset, settings: TrainSettings, model_path: str, data_di
             if path.is_file():
                 latent = load_file(str(path))["latent"]
             else:
-                pixels = _load_image(image_path, bucket).unsqueeze(0).to(device, dtype)
+                pixels = load_training_image(image_path, bucket).unsqueeze(0).to(device, dtype)
                 with torch.no_grad():
                     mean = vae.encode(pixels).latent_dist.mean
                 latent = ((mean - vae.config.shift_factor) * vae.config.scaling_factor)[0].float().cpu()
