@@ -28,6 +28,7 @@ from pipeline.base_model import quiet_library_logs, resolve_base_model
 from pipeline.crops import build_dataset
 from pipeline.library import ModelRecord
 from pipeline.settings import MICRO_MODEL, AppSettings
+from pipeline.weights_lock import WEIGHTS_LOCK
 from pipeline.workflow import Workflow
 
 PEOPLE = {
@@ -105,7 +106,8 @@ def vae_round_trip(base_model: str, people: dict[str, list[Path]], root: Path, b
 
     from pipeline.training import load_training_image
 
-    vae = AutoencoderKL.from_pretrained(resolve_base_model(base_model, root), subfolder="vae").float().eval()
+    with WEIGHTS_LOCK:
+        vae = AutoencoderKL.from_pretrained(resolve_base_model(base_model, root), subfolder="vae").float().eval()
     size = vae.config.sample_size  # the resolution the model trains and draws at
     references = {person: reference_embeddings(paths) for person, paths in people.items()}
 

@@ -28,6 +28,7 @@ from pipeline.quality import QualityMetrics, measure_quality, quality_components
 from pipeline.settings import ClassifySettings, GenerateSettings
 from pipeline.trigger import insert_trigger
 from pipeline.verdict import Verdict
+from pipeline.weights_lock import WEIGHTS_LOCK
 
 logger = logging.getLogger(__name__)
 
@@ -427,8 +428,9 @@ def _load_clip(clip_model: str | Path | None) -> tuple[str, Any, Any] | None:
 
     for name in [str(clip_model)] if clip_model else CLIP_CANDIDATES:
         try:
-            model = CLIPModel.from_pretrained(name, local_files_only=True).eval()
-            processor = CLIPProcessor.from_pretrained(name, local_files_only=True)
+            with WEIGHTS_LOCK:  # loads patch torch process-wide (pipeline.weights_lock)
+                model = CLIPModel.from_pretrained(name, local_files_only=True).eval()
+                processor = CLIPProcessor.from_pretrained(name, local_files_only=True)
         except (OSError, ValueError) as exc:
             logger.debug("no local CLIP model %s: %s", name, exc)
             continue

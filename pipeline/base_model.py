@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.settings import FLUX_DEV, MICRO_MODEL, TINY_MODEL, GenerateSettings, TrainSettings
+from pipeline.weights_lock import WEIGHTS_LOCK
 
 # torch, diffusers and transformers take seconds to import: only what builds or loads a model imports them, so the
 # app starts without waiting for them (torch is needed at start only to look for a GPU when no base model is given).
@@ -141,7 +142,9 @@ def _build_tiny_into(folder: Path) -> Path:
     # Build beside the target and swap in, so a crash mid-save never leaves a folder that looks complete.
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=folder.parent))
     try:
-        _build_tiny_pipeline().save_pretrained(tmp)
+        with WEIGHTS_LOCK:  # a load in another thread must not turn these new weights into meta tensors
+            pipe = _build_tiny_pipeline()
+        pipe.save_pretrained(tmp)
         (tmp / _VERSION_FILE).write_text(TINY_MODEL_VERSION)
         if folder.exists():
             shutil.rmtree(folder)
@@ -204,18 +207,19 @@ def load_pipeline(
     device = device or generation_device()
     if dtype is None:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    try:
-        pipe = FluxPipeline.from_pretrained(path, dtype=dtype, low_cpu_mem_usage=True)  # host RAM, memory-mapped
-    except Exception as exc:  # noqa: BLE001 - every loader failure becomes one explained error
-        raise BaseModelError(explain_load_failure(spec, exc)) from exc
-    components = {name: getattr(pipe, name) for name in GENERATION_COMPONENTS}
-    for module in components.values():
-        module.eval().requires_grad_(False)
-    pipe.set_progress_bar_config(disable=True)
-    sizes = _placement_sizes(components)
-    chosen, reason = memory.choose_generation_placement(placement, memory.free_gpu_gb(device), **sizes)
-    logger.info("base model %s: %s", spec, reason)
-    _place(pipe, chosen, device)
+    with WEIGHTS_LOCK:  # loading and placing swap parameters and patch torch process-wide (pipeline.weights_lock)
+        try:
+            pipe = FluxPipeline.from_pretrained(path, dtype=dtype, low_cpu_mem_usage=True)  # host RAM, memory-mapped
+        except Exception as exc:  # noqa: BLE001 - every loader failure becomes one explained error
+            raise BaseModelError(explain_load_failure(spec, exc)) from exc
+        components = {name: getattr(pipe, name) for name in GENERATION_COMPONENTS}
+        for module in components.values():
+            module.eval().requires_grad_(False)
+        pipe.set_progress_bar_config(disable=True)
+        sizes = _placement_sizes(components)
+        chosen, reason = memory.choose_generation_placement(placement, memory.free_gpu_gb(device), **sizes)
+        logger.info("base model %s: %s", spec, reason)
+        _place(pipe, chosen, device)
     # Read by the generator, which reloads a pipeline placed while memory was short once a better placement fits.
     pipe.likeness_placement = Placement(chosen, reason, sizes)
     return pipe

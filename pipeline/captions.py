@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from pipeline.weights_lock import WEIGHTS_LOCK
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_CAPTION_MODEL = "blip-large"
@@ -57,8 +59,9 @@ def _blip(model_name: str):  # noqa: ANN202 (processor, model), imported lazily:
 
     repo = caption_models().get(model_name, model_name)
     logger.info("loading caption model %s from the local cache", repo)
-    processor = AutoProcessor.from_pretrained(repo, local_files_only=True)
-    model = BlipForConditionalGeneration.from_pretrained(repo, local_files_only=True).eval()
+    with WEIGHTS_LOCK:  # loads patch torch process-wide (pipeline.weights_lock)
+        processor = AutoProcessor.from_pretrained(repo, local_files_only=True)
+        model = BlipForConditionalGeneration.from_pretrained(repo, local_files_only=True).eval()
     return processor, model
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from pipeline.weights_lock import WEIGHTS_LOCK
+
 logger = logging.getLogger(__name__)
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
@@ -123,7 +125,8 @@ def _mtcnn(min_face_size: int):  # noqa: ANN202 (facenet_pytorch.MTCNN, imported
     from facenet_pytorch import MTCNN
 
     logger.info("loading MTCNN (min face %d px)", min_face_size)
-    return MTCNN(keep_all=True, min_face_size=min_face_size, device="cpu").eval()
+    with WEIGHTS_LOCK:  # a load in another thread must not turn its new weights into meta tensors
+        return MTCNN(keep_all=True, min_face_size=min_face_size, device="cpu").eval()
 
 
 _lock = threading.Lock()  # one MTCNN forward at a time: the CPU has few cores

@@ -27,6 +27,7 @@ from pipeline import offload
 from pipeline.base_model import GENERATION_COMPONENTS, Placement, generation_device, max_text_tokens
 from pipeline.events import EventCallback, Message, Progress, StopCheck, ignore, never
 from pipeline.settings import GenerateSettings
+from pipeline.weights_lock import WEIGHTS_LOCK
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +178,10 @@ class Generator:
             self._adapters.move_to_end(key)
             return self._adapters[key]
         pipe = self.pipeline
+        with WEIGHTS_LOCK:  # adding and removing adapters builds and drops modules (pipeline.weights_lock)
+            return self._load_adapter(pipe, lora_path, key)
+
+    def _load_adapter(self, pipe: Any, lora_path: Path, key: str) -> str:
         while len(self._adapters) >= MAX_LOADED_LORAS:
             _, old = self._adapters.popitem(last=False)
             pipe.delete_adapters(old)

@@ -40,6 +40,7 @@ from pipeline.base_model import MICRO_CHECKSUM_FILE as CHECKSUM_FILE
 from pipeline.base_model import MICRO_FOLDER
 from pipeline.base_model import MICRO_VERSION_FILE as VERSION_FILE
 from pipeline.package_photos import archive_photos, package_folder
+from pipeline.weights_lock import WEIGHTS_LOCK
 
 if TYPE_CHECKING:
     import torch
@@ -128,7 +129,8 @@ def build_untrained(settings: MicroSettings = MicroSettings()) -> FluxPipeline: 
 
     from pipeline.base_model import clip_tokenizer, t5_tokenizer
 
-    with torch.random.fork_rng(devices=[]):
+    # The lock: a load in another thread must not turn these new weights into meta tensors (pipeline.weights_lock).
+    with WEIGHTS_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
         tok_clip = clip_tokenizer(PROMPT_WORDS)
         tok_t5 = t5_tokenizer(PROMPT_WORDS, max_length=TEXT_TOKENS)

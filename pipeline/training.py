@@ -54,6 +54,7 @@ from pipeline.base_model import (
 from pipeline.dataset import Dataset
 from pipeline.settings import TrainSettings, to_json
 from pipeline.status import Status
+from pipeline.weights_lock import WEIGHTS_LOCK
 
 logger = logging.getLogger(__name__)
 
@@ -309,7 +310,8 @@ def _prepare(dataset: Dataset, settings: TrainSettings, model_path: str, data_di
 
     cache = Path(data_dir) / "cache"
     model_key = _model_key(model_path)
-    vae = AutoencoderKL.from_pretrained(model_path, subfolder="vae", dtype=dtype).to(device).eval()
+    with WEIGHTS_LOCK:  # loads patch torch process-wide (pipeline.weights_lock)
+        vae = AutoencoderKL.from_pretrained(model_path, subfolder="vae", dtype=dtype).to(device).eval()
     vae.requires_grad_(False)
 
     latents: dict[int, list[torch.Tensor]] = {resolution: [] for resolution in settings.resolutions}
@@ -345,14 +347,15 @@ def _prepare(dataset: Dataset, settings: TrainSettings, model_path: str, data_di
     missing = [p for p, path in text_paths.items() if not path.is_file()]
     if missing:
         on_event(ev.Message(f"encoding {len(missing)} captions with CLIP and T5"))
-        encoders = FluxPipeline.from_pretrained(model_path, transformer=None, vae=None, dtype=dtype)
-        for encoder in (encoders.text_encoder, encoders.text_encoder_2):
-            encoder.eval().requires_grad_(False)
-            if offload_encoders:
-                # T5-XXL alone is 9.5 GB in bf16: on 16 and 12 GB cards its weights stream from host RAM instead.
-                offload.stream_linear_weights(encoder, device)
-            else:
-                encoder.to(device)
+        with WEIGHTS_LOCK:
+            encoders = FluxPipeline.from_pretrained(model_path, transformer=None, vae=None, dtype=dtype)
+            for encoder in (encoders.text_encoder, encoders.text_encoder_2):
+                encoder.eval().requires_grad_(False)
+                if offload_encoders:
+                    # T5-XXL alone is 9.5 GB in bf16: on 16 and 12 GB cards its weights stream from host RAM instead.
+                    offload.stream_linear_weights(encoder, device)
+                else:
+                    encoder.to(device)
         with torch.no_grad():
             for prompt in missing:
                 embeds, pooled, _ids = encoders.encode_prompt(prompt=prompt, prompt_2=prompt, device=device,
@@ -536,6 +539,11 @@ class _Run:
             torch.cuda.reset_peak_memory_stats(self.device)
 
     def _load_transformer(self) -> None:
+        with WEIGHTS_LOCK:  # loading, adding the LoRA and placing swap parameters (pipeline.weights_lock)
+            self._load_and_place_transformer()
+        self.transformer.train()
+
+    def _load_and_place_transformer(self) -> None:
         s = self.settings
         self.transformer = load_transformer(self.model_path, self.mode, self.device)
         self.transformer.requires_grad_(False)
@@ -566,7 +574,6 @@ class _Run:
             # an H100 (bench/train.py) for about a minute of compiling, so worth it from a few hundred steps on.
             self.transformer.compile_repeated_blocks(fullgraph=False)
             self.emit(ev.Message("compiling the transformer blocks (about a minute, once per resolution)"))
-        self.transformer.train()
 
     def _estimate(self, resolution: int, *, checkpointing: bool) -> memory.MemoryEstimate:
         config = self.transformer.config

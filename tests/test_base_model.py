@@ -123,3 +123,34 @@ def test_default_train_settings(data_dir: Path) -> None:
     assert default_train_settings("tiny") == TrainSettings.quick()
     assert default_train_settings(str(ensure_tiny_model(data_dir)), steps=10).steps == 10
     assert default_train_settings(FLUX_DEV) == TrainSettings()
+
+
+def test_loads_in_two_threads_at_once_leave_new_modules_with_real_weights(data_dir: Path) -> None:
+    """Loading patches process-wide functions (weights on the meta device, no initialisation) for its length; two
+    loads at once, or a load beside a LoRA being added, must not leave a patch behind (a training worker and a
+    generation do this in the app). Seen here: every later training failed with "Cannot copy out of meta tensor"."""
+    import threading
+
+    originals = (torch.nn.Module.register_parameter, torch.nn.init.normal_, torch.nn.init.kaiming_uniform_)
+    errors: list[BaseException] = []
+
+    def load_many() -> None:
+        try:
+            for _ in range(4):
+                load_pipeline("tiny", data_dir, device="cpu")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=load_many) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+        assert (torch.nn.Module.register_parameter, torch.nn.init.normal_,
+                torch.nn.init.kaiming_uniform_) == originals
+        layer = torch.nn.Linear(4, 4)
+        assert layer.weight.device.type == "cpu" and layer.weight.abs().sum() > 0
+    finally:  # a failure here must not break every later test of the run
+        torch.nn.Module.register_parameter, torch.nn.init.normal_, torch.nn.init.kaiming_uniform_ = originals
