@@ -110,8 +110,9 @@ def vae_round_trip(base_model: str, people: dict[str, list[Path]], root: Path, b
 
     from pipeline.training import load_training_image
 
+    path = resolve_base_model(base_model, root)  # before the lock: building the tiny model takes it too
     with WEIGHTS_LOCK:
-        vae = AutoencoderKL.from_pretrained(resolve_base_model(base_model, root), subfolder="vae").float().eval()
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae").float().eval()
     size = vae.config.sample_size  # the resolution the model trains and draws at
     references = {person: reference_embeddings(paths) for person, paths in people.items()}
 

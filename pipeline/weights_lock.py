@@ -1,4 +1,4 @@
-"""One lock for every weight load and every model construction in this process.
+"""One lock for every weight load and every model construction the app does.
 
 diffusers, transformers, accelerate and peft load weights by patching process-wide functions for the length of a load
 (``nn.Module.register_parameter`` so that new parameters go to the meta device, ``torch.nn.init`` so that they skip
@@ -13,5 +13,6 @@ from __future__ import annotations
 import threading
 
 #: Held around ``from_pretrained``, LoRA loading and injection, weight placement and module construction.
-#: Re-entrant: a load may build modules, and a training's setup holds it across its loads.
+#: Re-entrant, so that a helper holding it may call another that takes it. The cost: loads wait for each other (two
+#: trainings on two GPUs load one after the other; a generation may wait for a training's load).
 WEIGHTS_LOCK = threading.RLock()
