@@ -96,14 +96,15 @@ def person_crops(person: str, root: Path, photos: int) -> list[Path]:
 
 
 def vae_round_trip(base_model: str, people: dict[str, list[Path]], root: Path, blur: float = 1.5,
-                   split: float = 2.0) -> dict:
+                   split: float = 2.0, *, comparisons: bool = True) -> dict:
     """About the ceiling the base's VAE leaves a LoRA: each person's own crops encoded and decoded, scored against
     both people's crops with the app's threshold. A LoRA's images pass through the same decoder, so what these
     reconstructions are recognised as approximates the best 2x2 table a LoRA can reach (the encoder's mean latent is
     not necessarily the best one the decoder could be given). Beside it, for comparison: the same crops at the model's
     size without the VAE, and blurred by ``blur`` px instead (does the VAE only soften?). And which part of its error
     moves the identity: the original's coarse image (a Gaussian low-pass of ``split`` px) under the VAE's fine detail
-    (the rest), and the VAE's coarse image under the original's fine detail."""
+    (the rest), and the VAE's coarse image under the original's fine detail. ``comparisons=False``: the VAE's row only
+    (each row costs the identity model's time on every crop)."""
     import torch
     from diffusers import AutoencoderKL
     from torchvision.transforms.functional import gaussian_blur
@@ -132,14 +133,18 @@ def vae_round_trip(base_model: str, people: dict[str, list[Path]], root: Path, b
     def coarse(pixels: torch.Tensor) -> torch.Tensor:
         return gaussian_blur(pixels, kernel_size=2 * round(3 * split) + 1, sigma=split)
 
-    table: dict[str, dict] = {"vae": {}, "no_vae": {}, f"blurred_{blur}px": {}, "vae_fine_detail_only": {},
-                              "vae_coarse_only": {}, "split_px": split}
+    table: dict[str, dict] = {"vae": {}}
+    if comparisons:
+        table.update({"no_vae": {}, f"blurred_{blur}px": {}, "vae_fine_detail_only": {}, "vae_coarse_only": {},
+                      "split_px": split})
     for person, paths in people.items():
         pixels = torch.stack([load_training_image(path, (size, size)) for path in paths])  # what training encodes
         with torch.no_grad():
             decoded = vae.decode(vae.encode(pixels).latent_dist.mean).sample
-        originals = to_images(pixels)
         table["vae"][person] = scored(to_images(decoded))
+        if not comparisons:
+            continue
+        originals = to_images(pixels)
         table["no_vae"][person] = scored(originals)
         table[f"blurred_{blur}px"][person] = scored([i.filter(ImageFilter.GaussianBlur(blur)) for i in originals])
         table["vae_fine_detail_only"][person] = scored(to_images(coarse(pixels) + decoded - coarse(decoded)))

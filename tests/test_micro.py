@@ -153,7 +153,8 @@ def test_the_vae_keeps_each_held_out_face_recognisable(trained: dict, tmp_path: 
     the threshold of Grace Hopper — README.)"""
     from bench.micro_likeness import crops, vae_round_trip
 
-    table = vae_round_trip(MICRO_MODEL, {p: crops(record) for p, (_w, record, _r) in trained.items()}, tmp_path)["vae"]
+    table = vae_round_trip(MICRO_MODEL, {p: crops(record) for p, (_w, record, _r) in trained.items()}, tmp_path,
+                           comparisons=False)["vae"]
     print(table)  # the figures, for the log
     for person, row in table.items():
         other = next(p for p in table if p != person)
