@@ -27,7 +27,7 @@ from pipeline.assessment import AssessmentPlan, assess_lora, reference_embedding
 from pipeline.base_model import quiet_library_logs, resolve_base_model
 from pipeline.crops import build_dataset
 from pipeline.library import ModelRecord
-from pipeline.settings import MICRO_MODEL, AppSettings
+from pipeline.settings import MICRO_MODEL, MICRO_RESOLUTION, AppSettings
 from pipeline.weights_lock import WEIGHTS_LOCK
 from pipeline.workflow import Workflow
 
@@ -89,7 +89,8 @@ def person_crops(person: str, root: Path, photos: int) -> list[Path]:
     workflow = Workflow(AppSettings(data_dir=root / person))
     try:
         workflow.add_photos(person_photos(person, root / f"{person}-upload", photos))
-        dataset = build_dataset(workflow.classify(), root / f"{person}-crops", "sks", 64, use_blip=False)
+        dataset = build_dataset(workflow.classify(), root / f"{person}-crops", "sks", MICRO_RESOLUTION,
+                                use_blip=False)
         return sorted(Path(item.image) for item in dataset.items)
     finally:
         workflow.close()
@@ -152,7 +153,7 @@ def vae_round_trip(base_model: str, people: dict[str, list[Path]], root: Path, b
     return table
 
 
-def sheet(rows: list[tuple[str, list[Path]]], path: Path, size: int = 64) -> Path:
+def sheet(rows: list[tuple[str, list[Path]]], path: Path, size: int = MICRO_RESOLUTION) -> Path:
     """One row per label: the training crops, the samples at three checkpoints, the assessment images."""
     width = max(len(images) for _label, images in rows)
     label_w = 150

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.settings import FLUX_DEV, MICRO_MODEL, TINY_MODEL, GenerateSettings, TrainSettings
+from pipeline.settings import FLUX_DEV, MICRO_MODEL, MICRO_RESOLUTION, TINY_MODEL, GenerateSettings, TrainSettings
 from pipeline.weights_lock import WEIGHTS_LOCK
 
 # torch, diffusers and transformers take seconds to import: only what builds or loads a model imports them, so the
@@ -64,7 +64,7 @@ def is_micro(spec: str) -> bool:
 
 
 def is_embedded(spec: str) -> bool:
-    """True for the models that ship with the app and run on a CPU at 64 px (tiny, micro)."""
+    """True for the models that ship with the app and run on a CPU (tiny at 64 px, micro at 96)."""
     return is_tiny(spec) or is_micro(spec)
 
 
@@ -312,12 +312,13 @@ MICRO_GENERATE_STEPS = 28  # the micro model's denoising steps (FLUX's; 40 drew 
 
 def default_test_generate_settings(spec: str, resolution: int = 512) -> GenerateSettings:
     """Test generations for a base model (assessment, samples, playground defaults): 64 px and 4 steps on the tiny
-    model, 64 px and MICRO_GENERATE_STEPS on the micro model, ``resolution`` px and 28 steps otherwise. The prompt
-    is a placeholder to replace."""
+    model, MICRO_RESOLUTION px and MICRO_GENERATE_STEPS on the micro model, ``resolution`` px and 28 steps
+    otherwise. The prompt is a placeholder to replace."""
     if is_tiny(spec):
         return GenerateSettings(prompt="-", steps=4, width=64, height=64)
     if is_micro(spec):
-        return GenerateSettings(prompt="-", steps=MICRO_GENERATE_STEPS, width=64, height=64)
+        return GenerateSettings(prompt="-", steps=MICRO_GENERATE_STEPS, width=MICRO_RESOLUTION,
+                                height=MICRO_RESOLUTION)
     return GenerateSettings(prompt="-", steps=28, width=resolution, height=resolution)
 
 

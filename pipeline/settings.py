@@ -80,6 +80,7 @@ MAX_STEPS = 100_000
 MAX_BATCH = 64
 MAX_RANK = 256
 MICRO_STEPS = 5000  # the micro model's default training length (see TrainSettings.micro)
+MICRO_RESOLUTION = 96  # the size the micro model draws at (its identity survives the VAE at 96 px, not at 64: README)
 
 
 @dataclass(frozen=True)
@@ -174,10 +175,10 @@ class TrainSettings:
 
     @classmethod
     def micro(cls, **overrides: Any) -> TrainSettings:
-        """Settings for the embedded micro model: 64 px, a LoRA as wide as the model (rank 128 of 128, with the
+        """Settings for the embedded micro model: 96 px, a LoRA as wide as the model (rank 128 of 128, with the
         blocks' modulation and the layers outside the blocks), trained at the guidance it generates with; minutes on a
         CPU. Measured in bench/micro_likeness.py (README: the micro base model)."""
-        base = dict(steps=MICRO_STEPS, resolution=64, finish_resolution=0, rank=128, alpha=128.0,
+        base = dict(steps=MICRO_STEPS, resolution=MICRO_RESOLUTION, finish_resolution=0, rank=128, alpha=128.0,
                     lora_modulation=True, lora_outer_layers=True, learning_rate=1e-3, guidance=3.5, warmup_steps=50,
                     checkpoint_every=MICRO_STEPS // 5, sample_every=MICRO_STEPS // 5, gradient_checkpointing=False)
         base.update(overrides)

@@ -28,7 +28,8 @@ def _single_user_data_dir(data_dir: Path, photos: list[Path]) -> tuple[str, list
         local = people.get(LOCAL_PERSON)
         local.add_photos(photos)
         record = local.start_training(TrainSettings.quick(name="before-accounts", steps=4, checkpoint_every=4,
-                                                          sample_every=1000), anyway=True)
+                                                          sample_every=1000, test_prompts=("{trigger}",)),
+                                      anyway=True)
         assert local.wait_for(record.id, timeout=300).status == "ready"
         return record.id, [p.id for p in local.list_photos()]
     finally:

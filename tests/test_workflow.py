@@ -28,6 +28,12 @@ def _workflow(data_dir: Path, photos: list[Path], **kwargs) -> Workflow:
     return workflow
 
 
+def _quick(**overrides) -> TrainSettings:
+    """The tiny model's quick run, its checkpoints assessed on one test prompt instead of eight: these tests are
+    about the queue and the files, not the scores (the test of test prompts below keeps its own)."""
+    return TrainSettings.quick(**{"test_prompts": ("{trigger}",), **overrides})
+
+
 def _wait(condition, timeout: float = 240.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -39,9 +45,9 @@ def test_one_training_at_a_time_and_the_queue_survives_a_restart(tmp_path: Path,
     data_dir = tmp_path / "data"
     workflow = _workflow(data_dir, photos)
     classification = workflow.classify()
-    first = workflow.start_training(TrainSettings.quick(name="first", steps=60, checkpoint_every=10,
+    first = workflow.start_training(_quick(name="first", steps=100, checkpoint_every=10,
                                                         sample_every=1000), classification=classification, anyway=True)
-    second = workflow.start_training(TrainSettings.quick(name="second", steps=5, checkpoint_every=5,
+    second = workflow.start_training(_quick(name="second", steps=5, checkpoint_every=5,
                                                          sample_every=1000), classification=classification, anyway=True)
 
     def first_step() -> int:
@@ -65,7 +71,7 @@ def test_one_training_at_a_time_and_the_queue_survives_a_restart(tmp_path: Path,
         # What was logged before the restart is still there (the journal on disk), and the loss curve goes on.
         assert "interrupted by shutdown" in log
         steps = [step for step, _, _ in restarted.training_view(first.id).losses]
-        assert steps[0] == 1 and steps[-1] == 60
+        assert steps[0] == 1 and steps[-1] == 100
         jobs = {job.model_id: job for job in restarted.jobs.list()}
         # The interrupted training ran again first, and the two never overlapped.
         assert jobs[first.id].finished_at <= jobs[second.id].started_at
@@ -77,10 +83,10 @@ def test_cancel_a_queued_and_a_running_training(tmp_path: Path, photos: list[Pat
     workflow = _workflow(tmp_path / "data", photos)
     try:
         classification = workflow.classify()
-        running = workflow.start_training(TrainSettings.quick(name="long", steps=500, checkpoint_every=5,
+        running = workflow.start_training(_quick(name="long", steps=500, checkpoint_every=5,
                                                               sample_every=1000),
                                           classification=classification, anyway=True)
-        waiting = workflow.start_training(TrainSettings.quick(name="waiting", steps=5),
+        waiting = workflow.start_training(_quick(name="waiting", steps=5),
                                           classification=classification, anyway=True)
         _wait(lambda: 5 in workflow.training_view(running.id).checkpoints)
         workflow.cancel_training(waiting.id)
@@ -196,7 +202,7 @@ def test_a_training_without_disk_space_fails_with_the_reason_and_the_queue_goes_
 
     full = _workflow(tmp_path / "data", photos, min_free_disk_gb=1e9)  # more than any disk has: "the disk is full"
     try:
-        record = full.start_training(TrainSettings.quick(name="no-room", steps=2, sample_every=1000), anyway=True)
+        record = full.start_training(_quick(name="no-room", steps=2, sample_every=1000), anyway=True)
         record = full.wait_for(record.id, timeout=120)
         assert record.status == "failed" and "GB free" in record.error and "Resume" in record.error
         assert full.jobs.for_model(record.id)[0].status == "failed"
@@ -218,7 +224,7 @@ def test_a_damaged_library_is_set_aside_and_rebuilt_from_the_model_folders(tmp_p
     data_dir = tmp_path / "data"
     workflow = _workflow(data_dir, photos)
     try:
-        record = workflow.start_training(TrainSettings.quick(name="Zoë's model", steps=4, checkpoint_every=2,
+        record = workflow.start_training(_quick(name="Zoë's model", steps=4, checkpoint_every=2,
                                                              sample_every=1000), anyway=True)
         record = workflow.wait_for(record.id, timeout=240)
         assert record.status == "ready"
@@ -244,7 +250,7 @@ def test_a_lost_queue_marks_waiting_models_failed_so_they_can_resume(tmp_path: P
     data_dir = tmp_path / "data"
     workflow = _workflow(data_dir, photos)
     workflow.jobs.stop()  # nothing runs: the model stays queued
-    record = workflow.start_training(TrainSettings.quick(name="waiting", steps=2, sample_every=1000), anyway=True)
+    record = workflow.start_training(_quick(name="waiting", steps=2, sample_every=1000), anyway=True)
     (data_dir / "jobs.json").write_bytes(b"\x00garbage")
     restarted = _workflow(data_dir, photos)
     try:
@@ -261,7 +267,7 @@ def test_a_lost_queue_marks_waiting_models_failed_so_they_can_resume(tmp_path: P
 def test_test_images_of_deleted_checkpoints_are_pruned_with_them(tmp_path: Path, photos: list[Path]) -> None:
     workflow = _workflow(tmp_path / "data", photos)
     try:
-        record = workflow.start_training(TrainSettings.quick(name="pruned", steps=10, checkpoint_every=2,
+        record = workflow.start_training(_quick(name="pruned", steps=10, checkpoint_every=2,
                                                              keep_checkpoints=2, sample_every=1000), anyway=True)
         assert workflow.wait_for(record.id, timeout=300).status == "ready"
         folder = Path(record.folder)
