@@ -217,7 +217,7 @@ def report(trained: dict[str, tuple[Workflow, ModelRecord, float]], root: Path, 
         table[person] = {}
         for other, reference in references.items():
             plan = AssessmentPlan(trigger_word=record.trigger_word, reference=reference,
-                                  settings=workflow.test_generate_settings(64))
+                                  settings=workflow.test_generate_settings(MICRO_RESOLUTION))
             result = assess_lora(generator, Path(record.lora_path), plan, out_dir=root / f"{person}-vs-{other}",
                                  lora_scale=record.best_lora_scale or 1.0)
             table[person][other] = sum(image.recognised for image in result.images)
@@ -229,7 +229,7 @@ def report(trained: dict[str, tuple[Workflow, ModelRecord, float]], root: Path, 
             else:
                 other_distances = measured
         base_plan = AssessmentPlan(trigger_word=record.trigger_word, reference=references[person],
-                                   settings=workflow.test_generate_settings(64))
+                                   settings=workflow.test_generate_settings(MICRO_RESOLUTION))
         base = assess_lora(generator, None, base_plan, out_dir=root / f"{person}-base")
         scores = record.scores.to_dict() if record.scores else {}
         samples = sorted(Path(record.folder).rglob("samples/step-*-0.png"))

@@ -54,9 +54,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MICRO_VERSION = "2"
-RESOLUTION = 64  # stages 1-3 train at this size (4x fewer pixels than 96 px); the finish at MICRO_RESOLUTION
+RESOLUTION = 64  # stages 1-3 train at this size (2.25x fewer pixels than 96 px); the finish at MICRO_RESOLUTION
 TEXT_TOKENS = 32  # T5 tokens: the micro model's prompts are short (the longest test prompt is ~22), and 512
-# would cost 8x the 64 image tokens' work in every block
+# would cost 3.5x the 144 image tokens' work (96 px) in every block
 
 
 # Words of the app's captions and prompts, so the micro T5 sees them as one token each (its window is short).
@@ -114,11 +114,12 @@ class MicroSettings:
     def validate(self) -> MicroSettings:
         if self.heads * self.head_dim % 4:
             raise ValueError(f"heads*head_dim: must be a multiple of 4 for RoPE, got {self.heads * self.head_dim}")
-        for name in ("vae_steps", "steps", "batch", "vae_batch", "checkpoint_every", "finish_resolution"):
+        for name in ("vae_steps", "steps", "decoder_steps", "finish_steps", "batch", "vae_batch", "checkpoint_every",
+                     "finish_resolution"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
-        if self.finish_resolution % 8:  # 4x the VAE's downscale, then 2x2 latent patches
-            raise ValueError(f"finish_resolution: must be a multiple of 8, got {self.finish_resolution}")
+        if self.finish_resolution % 16:  # what the app's training accepts (TrainSettings.resolution)
+            raise ValueError(f"finish_resolution: must be a multiple of 16, got {self.finish_resolution}")
         return self
 
 
@@ -304,13 +305,17 @@ def _save_state(path: Path, state: dict) -> None:
     tmp.replace(path)
 
 
-def _resume(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """Load a stage's checkpoint into ``model`` and ``optimizer``; the whole state ({} when there is none)."""
+def _resume(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, key: str | None = None) -> dict:
+    """Load a stage's checkpoint into ``model`` and ``optimizer``; the whole state ({} when there is none, or when it
+    was made from another start than ``key`` names: then the stage starts again)."""
     import torch
 
     if not path.is_file():
         return {}
     state = torch.load(path, weights_only=False)
+    if state.get("key") != key:
+        logger.info("%s was made from %s, not %s: the stage starts again", path.name, state.get("key"), key)
+        return {}
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return state
@@ -423,9 +428,11 @@ def latent_statistics(vae: torch.nn.Module, pixels: torch.Tensor) -> tuple[torch
 
 
 def train_transformer(pipe: FluxPipeline, data: PretrainSet, latents: torch.Tensor, settings: MicroSettings,
-                      work: Path, deadline: float, stage: str = "transformer") -> dict[str, float]:
+                      work: Path, deadline: float, stage: str = "transformer",
+                      start: str | None = None) -> dict[str, float]:
     """Stages 2 and 4: the flow-matching loss of ``pipeline.training`` on every weight of the transformer, for
-    ``settings.steps`` at ``settings.lr``; resumable (``stage`` names its checkpoint and figures)."""
+    ``settings.steps`` at ``settings.lr``; resumable (``stage`` names its checkpoint and figures; ``start`` names the
+    weights it began from, so a checkpoint begun from others is not resumed)."""
     import torch
 
     from pipeline.training import flow_matching_loss, sample_sigmas
@@ -441,7 +448,7 @@ def train_transformer(pipe: FluxPipeline, data: PretrainSet, latents: torch.Tens
 
     state_path = work / f"{stage}_state.pt"
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=settings.lr, weight_decay=0.01)
-    state = _resume(state_path, transformer, optimizer)
+    state = _resume(state_path, transformer, optimizer, start)
     step, losses = state.get("step", 0), state.get("losses", [])
     if state:
         rng.setstate(state["rng"])
@@ -483,10 +490,10 @@ def train_transformer(pipe: FluxPipeline, data: PretrainSet, latents: torch.Tens
                         float(np.mean(losses[-100:])), (time.monotonic() - started) / done_here)
         if step % settings.checkpoint_every == 0 or step == settings.steps:
             _save_state(state_path, {"model": transformer.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "step": step, "losses": losses, "rng": rng.getstate()})
+                                     "step": step, "losses": losses, "rng": rng.getstate(), "key": start})
     if done_here and step % settings.checkpoint_every:
         _save_state(state_path, {"model": transformer.state_dict(), "optimizer": optimizer.state_dict(),
-                                 "step": step, "losses": losses, "rng": rng.getstate()})
+                                 "step": step, "losses": losses, "rng": rng.getstate(), "key": start})
     transformer.eval().requires_grad_(False)
     return {f"{stage}_steps": step, f"{stage}_loss": float(np.mean(losses[-200:])) if losses else float("nan"),
             f"{stage}_loss_first": float(np.mean(losses[:100])) if losses else float("nan")}
@@ -538,9 +545,9 @@ def save(pipe: FluxPipeline, folder: Path, figures: dict) -> None:
     pipe.save_pretrained(tmp)
     for module in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
         module.to(torch.float32)
-    for config in (*tmp.glob("*/config.json"), tmp / "model_index.json"):  # where a loaded model came from: not ours
+    for config in (*tmp.glob("*/*config.json"), tmp / "model_index.json"):  # how a loaded model was loaded: not ours
         values = json.loads(config.read_text())
-        if values.pop("_name_or_path", None) is not None:
+        if any([values.pop(key, None) is not None for key in ("_name_or_path", "is_local", "local_files_only")]):
             config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
     (tmp / VERSION_FILE).write_text(json.dumps({"version": MICRO_VERSION, **figures}, indent=1) + "\n")
     sums = checksums(tmp)
@@ -566,13 +573,15 @@ def cached_pretrain_set(settings: MicroSettings, work: Path, size: int = RESOLUT
 
 
 def build(settings: MicroSettings, work: Path, out: Path, *, minutes: float,
-          stages: tuple[str, ...] = STAGES, start_from: Path | None = None) -> dict:
+          stages: tuple[str, ...] = STAGES, start_from: Path | None = None) -> dict[str, object]:
     """Pretrain the micro model within ``minutes`` (resuming from ``work``), save it to ``out``; its figures.
     ``start_from``: a saved micro model whose first three stages are taken as they are, so only the finish runs."""
     import torch
     from diffusers import FluxPipeline
 
     settings.validate()
+    if start_from is not None and tuple(stages) != STAGES:
+        raise ValueError("start_from runs the finish stage alone: pass no other stages with it")
     if settings.threads:
         torch.set_num_threads(settings.threads)
     deadline = time.monotonic() + minutes * 60
@@ -584,9 +593,10 @@ def build(settings: MicroSettings, work: Path, out: Path, *, minutes: float,
             pipe = FluxPipeline.from_pretrained(start_from, torch_dtype=torch.float32)
         earlier = json.loads((Path(start_from) / VERSION_FILE).read_text())
         figures: dict = {k: v for k, v in earlier.items() if k not in ("version", "settings", "parameters")}
-        figures["started_from"] = {"version": earlier.get("version"), "transformer_sha256": checksums(
-            Path(start_from))["transformer/diffusion_pytorch_model.safetensors"]}
-        stages = ("finish",)
+        begun = checksums(Path(start_from))["transformer/diffusion_pytorch_model.safetensors"]
+        figures["started_from"] = {"version": earlier.get("version"), "transformer_sha256": begun,
+                                   **({"before": earlier["started_from"]} if "started_from" in earlier else {})}
+        stages, start = ("finish",), f"sha256:{begun}"
     else:
         pipe = build_untrained(settings)
         data = cached_pretrain_set(settings, work)
@@ -598,6 +608,7 @@ def build(settings: MicroSettings, work: Path, out: Path, *, minutes: float,
         pipe.vae.register_to_config(shift_factor=shift, scaling_factor=scale)
         if "transformer" in stages or "finish" in stages:  # the finish goes on from the transformer stage's end
             figures.update(train_transformer(pipe, data, (raw - shift) * scale, settings, work, deadline))
+        start = f"transformer:{figures['transformer_steps']}" if "transformer_steps" in figures else None
         if "decoder" in stages:
             # After the encoder's statistics are taken: the decoder's training changes neither.
             figures.update(train_decoder(pipe.vae, data, settings, work, deadline))
@@ -605,8 +616,9 @@ def build(settings: MicroSettings, work: Path, out: Path, *, minutes: float,
         big = cached_pretrain_set(settings, work, settings.finish_resolution)
         raw, _shift, _scale = latent_statistics(pipe.vae, big.images)  # the 64 px statistics stay the model's
         latents = (raw - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
+        # A shorter warm-up than from scratch: the weights are trained already, only the size is new.
         finish = replace(settings, steps=settings.finish_steps, lr=settings.finish_lr, warmup=min(100, settings.warmup))
-        figures.update(train_transformer(pipe, big, latents, finish, work, deadline, stage="finish"))
+        figures.update(train_transformer(pipe, big, latents, finish, work, deadline, stage="finish", start=start))
         pipe.vae.register_to_config(sample_size=settings.finish_resolution)
     if start_from is None and stages != STAGES:
         return figures  # a partial run (e.g. the decoder beside a running transformer stage) saves nothing
@@ -629,7 +641,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--threads", type=int, default=0)
     b.add_argument("--finish-steps", type=int, default=MicroSettings.finish_steps)
     b.add_argument("--only", choices=STAGES, default=None,
-                   help="run one stage after the VAE's, e.g. the decoder beside a running transformer stage")
+                   help="run one stage after the VAE's, e.g. the decoder beside a running transformer stage (the "
+                        "finish first completes the transformer stage it goes on from)")
     b.add_argument("--from", dest="start_from", type=Path, default=None,
                    help="a saved micro model (e.g. assets/micro before the finish stage): run only the finish on it")
     sub.add_parser("verify", help="check assets/micro against its SHA256SUMS")

@@ -28,7 +28,7 @@ def _workflow(data_dir: Path, photos: list[Path], **kwargs) -> Workflow:
     return workflow
 
 
-def _quick(**overrides) -> TrainSettings:
+def _quick(**overrides: object) -> TrainSettings:
     """The tiny model's quick run, its checkpoints assessed on one test prompt instead of eight: these tests are
     about the queue and the files, not the scores (the test of test prompts below keeps its own)."""
     return TrainSettings.quick(**{"test_prompts": ("{trigger}",), **overrides})
@@ -45,6 +45,7 @@ def test_one_training_at_a_time_and_the_queue_survives_a_restart(tmp_path: Path,
     data_dir = tmp_path / "data"
     workflow = _workflow(data_dir, photos)
     classification = workflow.classify()
+    # 100 steps: long enough that it is still running when the test shuts down at step 15 (its checks are quick).
     first = workflow.start_training(_quick(name="first", steps=100, checkpoint_every=10,
                                                         sample_every=1000), classification=classification, anyway=True)
     second = workflow.start_training(_quick(name="second", steps=5, checkpoint_every=5,
