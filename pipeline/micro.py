@@ -25,6 +25,7 @@ draws them has learnt them, not remembered them.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
@@ -201,8 +202,10 @@ def package_photos(cache: Path) -> list[tuple[str, Image.Image, bool]]:
     return [("skimage/camera.png", camera, True), *archive_photos(cache)]
 
 
-def source_faces(cache: Path) -> list[SourceFace]:
-    """Every clear face the app's detector finds in the package photos (each is one pretraining identity)."""
+@functools.lru_cache(maxsize=2)
+def source_faces(cache: Path) -> tuple[SourceFace, ...]:
+    """Every clear face the app's detector finds in the package photos (each is one pretraining identity); found once
+    per process and folder, since a build cuts its crops at two sizes (not mutated: each crop is a new image)."""
     from pipeline.faces import detect_faces
 
     faces = []
@@ -210,7 +213,7 @@ def source_faces(cache: Path) -> list[SourceFace]:
         for i, face in enumerate(detect_faces(image, min_confidence=0.95)):
             if face.side >= 40:
                 faces.append(SourceFace(f"{name}#{i}", image, face.box, grey))
-    return faces
+    return tuple(faces)
 
 
 def lfw_faces() -> list[Image.Image]:
