@@ -215,17 +215,19 @@ def report(trained: dict[str, tuple[Workflow, ModelRecord, float]], root: Path, 
         generator = workflow.generator()
         other_distances: list = []
         table[person] = {}
-        for other, reference in references.items():
-            plan = AssessmentPlan(trigger_word=record.trigger_word, reference=reference,
-                                  settings=workflow.test_generate_settings(MICRO_RESOLUTION))
-            result = assess_lora(generator, Path(record.lora_path), plan, out_dir=root / f"{person}-vs-{other}",
-                                 lora_scale=record.best_lora_scale or 1.0)
+        plan = AssessmentPlan(trigger_word=record.trigger_word, reference=references[person],
+                              settings=workflow.test_generate_settings(MICRO_RESOLUTION))
+        own = assess_lora(generator, Path(record.lora_path), plan, out_dir=root / f"{person}-test",
+                          lora_scale=record.best_lora_scale or 1.0)
+        images = [image.path for image in own.images]
+        for other, reference in references.items():  # the same images, scored against each person's crops
+            result = own if other == person else score_images(images, reference,
+                                                              prompts=[i.prompt for i in own.images])
             table[person][other] = sum(image.recognised for image in result.images)
-            appearance.setdefault(person, {})[other] = round(appearance_distance(
-                [i.path for i in result.images], crops(trained[other][1])), 1)
+            appearance.setdefault(person, {})[other] = round(appearance_distance(images, crops(trained[other][1])), 1)
             measured = [None if i.distance is None else round(i.distance, 3) for i in result.images]
             if other == person:
-                images, distances = [image.path for image in result.images], measured
+                distances = measured
             else:
                 other_distances = measured
         base_plan = AssessmentPlan(trigger_word=record.trigger_word, reference=references[person],

@@ -505,12 +505,16 @@ def train_transformer(pipe: FluxPipeline, data: PretrainSet, latents: torch.Tens
 def _encode_texts(pipe: FluxPipeline, prompts: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     import torch
 
+    unique = list(dict.fromkeys(prompts))
     out = {}
     with torch.no_grad():
-        for prompt in dict.fromkeys(prompts):
-            embeds, pooled, _ = pipe.encode_prompt(prompt=prompt, prompt_2=prompt, device="cpu",
+        # In batches: both encoders pad every prompt to a fixed length, so a batch gives each prompt what it would get
+        # alone, in a fraction of the time (about a thousand captions per stage).
+        for start in range(0, len(unique), 128):
+            batch = unique[start:start + 128]
+            embeds, pooled, _ = pipe.encode_prompt(prompt=batch, prompt_2=batch, device="cpu",
                                                    max_sequence_length=TEXT_TOKENS)
-            out[prompt] = (embeds[0], pooled[0])
+            out.update((prompt, (embeds[i], pooled[i])) for i, prompt in enumerate(batch))
     return out
 
 

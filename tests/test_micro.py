@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pipeline import micro
-from pipeline.assessment import AssessmentPlan, assess_lora, reference_embeddings
+from pipeline.assessment import AssessmentPlan, assess_lora, reference_embeddings, score_images
 from pipeline.base_model import (
     default_base_model,
     default_test_generate_settings,
@@ -96,7 +96,7 @@ def test_pretraining_taught_the_micro_model_to_draw_pictures_not_noise(tmp_path:
     assert 1 < smooth.min() and smooth.max() < 15 and rough.min() > 20, (smooth, rough)  # not flat grey either
 
 
-TEST_STEPS = 600
+TEST_STEPS = 400
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
             workflow = Workflow(AppSettings(data_dir=root / "data", base_model=MICRO_MODEL))
             workflows.append(workflow)  # closed in `finally` even if its upload fails
             workflow.add_photos(person_photos(person, root / "upload", 16))
-            # 600 of the default 5000 steps: the look is learnt by then (the bench's curve), an eighth of the time.
+            # 400 of the default 5000 steps: the look is learnt by then (each LoRA's images lie 7 and 16 grey levels
+            # nearer its own person than the other, measured), a twelfth of the time.
             # Two data dirs, so two queues: both train at once, each on the one thread an embedded model trains on.
             started[person] = (workflow, workflow.start_training(workflow.default_train_settings(
                 name=person, test_prompts=DEFAULT_TEST_PROMPTS[:4], steps=TEST_STEPS,
@@ -130,7 +131,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.mark.slow
 def test_each_lora_looks_like_its_person_not_the_other(trained: dict, tmp_path: Path) -> None:
-    """The 2x2: each LoRA's test images against each person's training crops. After this short run (600 of the
+    """The 2x2: each LoRA's test images against each person's training crops. After this short run (400 of the
     5000 default steps) a LoRA has learnt the person's look (hair, skin, clothes, framing, light) — closer to its own
     person than to the other, both ways — but not yet their face (the bench's longer runs: README), so that is what
     is asserted, with what must hold at every step: the identity model never takes one person's LoRA for the
@@ -140,14 +141,16 @@ def test_each_lora_looks_like_its_person_not_the_other(trained: dict, tmp_path: 
     people = list(trained)
     distance, recognised = {}, {}
     for person in people:
-        workflow, record, _ref = trained[person]
-        for other in people:
-            plan = AssessmentPlan(trigger_word=record.trigger_word, reference=trained[other][2],
-                                  prompts=DEFAULT_TEST_PROMPTS[:4],
-                                  settings=workflow.test_generate_settings(MICRO_RESOLUTION))
-            result = assess_lora(workflow.generator(), Path(record.lora_path), plan,
-                                 out_dir=tmp_path / f"{person}-{other}", lora_scale=record.best_lora_scale or 1.0)
-            distance[person, other] = appearance_distance([i.path for i in result.images], crops(trained[other][1]))
+        workflow, record, reference = trained[person]
+        plan = AssessmentPlan(trigger_word=record.trigger_word, reference=reference, prompts=DEFAULT_TEST_PROMPTS[:4],
+                              settings=workflow.test_generate_settings(MICRO_RESOLUTION))
+        own = assess_lora(workflow.generator(), Path(record.lora_path), plan, out_dir=tmp_path / person,
+                          lora_scale=record.best_lora_scale or 1.0)
+        images = [i.path for i in own.images]
+        for other in people:  # the same images, scored against each person's crops
+            result = own if other == person else score_images(images, trained[other][2],
+                                                              prompts=[i.prompt for i in own.images])
+            distance[person, other] = appearance_distance(images, crops(trained[other][1]))
             recognised[person, other] = sum(i.recognised for i in result.images)
     print({f"{a} LoRA vs {b}": round(d, 1) for (a, b), d in distance.items()}, recognised)  # margins, for the log
     for person in people:
