@@ -63,9 +63,10 @@ COMPILE_MIN_STEPS = 300  # on CUDA, runs this long compile the transformer block
 MAX_TEXT_TOKENS = 512  # T5 tokens: what FluxPipeline uses at inference, so training sees the same padding
 FINISH_SHARE = 0.25  # of the steps, trained at ``finish_resolution``
 # Torch threads for the embedded (tiny, micro) models on a CPU. Their matrices are too small to share across cores:
-# on 2 cores (bench/results/embedded_threads_cpu.json) the micro model takes 0.12-0.13 s/step on one thread whether
-# or not the other core is busy, and on two threads 0.095 when idle but 0.29-0.33 beside one busy core (the tiny
-# model: 0.04 against 0.2-0.7). One thread also lets two trainings (Ray slots, tests) share two cores.
+# on 2 cores (bench/results/embedded_threads_cpu.json, 96 px) the micro model takes 0.25-0.31 s/step on one thread
+# whether or not the other core is busy, and on two threads 0.21-0.25 when idle but 0.79-1.08 beside one busy core
+# (at 64 px: 0.12-0.13, 0.095 and 0.29-0.33; the tiny model: 0.04 against 0.2-0.7). One thread also lets two
+# trainings (Ray slots, tests) share two cores.
 EMBEDDED_CPU_THREADS = 1
 _init_lock = threading.Lock()  # torch's global generator seeds the LoRA's initialisation
 _ASPECTS = (1.0, 4 / 5, 5 / 4, 3 / 4, 4 / 3, 2 / 3, 3 / 2, 9 / 16, 16 / 9)  # width / height
