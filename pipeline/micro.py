@@ -358,7 +358,7 @@ def train_vae(vae: torch.nn.Module, data: PretrainSet, settings: MicroSettings, 
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
         step += 1
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % 50 == 0 or step == settings.vae_steps:
             logger.info("vae step %d/%d loss %.4f (%.2f s/step)", step, settings.vae_steps,
                         float(np.mean(losses[-50:])), (time.monotonic() - started) / max(1, len(losses)))
@@ -401,7 +401,7 @@ def train_decoder(vae: torch.nn.Module, data: PretrainSet, settings: MicroSettin
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         step += 1
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % 50 == 0 or step == settings.decoder_steps:
             logger.info("decoder step %d/%d loss %.4f", step, settings.decoder_steps, float(np.mean(losses[-50:])))
         if step % settings.checkpoint_every == 0 or step == settings.decoder_steps:
@@ -487,7 +487,7 @@ def train_transformer(pipe: FluxPipeline, data: PretrainSet, latents: torch.Tens
         optimizer.step()
         step += 1
         done_here += 1
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % 100 == 0 or step == settings.steps:
             logger.info("%s step %d/%d loss %.4f (%.3f s/step)", stage, step, settings.steps,
                         float(np.mean(losses[-100:])), (time.monotonic() - started) / done_here)
