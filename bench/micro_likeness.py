@@ -181,6 +181,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=None)
     parser.add_argument("--guidance", type=float, default=None, help="training guidance (default: the micro one)")
     parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: automatic (4 for 16 photos)")
     parser.add_argument("--vae-only", action="store_true",
                         help="only the VAE's round trip of each person's crops (seconds; no training)")
     args = parser.parse_args()
@@ -192,7 +193,8 @@ def main() -> None:
                           "base_model": args.base_model}, indent=1))
         return
     extra = {k: v for k, v in (("learning_rate", args.lr), ("rank", args.rank), ("alpha", args.rank),
-                                ("guidance", args.guidance), ("lr_schedule", args.lr_schedule))
+                                ("guidance", args.guidance), ("lr_schedule", args.lr_schedule),
+                                ("batch_size", args.batch_size))
              if v is not None}
     trained = train_people(args.people, root, args.photos, args.steps, extra, args.base_model)
     try:

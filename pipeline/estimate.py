@@ -25,11 +25,11 @@ logger = logging.getLogger(__name__)
 SPEED_FILE = "training_speed.json"
 # Wall seconds per step where this machine has not trained yet (bench/results): the embedded models on the 2-core
 # CPU (tiny: bench/train.py; micro: bench/micro_likeness.py at 96 px, 0.24–0.30 s/step with the checks at each
-# checkpoint — 0.10–0.14 at 64 px), and
+# checkpoint through peft's LoRA layers, times 0.73 with the merged-weight ones: bench/merged_lora.py), and
 # FLUX.1-dev on an H100 by memory mode at 512 and 1024 px (bench/results/train_gpu_h100*.json).
 REFERENCE = {
     "tiny": 0.05,
-    "micro": 0.27,
+    "micro": 0.2,
     ("bf16", 512): 0.37, ("bf16", 1024): 0.64,
     ("fp8", 512): 0.66, ("fp8", 1024): 1.13,
     ("nf4", 512): 0.9, ("nf4", 1024): 1.5,  # not measured (no bitsandbytes on the device): fp8's, plus dequantising

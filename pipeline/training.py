@@ -63,10 +63,11 @@ COMPILE_MIN_STEPS = 300  # on CUDA, runs this long compile the transformer block
 MAX_TEXT_TOKENS = 512  # T5 tokens: what FluxPipeline uses at inference, so training sees the same padding
 FINISH_SHARE = 0.25  # of the steps, trained at ``finish_resolution``
 # Torch threads for the embedded (tiny, micro) models on a CPU. Their matrices are too small to share across cores:
-# on 2 cores (bench/results/embedded_threads_cpu.json, 96 px) the micro model takes 0.25-0.31 s/step on one thread
-# whether or not the other core is busy, and on two threads 0.21-0.25 when idle but 0.79-1.08 beside one busy core
-# (at 64 px: 0.12-0.13, 0.095 and 0.29-0.33; the tiny model: 0.04 against 0.2-0.7). One thread also lets two
-# trainings (Ray slots, tests) share two cores.
+# on 2 cores (bench/results/embedded_threads_cpu.json, 96 px, peft's LoRA layers) the micro model takes 0.25-0.31
+# s/step on one thread whether or not the other core is busy, and on two threads 0.21-0.25 when idle but 0.79-1.08
+# beside one busy core (at 64 px: 0.12-0.13, 0.095 and 0.29-0.33; the tiny model: 0.04 against 0.2-0.7). One thread
+# also lets two trainings (Ray slots, tests) share two cores. (The merged-weight layers, pipeline/merged_lora.py, take
+# 0.73 of peft's time on one thread: bench/results/merged_lora_cpu.json.)
 EMBEDDED_CPU_THREADS = 1
 _init_lock = threading.Lock()  # torch's global generator seeds the LoRA's initialisation
 _ASPECTS = (1.0, 4 / 5, 5 / 4, 3 / 4, 4 / 3, 2 / 3, 3 / 2, 9 / 16, 16 / 9)  # width / height
@@ -180,9 +181,14 @@ def lora_target_modules(transformer: torch.nn.Module, *, modulation: bool = Fals
 
 
 def add_lora(transformer: torch.nn.Module, *, rank: int, alpha: float, autocast: bool,
-             modulation: bool = False, outer_layers: bool = False) -> list[torch.nn.Parameter]:
+             modulation: bool = False, outer_layers: bool = False,
+             merge_when_cheaper: bool = False) -> list[torch.nn.Parameter]:
     """Freeze ``transformer`` and add peft LoRA layers to the modules of :func:`lora_target_modules`; returns the
     trainable parameters.
+
+    ``merge_when_cheaper``: layers whose LoRA path costs more than merging the weight each step run merged
+    (:mod:`pipeline.merged_lora`; the micro model's rank-128 LoRA on a 128-wide model). For the CPU only: peft's
+    custom-layer hook comes before its bitsandbytes dispatch, so on a GPU it would take over the nf4 layers too.
 
     The LoRA weights (and so their gradients and AdamW state) are fp32 whatever the base dtype. Under bf16 autocast
     peft's cast of each layer's input to fp32 is switched off: autocast runs the LoRA matmuls in bf16 anyway, and
@@ -192,10 +198,14 @@ def add_lora(transformer: torch.nn.Module, *, rank: int, alpha: float, autocast:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     transformer.requires_grad_(False)
-    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                                       target_modules=lora_target_modules(transformer, modulation=modulation,
-                                                                          outer_layers=outer_layers),
-                                       lora_dropout=0.0))
+    config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", lora_dropout=0.0,
+                        target_modules=lora_target_modules(transformer, modulation=modulation,
+                                                           outer_layers=outer_layers))
+    if merge_when_cheaper:
+        from pipeline.merged_lora import MergedWeightLoraLinear
+
+        config._register_custom_module({torch.nn.Linear: MergedWeightLoraLinear})
+    transformer.add_adapter(config)
     if autocast:
         for module in transformer.modules():
             if isinstance(module, BaseTunerLayer):
@@ -560,7 +570,8 @@ class _Run:
         with _init_lock:  # two trainings in one process (a test, a bench) must not draw from each other's seed
             torch.manual_seed(s.seed)  # the LoRA A matrices' initialisation
             self.params = add_lora(self.transformer, rank=s.rank, alpha=s.alpha, autocast=self.cuda,
-                                   modulation=s.lora_modulation, outer_layers=s.lora_outer_layers)
+                                   modulation=s.lora_modulation, outer_layers=s.lora_outer_layers,
+                                   merge_when_cheaper=not self.cuda)
         if self.mode == "fp8":
             memory.quantize_frozen_linears_fp8(self.transformer, device=self.device)
         if self.mode == "offload":

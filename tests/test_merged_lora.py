@@ -1,0 +1,63 @@
+"""The merged-weight LoRA layer: the micro model's LoRA trains to the same weights as peft's own layer, and only the
+layers where merging saves work run merged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline import micro
+from pipeline.merged_lora import MergedWeightLoraLinear, merging_pays
+from pipeline.training import add_lora, flow_matching_loss
+
+
+def _lora(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items() if "lora_" in k}
+
+
+def _train(merge: bool, steps: int) -> tuple[list[float], dict[str, torch.Tensor], dict[str, torch.Tensor],
+                                              torch.nn.Module]:
+    """``steps`` AdamW steps of the micro model's LoRA (rank 128, modulation and outer layers; alpha 64, so that
+    the scaling counts) on seeded batches of 4 at 96 px; the LoRA before and after."""
+    from diffusers import FluxTransformer2DModel
+
+    model = FluxTransformer2DModel.from_pretrained(micro.MICRO_FOLDER / "transformer", torch_dtype=torch.float32)
+    torch.manual_seed(0)
+    params = add_lora(model, rank=128, alpha=64.0, autocast=False, modulation=True, outer_layers=True,
+                      merge_when_cheaper=merge)
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    start = _lora(model)
+    generator = torch.Generator().manual_seed(1)
+    x0, noise = torch.randn(2, 4, 16, 24, 24, generator=generator)  # 96 px through the micro VAE: 144 tokens
+    text = torch.randn(4, micro.TEXT_TOKENS, 64, generator=generator), torch.randn(4, 64, generator=generator)
+    losses = []
+    for _ in range(steps):
+        loss = flow_matching_loss(model, x0, noise, torch.rand(4, generator=generator), *text, guidance=3.5,
+                                  device="cpu", dtype=torch.float32)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses, start, _lora(model), model
+
+
+def test_the_merged_layer_trains_the_same_lora_as_peft() -> None:
+    plain_losses, start, plain, plain_model = _train(False, 12)
+    merged_losses, merged_start, merged, merged_model = _train(True, 12)
+    assert not any(isinstance(m, MergedWeightLoraLinear) for m in plain_model.modules())
+    custom = [name for name, m in merged_model.named_modules() if isinstance(m, MergedWeightLoraLinear)]
+    assert len(custom) == sum(".lora_A." in k for k in plain)  # every LoRA layer, under the same names
+    assert merged.keys() == plain.keys() and all(torch.equal(merged_start[k], start[k]) for k in start)
+    assert merged_losses == pytest.approx(plain_losses, rel=1e-4)
+    assert plain_losses[-1] < plain_losses[0]  # it did learn: the comparison is not of two untouched models
+    for key, weight in plain.items():  # rounding apart, every weight took the same path
+        assert (merged[key] - weight).abs().max() < 0.01 * (weight - start[key]).abs().max(), key
+
+
+def test_merging_is_chosen_only_where_it_saves_work() -> None:
+    # The micro model's attention/MLP layers (128 wide, rank 128, 4 x 176 tokens a batch): merged.
+    assert merging_pays(4 * 176, 128, 128, 128) and merging_pays(4 * 176, 128, 512, 128)
+    # Its modulation layers see one vector per image: peft's path.
+    assert not merging_pays(4, 128, 6 * 128, 128)
+    # FLUX.1-dev (3072 wide, rank 16, 4096 + 512 tokens): peft's path, by far.
+    assert not merging_pays(4608, 3072, 3072, 16)
