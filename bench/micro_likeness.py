@@ -182,6 +182,7 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=None, help="training guidance (default: the micro one)")
     parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None)
     parser.add_argument("--batch-size", type=int, default=None, help="default: automatic (4 for 16 photos)")
+    parser.add_argument("--seed", type=int, default=None, help="training seed (default: the app's, 42)")
     parser.add_argument("--vae-only", action="store_true",
                         help="only the VAE's round trip of each person's crops (seconds; no training)")
     args = parser.parse_args()
@@ -194,7 +195,7 @@ def main() -> None:
         return
     extra = {k: v for k, v in (("learning_rate", args.lr), ("rank", args.rank), ("alpha", args.rank),
                                 ("guidance", args.guidance), ("lr_schedule", args.lr_schedule),
-                                ("batch_size", args.batch_size))
+                                ("batch_size", args.batch_size), ("seed", args.seed))
              if v is not None}
     trained = train_people(args.people, root, args.photos, args.steps, extra, args.base_model)
     try:
@@ -242,6 +243,8 @@ def report(trained: dict[str, tuple[Workflow, ModelRecord, float]], root: Path, 
         runs[person] = {
             "train_and_assess_seconds": round(seconds, 1),
             "steps": record.settings.get("steps"),
+            "seed": record.settings.get("seed"),
+            "batch_size": record.settings.get("batch_size"),
             "verdict": scores.get("verdict"),
             "recognised_share": scores.get("recognised_share"),
             "likeness_by_checkpoint": scores.get("likeness_by_checkpoint"),
