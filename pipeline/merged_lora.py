@@ -17,7 +17,8 @@ from peft.tuners.lora import Linear as LoraLinear
 
 
 def merging_pays(tokens: int, in_features: int, out_features: int, rank: int) -> bool:
-    """Whether one forward + backward with the merged weight takes fewer multiply-adds than peft's LoRA path.
+    """Whether one forward + backward with the merged weight takes fewer FLOPs than peft's LoRA path (``tokens``:
+    ``N``, the rows of the layer's input).
 
     peft: the LoRA's two products forward and about twice that backward, ``6·N·r·(in + out)``. Merged: ``B·A``
     forward, its two gradients, and the merged weight's gradient over the tokens, ``2·in·out·(N + 3r)``. (The base
