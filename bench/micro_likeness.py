@@ -6,6 +6,7 @@ micro base model, for two people held out of its pretraining: the astronaut (ski
 crops with the app's identity threshold: recognised as the person it learnt, and not as the other one.
 
     PYTHONPATH=tests python -m bench.micro_likeness [--steps N] [--photos 16] [--sheet bench/results/micro.png]
+        [--identity-seeds 3]
 
 The JSON also gives the VAE's round trip: each person's crops encoded and decoded by the base's VAE and scored the
 same way, about the ceiling the decoder leaves any LoRA (``--vae-only``: that alone, in seconds).
@@ -82,6 +83,35 @@ def appearance_distance(images: list[Path], references: list[Path], size: int = 
 
 def crops(record: ModelRecord) -> list[Path]:
     return sorted((Path(record.folder) / "dataset").glob("*.png"))
+
+
+def faces_nearer_whom(trained: dict[str, tuple[Workflow, ModelRecord]], references: dict[str, np.ndarray],
+                      seeds: tuple[int, ...], root: Path) -> dict[str, dict]:
+    """Each LoRA's test images (the 8 test prompts × ``seeds``), against its own person and the other: the faces
+    MTCNN finds, their mean identity distance to each person's training crops, the look (``appearance_distance``)
+    and how many the identity model takes for the other person. For short runs, whose faces are too few and too far
+    from anyone for the recognised counts to say whose they are."""
+    table = {}
+    for person, (workflow, record) in trained.items():
+        other = next(p for p in trained if p != person)
+        plan = AssessmentPlan(trigger_word=record.trigger_word, reference=references[person], seeds=seeds,
+                              settings=workflow.test_generate_settings(MICRO_RESOLUTION))
+        own = assess_lora(workflow.generator(), Path(record.lora_path), plan, out_dir=root / f"{person}-identity",
+                          lora_scale=record.best_lora_scale or 1.0)
+        images = [i.path for i in own.images]
+        against_other = score_images(images, references[other])  # the same images, the other person's crops
+        found = np.array([(a.distance, b.distance) for a, b in zip(own.images, against_other.images, strict=True)
+                          if a.distance is not None]).reshape(-1, 2)
+        means = found.mean(axis=0).round(3).tolist() if len(found) else [None, None]
+        table[person] = {
+            "images": len(images), "faces": len(found),
+            "mean_distance_own": means[0], "mean_distance_other": means[1],
+            "look_own": round(appearance_distance(images, crops(record)), 1),
+            "look_other": round(appearance_distance(images, crops(trained[other][1])), 1),
+            "recognised_own": sum(i.recognised for i in own.images),
+            "recognised_as_other": sum(i.recognised for i in against_other.images),
+        }
+    return table
 
 
 def person_crops(person: str, root: Path, photos: int) -> list[Path]:
@@ -183,6 +213,8 @@ def main() -> None:
     parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None)
     parser.add_argument("--batch-size", type=int, default=None, help="default: automatic (4 for 16 photos)")
     parser.add_argument("--seed", type=int, default=None, help="training seed (default: the app's, 42)")
+    parser.add_argument("--identity-seeds", type=int, default=0,
+                        help="also score 8 prompts × this many seeds a LoRA: faces found and whose they are nearer")
     parser.add_argument("--vae-only", action="store_true",
                         help="only the VAE's round trip of each person's crops (seconds; no training)")
     args = parser.parse_args()
@@ -244,6 +276,7 @@ def report(trained: dict[str, tuple[Workflow, ModelRecord, float]], root: Path, 
             "train_and_assess_seconds": round(seconds, 1),
             "steps": record.settings.get("steps"),
             "seed": record.settings.get("seed"),
+            "trigger_word": record.trigger_word,  # part of the run: its caption's text embedding
             "batch_size": record.settings.get("batch_size"),
             "verdict": scores.get("verdict"),
             "recognised_share": scores.get("recognised_share"),
@@ -258,6 +291,9 @@ def report(trained: dict[str, tuple[Workflow, ModelRecord, float]], root: Path, 
                "vae_round_trip": vae_round_trip(args.base_model, {p: crops(r) for p, (_w, r, _s) in trained.items()},
                                                 root),
                "data_dir": str(root)}
+    if args.identity_seeds:
+        figures["faces_nearer_whom"] = faces_nearer_whom({p: (w, r) for p, (w, r, _s) in trained.items()},
+                                                         references, tuple(range(args.identity_seeds)), root)
     if args.sheet:
         figures["sheet"] = str(sheet(rows, args.sheet))
     return figures

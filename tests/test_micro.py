@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pipeline import micro
-from pipeline.assessment import AssessmentPlan, assess_lora, reference_embeddings, score_images
+from pipeline.assessment import reference_embeddings
 from pipeline.base_model import (
     default_base_model,
     default_test_generate_settings,
@@ -96,13 +96,22 @@ def test_pretraining_taught_the_micro_model_to_draw_pictures_not_noise(tmp_path:
     assert 1 < smooth.min() and smooth.max() < 15 and rough.min() > 20, (smooth, rough)  # not flat grey either
 
 
-TEST_STEPS = 400
+# 2000 of the default 5000 steps: the shortest run measured whose images hold faces nearer the LoRA's person than the
+# other (one-off scoring of 24 images a LoRA, the same settings: after 1000 steps one face in 24 each; after 1500
+# the astronaut's three faces as near Grace Hopper as her, 0.73 and 0.73; 2000: the test's docstring).
+TEST_STEPS = 2000
+# Eight prompts × three seeds: at 2000 steps a LoRA draws a face in 3–10 of 24 images, too few in 8 to compare.
+IDENTITY_SEEDS = (0, 1, 2)
+# Fixed trigger words make the run repeatable: a generated one differs each run, and with it the caption's text
+# embedding and so the whole run (these two are the bench run's; another pair, another run: 7 and 4 faces, 0.67 vs
+# 0.69 and 0.72 vs 0.76).
+TRIGGER_WORDS = {"astronaut": "somonor", "grace_hopper": "brabru"}
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One LoRA per held-out person with the micro defaults, through the app's path (upload, classify, crops,
-    train, assess each checkpoint); four test prompts instead of eight keep it to a few minutes."""
+    """One LoRA per held-out person with the micro defaults cut to TEST_STEPS, through the app's path (upload,
+    classify, crops, train, assess each checkpoint): the same run as `bench.micro_likeness --steps 2000`."""
     from bench.micro_likeness import crops, person_photos
 
     workflows, started = [], {}
@@ -112,15 +121,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
             workflow = Workflow(AppSettings(data_dir=root / "data", base_model=MICRO_MODEL))
             workflows.append(workflow)  # closed in `finally` even if its upload fails
             workflow.add_photos(person_photos(person, root / "upload", 16))
-            # 400 of the default 5000 steps: the look is learnt by then (each LoRA's images lie 7 and 16 grey levels
-            # nearer its own person than the other, measured), a twelfth of the time.
             # Two data dirs, so two queues: both train at once, each on the one thread an embedded model trains on.
             started[person] = (workflow, workflow.start_training(workflow.default_train_settings(
-                name=person, test_prompts=DEFAULT_TEST_PROMPTS[:4], steps=TEST_STEPS,
-                checkpoint_every=TEST_STEPS // 3, sample_every=TEST_STEPS, warmup_steps=20)))
+                name=person, trigger_word=TRIGGER_WORDS[person], steps=TEST_STEPS, checkpoint_every=TEST_STEPS // 4,
+                sample_every=TEST_STEPS // 4)))
         out = {}
         for person, (workflow, record) in started.items():
-            record = workflow.wait_for(record.id, timeout=1800)
+            record = workflow.wait_for(record.id, timeout=2400)
             assert record.status == "ready", record.error
             out[person] = (workflow, record, reference_embeddings(crops(record)))
         yield out
@@ -130,33 +137,24 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 @pytest.mark.slow
-def test_each_lora_looks_like_its_person_not_the_other(trained: dict, tmp_path: Path) -> None:
-    """The 2x2: each LoRA's test images against each person's training crops. After this short run (400 of the
-    5000 default steps) a LoRA has learnt the person's look (hair, skin, clothes, framing, light) — closer to its own
-    person than to the other, both ways — but not yet their face (the bench's longer runs: README), so that is what
-    is asserted, with what must hold at every step: the identity model never takes one person's LoRA for the
-    other person."""
-    from bench.micro_likeness import appearance_distance, crops
+def test_each_lora_draws_faces_nearer_its_person_than_the_other(trained: dict, tmp_path: Path) -> None:
+    """The 2x2 after a short run (2000 of the 5000 default steps): each LoRA's test images (8 prompts × 3 seeds)
+    against each person's training crops. MTCNN finds faces in them, and by the identity model those faces lie
+    nearer the LoRA's own person than the other person — both ways, so a LoRA of the other person reverses it —
+    though not yet within the recognition threshold (that takes the full run: README). Their look (hair, skin,
+    clothes, framing) is nearer too, and the identity model never takes one person's LoRA for the other person.
+    Measured (this test, 2026-12-02): the astronaut's LoRA 10 faces in 24, 0.674 from her and 0.711 from Grace
+    Hopper (mean); Grace Hopper's 3 faces, 0.667 and 0.722; look 73.6 vs 84.7 and 69.1 vs 85.8."""
+    from bench.micro_likeness import faces_nearer_whom
 
-    people = list(trained)
-    distance, recognised = {}, {}
-    for person in people:
-        workflow, record, reference = trained[person]
-        plan = AssessmentPlan(trigger_word=record.trigger_word, reference=reference, prompts=DEFAULT_TEST_PROMPTS[:4],
-                              settings=workflow.test_generate_settings(MICRO_RESOLUTION))
-        own = assess_lora(workflow.generator(), Path(record.lora_path), plan, out_dir=tmp_path / person,
-                          lora_scale=record.best_lora_scale or 1.0)
-        images = [i.path for i in own.images]
-        for other in people:  # the same images, scored against each person's crops
-            result = own if other == person else score_images(images, trained[other][2],
-                                                              prompts=[i.prompt for i in own.images])
-            distance[person, other] = appearance_distance(images, crops(trained[other][1]))
-            recognised[person, other] = sum(i.recognised for i in result.images)
-    print({f"{a} LoRA vs {b}": round(d, 1) for (a, b), d in distance.items()}, recognised)  # margins, for the log
-    for person in people:
-        other = next(p for p in people if p != person)
-        assert distance[person, person] < distance[person, other], distance
-        assert recognised[person, other] == 0, recognised
+    table = faces_nearer_whom({p: (w, r) for p, (w, r, _ref) in trained.items()},
+                              {p: ref for p, (_w, _r, ref) in trained.items()}, IDENTITY_SEEDS, tmp_path)
+    print(table)  # the figures, for the log
+    for row in table.values():
+        assert row["faces"] >= 2, table  # MTCNN finds faces; the base model alone draws some too, so what matters
+        assert row["mean_distance_own"] < row["mean_distance_other"], table  # is whose they are
+        assert row["look_own"] < row["look_other"], table
+        assert row["recognised_as_other"] == 0, table
 
 
 @pytest.mark.slow
@@ -181,6 +179,8 @@ def test_the_vae_keeps_each_held_out_face_recognisable(trained: dict, tmp_path: 
 
 @pytest.mark.slow
 def test_the_best_checkpoint_follows_the_measured_scores(trained: dict) -> None:
+    """The best checkpoint is the measured one. (That the likeness curve rises is the bench's to show: after 2000
+    steps it is 0–2 %, which way it goes is noise — another pair of trigger words gave 2.0 → 0.7 → 0 %.)"""
     for _workflow, record, _ref in trained.values():
         overall = record.scores.by_checkpoint
         assert len(overall) >= 3 and len(record.scores.likeness_by_checkpoint) == len(overall)
