@@ -1,9 +1,9 @@
 """Does the LoRA look like the person? Test generations scored for likeness, quality and prompt fidelity.
 
 Likeness uses the same face-identity model as classification: each generated image's best-matching face is compared
-with the consensus (median) embedding of the training faces. An image with no detectable face scores 0, because a
-LoRA that stops drawing faces has failed at its one job. The best checkpoint and LoRA scale are chosen by these
-measured scores, not by the last step.
+with the consensus embedding of the training faces (``person_consensus``: of the one person most of them show). An
+image with no detectable face scores 0, because a LoRA that stops drawing faces has failed at its one job. The best
+checkpoint and LoRA scale are chosen by these measured scores, not by the last step.
 """
 
 from __future__ import annotations
@@ -162,7 +162,8 @@ def score_images(
 ) -> AssessmentResult:
     """Score images against the person's reference embeddings; the scoring part of ``assess_lora``, alone.
 
-    ``reference`` is one embedding or several (their median is the consensus). ``prompts`` (one per image) enable
+    ``reference`` is one embedding or several (the consensus of the person most of them show: a set that mixes
+    two people is judged against one of them, not against a face between the two). ``prompts`` (one per image) enable
     prompt fidelity where a CLIP model is available locally.
     """
     if not images:
@@ -170,7 +171,7 @@ def score_images(
     if prompts is not None and len(prompts) != len(images):
         raise AssessmentError(f"prompts: {len(prompts)} prompts for {len(images)} images; pass one per image")
     identity = identity or _default_identity()
-    target = _consensus(np.asarray(reference, dtype=float))
+    target = _consensus(np.asarray(reference, dtype=float), identity_threshold)
     opened = [_open(image) for image in images]
     fidelity, note = prompt_fidelity(opened, prompts, clip_model=clip_model)
     scores = []
@@ -447,10 +448,10 @@ def _default_identity() -> Any:
     return face_identity()
 
 
-def _consensus(reference: np.ndarray) -> np.ndarray:
-    from pipeline.identity import consensus
+def _consensus(reference: np.ndarray, threshold: float) -> np.ndarray:
+    from pipeline.identity import person_consensus
 
-    return reference if reference.ndim == 1 else consensus(list(reference))
+    return reference if reference.ndim == 1 else person_consensus(list(reference), threshold)
 
 
 def _distance(identity: Any, a: np.ndarray, b: np.ndarray) -> float:

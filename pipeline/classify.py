@@ -23,7 +23,7 @@ import numpy as np
 from pipeline import events as ev
 from pipeline.duplicates import PhotoHash, group_duplicates, photo_hash
 from pipeline.faces import Box, Face, Point, detect_faces, eye_brightness
-from pipeline.identity import IdentityModelMissing, consensus, face_identity, judge_distance
+from pipeline.identity import IdentityModelMissing, face_identity, judge_distance, person_consensus
 from pipeline.images import ImageError, open_image
 from pipeline.quality import QualityMetrics, measure_quality, quality_issues, quality_score
 from pipeline.settings import ClassifySettings, IntakeSettings
@@ -310,22 +310,15 @@ _IDENTITY_UNRELIABLE = {"blurry", "underexposed", "overexposed", "low_resolution
 def _identity(analyses: Sequence[_Analysis], settings: ClassifySettings) -> dict[str, float]:
     """Distance of each photo's face to the consensus of the person's trustworthy faces (empty when too few).
 
-    The person is the largest group of mutually close faces, not the median of everyone: with two people in
-    equal numbers the median lies between them, close to both, and would flag no one. So: the face with the
-    most others within ``identity_threshold`` anchors the person; the median of the faces near it is the
-    consensus.
+    The person is the largest group of mutually close faces (``person_consensus``), not the median of everyone,
+    which with two people in equal numbers lies between them and would flag no one.
     """
     with_face = [a for a in analyses if a.embedding is not None]
     trusted = [a for a in with_face if not set(a.reasons) & (_IDENTITY_UNRELIABLE | {"multiple_faces"})]
     basis = trusted if len(trusted) >= settings.min_identity_photos else with_face
     if len(basis) < settings.min_identity_photos:
         return {}
-    vectors = np.stack([a.embedding for a in basis])
-    pairwise = np.linalg.norm(vectors[:, None, :] - vectors[None, :, :], axis=-1)
-    close = pairwise < settings.identity_threshold
-    # most neighbours anchors; ties go to the tighter face (smaller mean distance to its neighbours)
-    anchor = max(range(len(basis)), key=lambda i: (close[i].sum(), -pairwise[i][close[i]].mean()))
-    centre = consensus(list(vectors[close[anchor]]))
+    centre = person_consensus([a.embedding for a in basis], settings.identity_threshold)
     return {a.file: float(np.linalg.norm(a.embedding - centre)) for a in with_face}
 
 

@@ -123,6 +123,21 @@ def consensus(embeddings: Sequence[np.ndarray | FaceEmbedding]) -> np.ndarray:
     return np.median(vectors, axis=0)
 
 
+def person_consensus(embeddings: Sequence[np.ndarray | FaceEmbedding], threshold: float) -> np.ndarray:
+    """The consensus of the one person a set of faces shows: the median of the largest group of mutually close
+    faces, not of everyone — with two people in equal numbers the median of all lies between them, close to both,
+    so either person's face would pass as "the person". The face with the most others within ``threshold``
+    anchors the group; ties go to the tighter face (smaller mean distance to its neighbours)."""
+    if not embeddings:
+        raise ValueError("embeddings: need at least one embedding to form a consensus")
+    vectors = np.stack([e.vector if isinstance(e, FaceEmbedding) else np.asarray(e, dtype=np.float64)
+                        for e in embeddings])
+    pairwise = np.linalg.norm(vectors[:, None, :] - vectors[None, :, :], axis=-1)
+    close = pairwise < threshold  # the diagonal is True: every face is in its own group
+    anchor = max(range(len(vectors)), key=lambda i: (close[i].sum(), -pairwise[i][close[i]].mean()))
+    return consensus(list(vectors[close[anchor]]))
+
+
 def judge_distance(distance: float, same: float = SAME_PERSON, different: float = DIFFERENT_PERSON) -> str:
     """"same", "unsure" or "different" for a distance to a consensus or reference face."""
     if distance < same:

@@ -111,7 +111,8 @@ TRIGGER_WORDS = {"astronaut": "somonor", "grace_hopper": "brabru"}
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One LoRA per held-out person with the micro defaults cut to TEST_STEPS, through the app's path (upload,
-    classify, crops, train, assess each checkpoint): the same run as `bench.micro_likeness --steps 2000`."""
+    classify, crops, train, assess each checkpoint): the run `bench.micro_likeness --steps 2000` made with these
+    trigger words."""
     from bench.micro_likeness import crops, person_photos
 
     workflows, started = [], {}
