@@ -310,8 +310,8 @@ _IDENTITY_UNRELIABLE = {"blurry", "underexposed", "overexposed", "low_resolution
 def _identity(analyses: Sequence[_Analysis], settings: ClassifySettings) -> dict[str, float]:
     """Distance of each photo's face to the consensus of the person's trustworthy faces (empty when too few).
 
-    The person is the largest group of mutually close faces (``person_consensus``), not the median of everyone,
-    which with two people in equal numbers lies between them and would flag no one.
+    The person is the largest group of faces close to one of them (``person_consensus``), not the median of
+    everyone, which with two people in equal numbers lies between them and would flag no one.
     """
     with_face = [a for a in analyses if a.embedding is not None]
     trusted = [a for a in with_face if not set(a.reasons) & (_IDENTITY_UNRELIABLE | {"multiple_faces"})]

@@ -124,10 +124,10 @@ def consensus(embeddings: Sequence[np.ndarray | FaceEmbedding]) -> np.ndarray:
 
 
 def person_consensus(embeddings: Sequence[np.ndarray | FaceEmbedding], threshold: float) -> np.ndarray:
-    """The consensus of the one person a set of faces shows: the median of the largest group of mutually close
-    faces, not of everyone — with two people in equal numbers the median of all lies between them, close to both,
-    so either person's face would pass as "the person". The face with the most others within ``threshold``
-    anchors the group; ties go to the tighter face (smaller mean distance to its neighbours)."""
+    """The consensus of the one person a set of faces shows: the median of the face with the most others within
+    ``threshold`` and those others (ties go to the tighter face: smaller mean distance to its neighbours), not of
+    everyone — with two people in equal numbers the median of all lies between them, close to both, so either
+    person's face would pass as "the person"."""
     if not embeddings:
         raise ValueError("embeddings: need at least one embedding to form a consensus")
     vectors = np.stack([e.vector if isinstance(e, FaceEmbedding) else np.asarray(e, dtype=np.float64)
