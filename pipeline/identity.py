@@ -114,13 +114,15 @@ def _shared_identity() -> FaceIdentity:
     return FaceIdentity()
 
 
+def _stack(embeddings: Sequence[np.ndarray | FaceEmbedding]) -> np.ndarray:
+    if not len(embeddings):
+        raise ValueError("embeddings: need at least one embedding to form a consensus")
+    return np.stack([np.asarray(e.vector if isinstance(e, FaceEmbedding) else e, dtype=np.float64) for e in embeddings])
+
+
 def consensus(embeddings: Sequence[np.ndarray | FaceEmbedding]) -> np.ndarray:
     """The element-wise median embedding: the set's 'who', robust to a minority of other people."""
-    if not embeddings:
-        raise ValueError("embeddings: need at least one embedding to form a consensus")
-    vectors = np.stack([e.vector if isinstance(e, FaceEmbedding) else np.asarray(e, dtype=np.float64)
-                        for e in embeddings])
-    return np.median(vectors, axis=0)
+    return np.median(_stack(embeddings), axis=0)
 
 
 def person_consensus(embeddings: Sequence[np.ndarray | FaceEmbedding], threshold: float) -> np.ndarray:
@@ -128,14 +130,11 @@ def person_consensus(embeddings: Sequence[np.ndarray | FaceEmbedding], threshold
     ``threshold`` and those others (ties go to the tighter face: smaller mean distance to its neighbours), not of
     everyone — with two people in equal numbers the median of all lies between them, close to both, so either
     person's face would pass as "the person"."""
-    if not embeddings:
-        raise ValueError("embeddings: need at least one embedding to form a consensus")
-    vectors = np.stack([e.vector if isinstance(e, FaceEmbedding) else np.asarray(e, dtype=np.float64)
-                        for e in embeddings])
+    vectors = _stack(embeddings)
     pairwise = np.linalg.norm(vectors[:, None, :] - vectors[None, :, :], axis=-1)
     close = pairwise < threshold  # the diagonal is True: every face is in its own group
     anchor = max(range(len(vectors)), key=lambda i: (close[i].sum(), -pairwise[i][close[i]].mean()))
-    return consensus(list(vectors[close[anchor]]))
+    return np.median(vectors[close[anchor]], axis=0)
 
 
 def judge_distance(distance: float, same: float = SAME_PERSON, different: float = DIFFERENT_PERSON) -> str:
