@@ -129,6 +129,10 @@ class JobQueue:
         self._threads: list[threading.Thread] = []
         self._alive = 0
         self._lock_file: IO[str] | None = None
+        # A job's end that the disk did not take (full, read-only): kept here and shown by get() and list(), so the
+        # job does not say "running" while it is over; each worker's next turn writes it once the disk takes it.
+        self._unwritten: dict[str, dict[str, Any]] = {}
+        self._unwritten_lock = threading.Lock()
         if autostart:
             self.start()
 
@@ -142,7 +146,40 @@ class JobQueue:
 
     def _docs(self) -> list[dict[str, Any]]:
         with open_db(self.db_path) as db:
-            return [dict(doc) for doc in db.table("jobs").all()]
+            docs = [dict(doc) for doc in db.table("jobs").all()]
+        return [self._with_unwritten(doc) for doc in docs]
+
+    def _with_unwritten(self, doc: dict[str, Any]) -> dict[str, Any]:
+        with self._unwritten_lock:
+            return {**doc, **self._unwritten.get(doc["id"], {})}
+
+    def _record_end(self, job_id: str, **fields: Any) -> Job:
+        """Write a job's end; when the disk refuses it, keep it in memory (get() and list() show it) until
+        ``_save_unwritten`` gets it onto the disk."""
+        try:
+            return self._write(job_id, **fields)
+        except OSError as exc:
+            logger.error("jobs: the end of job %s (%s) could not be saved (%s); kept in memory until the disk takes "
+                         "it", job_id, fields.get("status"), exc.strerror or exc)
+            with self._unwritten_lock:
+                self._unwritten[job_id] = {**self._unwritten.get(job_id, {}), **fields}
+            return self.get(job_id)
+
+    def _save_unwritten(self) -> None:
+        """Write the ends the disk refused before; stops at the first it still refuses."""
+        with self._unwritten_lock:
+            pending = dict(self._unwritten)
+        for job_id, fields in pending.items():
+            try:
+                self._write(job_id, **fields)
+            except JobNotFound:
+                pass  # removed with its queue file: nothing left to write it to
+            except OSError:
+                return
+            with self._unwritten_lock:
+                if self._unwritten.get(job_id) is fields:
+                    del self._unwritten[job_id]
+            logger.info("jobs: the end of job %s is saved now", job_id)
 
     def _write(self, job_id: str, **fields: Any) -> Job:
         with open_db(self.db_path) as db:
@@ -191,7 +228,7 @@ class JobQueue:
             doc = db.table("jobs").get(Query().id == job_id)
         if doc is None:
             raise JobNotFound(f"job_id: no job {job_id!r} in the queue; list the jobs to see their ids")
-        return self._job(dict(doc))
+        return self._job(self._with_unwritten(dict(doc)))
 
     def list(self) -> list[Job]:
         """Running jobs, then queued ones in the order they will run, then finished ones newest first."""
@@ -351,7 +388,9 @@ class JobQueue:
         with open_db(self.db_path) as db:
             table = db.table("jobs")
             docs = [dict(doc) for doc in table.all()]
-            interrupted = sorted((d for d in docs if d["status"] == Status.RUNNING), key=lambda d: d.get("order", 0.0))
+            # A job whose end is only in memory (the disk refused it) is over, whatever the file says.
+            interrupted = sorted((d for d in docs if d["status"] == Status.RUNNING and d["id"] not in self._unwritten),
+                                 key=lambda d: d.get("order", 0.0))
             front = min((d.get("order", 0.0) for d in docs if d["status"] == Status.QUEUED), default=1.0)
             for index, doc in enumerate(interrupted):
                 if doc.get("cancel_requested"):
@@ -379,13 +418,10 @@ class JobQueue:
 
     def _worker(self, device: str) -> None:
         try:
-            unrecorded: dict[str, str] = {}  # job id -> why its end could not be written (e.g. a full disk)
             while not self._stopping.is_set():
                 job = None
                 try:
-                    for job_id, reason in list(unrecorded.items()):  # as soon as the disk takes writes again
-                        self._write(job_id, status=Status.FAILED, finished_at=_now(), error=reason)
-                        del unrecorded[job_id]
+                    self._save_unwritten()  # as soon as the disk takes writes again
                     job = self._claim(device)
                     if job is None:
                         with self._cond:
@@ -396,8 +432,11 @@ class JobQueue:
                     logger.exception("jobs: could not record job %s", job.id if job else "-")
                     if job is not None:
                         self._stop_flags.pop(job.id, None)
-                        unrecorded.setdefault(job.id, f"the job's end could not be saved ({type(exc).__name__}: "
-                                                      f"{exc}); free disk space and resume it")
+                        with self._unwritten_lock:
+                            self._unwritten.setdefault(job.id, {
+                                "status": Status.FAILED, "finished_at": _now(),
+                                "error": f"the job's end could not be saved ({type(exc).__name__}: {exc}); free "
+                                         "disk space and resume it"})
                     with self._cond:
                         self._cond.wait(1.0)  # a disk that is still full must not make this a busy loop
         finally:
@@ -435,18 +474,18 @@ class JobQueue:
         finally:
             self._stop_flags.pop(job.id, None)
         if flag.is_set() or self.get(job.id).cancel_requested:
-            finished = self._write(job.id, status=Status.CANCELLED, finished_at=_now(), error=error)
+            finished = self._record_end(job.id, status=Status.CANCELLED, finished_at=_now(), error=error)
         elif interrupted and job.attempts >= MAX_ATTEMPTS and not self._interrupt.is_set():
-            finished = self._write(job.id, status=Status.FAILED, finished_at=_now(),
-                                   error=f"{error} ({job.attempts} attempts)")
+            finished = self._record_end(job.id, status=Status.FAILED, finished_at=_now(),
+                                        error=f"{error} ({job.attempts} attempts)")
         elif self._interrupt.is_set() or interrupted:
             with open_db(self.db_path) as db:
                 front = min((d.get("order", 0.0) for d in db.table("jobs").all() if d["status"] == Status.QUEUED),
                             default=job.order + 1)
-            finished = self._write(job.id, status=Status.QUEUED, order=min(job.order, front - 1), error=error)
+            finished = self._record_end(job.id, status=Status.QUEUED, order=min(job.order, front - 1), error=error)
         elif error:
-            finished = self._write(job.id, status=Status.FAILED, finished_at=_now(), error=error)
+            finished = self._record_end(job.id, status=Status.FAILED, finished_at=_now(), error=error)
         else:
-            finished = self._write(job.id, status=Status.DONE, finished_at=_now())
+            finished = self._record_end(job.id, status=Status.DONE, finished_at=_now())
         logger.info("jobs: job %s is %s", job.id, finished.status)
         self._changed(finished)

@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import shutil
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -114,6 +115,10 @@ class Library:
         self.db_path = self.data_dir / "library.json"
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self.notices: list[str] = []  # what start-up repaired, for the page to say
+        # A training's end that the disk did not take (full, read-only): kept here, shown by get() and list(), and
+        # written by the next write that works, so the model does not say "training" until the app restarts.
+        self._unsaved_ends: dict[str, dict[str, Any]] = {}
+        self._unsaved_lock = threading.Lock()
         backup = set_aside_if_damaged(self.db_path, "models")
         if backup is not None:
             recovered = self.rebuild_from_folders()
@@ -147,6 +152,9 @@ class Library:
         return path if path.is_absolute() else self.data_dir / path
 
     def _record(self, doc: dict[str, Any]) -> ModelRecord:
+        unsaved = self._unsaved_ends.get(doc.get("id", ""))
+        if unsaved:
+            doc = {**doc, **self.stored_form(unsaved)}
         names = {f.name for f in dataclasses.fields(ModelRecord)}
         data = {k: v for k, v in doc.items() if k in names}  # newer files may carry fields we don't know
         for name in _PATH_FIELDS:
@@ -159,6 +167,8 @@ class Library:
         return ModelRecord(**data)
 
     def _all_docs(self) -> list[dict[str, Any]]:
+        if self._unsaved_ends:  # each look at the library tries again to save an end the disk refused
+            self.save_unsaved_ends()
         with open_db(self.db_path) as db:
             return [dict(doc) for doc in db.table("models").all()]
 
@@ -231,6 +241,8 @@ class Library:
 
     def get(self, model_id: str) -> ModelRecord:
         """The model with this id; ModelNotFound if there is none."""
+        if self._unsaved_ends:
+            self.save_unsaved_ends()
         with open_db(self.db_path) as db:
             doc = db.table("models").get(Query().id == model_id)
         if doc is None:
@@ -267,6 +279,23 @@ class Library:
 
     def update(self, model_id: str, **fields: Any) -> ModelRecord:
         """Change fields of a model; a finishing status sets ``finished_at`` unless given."""
+        fields = self._normalised(fields)
+        self.save_unsaved_ends()  # an end the disk refused before is older than this change: it goes first
+        with open_db(self.db_path) as db:
+            table = db.table("models")
+            if "trigger_word" in fields:
+                taken = [doc.get("trigger_word", "") for doc in table.all() if doc["id"] != model_id]
+                fields["trigger_word"] = validate_trigger_word(fields["trigger_word"], taken, allow_known=True)
+            if not table.update(self.stored_form(fields), Query().id == model_id):
+                raise ModelNotFound(f"model_id: no model {model_id!r} in the library; it may have been deleted")
+        if "status" in fields:
+            with self._unsaved_lock:  # written after an end still waiting in memory (e.g. Resume): this one holds
+                self._unsaved_ends.pop(model_id, None)
+        return self.get(model_id)
+
+    def _normalised(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """``fields`` checked and in the types a record holds (paths as Path, scores as ModelScores)."""
+        fields = dict(fields)
         known = {f.name for f in dataclasses.fields(ModelRecord)}
         for name in fields:
             if name not in known:
@@ -292,14 +321,44 @@ class Library:
                 {**c, "path": Path(c["path"])} if isinstance(c.get("path"), str) and c["path"] else dict(c)
                 for c in fields["checkpoints"] or ()
             ]
-        with open_db(self.db_path) as db:
-            table = db.table("models")
-            if "trigger_word" in fields:
-                taken = [doc.get("trigger_word", "") for doc in table.all() if doc["id"] != model_id]
-                fields["trigger_word"] = validate_trigger_word(fields["trigger_word"], taken, allow_known=True)
-            if not table.update(self.stored_form(fields), Query().id == model_id):
-                raise ModelNotFound(f"model_id: no model {model_id!r} in the library; it may have been deleted")
-        return self.get(model_id)
+        return fields
+
+    def record_end(self, model_id: str, **fields: Any) -> ModelRecord:
+        """``update`` for a training's end, which must not be lost: when the disk refuses it, the end is kept in
+        memory (get() and list() show it), logged, and written by the next ``update`` or ``save_unsaved_ends`` that
+        the disk takes. Raises only what ``update`` raises for other reasons (a deleted model)."""
+        fields = self._normalised(fields)
+        try:
+            return self.update(model_id, **fields)
+        except OSError as exc:
+            logger.error("library: the end of model %s (%s) could not be saved (%s); kept in memory until the disk "
+                         "takes it", model_id, fields.get("status"), exc.strerror or exc)
+            with self._unsaved_lock:
+                self._unsaved_ends[model_id] = {**self._unsaved_ends.get(model_id, {}), **fields}
+            return self.get(model_id)
+
+    @property
+    def unsaved_ends(self) -> tuple[str, ...]:
+        """Ids of models whose end is only in memory (the disk refused it)."""
+        with self._unsaved_lock:
+            return tuple(self._unsaved_ends)
+
+    def save_unsaved_ends(self) -> bool:
+        """Write the ends the disk refused before; True when none is left. Called before every update and read, so
+        an end is saved as soon as space is back and anyone looks."""
+        with self._unsaved_lock:
+            pending = dict(self._unsaved_ends)
+        for model_id, fields in pending.items():
+            try:
+                with open_db(self.db_path) as db:
+                    db.table("models").update(self.stored_form(fields), Query().id == model_id)
+            except OSError:
+                return False  # the disk still refuses: the ends stay in memory
+            with self._unsaved_lock:
+                if self._unsaved_ends.get(model_id) is fields:
+                    del self._unsaved_ends[model_id]
+            logger.info("library: the end of model %s is saved now", model_id)
+        return True
 
     def rename(self, model_id: str, name: str) -> ModelRecord:
         name = self._check_name(name)

@@ -79,6 +79,14 @@ class ClassifySettings:
 MAX_STEPS = 100_000
 MAX_BATCH = 64
 MAX_RANK = 256
+# Every image a training draws is bounded too: a checkpoint's assessment draws one test image per test prompt (10 000
+# prompts held the slot for hours and ignored Stop), each checkpoint is assessed, and each sample draws every sample
+# prompt. On FLUX.1-dev an image costs seconds.
+MAX_TEST_PROMPTS = 32  # 4x the built-in set of 8
+MAX_SAMPLE_PROMPTS = 8
+MAX_PROMPT_CHARS = 1000  # T5 reads ~512 tokens (about 2000 characters); CLIP 77 tokens
+MAX_CHECKPOINTS = 400  # steps / checkpoint_every, each saved and assessed: MAX_STEPS at the default interval
+MAX_SAMPLE_IMAGES = 1000  # steps / sample_every x sample prompts: MAX_STEPS at the default interval and prompts
 MICRO_STEPS = 5000  # the micro model's default training length (see TrainSettings.micro)
 MICRO_RESOLUTION = 96  # the size the micro model draws at (its identity survives the VAE at 96 px, not at 64: README)
 
@@ -161,10 +169,31 @@ class TrainSettings:
             f"unknown memory mode {self.memory_mode!r}",
         )
         _check(0 <= self.caption_dropout < 1, "caption_dropout", "must be in [0, 1)")
-        _check(self.checkpoint_every >= 1, "checkpoint_every", "must be at least 1")
+        _check(1 <= self.checkpoint_every <= MAX_STEPS, "checkpoint_every",
+               f"must be between 1 and {MAX_STEPS}, got {self.checkpoint_every}")
+        _check(self.steps // self.checkpoint_every <= MAX_CHECKPOINTS, "checkpoint_every",
+               f"{self.checkpoint_every} makes {self.steps // self.checkpoint_every} checkpoints of {self.steps} "
+               f"steps, each saved and assessed; use at least {-(-self.steps // MAX_CHECKPOINTS)} (at most "
+               f"{MAX_CHECKPOINTS} checkpoints)")
         _check(1 <= self.keep_checkpoints <= 50, "keep_checkpoints", "must be between 1 and 50")
-        _check(self.sample_every >= 1, "sample_every", "must be at least 1")
+        _check(1 <= self.sample_every <= MAX_STEPS, "sample_every",
+               f"must be between 1 and {MAX_STEPS}, got {self.sample_every}")
+        self._check_prompts("test_prompts", self.test_prompts, MAX_TEST_PROMPTS)
+        self._check_prompts("sample_prompts", self.sample_prompts, MAX_SAMPLE_PROMPTS)
+        samples = self.steps // self.sample_every * len(self.sample_prompts)
+        _check(samples <= MAX_SAMPLE_IMAGES, "sample_every",
+               f"{self.sample_every} with {len(self.sample_prompts)} sample prompt(s) draws {samples} sample images "
+               f"in {self.steps} steps; at most {MAX_SAMPLE_IMAGES}: sample less often or with fewer prompts")
         return self
+
+    @staticmethod
+    def _check_prompts(name: str, prompts: tuple[str, ...], most: int) -> None:
+        _check(isinstance(prompts, tuple | list), name, f"must be a list of prompts, got {type(prompts).__name__}")
+        _check(len(prompts) <= most, name, f"at most {most} prompts (each draws an image), got {len(prompts)}")
+        for index, prompt in enumerate(prompts):
+            _check(isinstance(prompt, str), name, f"prompt {index + 1} must be text, got {type(prompt).__name__}")
+            _check(len(prompt) <= MAX_PROMPT_CHARS, name,
+                   f"prompt {index + 1} has {len(prompt)} characters; at most {MAX_PROMPT_CHARS}")
 
     @property
     def resolutions(self) -> tuple[int, ...]:

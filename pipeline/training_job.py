@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
+import os
+import re
 import shutil
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -22,11 +25,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline import events as ev
 from pipeline.dataset import Dataset
+from pipeline.disk import DiskQuota, disk_error_text, free_mb, is_disk_error
 from pipeline.estimate import Speed, SpeedLog, device_name, speed_key
 from pipeline.jobs import JobInterrupted
 from pipeline.library import Library, ModelNotFound, ModelRecord
 from pipeline.scores import ModelScores
-from pipeline.settings import TrainSettings, from_dict, to_json
+from pipeline.settings import SettingsError, TrainSettings, from_dict, to_json
 from pipeline.status import Status
 
 if TYPE_CHECKING:
@@ -40,11 +44,18 @@ logger = logging.getLogger(__name__)
 
 SPEC_VERSION = 1
 SPEC_FILE = "job.json"
+# Events that follow a file written into the model's folder: the disk quota is measured after each.
+_WRITES = (ev.CheckpointSaved, ev.SampleImages, ev.CheckpointAssessed, ev.Progress)
 Notifier = Callable[[ModelRecord], str]  # tells the person a training ended; returns what it did ("e-mail sent to …")
 
 
 class TrainingNotStarted(RuntimeError):
     """A queued training could not start (e.g. no disk space); the model is marked failed with the reason."""
+
+
+class TrainingFailed(RuntimeError):
+    """A training ended failed (the model is marked so, with the reason): raised so the job queue records it failed
+    too, not done."""
 
 
 @dataclass(frozen=True)
@@ -223,11 +234,12 @@ class CheckpointAssessor:
 
     def __init__(self, generator: Callable[[], Generator], *, trigger_word: str, dataset: Dataset,
                  settings: GenerateSettings, out_dir: Path, embedded: bool, on_event: ev.EventCallback,
-                 prompts: Sequence[str] = ()) -> None:
+                 prompts: Sequence[str] = (), should_stop: ev.StopCheck = ev.never) -> None:
         from pipeline.assessment import DEFAULT_TEST_PROMPTS, AssessmentPlan, reference_embeddings
 
         self.generator = generator
         self.on_event = on_event
+        self.should_stop = should_stop  # checked between any two test images, and inside each one's denoising
         images = [item.image for item in dataset.items]
         self.plan = AssessmentPlan(
             trigger_word=trigger_word, reference=reference_embeddings(images),
@@ -247,15 +259,29 @@ class CheckpointAssessor:
 
     def on_training_event(self, event: ev.Event) -> None:
         self.on_event(event)
-        if isinstance(event, ev.CheckpointSaved) and self._live():
-            from pipeline.assessment import assess_lora
+        if isinstance(event, ev.CheckpointSaved) and not self.should_stop() and self._live():
+            from pipeline.assessment import AssessmentError, assess_lora
 
-            result = assess_lora(self.generator(), event.path, self.plan,
-                                 out_dir=self.out_dir / f"step_{event.step:06d}")
+            try:
+                result = assess_lora(self.generator(), event.path, self.plan,
+                                     out_dir=self.out_dir / f"step_{event.step:06d}", on_event=self._progress,
+                                     should_stop=self.should_stop)
+            except AssessmentError:
+                if self.should_stop():  # stopped before its first test image: the training stops at its next step
+                    return
+                raise
+            if self.should_stop():  # stopped part-way: a score of some of the prompts is not this checkpoint's
+                return
             self.results[event.step] = result
             self.checkpoint_paths[event.step] = Path(event.path)
             self.on_event(ev.CheckpointAssessed(event.step, result.likeness, result.overall))
             self._prune()
+
+    def _progress(self, event: ev.Event) -> None:
+        # Each test image's progress line (the log shows the assessment is under way); its summary line is left out:
+        # CheckpointAssessed says the same once it is recorded.
+        if isinstance(event, ev.Progress):
+            self.on_event(event)
 
     def _prune(self) -> None:
         """Test images of checkpoints that training has already deleted (it keeps ``keep_checkpoints``) go too:
@@ -267,16 +293,25 @@ class CheckpointAssessor:
                 del self.checkpoint_paths[step]
                 self.results.pop(step, None)
 
-    def choose(self, result: TrainResult) -> CheckpointChoice:
-        """Assess what is not measured yet, then choose the best checkpoint and LoRA scale."""
-        from pipeline.assessment import assess_checkpoints
+    def choose(self, result: TrainResult) -> CheckpointChoice | None:
+        """Assess what is not measured yet, then choose the best checkpoint and LoRA scale; None when ``should_stop``
+        ended the assessment first (a choice among some checkpoints, or of some prompts, is no choice)."""
+        from pipeline.assessment import AssessmentError, assess_checkpoints
 
         # Checkpoints by step; the final LoRA stands for the last step (it carries the full metadata).
         by_step = {c.step: Path(c.path) for c in result.checkpoints}
         by_step[result.steps_done] = Path(result.lora_path)
         steps = sorted(by_step.items())
-        best_step, best_scale, results = assess_checkpoints(
-            self.generator(), steps, self.plan, out_dir=self.out_dir, on_event=self.on_event, known=self.results)
+        try:
+            best_step, best_scale, results = assess_checkpoints(
+                self.generator(), steps, self.plan, out_dir=self.out_dir, on_event=self.on_event, known=self.results,
+                should_stop=self.should_stop)
+        except AssessmentError:
+            if self.should_stop():  # stopped before a checkpoint's first test image
+                return None
+            raise
+        if self.should_stop():
+            return None
         for step, measured in sorted(results.items()):
             if step not in self.results:
                 self.on_event(ev.CheckpointAssessed(step, measured.likeness, measured.overall))
@@ -326,16 +361,21 @@ def train_and_choose(spec: TrainingJobSpec, model_folder: Path, shared_dir: Path
         lambda: generators.get(spec.base_model), trigger_word=settings.trigger_word, dataset=dataset,
         settings=default_test_generate_settings(spec.base_model, settings.resolution),
         out_dir=Path(model_folder) / "assessment", embedded=is_embedded(spec.base_model), on_event=on_event,
-        prompts=settings.test_prompts)
+        prompts=settings.test_prompts, should_stop=should_stop)
     result = train_lora(dataset, settings, Path(model_folder) / "lora", base_model=spec.base_model,
                         data_dir=shared_dir, on_event=assessor.on_training_event, should_stop=should_stop,
                         device=device)
     generators.place_again_when_better(spec.base_model)
+    if result.status == Status.COMPLETED and should_stop():  # stopped as the last step ended
+        return JobOutcome(dataclasses.replace(result, status=Status.CANCELLED))
     if result.status != Status.COMPLETED:
         return JobOutcome(result)
     on_event(ev.AssessmentStarted(result.lora_path, result.kohya_path,
                                   tuple(ev.CheckpointSaved(c.step, c.path) for c in result.checkpoints)))
-    return JobOutcome(result, assessor.choose(result))
+    choice = assessor.choose(result)
+    if choice is None:  # stopped during the assessment: Resume measures the checkpoints again
+        return JobOutcome(dataclasses.replace(result, status=Status.CANCELLED))
+    return JobOutcome(result, choice)
 
 
 @dataclass(frozen=True)
@@ -418,6 +458,7 @@ class TrainingRunner:
     speeds: SpeedLog  # the machine's measured speeds, for the estimate
     notify: Notifier | None = None
     min_free_disk_gb: float = 0.0  # 0: by the base model (0.2 GB embedded, 2 GB otherwise)
+    disk_quota_gb: float = 0.0  # the person's disk quota (0: none), measured as the training writes its files
 
     def run(self, spec: TrainingJobSpec, *, device: str | None, should_stop: ev.StopCheck,
             shutting_down: Callable[[], bool], on_placed: Placement = lambda _place: None,
@@ -431,7 +472,13 @@ class TrainingRunner:
         record = self.library.get(spec.model_id)
         monitor = self.monitor(record.id)
         settings = spec.settings
+        self._check_settings(record.id, settings)
         self._check_free_disk(record.id, spec.base_model)
+        quota = DiskQuota(self.library.data_dir, int(self.disk_quota_gb * 1e9))
+
+        def stop() -> bool:
+            return bool(quota.reason) or should_stop()
+
         self.library.update(record.id, status=Status.TRAINING)
         monitor.note(f"training '{record.name}' on {spec.base_model}: {settings.steps} steps at "
                      f"{' then '.join(str(r) for r in settings.resolutions)} px", status=Status.TRAINING)
@@ -448,10 +495,12 @@ class TrainingRunner:
             if isinstance(event, ev.TrainStep):
                 steps.append(event)
             monitor.on_event(event)
+            if isinstance(event, _WRITES) and not quota.reason and quota.check():
+                monitor.note(f"⚠ {quota.reason}")
 
         try:
             outcome = self.executor.run(spec, Path(record.folder), device=device, on_event=on_event,
-                                        should_stop=should_stop, on_placed=on_placed)
+                                        should_stop=stop, on_placed=on_placed)
         except WorkerLost as exc:
             with contextlib.suppress(ModelNotFound):
                 if should_stop() and not shutting_down():  # the person had pressed Stop: it stays stopped
@@ -472,7 +521,9 @@ class TrainingRunner:
                                  "checkpoint", status=Status.QUEUED)
                     raise JobInterrupted(str(exc)) from exc
                 logger.exception("training of model %s failed", spec.model_id)
-                self._finish(record.id, status=Status.FAILED, error=f"{type(exc).__name__}: {exc}")
+                error = (self._disk_text(exc, spec.base_model) if is_disk_error(exc)
+                         else f"{type(exc).__name__}: {exc}")
+                self._finish(record.id, status=Status.FAILED, error=error)
             raise
         result = outcome.result
         checkpoints = [{"step": c.step, "path": str(c.path)} for c in result.checkpoints]
@@ -481,9 +532,16 @@ class TrainingRunner:
             self.library.update(record.id, status=Status.QUEUED, checkpoints=checkpoints)
             monitor.note("interrupted by shutdown: will resume from the last checkpoint", status=Status.QUEUED)
             return
+        if quota.reason and outcome.choice is None:  # the quota stopped it: not the person, so not "stopped"
+            self._finish(record.id, status=Status.FAILED, error=quota.reason, checkpoints=checkpoints)
+            raise TrainingFailed(quota.reason)
         if outcome.choice is None:
-            self._finish(record.id, status=result.status, error=result.error or result.status,
-                         checkpoints=checkpoints)
+            error = result.error or result.status
+            if result.status == Status.FAILED:
+                error = self._readable_failure(error, spec.base_model)
+            self._finish(record.id, status=result.status, error=error, checkpoints=checkpoints)
+            if result.status == Status.FAILED:
+                raise TrainingFailed(error)
             return
         if steps and steps[0].step == 1 and self.executor.local:  # a resumed run's time covers only part of the steps
             per_step = sorted(s.seconds_per_step for s in steps)[len(steps) // 2]
@@ -491,12 +549,40 @@ class TrainingRunner:
                                Speed(per_step, result.seconds - per_step * len(steps)))
         self._finish(record.id, status=Status.READY, **outcome.choice.library_fields())
 
+    def _check_settings(self, model_id: str, settings: TrainSettings) -> None:
+        """A job queued before a setting had its limit (10 000 test prompts) fails at once with the field named,
+        instead of holding the only slot for hours after every restart."""
+        try:
+            settings.validate()
+        except SettingsError as exc:
+            message = f"{exc}: start a new training with settings inside the limits"
+            self._finish(model_id, status=Status.FAILED, error=message)
+            raise TrainingNotStarted(message) from exc
+
+    def _needed_gb(self, base_model: str) -> float:
+        from pipeline.base_model import is_embedded
+
+        return self.min_free_disk_gb or (0.2 if is_embedded(base_model) else 2.0)
+
+    def _disk_text(self, exc: OSError, base_model: str) -> str:
+        return disk_error_text(exc, self.library.data_dir, "go on with the training",
+                               needed_gb=self._needed_gb(base_model), then="press Resume")
+
+    def _readable_failure(self, error: str, base_model: str) -> str:
+        """The trainer's reason, said as a disk problem where it was one: its text names an errno of a write the
+        disk refused, or the disk is nearly full now (torch's own writer says only "file write failed")."""
+        found = re.search(r"\[Errno (\d+)\]", error)
+        if found and is_disk_error(OSError(int(found[1]), "")):
+            number = int(found[1])
+            return self._disk_text(OSError(number, os.strerror(number)), base_model)
+        if free_mb(self.library.data_dir) < self._needed_gb(base_model) * 1e3:
+            return f"{self._disk_text(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), base_model)} ({error})"
+        return error
+
     def _check_free_disk(self, model_id: str, base_model: str) -> None:
         """Fail a training before it starts when the data dir's disk is nearly full (a full disk mid-run used to
         leave the model "training" for ever)."""
-        from pipeline.base_model import is_embedded
-
-        needed = self.min_free_disk_gb or (0.2 if is_embedded(base_model) else 2.0)
+        needed = self._needed_gb(base_model)
         free = shutil.disk_usage(self.library.data_dir).free / 1e9
         if free < needed:
             message = (f"only {free:.2f} GB free on the disk holding the data dir, and a training needs about "
@@ -505,10 +591,14 @@ class TrainingRunner:
             raise TrainingNotStarted(message)
 
     def _finish(self, model_id: str, *, status: Status, **fields: Any) -> ModelRecord:
-        # The library stamps finished_at for a finishing status, in its one timestamp format.
-        record = self.library.update(model_id, status=status, **fields)
+        # The library stamps finished_at for a finishing status, in its one timestamp format. An end the disk refuses
+        # stays in the library's memory (shown as it is, saved once there is room): never "training" for ever.
+        record = self.library.record_end(model_id, status=status, **fields)
         monitor = self.monitor(model_id)
         monitor.note(f"{status}" + (f": {record.error}" if record.error else ""), status=status)
+        if model_id in self.library.unsaved_ends:
+            monitor.note(f"⚠ the disk did not take this end ({free_mb(self.library.data_dir):.0f} MB free): the app "
+                         "keeps it in memory and saves it once there is room; free some space before pressing Resume")
         if self.notify is not None:
             try:
                 monitor.note(self.notify(record))

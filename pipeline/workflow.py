@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from pipeline import events as ev
 from pipeline.classify import ClassificationResult, Readiness, classify_photos
 from pipeline.crops import build_dataset
+from pipeline.disk import DiskError, disk_error_text, folder_size, is_disk_error
 from pipeline.estimate import SpeedLog, TrainingEstimate, estimate_training
 from pipeline.flow_status import FlowStatus, flow_status
 from pipeline.generators import Generators
@@ -56,14 +58,27 @@ logger = logging.getLogger(__name__)
 LOCAL_WORKSPACE = "local"  # the one person of a single-user app: the data dir itself is their workspace
 
 
-def folder_size(folder: Path) -> int:
-    """Bytes of every file under ``folder`` (0 when it does not exist)."""
-    total = 0
-    for path in Path(folder).rglob("*"):
-        with contextlib.suppress(OSError):  # a file removed while we count
-            if path.is_file() and not path.is_symlink():
-                total += path.stat().st_size
-    return total
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _writes(action: str, *, training: bool = False) -> Callable[[Callable[Concatenate[Workflow, P], R]],
+                                                                 Callable[Concatenate[Workflow, P], R]]:
+    """Marks a method that writes to the data dir: a disk that refuses the write (full, read-only, a file-size limit)
+    becomes a ``DiskError`` that says what failed and what to free, where it used to reach the page as a bare
+    ``{"error": null}``. ``training``: the message says how much room a training needs."""
+    def wrap(method: Callable[Concatenate[Workflow, P], R]) -> Callable[Concatenate[Workflow, P], R]:
+        @functools.wraps(method)
+        def call(self: Workflow, *args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return method(self, *args, **kwargs)
+            except OSError as exc:
+                if not is_disk_error(exc):
+                    raise
+                needed = self.training_needs_gb() if training else 0.0
+                raise DiskError(disk_error_text(exc, self.data_dir, action, needed_gb=needed)) from exc
+        return call
+    return wrap
 
 
 def make_executor(settings: AppSettings, generators: Generators) -> Executor:
@@ -158,10 +173,12 @@ class Workflow:
                                     "failed, press Resume on the Training tab to go on.")
 
     # ---------------------------------------------------------------- upload
+    @_writes("store the photos")
     def add_photos(self, paths: Iterable[Path | str]) -> IntakeResult:
         self._check_disk_quota()
         return self.photos.add_files(paths)
 
+    @_writes("remove the photo")
     def remove_photo(self, ref: str) -> StoredPhoto:
         """Remove an uploaded photo by id, id prefix or name; returns what was removed."""
         photo = self.photos.find(ref)
@@ -183,11 +200,13 @@ class Workflow:
             return {"overrides": data.get("overrides", {}), "captions": data.get("captions", {})}
         return {"overrides": {}, "captions": {}}
 
+    @_writes("save your choice")
     def set_override(self, file: str, choice: str | None) -> None:
         if choice not in (None, "auto", "include", "exclude"):
             raise ValueError(f"choice must be 'include', 'exclude' or 'auto', got {choice!r}")
         self._update_choices("overrides", file, None if choice in (None, "auto") else choice)
 
+    @_writes("save your choices")
     def set_overrides(self, files: Iterable[str], choice: str | None) -> int:
         """The same choice for several photos at once (the Review tab's bulk actions); returns how many."""
         if choice not in (None, "auto", "include", "exclude"):
@@ -202,6 +221,7 @@ class Workflow:
         self._write_choices(choices)
         return len(names)
 
+    @_writes("save the caption")
     def set_caption(self, file: str, caption: str | None) -> None:
         self._update_choices("captions", file, caption.strip() if caption and caption.strip() else None)
 
@@ -247,6 +267,7 @@ class Workflow:
     def _draft_path(self) -> Path:
         return self.data_dir / "settings_draft.json"
 
+    @_writes("save the settings")
     def save_settings_draft(self, values: dict[str, Any]) -> None:
         """What the person last typed on the Settings tab, so that a reload does not silently reset it."""
         tmp = self._draft_path.with_suffix(".tmp")
@@ -266,6 +287,7 @@ class Workflow:
 
         return default_train_settings(self.base_model, **overrides)
 
+    @_writes("queue the training", training=True)
     def start_training(self, settings: TrainSettings, *, classification: ClassificationResult | None = None,
                        anyway: bool = False, on_event: ev.EventCallback = ev.ignore) -> ModelRecord:
         """Classify (unless given), build the dataset into the model's folder, queue the training job.
@@ -304,6 +326,7 @@ class Workflow:
         self.jobs.submit(record.id, payload)
         return record
 
+    @_writes("queue the training again", training=True)
     def resume_training(self, model_id: str) -> ModelRecord:
         """Queue a stopped or failed training again; it continues from its last checkpoint."""
         record = self.library.get(model_id)
@@ -321,6 +344,9 @@ class Workflow:
             model_id=model_id, base_model=saved.base_model if saved else base, workspace=self.workspace)
         if not (Path(record.folder) / spec.dataset / "dataset.json").exists():
             raise ValueError(f"model '{record.name}' has no dataset to train on; start a new training instead")
+        # A model queued before its settings had limits (10 000 test prompts) is refused with the field named,
+        # rather than queued to hold the slot again.
+        spec.settings.validate()
         with self._start_lock:
             self._check_training_limit()
             record = self.library.update(model_id, status=Status.QUEUED, error="", finished_at=None)
@@ -366,6 +392,7 @@ class Workflow:
         waiting = [job for job in self._my_jobs() if job.model_id == model_id and job.status == Status.QUEUED]
         return self.jobs.position(waiting[0].id) if waiting else None
 
+    @_writes("stop the training")
     def cancel_training(self, model_id: str) -> None:
         self.library.get(model_id)  # only this workspace's trainings: another's is "not found"
         for job in [job for job in self._my_jobs() if job.model_id == model_id]:
@@ -400,7 +427,14 @@ class Workflow:
 
             notify = email_notifier(self.settings.smtp)
         return TrainingRunner(self.library, self.executor, self._monitor, self.speeds, notify=notify,
-                              min_free_disk_gb=self.settings.min_free_disk_gb)
+                              min_free_disk_gb=self.settings.min_free_disk_gb,
+                              disk_quota_gb=self.settings.disk_per_person_gb)
+
+    def training_needs_gb(self) -> float:
+        """Free disk space a training needs before it starts (``AppSettings.min_free_disk_gb``, or by base model)."""
+        from pipeline.base_model import is_embedded
+
+        return self.settings.min_free_disk_gb or (0.2 if is_embedded(self.base_model) else 2.0)
 
     # -------------------------------------------------------------- generate
     def generator(self) -> Generator:
@@ -420,7 +454,8 @@ class Workflow:
             raise ValueError(f"model '{record.name}' has no trained LoRA yet (status: {record.status})")
         return Path(record.lora_path), record.trigger_word, record.name
 
-    def _render(self, model_id: str | None, settings: GenerateSettings, on_event: ev.EventCallback) -> list:
+    def _render(self, model_id: str | None, settings: GenerateSettings, on_event: ev.EventCallback,
+                should_stop: ev.StopCheck = ev.never) -> list:
         from pipeline.trigger import insert_trigger
 
         settings.validate()
@@ -428,32 +463,39 @@ class Workflow:
         lora_path, trigger, _label = self._lora(model_id)
         if lora_path is not None:
             settings = dataclasses.replace(settings, prompt=insert_trigger(settings.prompt, trigger))
-        return self.generator().generate(settings, lora_path=lora_path, on_event=on_event)
+        return self.generator().generate(settings, lora_path=lora_path, on_event=on_event, should_stop=should_stop)
 
+    @_writes("save the images")
     def generate(self, model_id: str | None, settings: GenerateSettings, *,
-                 on_event: ev.EventCallback = ev.ignore) -> list[Path]:
-        """Generate with a library model (or the bare base model) and save PNGs with their settings."""
+                 on_event: ev.EventCallback = ev.ignore, should_stop: ev.StopCheck = ev.never) -> list[Path]:
+        """Generate with a library model (or the bare base model) and save PNGs with their settings; ``should_stop``
+        ends it between two denoising steps (the images finished by then are saved)."""
         from pipeline.generation import save_png
 
-        images = self._render(model_id, settings, on_event)
+        images = self._render(model_id, settings, on_event, should_stop)
         out = self._new_output_path("generations", "")
         out.mkdir(parents=True)
         return [save_png(img, out / f"{i:02d}.png") for i, img in enumerate(images)]
 
+    @_writes("save the comparison")
     def compare(self, left: tuple[str | None, float], right: tuple[str | None, float], settings: GenerateSettings,
-                *, on_event: ev.EventCallback = ev.ignore) -> Path:
+                *, on_event: ev.EventCallback = ev.ignore, should_stop: ev.StopCheck = ev.never) -> Path:
         """The same prompt and seeds through two models, or one model at two LoRA scales, side by side."""
         from pipeline.generation import comparison_sheet, save_png
 
         sides, labels = [], []
         for model_id, scale in (left, right):
-            sides.append(self._render(model_id, dataclasses.replace(settings, lora_scale=scale), on_event))
+            sides.append(self._render(model_id, dataclasses.replace(settings, lora_scale=scale), on_event,
+                                      should_stop))
             labels.append(f"{self._lora(model_id)[2]} @ {scale:g}")
         out = self._new_output_path("generations", ".png")
         return save_png(comparison_sheet(sides[0], sides[1], (labels[0], labels[1])), out)
 
+    @_writes("save the video")
     def video(self, model_id: str | None, *, prompt: str, frames: int, fps: int, seed: int = 0,
-              prompt_b: str | None = None, on_event: ev.EventCallback = ev.ignore) -> Path:
+              prompt_b: str | None = None, on_event: ev.EventCallback = ev.ignore,
+              should_stop: ev.StopCheck = ev.never) -> Path:
+        """A short clip (``make_video``); ``should_stop`` ends it between two frames."""
         from pipeline.trigger import insert_trigger
         from pipeline.video import make_video
 
@@ -466,7 +508,7 @@ class Workflow:
         clip = VideoSettings(prompt=prompt, prompt_b=prompt_b or "", frames=frames, fps=fps, seed_a=seed,
                              seed_b=seed + 1, width=size.width, height=size.height, steps=size.steps)
         return make_video(self.generator(), clip, lora_path=lora_path, out_path=self._new_output_path("videos", ".mp4"),
-                          on_event=on_event)
+                          on_event=on_event, should_stop=should_stop)
 
     def _new_output_path(self, kind: str, suffix: str) -> Path:
         """A fresh, time-sorted path under data_dir/kind: two requests in the same second never collide."""
@@ -483,9 +525,11 @@ class Workflow:
         """One of this person's models; ModelNotFound for anyone else's, as for one that does not exist."""
         return self.library.get(model_id)
 
+    @_writes("rename the model")
     def rename_model(self, model_id: str, name: str) -> ModelRecord:
         return self.library.rename(model_id, name)
 
+    @_writes("change the trigger word")
     def set_trigger_word(self, model_id: str, word: str) -> ModelRecord:
         return self.library.set_trigger_word(model_id, word)
 
@@ -495,6 +539,7 @@ class Workflow:
 
         return complete_loras(self.library, model_id)
 
+    @_writes("make the zip")
     def export_zip(self, model_id: str) -> Path:
         """Both LoRAs, the model card, the samples and the scores in one zip."""
         from pipeline.export import export_zip
@@ -507,6 +552,7 @@ class Workflow:
 
         return push_to_hub(self.library, model_id, repo_id, token, private=private)
 
+    @_writes("delete the model")
     def delete_model(self, model_id: str) -> None:
         self.cancel_training(model_id)  # raises ModelNotFound for a model that is not in this workspace
         self.library.delete(model_id, force=True)
