@@ -12,13 +12,13 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402  (after the environment above: gradio reads it at import)
 
-from pipeline.accounts import Authenticator, UsersFile, make_account  # noqa: E402
+from pipeline.accounts import AccountError, Authenticator, UsersFile, check_password, make_account  # noqa: E402
 from pipeline.base_model import default_base_model, is_micro, is_tiny, quiet_library_logs  # noqa: E402
 from pipeline.notify import smtp_settings_from_env  # noqa: E402
 from pipeline.settings import AppSettings  # noqa: E402
-from pipeline.workspaces import WorkspaceMode, Workspaces  # noqa: E402
+from pipeline.workspaces import CreationLimits, WorkspaceMode, Workspaces  # noqa: E402
 from ui import admin, models, playground, review, settings, steps, training, upload  # noqa: E402
-from ui.people import People, WorkspaceCookie  # noqa: E402
+from ui.people import ClientAddress, People, WorkspaceCookie, trusted_proxies  # noqa: E402
 from ui.text import plain  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -45,6 +45,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trainings-per-person", type=int, default=None, metavar="N",
                         help="trainings one person may have waiting or running (default 1 with workspaces per "
                              "person, no limit otherwise)")
+    parser.add_argument("--new-workspaces-per-hour", type=int, metavar="N",
+                        default=int(os.environ.get("LIKENESS_NEW_WORKSPACES_PER_HOUR") or CreationLimits.per_client),
+                        help="anonymous workspaces one client address may make per hour (a workspace is made by the "
+                             "first photo, generation or settings change, never by a visit)")
     parser.add_argument("--disk-per-person-gb", type=float, default=0.0, metavar="GB",
                         help="disk each person's workspace may use (default: no limit)")
     parser.add_argument("--base-model", default=os.environ.get("LIKENESS_BASE_MODEL"),
@@ -61,6 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             # A value without a colon used to turn login off without a word: refuse to start instead.
             parser.error("--auth (or LIKENESS_AUTH) must be USER:PASSWORD with both parts non-empty; "
                          "without a valid login the app would be open to anyone who has the link")
+        try:  # the same rules as `users add`: the one login of a shared link is the first thing guessed
+            check_password(user.strip(), password)
+        except AccountError as exc:
+            parser.error(f"--auth (or LIKENESS_AUTH): {exc}")
         args.auth = (user.strip(), password)
     if args.auth and args.users:
         parser.error("give either --auth (one login) or --users (a users file), not both")
@@ -159,9 +167,16 @@ def main(argv: list[str] | None = None) -> None:
     shared = per_person(args)
     auth = None
     try:
+        proxies = trusted_proxies(on_a_space())
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    try:
         if args.users:
             authenticator = Authenticator(UsersFile(args.users).accounts)
             owner = UsersFile(args.users).first()
+            exposed = UsersFile(args.users).exposure()
+            if exposed:
+                logging.warning("%s", exposed)
         elif args.auth:
             only = make_account(args.auth[0], args.auth[1], admin=True)
             authenticator = Authenticator(lambda: {only.name: only})
@@ -174,14 +189,15 @@ def main(argv: list[str] | None = None) -> None:
                                    smtp=smtp_settings_from_env(), trainings_per_person=limit,
                                    disk_per_person_gb=args.disk_per_person_gb, ray_address=args.ray.strip())
         app_settings.validate()
-        workspaces = Workspaces(app_settings, start_worker=False)
+        workspaces = Workspaces(app_settings, start_worker=False,
+                                limits=CreationLimits(per_client=args.new_workspaces_per_hour))
         if shared and owner:  # a data dir used before accounts: its photos and models become the first account's
             moved = workspaces.adopt_local_data(workspaces.login(owner))
             if moved:
                 logging.info("the existing photos and models now belong to the account %r", owner)
         workspaces.start()
         people = People(workspaces, per_person=shared, admins=authenticator.is_admin if authenticator else None,
-                        hf_accounts=on_a_space() and shared)
+                        hf_accounts=on_a_space() and shared, proxies=proxies)
         # The sign-in button only where the Space turned OAuth on (`hf_oauth: true`): Gradio refuses to start without.
         demo = build_app(people, hf_login=on_a_space() and shared and bool(os.environ.get("OAUTH_CLIENT_ID")))
     except ValueError as exc:  # BaseModelError, settings and LIKENESS_SMTP_* errors carry the fix in their message
@@ -195,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.warning("--workspaces single while serving others: everyone who reaches the app sees, downloads "
                         "and deletes the same photos and models.")
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-                css_paths=[ASSETS / "style.css"], app_kwargs=_middleware(shared))
+                css_paths=[ASSETS / "style.css"], app_kwargs=_middleware(shared, bool(auth), proxies))
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -224,10 +240,15 @@ def _check_writable(data_dir: Path) -> None:
                          "writable folder with --data-dir (or LIKENESS_DATA_DIR)") from None
 
 
-def _middleware(shared: bool) -> dict:
+def _middleware(shared: bool, login: bool, proxies: int) -> dict:
+    """The workspace cookie where the app serves several people; the client's address for the login throttle
+    where there is a login."""
     from starlette.middleware import Middleware
 
-    return {"middleware": [Middleware(WorkspaceCookie)]} if shared else {}
+    middleware = [Middleware(WorkspaceCookie)] if shared else []
+    if login:
+        middleware.append(Middleware(ClientAddress, proxies=proxies))
+    return {"middleware": middleware} if middleware else {}
 
 
 if __name__ == "__main__":

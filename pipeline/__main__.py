@@ -127,6 +127,9 @@ def cmd_users(args: argparse.Namespace) -> int:
     from pipeline.accounts import UsersFile
 
     users = UsersFile(args.users_file)
+    exposed = users.exposure()
+    if exposed:  # a file copied or made by hand; said before add/passwd/remove rewrite it with mode 0600
+        logging.getLogger("pipeline.users").warning("%s", exposed)
     if args.action == "list":
         accounts = users.accounts()
         _emit(args, [{"name": a.name, "admin": a.admin} for a in accounts.values()],

@@ -18,16 +18,40 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 MIN_PASSWORD = 8
+MIN_DISTINCT = 5  # "aaaaaaaa" and "abababab" are eight characters, and guessed first
+# The passwords every guessing list starts with (lower-cased, spaces removed): refused on every way in.
+COMMON_PASSWORDS = frozenset({
+    "password", "password1", "password12", "password123", "passw0rd", "p@ssw0rd", "p@ssword", "12345678",
+    "123456789", "1234567890", "0123456789", "87654321", "11111111", "00000000", "qwertyui", "qwertyuiop",
+    "qwerty123", "1q2w3e4r", "1qaz2wsx", "abcdefgh", "abcd1234", "iloveyou", "sunshine", "princess", "football",
+    "baseball", "welcome1", "letmein1", "trustno1", "superman", "starwars", "dragon12", "admin123", "administrator",
+    "changeme", "likeness", "likeness1", "huggingface",
+})
 
 
 class AccountError(ValueError):
     """A bad user name or password, or a users file that cannot be read; the message says which."""
+
+
+def check_password(name: str, password: str) -> None:
+    """Refuse a password a guessing list would try early, whichever way it comes in (``users add``/``passwd``,
+    ``--auth``): the throttle slows guessing down, it cannot save a password that is guessed in ten tries."""
+    squeezed = "".join(password.split()).lower()
+    if len(password) < MIN_PASSWORD or len(squeezed) < MIN_PASSWORD:
+        raise AccountError(f"the password must have at least {MIN_PASSWORD} characters besides spaces")
+    if len(set(squeezed)) < MIN_DISTINCT:
+        raise AccountError(f"the password must use at least {MIN_DISTINCT} different characters")
+    if squeezed in COMMON_PASSWORDS or squeezed.rstrip("0123456789!.") in COMMON_PASSWORDS:
+        raise AccountError("that password is on every guessing list; choose another")
+    if name and squeezed.rstrip("0123456789!.") in (name.lower(), name.lower()[::-1]):
+        raise AccountError("the password must not be the user name")
 
 
 def _hash(password: str, salt: bytes, params: dict[str, int]) -> bytes:
@@ -71,8 +95,7 @@ class UsersFile:
     def add(self, name: str, password: str, *, admin: bool = False, replace: bool = False) -> Account:
         if not NAME.match(name):
             raise AccountError(f"user name {name!r}: use 1–64 letters, digits, '_', '.', '@' or '-'")
-        if len(password) < MIN_PASSWORD:
-            raise AccountError(f"the password must have at least {MIN_PASSWORD} characters")
+        check_password(name, password)
         accounts = self.accounts()
         if name in accounts and not replace:
             raise AccountError(f"user {name!r} already exists (use 'passwd' to change the password)")
@@ -80,6 +103,18 @@ class UsersFile:
         accounts[name] = account
         self._write(accounts)
         return account
+
+    def exposure(self) -> str | None:
+        """A warning when others on this machine can read (or change) the file: its hashes are what offline
+        guessing needs, and whoever can write it can add an account; ``None`` when only its owner can."""
+        try:
+            mode = self.path.stat().st_mode & 0o777
+        except OSError:
+            return None
+        if not mode & 0o077:
+            return None
+        return (f"the users file {self.path} can be read or changed by other users of this machine (mode "
+                f"{mode:03o}): its password hashes can be guessed offline there; run: chmod 600 {self.path}")
 
     def remove(self, name: str) -> None:
         accounts = self.accounts()
@@ -110,42 +145,96 @@ _DECOY = Account("", base64.b64encode(b"\0" * 16).decode(), base64.b64encode(b"\
 class _Failures:
     count: int = 0
     locked_until: float = 0.0
+    last: float = 0.0
+
+
+@dataclass(frozen=True)
+class Lock:
+    """What a throttled login is waiting for: ``seconds`` left, and which counter locked it."""
+
+    seconds: float
+    reason: str  # "client and name", "client" or "name"
+
+
+# The client address of the login being checked, set by the web layer for the request (Gradio's ``auth=`` is
+# called with the name and password only). "" where no address is known (the tests, the CLI).
+LOGIN_CLIENT: ContextVar[str] = ContextVar("likeness_login_client", default="")
 
 
 @dataclass
 class LoginThrottle:
-    """After ``free`` wrong passwords for a name, that name is locked for a delay that doubles with each further
-    failure (up to ``max_delay``); attempts while locked are refused without checking the password, so guessing
-    gets a few tries per minute whatever the attacker's speed. A right password clears the count."""
+    """Slows guessing down without handing the attacker a way to lock the owner out (as Django-axes locks a
+    client-and-name pair, fail2ban a client, and GitHub trusts a device that signed in before):
+
+    - **client and name**: after ``free`` wrong passwords for one name from one client address, that pair is locked
+      for ``first_delay``, doubling with each further failure up to ``max_delay``. Someone guessing at Alice's
+      password locks only their own address out of her account.
+    - **client**: after ``client_free`` wrong passwords from one address, whatever the names, the address is locked
+      the same way: one password sprayed over many names is slowed as much as many passwords on one name.
+    - **name**: after ``name_free`` wrong passwords for a name from all addresses together (guessing spread over
+      many addresses), the name is locked for every address except those that signed in as it before: the owner's
+      own computer still gets in.
+
+    Attempts while locked are refused without checking the password (no scrypt time spent, nothing learnt).
+    Counts are forgotten ``forget_after`` seconds after their last failure once no lock runs; a right password
+    clears its own pair only (not the address's count: one account of one's own must not reset a spraying run).
+    """
 
     free: int = 5
     first_delay: float = 1.0
     max_delay: float = 300.0
-    _failures: dict[str, _Failures] = field(default_factory=dict)
+    client_free: int = 20
+    name_free: int = 100
+    forget_after: float = 900.0
+    known_for: float = 30 * 86400.0  # a successful login keeps its address "known" for the name this long
+    max_entries: int = 10_000  # counters kept at once: random names and addresses must not grow the tables forever
+    _failures: dict[tuple[str, str, str], _Failures] = field(default_factory=dict)
+    _known: dict[tuple[str, str], float] = field(default_factory=dict)  # (name, client) -> last success
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def locked(self, name: str, now: float | None = None) -> float:
-        """Seconds until ``name`` may try again (0: now)."""
-        with self._lock:
-            entry = self._failures.get(name)
-            return max(0.0, entry.locked_until - (now or time.monotonic())) if entry else 0.0
+    def _keys(self, name: str, client: str) -> list[tuple[tuple[str, str, str], int, str]]:
+        return [(("pair", client, name), self.free, "client and name"),
+                (("client", client, ""), self.client_free, "client"),
+                (("name", "", name), self.name_free, "name")]
 
-    max_names: int = 10_000  # names tracked at once: random names must not grow the table without bound
-
-    def failed(self, name: str, now: float | None = None) -> None:
+    def lock(self, name: str, client: str = "", now: float | None = None) -> Lock | None:
+        """Why ``name`` may not try from ``client`` now, or ``None`` when it may."""
         now = now or time.monotonic()
         with self._lock:
-            if len(self._failures) >= self.max_names:  # forget names whose lock has run out (or never started)
-                self._failures = {n: f for n, f in self._failures.items() if f.locked_until > now}
-            entry = self._failures.setdefault(name, _Failures())
-            entry.count += 1
-            if entry.count >= self.free:
-                delay = min(self.max_delay, self.first_delay * 2 ** (entry.count - self.free))
-                entry.locked_until = now + delay
+            known = now - self._known.get((name, client), -self.known_for - 1) <= self.known_for
+            for key, _free, reason in self._keys(name, client):
+                entry = self._failures.get(key)
+                if entry is None or entry.locked_until <= now or (reason == "name" and known):
+                    continue
+                return Lock(entry.locked_until - now, reason)
+        return None
 
-    def succeeded(self, name: str) -> None:
+    def locked(self, name: str, client: str = "", now: float | None = None) -> float:
+        """Seconds until ``name`` may try again from ``client`` (0: now)."""
+        found = self.lock(name, client, now)
+        return found.seconds if found else 0.0
+
+    def failed(self, name: str, client: str = "", now: float | None = None) -> None:
+        now = now or time.monotonic()
         with self._lock:
-            self._failures.pop(name, None)
+            if len(self._failures) >= self.max_entries:  # forget counters whose lock has run out
+                self._failures = {k: f for k, f in self._failures.items() if f.locked_until > now}
+            for key, free, _reason in self._keys(name, client):
+                entry = self._failures.setdefault(key, _Failures())
+                if entry.locked_until <= now and now - entry.last > self.forget_after:
+                    entry.count = 0  # an old run of failures, long over: start again
+                entry.count += 1
+                entry.last = now
+                if entry.count >= free:
+                    entry.locked_until = now + min(self.max_delay, self.first_delay * 2 ** (entry.count - free))
+
+    def succeeded(self, name: str, client: str = "", now: float | None = None) -> None:
+        now = now or time.monotonic()
+        with self._lock:
+            self._failures.pop(("pair", client, name), None)
+            if len(self._known) >= self.max_entries:
+                self._known = {k: t for k, t in self._known.items() if now - t <= self.known_for}
+            self._known[(name, client)] = now
 
 
 class Authenticator:
@@ -157,8 +246,9 @@ class Authenticator:
         self.throttle = throttle or LoginThrottle()
         self.checked = 0  # passwords actually compared (the bench and tests measure the throttle by it)
 
-    def check(self, name: str, password: str) -> bool:
-        if self.throttle.locked(name):
+    def check(self, name: str, password: str, client: str = "") -> bool:
+        """Whether ``password`` is ``name``'s, asked from the address ``client``."""
+        if self.throttle.lock(name, client):
             return False
         try:
             account = self.accounts().get(name)
@@ -170,9 +260,9 @@ class Authenticator:
         ok = hmac.compare_digest(_hash(password, base64.b64decode(target.salt), params),
                                  base64.b64decode(target.hash)) and account is not None
         if ok:
-            self.throttle.succeeded(name)
+            self.throttle.succeeded(name, client)
         else:
-            self.throttle.failed(name)
+            self.throttle.failed(name, client)
         return ok
 
     def is_admin(self, name: str) -> bool:
@@ -185,4 +275,4 @@ class Authenticator:
     async def login(self, name: str, password: str) -> bool:
         """Gradio's ``auth=``: a coroutine function (Gradio awaits only those: an object with an async
         ``__call__`` would hand it a coroutine, which is truthy); the hash runs in a thread, not on the loop."""
-        return await asyncio.to_thread(self.check, name, password)
+        return await asyncio.to_thread(self.check, name, password, LOGIN_CLIENT.get())

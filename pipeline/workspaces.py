@@ -21,6 +21,8 @@ import re
 import secrets
 import shutil
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -40,7 +42,62 @@ PERSONAL_ENTRIES = ("photos", "models", "library.json", "generations", "videos",
 
 
 class WorkspaceLimit(ValueError):
-    """No room for another workspace (``AppSettings.max_workspaces``)."""
+    """No room for another workspace (``AppSettings.max_workspaces``), or this client made too many."""
+
+
+@dataclass(frozen=True)
+class CreationLimits:
+    """How fast anonymous visitors may make workspaces. A workspace is made by the first thing a person stores (a
+    photo, a generation, a settings draft), never by a read; these bound what one client address can make.
+
+    The defaults let an office behind one address bring ``per_client`` new browsers an hour, while one client that
+    loops over new tokens needs ``max_workspaces / per_client`` hours to fill the app (1000 / 20: 50 h), and its
+    empty workspaces are gone ``empty_after_s`` after their last change.
+    """
+
+    per_client: int = 20  # new anonymous workspaces one client address may make per window
+    window_s: float = 3600.0
+    empty_after_s: float = 600.0  # an anonymous workspace with no photos and no models, untouched this long, goes
+    prune_every_s: float = 60.0  # how often creating a workspace first sweeps the empty ones
+    max_clients: int = 100_000  # addresses remembered at once (the table must not grow without bound)
+
+    def validate(self) -> CreationLimits:
+        for name in ("per_client", "window_s", "empty_after_s", "max_clients"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"CreationLimits.{name} must be above 0, got {getattr(self, name)!r}")
+        return self
+
+
+class CreationRate:
+    """Sliding-window count of the anonymous workspaces each client address made (kept in memory: a restart
+    forgets it, which only gives a client one more window)."""
+
+    def __init__(self, limits: CreationLimits) -> None:
+        self.limits = limits
+        self._made: dict[str, deque[float]] = {}
+
+    def _recent(self, client: str, now: float) -> deque[float]:
+        times = self._made.get(client)
+        if times is None:
+            if len(self._made) >= self.limits.max_clients:  # forget the addresses with nothing in the window
+                self._made = {c: t for c, t in self._made.items() if t and now - t[-1] < self.limits.window_s}
+            times = self._made[client] = deque()
+        while times and now - times[0] >= self.limits.window_s:
+            times.popleft()
+        return times
+
+    def wait(self, client: str, now: float | None = None) -> float:
+        """Seconds until ``client`` may make another workspace (0: now)."""
+        now = time.monotonic() if now is None else now
+        times = self._recent(client, now)
+        return 0.0 if len(times) < self.limits.per_client else times[0] + self.limits.window_s - now
+
+    def made(self, client: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._recent(client, now).append(now)
+
+    def held(self, client: str) -> int:
+        return len(self._made.get(client, ()))
 
 
 class WorkspaceMode(StrEnum):
@@ -88,6 +145,39 @@ def hf_person(name: str, secret: bytes) -> Person:
     return Person(_key(secret, "hf", name), f"{name} (Hugging Face)")
 
 
+MIN_TOKEN_LENGTH = 24
+# Estimated bits (token_bits) a caller-chosen token needs. The estimate undercounts random tokens: over 20 000
+# samples each, secrets.token_hex(12) (96 real bits) scored 65 at least, token_urlsafe(18) 86, a uuid4 111,
+# token_urlsafe(32) 187; "a" * 24 and "abcdef…" score 0, "abab…" (40 characters) 40.
+MIN_TOKEN_BITS = 64
+
+
+def token_bits(token: str) -> float:
+    """A cautious estimate of a caller-chosen token's entropy in bits: its length times the empirical entropy per
+    character, taken both over its characters and over the steps between neighbours (so that "aaaa…", "abab…" and
+    "abcdef…" all score low, and a random token of the same length scores high)."""
+    import math
+    from collections import Counter
+
+    def per_symbol(symbols: list[int]) -> float:
+        counts = Counter(symbols)
+        return -sum(c / len(symbols) * math.log2(c / len(symbols)) for c in counts.values()) if symbols else 0.0
+
+    codes = [ord(c) for c in token]
+    steps = [b - a for a, b in zip(codes, codes[1:], strict=False)]
+    return len(token) * min(per_symbol(codes), per_symbol(steps))
+
+
+def check_token(token: str, header: str) -> None:
+    """Refuse a workspace token that could be guessed or picked by someone else too: two clients that chose the
+    same weak token ("a" * 24) would share one workspace."""
+    if len(token) < MIN_TOKEN_LENGTH or token_bits(token) < MIN_TOKEN_BITS:
+        raise ValueError(f"the {header} token is too easy to guess ({len(token)} characters, about "
+                         f"{token_bits(token):.0f} bits; at least {MIN_TOKEN_LENGTH} characters and "
+                         f"{MIN_TOKEN_BITS} bits are needed): send a random one, e.g. python -c \"import secrets; "
+                         "print(secrets.token_urlsafe(32))\", and keep it to come back to your workspace")
+
+
 def token_person(token: str, secret: bytes) -> Person:
     """An anonymous visitor known by a secret token (a browser's cookie, an API caller's header): the folder is
     named by the token's keyed hash, so the folder names on disk do not give the tokens away."""
@@ -105,11 +195,43 @@ def install_secret(root: Path) -> bytes:
     return bytes.fromhex(path.read_text().strip())
 
 
-class Workspaces:
-    """The workflows of everyone who has used the app, created on first use and kept while it runs."""
+BLANK_FOLDER = ".blank-workspace"
+BLANK_KEY = "blank-nobody"
 
-    def __init__(self, settings: AppSettings, *, start_worker: bool = True) -> None:
+
+class NothingStored(RuntimeError):
+    """Something tried to store through the read-only view of a person who has no workspace yet (a bug: a
+    handler that stores must ask ``Workspaces.get``, which makes the workspace)."""
+
+
+class BlankWorkflow(Workflow):
+    """What a person without a workspace reads: no photos, no models, no draft. One object serves every such
+    person, so each method that would store something from nothing refuses loudly instead of writing where the
+    next visitor would read it (the others need a photo or a model first, and find none)."""
+
+    def _refuse(self, *_args: object, **_kwargs: object) -> None:
+        raise NothingStored("bug: this handler stores through the read view; it must use Workspaces.get")
+
+    add_photos = set_override = set_overrides = set_caption = save_settings_draft = _refuse  # type: ignore[assignment]
+    generate = compare = video = _refuse  # type: ignore[assignment]
+
+    def is_blank(self) -> bool:
+        """Still nothing in it: no file anywhere in its folder but the empty library's own."""
+        return not any(p.is_file() and p.name != "library.json" for p in self.data_dir.rglob("*")) \
+            and not self.library.list()
+
+
+class Workspaces:
+    """The workflows of everyone who has stored something, created on the first store and kept while it runs."""
+
+    def __init__(self, settings: AppSettings, *, start_worker: bool = True,
+                 limits: CreationLimits | None = None) -> None:
         self.settings = settings
+        self.limits = (limits or CreationLimits()).validate()
+        self._rate = CreationRate(self.limits)
+        self._creators: dict[str, str] = {}  # anonymous workspace key -> the client address that made it
+        self._last_prune = 0.0
+        self._blank: BlankWorkflow | None = None
         self.root = Path(settings.data_dir)
         self.root.mkdir(parents=True, exist_ok=True)
         self.secret = install_secret(self.root)
@@ -152,44 +274,116 @@ class Workspaces:
     def folder(self, key: str) -> Path:
         return self.root if key == LOCAL_WORKSPACE else self.root / PEOPLE_FOLDER / key
 
-    def get(self, person: Person) -> Workflow:
+    def get(self, person: Person, client: str = "") -> Workflow:
+        """``person``'s workspace, made now if they have none: for a handler about to store something. An anonymous
+        person's is made only within ``client``'s creation rate and the app's ``max_workspaces``."""
+        return self.get_key(person.key, client)
+
+    def find(self, person: Person) -> Workflow | None:
+        """``person``'s workspace if they have one (``None`` otherwise): reads never make one."""
+        with self._lock:
+            if person.key in self._flows:
+                return self._flows[person.key]
+        if person.key != LOCAL_WORKSPACE and not self.folder(person.key).is_dir():
+            return None
         return self.get_key(person.key)
 
-    def get_key(self, key: str) -> Workflow:
+    def view(self, person: Person) -> Workflow:
+        """What ``person`` reads: their workspace, or the blank view when they have stored nothing yet."""
+        return self.find(person) or self.blank()
+
+    def blank(self) -> BlankWorkflow:
+        """The shared read-only view of no workspace, checked empty before each use: should a bug ever have stored
+        something in it, that is wiped (and logged) before anyone else can read it."""
+        with self._lock:
+            if self._blank is None or not self._blank.is_blank():
+                if self._blank is not None:
+                    logger.error("something was stored in the blank workspace view; wiped it")
+                folder = self.root / BLANK_FOLDER
+                shutil.rmtree(folder, ignore_errors=True)
+                self._blank = BlankWorkflow(self.settings, start_worker=False, workspace=BLANK_KEY, folder=folder,
+                                            jobs=self.jobs, executor=self.executor, generators=self._generators)
+            return self._blank
+
+    def get_key(self, key: str, client: str = "") -> Workflow:
         if key != LOCAL_WORKSPACE and not re.fullmatch(r"[a-z]+-[a-z0-9_.-]+", key):
             raise ValueError(f"not a workspace name: {key!r}")
         with self._lock:
             flow = self._flows.get(key)
             if flow is None:
-                if not self.folder(key).exists():
-                    self._make_room()
+                new = key != LOCAL_WORKSPACE and not self.folder(key).exists()
+                if new:
+                    self._admit(key, client)
                 flow = self._make(key, self.folder(key), check_orphans=self.jobs.running)
+                if new and key.startswith("anon-"):
+                    self._rate.made(client)
+                    self._creators[key] = client
             return flow
 
-    def _make_room(self) -> None:
-        """Every visitor (or API call without a token) gets a workspace: past ``max_workspaces`` the empty anonymous
-        ones older than an hour go first, and when none can, a new person is refused rather than filling the disk."""
+    def _admit(self, key: str, client: str) -> None:
+        """May a new workspace ``key`` be made for ``client``? (Called with the lock held.)
+
+        1. An anonymous one counts against its client address's rate (``CreationLimits.per_client``): a client
+           looping over new tokens is refused, the next visitor from elsewhere is not.
+        2. Empty anonymous workspaces idle ``empty_after_s`` are swept (at most every ``prune_every_s``, and always
+           when the app is full).
+        3. Past ``max_workspaces``: an anonymous client that already made one in this window is refused (it has a
+           workspace to use); anyone else is let in by removing the empty anonymous workspaces of the client that
+           made the most; only when every workspace holds photos or models is the newcomer refused.
+        """
+        anonymous = key.startswith("anon-")
+        if anonymous:
+            wait = self._rate.wait(client)
+            if wait:
+                raise WorkspaceLimit(f"this address made {self.limits.per_client} new workspaces within "
+                                     f"{self.limits.window_s / 60:.0f} minutes; use one of them (keep its token or "
+                                     f"cookie) or try again in {wait / 60:.0f} minutes")
+        now = time.monotonic()
+        if now - self._last_prune >= self.limits.prune_every_s:
+            self._last_prune = now
+            self._prune_empty(self.limits.empty_after_s)
         cap = self.settings.max_workspaces
         if not cap or len(self.keys()) < cap:
             return
-        self.prune_empty(min_age_seconds=3600)
-        if len(self.keys()) >= cap:
-            raise WorkspaceLimit(f"this app already holds {cap} people's workspaces and has no room for another; "
-                                 "ask its operator")
+        self._prune_empty(self.limits.empty_after_s)
+        if len(self.keys()) < cap:
+            return
+        if anonymous and self._rate.held(client):
+            raise WorkspaceLimit(f"this app holds {cap} people's workspaces, and this address made one recently: "
+                                 "use that one (keep its token or cookie)")
+        made: dict[str, list[str]] = {}
+        for other, creator in self._creators.items():
+            made.setdefault(creator, []).append(other)
+        for creator in sorted(made, key=lambda c: len(made[c]), reverse=True):
+            if self._prune_empty(0.0, only=set(made[creator]), most=1):
+                logger.warning("the app was full: removed empty workspaces made by one client to let a new person in")
+                return
+        raise WorkspaceLimit(f"this app already holds {cap} people's workspaces and has no room for another; "
+                             "ask its operator")
 
-    def prune_empty(self, min_age_seconds: float = 3600) -> list[str]:
+    def prune_empty(self, min_age_seconds: float = 600) -> list[str]:
         """Remove anonymous workspaces with no photos and no models, untouched for ``min_age_seconds``."""
-        import time
+        with self._lock:
+            return self._prune_empty(min_age_seconds)
 
-        removed = []
-        for key in self.keys():
+    def _prune_empty(self, min_age_seconds: float, only: set[str] | None = None,
+                     most: int | None = None) -> list[str]:
+        """The sweep (lock held): ``only`` these keys when given, at most ``most`` of them, the longest idle first."""
+        removed: list[str] = []
+        busy = {job.payload.get("workspace") for job in self.jobs.list() if job.status in JOB_ACTIVE}
+        for key in sorted(self.keys(), key=lambda k: _last_change(self.folder(k))):
+            if most is not None and len(removed) >= most:
+                break
             folder = self.folder(key)
-            if not key.startswith("anon-") or time.time() - folder.stat().st_mtime < min_age_seconds:
+            if not key.startswith("anon-") or (only is not None and key not in only) or key in busy:
+                continue  # a training waiting for a workspace may not have made its models folder yet
+            if time.time() - _last_change(folder) < min_age_seconds:
                 continue
             photos = [p for p in (folder / "photos").rglob("*") if p.is_file() and p.suffix != ".json"]
             models = list((folder / "models").iterdir()) if (folder / "models").is_dir() else []
             if not photos and not models:
                 self._flows.pop(key, None)
+                self._creators.pop(key, None)
                 shutil.rmtree(folder, ignore_errors=True)
                 removed.append(key)
         return removed
@@ -270,6 +464,15 @@ class Workspaces:
     def close(self) -> None:
         if self.jobs.stop():  # a worker still inside a job keeps the executor it uses
             self.executor.close()
+
+
+def _last_change(folder: Path) -> float:
+    """The newest modification time of the folder and what is directly in it (a settings draft rewritten in
+    place does not touch the folder's own time)."""
+    try:
+        return max([folder.stat().st_mtime, *(p.stat().st_mtime for p in folder.iterdir())])
+    except OSError:
+        return time.time()
 
 
 @dataclass(frozen=True)

@@ -87,3 +87,79 @@ def test_users_are_managed_from_the_command_line(tmp_path: Path) -> None:
     listed = subprocess.run([sys.executable, "-m", "pipeline", "users", "list", "--users-file", str(path)],
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert listed.stdout.strip() == "alice (admin)"
+
+
+def test_an_attacker_cannot_lock_the_owner_out(tmp_path: Path) -> None:
+    """Issue 32: 4 wrong logins a second for alice made her right password fail 29 of 30 times. Now the lock falls
+    on the attacker's address; spread over many addresses it falls on the name, but not for her own computer."""
+    users = UsersFile(tmp_path / "users.json")
+    users.add("alice", "correct horse")
+    login = Authenticator(users.accounts, LoginThrottle(free=5, client_free=20, name_free=30))
+    home, attacker = "198.51.100.7", "203.0.113.66"
+    assert login.check("alice", "correct horse", home)  # she signed in from home before: a known address
+    assert not any(login.check("alice", f"guess {i}", attacker) for i in range(200))
+    assert login.checked == 1 + 5  # the attacker's address got five tries, the other 195 were refused unread
+    assert login.throttle.lock("alice", attacker).reason == "client and name"
+    # Alice is not locked out, from home or from a café she never used.
+    assert login.check("alice", "correct horse", home)
+    assert login.check("alice", "correct horse", "192.0.2.10")
+    # The same guessing spread over 40 addresses (5 each, under every per-address limit) locks the name after 30
+    # failures, for addresses that never signed in as alice: her home still gets in.
+    for i in range(40):
+        for j in range(5):
+            login.check("alice", f"spread {i}-{j}", f"203.0.113.{100 + i}")
+    assert login.throttle.lock("alice", "192.0.2.99").reason == "name"
+    assert not login.check("alice", "correct horse", "192.0.2.99")
+    assert login.check("alice", "correct horse", home)
+    # Failures for alice do not lock bob.
+    users.add("bob", "battery staple")
+    assert login.check("bob", "battery staple", "192.0.2.99")
+
+
+def test_one_password_sprayed_over_many_names_is_slowed(tmp_path: Path) -> None:
+    """Issue 32: one password tried on 60 names was not slowed (11–14 names/s, each a full scrypt check)."""
+    users = UsersFile(tmp_path / "users.json")
+    names = [f"user{i}" for i in range(60)]
+    for name in names[:3]:
+        users.add(name, "their own password")
+    login = Authenticator(users.accounts, LoginThrottle(client_free=20))
+    started = time.monotonic()
+    results = [login.check(name, "Summer2026!", "203.0.113.66") for name in names]
+    elapsed = time.monotonic() - started
+    assert not any(results)
+    assert login.checked == 20, login.checked  # the address is locked after 20 failures, whichever names
+    assert login.throttle.lock("user59", "203.0.113.66").reason == "client"
+    assert login.check("user1", "their own password", "198.51.100.7")  # others are not
+    print(json.dumps({"names": 60, "seconds": round(elapsed, 3), "passwords_checked": login.checked}))
+
+
+@pytest.mark.parametrize("password", ["password", "Password123", " " * 8, "        password  ", "aaaaaaaa",
+                                      "abababab12", "12345678", "qwertyuiop", "alice2026"])
+def test_weak_passwords_are_refused_on_every_way_in(tmp_path: Path, password: str) -> None:
+    import app
+
+    users = UsersFile(tmp_path / "users.json")
+    with pytest.raises(AccountError):
+        users.add("alice", password)
+    with pytest.raises(SystemExit):
+        app.parse_args(["--auth", f"alice:{password}"])
+    assert not users.path.exists()
+
+
+def test_weak_passwords_and_a_readable_users_file_on_the_command_line(tmp_path: Path) -> None:
+    path = tmp_path / "users.json"
+
+    def cli(*args: str, password: str = "") -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pipeline", "users", *args, "--users-file", str(path),
+                               "--password-stdin"], input=password + "\n", capture_output=True, text=True, cwd=ROOT,
+                              timeout=120)
+
+    for weak in ("password", " " * 8, "a:b"):
+        refused = cli("add", "alice", password=weak)
+        assert refused.returncode == 2 and "password" in refused.stderr, refused
+    assert cli("add", "alice", password="correct horse").returncode == 0
+    assert "can be read" not in cli("list").stderr
+    path.chmod(0o644)  # copied by hand, say
+    listed = cli("list")
+    assert "can be read or changed by other users" in listed.stderr and "chmod 600" in listed.stderr
+    assert UsersFile(path).exposure() is not None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import time
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from pipeline.library import ModelNotFound
 from pipeline.photos import PhotoNotFound
 from pipeline.settings import AppSettings, TrainSettings
 from pipeline.workflow import Workflow
-from pipeline.workspaces import LOCAL_PERSON, Workspaces
+from pipeline.workspaces import LOCAL_PERSON, CreationLimits, NothingStored, WorkspaceLimit, Workspaces
 
 
 @pytest.fixture()
@@ -118,20 +120,78 @@ def test_a_workspace_name_is_never_a_path(tmp_path: Path) -> None:
     assert (people.root / ".workspaces-secret").stat().st_mode & 0o777 == 0o600
 
 
-def test_workspaces_are_capped_and_empty_anonymous_ones_make_room(tmp_path: Path, photos: list[Path]) -> None:
-    import os
+def _token(i: int) -> str:
+    return secrets.token_urlsafe(32) + str(i)
 
-    from pipeline.workspaces import WorkspaceLimit
 
-    people = Workspaces(AppSettings(data_dir=tmp_path / "data", base_model="tiny", max_workspaces=2),
-                        start_worker=False)
-    kept, empty = people.get(people.browser("k" * 43)), people.get(people.browser("e" * 43))
+def test_reads_make_no_workspace_and_the_first_stored_photo_does(tmp_path: Path, photos: list[Path]) -> None:
+    people = Workspaces(AppSettings(data_dir=tmp_path / "data", base_model="tiny"), start_worker=False)
+    # 200 visitors that only look (a page load, a list of models, the steps) make no folder at all: before, each one
+    # made a workspace, and 1000 of them filled the app.
+    for i in range(200):
+        view = people.view(people.browser(_token(i)))
+        assert view.list_photos() == [] and view.library.list() == [] and view.settings_draft() == {}
+    assert people.keys() == []
+    assert people.find(people.browser("k" * 43)) is None
+    # The read view is shared, so it refuses to store (a handler that stores must ask for the workspace).
+    with pytest.raises(NothingStored):
+        people.view(people.browser(_token(0))).add_photos(photos[:1])
+    with pytest.raises(NothingStored):
+        people.view(people.browser(_token(0))).save_settings_draft({"steps": 10})
+    token = _token(1)
+    people.get(people.browser(token), "203.0.113.7").add_photos(photos[:1])
+    assert len(people.keys()) == 1 and len(people.view(people.browser(token)).list_photos()) == 1
+    assert people.view(people.browser(_token(2))).list_photos() == []  # the next visitor still reads nothing
+
+
+def test_one_client_cannot_fill_the_app_and_the_cap_refuses_it_not_the_next_visitor(tmp_path: Path,
+                                                                                      photos: list[Path]) -> None:
+    people = Workspaces(AppSettings(data_dir=tmp_path / "data", base_model="tiny", max_workspaces=5),
+                        start_worker=False, limits=CreationLimits(per_client=3))
+    abuser, made, refused = "203.0.113.66", 0, 0
+    for i in range(50):  # a loop of new tokens from one address, as in issue 32 (1000 calls there)
+        try:
+            people.get(people.browser(_token(i)), abuser)
+            made += 1
+        except WorkspaceLimit as exc:
+            assert "this address made 3 new workspaces" in str(exc)
+            refused += 1
+    assert (made, refused) == (3, 47)
+    # Two honest visitors with photos: the app is at its cap of 5.
+    honest = [people.get(people.browser(_token(100 + i)), f"198.51.100.{i}") for i in range(2)]
+    for flow in honest:
+        flow.add_photos(photos[:1])
+    assert len(people.keys()) == 5
+    # The next visitors from elsewhere get in: the abuser's empty workspaces make room, one each.
+    for i in range(3):
+        people.get(people.browser(_token(200 + i)), f"192.0.2.{i}")
+    assert len(people.keys()) == 5
+    assert all(len(flow.list_photos()) == 1 for flow in honest)  # nobody's photos went
+    # Now every workspace belongs to someone other than the abuser: a client that made one this hour is refused
+    # (it has one to use), and so is anyone else only once nothing empty is left to remove.
+    with pytest.raises(WorkspaceLimit, match="made one recently"):
+        people.get(people.browser(_token(300)), "192.0.2.0")
+    for key in people.keys():  # every workspace holds a photo: nothing can go
+        people.get_key(key).add_photos(photos[:1])
+    with pytest.raises(WorkspaceLimit, match="no room for another"):
+        people.get(people.browser(_token(301)), "192.0.2.77")
+
+
+def test_empty_anonymous_workspaces_are_swept_after_ten_minutes(tmp_path: Path, photos: list[Path]) -> None:
+    people = Workspaces(AppSettings(data_dir=tmp_path / "data", base_model="tiny"), start_worker=False,
+                        limits=CreationLimits(prune_every_s=0.0))
+    kept = people.get(people.browser(_token(1)), "198.51.100.1")
+    drafted = people.get(people.browser(_token(2)), "198.51.100.2")
+    empty = people.get(people.browser(_token(3)), "198.51.100.3")
+    login = people.get(people.login("alice"))
     kept.add_photos(photos[:1])
-    with pytest.raises(WorkspaceLimit, match="no room"):
-        people.get(people.browser("n" * 43))  # a third visitor while both are in use (and recent)
-    an_hour_ago = time.time() - 3700
+    drafted.save_settings_draft({"steps": 10})
+    eleven_minutes_ago = time.time() - 660
     for key in people.keys():
-        os.utime(people.folder(key), (an_hour_ago, an_hour_ago))
-    newcomer = people.get(people.browser("n" * 43))  # the empty, idle workspace made room; the one with photos stays
-    assert not people.folder(empty.workspace).exists() and people.folder(newcomer.workspace).exists()
-    assert len(kept.list_photos()) == 1
+        for path in [people.folder(key), *people.folder(key).iterdir()]:
+            os.utime(path, (eleven_minutes_ago, eleven_minutes_ago))
+    drafted.save_settings_draft({"steps": 12})  # typed into the form a moment ago: kept
+    people.get(people.browser(_token(4)), "198.51.100.4")  # the next workspace made sweeps first
+    assert not people.folder(empty.workspace).exists()
+    for flow in (kept, drafted, login):
+        assert people.folder(flow.workspace).exists()

@@ -5,30 +5,36 @@
   instead (``gradio_client.Client(…, token=…)``), whose account the Hub names;
 - otherwise, when the app serves others: each browser gets a private workspace named by an unguessable token in an
   HttpOnly cookie (set on the first page load, so it is there before any event and survives reloads and
-  restarts); an API caller may send its own token in the ``X-Likeness-Workspace`` header, or gets a workspace for
-  its session;
+  restarts); an API caller may send its own token in the ``X-Likeness-Workspace`` header (refused when it could be
+  guessed), or gets a workspace for its session;
 - one person on their own machine (127.0.0.1, no login): the local workspace, shared with the CLI.
+
+``people(request)`` is what a handler reads: a person who has stored nothing yet reads the blank view, and no
+folder is made. ``people.storing(request)`` is for a handler about to store something: it makes the workspace,
+within the creation rate of the client's address (``client_address``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import secrets
 from collections.abc import Callable
 
 import gradio as gr
 
+from pipeline.accounts import LOGIN_CLIENT
 from pipeline.hub import HubError, account_of_token
 from pipeline.workflow import Workflow
-from pipeline.workspaces import LOCAL_PERSON, Person, WorkspaceLimit, Workspaces
+from pipeline.workspaces import LOCAL_PERSON, Person, WorkspaceLimit, Workspaces, check_token
 
 COOKIE = "likeness_workspace"
 # On https the cookie carries the __Host- prefix: browsers then refuse it from any other site or subdomain (a
 # sibling app on the same parent domain cannot plant its own token in a visitor's browser).
 SECURE_COOKIE = "__Host-" + COOKIE
 HEADER = "x-likeness-workspace"
-MIN_TOKEN_LENGTH = 24  # a caller-chosen token shorter than this could be guessed
+TRUSTED_PROXIES = "LIKENESS_TRUSTED_PROXIES"
 _ISSUED_TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")  # what WorkspaceCookie sets: secrets.token_urlsafe(32)
 
 
@@ -36,8 +42,9 @@ class People:
     """``people(request)`` → the workflow of the person who sent ``request``."""
 
     def __init__(self, workspaces: Workspaces, *, per_person: bool, admins: Callable[[str], bool] | None = None,
-                 hf_accounts: bool = False):
+                 hf_accounts: bool = False, proxies: int = 0):
         self.workspaces = workspaces
+        self.proxies = proxies  # trusted proxies in front of the app (client_address)
         self.per_person = per_person
         self._is_admin = admins or (lambda _name: False)
         self.hf_accounts = hf_accounts  # on a Space: signed-in accounts, and API callers by their token
@@ -53,7 +60,11 @@ class People:
         if name:
             return self.workspaces.hf_account(name)
         token = (request.headers.get(HEADER) or "").strip()
-        if len(token) >= MIN_TOKEN_LENGTH:  # asked for explicitly: before a token gradio_client may send by itself
+        if token:  # asked for explicitly: before a token gradio_client may send by itself
+            try:
+                check_token(token, "X-Likeness-Workspace")
+            except ValueError as exc:  # refused, not ignored: the caller means to come back to this workspace
+                raise gr.Error(str(exc)) from None
             return self.workspaces.browser(token)
         bearer = _hf_token(request.headers) if self.hf_accounts else None
         if bearer:
@@ -70,10 +81,73 @@ class People:
         return self.workspaces.browser("session:" + request.session_hash)
 
     def __call__(self, request: gr.Request | None) -> Workflow:
+        """What the person who sent ``request`` reads: their workspace, or the blank view (nothing is made)."""
+        return self.workspaces.view(self.person(request))
+
+    def existing(self, request: gr.Request | None) -> Workflow | None:
+        """The person's workspace, ``None`` when they have stored nothing yet."""
+        return self.workspaces.find(self.person(request))
+
+    def storing(self, request: gr.Request | None) -> Workflow:
+        """The person's workspace for a handler about to store something: made now if need be, within the
+        creation limits of the client's address."""
+        person = self.person(request)
+        client = client_address(request.client.host if request and request.client else "",
+                                request.headers.get("x-forwarded-for") if request else None, self.proxies)
         try:
-            return self.workspaces.get(self.person(request))
+            return self.workspaces.get(person, client)
         except WorkspaceLimit as exc:
             raise gr.Error(str(exc)) from exc
+
+
+def trusted_proxies(on_a_space: bool) -> int:
+    """How many proxies in front of the app add to ``X-Forwarded-For``: ``LIKENESS_TRUSTED_PROXIES``, else one on
+    a Hugging Face Space (its proxy connects from its own address, so without the header every visitor would look
+    like one client), else none."""
+    value = os.environ.get(TRUSTED_PROXIES, "").strip()
+    if value:
+        if not value.isdigit():
+            raise ValueError(f"{TRUSTED_PROXIES}={value!r}: give the number of proxies in front of the app (0, 1, …)")
+        return int(value)
+    return 1 if on_a_space else 0
+
+
+def client_address(peer: str, forwarded_for: str | None, proxies: int) -> str:
+    """The address a request comes from, for rate limits and login throttling.
+
+    ``peer`` is what the server saw: uvicorn already replaces a loopback peer (a reverse proxy on this machine)
+    by the rightmost address of its ``X-Forwarded-For``, and trusts that header from nowhere else, so a client that
+    connects directly cannot pick its own address. Behind ``proxies`` proxies that connect from elsewhere (a
+    Space's), each appends the address it saw: the ``proxies``-th entry from the right is the one the outermost
+    proxy saw, what a client writes into the header itself stays to its left and is never read.
+    """
+    if proxies and forwarded_for:
+        hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+        if hops:
+            return hops[-min(proxies, len(hops))]
+    return peer or "unknown"
+
+
+class ClientAddress:
+    """ASGI middleware: tells the login check which address a ``/login`` comes from (Gradio's ``auth=`` gets the
+    name and password only), through ``pipeline.accounts.LOGIN_CLIENT`` for the request's own task."""
+
+    def __init__(self, app, proxies: int = 0) -> None:
+        self.app = app
+        self.proxies = proxies
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        forwarded = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == b"x-forwarded-for"),
+                         None)
+        peer = (scope.get("client") or ("", 0))[0]
+        token = LOGIN_CLIENT.set(client_address(peer, forwarded, self.proxies))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            LOGIN_CLIENT.reset(token)
 
 
 def _hf_username(request: gr.Request) -> str | None:

@@ -10,7 +10,7 @@ from pipeline.workflow import Workflow
 from ui.files import served
 from ui.people import People
 from ui.progress import progress_events
-from ui.text import escaped
+from ui.text import escaped, number_field, text_field
 
 BASE_ONLY = "(base model, no LoRA)"
 
@@ -19,6 +19,23 @@ def _choices(workflow: Workflow) -> list[tuple[str, str]]:
     ready = [(f"{r.name} · {r.trigger_word} · {r.created_at[:19].replace('T', ' ')}", r.id)
              for r in workflow.models(Status.READY)]
     return ready + [(BASE_ONLY, "")]
+
+
+def _for_images(people: People, request: gr.Request, *models: str | None) -> Workflow:
+    """Where a generation is kept: with a model, its owner's workspace (reading finds it, or finds no model);
+    from the base model alone, the first image is what makes a new person's workspace."""
+    return people(request) if all(models) else people.storing(request)
+
+
+def _settings(text: object, neg: object, sd: object, st: object, gd: object, w: object, h: object, n: object,
+              scale: object = 1.0) -> GenerateSettings:
+    """The form's values, each checked by name first: an API caller may send None for any of them."""
+    whole = {label: int(number_field(v, label)) for v, label in
+             ((sd, "seed"), (st, "steps"), (w, "width"), (h, "height"), (n, "images"))}
+    return GenerateSettings(prompt=text_field(text, "prompt"), negative_prompt=text_field(neg, "negative prompt",
+                            required=False), seed=whole["seed"], steps=whole["steps"],
+                            guidance=number_field(gd, "guidance"), width=whole["width"], height=whole["height"],
+                            lora_scale=number_field(scale, "LoRA scale"), num_images=whole["images"])
 
 
 def _defaults(workflow: Workflow) -> GenerateSettings:
@@ -69,10 +86,8 @@ def build(people: People) -> gr.Tab:
 
         def generate(mid, text, neg, sd, st, gd, sc, w, h, n, request: gr.Request,
                      progress: gr.Progress = gr.Progress()) -> list[tuple[str, str]]:
-            workflow = people(request)
-            settings = GenerateSettings(prompt=text, negative_prompt=neg, seed=int(sd), steps=int(st),
-                                        guidance=float(gd), width=int(w), height=int(h), lora_scale=float(sc),
-                                        num_images=int(n))
+            settings = _settings(text, neg, sd, st, gd, w, h, n, sc)
+            workflow = _for_images(people, request, mid)
             try:
                 paths = workflow.generate(mid or None, settings, on_event=progress_events(progress, "generating"))
             except ValueError as exc:
@@ -82,11 +97,11 @@ def build(people: People) -> gr.Tab:
 
         def side_by_side(mid, text, neg, sd, st, gd, sc, w, h, n, mid_b, sc_b, request: gr.Request,
                          progress: gr.Progress = gr.Progress()) -> str:
-            workflow = people(request)
-            settings = GenerateSettings(prompt=text, negative_prompt=neg, seed=int(sd), steps=int(st),
-                                        guidance=float(gd), width=int(w), height=int(h), num_images=int(n))
+            settings = _settings(text, neg, sd, st, gd, w, h, n)
+            scales = number_field(sc, "LoRA scale"), number_field(sc_b, "second LoRA scale")
+            workflow = _for_images(people, request, mid, mid_b)
             try:
-                path = workflow.compare((mid or None, float(sc)), (mid_b or None, float(sc_b)), settings,
+                path = workflow.compare((mid or None, scales[0]), (mid_b or None, scales[1]), settings,
                                         on_event=progress_events(progress, "generating"))
             except ValueError as exc:
                 raise gr.Error(escaped(exc)) from exc
@@ -94,10 +109,13 @@ def build(people: People) -> gr.Tab:
 
         def clip(mid, text, second, nframes, rate, sd, request: gr.Request,
                  progress: gr.Progress = gr.Progress()) -> str:
-            workflow = people(request)
+            text, second = text_field(text, "prompt"), text_field(second, "second prompt", required=False)
+            nframes, rate, sd = (int(number_field(v, label)) for v, label in
+                                 ((nframes, "frames"), (rate, "frames per second"), (sd, "seed")))
+            workflow = _for_images(people, request, mid)
             try:
-                path = workflow.video(mid or None, prompt=text, prompt_b=second or None, frames=int(nframes),
-                                      fps=int(rate), seed=int(sd), on_event=progress_events(progress, "frames"))
+                path = workflow.video(mid or None, prompt=text, prompt_b=second or None, frames=nframes,
+                                      fps=rate, seed=sd, on_event=progress_events(progress, "frames"))
             except ValueError as exc:
                 raise gr.Error(escaped(exc)) from exc
             return served(path)

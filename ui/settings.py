@@ -104,10 +104,13 @@ def build(people: People, demo: gr.Blocks) -> SettingsInputs:
         return tuple(draft[name] if name in draft else gr.skip() for name in names)
 
     def save(request: gr.Request, *values) -> None:  # the request first: Gradio injects it by position
-        people(request).save_settings_draft(dict(zip(names, values, strict=True)))
+        # Fired by the person typing (``.input``, not by the page restoring the form): storing what they chose.
+        people.storing(request).save_settings_draft(dict(zip(names, values, strict=True)))
 
     def back_to_defaults(request: gr.Request) -> tuple:
-        people(request).save_settings_draft({})
+        workflow = people.existing(request)
+        if workflow is not None:  # nobody's draft to clear: no workspace is made for it
+            workflow.save_settings_draft({})
         fresh = dataclasses.asdict(defaults)
         fresh["test_prompts"] = "\n".join(defaults.test_prompts)
         fresh["trigger_word"] = ""

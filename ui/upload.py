@@ -96,7 +96,7 @@ def build(people: People, demo: gr.Blocks) -> gr.Tab:
                 progress: gr.Progress = gr.Progress()) -> tuple[list, str, None]:
             if not paths:
                 raise gr.Error("Choose one or more photos first.")
-            workflow = people(request)
+            workflow = people.storing(request)  # the first photo makes the person's workspace
             try:
                 result = workflow.add_photos(paths)
             except ValueError as exc:  # e.g. the person's disk quota
