@@ -9,6 +9,7 @@ import gradio as gr
 import pandas as pd
 
 from pipeline.events import duration_text
+from pipeline.series import buckets
 from pipeline.status import MODEL_ACTIVE, MODEL_FINISHED, MODEL_RESUMABLE, Status
 from pipeline.training_job import TrainingMonitor
 from pipeline.verdict import Verdict
@@ -22,13 +23,27 @@ from ui.text import escaped, plain
 
 VERDICT_ICONS = {Verdict.READY: "✅", Verdict.LOW_QUALITY: "⚠️", Verdict.NOT_RECOGNISABLE: "❌"}
 POLL_SECONDS = 1.0
-LOG_LINES = 300
+# The live views are re-sent every poll: their size is bounded, not the run's (issue 33: a 5000-step run sent 10 000
+# loss points a second and froze the tab).
+LOG_LINES = 100
+LOSS_BUCKETS = 160  # ≤ 2 raw + 1 smoothed rows each: ≤ 480 rows
+LOSS_EXACT = 40  # the latest steps drawn as reported
 IDLE = "Upload photos, check them on the Review tab, then press Train. Pick a model under *Watch a model* to see " \
        "an earlier or queued training."
 
 
 def _loss_frame(monitor: TrainingMonitor) -> pd.DataFrame:
-    rows = [(s, raw, "loss") for s, raw, _ in monitor.losses] + [(s, sm, "smoothed") for s, _, sm in monitor.losses]
+    """At most ~3 × LOSS_BUCKETS rows however long the run (it is re-sent and redrawn on every poll): per bucket of
+    steps the raw loss's lowest and highest step (its noise band) and the smoothed loss's mean.
+
+    Rows go bucket by bucket: a poll changes only the last buckets' rows and adds some at the end, so Gradio's diff
+    of the frame stays small."""
+    raw = buckets([(s, loss) for s, loss, _ in monitor.losses], LOSS_BUCKETS, exact=LOSS_EXACT)
+    smooth = buckets([(s, sm) for s, _, sm in monitor.losses], LOSS_BUCKETS, exact=LOSS_EXACT)
+    rows: list[tuple[int, float, str]] = []
+    for band, trend in zip(raw, smooth, strict=True):
+        rows += [(step, value, "loss") for step, value in band.extremes()]
+        rows.append((*trend.middle, "smoothed"))
     return series_frame(rows, ("step", "loss", "series"), ("loss", "smoothed"))
 
 
@@ -39,15 +54,20 @@ def _likeness_frame(monitor: TrainingMonitor) -> pd.DataFrame:
 
 
 def _log_text(lines: list[str]) -> str:
-    """The log, newest line first (Gradio's autoscroll does not follow a streamed textbox), with runs of the same
-    line folded into one ("… ×16"): per-photo progress would drown the rest."""
+    """The log's last LOG_LINES lines, newest first (Gradio's autoscroll does not follow a streamed textbox), with
+    runs of the same line folded into one ("… ×16"): per-photo progress would drown the rest.
+
+    Read from the end and only as far as it shows: the whole text is re-sent on every poll (newest first, it is
+    never an append), so its cost must not grow with the run."""
     folded: list[list] = []
-    for line in lines:
+    for line in reversed(lines):
         if folded and folded[-1][0] == line:
             folded[-1][1] += 1
+        elif len(folded) == LOG_LINES:
+            break
         else:
             folded.append([line, 1])
-    return "\n".join(text if n == 1 else f"{text}  ×{n}" for text, n in reversed(folded[-LOG_LINES:]))
+    return "\n".join(text if n == 1 else f"{text}  ×{n}" for text, n in folded)
 
 
 def _status(workflow: Workflow, monitor: TrainingMonitor) -> str:
@@ -65,7 +85,10 @@ def _status(workflow: Workflow, monitor: TrainingMonitor) -> str:
         parts += [f"GPU {step.gpu_memory_gb:.1f} GB"] if step.gpu_memory_gb else []
         lines.append(" · ".join(parts))
     if record.status == Status.CANCELLED:
-        lines.append("⏹ Stopped. Press Train to start a new run.")
+        # Resume is the button that applies (Train would start over, from the Settings tab's values).
+        since = (f"its last checkpoint (step {monitor.checkpoints[-1]})" if monitor.checkpoints
+                 else "the start (no checkpoint was saved yet)")
+        lines.append(f"⏹ Stopped. Press **Resume** to go on from {since}.")
     elif record.error:
         lines.append(f"❌ {record.error}")
     if record.status == Status.READY and record.scores:
@@ -118,12 +141,14 @@ def build(people: People, settings: SettingsInputs) -> gr.Tab:
                                 allow_custom_value=True)
         status = gr.Markdown(IDLE)
         cluster = gr.Markdown(visible=False, elem_id="cluster-view")
+        # Steps are whole numbers (",d"): with one point, Vega labelled its only tick "1,000.000000".
         with gr.Row():
             plot = gr.LinePlot(series_frame([], ("step", "loss", "series"), ("loss", "smoothed")), x="step",
-                               y="loss", color="series", title="Training loss", height=300, scale=3)
+                               y="loss", color="series", title="Training loss", height=300, scale=3,
+                               x_axis_format=",d", y_axis_format="~g")
             likeness = gr.LinePlot(series_frame([], ("step", "score", "measure"), ("likeness %", "overall score")),
                                    x="step", y="score", color="measure", title="Likeness by checkpoint (%, /100)",
-                                   height=300, scale=2, y_lim=[0, 100])
+                                   height=300, scale=2, y_lim=[0, 100], x_axis_format=",d")
         samples = gr.Gallery(label="Samples as it learns (newest first)", columns=6, height=220,
                              object_fit="contain")
         log = gr.Textbox(label="Log (newest first)", lines=14, max_lines=14, autoscroll=False)
@@ -185,7 +210,8 @@ def build(people: People, settings: SettingsInputs) -> gr.Tab:
                 gr.Info(f"'{escaped(record.name)}' has already finished ({record.status}); nothing to stop.")
                 return _status(workflow, workflow.training_view(mid))
             workflow.cancel_training(mid)
-            return f"### {plain(record.name)} — stopping\n\nStopping at the next step; the last checkpoint is kept."
+            return (f"### {plain(record.name)} — stopping\n\nStopping at the next step; the last checkpoint is kept "
+                    "and **Resume** goes on from it.")
 
         def go_on(mid: str, current: dict, request: gr.Request) -> Iterator[tuple]:
             if not mid:
