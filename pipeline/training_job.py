@@ -571,9 +571,9 @@ class TrainingRunner:
     def _readable_failure(self, error: str, base_model: str) -> str:
         """The trainer's reason, said as a disk problem where it was one: its text names an errno of a write the
         disk refused, or the disk is nearly full now (torch's own writer says only "file write failed")."""
-        found = re.search(r"\[Errno (\d+)\]", error)
-        if found and is_disk_error(OSError(int(found[1]), "")):
-            number = int(found[1])
+        found = re.search(r"\[Errno (\d+)\]|\(os error (\d+)\)", error)  # Python's and Rust's (safetensors)
+        number = int(found[1] or found[2]) if found else 0
+        if is_disk_error(OSError(number, "")):
             return self._disk_text(OSError(number, os.strerror(number)), base_model)
         if free_mb(self.library.data_dir) < self._needed_gb(base_model) * 1e3:
             return f"{self._disk_text(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), base_model)} ({error})"

@@ -4,19 +4,42 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import photo_factory
 import pytest
 
 from pipeline import events as ev
+from pipeline.disk import folder_size
 from pipeline.estimate import SpeedLog
 from pipeline.generators import Generators
 from pipeline.library import Library, ModelRecord
-from pipeline.settings import AppSettings, TrainSettings
-from pipeline.status import JOB_STATUSES, MODEL_STATUSES, RESULT_STATUSES, Status
-from pipeline.training_job import SPEC_VERSION, LocalExecutor, TrainingJobSpec, TrainingMonitor, TrainingRunner
+from pipeline.settings import MAX_TEST_PROMPTS, AppSettings, SettingsError, TrainSettings
+from pipeline.status import JOB_FINISHED, JOB_STATUSES, MODEL_FINISHED, MODEL_STATUSES, RESULT_STATUSES, Status
+from pipeline.training_job import (
+    SPEC_VERSION,
+    LocalExecutor,
+    TrainingJobSpec,
+    TrainingMonitor,
+    TrainingNotStarted,
+    TrainingRunner,
+)
 from pipeline.workflow import Workflow
+
+FULL_DISK_SCENARIO = Path(__file__).with_name("full_disk_scenario.py")
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def test_a_spec_reads_back_what_it_wrote_and_old_payloads_still_run() -> None:
@@ -111,3 +134,135 @@ def test_resume_runs_where_the_model_lives_now_with_its_trigger_word_now(tmp_pat
     spec = TrainingJobSpec.from_dict(job.payload)
     assert spec.workspace == workflow.workspace and spec.settings.trigger_word == "zqvx"
     assert spec.settings.steps == 4 and spec.model_id == record.id
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("steps", "folder"), [(4, "step_000002"), (2, "step_000002_x0.8")],
+                         ids=["checkpoint-during-training", "final-choice"])
+def test_stop_during_a_checkpoint_assessment_ends_the_job_within_seconds(tmp_path: Path, steps: int,
+                                                                        folder: str) -> None:
+    """As many test prompts as the settings allow; Stop pressed once the first test image of an assessment is on
+    disk (a checkpoint's while training runs, or the best one's at another LoRA scale once it is done): the job ends
+    "cancelled" in the library and the queue within seconds, most of that assessment's images never drawn."""
+    workflow = Workflow(AppSettings(data_dir=tmp_path / "data", base_model="tiny"))
+    prompts = tuple(f"{{trigger}}, portrait number {i}" for i in range(MAX_TEST_PROMPTS))
+    try:
+        workflow.add_photos(photo_factory.portrait_set(tmp_path / "photos", 6))
+        record = workflow.start_training(TrainSettings.quick(name="assessed", steps=steps, checkpoint_every=2,
+                                                             sample_every=1000, test_prompts=prompts), anyway=True)
+        images = Path(record.folder) / "assessment" / folder
+        _wait(lambda: any(images.glob("*.png")))
+        asked = time.monotonic()
+        workflow.cancel_training(record.id)
+        _wait(lambda: workflow.model(record.id).status in MODEL_FINISHED
+              and all(job.status in JOB_FINISHED for job in workflow.jobs.for_model(record.id)), 120)
+        seconds = time.monotonic() - asked
+        [job] = workflow.jobs.for_model(record.id)
+        ended = workflow.model(record.id)
+    finally:
+        workflow.close()
+    drawn = len(list(images.glob("*.png")))
+    print(f"stopped {seconds:.1f} s after Stop, {drawn} of {MAX_TEST_PROMPTS} test images drawn")
+    assert ended.status == Status.CANCELLED and job.status == Status.CANCELLED
+    assert seconds < 10 and drawn < MAX_TEST_PROMPTS // 2
+    assert ended.scores is None  # a score of some of the prompts is not the checkpoint's
+
+
+def test_a_job_queued_before_the_limits_fails_at_once_with_the_field_named_and_is_not_queued_again(
+        tmp_path: Path) -> None:
+    """A job written when test prompts had no limit (the queue, job.json and the record hold 100 of them): run after a
+    restart it fails in seconds naming the field, where it held the slot for one assessment per checkpoint; Resume
+    refuses it the same way."""
+    data_dir = tmp_path / "data"
+    workflow = Workflow(AppSettings(data_dir=data_dir, base_model="tiny"), start_worker=False)
+    try:
+        workflow.add_photos(photo_factory.portrait_set(tmp_path / "photos", 6))
+        record = workflow.start_training(TrainSettings.quick(name="unbounded", steps=2), anyway=True)
+        [job] = workflow.jobs.list()
+        unbounded = {**job.payload["settings"], "test_prompts": ["{trigger}"] * 100}
+        workflow.library.update(record.id, settings=unbounded)
+        runner = workflow.training_runner()
+        started = time.monotonic()
+        with pytest.raises(TrainingNotStarted, match="^test_prompts: at most 32"):
+            runner.run(TrainingJobSpec.from_dict({**job.payload, "settings": unbounded}), device="cpu",
+                       should_stop=ev.never, shutting_down=lambda: False)
+        seconds = time.monotonic() - started
+        failed = workflow.model(record.id)
+        with pytest.raises(SettingsError, match="^test_prompts:"):
+            workflow.resume_training(record.id)
+    finally:
+        workflow.close()
+    assert seconds < 10 and failed.status == Status.FAILED and failed.error.startswith("test_prompts: at most 32")
+
+
+def _mount_namespace() -> list[str]:
+    """``unshare -m`` as root, ``unshare -rm`` (a user namespace) elsewhere; skip where neither is allowed."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux) to mount a small tmpfs as the full disk")
+    for command in (["unshare", "-m"], ["unshare", "-rm"]):
+        if subprocess.run([*command, "true"], capture_output=True).returncode == 0:
+            return command
+    pytest.skip("this machine allows no private mount namespace (unshare -m / -rm)")
+
+
+def _full_disk(mode: str, tmp_path: Path) -> dict[str, Any]:
+    if mode == "tmpfs":
+        disk = tmp_path / "disk"
+        disk.mkdir()
+        command = [*_mount_namespace(), "--", "sh", "-c", 'mount -t tmpfs -o size=32m likeness-full "$0" && exec "$@"',
+                   str(disk), sys.executable, str(FULL_DISK_SCENARIO), mode, str(disk)]
+    else:
+        command = [sys.executable, str(FULL_DISK_SCENARIO), mode, str(tmp_path)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["tmpfs", "fsize"])
+def test_a_disk_that_fills_mid_training_ends_it_failed_everywhere_and_resume_works_once_there_is_room(
+        tmp_path: Path, mode: str) -> None:
+    """tests/full_disk_scenario.py: a 32 MB tmpfs filled up, or a file-size limit below the library's file, once a
+    training has begun. Neither the library nor the queue can write the end, and it ends anyway."""
+    facts = _full_disk(mode, tmp_path)
+    print({key: facts[key] for key in ("seconds_to_end", "model", "job", "stored_while_full")})
+    assert facts["began"]
+    # Failed in seconds, in what the library and the queue show, while their files still say "training": the end is
+    # kept in memory.
+    assert facts["model"]["status"] == "failed" and facts["seconds_to_end"] < 30
+    assert facts["job"] == ["failed"] and facts["kept_in_memory"] and facts["stored_while_full"] == ["training"]
+    reason = "the data disk is full: 0 MB free" if mode == "tmpfs" else "a file is larger than the app may write"
+    assert reason in facts["model"]["error"] and "press Resume" in facts["model"]["error"]
+    # What the page and the API answer meanwhile: what failed and what to free (not {"error": null}), no server path.
+    for answer in facts["answers"].values():
+        assert answer["type"] == "DiskError", answer
+        assert answer["text"].startswith("could not ") and reason in answer["text"] and "free some" in answer["text"]
+        assert str(tmp_path) not in answer["text"]
+    # Room again: the ends are written, and Resume trains the model to the end.
+    assert facts["saved_once_room"] and facts["job_saved_once_room"]
+    assert facts["resume"]["type"] == "ok" and facts["after_resume"] == "ready"
+
+
+@pytest.mark.slow
+def test_the_disk_quota_is_measured_as_a_training_writes_and_stops_it_with_the_reason(tmp_path: Path) -> None:
+    """A person's 3 MB quota; the training's checkpoints and test images would take ~6 MB: it stops at the quota,
+    failed with the reason, where it used to grow the workspace past it unchecked."""
+    quota_gb = 0.003
+    person = tmp_path / "person"
+    workflow = Workflow(AppSettings(data_dir=tmp_path / "shared", base_model="tiny", disk_per_person_gb=quota_gb),
+                        workspace="user-anna", folder=person)
+    try:
+        workflow.add_photos(photo_factory.portrait_set(tmp_path / "photos", 6))
+        record = workflow.start_training(TrainSettings.quick(name="big", steps=40, checkpoint_every=5,
+                                                             keep_checkpoints=50, sample_every=1000), anyway=True)
+        queued = folder_size(person)
+        ended = workflow.wait_for(record.id, timeout=600)
+        [job] = workflow.jobs.for_model(record.id)
+        used = folder_size(person)
+    finally:
+        workflow.close()
+    print(f"workspace {queued / 1e6:.2f} MB when queued, {used / 1e6:.2f} MB at the end, quota {quota_gb * 1e3:g} MB")
+    assert queued < quota_gb * 1e9 / 2
+    assert ended.status == Status.FAILED and job.status == Status.FAILED
+    assert "disk quota" in ended.error and "press Resume" in ended.error
+    assert used <= quota_gb * 1e9
