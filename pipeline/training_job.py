@@ -44,9 +44,14 @@ logger = logging.getLogger(__name__)
 
 SPEC_VERSION = 1
 SPEC_FILE = "job.json"
-# Events that follow a file written into the model's folder: the disk quota is measured after each.
-_WRITES = (ev.CheckpointSaved, ev.SampleImages, ev.CheckpointAssessed, ev.Progress)
 Notifier = Callable[[ModelRecord], str]  # tells the person a training ended; returns what it did ("e-mail sent to …")
+
+
+def _follows_a_write(event: ev.Event) -> bool:
+    """Events that follow files written into the model's folder (checkpoints, samples, each test image and a
+    checkpoint's grid): the disk quota is measured after each."""
+    return isinstance(event, ev.CheckpointSaved | ev.SampleImages | ev.CheckpointAssessed) or (
+        isinstance(event, ev.Progress) and event.stage == "assess")
 
 
 class TrainingNotStarted(RuntimeError):
@@ -495,7 +500,7 @@ class TrainingRunner:
             if isinstance(event, ev.TrainStep):
                 steps.append(event)
             monitor.on_event(event)
-            if isinstance(event, _WRITES) and not quota.reason and quota.check():
+            if _follows_a_write(event) and not quota.reason and quota.check():
                 monitor.note(f"⚠ {quota.reason}")
 
         try:

@@ -577,6 +577,6 @@ class Workflow:
         return self.executor.view()
 
     def close(self) -> None:
-        # A worker still inside a job (an assessment does not stop half-way) keeps the executor it uses.
+        # A worker still inside a job (a sample being drawn does not stop half-way) keeps the executor it uses.
         if self.jobs.stop() and self._owns_executor:
             self.executor.close()

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.settings import MAX_STEPS, GenerateSettings, SettingsError, TrainSettings
+from pipeline.settings import (
+    MAX_CHECKPOINTS,
+    MAX_PROMPT_CHARS,
+    MAX_SAMPLE_PROMPTS,
+    MAX_STEPS,
+    MAX_TEST_PROMPTS,
+    GenerateSettings,
+    SettingsError,
+    TrainSettings,
+)
 
 
 @pytest.mark.parametrize(("field", "value"), [
@@ -15,6 +24,29 @@ from pipeline.settings import MAX_STEPS, GenerateSettings, SettingsError, TrainS
 def test_train_settings_out_of_range_name_the_field(field: str, value: object) -> None:
     with pytest.raises(SettingsError, match=f"^{field}:"):
         TrainSettings(**{field: value}).validate()
+
+
+@pytest.mark.parametrize(("field", "overrides"), [
+    ("checkpoint_every", {"checkpoint_every": 10**12}),  # accepted before: a run with no checkpoint to resume
+    ("checkpoint_every", {"steps": MAX_STEPS, "checkpoint_every": 1}),  # 100 000 checkpoints, each assessed
+    ("test_prompts", {"test_prompts": ("{trigger}",) * 10_000}),  # held the only slot for hours, deaf to Stop
+    ("test_prompts", {"test_prompts": ("a" * (MAX_PROMPT_CHARS + 1),)}),
+    ("test_prompts", {"test_prompts": "{trigger} smiling"}),  # one string, not a list: 17 one-letter prompts
+    ("sample_prompts", {"sample_prompts": ("{trigger}",) * (MAX_SAMPLE_PROMPTS + 1)}),
+    ("sample_every", {"sample_every": 10**12}),
+    ("sample_every", {"steps": 10_000, "sample_every": 1}),  # 20 000 sample images
+])
+def test_every_image_a_training_draws_is_bounded_and_the_error_names_the_field(field: str,
+                                                                              overrides: dict[str, object]) -> None:
+    with pytest.raises(SettingsError, match=f"^{field}:"):
+        TrainSettings(**overrides).validate()
+
+
+def test_the_limits_leave_room_for_the_largest_useful_runs() -> None:
+    TrainSettings(steps=MAX_STEPS, test_prompts=("{trigger}",) * MAX_TEST_PROMPTS,
+                  sample_prompts=("{trigger}",) * MAX_SAMPLE_PROMPTS, sample_every=MAX_STEPS // 100).validate()
+    TrainSettings(steps=MAX_STEPS, checkpoint_every=MAX_STEPS // MAX_CHECKPOINTS).validate()
+    TrainSettings.quick(steps=2, checkpoint_every=1000, sample_every=1000).validate()  # longer than the run: none
 
 
 def test_train_settings_defaults_and_the_upper_bound_are_valid() -> None:
