@@ -4,10 +4,12 @@ paths, succeeds 0 times; logins are throttled; an existing single-user data dir 
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from secrets import token_urlsafe
 
 import photo_factory
 import pytest
@@ -112,7 +114,9 @@ def test_two_accounts_cannot_reach_each_others_photos_and_models(tmp_path: Path)
         # The operator (alice: --admin) sees every workspace and the queue.
         workspaces, _jobs = alice.predict(api_name="/admin_overview")
         keys = [r[0] for r in workspaces["data"]]
-        assert any(k.startswith("user-alice-") for k in keys) and len(keys) >= 3  # local, alice, bob
+        assert any(k.startswith("user-alice-") for k in keys) and "local" in keys
+        # Bob only read, or tried what was refused: that made him no workspace.
+        assert not any(k.startswith("user-bob-") for k in keys)
 
         # Guessing carol's password: after five wrong ones even the right one is refused for a while.
         def login(password: str) -> int:
@@ -287,7 +291,7 @@ def test_hugging_face_accounts_on_a_space_get_their_own_workspaces(tmp_path: Pat
                 Client(app.url, token=token, verbose=False).predict(photos[2].name, api_name="/remove_photo")
         # A workspace header asked for explicitly wins over the token gradio_client may send by itself.
         own = Client(app.url, token="hf_AliceAccessToken0123456789abcdef",
-                     headers={"X-Likeness-Workspace": "c" * 30}, verbose=False)
+                     headers={"X-Likeness-Workspace": token_urlsafe(32)}, verbose=False)
         assert _refused(lambda: own.predict(photos[2].name, api_name="/remove_photo"))
         asked = hub.asked
         alice_api.predict(api_name="/list_models")
@@ -295,10 +299,118 @@ def test_hugging_face_accounts_on_a_space_get_their_own_workspaces(tmp_path: Pat
         photos_by_folder = {p.name.rsplit("-", 1)[0]: len(list((p / "photos").glob("*.jpg")))
                             for p in (data_dir / "people").iterdir()}
         # Alice's last photo in her account's folder, Bob's one in his; the forged session and the explicit workspace
-        # header got anonymous ones, with nothing of theirs.
+        # header only read (a removal finds nothing), which makes no workspace at all.
         assert photos_by_folder.pop("hf-alice") == 1 and photos_by_folder.pop("hf-bob") == 1
-        assert set(photos_by_folder) == {"anon"} and sum(photos_by_folder.values()) == 0
+        assert photos_by_folder == {}
         assert "AccessToken" not in app.log.read_text()  # no token in the log
     finally:
         app.stop()
         hub.close()
+
+
+def _call(app: RunningApp, api_name: str, data: list, headers: dict[str, str]) -> tuple[str, object]:
+    """One API call over plain HTTP (Gradio's ``/call`` route), as any script makes it: ("complete", outputs) or
+    ("error", message)."""
+    body = json.dumps({"data": data}).encode()
+    post = urllib.request.Request(f"{app.url}gradio_api/call/{api_name}", data=body,
+                                  headers={"Content-Type": "application/json", **headers})
+    with urllib.request.urlopen(post, timeout=60) as response:
+        event_id = json.load(response)["event_id"]
+    get = urllib.request.Request(f"{app.url}gradio_api/call/{api_name}/{event_id}", headers=headers)
+    with urllib.request.urlopen(get, timeout=120) as response:
+        lines = response.read().decode().splitlines()
+    event = [line.removeprefix("event: ") for line in lines if line.startswith("event: ")][-1]
+    data_line = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")][-1]
+    return event, json.loads(data_line)
+
+
+def test_one_client_cannot_exhaust_the_anonymous_workspaces(tmp_path: Path) -> None:
+    """Issue 32: 1000 calls that each sent a new X-Likeness-Workspace made 1000 workspaces and locked every new
+    visitor out. Reads now make none, one address makes a few an hour, and the next visitor from elsewhere gets in."""
+    data_dir = tmp_path / "data"
+    photo = photo_factory.portrait_set(tmp_path / "upload", 1)[0]
+    app = RunningApp(data_dir, "--workspaces", "per-browser", "--new-workspaces-per-hour", "3")
+    abuser = {"X-Forwarded-For": "203.0.113.66"}  # uvicorn takes a loopback peer's X-Forwarded-For (a local proxy)
+    people = data_dir / "people"
+
+    def folders() -> int:
+        return len(list(people.iterdir())) if people.is_dir() else 0
+
+    try:
+        started = time.monotonic()
+        for _ in range(30):  # reads with new tokens: each used to make a workspace
+            event, output = _call(app, "list_models", [], {**abuser, "X-Likeness-Workspace": token_urlsafe(32)})
+            assert event == "complete" and output[0]["data"] == [], output
+        reads_s = time.monotonic() - started
+        assert folders() == 0
+
+        # A token anyone could pick is refused, with how to make one, instead of shared by whoever picks it.
+        event, message = _call(app, "list_models", [], {"X-Likeness-Workspace": "a" * 24})
+        assert event == "error" and "too easy to guess" in json.dumps(message), message
+
+        def upload(headers: dict[str, str]) -> str:
+            client = Client(app.url, headers=headers, verbose=False)
+            try:
+                _gallery, status, _ = client.predict([handle_file(str(photo))], api_name="/upload_photos")
+                return status
+            except Exception as exc:  # gradio_client's AppError carries the handler's message
+                return f"refused: {exc}"
+
+        # Storing from one address with new tokens: three workspaces an hour, then refused with the reason.
+        answers = [upload({**abuser, "X-Likeness-Workspace": token_urlsafe(32)}) for _ in range(8)]
+        made = [a for a in answers if not a.startswith("refused")]
+        assert len(made) == 3 and all("1 photo(s) uploaded" in a for a in made), answers
+        assert all("this address made 3 new workspaces" in a for a in answers[3:]), answers
+        # Writing another address into the header itself changes nothing: the rightmost entry is the proxy's.
+        spoofed = upload({"X-Forwarded-For": "198.51.100.99, 203.0.113.66", "X-Likeness-Workspace": token_urlsafe(32)})
+        assert spoofed.startswith("refused") and "this address" in spoofed
+        # The next honest visitor, from elsewhere, is not refused.
+        honest = upload({"X-Forwarded-For": "198.51.100.7", "X-Likeness-Workspace": token_urlsafe(32)})
+        assert "1 photo(s) uploaded" in honest, honest
+        assert folders() == 4
+    finally:
+        app.stop()
+    print(json.dumps({"reads_with_new_tokens": 30, "reads_s": round(reads_s, 2), "workspaces_made": 4,
+                      "uploads_refused": 6}))
+
+
+def test_a_login_attack_does_not_lock_the_owner_out(tmp_path: Path) -> None:
+    """Issue 32: 4 wrong logins a second for alice made her right password fail 29 of 30 times, and one password
+    sprayed over 60 names was not slowed. Through the running app's /login, from distinct client addresses."""
+    users = UsersFile(tmp_path / "users.json")
+    accounts = {"alice": "alice-Secret-1", **{f"user{i}": f"user{i}-Secret-{i}x" for i in range(3)}}
+    for name, password in accounts.items():
+        users.add(name, password)
+    users.path.chmod(0o644)  # readable by everyone: the app says so
+    app = RunningApp(tmp_path / "data", "--users", str(users.path))
+
+    def login(name: str, password: str, address: str) -> int:
+        form = urllib.parse.urlencode({"username": name, "password": password}).encode()
+        request = urllib.request.Request(f"{app.url}login", data=form, headers={"X-Forwarded-For": address})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    home, attacker, sprayer = "198.51.100.7", "203.0.113.66", "203.0.113.77"
+    try:
+        assert login("alice", accounts["alice"], home) == 200
+        started = time.monotonic()
+        assert [login("alice", f"guess-{i}", attacker) for i in range(30)] == [400] * 30
+        attack_s = time.monotonic() - started
+        assert login("alice", accounts["alice"], attacker) == 400  # the attacker's address is locked for alice
+        assert login("alice", accounts["alice"], home) == 200  # she is not
+        assert login("alice", accounts["alice"], "192.0.2.10") == 200  # nor from an address she never used
+
+        started = time.monotonic()
+        sprayed = [login(f"name{i}", "Summer2026!", sprayer) for i in range(40)]
+        spray_s = time.monotonic() - started
+        assert sprayed == [400] * 40
+        assert login("user1", accounts["user1"], sprayer) == 400  # locked: whatever the name
+        assert login("user1", accounts["user1"], home) == 200
+    finally:
+        app.stop()
+    assert "can be read or changed by other users" in app.log.read_text()
+    print(json.dumps({"attack_logins": 30, "attack_s": round(attack_s, 2), "spray_names": 40,
+                      "spray_s": round(spray_s, 2)}))

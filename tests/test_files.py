@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 import urllib.error
@@ -53,7 +54,7 @@ def test_the_app_serves_copies_never_the_data_dir(outside: Path, tmp_path: Path)
     photos = photo_factory.portrait_set(tmp_path / "upload", 2)
     app = RunningApp(data_dir, "--workspaces", "per-browser")
     try:
-        client = Client(app.url, headers={"X-Likeness-Workspace": "w" * 30}, verbose=False)
+        client = Client(app.url, headers={"X-Likeness-Workspace": secrets.token_urlsafe(32)}, verbose=False)
         gallery, status, _ = client.predict([handle_file(str(p)) for p in photos], api_name="/upload_photos")
         assert "2 photo(s) uploaded" in status and len(gallery) == 2  # the photos still reach the page
         stored = [p for p in data_dir.rglob("*") if p.is_file()]
