@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import html
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
+from app_runner import RunningApp
+from gradio_client import Client
 from markdown_it import MarkdownIt
 
+from pipeline.settings import AppSettings
+from pipeline.status import Status
+from pipeline.workspaces import Workspaces
 from ui.text import NO_TAG, escaped, plain
 
 HOSTILE = [
@@ -76,3 +82,45 @@ def test_error_texts_name_no_server_path() -> None:
     # What is not a server path stays: a URL, a repo id, a relative name.
     for kept in ("see https://huggingface.co/bob/likeness", "push to bob/likeness", "photos/portrait_00.jpg"):
         assert escaped(kept) == kept
+
+
+def test_the_running_app_answers_errors_as_plain_text_without_server_paths(tmp_path: Path) -> None:
+    """Issue 32, item 6, on the running app: a damaged LoRA's error named its full server path, API error texts
+    arrived HTML-escaped (``&#x27;``), and None in a text field gave "the upstream app has raised an exception"."""
+    data_dir = tmp_path / "data"
+    people = Workspaces(AppSettings(data_dir=data_dir, base_model="tiny"), start_worker=False)
+    record = people.local.library.create("Zoë's model", "tiny", {})
+    damaged = Path(record.folder) / "lora.safetensors"
+    damaged.write_bytes(b"not a safetensors file")
+    people.local.library.update(record.id, status=Status.READY, lora_path=damaged)
+    people.close()
+
+    app = RunningApp(data_dir)
+    try:
+        client = Client(app.url, verbose=False)
+        form = ["{trigger}", "", 1, 2, 3.5, 1.0, 64, 64, 1]
+
+        def error(*args: object, api_name: str) -> str:
+            with pytest.raises(Exception) as raised:  # gradio_client's AppError carries the handler's message
+                client.predict(*args, api_name=api_name)
+            return str(raised.value)
+
+        damaged_lora = error(record.id, *form, api_name="/generate")
+        assert "lora.safetensors" in damaged_lora and "is not a LoRA" in damaged_lora
+        assert str(tmp_path) not in damaged_lora and "/models/" not in damaged_lora, damaged_lora
+        assert "&#" not in damaged_lora and "&lt;" not in damaged_lora and "&amp;" not in damaged_lora
+
+        # None where the page always sends text or a number: the field is named. (A slider's None is refused by
+        # Gradio itself before the handler runs, with its own generic message.)
+        nones = {
+            "generate (prompt)": error("", None, *form[1:], api_name="/generate"),
+            "generate (seed)": error("", "{trigger}", "", None, 2, 3.5, 1.0, 64, 64, 1, api_name="/generate"),
+            "compare (prompt)": error("", None, *form[1:], "", 0.5, api_name="/compare"),
+            "video (prompt)": error("", None, "", 4, 4, 1, api_name="/video"),
+            "video (second prompt, seed)": error("", "{trigger}", None, 4, 4, None, api_name="/video"),
+        }
+        for where, message in nones.items():
+            assert "upstream" not in message and ("prompt" in message or "seed" in message), (where, message)
+            assert "got None" in message, (where, message)
+    finally:
+        app.stop()
