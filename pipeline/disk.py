@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +42,25 @@ def free_mb(folder: Path) -> float:
         return 0.0
 
 
-def is_disk_error(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in DISK_ERRNOS
+def disk_errno(exc: BaseException | str) -> int:
+    """The errno of a write the disk refused, or 0. Libraries that write through their own code say it only in
+    their text: safetensors' Rust writer "(os error 28)", a trainer's reason "[Errno 28]"."""
+    if isinstance(exc, OSError) and exc.errno:
+        number = exc.errno
+    else:
+        found = re.search(r"\[Errno (\d+)\]|\(os error (\d+)\)", str(exc))
+        number = int(found[1] or found[2]) if found else 0
+    return number if number in DISK_ERRNOS else 0
+
+
+def is_disk_error(exc: BaseException | str) -> bool:
+    return bool(disk_errno(exc))
+
+
+def as_os_error(exc: BaseException | str) -> OSError:
+    """A disk error as an OSError with its errno (for ``disk_error_text``), whatever raised it."""
+    number = disk_errno(exc)
+    return exc if isinstance(exc, OSError) and exc.errno == number else OSError(number, os.strerror(number))
 
 
 def disk_error_text(exc: OSError, folder: Path, action: str, *, needed_gb: float = 0.0, then: str = "try again") -> str:

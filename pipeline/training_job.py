@@ -15,7 +15,6 @@ import errno
 import json
 import logging
 import os
-import re
 import shutil
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline import events as ev
 from pipeline.dataset import Dataset
-from pipeline.disk import DiskQuota, disk_error_text, free_mb, is_disk_error
+from pipeline.disk import DiskQuota, as_os_error, disk_error_text, free_mb, is_disk_error
 from pipeline.estimate import Speed, SpeedLog, device_name, speed_key
 from pipeline.jobs import JobInterrupted
 from pipeline.library import Library, ModelNotFound, ModelRecord
@@ -526,7 +525,7 @@ class TrainingRunner:
                                  "checkpoint", status=Status.QUEUED)
                     raise JobInterrupted(str(exc)) from exc
                 logger.exception("training of model %s failed", spec.model_id)
-                error = (self._disk_text(exc, spec.base_model) if is_disk_error(exc)
+                error = (self._disk_text(as_os_error(exc), spec.base_model) if is_disk_error(exc)
                          else f"{type(exc).__name__}: {exc}")
                 self._finish(record.id, status=Status.FAILED, error=error)
             raise
@@ -576,10 +575,8 @@ class TrainingRunner:
     def _readable_failure(self, error: str, base_model: str) -> str:
         """The trainer's reason, said as a disk problem where it was one: its text names an errno of a write the
         disk refused, or the disk is nearly full now (torch's own writer says only "file write failed")."""
-        found = re.search(r"\[Errno (\d+)\]|\(os error (\d+)\)", error)  # Python's and Rust's (safetensors)
-        number = int(found[1] or found[2]) if found else 0
-        if is_disk_error(OSError(number, "")):
-            return self._disk_text(OSError(number, os.strerror(number)), base_model)
+        if is_disk_error(error):
+            return self._disk_text(as_os_error(error), base_model)
         if free_mb(self.library.data_dir) < self._needed_gb(base_model) * 1e3:
             return f"{self._disk_text(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), base_model)} ({error})"
         return error

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 from pipeline import events as ev
 from pipeline.classify import ClassificationResult, Readiness, classify_photos
 from pipeline.crops import build_dataset
-from pipeline.disk import DiskError, disk_error_text, folder_size, is_disk_error
+from pipeline.disk import DiskError, as_os_error, disk_error_text, folder_size, is_disk_error
 from pipeline.estimate import SpeedLog, TrainingEstimate, estimate_training
 from pipeline.flow_status import FlowStatus, flow_status
 from pipeline.generators import Generators
@@ -72,11 +72,11 @@ def _writes(action: str, *, training: bool = False) -> Callable[[Callable[Concat
         def call(self: Workflow, *args: P.args, **kwargs: P.kwargs) -> R:
             try:
                 return method(self, *args, **kwargs)
-            except OSError as exc:
+            except (OSError, RuntimeError) as exc:  # RuntimeError: safetensors' writer ("… (os error 28)")
                 if not is_disk_error(exc):
                     raise
                 needed = self.training_needs_gb() if training else 0.0
-                raise DiskError(disk_error_text(exc, self.data_dir, action, needed_gb=needed)) from exc
+                raise DiskError(disk_error_text(as_os_error(exc), self.data_dir, action, needed_gb=needed)) from exc
         return call
     return wrap
 
