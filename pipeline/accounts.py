@@ -174,6 +174,9 @@ class LoginThrottle:
     - **name**: after ``name_free`` wrong passwords for a name from all addresses together (guessing spread over
       many addresses), the name is locked for every address except those that signed in as it before: the owner's
       own computer still gets in.
+    - An address that signed in as a name before (``known_for``) is held to that pair's lock only: neither guessing
+      spread elsewhere nor someone spraying names from the same address (an office, a shared NAT) keeps the owner
+      out, and guessing that name's password from there is still slowed by the pair's lock.
 
     Attempts while locked are refused without checking the password (no scrypt time spent, nothing learnt).
     Counts are forgotten ``forget_after`` seconds after their last failure once no lock runs; a right password
@@ -204,7 +207,7 @@ class LoginThrottle:
             known = now - self._known.get((name, client), -self.known_for - 1) <= self.known_for
             for key, _free, reason in self._keys(name, client):
                 entry = self._failures.get(key)
-                if entry is None or entry.locked_until <= now or (reason == "name" and known):
+                if entry is None or entry.locked_until <= now or (known and reason != "client and name"):
                     continue
                 return Lock(entry.locked_until - now, reason)
         return None

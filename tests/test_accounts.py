@@ -123,6 +123,9 @@ def test_one_password_sprayed_over_many_names_is_slowed(tmp_path: Path) -> None:
     for name in names[:3]:
         users.add(name, "their own password")
     login = Authenticator(users.accounts, LoginThrottle(client_free=20))
+    office = "203.0.113.66"  # the sprayer shares its address with user2, who signed in from there before
+    assert login.check("user2", "their own password", office)
+    login.checked = 0
     started = time.monotonic()
     results = [login.check(name, "Summer2026!", "203.0.113.66") for name in names]
     elapsed = time.monotonic() - started
@@ -130,6 +133,8 @@ def test_one_password_sprayed_over_many_names_is_slowed(tmp_path: Path) -> None:
     assert login.checked == 20, login.checked  # the address is locked after 20 failures, whichever names
     assert login.throttle.lock("user59", "203.0.113.66").reason == "client"
     assert login.check("user1", "their own password", "198.51.100.7")  # others are not
+    assert not login.check("user1", "their own password", office)  # nor is user1 from the locked address…
+    assert login.check("user2", "their own password", office)  # …but user2, known there, gets in
     print(json.dumps({"names": 60, "seconds": round(elapsed, 3), "passwords_checked": login.checked}))
 
 
