@@ -418,3 +418,21 @@ def test_a_login_attack_does_not_lock_the_owner_out(tmp_path: Path) -> None:
     assert "can be read or changed by other users" in app.log.read_text()
     print(json.dumps({"attack_logins": 30, "attack_s": round(attack_s, 2), "spray_names": 40,
                       "spray_s": round(spray_s, 2)}))
+
+
+def test_the_client_address_is_what_the_outermost_trusted_proxy_saw(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ui.people import client_address, trusted_proxies
+
+    # No proxy trusted: the connection's own address (uvicorn has already put a local proxy's client there).
+    assert client_address("203.0.113.66", "198.51.100.1", 0) == "203.0.113.66"
+    # Behind one proxy (a Space): the entry it appended, whatever the client wrote before it.
+    assert client_address("10.0.0.2", "198.51.100.1, 203.0.113.66", 1) == "203.0.113.66"
+    assert client_address("10.0.0.2", "1.2.3.4, 198.51.100.1, 203.0.113.66, 10.0.0.9", 2) == "203.0.113.66"
+    assert client_address("10.0.0.2", None, 1) == "10.0.0.2"  # no header: the peer
+    monkeypatch.delenv("LIKENESS_TRUSTED_PROXIES", raising=False)
+    assert trusted_proxies(on_a_space=True) == 1 and trusted_proxies(on_a_space=False) == 0
+    monkeypatch.setenv("LIKENESS_TRUSTED_PROXIES", "2")
+    assert trusted_proxies(on_a_space=False) == 2
+    monkeypatch.setenv("LIKENESS_TRUSTED_PROXIES", "yes")
+    with pytest.raises(ValueError, match="number of proxies"):
+        trusted_proxies(on_a_space=True)
