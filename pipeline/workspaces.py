@@ -97,6 +97,7 @@ class CreationRate:
         self._recent(client, now).append(now)
 
     def held(self, client: str) -> int:
+        """Workspaces ``client`` made within the window (as of its last ``wait``)."""
         return len(self._made.get(client, ()))
 
 
