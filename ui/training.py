@@ -9,6 +9,7 @@ import gradio as gr
 import pandas as pd
 
 from pipeline.events import duration_text
+from pipeline.scores import headline
 from pipeline.series import buckets
 from pipeline.status import MODEL_ACTIVE, MODEL_FINISHED, MODEL_RESUMABLE, Status
 from pipeline.training_job import TrainingMonitor
@@ -93,7 +94,8 @@ def _status(workflow: Workflow, monitor: TrainingMonitor) -> str:
         lines.append(f"❌ {record.error}")
     if record.status == Status.READY and record.scores:
         icon = VERDICT_ICONS.get(record.scores.verdict, "")
-        lines.append(f"Training finished. {icon} {record.scores.verdict_text} (overall "
+        lines.append(f"Training finished. {icon} **{headline(record.status, record.scores)}.** "
+                     f"{record.scores.verdict_text} (overall "
                      f"{record.scores.overall or 0:.0f}/100) — try it on the Playground tab; its files are on "
                      "the Models tab.")
     return "\n\n".join(lines)
@@ -145,10 +147,11 @@ def build(people: People, settings: SettingsInputs) -> gr.Tab:
         with gr.Row():
             plot = gr.LinePlot(series_frame([], ("step", "loss", "series"), ("loss", "smoothed")), x="step",
                                y="loss", color="series", title="Training loss", height=300, scale=3,
-                               x_axis_format=",d", y_axis_format="~g")
+                               x_axis_format=",d", y_axis_format="~g", elem_id="loss-chart")
             likeness = gr.LinePlot(series_frame([], ("step", "score", "measure"), ("likeness %", "overall score")),
                                    x="step", y="score", color="measure", title="Likeness by checkpoint (%, /100)",
-                                   height=300, scale=2, y_lim=[0, 100], x_axis_format=",d")
+                                   height=300, scale=2, y_lim=[0, 100], x_axis_format=",d",
+                                   elem_id="likeness-chart")
         samples = gr.Gallery(label="Samples as it learns (newest first)", columns=6, height=220,
                              object_fit="contain")
         log = gr.Textbox(label="Log (newest first)", lines=14, max_lines=14, autoscroll=False)
