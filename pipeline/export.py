@@ -6,11 +6,16 @@ Its own module so the library (records on disk) and the model card (text about a
 from __future__ import annotations
 
 import json
+import logging
 import zipfile
 from pathlib import Path
 
+from pipeline.base_info import base_info
 from pipeline.library import Library, check_complete, slug
+from pipeline.lora_formats import update_metadata
 from pipeline.modelcard import model_card
+
+logger = logging.getLogger(__name__)
 
 
 def complete_loras(library: Library, model_id: str) -> dict[str, Path]:
@@ -26,8 +31,22 @@ def complete_loras(library: Library, model_id: str) -> dict[str, Path]:
                 check_complete(path, record.name)
             except ValueError:
                 continue
+            name_base(path, record.base_model)
             found[kind] = path
     return found
+
+
+def name_base(path: Path, base_model: str) -> bool:
+    """Make a LoRA file's header name the base it was trained on (``record.base_model``); True when it was rewritten.
+
+    Files from older versions said ``flux1`` for every base: a micro LoRA offered as a FLUX.1 one. Re-stamped once,
+    on the first download, so a model trained before the fix downloads right too.
+    """
+    try:
+        return update_metadata(path, base_info(base_model).header())
+    except OSError as exc:  # a full disk or a read-only folder: the file is still whole, so it is still offered
+        logger.warning("could not write the base model's name into %s: %s", path.name, exc)
+        return False
 
 
 def export_files(library: Library, model_id: str) -> dict[str, Path | bytes]:
@@ -42,6 +61,7 @@ def export_files(library: Library, model_id: str) -> dict[str, Path | bytes]:
     for lora in (record.lora_path, record.kohya_path):
         if lora is not None and lora.is_file():
             check_complete(lora, record.name)
+            name_base(lora, record.base_model)
     files: dict[str, Path | bytes] = {
         "README.md": model_card(record).encode(),
         "diffusers/pytorch_lora_weights.safetensors": record.lora_path,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,10 +266,14 @@ def save_lora_file(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Ma
     """Write safetensors with header metadata atomically (a temporary file, then ``os.replace``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    # A name of its own per writer: two exports re-stamping one file at once must not write into each other's copy.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     header = {"format": "pt", **{str(k): str(v) for k, v in metadata.items()}}
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=header)
-    os.replace(tmp, path)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=header)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -276,6 +281,19 @@ def read_metadata(path: Path) -> dict[str, str]:
     """The safetensors header metadata of a LoRA file."""
     with safe_open(str(path), framework="pt") as handle:
         return dict(handle.metadata() or {})
+
+
+def update_metadata(path: Path, updates: Mapping[str, str]) -> bool:
+    """Set header keys of a LoRA file in place (atomically), tensors unchanged; False when it already had them.
+
+    For files written before a key was right (e.g. a micro LoRA whose header said ``flux1``): the download must name
+    the base the LoRA fits even for models trained by an older version.
+    """
+    metadata = read_metadata(path)
+    if all(metadata.get(k) == str(v) for k, v in updates.items()):
+        return False
+    save_lora_file(path, load_file(str(path)), {**metadata, **updates})
+    return True
 
 
 def load_kohya_as_diffusers(path: Path) -> dict[str, torch.Tensor]:

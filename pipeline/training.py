@@ -41,6 +41,7 @@ from safetensors.torch import load_file, save_file
 
 from pipeline import events as ev
 from pipeline import lora_formats, memory, offload
+from pipeline.base_info import base_info
 from pipeline.base_model import (
     BaseModelError,
     default_test_generate_settings,
@@ -488,6 +489,28 @@ def software_version() -> str:
     return f"likeness {version}; diffusers {diffusers.__version__}; peft {peft.__version__}; torch {torch.__version__}"
 
 
+def lora_header(settings: TrainSettings, *, trigger_word: str, photos: int, base_model: str,
+                step: int) -> dict[str, str]:
+    """The safetensors header of both LoRA files at ``step``: the run's settings and the base it fits, in Likeness's
+    keys and kohya's (read by ComfyUI/Forge/A1111 model browsers)."""
+    s = settings
+    return {
+        "likeness.name": s.name, "likeness.trigger_word": trigger_word,
+        "likeness.steps": str(step), "likeness.total_steps": str(s.steps),
+        "likeness.rank": str(s.rank), "likeness.alpha": str(s.alpha), "likeness.resolution": str(s.resolution),
+        "likeness.resolutions": ",".join(str(r) for r in s.resolutions),
+        "likeness.learning_rate": str(s.learning_rate), "likeness.photos": str(photos),
+        "likeness.software": software_version(), "likeness.settings": to_json(s),
+        "ss_network_module": "networks.lora_flux", "ss_network_dim": str(s.rank), "ss_network_alpha": str(s.alpha),
+        "ss_output_name": s.name, "ss_steps": str(step),
+        "ss_resolution": f"({max(s.resolutions)}, {max(s.resolutions)})",
+        "ss_num_train_images": str(photos),
+        "ss_learning_rate": str(s.learning_rate),
+        # The base by name (likeness.base_model, ss_base_model_version, ...): a micro LoRA must not say flux1.
+        **base_info(base_model).header(),
+    }
+
+
 class _Run:
     """State of one training run; ``train_lora`` is its only entry point."""
 
@@ -637,21 +660,8 @@ class _Run:
         return {k: v.detach().float().cpu().clone() for k, v in get_peft_model_state_dict(self.transformer).items()}
 
     def header(self, step: int) -> dict[str, str]:
-        s = self.settings
-        return {
-            "likeness.name": s.name, "likeness.trigger_word": self.dataset.trigger_word,
-            "likeness.base_model": self.base_model, "likeness.steps": str(step), "likeness.total_steps": str(s.steps),
-            "likeness.rank": str(s.rank), "likeness.alpha": str(s.alpha), "likeness.resolution": str(s.resolution),
-            "likeness.resolutions": ",".join(str(r) for r in s.resolutions),
-            "likeness.learning_rate": str(s.learning_rate), "likeness.photos": str(len(self.dataset)),
-            "likeness.software": software_version(), "likeness.settings": to_json(s),
-            # kohya's keys, read by ComfyUI/Forge/A1111 model browsers.
-            "ss_network_module": "networks.lora_flux", "ss_network_dim": str(s.rank), "ss_network_alpha": str(s.alpha),
-            "ss_base_model_version": "flux1", "ss_output_name": s.name, "ss_steps": str(step),
-            "ss_resolution": f"({max(s.resolutions)}, {max(s.resolutions)})",
-            "ss_num_train_images": str(len(self.dataset)),
-            "ss_learning_rate": str(s.learning_rate),
-        }
+        return lora_header(self.settings, trigger_word=self.dataset.trigger_word, photos=len(self.dataset),
+                           base_model=self.base_model, step=step)
 
     def write_lora(self, path: Path, step: int, kohya_path: Path | None = None) -> None:
         state = self.lora_state()

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from pipeline import events as ev
 from pipeline import memory
+from pipeline.base_info import header_names_base
 from pipeline.base_model import load_pipeline
 from pipeline.dataset import Dataset, DatasetItem
 from pipeline.lora_formats import convert_to_kohya, load_kohya_as_diffusers, read_metadata
@@ -126,6 +127,7 @@ def test_headers_carry_the_run(completed, dataset: Dataset) -> None:
         meta = read_metadata(path)
         assert meta["likeness.trigger_word"] == TRIGGER
         assert meta["likeness.base_model"] == "tiny"
+        assert header_names_base(meta, "tiny") and meta["ss_base_model_version"] == "likeness_tiny"  # not flux1
         assert meta["likeness.steps"] == "50" and meta["likeness.rank"] == "4"
         assert meta["likeness.resolution"] == "64"
         assert meta["likeness.software"].startswith("likeness ")
