@@ -240,15 +240,24 @@ class CheckpointAssessor:
                  settings: GenerateSettings, out_dir: Path, embedded: bool, on_event: ev.EventCallback,
                  prompts: Sequence[str] = (), should_stop: ev.StopCheck = ev.never) -> None:
         from pipeline.assessment import DEFAULT_TEST_PROMPTS, AssessmentPlan, reference_embeddings
+        from pipeline.identity import person_consensus
+        from pipeline.likeness import save_person, workspace_people
+        from pipeline.settings import ClassifySettings
 
         self.generator = generator
         self.on_event = on_event
         self.should_stop = should_stop  # checked between any two test images, and inside each one's denoising
         images = [item.image for item in dataset.items]
-        self.plan = AssessmentPlan(
-            trigger_word=trigger_word, reference=reference_embeddings(images),
-            prompts=tuple(prompts) or DEFAULT_TEST_PROMPTS, reference_images=images, settings=settings).validate()
         self.out_dir = Path(out_dir)
+        reference = reference_embeddings(images)
+        # Judged against the workspace's other people as well as the cohort; this person is kept for the next ones.
+        model_folder = self.out_dir.parent
+        others = workspace_people(model_folder.parent, exclude=model_folder)
+        save_person(model_folder, person_consensus(list(reference), ClassifySettings().identity_threshold),
+                    trigger_word)
+        self.plan = AssessmentPlan(
+            trigger_word=trigger_word, reference=reference, others=tuple(others),
+            prompts=tuple(prompts) or DEFAULT_TEST_PROMPTS, reference_images=images, settings=settings).validate()
         self.embedded = embedded
         self.results: dict[int, AssessmentResult] = {}
         self.checkpoint_paths: dict[int, Path] = {}
@@ -469,9 +478,11 @@ class TrainingRunner:
             last_attempt: bool = False) -> None:
         """Train → measure each checkpoint → keep the best → ready (and tell the person).
 
-        ``should_stop`` ends the run at its next step; ``shutting_down()`` then says whether the app is stopping
-        (the job goes back to the queue and resumes later) rather than the person cancelling. A lost worker sends
-        the job back to the queue too, unless this was its ``last_attempt``.
+        ``should_stop`` ends the run at its next step, or its next test image while a checkpoint is assessed;
+        ``shutting_down()`` then says whether the app is stopping (the job goes back to the queue and resumes later)
+        rather than the person cancelling. A lost worker sends the job back to the queue too, unless this was its
+        ``last_attempt``. The person's disk quota, measured after each file the run writes, stops it as failed with
+        the reason; any failure raises once the model is marked, so the queue records the job failed as well.
         """
         record = self.library.get(spec.model_id)
         monitor = self.monitor(record.id)

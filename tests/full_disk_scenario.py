@@ -84,7 +84,7 @@ def main(mode: str, root: Path) -> dict[str, Any]:
         model = workflow.model(record.id)
         facts["model"] = {"status": model.status, "error": model.error, "ended": ended}
         facts["job"] = [job.status for job in workflow.jobs.for_model(record.id)]
-        facts["kept_in_memory"] = record.id in workflow.library.unsaved_ends
+        facts["kept_in_memory"] = record.id in getattr(workflow.library, "unsaved_ends", ())  # () before it existed
         facts["stored_while_full"] = stored(data / "library.json", "models")
         # What the web page and the API answer while the disk is full.
         facts["answers"] = {
