@@ -122,5 +122,15 @@ def test_the_running_app_answers_errors_as_plain_text_without_server_paths(tmp_p
         for where, message in nones.items():
             assert "upstream" not in message and ("prompt" in message or "seed" in message), (where, message)
             assert "got None" in message, (where, message)
+        # The Models tab's text fields (and the privacy checkbox, whose None would make a public repo).
+        fields = {
+            "New name": error(record.id, None, api_name="/rename_model"),
+            "Repository": error(record.id, None, "hf_x", True, api_name="/push_to_hub"),
+            "Write token": error(record.id, "bob/x", None, True, api_name="/push_to_hub"),
+            "Private repository": error(record.id, "bob/x", "hf_x", None, api_name="/push_to_hub"),
+        }
+        for field, message in fields.items():
+            assert f"{field}: expected" in message and "got None" in message, (field, message)
+        assert people.local.library.get(record.id).name == "Zoë's model"
     finally:
         app.stop()
