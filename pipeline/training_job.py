@@ -128,6 +128,7 @@ class TrainingMonitor:
     checkpoints: list[int] = field(default_factory=list)
     assessments: list[tuple[int, float, float]] = field(default_factory=list)  # (step, likeness 0–1, overall 0–100)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    journal_failing: bool = field(default=False, repr=False)  # the last journal write failed (warned once)
 
     @classmethod
     def open(cls, model_id: str, journal: Path) -> TrainingMonitor:
@@ -180,9 +181,14 @@ class TrainingMonitor:
                 try:
                     with self.journal.open("a") as f:
                         f.write(json.dumps(entry) + "\n")
-                except OSError as exc:  # e.g. the model was deleted while it trained: keep the run going
-                    logger.warning("cannot write %s: %s", self.journal, exc)
-                    self.journal = None
+                except OSError as exc:  # the run goes on either way
+                    if not self.journal.parent.is_dir():  # the model was deleted while it trained
+                        self.journal = None
+                    elif not self.journal_failing:  # a full disk: these lines are lost, later ones written once
+                        logger.warning("cannot write %s: %s", self.journal, exc)  # there is room (after Resume)
+                    self.journal_failing = True
+                else:
+                    self.journal_failing = False
 
     def _apply(self, entry: dict[str, Any]) -> None:
         kind = entry["kind"]
