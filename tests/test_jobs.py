@@ -1,5 +1,6 @@
 """The job queue on a real tinydb file with real worker threads (and, for the crash, a real killed process)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -298,3 +299,42 @@ def test_a_second_queue_on_the_same_data_dir_refuses_to_start(tmp_path):
     finally:
         queue.stop()
     JobQueue(tmp_path, Recorder(), devices=["cpu"]).stop()  # free again once stopped
+
+
+def test_an_end_the_disk_refuses_is_shown_at_once_and_written_once_there_is_room(tmp_path):
+    """The runner ends while the process may write no file past 100 bytes (RLIMIT_FSIZE, as a full disk refuses
+    jobs.json): the job reads "done" at once, not "running", and jobs.json says so as soon as the limit is lifted."""
+    script = textwrap.dedent(
+        f"""
+        import json, resource, time
+        from pathlib import Path
+        from pipeline.jobs import JobQueue
+
+        def runner(job, should_stop):
+            resource.setrlimit(resource.RLIMIT_FSIZE, (100, resource.RLIM_INFINITY))
+
+        def stored():
+            rows = json.loads(Path({str(tmp_path)!r}, "jobs.json").read_text())["jobs"].values()
+            return [row["status"] for row in rows]
+
+        queue = JobQueue(Path({str(tmp_path)!r}), runner, devices=["cpu"])
+        job = queue.submit("m", {{}})
+        deadline = time.monotonic() + 10
+        while queue.get(job.id).status == "queued" or (queue.get(job.id).status == "running"
+                                                       and time.monotonic() < deadline):
+            time.sleep(0.05)
+        full = (queue.get(job.id).status, stored())
+        resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        deadline = time.monotonic() + 10
+        while stored() != ["done"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        queue.stop()
+        print(json.dumps({{"while_full": full, "once_room": stored()}}))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-3000:]
+    facts = json.loads(run.stdout.strip().splitlines()[-1])
+    assert facts["while_full"] == ["done", ["running"]]  # shown from memory, while the file cannot say it
+    assert facts["once_room"] == ["done"]
