@@ -1,8 +1,13 @@
 """The model library on a real tinydb file: create, survive reopening, update, rename, delete, export."""
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -205,3 +210,37 @@ def test_concurrent_creates_from_two_instances_keep_every_record_and_unique_word
     records = Library(tmp_path).list()
     assert len(records) == 30
     assert len({r.trigger_word for r in records}) == 30
+
+
+def test_a_trainings_end_the_disk_refuses_is_kept_shown_and_saved_once_there_is_room(tmp_path):
+    """record_end while the process may write no file past 200 bytes (RLIMIT_FSIZE, as a full disk refuses
+    library.json): get() and list() say "failed" with the reason at once; the next look once the limit is lifted
+    writes it."""
+    script = textwrap.dedent(
+        f"""
+        import json, resource
+        from pathlib import Path
+        from pipeline.library import Library
+
+        library = Library(Path({str(tmp_path)!r}))
+        model = library.create("anna", "tiny", {{}})
+        library.update(model.id, status="training")
+
+        def stored():
+            rows = json.loads(Path({str(tmp_path)!r}, "library.json").read_text())["models"].values()
+            return next(row["status"] for row in rows if row["id"] == model.id)
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200, resource.RLIM_INFINITY))
+        ended = library.record_end(model.id, status="failed", error="the data disk is full")
+        full = [ended.status, library.get(model.id).status, library.list()[0].error, stored()]
+        resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        library.get(model.id)
+        print(json.dumps({{"while_full": full, "once_room": [stored(), list(library.unsaved_ends)]}}))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    facts = json.loads(run.stdout.strip().splitlines()[-1])
+    assert facts["while_full"] == ["failed", "failed", "the data disk is full", "training"]
+    assert facts["once_room"] == ["failed", []]
