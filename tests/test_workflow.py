@@ -293,3 +293,22 @@ def test_a_set_that_is_not_ready_is_refused_with_the_reason(tmp_path: Path, phot
         assert workflow.library.list() == [] and workflow.jobs.list() == []  # nothing was created or queued
     finally:
         workflow.close()
+
+
+def test_the_disk_quota_is_checked_photo_by_photo_as_an_upload_is_stored(tmp_path: Path, photos: list[Path]) -> None:
+    """A 0.25 MB quota and six ~75 KB photos in one upload: the photos that fit are stored, the rest refused with the
+    reason, where the whole batch used to be stored once the workspace was under the quota when it began."""
+    from pipeline.workflow import folder_size
+
+    quota_gb = 0.00025
+    workflow = Workflow(AppSettings(data_dir=tmp_path / "data", base_model="tiny", disk_per_person_gb=quota_gb))
+    try:
+        result = workflow.add_photos(photos)
+        used = folder_size(workflow.data_dir)
+    finally:
+        workflow.close()
+    assert 0 < len(result.accepted) < len(photos)
+    assert {r.code for r in result.rejected} == {"over_quota"} and len(result.rejected) == len(photos) - len(
+        result.accepted)
+    assert "past the 0.00025 GB each person may use" in result.rejected[0].message
+    assert used <= quota_gb * 1e9
