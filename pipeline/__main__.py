@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.scores import headline
+
 if TYPE_CHECKING:
     from pipeline.workflow import Workflow
 
@@ -108,16 +110,71 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_assess(args: argparse.Namespace) -> int:
     record = _workflow(args).library.find(args.model)
     scores = record.scores.to_dict() if record.scores else {}
-    _emit(args, {"id": record.id, "name": record.name, "status": record.status, "scores": scores,
+    _emit(args, {"id": record.id, "name": record.name, "status": record.status,
+                 "verdict": record.scores.verdict if record.scores else None,
+                 "summary": headline(record.status, record.scores), "scores": scores,
                  "best_checkpoint_step": record.best_checkpoint_step, "best_lora_scale": record.best_lora_scale},
           json.dumps(scores, indent=2, default=str))
     return 0
 
 
+def _readable(paths: list[Path]) -> tuple[list[Path], list[str]]:
+    """The paths Pillow can open, and the names of those it cannot (text named .jpg, truncated files)."""
+    from PIL import Image
+
+    good, bad = [], []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.load()
+            good.append(path)
+        except (OSError, ValueError, Image.DecompressionBombError):
+            bad.append(path.name)
+    return good, bad
+
+
+def cmd_likeness(args: argparse.Namespace) -> int:
+    """Score any images (a LoRA's, from any trainer) against any person's photos: exit 0 whatever the verdict."""
+    from pipeline.assessment import recognised_sentence, reference_embeddings, score_images
+    from pipeline.likeness import Calibration
+
+    references, bad_references = _readable(_photos_in(args.reference))
+    images, bad_images = _readable(_photos_in(args.images))
+    if not references:
+        raise ValueError(f"--reference {args.reference}: no readable photos in it; give a folder of the person's "
+                         "photos")
+    if not images:
+        raise ValueError(f"--images {args.images}: no readable images in it; give a folder of generated images")
+    result = score_images(images, reference_embeddings(references))
+    calibration = Calibration.load()
+    rows = [{"file": i.path.name if i.path else None, "recognised": i.recognised, "match": str(i.match),
+             "likeness": i.likeness, "distance": i.distance, "nearest_other": i.nearest_other,
+             "other_distance": i.other_distance, "generic_distance": i.generic_distance, "margin": i.margin,
+             "faces": i.faces} for i in result.images]
+    meaning = recognised_sentence(result.recognised_count, len(images), result.judged_against)
+    data = {"images": rows, "recognised": result.recognised_count, "total": len(images),
+            "likeness": result.likeness, "verdict": str(result.verdict), "meaning": meaning,
+            "judged_against": result.judged_against,
+            "operating_point": {"margin": calibration.margin, "max_distance": calibration.max_distance,
+                                "false_accept_rate": calibration.false_accept_rate,
+                                "genuine_accept_rate": calibration.genuine_accept_rate},
+            "unreadable": bad_references + bad_images}
+    lines = [f"{r['file']:40s} {r['match']:13s} "
+             + ("" if r["distance"] is None else f"distance {r['distance']:.3f}, nearest other {r['nearest_other']} "
+                                                 f"{r['other_distance']:.3f}, margin {r['margin']:+.3f}")
+             for r in rows]
+    lines.append(f"{meaning}; likeness {result.likeness:.0%} ({result.verdict})")
+    _emit(args, data, "\n".join(lines))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     records = _workflow(args).library.list()
-    lines = [f"{r.id}  {r.name:24s} {r.trigger_word:10s} {r.status:10s} {r.base_model}" for r in records]
-    _emit(args, [dataclasses.asdict(r) for r in records], "\n".join(lines) or "no models yet")
+    lines = [f"{r.id}  {r.name:24s} {r.trigger_word:10s} {r.base_model:12s} {headline(r.status, r.scores)}"
+             for r in records]
+    _emit(args, [dataclasses.asdict(r) | {"verdict": r.scores.verdict if r.scores else None,
+                                          "summary": headline(r.status, r.scores)} for r in records],
+          "\n".join(lines) or "no models yet")
     return 0
 
 
@@ -198,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("assess", parents=[common], help="print a model's assessment scores")
     p.add_argument("model")
     p.set_defaults(func=cmd_assess)
+
+    p = sub.add_parser("likeness", parents=[common],
+                       help="score any images against any person's photos (a LoRA from any trainer)")
+    p.add_argument("--reference", type=Path, required=True, help="a folder of the person's photos")
+    p.add_argument("--images", type=Path, required=True, help="a folder of images to score")
+    p.set_defaults(func=cmd_likeness)
 
     p = sub.add_parser("models", parents=[common], help="list the library")
     p.set_defaults(func=cmd_models)

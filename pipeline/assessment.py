@@ -1,14 +1,18 @@
 """Does the LoRA look like the person? Test generations scored for likeness, quality and prompt fidelity.
 
-Likeness uses the same face-identity model as classification: each generated image's best-matching face is compared
-with the consensus embedding of the training faces (``person_consensus``: of the one person most of them show). An
-image with no detectable face scores 0, because a LoRA that stops drawing faces has failed at its one job. The best
-checkpoint and LoRA scale are chosen by these measured scores, not by the last step.
+Likeness uses the same face-identity model as classification: each generated image's faces are judged against the
+consensus embedding of the training faces (``person_consensus``: of the one person most of them show), the nearest of
+the other people (a shipped cohort and the workspace's other people) and their average face (``pipeline.likeness``);
+"recognised" means clearly nearer the person than all of them, by a calibrated margin. An image with no detectable
+face scores 0, because a LoRA that stops drawing faces has failed at its one job. The best checkpoint and LoRA scale
+are chosen by these measured scores, not by the last step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.util
 import itertools
 import logging
 import math
@@ -19,11 +23,13 @@ from typing import Any, NamedTuple
 
 import imagehash
 import numpy as np
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from pipeline.cohort import Identity
 from pipeline.events import EventCallback, Message, Progress, StopCheck, ignore, never
 from pipeline.faces import Face, detect_faces
 from pipeline.generation import DEFAULT_TEST_PROMPTS, Generator, image_metadata, save_png
+from pipeline.likeness import MATCH_WORDS, LikenessJudge, Match
 from pipeline.quality import QualityMetrics, measure_quality, quality_components, quality_score
 from pipeline.settings import ClassifySettings, GenerateSettings
 from pipeline.trigger import insert_trigger
@@ -65,10 +71,15 @@ class ImageScore:
 
     path: Path | None
     prompt: str
-    likeness: float | None  # 0–1; None when no face was found (it then counts as 0 in the totals)
-    recognised: bool  # a face closer than the identity threshold to the person's consensus
+    likeness: float | None  # 0–1 calibrated (pipeline.likeness); None when no face was found (then 0 in totals)
+    recognised: bool  # clearly nearer the person than any other identity and than the generic face
     quality: float  # 0–100 from sharpness and exposure
-    distance: float | None = None  # identity-model distance of the best-matching face
+    distance: float | None = None  # identity-model distance of the judged face to the person's consensus
+    match: Match = Match.NO_FACE
+    nearest_other: str | None = None  # the nearest other identity (None where no face was found)
+    other_distance: float | None = None
+    generic_distance: float | None = None  # to the average face of the other people
+    margin: float | None = None  # min(other_distance, generic_distance) − distance
     faces: int = 0
     edge_blur: float = 0.0  # the classifier's measure: face edge width in px with the face at 128 px
     exposure: float = 0.0  # the classifier's exposure component, 0–1: 1 well exposed, 0 black, white or clipped
@@ -94,6 +105,11 @@ class AssessmentResult:
     variety: float = 0.0  # 0–1, how different the test images are from one another
     lora_path: Path | None = None
     lora_scale: float = 1.0
+    judged_against: int = 0  # other identities each face was compared with
+
+    @property
+    def recognised_count(self) -> int:
+        return sum(s.recognised for s in self.images)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (paths as strings)."""
@@ -113,6 +129,7 @@ class AssessmentPlan:
     reference_images: Sequence[Path] = ()  # training photos or crops, shown in the grid's first row
     identity: Any = None  # a loaded identity model; None: loaded on first use
     clip_model: str | Path | None = None  # for prompt fidelity where a CLIP is on disk
+    others: Sequence[Identity] = ()  # other people of the same workspace, judged against besides the cohort
 
     def validate(self) -> AssessmentPlan:
         if not self.prompts:
@@ -159,49 +176,62 @@ def score_images(
     identity: Any = None,
     identity_threshold: float = ClassifySettings().identity_threshold,
     clip_model: str | Path | None = None,
+    others: Sequence[Identity] = (),
+    judge: LikenessJudge | None = None,
 ) -> AssessmentResult:
     """Score images against the person's reference embeddings; the scoring part of ``assess_lora``, alone.
 
     ``reference`` is one embedding or several (the consensus of the person most of them show: a set that mixes
-    two people is judged against one of them, not against a face between the two). ``prompts`` (one per image) enable
-    prompt fidelity where a CLIP model is available locally.
+    two people is judged against one of them, not against a face between the two). Each face is judged against that
+    person, the shipped cohort plus ``others`` and their average face (``pipeline.likeness``; ``judge`` replaces
+    all of them). ``prompts`` (one per image) enable prompt fidelity where a CLIP model is available locally.
     """
     if not images:
         raise AssessmentError("images: nothing to score; pass at least one image")
     if prompts is not None and len(prompts) != len(images):
         raise AssessmentError(f"prompts: {len(prompts)} prompts for {len(images)} images; pass one per image")
     identity = identity or _default_identity()
-    target = _consensus(np.asarray(reference, dtype=float), identity_threshold)
+    if judge is None:
+        from pipeline.likeness import judge_for
+
+        judge = judge_for(_consensus(np.asarray(reference, dtype=float), identity_threshold), workspace_people=others)
     opened = [_open(image) for image in images]
     fidelity, note = prompt_fidelity(opened, prompts, clip_model=clip_model)
     scores = []
     for index, image in enumerate(opened):
         faces = detect_faces(image.convert("RGB"))
         embeddings = identity.embed_faces(image, faces) if faces else []
-        distances = [_distance(identity, _vector(e), target) for e in embeddings]
-        # The face closest to the person is the one judged: a stranger in the background is not a failure.
-        best = int(np.argmin(distances)) if distances else None
-        distance = None if best is None else distances[best]
-        metrics, quality, exposure = _quality(image, None if best is None else faces[best])
+        judged = [judge.judge(_vector(e)) for e in embeddings]
+        # The face most like the person is the one judged: a stranger in the background is not a failure.
+        best = judge.best([_vector(e) for e in embeddings])
+        face = faces[judged.index(best)] if best is not None else None
+        metrics, quality, exposure = _quality(image, face)
         path = images[index] if isinstance(images[index], Path) else None
         meta = image_metadata(image)
         scores.append(ImageScore(
             path=path,
             prompt=prompts[index] if prompts is not None else meta.get("prompt", ""),
-            likeness=None if distance is None else similarity(distance),
-            recognised=distance is not None and distance < identity_threshold,
+            likeness=None if best is None else best.likeness,
+            recognised=best is not None and best.recognised,
             quality=quality,
-            distance=distance,
+            distance=None if best is None else best.distance,
+            match=Match.NO_FACE if best is None else best.match,
+            nearest_other=None if best is None else best.nearest_other,
+            other_distance=None if best is None else best.other_distance,
+            generic_distance=None if best is None else best.generic_distance,
+            margin=None if best is None else best.margin,
             faces=len(faces),
             edge_blur=metrics.edge_blur,
             exposure=exposure,
             prompt_fidelity=None if fidelity is None else fidelity[index],
             seed=int(meta["seed"]) if meta.get("seed", "").isdigit() else None,
         ))
-    return summarise(scores, variety=_variety(opened), fidelity_note=note)
+    result = summarise(scores, variety=_variety(opened), fidelity_note=note, judged_against=len(judge.others))
+    return result
 
 
-def summarise(scores: Sequence[ImageScore], *, variety: float = 1.0, fidelity_note: str = "") -> AssessmentResult:
+def summarise(scores: Sequence[ImageScore], *, variety: float = 1.0, fidelity_note: str = "",
+              judged_against: int = 0) -> AssessmentResult:
     """Totals, overall score and verdict from per-image scores."""
     n = len(scores)
     likeness = sum(s.likeness or 0.0 for s in scores) / n
@@ -216,36 +246,46 @@ def summarise(scores: Sequence[ImageScore], *, variety: float = 1.0, fidelity_no
     weights = {k: WEIGHTS[k] for k in parts}
     overall = sum(parts[k] * w for k, w in weights.items()) / sum(weights.values())
     parts["variety"] = 100 * variety
-    verdict, text = _verdict(scores, likeness, recognised, quality, variety)
+    verdict, text = _verdict(scores, likeness, recognised, quality, variety, judged_against)
     return AssessmentResult(
         images=tuple(scores), likeness=likeness, recognised_share=recognised, prompt_fidelity=fidelity,
         fidelity_note=fidelity_note, quality=quality, overall=overall, parts=parts, verdict=verdict,
-        verdict_text=text, variety=variety,
+        verdict_text=text, variety=variety, judged_against=judged_against,
     )
 
 
+def recognised_sentence(seen: int, total: int, judged_against: int) -> str:
+    """What "recognised" means, with the count: the one wording of the pages, the card, the e-mail and the CLI."""
+    against = (f": nearer this person than any of {judged_against} other people and their average face"
+               if judged_against else "")
+    return f"recognised in {seen} of {total} test images{against}"
+
+
 def _verdict(scores: Sequence[ImageScore], likeness: float, recognised: float, quality: float,
-             variety: float) -> tuple[str, str]:
+             variety: float, judged_against: int = 0) -> tuple[str, str]:
     n = len(scores)
     seen = sum(s.recognised for s in scores)
     with_face = sum(s.faces > 0 for s in scores)
+    generic = sum(s.match == Match.GENERIC for s in scores)
+    others = sorted({s.nearest_other for s in scores if s.match == Match.SOMEONE_ELSE and s.nearest_other})
+    measured = recognised_sentence(seen, n, judged_against)
     if recognised < MIN_RECOGNISED_SHARE:
         return NOT_RECOGNISABLE, (
             f"{VERDICT_WORDS[NOT_RECOGNISABLE]} — retrain with 15–20 photos of this one person only, the face "
             "clearly visible and large in the frame (no group shots, sunglasses or heavy shadow), or train for more "
-            f"steps. Measured: recognised in {seen} of {n} test images, a face found in {with_face}, "
-            f"likeness {likeness:.0%}."
+            f"steps. Measured: {measured}; a face found in {with_face}, {generic} of them a generic face"
+            + (f", nearer someone else in {sum(s.match == Match.SOMEONE_ELSE for s in scores)} "
+               f"({', '.join(others)})" if others else "") + f"; likeness {likeness:.0%}."
         )
     if quality < MIN_QUALITY or variety < MIN_VARIETY:
         return LOW_QUALITY, (
             f"{VERDICT_WORDS[LOW_QUALITY]} — retrain with sharp photos in even light and with more variety "
             "(backgrounds, clothes, expressions, angles); if every image looks the same, choose an earlier "
             f"checkpoint or a lower LoRA scale. Measured: quality {quality:.0f}/100, variety {variety:.0%}, "
-            f"recognised in {seen} of {n} test images."
+            f"{measured}."
         )
     return READY, (
-        f"{VERDICT_WORDS[READY]} — recognised in {seen} of {n} test images (likeness {likeness:.0%}), "
-        f"quality {quality:.0f}/100."
+        f"{VERDICT_WORDS[READY]} — {measured} (likeness {likeness:.0%}), quality {quality:.0f}/100."
     )
 
 
@@ -295,19 +335,26 @@ def assess_lora(
     if not paths:
         raise AssessmentError("should_stop: assessment stopped before any test image was made")
     on_event(Progress("assess", len(paths), len(jobs), "scoring likeness and quality"))
-    result = score_images(paths, plan.reference, prompts=used, identity=plan.identity, clip_model=plan.clip_model)
+    result = score_images(paths, plan.reference, prompts=used, identity=plan.identity, clip_model=plan.clip_model,
+                          others=plan.others)
     grid = save_grid(plan.reference_images, result.images, out_dir / "grid.png")
     result = dataclasses.replace(result, grid=grid, lora_path=lora_path, lora_scale=lora_scale)
-    on_event(Message(f"likeness {result.likeness:.0%}, recognised {result.recognised_share:.0%}, "
-                     f"quality {result.quality:.0f}, overall {result.overall:.0f}: {result.verdict_text}"))
+    on_event(Message(f"likeness {result.likeness:.0%}, recognised in {result.recognised_count} of "
+                     f"{len(result.images)}, quality {result.quality:.0f}, overall {result.overall:.0f}: "
+                     f"{result.verdict_text}"))
     return result
 
 
 def choose_best_checkpoint(results: Mapping[int, AssessmentResult]) -> int:
-    """The step with the highest overall score; a tie goes to the later step (more trained, same measured result)."""
+    """The step whose test images are recognised most often (the calibrated judge), then the highest calibrated
+    likeness, then overall score; a tie goes to the later step (more trained, same measured result)."""
     if not results:
         raise AssessmentError("results: no assessed checkpoints to choose from")
-    return max(results, key=lambda step: (round(results[step].overall, 6), step))
+    return max(results, key=lambda step: _rank(results[step]) + (step,))
+
+
+def _rank(result: AssessmentResult) -> tuple[float, float, float]:
+    return result.recognised_share, round(result.likeness, 6), round(result.overall, 6)
 
 
 def assess_checkpoints(
@@ -350,8 +397,8 @@ def assess_checkpoints(
         by_scale[scale] = assess_lora(generator, paths[best], plan,
                                       out_dir=Path(out_dir) / f"step_{best:06d}_x{scale:g}", lora_scale=scale,
                                       on_event=on_event, should_stop=should_stop)
-    # Ties keep the full scale: it is what the LoRA was trained at.
-    scale = max(by_scale, key=lambda s: (round(by_scale[s].overall, 6), s == first_scale))
+    # The same ranking as the steps'; ties keep the full scale: it is what the LoRA was trained at.
+    scale = max(by_scale, key=lambda s: _rank(by_scale[s]) + (s == first_scale,))
     results[best] = by_scale[scale]
     curve = ", ".join(f"{s}: {r.likeness:.0%}" for s, r in sorted(results.items()))
     on_event(Message(f"best checkpoint: step {best} at scale {scale:g} (likeness by step: {curve})"))
@@ -368,17 +415,17 @@ def likeness_curve(results: Mapping[int, AssessmentResult]) -> list[tuple[int, f
 
 def save_grid(reference_images: Sequence[Path], scores: Sequence[ImageScore], path: Path, *,
               cell: int = 160, columns: int = 8) -> Path:
-    """Training photos on the first row(s), then the test images, each captioned with its likeness."""
-    label_h = 14
+    """Training photos on the first row(s), then the test images, each captioned with what it was judged to be:
+    recognised (✓), a generic face, or someone else (naming the nearest other identity), with its likeness."""
+    font, tick = caption_font()
+    label_h = 16
     cells: list[tuple[Image.Image, str]] = []
     for ref in reference_images[:columns]:
         cells.append((_open(ref), "training"))
     refs = len(cells)
     for score in scores:
-        if score.path is None:
-            continue
-        caption = "no face" if score.likeness is None else f"{score.likeness:.0%}" + (" ✓" if score.recognised else "")
-        cells.append((_open(score.path), caption))
+        if score.path is not None:
+            cells.append((_open(score.path), image_caption(score, tick)))
     if not cells:
         return path
     ref_rows = math.ceil(refs / columns)
@@ -389,10 +436,40 @@ def save_grid(reference_images: Sequence[Path], scores: Sequence[ImageScore], pa
         slot = index if index < refs else ref_rows * columns + (index - refs)
         x, y = (slot % columns) * cell, (slot // columns) * (cell + label_h)
         grid.paste(ImageOps.fit(image.convert("RGB"), (cell, cell)), (x, y))
-        draw.text((x + 3, y + cell), caption, fill="black")
+        draw.text((x + 3, y + cell + 1), caption, fill="black", font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
     return path
+
+
+def image_caption(score: ImageScore, tick: str = "✓") -> str:
+    """"✓ recognised 81%", "generic face 34%", "someone else: t1-3", "no face"."""
+    if score.match == Match.NO_FACE or score.likeness is None:
+        return MATCH_WORDS[Match.NO_FACE]
+    if score.match == Match.SOMEONE_ELSE:
+        return f"{MATCH_WORDS[Match.SOMEONE_ELSE]}: {score.nearest_other}"
+    mark = f"{tick} " if score.match == Match.RECOGNISED else ""
+    return f"{mark}{MATCH_WORDS[score.match]} {score.likeness:.0%}"
+
+
+# Fonts with the ✓ glyph, in order: Debian's DejaVu (fonts-dejavu-core), then the copy matplotlib ships.
+FONT_CANDIDATES = ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "DejaVuSans.ttf")
+
+
+@functools.cache
+def caption_font(size: int = 12) -> tuple[ImageFont.FreeTypeFont | ImageFont.ImageFont, str]:
+    """A font that has the ✓ glyph and the mark to use; where none is installed, Pillow's own and "OK" (its
+    built-in font has no ✓ and would draw a box)."""
+    candidates = list(FONT_CANDIDATES)
+    spec = importlib.util.find_spec("matplotlib")
+    if spec and spec.submodule_search_locations:
+        candidates.append(str(Path(next(iter(spec.submodule_search_locations))) / "mpl-data/fonts/ttf/DejaVuSans.ttf"))
+    for candidate in candidates:
+        try:
+            return ImageFont.truetype(candidate, size), "✓"
+        except OSError:
+            continue
+    return ImageFont.load_default(), "OK"
 
 
 # ------------------------------------------------------------------------------------------------ prompt fidelity

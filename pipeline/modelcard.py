@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pipeline.base_info import BaseInfo, BaseKind, base_info
+from pipeline.base_model import default_test_generate_settings
 from pipeline.library import ModelRecord
-from pipeline.settings import FLUX_DEV, MICRO_MODEL, TINY_MODEL
+from pipeline.scores import headline
+from pipeline.settings import FLUX_DEV
 from pipeline.trigger import insert_trigger
 
 DEFAULT_EXAMPLE_PROMPTS = (
@@ -30,8 +33,9 @@ def example_prompts(record: ModelRecord, limit: int = 6) -> list[str]:
 
 def _front_matter(record: ModelRecord) -> str:
     lines = ["---"]
-    if record.base_model not in (TINY_MODEL, MICRO_MODEL):
-        lines.append(f"base_model: {record.base_model}")
+    hub_id = base_info(record.base_model).hub_id
+    if hub_id:  # the Hub links base_model to a repo: the embedded models and local folders have none
+        lines.append(f"base_model: {hub_id}")
     lines += [
         "library_name: diffusers",
         "tags: [text-to-image, flux, lora, diffusers, likeness]",
@@ -68,25 +72,95 @@ def _scores_section(record: ModelRecord) -> list[str]:
     return lines
 
 
+def _base_cell(base: BaseInfo) -> str:
+    if base.kind is BaseKind.HUB:
+        return f"`{base.spec}`"
+    return f"`{base.kohya_model_name}`: {base.name}"
+
+
+def _diffusers_usage(record: ModelRecord, base: BaseInfo, scale: float) -> list[str]:
+    """The snippet loads the base this LoRA was trained on: a LoRA on any other base does not fit its layers."""
+    prompt = example_prompts(record, 1)[0]
+    if base.kind is BaseKind.HUB:
+        intro = [f"Load the LoRA onto **{base.spec}**, the base it was trained on:"]
+        load = [f'pipe = FluxPipeline.from_pretrained("{base.load_path}", torch_dtype=torch.bfloat16).to("cuda")']
+        call = f'image = pipe("{prompt}", num_inference_steps=28, guidance_scale=3.5).images[0]'
+        imports = ["import torch", "from diffusers import FluxPipeline"]
+    else:
+        size = default_test_generate_settings(record.base_model)
+        call = (f'image = pipe("{prompt}", num_inference_steps={size.steps}, guidance_scale={size.guidance:g}, '
+                f"height={size.height}, width={size.width}).images[0]")
+        if base.kind is BaseKind.TINY:
+            intro = ["This LoRA fits only the **tiny test model**, which Likeness builds in code (seeded, the same "
+                     "every time; its images are noise). Run this inside the Likeness project:"]
+            imports = ["from pathlib import Path", "", "import torch", "from diffusers import FluxPipeline", "",
+                       "from pipeline.base_model import ensure_tiny_model"]
+            load = ["# The tiny test model is built in code (once, under data/base_models/tiny), loaded like FLUX.",
+                    'tiny = ensure_tiny_model(Path("data"))  # the data folder of your Likeness (its --data-dir)',
+                    "pipe = FluxPipeline.from_pretrained(str(tiny), torch_dtype=torch.float32)"]
+        elif base.kind is BaseKind.MICRO:
+            intro = ["This LoRA fits only the **Likeness micro model**, not FLUX.1-dev (its layers are far smaller). "
+                     "The micro model ships with the Likeness project in `assets/micro`: point the path below at "
+                     "your copy of the project. It runs on a CPU."]
+            imports = ["import torch", "from diffusers import FluxPipeline"]
+            # float32: the folder stores its text encoders in float16, which the CPU does not multiply with float32
+            load = ["# The micro model ships with the Likeness project, in its assets/micro folder.",
+                    f'pipe = FluxPipeline.from_pretrained("{base.load_path}", torch_dtype=torch.float32)']
+        else:
+            intro = [f"This LoRA fits {base.name} it was trained on: point the path below at that folder."]
+            imports = ["import torch", "from diffusers import FluxPipeline"]
+            load = [f'pipe = FluxPipeline.from_pretrained("{base.load_path}", torch_dtype=torch.bfloat16).to("cuda")']
+    return [
+        "## Use with diffusers", "", *intro, "", "```python", *imports, "", *load,
+        'pipe.load_lora_weights("diffusers", weight_name="pytorch_lora_weights.safetensors", adapter_name="me")',
+        f'pipe.set_adapters(["me"], adapter_weights=[{scale:g}])',
+        call,
+        'image.save("me.png")',
+        "```",
+        "",
+    ]
+
+
+def _comfyui_usage(base: BaseInfo, trigger: str, scale: float) -> list[str]:
+    lines = ["## Use with ComfyUI", ""]
+    if base.kind in (BaseKind.HUB, BaseKind.FOLDER):
+        loader = "FLUX.1-dev" if base.spec == FLUX_DEV else base.name
+        return lines + [
+            "1. Copy the file from `comfyui/` into `ComfyUI/models/loras/`.",
+            f"2. Add a **LoraLoaderModelOnly** node after the model loader of {loader}, pick the file, strength "
+            f"{scale:g}.",
+            f"3. Write `{trigger}` in the prompt where the person should appear.",
+            "",
+        ]
+    return lines + [
+        f"The file in `comfyui/` is for {base.name}, like the diffusers one: FLUX.1-dev and other FLUX models",
+        "cannot take it (their layers are larger). Use it only where that model is the base, at strength "
+        f"{scale:g}, with `{trigger}` in the prompt;",
+        "in Python, `pipeline.lora_formats.load_kohya_as_diffusers` in the Likeness project reads it for diffusers.",
+        "",
+    ]
+
+
 def model_card(record: ModelRecord) -> str:
     """README.md markdown for ``record``: trigger word, base model, example prompts, diffusers and ComfyUI usage."""
     trigger = record.trigger_word
     scale = record.best_lora_scale if record.best_lora_scale is not None else 1.0
-    base = FLUX_DEV if record.base_model in (TINY_MODEL, MICRO_MODEL) else record.base_model
-    lines = [_front_matter(record), "", f"# {record.name}", ""]
+    base = base_info(record.base_model)
+    # Status and likeness verdict first, in the one sentence every page uses ("Not recognisable (...) — ...").
+    lines = [_front_matter(record), "", f"# {record.name}", "", f"**{headline(record.status, record.scores)}**", ""]
     lines.append(f"A personal LoRA made with Likeness from photos of one person. Trigger word: **`{trigger}`**.")
     lines.append("")
-    if record.base_model == TINY_MODEL:
+    if base.kind is BaseKind.TINY:
         lines += ["> Trained on Likeness's embedded **tiny test model**. It proves the pipeline works end to end;",
                   "> its images are noise. Retrain on FLUX.1-dev for real pictures.", ""]
-    elif record.base_model == MICRO_MODEL:
+    elif base.kind is BaseKind.MICRO:
         lines += ["> Trained on Likeness's embedded **micro model** (96 px, pretrained on a dozen faces, trains on a",
                   "> CPU). It shows that the likeness is learnt; retrain on FLUX.1-dev for real pictures.", ""]
     lines += [
         "| | |", "|---|---|",
         f"| trigger word | `{trigger}` |",
-        f"| base model | `{record.base_model}` |",
-        f"| status | {record.status} |",
+        f"| base model | {_base_cell(base)} |",
+        f"| status | {headline(record.status, record.scores)} |",
         f"| created | {record.created_at} |",
         f"| finished | {record.finished_at or '-'} |",
     ]
@@ -106,29 +180,15 @@ def model_card(record: ModelRecord) -> str:
         "",
         "## Files",
         "",
-        "- `diffusers/pytorch_lora_weights.safetensors`: the LoRA in diffusers format.",
-        "- `comfyui/*.safetensors`: the same LoRA in kohya format, for ComfyUI, Forge and A1111.",
+        f"- `diffusers/pytorch_lora_weights.safetensors`: the LoRA in diffusers format, for {base.name}.",
+        "- `comfyui/*.safetensors`: the same LoRA in kohya format, for ComfyUI, Forge and A1111; its header names",
+        f"  the base too (`ss_base_model_version`: `{base.kohya_version}`).",
         "- `samples/`: test images generated after training; `likeness.json`: settings and scores.",
         "",
-        "## Use with diffusers",
-        "",
-        "```python",
-        "import torch",
-        "from diffusers import FluxPipeline",
-        "",
-        f'pipe = FluxPipeline.from_pretrained("{base}", torch_dtype=torch.bfloat16).to("cuda")',
-        'pipe.load_lora_weights("diffusers", weight_name="pytorch_lora_weights.safetensors", adapter_name="me")',
-        f'pipe.set_adapters(["me"], adapter_weights=[{scale:g}])',
-        f'image = pipe("{example_prompts(record, 1)[0]}", num_inference_steps=28, guidance_scale=3.5).images[0]',
-        'image.save("me.png")',
-        "```",
-        "",
-        "## Use with ComfyUI",
-        "",
-        "1. Copy the file from `comfyui/` into `ComfyUI/models/loras/`.",
-        f"2. Add a **LoraLoaderModelOnly** node after the FLUX model loader, pick the file, strength {scale:g}.",
-        f"3. Write `{trigger}` in the prompt where the person should appear.",
-        "",
+    ]
+    lines += _diffusers_usage(record, base, scale)
+    lines += _comfyui_usage(base, trigger, scale)
+    lines += [
         "## Consent",
         "",
         "This model reproduces a real person's face. Share it and its images only with that person's consent.",

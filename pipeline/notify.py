@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.library import ModelRecord
+from pipeline.scores import headline
 from pipeline.settings import SmtpSettings
 from pipeline.status import Status
 
@@ -109,10 +110,8 @@ def score_lines(scores: Mapping[str, Any], skip: Sequence[str] = ()) -> list[str
 
 
 def _subject(record: ModelRecord) -> str:
-    if record.status == Status.READY:
-        overall = record.scores.overall if record.scores else None
-        score = f" (overall score {_fmt(float(overall))}/100)" if overall is not None else ""
-        return f"Likeness: your model “{record.name}” is ready{score}"
+    if record.status == Status.READY:  # status and verdict in one sentence: "not recognisable" comes first
+        return f"Likeness: “{record.name}”: {headline(record.status, record.scores)}"
     if record.status == Status.FAILED:
         return f"Likeness: training “{record.name}” failed"
     if record.status == Status.CANCELLED:
@@ -123,7 +122,7 @@ def _subject(record: ModelRecord) -> str:
 def _text_body(record: ModelRecord, has_grid: bool) -> str:
     lines = ["Hello,", ""]
     if record.status == Status.READY:
-        lines += [f"Your model “{record.name}” finished training and is ready to use.", ""]
+        lines += [f"Your model “{record.name}” finished training. {headline(record.status, record.scores)}.", ""]
     elif record.status == Status.FAILED:
         lines += [f"Training of your model “{record.name}” failed.", "", f"Reason: {record.error or 'unknown'}", "",
                   "Open the Training tab in Likeness for the full log. Common fixes: fewer or smaller photos, a lower",

@@ -68,7 +68,10 @@ def test_train_generate_assess_models(tmp_path: Path) -> None:
     assert json.loads(out.stdout)["scores"]["verdict"]
 
     out = run_cli("models", "--json", *data)
-    assert [m["name"] for m in json.loads(out.stdout)] == ["cli-model"]
+    listed = json.loads(out.stdout)
+    assert [m["name"] for m in listed] == ["cli-model"]
+    # Status and likeness verdict in one sentence (the tiny model's noise is never recognised: it says so first).
+    assert listed[0]["verdict"] == "not_recognisable" and listed[0]["summary"].startswith("Not recognisable")
 
     out = run_cli("generate", "no-such-model", "--prompt", "x", "--out", str(image), *data)
     assert out.returncode == 2

@@ -87,7 +87,7 @@ def plain_server():
     controller.stop()
 
 
-def _ready_model(tmp_path):
+def _ready_model(tmp_path, verdict: str = "ready", recognised: int = 6):
     library = Library(tmp_path)
     record = library.create("Anna 2025", TINY_MODEL, {"steps": 50})
     grid = record.folder / "sample_grid.png"
@@ -97,7 +97,8 @@ def _ready_model(tmp_path):
     record = library.update(record.id, status="ready", sample_grid=grid, best_checkpoint_step=50, best_lora_scale=0.9,
                             scores={"overall": 81.4, "likeness": 0.7312, "quality": 0.66,
                                     "parts": {"likeness": 0.73, "quality": 0.66},
-                                    "verdict": "ready", "verdict_text": "ready: looks like you"})
+                                    "verdict": verdict, "verdict_text": f"{verdict}: measured",
+                                    "recognised": recognised, "test_images": 8})
     return record, extra
 
 
@@ -111,11 +112,12 @@ def test_success_email_with_grid_scores_and_attachment_over_starttls(tls_server,
     assert len(inbox.messages) == 1
     sender, recipients, message = inbox.messages[0]
     assert sender == "likeness@example.org" and recipients == ["anna@example.org"]
-    assert message["Subject"] == "Likeness: your model “Anna 2025” is ready (overall score 81/100)"
+    assert message["Subject"] == ("Likeness: “Anna 2025”: Ready: looks like the person "
+                                  "(recognised in 6 of 8 test images)")
     text = message.get_body(preferencelist=("plain",)).get_content()
     assert record.trigger_word in text
     assert "likeness: 0.73" in text and "overall: 81" in text and "step 50 at LoRA scale 0.9" in text
-    assert "ready: looks like you" in text
+    assert "ready: measured" in text
     html = message.get_body(preferencelist=("html",)).get_content()
     parts = {part.get_filename(): part for part in message.walk() if part.get_filename()}
     assert set(parts) == {"sample_grid.png", "sample_0.png"}  # the grid once, though passed in images too
@@ -206,3 +208,16 @@ def test_settings_from_env():
         smtp_settings_from_env({"LIKENESS_SMTP_PORT": "smtp"})
     with pytest.raises(ValueError, match="LIKENESS_SMTP_STARTTLS"):
         smtp_settings_from_env({"LIKENESS_SMTP_STARTTLS": "maybe"})
+
+
+def test_a_model_that_is_not_recognisable_says_so_first(plain_server, tmp_path):
+    """Trained ("ready") but the likeness verdict is "not recognisable": the subject and the first line say that
+    before anything else, in the sentence the library and the model card use."""
+    inbox, smtp = plain_server
+    record, _extra = _ready_model(tmp_path, verdict="not_recognisable", recognised=1)
+    send_training_email(smtp, record)
+    message = inbox.messages[0][2]
+    assert message["Subject"] == ("Likeness: “Anna 2025”: Not recognisable (recognised in 1 of 8 test images) — "
+                                  "trained, but it does not look like the person")
+    text = message.get_body(preferencelist=("plain",)).get_content()
+    assert text.index("Not recognisable") < text.index("Trigger word")

@@ -9,23 +9,24 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from pipeline.scores import ModelScores
+from pipeline.scores import ModelScores, headline
 from pipeline.workflow import Workflow
 from ui.charts import series_frame
 from ui.files import served
 from ui.people import People
-from ui.text import escaped, plain
+from ui.text import escaped, plain, text_field
 
 PLACEHOLDER = Path(__file__).resolve().parent.parent / "assets" / "model-placeholder.png"
 CANCELLED = "(not deleted)"  # what the browser sends when the user answers No to "Delete this model?"
-COLUMNS = ["name", "trigger word", "status", "overall /100", "likeness", "base model", "created", "id"]
+COLUMNS = ["name", "trigger word", "status and likeness", "overall /100", "likeness", "base model", "created", "id"]
 
 
 def _table(workflow: Workflow) -> pd.DataFrame:
     rows = []
     for r in workflow.models():
         scores = r.scores or ModelScores()
-        rows.append([r.name, r.trigger_word, r.status, _score(scores.overall), _share(scores.likeness),
+        rows.append([r.name, r.trigger_word, headline(r.status, r.scores), _score(scores.overall),
+                     _share(scores.likeness),
                      r.base_model, r.created_at[:19].replace("T", " "), r.id])
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -39,8 +40,9 @@ def _cards(workflow: Workflow) -> tuple[list[tuple[str, str]], list[str]]:
         image = r.sample_grid if r.sample_grid and Path(r.sample_grid).is_file() else crops[0] if crops else \
             PLACEHOLDER
         scores = r.scores or ModelScores()
-        facts = [r.status] + ([f"{_score(scores.overall)}/100", f"likeness {_share(scores.likeness)}"]
-                              if scores.overall is not None else [])
+        # The one sentence of status and verdict ("Not recognisable (...)" first), then the numbers.
+        numbers = [f"{_score(scores.overall)}/100", f"likeness {_share(scores.likeness)}"]
+        facts = [headline(r.status, r.scores)] + (numbers if scores.overall is not None else [])
         cards.append((served(image), f"{r.name} · {' · '.join(facts)}"))
         ids.append(r.id)
     return cards, ids
@@ -73,7 +75,8 @@ def _details(workflow: Workflow, model_id: str) -> tuple[str, str | None]:
         return "Select a model: click its card.", None
     r = workflow.model(model_id)
     lines = [f"### {plain(r.name)}",
-             f"Trigger word: **{plain(r.trigger_word)}** · base model {plain(r.base_model)} · status **{r.status}**"]
+             f"**{headline(r.status, r.scores)}**",
+             f"Trigger word: **{plain(r.trigger_word)}** · base model {plain(r.base_model)}"]
     if r.scores:
         lines.append(r.scores.verdict_text)
         shown = [(r.scores.overall, "overall score", _score, "/100"), (r.scores.likeness, "likeness", _share, ""),
@@ -193,6 +196,7 @@ def build(people: People) -> gr.Tab:
 
         def do_rename(mid: str, name: str, request: gr.Request) -> tuple:
             workflow = people(request)
+            name = text_field(name, "New name")  # an API caller's None: named, not "the upstream app has raised"
             if not name.strip():
                 raise gr.Error("Type the new name first.")
             workflow.rename_model(mid, name.strip())
@@ -204,6 +208,9 @@ def build(people: People) -> gr.Tab:
             return _table(workflow), *_show(workflow, mid)
 
         def do_push(mid: str, repo: str, secret: str, is_private: bool, request: gr.Request) -> str:
+            repo, secret = text_field(repo, "Repository"), text_field(secret, "Write token")
+            if not isinstance(is_private, bool):  # None would let the Hub pick, and its default is a public repo
+                raise gr.Error(f"Private repository: expected true or false, got {escaped(repr(is_private))}")
             url = people(request).push_to_hub(mid, repo.strip(), secret, private=is_private)
             return f"Pushed to [{url}]({url})."
 

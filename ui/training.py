@@ -9,6 +9,7 @@ import gradio as gr
 import pandas as pd
 
 from pipeline.events import duration_text
+from pipeline.scores import headline
 from pipeline.series import buckets
 from pipeline.status import MODEL_ACTIVE, MODEL_FINISHED, MODEL_RESUMABLE, Status
 from pipeline.training_job import TrainingMonitor
@@ -93,7 +94,8 @@ def _status(workflow: Workflow, monitor: TrainingMonitor) -> str:
         lines.append(f"❌ {record.error}")
     if record.status == Status.READY and record.scores:
         icon = VERDICT_ICONS.get(record.scores.verdict, "")
-        lines.append(f"Training finished. {icon} {record.scores.verdict_text} (overall "
+        lines.append(f"Training finished. {icon} **{headline(record.status, record.scores)}.** "
+                     f"{record.scores.verdict_text} (overall "
                      f"{record.scores.overall or 0:.0f}/100) — try it on the Playground tab; its files are on "
                      "the Models tab.")
     return "\n\n".join(lines)
