@@ -234,6 +234,35 @@ def sheet(rows: list[tuple[str, list[Path]]], path: Path, size: int = MICRO_RESO
     return path
 
 
+def rescore(root: Path) -> dict:
+    """A bench run's saved test images (every checkpoint's, and the report's ``PERSON-test``), judged again with
+    today's likeness judge against each person's training crops: the 2x2 table per checkpoint, each image's match
+    and nearest other identity. For a run made before the judge changed, or one still training."""
+    folders = {person: next((root / person / "models").iterdir()) for person in PEOPLE
+               if (root / person / "models").is_dir()}
+    references = {person: reference_embeddings(sorted((folder / "dataset").glob("*.png")))
+                  for person, folder in folders.items()}
+    table: dict[str, dict] = {}
+    for person, folder in folders.items():
+        other = next((p for p in folders if p != person), None)
+        sets = sorted((folder / "assessment").glob("step_*")) + [p for p in [root / f"{person}-test"] if p.is_dir()]
+        for images_dir in sets:
+            images = sorted(p for p in images_dir.glob("*.png") if p.name != "grid.png")
+            if not images:
+                continue
+            own = score_images(images, references[person])
+            row = {"images": len(images), "faces": sum(i.faces > 0 for i in own.images),
+                   "recognised": own.recognised_count, "likeness": round(own.likeness, 3), "verdict": own.verdict,
+                   "matches": [str(i.match) for i in own.images],
+                   "nearest_other": [i.nearest_other for i in own.images],
+                   "distance": [None if i.distance is None else round(i.distance, 3) for i in own.images],
+                   "margin": [None if i.margin is None else round(i.margin, 3) for i in own.images]}
+            if other:
+                row["recognised_as_other"] = score_images(images, references[other]).recognised_count
+            table.setdefault(person, {})[images_dir.name] = row
+    return {"rescored": table, "data_dir": str(root)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the micro defaults)")
@@ -252,10 +281,15 @@ def main() -> None:
                         help="also score 8 prompts × this many seeds a LoRA: faces found and whose they are nearer")
     parser.add_argument("--mixed", action="store_true",
                         help="only one set of half the photos of each person, trained anyway: the app's verdict")
+    parser.add_argument("--rescore", type=Path, default=None, metavar="DATA_DIR",
+                        help="only judge a bench run's saved test images again (its data_dir) with today's judge")
     parser.add_argument("--vae-only", action="store_true",
                         help="only the VAE's round trip of each person's crops (seconds; no training)")
     args = parser.parse_args()
     quiet_library_logs()
+    if args.rescore:
+        print(json.dumps(rescore(args.rescore), indent=1))
+        return
     root = Path(tempfile.mkdtemp(prefix="micro-likeness-"))
     if args.vae_only:
         people = {person: person_crops(person, root, args.photos) for person in args.people}
