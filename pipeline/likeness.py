@@ -42,6 +42,12 @@ class Match(StrEnum):
     NO_FACE = "no_face"
 
 
+# What the likeness percentage means, written next to it on the pages.
+LIKENESS_MEANING = ("Likeness: the calibrated identity score of the test images — 50 % where a face is just "
+                    "recognised (nearer this person than any other person we compare with, and than their average "
+                    "face, by the calibrated margin), towards 100 % the clearer it is them; an image without a face "
+                    "counts 0.")
+
 MATCH_WORDS = {Match.RECOGNISED: "recognised", Match.GENERIC: "generic face", Match.SOMEONE_ELSE: "someone else",
                Match.NO_FACE: "no face"}
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from pipeline.likeness import LIKENESS_MEANING
 from pipeline.scores import ModelScores, headline
 from pipeline.workflow import Workflow
 from ui.charts import series_frame
@@ -84,6 +85,7 @@ def _details(workflow: Workflow, model_id: str) -> tuple[str, str | None]:
                  (r.scores.quality, "image quality", _score, "/100")]
         lines.append(" · ".join(f"{label} **{fmt(value)}{unit}**" for value, label, fmt, unit in shown
                                 if value is not None))
+        lines.append(f"*{LIKENESS_MEANING}*")
         if r.scores.prompt_fidelity is None and r.scores.fidelity_note:
             # The note names a shell command for the operator (it is in the model card); a visitor needs none.
             lines.append("Prompt fidelity not measured: no CLIP model is installed on this server.")
