@@ -29,7 +29,7 @@ import shutil
 import threading
 import time
 import tomllib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +53,15 @@ from pipeline.base_model import (
     tiny_model_version,
 )
 from pipeline.dataset import Dataset
+from pipeline.estimate import (
+    LiveEta,
+    SpeedLog,
+    embedded_kind,
+    expected_times,
+    left_after,
+    preparing_seconds,
+    speed_key,
+)
 from pipeline.settings import TrainSettings, to_json
 from pipeline.status import Status
 from pipeline.weights_lock import WEIGHTS_LOCK
@@ -528,6 +537,10 @@ class _Run:
         self.losses: list[float] = []
         self.loss_smooth: float | None = None
         self.checkpoints: list[CheckpointInfo] = []
+        # The ETA's own clock, primed with what earlier runs like this one took here (or the bench's figures).
+        self.speed_key = speed_key(base_model, "cuda" if self.cuda else "cpu", settings)
+        self.live = LiveEta(expected_times(settings, base_model, SpeedLog(self.data_dir),
+                                           embedded=embedded_kind(base_model))[0])
 
     def release(self) -> None:
         """Drop the models, optimiser and cached tensors and hand the memory back: the assessment's generator, loaded
@@ -805,18 +818,22 @@ class _Run:
                                host_memory_gb=memory.host_memory_gb(), resolution=self.stage_at(step).resolution))
 
     def eta(self, step: int, seconds_per_step: float) -> float:
-        """Seconds left: this stage's steps at the current speed, a later stage's scaled from its tokens × batch.
+        """Seconds to a ready model, smoothed (pipeline.estimate.LiveEta): this stage's steps at the median speed of
+        the recent ones, a later stage's scaled from its tokens × batch, then the samples, checkpoints and final
+        assessment still to come.
 
         Time grows slower than tokens: on an H100, 1024 px (4608 tokens with the text) took 2.0x the time of 512 px
         (1536 tokens), not 3x, hence the power 0.63 (= log 2 / log 3).
         """
+        seconds_per_step = self.live.seconds_per_step() or seconds_per_step
         def work(stage: Stage) -> float:
             image_tokens = max(x.shape[1] * x.shape[2] // 4 for x in self.prepared.latents[stage.resolution])
             return (image_tokens + MAX_TEXT_TOKENS) * self.batch_sizes[stage.resolution]
 
         current = self.stage_at(step)
-        return sum(seconds_per_step * (work(stage) / work(current)) ** 0.63 * (stage.last - max(step, stage.first - 1))
-                   for stage in self.stages if stage.last > step)
+        steps = sum(seconds_per_step * (work(stage) / work(current)) ** 0.63 * (stage.last - max(step, stage.first - 1))
+                    for stage in self.stages if stage.last > step)
+        return self.live.smooth(time.perf_counter(), self.live.left(steps, *left_after(self.settings, step)))
 
 
 def train_lora(
@@ -908,6 +925,7 @@ def _train(run: _Run, settings: TrainSettings, output_dir: Path, base_model: str
         (output_dir / "settings.json").write_text(to_json(settings))
         batches = _stage_batches(run, step)
         step_times: list[float] = []
+        fresh = step == 0  # a resumed run's times cover part of it: not noted for the estimate
         while step < settings.steps:
             if run.should_stop():
                 if step > 0 and (not run.checkpoints or run.checkpoints[-1].step != step):
@@ -915,11 +933,14 @@ def _train(run: _Run, settings: TrainSettings, output_dir: Path, base_model: str
                 run.emit(ev.Message(f"stopped at step {step} of {settings.steps}; the run can be resumed"))
                 return _result(run, Status.CANCELLED, step, started)
             tic = time.perf_counter()
+            if run.live.loading is None:
+                run.live.loading = tic - started
             step += 1
             stage = run.stage_at(step)
             if step == stage.first and len(run.stages) > 1:
                 run.emit(ev.Message(f"training at {stage.resolution} px: steps {stage.first}-{stage.last}"))
                 step_times.clear()  # another size, another speed
+                run.live.step_times.clear()
             with training_attention():
                 loss = run.step_loss(step, next(batches))
                 if not torch.isfinite(loss):
@@ -932,17 +953,21 @@ def _train(run: _Run, settings: TrainSettings, output_dir: Path, base_model: str
             run.optimizer.zero_grad(set_to_none=True)
             run.losses.append(loss.item())
             step_times.append(time.perf_counter() - tic)
+            run.live.add_step(step_times[-1])
             # The first steps include warm-up (allocations, kernel selection): average the recent ones.
             recent = step_times[-20:] if len(step_times) > 3 else step_times
             run.report_step(step, run.losses[-1], sum(recent) / len(recent))
             if step % settings.checkpoint_every == 0 and step < settings.steps:
-                run.save_checkpoint(step)
+                _timed(run.live.checkpoint_times, run.save_checkpoint, step)  # with its live test generations
             if settings.sample_every > 0 and (step % settings.sample_every == 0 or step == settings.steps):
-                run.sample(step)
-        run.save_checkpoint(step)
+                _timed(run.live.sample_times, run.sample, step)
+        _timed(run.live.checkpoint_times, run.save_checkpoint, step)
         lora_path, kohya_path = output_dir / _LORA_FILE, output_dir / _KOHYA_FILE
         run.write_lora(lora_path, step, kohya_path)
         run.emit(ev.Message(f"training finished: {step} steps, LoRA saved to {lora_path}"))
+        if fresh:  # the runner's record, once the checkpoint is chosen, adds the final assessment's time
+            SpeedLog(run.data_dir).note_training(run.speed_key,
+                                                 run.live.measured(preparing_seconds(output_dir.parent)))
         return _result(run, Status.COMPLETED, step, started, lora_path, kohya_path)
     except BaseModelError as exc:
         return _failed(run, str(exc), step, started)
@@ -957,6 +982,12 @@ def _train(run: _Run, settings: TrainSettings, output_dir: Path, base_model: str
         elif isinstance(exc, OSError) and not Path(str(base_model)).exists() and not hasattr(run, "transformer"):
             reason = explain_load_failure(base_model, exc)
         return _failed(run, reason, step, started)
+
+
+def _timed(into: list[float], action: Callable[[int], object], step: int) -> None:
+    tic = time.perf_counter()
+    action(step)
+    into.append(time.perf_counter() - tic)
 
 
 def _stage_batches(run: _Run, done: int) -> Iterator[list[int]]:

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from pipeline.estimate import TrainingEstimate, embedded_kind
 from pipeline.settings import TrainSettings, coerce
+from pipeline.status import Status
 from ui.people import People
 from ui.text import plain
 
@@ -33,9 +35,33 @@ def settings_from_values(names: list[str], values: list, defaults: TrainSettings
     return coerce(TrainSettings, kwargs)
 
 
+def size_hints(base_model: str, defaults: TrainSettings) -> dict[str, str]:
+    """The hints that depend on the base: FLUX.1-dev's sizes are no advice next to the micro model's 96 px."""
+    kind = embedded_kind(base_model)
+    if kind is None:
+        return {"resolution": "the size most steps train at: 512 learns a face fast, 1024 adds detail",
+                "rank": "capacity of the LoRA: 16 holds a face; more learns faster, overfits sooner",
+                "memory_mode": "how the base model is held: auto picks by free GPU memory "
+                               "(bf16 ≥ 40 GB, fp8 24 GB, nf4 16 GB, offload 12 GB)"}
+    return {"resolution": f"the {kind} model draws at {defaults.resolution} px: train at {defaults.resolution} "
+                          "(larger sizes only slow it down; 512–1024 are for FLUX.1-dev)",
+            "rank": f"capacity of the LoRA: {defaults.rank} is this model's default; more learns faster, overfits "
+                    "sooner",
+            "memory_mode": f"the {kind} model trains on the CPU in float32 whatever is chosen here: memory modes are "
+                           "for FLUX.1-dev on a GPU"}
+
+
+def estimate_markdown(estimate: TrainingEstimate) -> str:
+    """The estimate's sentence, then its parts one per line (what the person will wait for, in order)."""
+    lines = [f"⏱ {estimate.text()}"]
+    lines += [f"- {line}" for line in estimate.breakdown()]
+    return "\n".join(lines)
+
+
 def build(people: People, demo: gr.Blocks) -> SettingsInputs:
     workflow = people.workspaces.local  # the base model's defaults: the same for everyone
     defaults = workflow.default_train_settings()
+    hints = size_hints(workflow.base_model, defaults)
     with gr.Tab("2 · Settings", id="settings"):
         gr.Markdown(
             f"Base model: **{workflow.base_model}**. Defaults work for a face; change them only if you know why. "
@@ -57,7 +83,7 @@ def build(people: People, demo: gr.Blocks) -> SettingsInputs:
                                         info="photos per step; automatic fits the GPU and the photo count")
             c["resolution"] = gr.Dropdown(label="Resolution (px)", value=defaults.resolution,
                                           choices=sorted({defaults.resolution, 512, 768, 1024}),
-                                          info="the size most steps train at: 512 learns a face fast")
+                                          info=hints["resolution"])
             c["finish_resolution"] = gr.Dropdown(
                 label="Finish at (px): the last quarter of the steps, if above the resolution",
                 value=defaults.finish_resolution,
@@ -66,7 +92,7 @@ def build(people: People, demo: gr.Blocks) -> SettingsInputs:
             with gr.Row():
                 c["trigger_word"] = gr.Textbox(label="Trigger word (empty: generated)", value="")
                 c["rank"] = gr.Number(label="LoRA rank", value=defaults.rank, precision=0, minimum=1,
-                                    info="capacity of the LoRA: 16 holds a face; more learns faster, overfits sooner")
+                                    info=hints["rank"])
                 c["alpha"] = gr.Number(label="LoRA alpha", value=defaults.alpha,
                                      info="scales the LoRA's effect (alpha / rank); equal to the rank is neutral")
                 c["seed"] = gr.Number(label="Seed", value=defaults.seed, precision=0,
@@ -74,8 +100,7 @@ def build(people: People, demo: gr.Blocks) -> SettingsInputs:
             with gr.Row():
                 c["memory_mode"] = gr.Dropdown(label="Memory mode", value=defaults.memory_mode,
                                                choices=["auto", "bf16", "fp8", "nf4", "offload"],
-                                               info="how the base model is held: auto picks by free GPU memory "
-                                                    "(bf16 ≥ 40 GB, fp8 24 GB, nf4 16 GB, offload 12 GB)")
+                                               info=hints["memory_mode"])
                 c["optimizer"] = gr.Dropdown(label="Optimizer (8-bit needs bitsandbytes and a GPU)",
                                              value=defaults.optimizer, choices=["adamw", "adamw8bit"],
                                              info="8-bit keeps the optimizer's memory 4x smaller")
@@ -122,7 +147,10 @@ def build(people: People, demo: gr.Blocks) -> SettingsInputs:
             chosen = settings_from_values(names, list(values), workflow.default_train_settings()).validate()
         except ValueError as exc:
             return f"⏱ No estimate until the settings are valid: {plain(exc)}"
-        return f"⏱ {workflow.estimate(chosen).text()}"
+        active = [entry.status for entry in workflow.queue()]
+        estimate = workflow.estimate(chosen).with_queue(running=active.count(Status.RUNNING),
+                                                        waiting=active.count(Status.QUEUED))
+        return estimate_markdown(estimate)
 
     demo.load(restore, None, list(c.values()), api_name=False).then(
         estimate_text, list(c.values()), estimate, api_name=False, show_progress="hidden")
