@@ -378,6 +378,12 @@ def _report(records: Sequence[PhotoRecord], selected: Sequence[str], analyses: M
                          lighting_groups=dict(Counter(light.group for light in lightings)))
 
 
+def photos_to_add(selected: int, settings: ClassifySettings) -> int:
+    """Usable photos still missing to reach the recommended minimum. The readiness summary and the step guide both
+    give this number: counting uploads instead of usable photos made the guide say "7 more" beside "9 more"."""
+    return max(0, settings.target_min - selected)
+
+
 def readiness_verdict(selected: int, total: int, reasons: Mapping[str, int], advice: Sequence[str],
                       settings: ClassifySettings) -> tuple[Readiness, str]:
     """The set's readiness and a one-sentence summary with the concrete fix."""
@@ -390,13 +396,13 @@ def readiness_verdict(selected: int, total: int, reasons: Mapping[str, int], adv
                                      "photos of one person.")
     if selected < minimum:
         return Readiness.NOT_READY, (f"Not ready: only {selected} usable photo(s) of {total}. Add at least "
-                             f"{settings.target_min - selected} more sharp, well-lit photos of the person alone"
+                             f"{photos_to_add(selected, settings)} more sharp, well-lit photos of the person alone"
                              + (f". Rejected: {fix}." if fix else "."))
     if selected < settings.target_min:
         return Readiness.USABLE, (f"Usable, but only {selected} good photos "
                                   f"({settings.target_min}–{settings.target_max} recommended): add "
-                                  f"{settings.target_min - selected} more sharp, well-lit photos of the person alone, "
-                                  "with different angles and expressions.")
+                                  f"{photos_to_add(selected, settings)} more sharp, well-lit photos of the person "
+                                  "alone, with different angles and expressions.")
     if advice:
         return Readiness.USABLE, f"Usable, but: {advice[0]} ({selected} photos selected of {total}.)"
     return Readiness.READY, f"Ready: {selected} good photos selected of {total}" + (

@@ -70,7 +70,7 @@ def test_a_first_time_user_goes_from_photos_to_a_model(tmp_path: Path) -> None:
             page.get_by_text("Not ready: only 4 usable photo(s)").wait_for(timeout=WAIT)
             assert page.get_by_text(re.compile(r"✅ good · portrait_00\.jpg")).count()
             # The step indicator says where the user is and what is missing.
-            expect(page.locator("#steps")).to_contain_text("4 photos: 11 more recommended", timeout=30_000)
+            expect(page.locator("#steps")).to_contain_text("4 photos, 4 usable: add at least 11 more", timeout=30_000)
             _shoot(page, shots, "1-upload")
 
             # An error is a message, and the gallery stays (it used to be covered by red "Error" badges).
