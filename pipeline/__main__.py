@@ -1,4 +1,4 @@
-"""Headless command line for the same pipeline: ``python -m pipeline classify|train|assess|generate|models``.
+"""Headless command line for the same pipeline: ``python -m pipeline classify|train|assess|generate|video|models``.
 
 Every command takes ``--json`` for machines; without it, it prints lines for people.
 """
@@ -104,6 +104,29 @@ def cmd_generate(args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     paths[0].replace(args.out)
     _emit(args, {"image": str(args.out), "model": args.model, "prompt": args.prompt}, str(args.out))
+    return 0
+
+
+def cmd_video(args: argparse.Namespace) -> int:
+    """A clip with a model ('base' for none) and every frame's likeness; the MP4 to --out, its JSON beside it."""
+    import shutil
+
+    from pipeline.clip_likeness import likeness_path, save_json
+
+    workflow = _workflow(args)
+    model_id = workflow.library.find(args.model).id if args.model != "base" else None
+    result = workflow.video(model_id, prompt=args.prompt, prompt_b=args.prompt_b, frames=args.frames, fps=args.fps,
+                            seed=args.seed)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(result.video, out)  # --out may be on another disk than the data dir
+    data = result.to_dict() | {"video": str(out)}
+    save_json(likeness_path(out), data)  # beside --out, as beside the workspace's copy
+    result.likeness_json.unlink(missing_ok=True)
+    lines = [f"{f['index']:4d} {f['time_s']:6.2f}s {f['match']:13s} "
+             + ("" if f["likeness"] is None else f"likeness {f['likeness']:.0%}") for f in data["frames"]]
+    lines += [f"{result.kind}: {result.why}", data["summary"], f"{out} (likeness: {likeness_path(out)})"]
+    _emit(args, data, "\n".join(lines))
     return 0
 
 
@@ -251,6 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--guidance", type=float, default=3.5)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("video", parents=[common], help="make a clip with a model ('base' for none) and print every "
+                                                       "frame's likeness")
+    p.add_argument("model")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt-b", help="a second prompt the clip moves towards")
+    p.add_argument("--out", type=Path, required=True, help="the MP4 to write; its likeness JSON goes beside it")
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_video)
 
     p = sub.add_parser("assess", parents=[common], help="print a model's assessment scores")
     p.add_argument("model")

@@ -4,14 +4,20 @@ The path runs between two seeds' starting noise (spherical interpolation, which 
 a straight line would shrink in the middle) and, when a second prompt is given, between the two prompts'
 embeddings. Every frame is a full generation from its own point on the path, so neighbouring frames are similar
 images rather than motion: a "morph" clip. imageio-ffmpeg ships the ffmpeg binary that encodes it.
+
+``make_scored_video`` is the whole product: the clip, every frame's likeness to the person
+(``pipeline.clip_likeness``) in a JSON beside it, and the prompt, seed, models and likeness in the MP4's metadata.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +26,13 @@ import torch
 from PIL import Image
 
 from pipeline.base_model import max_text_tokens
+from pipeline.clip_likeness import MORPH, MORPH_WHY, ClipLikeness, PersonReference, likeness_path, save_json
 from pipeline.events import EventCallback, Message, Progress, StopCheck, ignore, never
 from pipeline.generation import Generator
 from pipeline.settings import VideoSettings
 
 logger = logging.getLogger(__name__)
+
 
 def slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Spherical interpolation from ``a`` (t=0) to ``b`` (t=1), along the great circle between them."""
@@ -100,6 +108,112 @@ def make_video(generator: Generator, clip: VideoSettings, *, lora_path: Path | N
     os.replace(partial, out_path)
     logger.info("wrote %d frames at %d fps to %s", done, clip.fps, out_path)
     return out_path
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    """A finished clip: the MP4, its likeness JSON beside it, what made it and how like the person it stays."""
+
+    video: Path
+    likeness_json: Path
+    kind: str  # "morph": stills along a path (no video model here)
+    why: str  # why this kind was made, said on the page
+    prompt: str
+    prompt_b: str
+    seed: int
+    model: str  # the library model's name, or "base model"
+    base_model: str
+    frames: int  # written (fewer than asked when stopped)
+    fps: int
+    width: int
+    height: int
+    likeness: ClipLikeness | None  # None without a person to compare with (the bare base model)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What the JSON beside the clip holds: the clip's facts and, per frame, its likeness (``frames``)."""
+        scores: dict[str, Any] = ({"frames": [], "recognised_share": None, "likeness": None, "first_drop": None,
+                                   "summary": "no likeness measured: made with the base model, which has no person"}
+                                  if self.likeness is None else self.likeness.to_dict())
+        return {"video": str(self.video), "kind": self.kind, "why": self.why, "prompt": self.prompt,
+                "prompt_b": self.prompt_b, "seed": self.seed, "model": self.model, "base_model": self.base_model,
+                "frame_count": self.frames, "width": self.width, "height": self.height, **scores, "fps": self.fps}
+
+    def tags(self) -> dict[str, str]:
+        """The MP4's metadata: the prompt as its title, the rest as JSON in its comment (tags every player keeps)."""
+        data = self.to_dict()
+        summary = {k: data[k] for k in ("kind", "prompt", "prompt_b", "seed", "model", "base_model",
+                                         "recognised_share", "likeness", "first_drop")}
+        return {"title": self.prompt, "comment": json.dumps(summary), "description": data["summary"]}
+
+
+def make_scored_video(generator: Generator, clip: VideoSettings, *, lora_path: Path | None, out_path: Path,
+                      person: PersonReference | None, model: str, base_model: str,
+                      on_event: EventCallback = ignore, should_stop: StopCheck = never) -> VideoResult:
+    """The clip, scored: 1. frames → MP4; 2. every frame's likeness to ``person``; 3. the JSON beside it;
+    4. prompt, seed, models and likeness into the MP4's metadata."""
+    from pipeline.clip_likeness import read_frames, score_frames
+
+    path = make_video(generator, clip, lora_path=lora_path, out_path=out_path, on_event=on_event,
+                      should_stop=should_stop)
+    frames, _fps = read_frames(path)  # what was written, as a viewer sees it (a stopped clip has fewer frames)
+    likeness = None
+    if person is not None:
+        on_event(Progress("likeness", 0, 1, f"likeness of {len(frames)} frames"))
+        likeness = score_frames(frames, person.reference, fps=clip.fps, others=person.others)
+        on_event(Progress("likeness", 1, 1, likeness.sentence()))
+    result = VideoResult(video=path, likeness_json=likeness_path(path), kind=MORPH, why=MORPH_WHY,
+                         prompt=clip.prompt, prompt_b=clip.prompt_b, seed=clip.seed_a, model=model,
+                         base_model=base_model, frames=len(frames), fps=clip.fps, width=clip.width,
+                         height=clip.height, likeness=likeness)
+    save_json(result.likeness_json, result.to_dict())
+    write_metadata(path, result.tags())
+    return result
+
+
+def write_metadata(path: Path, tags: Mapping[str, str]) -> Path:
+    """Put ``tags`` into the MP4 at ``path`` (streams copied, not re-encoded; replaced whole when done)."""
+    import imageio_ffmpeg
+
+    tagged = path.with_name(f".{path.stem}.tagged.mp4")
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(path), "-map", "0", "-c",
+               "copy", "-movflags", "+faststart"]
+    for key, value in tags.items():
+        command += ["-metadata", f"{key}={value}"]
+    try:
+        subprocess.run([*command, str(tagged)], check=True, capture_output=True, timeout=120)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        tagged.unlink(missing_ok=True)
+        detail = getattr(exc, "stderr", b"") or b""
+        raise OSError(f"video: ffmpeg could not write the metadata of {path.name}: {detail.decode(errors='replace')}"
+                      ) from exc
+    os.replace(tagged, path)
+    return path
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The container's metadata tags of a video file (ffmpeg's ffmetadata dump, unescaped)."""
+    import imageio_ffmpeg
+
+    out = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-i", str(path), "-f",
+                          "ffmetadata", "-"], check=True, capture_output=True, timeout=60).stdout.decode()
+    tags: dict[str, str] = {}
+    # ffmetadata escapes '=', ';', '#', '\\' and newlines with a backslash: split on the unescaped ones only.
+    key: str | None = None
+    text, escaped = "", False
+    for char in out.removeprefix(";FFMETADATA1\n") + "\n":
+        if escaped:
+            text, escaped = text + char, False
+        elif char == "\\":
+            escaped = True
+        elif char == "=" and key is None:
+            key, text = text, ""
+        elif char == "\n":
+            if key:
+                tags[key] = text
+            key, text = None, ""
+        else:
+            text += char
+    return tags
 
 
 def _noise(pipe: Any, seed: int, width: int, height: int) -> torch.Tensor:

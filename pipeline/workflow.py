@@ -52,6 +52,7 @@ from pipeline.training_job import (
 
 if TYPE_CHECKING:
     from pipeline.generation import Generator
+    from pipeline.video import VideoResult
 
 logger = logging.getLogger(__name__)
 
@@ -515,21 +516,26 @@ class Workflow:
     @_writes("save the video")
     def video(self, model_id: str | None, *, prompt: str, frames: int, fps: int, seed: int = 0,
               prompt_b: str | None = None, on_event: ev.EventCallback = ev.ignore,
-              should_stop: ev.StopCheck = ev.never) -> Path:
-        """A short clip (``make_video``); ``should_stop`` ends it between two frames."""
+              should_stop: ev.StopCheck = ev.never) -> VideoResult:
+        """A short clip with every frame's likeness to the model's person (``make_scored_video``): the MP4 and its
+        likeness JSON beside it. ``should_stop`` ends it between two frames; the frames made so far are scored."""
+        from pipeline.clip_likeness import PersonReference
         from pipeline.trigger import insert_trigger
-        from pipeline.video import make_video
+        from pipeline.video import make_scored_video
 
         self._check_disk_quota()
-        lora_path, trigger, _label = self._lora(model_id)
+        lora_path, trigger, label = self._lora(model_id)
+        person = None
         if lora_path is not None:
             prompt = insert_trigger(prompt, trigger)
             prompt_b = insert_trigger(prompt_b, trigger) if prompt_b else None
+            person = PersonReference.of_model(self.library.get(model_id).folder)  # before minutes of frames
         size = self.test_generate_settings(512)
         clip = VideoSettings(prompt=prompt, prompt_b=prompt_b or "", frames=frames, fps=fps, seed_a=seed,
                              seed_b=seed + 1, width=size.width, height=size.height, steps=size.steps)
-        return make_video(self.generator(), clip, lora_path=lora_path, out_path=self._new_output_path("videos", ".mp4"),
-                          on_event=on_event, should_stop=should_stop)
+        return make_scored_video(self.generator(), clip, lora_path=lora_path,
+                                 out_path=self._new_output_path("videos", ".mp4"), person=person, model=label,
+                                 base_model=self.base_model, on_event=on_event, should_stop=should_stop)
 
     def _new_output_path(self, kind: str, suffix: str) -> Path:
         """A fresh, time-sorted path under data_dir/kind: two requests in the same second never collide."""

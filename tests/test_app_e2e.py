@@ -88,12 +88,15 @@ def test_whole_flow_through_the_running_app(tmp_path: Path, photos: list[Path]) 
         with Image.open(sheet) as img:
             assert img.width >= 128
 
-        # A short video: an MP4 with the asked number of frames.
-        video = client.predict(model_id, "{trigger}", "", 6, 6, 1, api_name="/video")
+        # A short video: an MP4 with the asked number of frames, named a morph, and every frame's likeness.
+        video, summary, _curve, likeness = client.predict(model_id, "{trigger}", "", 6, 6, 1, api_name="/video")
         video_path = video["video"] if isinstance(video, dict) else video
         import imageio.v3 as iio
 
         assert iio.imread(video_path if isinstance(video_path, str) else video_path["path"]).shape[0] == 6
+        assert likeness["kind"] == "morph" and "no image-to-video model" in likeness["why"]
+        assert len(likeness["frames"]) == 6 and likeness["recognised_share"] == 0  # the tiny model draws noise
+        assert "morph" in summary and "Recognised in 0 of 6 frames" in summary
 
         # No file of the data dir is served by its path: not the library's index, not a photo, not the LoRA.
         photo = next(p for p in (data_dir / "photos").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))

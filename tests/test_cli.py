@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import imageio_ffmpeg
 import photo_factory
 from PIL import Image
 
@@ -62,6 +63,20 @@ def test_train_generate_assess_models(tmp_path: Path) -> None:
     with Image.open(image) as img:
         assert img.size == (64, 64)
         assert record["trigger_word"] in img.info.get("prompt", "") + json.dumps(img.info)
+
+    # A clip with every frame's likeness, printed and saved beside it (a morph on this CPU, said so).
+    clip = tmp_path / "clips" / "clip.mp4"
+    out = run_cli("video", "cli-model", "--prompt", "{trigger} turns to the camera", "--out", str(clip), "--frames",
+                  "4", "--fps", "4", "--seed", "3", "--json", *data)
+    assert out.returncode == 0, out.stderr
+    printed = json.loads(out.stdout)
+    assert [f["index"] for f in printed["frames"]] == [0, 1, 2, 3] and printed["recognised_share"] == 0
+    assert (printed["kind"], printed["seed"], printed["model"], printed["video"]) == ("morph", 3, "cli-model",
+                                                                                      str(clip))
+    assert json.loads(clip.with_suffix(".likeness.json").read_text()) == printed
+    assert imageio_ffmpeg.count_frames_and_secs(str(clip)) == (4, 1.0)
+    people = run_cli("video", "cli-model", "--prompt", "x", "--out", str(clip), "--frames", "3", *data)
+    assert people.returncode == 0 and "Recognised in 0 of 3 frames" in people.stdout, people.stderr
 
     out = run_cli("assess", "cli-model", "--json", *data)
     assert out.returncode == 0, out.stderr

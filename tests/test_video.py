@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import face_probes
 import imageio_ffmpeg
 import numpy as np
 import pytest
@@ -11,10 +13,20 @@ import torch
 from lora_factory import make_lora
 from PIL import Image
 
+from pipeline.assessment import reference_embeddings
+from pipeline.clip_likeness import MORPH, PersonReference, likeness_path
 from pipeline.events import Message, Progress
 from pipeline.generation import Generator
 from pipeline.settings import GenerateSettings, SettingsError, VideoSettings
-from pipeline.video import make_video, path_positions, slerp, video_frames
+from pipeline.video import (
+    make_scored_video,
+    make_video,
+    path_positions,
+    read_metadata,
+    slerp,
+    video_frames,
+    write_metadata,
+)
 
 SIZE = {"width": 64, "height": 48, "steps": 3}
 
@@ -52,6 +64,53 @@ def test_mp4_has_the_requested_frames_and_decodes_back(generator: Generator, tmp
     assert [(e.stage, e.done, e.total) for e in events if isinstance(e, Progress)] == [("video", i, 6)
                                                                                         for i in range(1, 7)]
     assert list(tmp_path.iterdir()) == [path]  # no partial file left behind
+
+
+def test_scored_clip_is_a_tagged_h264_mp4_with_every_frames_likeness_beside_it(generator: Generator,
+                                                                               tmp_path: Path) -> None:
+    person = PersonReference(reference_embeddings(face_probes.reference_views("astronaut", 4)))
+    clip = VideoSettings(prompt="a portrait photo of ohwx", frames=5, fps=5, seed_a=7, seed_b=8, **SIZE)
+    events: list = []
+    result = make_scored_video(generator, clip, lora_path=None, out_path=tmp_path / "clip.mp4", person=person,
+                               model="astro", base_model="tiny", on_event=events.append)
+    # Browsers and phones play H.264 in yuv420p only; the asked frames at the asked size come back.
+    meta = next(imageio_ffmpeg.read_frames(str(result.video)))
+    assert (meta["codec"], meta["pix_fmt"].split("(")[0], meta["size"]) == ("h264", "yuv420p", (64, 48))
+    assert imageio_ffmpeg.count_frames_and_secs(str(result.video)) == (5, 1.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.likeness.json", "clip.mp4"]  # no partial files
+    # The tiny model draws noise: no frame shows the person, and the JSON says so frame by frame.
+    data = json.loads(likeness_path(result.video).read_text())
+    assert result.likeness_json == likeness_path(result.video)
+    assert (data["kind"], data["frame_count"], data["seed"], data["model"]) == (MORPH, 5, 7, "astro")
+    assert "no image-to-video model" in data["why"]
+    assert [f["index"] for f in data["frames"]] == list(range(5))
+    assert data["recognised_share"] == 0 and data["first_drop"] == 0
+    assert [f["match"] for f in data["frames"]] == ["no_face"] * 5
+    assert [e.stage for e in events if isinstance(e, Progress)][-2:] == ["likeness", "likeness"]
+    # Prompt, seed, models and likeness travel in the file itself.
+    tags = read_metadata(result.video)
+    assert tags["title"] == "a portrait photo of ohwx" and tags["description"] == data["summary"]
+    comment = json.loads(tags["comment"])
+    assert (comment["seed"], comment["model"], comment["base_model"], comment["kind"]) == (7, "astro", "tiny", MORPH)
+    assert comment["recognised_share"] == 0 and comment["first_drop"] == 0
+
+
+def test_base_model_clip_has_no_person_to_score(generator: Generator, tmp_path: Path) -> None:
+    clip = VideoSettings(prompt="ohwx", frames=2, fps=2, **SIZE)
+    result = make_scored_video(generator, clip, lora_path=None, out_path=tmp_path / "base.mp4", person=None,
+                               model="base model", base_model="tiny")
+    data = json.loads(result.likeness_json.read_text())
+    assert result.likeness is None and data["frames"] == [] and data["recognised_share"] is None
+    assert "base model" in data["summary"]
+
+
+def test_metadata_survives_every_character_ffmetadata_escapes(generator: Generator, tmp_path: Path) -> None:
+    path = make_video(generator, VideoSettings(prompt="x", frames=2, fps=2, **SIZE),
+                      lora_path=None, out_path=tmp_path / "x.mp4")
+    tags = {"title": "a=b; #c \\ d", "comment": json.dumps({"prompt": "x=1;\nnext"})}
+    write_metadata(path, tags)
+    assert {k: v for k, v in read_metadata(path).items() if k in tags} == tags
+    assert imageio_ffmpeg.count_frames_and_secs(str(path))[0] == 2
 
 
 def test_path_runs_from_one_seeds_still_to_the_others(generator: Generator, tmp_path: Path) -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import gradio as gr
+import pandas as pd
 
+from pipeline.clip_likeness import MORPH_WHY
 from pipeline.settings import GenerateSettings
 from pipeline.status import Status
+from pipeline.video import VideoResult
 from pipeline.workflow import Workflow
+from ui.charts import series_frame
 from ui.files import served
 from ui.people import People
 from ui.progress import progress_events
@@ -36,6 +40,28 @@ def _settings(text: object, neg: object, sd: object, st: object, gd: object, w: 
                             required=False), seed=whole["seed"], steps=whole["steps"],
                             guidance=number_field(gd, "guidance"), width=whole["width"], height=whole["height"],
                             lora_scale=number_field(scale, "LoRA scale"), num_images=whole["images"])
+
+
+CURVE_COLUMNS = ("frame", "likeness %", "measure")
+CURVE_SERIES = ("likeness %", "recognised above")
+
+
+def _curve(result: VideoResult | None) -> pd.DataFrame:
+    """Each frame's likeness ×100, and the 50 % line: a frame above it is recognised (the calibrated boundary)."""
+    rows = []
+    if result is not None and result.likeness is not None:
+        rows = [(f.index, 100 * (f.likeness or 0.0), CURVE_SERIES[0]) for f in result.likeness.frames]
+        rows += [(f.index, 50.0, CURVE_SERIES[1]) for f in result.likeness.frames]
+    return series_frame(rows, CURVE_COLUMNS, CURVE_SERIES)
+
+
+def _clip_summary(result: VideoResult) -> str:
+    """Which kind of clip was made and why, then how much of it shows the person."""
+    likeness = (result.likeness.sentence() if result.likeness is not None
+                else "No likeness measured: the base model has no person to compare with.")
+    return (f"**A {result.kind}** ({result.frames} frames at {result.fps} fps) — {result.why}.\n\n{escaped(likeness)}"
+            f"\n\nThe MP4 carries the prompt, seed, models and likeness in its metadata; every frame's score is in "
+            f"`{result.likeness_json.name}` beside it.")
 
 
 def _defaults(workflow: Workflow) -> GenerateSettings:
@@ -76,13 +102,22 @@ def build(people: People) -> gr.Tab:
                 other_scale = gr.Slider(0, 2, value=0.8, step=0.05, label="Second LoRA scale")
             compare = gr.Button("Compare")
             sheet = gr.Image(label="Side by side", type="filepath", height=420)
-        with gr.Accordion("Video: a short clip along a smooth path between two seeds/prompts", open=False):
+        # On this machine the clip is a morph between stills, not motion: the title says so before anyone waits.
+        with gr.Accordion("Video: a morph between stills, with the likeness in every frame", open=False):
+            gr.Markdown(f"Made here as a **morph**: {MORPH_WHY}. Each frame's face is judged as the assessment "
+                        "judges a test image, against the model's training photos.")
             with gr.Row():
                 prompt_b = gr.Textbox(label="Second prompt (optional)")
                 frames = gr.Slider(4, 96, value=16, step=1, label="Frames")
                 fps = gr.Slider(4, 30, value=8, step=1, label="Frames per second")
             make = gr.Button("Make video")
-            video = gr.Video(label="Clip (MP4)", height=420)
+            video = gr.Video(label="Clip (MP4, H.264)", height=420)
+            clip_summary = gr.Markdown()
+            clip_curve = gr.LinePlot(_curve(None), x=CURVE_COLUMNS[0], y=CURVE_COLUMNS[1], color=CURVE_COLUMNS[2],
+                                     title="Likeness in each frame (recognised above 50 %)", height=240,
+                                     y_lim=[0, 100])
+            with gr.Accordion("Every frame's likeness (JSON, saved beside the clip)", open=False):
+                clip_likeness = gr.JSON(label="Frames' likeness")
 
         def generate(mid, text, neg, sd, st, gd, sc, w, h, n, request: gr.Request,
                      progress: gr.Progress = gr.Progress()) -> list[tuple[str, str]]:
@@ -108,23 +143,26 @@ def build(people: People) -> gr.Tab:
             return served(path)
 
         def clip(mid, text, second, nframes, rate, sd, request: gr.Request,
-                 progress: gr.Progress = gr.Progress()) -> str:
+                 progress: gr.Progress = gr.Progress()) -> tuple[str, str, pd.DataFrame, dict]:
             text, second = text_field(text, "prompt"), text_field(second, "second prompt", required=False)
             nframes, rate, sd = (int(number_field(v, label)) for v, label in
                                  ((nframes, "frames"), (rate, "frames per second"), (sd, "seed")))
             workflow = _for_images(people, request, mid)
             try:
-                path = workflow.video(mid or None, prompt=text, prompt_b=second or None, frames=nframes,
-                                      fps=rate, seed=sd, on_event=progress_events(progress, "frames"))
+                result = workflow.video(mid or None, prompt=text, prompt_b=second or None, frames=nframes,
+                                        fps=rate, seed=sd, on_event=progress_events(progress, "frames"))
             except ValueError as exc:
                 raise gr.Error(escaped(exc)) from exc
-            return served(path)
+            # The file's name only: a data-dir path is never shown to the page or an API caller.
+            return (served(result.video), _clip_summary(result), _curve(result),
+                    result.to_dict() | {"video": result.video.name})
 
         form = [model, prompt, negative, seed, steps, guidance, scale, width, height, count]
         generating = go.click(generate, form, gallery, api_name="generate", concurrency_id="gpu", concurrency_limit=1)
         comparing = compare.click(side_by_side, [*form, other, other_scale], sheet, api_name="compare",
                                   concurrency_id="gpu", concurrency_limit=1)
-        filming = make.click(clip, [model, prompt, prompt_b, frames, fps, seed], video, api_name="video",
+        filming = make.click(clip, [model, prompt, prompt_b, frames, fps, seed],
+                             [video, clip_summary, clip_curve, clip_likeness], api_name="video",
                    concurrency_id="gpu", concurrency_limit=1)
 
         def refresh(first: str, second: str, request: gr.Request) -> tuple:
