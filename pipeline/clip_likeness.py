@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,14 @@ MORPH = "morph"
 # Said on the page and in the JSON whenever a morph is made instead of a clip with motion.
 MORPH_WHY = ("no image-to-video model on this machine: each frame is a separate still generated along a path "
              "between two seeds (and prompts), so faces change but nothing moves")
+
+
+class ClipVerdict(StrEnum):
+    """What the clip does with the person, in one word."""
+
+    HOLDS = "holds"  # recognised in every frame
+    DRIFTS = "drifts"  # recognised at the start, lost later: the person drifts away
+    NOT_RECOGNISED = "not_recognised"  # not recognised from the first frame
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,11 @@ class ClipLikeness:
         """The first frame that is not recognised (0 when the clip never shows the person); None when all are."""
         return next((f.index for f in self.frames if not f.recognised), None)
 
+    @property
+    def verdict(self) -> ClipVerdict:
+        drop = self.first_drop
+        return ClipVerdict.HOLDS if drop is None else ClipVerdict.NOT_RECOGNISED if drop == 0 else ClipVerdict.DRIFTS
+
     def curve(self) -> list[tuple[float, float]]:
         """(seconds, likeness 0–1) per frame; a frame without a face is 0."""
         return [(f.time_s, f.likeness or 0.0) for f in self.frames]
@@ -122,11 +136,12 @@ class ClipLikeness:
                Match.NO_FACE: "no face"}.get(lost.match, str(lost.match))
         if drop == 0:
             return text + f"; not recognised from the first frame ({who})."
-        return text + f"; first lost at frame {drop} ({lost.time_s:.2f} s): {who}."
+        return text + f"; the person drifts away: first lost at frame {drop} ({lost.time_s:.2f} s), {who}."
 
     def to_dict(self) -> dict[str, Any]:
         return {"frames": [f.to_dict() for f in self.frames], "recognised_share": round(self.recognised_share, 4),
-                "likeness": round(self.likeness, 4), "first_drop": self.first_drop, "fps": self.fps,
+                "likeness": round(self.likeness, 4), "first_drop": self.first_drop,
+                "verdict": str(self.verdict), "fps": self.fps,
                 "judged_against": self.judged_against, "summary": self.sentence()}
 
 

@@ -131,9 +131,9 @@ class VideoResult:
 
     def to_dict(self) -> dict[str, Any]:
         """What the JSON beside the clip holds: the clip's facts and, per frame, its likeness (``frames``)."""
-        scores: dict[str, Any] = ({"frames": [], "recognised_share": None, "likeness": None, "first_drop": None,
-                                   "summary": "no likeness measured: made with the base model, which has no person"}
-                                  if self.likeness is None else self.likeness.to_dict())
+        unscored = {"frames": [], "recognised_share": None, "likeness": None, "first_drop": None, "verdict": None,
+                    "summary": "no likeness measured: made with the base model, which has no person"}
+        scores: dict[str, Any] = unscored if self.likeness is None else self.likeness.to_dict()
         return {"video": str(self.video), "kind": self.kind, "why": self.why, "prompt": self.prompt,
                 "prompt_b": self.prompt_b, "seed": self.seed, "model": self.model, "base_model": self.base_model,
                 "frame_count": self.frames, "width": self.width, "height": self.height, **scores, "fps": self.fps}
@@ -142,7 +142,7 @@ class VideoResult:
         """The MP4's metadata: the prompt as its title, the rest as JSON in its comment (tags every player keeps)."""
         data = self.to_dict()
         summary = {k: data[k] for k in ("kind", "prompt", "prompt_b", "seed", "model", "base_model",
-                                         "recognised_share", "likeness", "first_drop")}
+                                         "recognised_share", "likeness", "first_drop", "verdict")}
         return {"title": self.prompt, "comment": json.dumps(summary), "description": data["summary"]}
 
 

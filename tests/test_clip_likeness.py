@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from pipeline.assessment import reference_embeddings, score_images
-from pipeline.clip_likeness import ClipLikeness, FrameLikeness, read_frames, score_clip, score_frames
+from pipeline.clip_likeness import ClipLikeness, ClipVerdict, FrameLikeness, read_frames, score_clip, score_frames
 from pipeline.likeness import Match
 
 FRAMES = 12
@@ -67,7 +67,8 @@ def test_curve_is_recognised_at_the_start_and_falls_where_the_person_changes(fad
     margins = [f.margin for f in fading.frames]
     assert all(a > b for a, b in zip(margins, margins[1:], strict=False)), margins  # the margin falls all along
     assert fading.frames[drop].time_s == pytest.approx(drop / 8)
-    assert f"first lost at frame {drop} ({drop / 8:.2f} s)" in fading.sentence()
+    assert fading.verdict is ClipVerdict.DRIFTS
+    assert f"drifts away: first lost at frame {drop} ({drop / 8:.2f} s)" in fading.sentence()
 
 
 def test_each_frame_is_scored_as_the_assessment_scores_an_image(astronaut: np.ndarray,
@@ -83,7 +84,8 @@ def test_each_frame_is_scored_as_the_assessment_scores_an_image(astronaut: np.nd
 def test_the_json_has_one_score_per_frame(fading: ClipLikeness) -> None:
     data = json.loads(json.dumps(fading.to_dict()))
     assert [f["index"] for f in data["frames"]] == list(range(FRAMES))
-    assert data["first_drop"] == fading.first_drop and data["recognised_share"] == round(fading.recognised_share, 4)
+    assert data["verdict"] == "drifts" and data["first_drop"] == fading.first_drop
+    assert data["recognised_share"] == round(fading.recognised_share, 4)
     assert data["frames"][0]["match"] == "recognised" and data["frames"][0]["recognised"] is True
     assert data["frames"][-1]["nearest_other"] == "grace_hopper"
 
@@ -102,13 +104,13 @@ def test_an_mp4_of_the_cross_fade_is_scored_as_a_viewer_sees_it(astronaut: np.nd
 
 def test_a_clip_that_never_shows_the_person_drops_at_its_first_frame(astronaut: np.ndarray) -> None:
     clip = score_frames(cross_fade("grace_hopper", "grace_hopper", frames=3), astronaut, fps=3)
-    assert clip.first_drop == 0 and clip.recognised_share == 0
+    assert clip.first_drop == 0 and clip.recognised_share == 0 and clip.verdict is ClipVerdict.NOT_RECOGNISED
     assert "not recognised from the first frame" in clip.sentence()
     blank = score_frames([Image.new("RGB", (64, 64), "grey")] * 2, astronaut, fps=2)
     assert [f.match for f in blank.frames] == [Match.NO_FACE] * 2 and blank.likeness == 0
     held = ClipLikeness(frames=(FrameLikeness(0, 0.0, Match.RECOGNISED, 0.9, "x", 0.2, 0.3),), fps=1,
                         judged_against=14)
-    assert held.first_drop is None and "holds all through" in held.sentence()
+    assert held.first_drop is None and held.verdict is ClipVerdict.HOLDS and "holds all through" in held.sentence()
 
 
 def test_bad_input_names_the_argument(astronaut: np.ndarray) -> None:

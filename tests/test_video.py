@@ -92,7 +92,7 @@ def test_scored_clip_is_a_tagged_h264_mp4_with_every_frames_likeness_beside_it(g
     assert tags["title"] == "a portrait photo of ohwx" and tags["description"] == data["summary"]
     comment = json.loads(tags["comment"])
     assert (comment["seed"], comment["model"], comment["base_model"], comment["kind"]) == (7, "astro", "tiny", MORPH)
-    assert comment["recognised_share"] == 0 and comment["first_drop"] == 0
+    assert comment["recognised_share"] == 0 and comment["first_drop"] == 0 and comment["verdict"] == "not_recognised"
 
 
 def test_base_model_clip_has_no_person_to_score(generator: Generator, tmp_path: Path) -> None:
