@@ -48,6 +48,7 @@ REFERENCE = {
 # FLUX.1-dev's transformer, for the memory estimate (pipeline/memory.py, bench/train.py).
 FLUX_PARAMETERS, FLUX_LORA_RANK16, FLUX_HIDDEN, FLUX_BLOCKS = 11_901_408_320, 65_372_160, 3072, 57
 EMBEDDED_MEMORY_GB = 1.0  # peak host RAM of a training on the embedded models (bench/train.py: 0.91 GB)
+DEFAULT_TEST_PROMPT_COUNT = 8  # len(pipeline.generation.DEFAULT_TEST_PROMPTS), without importing torch here
 PENDING = "pending"  # the speed file's entry for trainings whose steps ended and whose assessment runs now
 PENDING_MAX_AGE_S = 24 * 3600  # a note older than this belonged to a run that never reached the record
 
@@ -62,14 +63,27 @@ class RunTimes:
     sample_round: float = 0.0  # one round of sample images (one per sample prompt)
     checkpoint: float = 0.0  # one checkpoint: saved, and its test generations where they run beside the training
     final: float = 0.0  # after the last step: the checkpoints not measured yet, the LoRA-scale trials, the choice
+    test_prompts: int = DEFAULT_TEST_PROMPT_COUNT  # the checkpoint's and final part's test images are one per prompt
+
+    def for_prompts(self, count: int) -> RunTimes:
+        """The costs with ``count`` test prompts: a checkpoint's and the final assessment's time is its images'."""
+        ratio = max(1, count) / max(1, self.test_prompts)
+        return dataclasses.replace(self, checkpoint=self.checkpoint * ratio, final=self.final * ratio,
+                                   test_prompts=max(1, count))
 
 
-# Unit costs where this machine has not trained yet, for the embedded models on the 2-core CPU. tiny: bench/e2e.py
-# and bench/estimate.py (bench/results/estimate_cpu.json). micro: 1406 s for the default 5000 steps with its five
+def test_prompt_count(settings: TrainSettings) -> int:
+    """The test images per checkpoint: one per test prompt (the built-in set where none are given)."""
+    return len(settings.test_prompts) or DEFAULT_TEST_PROMPT_COUNT
+
+
+# Unit costs where this machine has not trained yet, for the embedded models on the 2-core CPU, with the built-in
+# eight test prompts. tiny: bench/estimate.py (bench/results/estimate_cpu.json: 50 steps beside other jobs, load
+# 6-9 on 2 cores). micro: 1406 s for the default 5000 steps with its five
 # checkpoints' assessments (bench/results/micro_likeness_cpu_astronaut_cosine5000.json), and issue 33's run on a busy
 # machine: 34 min 52 s, about 7 min of it after the last step; a 30-step run 5 min 43 s, mostly assessment.
 REFERENCE_TIMES = {
-    "tiny": RunTimes(REFERENCE["tiny"], preparing=3.0, loading=3.0, sample_round=0.3, checkpoint=1.5, final=2.0),
+    "tiny": RunTimes(REFERENCE["tiny"], preparing=4.0, loading=5.0, sample_round=0.4, checkpoint=5.0, final=20.0),
     "micro": RunTimes(REFERENCE["micro"], preparing=5.0, loading=20.0, sample_round=5.0, checkpoint=120.0,
                       final=240.0),
 }
@@ -154,6 +168,7 @@ def checkpoint_count(settings: TrainSettings) -> int:
 
 def run_parts(times: RunTimes, settings: TrainSettings) -> RunParts:
     """The parts of a run of ``settings`` at ``times``' unit costs (no queue)."""
+    times = times.for_prompts(test_prompt_count(settings))
     return RunParts(queue=0.0, preparing=times.preparing, loading=times.loading,
                     steps=times.seconds_per_step * settings.steps, samples=times.sample_round * sample_rounds(settings),
                     checkpoints=times.checkpoint * checkpoint_count(settings), final=times.final)
@@ -175,6 +190,7 @@ class Speed:
     overhead_seconds: float  # the rest of the run's wall time: loading, caching, checkpoints and their checks
 
 
+_RUN_FIELDS = {f.name for f in dataclasses.fields(RunTimes)}
 _locks: defaultdict[Path, threading.Lock] = defaultdict(threading.Lock)  # one per file: every workspace shares it
 
 
@@ -226,6 +242,7 @@ class SpeedLog:
                 # Recorded as the model is chosen: the time since the last step is the final assessment's.
                 parts = {name: round(float(noted.get(name, 0.0)), 3)
                          for name in ("preparing", "loading", "sample_round", "checkpoint")}
+                parts["test_prompts"] = int(noted.get("test_prompts", DEFAULT_TEST_PROMPT_COUNT))
                 entry = {"seconds_per_step": round(speed.seconds_per_step, 4), **parts,
                          "final": round(time.time() - noted["ended"], 1),
                          "overhead": round(max(0.0, speed.overhead_seconds), 1)}
@@ -250,7 +267,8 @@ class SpeedLog:
 
     def times(self, key: str) -> RunTimes | None:
         """Each unit cost's median over the last runs that measured the parts; None before one did."""
-        runs = [r for r in self._runs(key) if isinstance(r, dict)]
+        runs = [dataclasses.asdict(RunTimes(**{k: v for k, v in r.items() if k in _RUN_FIELDS}).for_prompts(
+            DEFAULT_TEST_PROMPT_COUNT)) for r in self._runs(key) if isinstance(r, dict)]
         if not runs:
             return None
 
@@ -280,9 +298,9 @@ def expected_times(settings: TrainSettings, base_model: str, speeds: SpeedLog, *
     else the bench's figures for the embedded models; None for FLUX.1-dev before a run here."""
     measured = speeds.times(speed_key(base_model, device_name()[0], settings))
     if measured is not None:
-        return measured, "measured here"
+        return measured.for_prompts(test_prompt_count(settings)), "measured here"
     if embedded:
-        return REFERENCE_TIMES[embedded], "the project's bench"
+        return REFERENCE_TIMES[embedded].for_prompts(test_prompt_count(settings)), "the project's bench"
     return None, ""
 
 
@@ -405,9 +423,10 @@ class LiveEta:
         self.shown, self.at = min(max(target, predicted - limit), predicted + limit), now
         return self.shown
 
-    def measured(self, preparing: float = 0.0) -> RunTimes:
-        """What this run measured of its unit costs (its final assessment is not known to it)."""
+    def measured(self, settings: TrainSettings, preparing: float = 0.0) -> RunTimes:
+        """What this run of ``settings`` measured of its unit costs (its final assessment is not known to it)."""
         return RunTimes(self.seconds_per_step(), preparing=preparing, loading=self.loading or 0.0,
+                        test_prompts=test_prompt_count(settings),
                         sample_round=self._cost(self.sample_times, 0.0),
                         checkpoint=self._cost(self.checkpoint_times, 0.0))
 

@@ -967,7 +967,7 @@ def _train(run: _Run, settings: TrainSettings, output_dir: Path, base_model: str
         run.emit(ev.Message(f"training finished: {step} steps, LoRA saved to {lora_path}"))
         if fresh:  # the runner's record, once the checkpoint is chosen, adds the final assessment's time
             SpeedLog(run.data_dir).note_training(run.speed_key,
-                                                 run.live.measured(preparing_seconds(output_dir.parent)))
+                                                 run.live.measured(settings, preparing_seconds(output_dir.parent)))
         return _result(run, Status.COMPLETED, step, started, lora_path, kohya_path)
     except BaseModelError as exc:
         return _failed(run, str(exc), step, started)

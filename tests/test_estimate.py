@@ -3,6 +3,7 @@ then what this machine measured, against what a real run took."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -13,6 +14,7 @@ import photo_factory
 import pytest
 
 from pipeline.estimate import (
+    DEFAULT_TEST_PROMPT_COUNT,
     REFERENCE_TIMES,
     SPEED_FILE,
     LiveEta,
@@ -101,9 +103,19 @@ def test_the_estimate_of_a_tiny_run_is_learnt_part_by_part_from_the_run(tmp_path
         assert longer.parts.loading == parts.loading and longer.parts.final == parts.final
         assert longer.parts.checkpoints == pytest.approx(10 * parts.checkpoints)
         assert longer.parts.steps == pytest.approx(10 * parts.steps)
+        # the test images are one per prompt: the built-in eight cost four times these two
+        built_in = workflow.estimate(dataclasses.replace(settings, test_prompts=()))
+        assert built_in.parts.checkpoints == pytest.approx(4 * parts.checkpoints)
+        assert built_in.parts.final == pytest.approx(4 * parts.final)
         assert "measured here" not in workflow.estimate(TrainSettings.quick(steps=12, rank=8)).basis  # not alike
     finally:
         workflow.close()
+
+
+def test_the_built_in_test_prompts_are_counted_right() -> None:
+    from pipeline.generation import DEFAULT_TEST_PROMPTS
+
+    assert len(DEFAULT_TEST_PROMPTS) == DEFAULT_TEST_PROMPT_COUNT
 
 
 def test_the_counts_follow_the_training_loop() -> None:
