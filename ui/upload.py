@@ -50,7 +50,7 @@ def _gallery(workflow: Workflow) -> tuple[list[tuple[str, str]], list[str]]:
     """The thumbnails and the photo ids in the same order (a thumbnail's × gives only its place)."""
     verdicts = _verdicts(workflow)
     photos = workflow.list_photos()
-    # The verdict first: a thumbnail's caption is cut to its width.
+    # The verdict first: it is what the person looks for (the caption shows in full, see assets/style.css).
     items = [(served(p.path), " · ".join(filter(None, (verdicts.get(p.name), p.name, f"id {p.id[:8]}"))))
              for p in photos]
     return items, [p.id for p in photos]
