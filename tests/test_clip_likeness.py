@@ -16,8 +16,19 @@ import pytest
 from PIL import Image
 
 from pipeline.assessment import reference_embeddings, score_images
-from pipeline.clip_likeness import ClipLikeness, ClipVerdict, FrameLikeness, read_frames, score_clip, score_frames
-from pipeline.likeness import Match
+from pipeline.clip_likeness import (
+    ClipLikeness,
+    ClipVerdict,
+    FrameLikeness,
+    PersonReference,
+    read_frames,
+    score_clip,
+    score_frames,
+)
+from pipeline.dataset import Dataset, DatasetItem
+from pipeline.identity import person_consensus
+from pipeline.likeness import Match, save_person
+from pipeline.settings import ClassifySettings
 
 FRAMES = 12
 
@@ -118,3 +129,38 @@ def test_bad_input_names_the_argument(astronaut: np.ndarray) -> None:
         score_frames([], astronaut, fps=8)
     with pytest.raises(ValueError, match="^fps:"):
         score_frames([Image.new("RGB", (8, 8))], astronaut, fps=0)
+
+
+def test_a_models_person_is_its_kept_consensus_or_else_its_crops(astronaut: np.ndarray, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    folder = models / "astro"
+    crops = []
+    for index, view in enumerate(face_probes.reference_views("astronaut", 4)):
+        crops.append(tmp_path / "crops" / f"{index}.png")
+        crops[-1].parent.mkdir(exist_ok=True)
+        view.save(crops[-1])
+    Dataset(items=tuple(DatasetItem(c, "ohwx", c.name) for c in crops), trigger_word="ohwx",
+            resolution=192).save(folder / "dataset")
+    neighbour = models / "grace"
+    neighbour.mkdir()
+    save_person(neighbour, reference_embeddings([face_probes.aligned_face("grace_hopper", 192)])[0], "grace")
+
+    from_crops = PersonReference.of_model(folder)
+    assert from_crops.reference.shape == (4, 128)
+    assert [o.name for o in from_crops.others] == ["another model here (grace)"]  # the workspace's other people
+    consensus = person_consensus(list(from_crops.reference), ClassifySettings().identity_threshold)
+    save_person(folder, consensus, "ohwx")
+    kept = PersonReference.of_model(folder)
+    assert kept.reference.shape == (128,) and np.allclose(kept.reference, consensus, atol=1e-6)
+    # The kept consensus and the crops judge the clip alike, against the cohort and the neighbour too.
+    frames = cross_fade("astronaut", "grace_hopper", frames=6)
+    by_crops = score_frames(frames, from_crops.reference, fps=6, others=from_crops.others)
+    by_kept = score_frames(frames, kept.reference, fps=6, others=kept.others)
+    assert [f.match for f in by_kept.frames] == [f.match for f in by_crops.frames]
+    assert by_kept.frames[0].recognised and by_kept.frames[-1].match is Match.SOMEONE_ELSE
+    assert by_kept.judged_against == score_frames(frames[:1], kept.reference, fps=6).judged_against + 1
+
+
+def test_a_model_without_crops_says_why(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="^model: its training crops"):
+        PersonReference.of_model(tmp_path / "models" / "gone")
