@@ -72,7 +72,7 @@ class RunTimes:
                                    test_prompts=max(1, count))
 
 
-def test_prompt_count(settings: TrainSettings) -> int:
+def assessment_prompts(settings: TrainSettings) -> int:
     """The test images per checkpoint: one per test prompt (the built-in set where none are given)."""
     return len(settings.test_prompts) or DEFAULT_TEST_PROMPT_COUNT
 
@@ -168,7 +168,7 @@ def checkpoint_count(settings: TrainSettings) -> int:
 
 def run_parts(times: RunTimes, settings: TrainSettings) -> RunParts:
     """The parts of a run of ``settings`` at ``times``' unit costs (no queue)."""
-    times = times.for_prompts(test_prompt_count(settings))
+    times = times.for_prompts(assessment_prompts(settings))
     return RunParts(queue=0.0, preparing=times.preparing, loading=times.loading,
                     steps=times.seconds_per_step * settings.steps, samples=times.sample_round * sample_rounds(settings),
                     checkpoints=times.checkpoint * checkpoint_count(settings), final=times.final)
@@ -298,9 +298,9 @@ def expected_times(settings: TrainSettings, base_model: str, speeds: SpeedLog, *
     else the bench's figures for the embedded models; None for FLUX.1-dev before a run here."""
     measured = speeds.times(speed_key(base_model, device_name()[0], settings))
     if measured is not None:
-        return measured.for_prompts(test_prompt_count(settings)), "measured here"
+        return measured.for_prompts(assessment_prompts(settings)), "measured here"
     if embedded:
-        return REFERENCE_TIMES[embedded].for_prompts(test_prompt_count(settings)), "the project's bench"
+        return REFERENCE_TIMES[embedded].for_prompts(assessment_prompts(settings)), "the project's bench"
     return None, ""
 
 
@@ -426,7 +426,7 @@ class LiveEta:
     def measured(self, settings: TrainSettings, preparing: float = 0.0) -> RunTimes:
         """What this run of ``settings`` measured of its unit costs (its final assessment is not known to it)."""
         return RunTimes(self.seconds_per_step(), preparing=preparing, loading=self.loading or 0.0,
-                        test_prompts=test_prompt_count(settings),
+                        test_prompts=assessment_prompts(settings),
                         sample_round=self._cost(self.sample_times, 0.0),
                         checkpoint=self._cost(self.checkpoint_times, 0.0))
 

@@ -32,7 +32,7 @@ class TrainStep:
     loss_smooth: float
     learning_rate: float
     seconds_per_step: float
-    eta_seconds: float
+    eta_seconds: float  # to a ready model: the steps, samples, checkpoints' tests and final assessment left (smoothed)
     phase: str  # "initial learning", "feature refinement", "style adaptation", "final optimisation"
     gpu_memory_gb: float = 0.0
     host_memory_gb: float = 0.0
