@@ -332,8 +332,8 @@ def assess_lora(
             break
         paths.append(save_png(images[0], out_dir / f"{index:02d}_seed{seed}.png"))
         used.append(prompt)
-    if not paths:
-        raise AssessmentError("should_stop: assessment stopped before any test image was made")
+    if not paths or should_stop():  # a score of some of the prompts is no score: not worth the identity model's time
+        raise AssessmentError(f"should_stop: assessment stopped after {len(paths)} of {len(jobs)} test images")
     on_event(Progress("assess", len(paths), len(jobs), "scoring likeness and quality"))
     result = score_images(paths, plan.reference, prompts=used, identity=plan.identity, clip_model=plan.clip_model,
                           others=plan.others)

