@@ -15,6 +15,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from pipeline.classify import ClassificationResult, Readiness, photos_to_add
+from pipeline.jobs import default_devices
 from pipeline.library import ModelRecord
 from pipeline.settings import ClassifySettings
 from pipeline.status import MODEL_BUSY, Status
@@ -67,19 +68,13 @@ def where_trainings_run(devices: Sequence[str]) -> str:
     return "the CPU"
 
 
-def _this_machine() -> str:
-    from pipeline.jobs import default_devices  # the queue's own detection: no torch import on a machine with no GPU
-
-    return where_trainings_run(default_devices())
-
-
 def flow_status(photo_names: Sequence[str], classification: ClassificationResult | None,
                 models: Sequence[ModelRecord], *, target_min: int = 15, target_max: int = 20,
                 runs_on: str | None = None) -> FlowStatus:
     """The four steps' states. ``classification`` counts only if it judged exactly ``photo_names``; ``runs_on``:
     where trainings run, in words (``where_trainings_run``; default: this machine's devices)."""
     settings = ClassifySettings(target_min=target_min, target_max=target_max)
-    runs_on = runs_on or _this_machine()
+    runs_on = runs_on or where_trainings_run(default_devices())  # what the queue starts its workers on
     count = len(photo_names)
     current = count > 0 and classification is not None and \
         {r.file for r in classification.records} == set(photo_names)
@@ -138,7 +133,7 @@ def _training(models: Sequence[ModelRecord], runs_on: str) -> StepState:
     if latest is not None and latest.status == Status.CANCELLED:
         return StepState(Step.TRAINING, bool(ready), "stopped: Resume continues it")
     if latest is not None and latest.status == Status.FAILED:
-        return StepState(Step.TRAINING, bool(ready), "the last run failed: see why on its tab")
+        return StepState(Step.TRAINING, bool(ready), "the last run failed: see why there")
     if ready:
         return StepState(Step.TRAINING, True, "done")
     return StepState(Step.TRAINING, False, f"not started; trains on {runs_on}")

@@ -149,3 +149,15 @@ def test_not_ready_says_so_and_how_many_to_add() -> None:
     status = flow_status(names, result, [], runs_on="the CPU")
     assert status.state(Step.UPLOAD).note == "8 photos, 6 usable: add at least 9 more"
     assert status.state(Step.REVIEW).note == "not ready: 6 selected, 2 left out"
+
+
+@pytest.mark.parametrize(("status", "note"), [(Status.TRAINING, "training on the GPU…"),
+                                              (Status.ASSESSING, "assessing on the GPU…"),
+                                              (Status.QUEUED, "waiting for the GPU"),
+                                              (Status.FAILED, "the last run failed: see why there")])
+def test_a_trainings_state_names_where_it_runs(tmp_path: Path, status: Status, note: str) -> None:
+    from pipeline.library import ModelRecord
+
+    model = ModelRecord(id="m1", name="m", trigger_word="w", base_model="tiny", status=status, folder=tmp_path,
+                        created_at="2026-12-07T06:00:00")
+    assert flow_status([], None, [model], runs_on="the GPU").state(Step.TRAINING).note == note
