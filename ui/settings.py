@@ -53,9 +53,8 @@ def size_hints(base_model: str, defaults: TrainSettings) -> dict[str, str]:
 
 def estimate_markdown(estimate: TrainingEstimate) -> str:
     """The estimate's sentence, then its parts one per line (what the person will wait for, in order)."""
-    lines = [f"⏱ {estimate.text()}"]
-    lines += [f"- {line}" for line in estimate.breakdown()]
-    return "\n".join(lines)
+    parts = [f"- {line}" for line in estimate.breakdown()]
+    return "\n".join([f"⏱ {estimate.text()}", *([""] + parts if parts else [])])  # a blank line opens the list
 
 
 def build(people: People, demo: gr.Blocks) -> SettingsInputs:
