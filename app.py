@@ -12,7 +12,14 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402  (after the environment above: gradio reads it at import)
 
-from pipeline.accounts import AccountError, Authenticator, UsersFile, check_password, make_account  # noqa: E402
+from pipeline.accounts import (  # noqa: E402
+    AccountError,
+    Authenticator,
+    LoginThrottle,
+    UsersFile,
+    check_password,
+    make_account,
+)
 from pipeline.base_model import default_base_model, is_micro, is_tiny, quiet_library_logs  # noqa: E402
 from pipeline.notify import smtp_settings_from_env  # noqa: E402
 from pipeline.settings import AppSettings  # noqa: E402
@@ -171,15 +178,18 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     try:
+        # The first lock after repeated wrong passwords (doubling from there); the tests set a long one.
+        throttle = LoginThrottle(first_delay=float(os.environ.get("LIKENESS_LOGIN_FIRST_DELAY_S")
+                                                   or LoginThrottle.first_delay))
         if args.users:
-            authenticator = Authenticator(UsersFile(args.users).accounts)
+            authenticator = Authenticator(UsersFile(args.users).accounts, throttle)
             owner = UsersFile(args.users).first()
             exposed = UsersFile(args.users).exposure()
             if exposed:
                 logging.warning("%s", exposed)
         elif args.auth:
             only = make_account(args.auth[0], args.auth[1], admin=True)
-            authenticator = Authenticator(lambda: {only.name: only})
+            authenticator = Authenticator(lambda: {only.name: only}, throttle)
             owner = only.name
         else:
             authenticator, owner = None, None

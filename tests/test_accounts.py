@@ -94,7 +94,8 @@ def test_an_attacker_cannot_lock_the_owner_out(tmp_path: Path) -> None:
     on the attacker's address; spread over many addresses it falls on the name, but not for her own computer."""
     users = UsersFile(tmp_path / "users.json")
     users.add("alice", "correct horse")
-    login = Authenticator(users.accounts, LoginThrottle(free=5, client_free=20, name_free=30))
+    login = Authenticator(users.accounts, LoginThrottle(free=5, client_free=20, name_free=30,
+                                                        first_delay=60.0))
     home, attacker = "198.51.100.7", "203.0.113.66"
     assert login.check("alice", "correct horse", home)  # she signed in from home before: a known address
     assert not any(login.check("alice", f"guess {i}", attacker) for i in range(200))
@@ -122,7 +123,7 @@ def test_one_password_sprayed_over_many_names_is_slowed(tmp_path: Path) -> None:
     names = [f"user{i}" for i in range(60)]
     for name in names[:3]:
         users.add(name, "their own password")
-    login = Authenticator(users.accounts, LoginThrottle(client_free=20))
+    login = Authenticator(users.accounts, LoginThrottle(client_free=20, first_delay=60.0))
     office = "203.0.113.66"  # the sprayer shares its address with user2, who signed in from there before
     assert login.check("user2", "their own password", office)
     login.checked = 0

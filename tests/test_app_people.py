@@ -21,6 +21,9 @@ from pipeline.settings import AppSettings, TrainSettings
 from pipeline.workspaces import LOCAL_PERSON, Workspaces
 
 PASSWORDS = {"alice": "alice-Secret-1", "bob": "bob-Secret-22", "carol": "carol-Secret-333"}
+# A locked login stays locked for the whole test (the app's 1 s first lock could run out between two requests
+# on a loaded machine; a refused try does not extend it).
+LONG_LOCKS = {"LIKENESS_LOGIN_FIRST_DELAY_S": "60"}
 
 
 def _single_user_data_dir(data_dir: Path, photos: list[Path]) -> tuple[str, list[str]]:
@@ -54,7 +57,7 @@ def test_two_accounts_cannot_reach_each_others_photos_and_models(tmp_path: Path)
     for name, password in PASSWORDS.items():
         users.add(name, password, admin=name == "alice")
 
-    app = RunningApp(data_dir, "--users", str(users.path))
+    app = RunningApp(data_dir, "--users", str(users.path), env=LONG_LOCKS)
     try:
         with pytest.raises(ValueError, match="Could not login"):  # (an async auth used to let anyone in)
             Client(app.url, auth=("alice", "not her password"), verbose=False)
@@ -383,7 +386,7 @@ def test_a_login_attack_does_not_lock_the_owner_out(tmp_path: Path) -> None:
     for name, password in accounts.items():
         users.add(name, password)
     users.path.chmod(0o644)  # readable by everyone: the app says so
-    app = RunningApp(tmp_path / "data", "--users", str(users.path))
+    app = RunningApp(tmp_path / "data", "--users", str(users.path), env=LONG_LOCKS)
 
     def login(name: str, password: str, address: str) -> int:
         form = urllib.parse.urlencode({"username": name, "password": password}).encode()
