@@ -220,8 +220,9 @@ class LoginThrottle:
     def failed(self, name: str, client: str = "", now: float | None = None) -> None:
         now = now or time.monotonic()
         with self._lock:
-            if len(self._failures) >= self.max_entries:  # forget counters whose lock has run out
-                self._failures = {k: f for k, f in self._failures.items() if f.locked_until > now}
+            if len(self._failures) >= self.max_entries:  # forget only stale counters: no lock, no recent failure
+                self._failures = {k: f for k, f in self._failures.items()
+                                  if f.locked_until > now or now - f.last <= self.forget_after}
             for key, free, _reason in self._keys(name, client):
                 entry = self._failures.setdefault(key, _Failures())
                 if entry.locked_until <= now and now - entry.last > self.forget_after:

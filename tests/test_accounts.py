@@ -169,3 +169,15 @@ def test_weak_passwords_and_a_readable_users_file_on_the_command_line(tmp_path: 
     listed = cli("list")
     assert "can be read or changed by other users" in listed.stderr and "chmod 600" in listed.stderr
     assert UsersFile(path).exposure() is not None
+
+
+def test_a_full_table_forgets_stale_counters_but_not_a_guessing_run_under_way() -> None:
+    """Filling the counters' table (random names and addresses) must not reset a run of failures that has not
+    locked yet: only counters with no lock and no failure within ``forget_after`` are dropped."""
+    throttle = LoginThrottle(free=5, first_delay=60.0, forget_after=900.0, max_entries=6)
+    throttle.failed("old", "192.0.2.1", now=10.0)  # three stale counters (pair, client, name)
+    attacker = "203.0.113.66"
+    for i in range(5):  # the table is full from the second failure on
+        throttle.failed("alice", attacker, now=1000.0 + i)
+    assert throttle.lock("alice", attacker, now=1004.5).reason == "client and name"
+    assert len(throttle._failures) <= 6  # the stale ones went
