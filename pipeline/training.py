@@ -791,6 +791,8 @@ class _Run:
         self.vae.to(self.device)
         try:
             for i, text in enumerate(self.prepared.samples):
+                if self.should_stop():  # Stop between any two samples (on FLUX.1-dev each takes seconds)
+                    break
                 with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
                     image = pipe(prompt_embeds=text.prompt[None].to(self.device, self.dtype),
                                  pooled_prompt_embeds=text.pooled[None].to(self.device, self.dtype),
@@ -802,8 +804,9 @@ class _Run:
         finally:
             self.transformer.train()
             self.vae.to("cpu")
-        prompts = tuple(p.replace("{trigger}", self.dataset.trigger_word) for p in s.sample_prompts)
-        self.emit(ev.SampleImages(step=step, images=tuple(paths), prompts=prompts))
+        prompts = tuple(p.replace("{trigger}", self.dataset.trigger_word) for p in s.sample_prompts)[:len(paths)]
+        if paths:
+            self.emit(ev.SampleImages(step=step, images=tuple(paths), prompts=prompts))
 
     def report_step(self, step: int, loss: float, seconds_per_step: float) -> None:
         s = self.settings

@@ -522,3 +522,16 @@ def test_each_gpu_memory_mode_trains_the_tiny_model(mode: str, dataset: Dataset,
     assert torch.cuda.max_memory_allocated(device) > 0
     assert all(math.isfinite(x) for x in result.losses) and result.lora_path.is_file()
     assert any(isinstance(e, ev.Message) and e.text.startswith(f"memory mode {mode}") for e in events)
+
+
+def test_stop_between_two_sample_images(dataset: Dataset, data_dir: Path, tmp_path: Path) -> None:
+    """Stop pressed while samples are drawn ends the drawing after the image under way (issue 32: every image of a
+    sample, an assessment or a video is a place to stop), not after all of them."""
+    def stop() -> bool:  # pressed once the first sample image is on disk
+        return any((tmp_path / "samples").glob("step-*.png"))
+
+    prompts = tuple(f"a photo of {{trigger}}, view {i}" for i in range(4))
+    result = train_lora(dataset, _quick(steps=4, sample_every=2, sample_prompts=prompts), tmp_path,
+                        base_model="tiny", data_dir=data_dir, should_stop=stop)
+    assert result.status == "cancelled"
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step-000002-0.png"]
