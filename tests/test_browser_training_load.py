@@ -33,12 +33,13 @@ from playwright.sync_api import Error as PlaywrightError
 
 pytestmark = pytest.mark.slow
 WAIT = 120_000  # ms: the machine may be busy
+REACH_LATE_S = 600  # to train from the early window's end to step LATE on a busy machine
 STEPS = 2500
 EARLY, LATE = 300, 1500  # the steps from which each measuring window starts
 WINDOW_S = 8
 MAX_BYTES_PER_POLL = 30_000
 MAX_HEAP_PEAK_MB = 75.0
-MAX_HEAP_FLOOR_MB = 48.0
+MAX_HEAP_FLOOR_MB = 60.0
 
 
 @dataclass
@@ -52,6 +53,7 @@ class StreamMeter:
     streams: set[str] = field(default_factory=set)
     bytes: int = 0
     polls: int = 0
+    unsupported: str = ""  # the browser's answer when it lacks Network.streamResourceContent
 
     def __post_init__(self) -> None:
         self.cdp.send("Network.enable")
@@ -64,7 +66,9 @@ class StreamMeter:
         self.streams.add(event["requestId"])
         try:
             buffered = self.cdp.send("Network.streamResourceContent", {"requestId": event["requestId"]})
-        except PlaywrightError:  # a short stream may have ended already: its bytes came as one response
+        except PlaywrightError as exc:  # a short stream may have ended already: its bytes came as one response
+            if "wasn't found" in str(exc):  # or this browser lacks the method: no bytes are counted at all
+                self.unsupported = str(exc)
             return
         self._count(base64.b64decode(buffered["bufferedData"]))
 
@@ -98,8 +102,8 @@ def _heap_mb(cdp: CDPSession) -> float:
     return cdp.send("Runtime.getHeapUsage")["usedSize"] / 1e6
 
 
-def _measure(page: Page, cdp: CDPSession, meter: StreamMeter, from_step: int) -> Window:
-    deadline = time.monotonic() + WAIT / 1000
+def _measure(page: Page, cdp: CDPSession, meter: StreamMeter, from_step: int, reach_s: float) -> Window:
+    deadline = time.monotonic() + reach_s
     while _step(page) < from_step:
         assert time.monotonic() < deadline, f"the run did not reach step {from_step}"
         page.wait_for_timeout(250)  # not time.sleep: Playwright delivers the CDP events while it waits
@@ -109,7 +113,9 @@ def _measure(page: Page, cdp: CDPSession, meter: StreamMeter, from_step: int) ->
         page.wait_for_timeout(500)
         heap.append(_heap_mb(cdp))
     polls = meter.polls - polls_before
-    assert polls >= 3, f"only {polls} poll(s) in {WINDOW_S} s"
+    assert polls >= 3, (f"only {polls} poll(s) in {WINDOW_S} s" + (
+        f"; this chromium does not support Network.streamResourceContent ({meter.unsupported})"
+        if meter.unsupported else ""))
     return Window(step=_step(page), bytes_per_poll=(meter.bytes - bytes_before) // polls, polls=polls,
                   heap_floor_mb=round(min(heap), 1), heap_peak_mb=round(max(heap), 1))
 
@@ -142,9 +148,9 @@ def test_a_long_training_keeps_the_page_light(tmp_path: Path) -> None:
             page.get_by_role("button", name="Train", exact=True).click()
             page.get_by_text(re.compile(rf"Step \d+/{STEPS}")).wait_for(timeout=WAIT)
 
-            early = _measure(page, cdp, meter, EARLY)
-            late = _measure(page, cdp, meter, LATE)
-            figures = f"early {early}, late {late}"
+            early = _measure(page, cdp, meter, EARLY, reach_s=WAIT / 1000)
+            late = _measure(page, cdp, meter, LATE, reach_s=REACH_LATE_S)
+            figures = f"{cdp.send('Browser.getVersion')['product']}: early {early}, late {late}"
             logging.getLogger(__name__).info("%s", figures)  # the figures behind the limits (-o log_cli=true)
             assert early.bytes_per_poll <= MAX_BYTES_PER_POLL and late.bytes_per_poll <= MAX_BYTES_PER_POLL, figures
             assert early.heap_peak_mb <= MAX_HEAP_PEAK_MB and late.heap_peak_mb <= MAX_HEAP_PEAK_MB, figures
