@@ -39,6 +39,7 @@ class RunningApp:
                     return
             except OSError:
                 time.sleep(0.3)
+        self.stop()  # not left running (and holding its port and data dir) after the test gives up on it
         raise RuntimeError(f"app.py did not serve within 120 s: {self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
