@@ -59,6 +59,9 @@ class CreationLimits:
     window_s: float = 3600.0
     empty_after_s: float = 600.0  # an anonymous workspace with no photos and no models, untouched this long, goes
     prune_every_s: float = 60.0  # how often creating a workspace first sweeps the empty ones
+    # When the app is full, an empty workspace must be untouched this long to make room: one made a moment ago may
+    # be storing its first photo.
+    evict_after_s: float = 60.0
     max_clients: int = 100_000  # addresses remembered at once (the table must not grow without bound)
 
     def validate(self) -> CreationLimits:
@@ -282,12 +285,12 @@ class Workspaces:
 
     def find(self, person: Person) -> Workflow | None:
         """``person``'s workspace if they have one (``None`` otherwise): reads never make one."""
-        with self._lock:
-            if person.key in self._flows:
-                return self._flows[person.key]
-        if person.key != LOCAL_WORKSPACE and not self.folder(person.key).is_dir():
-            return None
-        return self.get_key(person.key)
+        key = person.key
+        with self._lock:  # the check and the opening at once: a sweep cannot remove the folder in between
+            flow = self._flows.get(key)
+            if flow is None and (key == LOCAL_WORKSPACE or self.folder(key).is_dir()):
+                flow = self._make(key, self.folder(key), check_orphans=self.jobs.running)
+            return flow
 
     def view(self, person: Person) -> Workflow:
         """What ``person`` reads: their workspace, or the blank view when they have stored nothing yet."""
@@ -356,7 +359,7 @@ class Workspaces:
         for other, creator in self._creators.items():
             made.setdefault(creator, []).append(other)
         for creator in sorted(made, key=lambda c: len(made[c]), reverse=True):
-            if self._prune_empty(0.0, only=set(made[creator]), most=1):
+            if self._prune_empty(self.limits.evict_after_s, only=set(made[creator]), most=1):
                 logger.warning("the app was full: removed empty workspaces made by one client to let a new person in")
                 return
         raise WorkspaceLimit(f"this app already holds {cap} people's workspaces and has no room for another; "
