@@ -196,13 +196,15 @@ def test_a_job_queued_before_the_limits_fails_at_once_with_the_field_named_and_i
 
 
 def _mount_namespace() -> list[str]:
-    """``unshare -m`` as root, ``unshare -rm`` (a user namespace) elsewhere; skip where neither is allowed."""
+    """``unshare -m`` as root, ``unshare -rm`` (a user namespace) elsewhere; skip where neither may mount a tmpfs
+    (a container may allow the namespace and still refuse the mount)."""
     if shutil.which("unshare") is None:
         pytest.skip("needs unshare (util-linux) to mount a small tmpfs as the full disk")
+    probe = 'd="$(mktemp -d)" || exit 1; mount -t tmpfs likeness-probe "$d"; ok=$?; umount "$d"; rmdir "$d"; exit $ok'
     for command in (["unshare", "-m"], ["unshare", "-rm"]):
-        if subprocess.run([*command, "true"], capture_output=True).returncode == 0:
+        if subprocess.run([*command, "--", "sh", "-c", probe], capture_output=True, timeout=60).returncode == 0:
             return command
-    pytest.skip("this machine allows no private mount namespace (unshare -m / -rm)")
+    pytest.skip("this machine allows no tmpfs mount in a private mount namespace (unshare -m / -rm)")
 
 
 def _full_disk(mode: str, tmp_path: Path) -> dict[str, Any]:
