@@ -16,8 +16,16 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 # The errnos that mean "the disk did not take the write" (as opposed to a missing file, which is the caller's).
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM})
+
+
+# What a refused write reaches the code as: an OSError, or a library's own error that names the errno only in its text
+# (safetensors' Rust writer raises SafetensorError, a plain Exception: "… File too large (os error 27)"; a trainer a
+# RuntimeError). Catch these, then ask ``is_disk_error``: only the disk's refusals are ours to explain.
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
 
 
 class DiskError(ValueError):

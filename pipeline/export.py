@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 from pipeline.base_info import base_info
+from pipeline.disk import WRITE_ERRORS, is_disk_error
 from pipeline.library import Library, check_complete, slug
 from pipeline.lora_formats import update_metadata
 from pipeline.modelcard import model_card
@@ -44,7 +45,9 @@ def name_base(path: Path, base_model: str) -> bool:
     """
     try:
         return update_metadata(path, base_info(base_model).header())
-    except OSError as exc:  # a full disk or a read-only folder: the file is still whole, so it is still offered
+    except WRITE_ERRORS as exc:  # a full disk or a read-only folder: the file is still whole, so it is still offered
+        if not isinstance(exc, OSError) and not is_disk_error(exc):  # safetensors says "(os error 28)" in its text
+            raise
         logger.warning("could not write the base model's name into %s: %s", path.name, exc)
         return False
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 from pipeline import events as ev
 from pipeline.classify import ClassificationResult, Readiness, classify_photos
 from pipeline.crops import build_dataset
-from pipeline.disk import DiskError, as_os_error, disk_error_text, folder_size, is_disk_error
+from pipeline.disk import WRITE_ERRORS, DiskError, as_os_error, disk_error_text, folder_size, is_disk_error
 from pipeline.estimate import SpeedLog, TrainingEstimate, estimate_training
 from pipeline.flow_status import FlowStatus, flow_status
 from pipeline.generators import Generators
@@ -73,7 +73,7 @@ def _writes(action: str, *, training: bool = False) -> Callable[[Callable[Concat
         def call(self: Workflow, *args: P.args, **kwargs: P.kwargs) -> R:
             try:
                 return method(self, *args, **kwargs)
-            except (OSError, RuntimeError) as exc:  # RuntimeError: safetensors' writer ("… (os error 28)")
+            except WRITE_ERRORS as exc:  # OSError, or safetensors' writer's SafetensorError ("… (os error 28)")
                 if not is_disk_error(exc):
                     raise
                 needed = self.training_needs_gb() if training else 0.0

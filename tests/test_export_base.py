@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
+import subprocess
+import sys
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -156,3 +160,42 @@ def test_a_file_that_cannot_be_relabelled_is_still_offered(tmp_path, monkeypatch
     monkeypatch.setattr("pipeline.export.update_metadata", full_disk)
     assert set(complete_loras(library, record.id).values()) == {record.lora_path, record.kohya_path}
     assert export_zip(library, record.id).is_file()
+
+
+def test_a_file_a_real_file_size_limit_keeps_from_relabelling_is_still_offered(tmp_path):
+    """The same through the real writer: under RLIMIT_FSIZE safetensors raises its own SafetensorError, a plain
+    Exception that says "(os error 27)" only in its text (not an OSError); the download is still offered."""
+    library = Library(tmp_path)
+    record = _trained(library, MICRO_MODEL, header={"likeness.base_model": MICRO_MODEL})
+    before = {path: path.read_bytes() for path in (record.lora_path, record.kohya_path)}
+    script = textwrap.dedent(
+        f"""
+        import json, resource
+        from pathlib import Path
+        from pipeline.export import complete_loras, export_files
+        from pipeline.library import Library
+        from pipeline.lora_formats import update_metadata
+
+        library = Library(Path({str(tmp_path)!r}))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64, resource.RLIM_INFINITY))
+        try:
+            update_metadata(Path({str(record.kohya_path)!r}), {{"ss_base_model_version": "flux1"}})
+            raised = None
+        except Exception as exc:
+            raised = [type(exc).__name__, str(exc)]
+        offered = sorted(str(p) for p in complete_loras(library, {record.id!r}).values())
+        files = sorted(export_files(library, {record.id!r}))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        print(json.dumps({{"raised": raised, "offered": offered, "files": files}}))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    facts = json.loads(run.stdout.strip().splitlines()[-1])
+    assert facts["raised"][0] == "SafetensorError" and "(os error 27)" in facts["raised"][1], facts
+    assert facts["offered"] == sorted([str(record.lora_path), str(record.kohya_path)])
+    assert "diffusers/pytorch_lora_weights.safetensors" in facts["files"]
+    assert "could not write the base model's name" in run.stderr
+    assert {path: path.read_bytes() for path in before} == before  # whole and unchanged
+    assert not list(record.kohya_path.parent.glob(".*.tmp"))

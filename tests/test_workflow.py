@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import email
+import json
+import os
 import socket
+import subprocess
+import sys
+import textwrap
 import time
 from email import policy
 from pathlib import Path
@@ -217,6 +222,45 @@ def test_a_training_without_disk_space_fails_with_the_reason_and_the_queue_goes_
         assert roomy.wait_for(record.id, timeout=240).status == "ready"
     finally:
         roomy.close()
+
+
+def test_a_lora_write_the_disk_refuses_says_what_failed_and_what_to_free(tmp_path: Path) -> None:
+    """safetensors' writer under a real file-size limit (RLIMIT_FSIZE) raises SafetensorError, a plain Exception
+    with "(os error 27)" only in its text: a method that writes to the data dir says so as a DiskError."""
+    script = textwrap.dedent(
+        f"""
+        import json, resource
+        from pathlib import Path
+        import torch
+        from pipeline.disk import DiskError
+        from pipeline.lora_formats import save_lora_file
+        from pipeline.settings import AppSettings
+        from pipeline.workflow import Workflow, _writes
+
+        class SavesALora(Workflow):
+            @_writes("save the model")
+            def save_lora(self) -> None:
+                save_lora_file(self.data_dir / "lora.safetensors", {{"w": torch.zeros(4096)}}, {{}})
+
+        workflow = SavesALora(AppSettings(data_dir=Path({str(tmp_path / "data")!r}), base_model="tiny"))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.RLIM_INFINITY))
+        try:
+            workflow.save_lora()
+            answer = None
+        except DiskError as exc:
+            answer = [str(exc), type(exc.__cause__).__name__]
+        resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        workflow.close()
+        print(json.dumps(answer))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    text, cause = json.loads(run.stdout.strip().splitlines()[-1])
+    assert cause == "SafetensorError"
+    assert text.startswith("could not save the model: a file is larger than the app may write") and "free some" in text
+    assert str(tmp_path) not in text
 
 
 @pytest.mark.parametrize("damage", [b"", b'{"models": []}', bytes(range(256)) * 4, b"[1, 2, 3]"])
