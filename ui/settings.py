@@ -153,8 +153,10 @@ def build(people: People, demo: gr.Blocks) -> SettingsInputs:
 
     demo.load(restore, None, list(c.values()), api_name=False).then(
         estimate_text, list(c.values()), estimate, api_name=False, show_progress="hidden")
+    # Every setting the time depends on: checkpoints and samples are parts of it, a test prompt an image a checkpoint.
     gr.on([c[name].change for name in ("steps", "batch_size", "resolution", "finish_resolution", "rank",
-                                       "memory_mode", "optimizer")],
+                                       "memory_mode", "optimizer", "checkpoint_every", "sample_every",
+                                       "test_prompts")],
           estimate_text, list(c.values()), estimate, api_name=False, show_progress="hidden")
     gr.on([component.input for component in c.values()], save, list(c.values()), None, api_name=False,
           show_progress="hidden", queue=False)
