@@ -10,9 +10,9 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-import gradio as gr  # noqa: E402  (after the environment above: gradio reads it at import)
+import gradio as gr  # after the environment above: gradio reads it at import
 
-from pipeline.accounts import (  # noqa: E402
+from pipeline.accounts import (
     AccountError,
     Authenticator,
     LoginThrottle,
@@ -20,13 +20,13 @@ from pipeline.accounts import (  # noqa: E402
     check_password,
     make_account,
 )
-from pipeline.base_model import default_base_model, is_micro, is_tiny, quiet_library_logs  # noqa: E402
-from pipeline.notify import smtp_settings_from_env  # noqa: E402
-from pipeline.settings import AppSettings  # noqa: E402
-from pipeline.workspaces import CreationLimits, WorkspaceMode, Workspaces  # noqa: E402
-from ui import admin, models, playground, review, settings, steps, training, upload  # noqa: E402
-from ui.people import ClientAddress, People, WorkspaceCookie, trusted_proxies  # noqa: E402
-from ui.text import plain  # noqa: E402
+from pipeline.base_model import default_base_model, is_micro, is_tiny, quiet_library_logs
+from pipeline.notify import smtp_settings_from_env
+from pipeline.settings import AppSettings
+from pipeline.workspaces import CreationLimits, WorkspaceMode, Workspaces
+from ui import admin, models, playground, review, settings, steps, training, upload
+from ui.people import ClientAddress, People, WorkspaceCookie, trusted_proxies
+from ui.text import plain
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 

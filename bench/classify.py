@@ -23,15 +23,15 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import eval_set  # noqa: E402
-import numpy as np  # noqa: E402
-import photo_factory  # noqa: E402
-from PIL import Image  # noqa: E402
+import eval_set
+import numpy as np
+import photo_factory
+from PIL import Image
 
-from pipeline.classify import classify_photos  # noqa: E402
-from pipeline.faces import detect_faces  # noqa: E402
-from pipeline.identity import face_identity  # noqa: E402
-from pipeline.settings import ClassifySettings  # noqa: E402
+from pipeline.classify import classify_photos
+from pipeline.faces import detect_faces
+from pipeline.identity import face_identity
+from pipeline.settings import ClassifySettings
 
 
 def make_photos(folder: Path, count: int, megapixels: float) -> list[Path]:

@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 logger = logging.getLogger(__name__)
 
 
-def watch(workflow, settings) -> dict[str, float]:  # noqa: ANN001 - Workflow, TrainSettings: imported late
+def watch(workflow, settings) -> dict[str, float]:  # Workflow, TrainSettings: imported late
     """One run's parts as the person lives them (seconds)."""
     from pipeline.status import Status
 
@@ -51,7 +51,7 @@ def watch(workflow, settings) -> dict[str, float]:  # noqa: ANN001 - Workflow, T
             "final_assessment_s": round(now - assessing, 2), "total_s": round(now - pressed, 2)}
 
 
-def estimated(estimate) -> dict[str, object]:  # noqa: ANN001 - TrainingEstimate
+def estimated(estimate) -> dict[str, object]:  # TrainingEstimate
     parts = estimate.parts
     figures: dict[str, object] = {"basis": estimate.basis, "total_s": round(estimate.seconds or 0.0, 2)}
     if parts is not None:
@@ -97,7 +97,7 @@ def main() -> None:
             workflow.close()
     figures["load_1min_after"] = round(os.getloadavg()[0], 2)
     text = json.dumps(figures, indent=2)
-    print(text)  # noqa: T201 - the bench's output
+    print(text)  # the bench's output
     if args.out:
         args.out.write_text(text + "\n")
 

@@ -21,7 +21,7 @@ from pipeline.video import make_video
 from tests import lora_factory, photo_factory
 
 
-def timed(function, *args, **kwargs) -> tuple[float, object]:  # noqa: ANN001 (any callable)
+def timed(function, *args, **kwargs) -> tuple[float, object]:  # any callable
     start = time.perf_counter()
     result = function(*args, **kwargs)
     return round(time.perf_counter() - start, 3), result

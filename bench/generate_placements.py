@@ -142,7 +142,7 @@ def main() -> None:
         for placement in args.placements.split(","):
             try:
                 rows.append(measure(placement, args, Path(tmp)))
-            except Exception as exc:  # noqa: BLE001 - one failing placement (e.g. out of memory) must not end the bench
+            except Exception as exc:  # one failing placement (e.g. out of memory) must not end the bench
                 rows.append({"placement": placement, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
             print(json.dumps(rows[-1]), flush=True)
     print(json.dumps({"bench": "generate_placements", "device": args.device, "rows": rows}, indent=2))

@@ -134,7 +134,7 @@ def measure(args: argparse.Namespace) -> dict:
 PROBE = Calibration(margin=0.0, max_distance=1.0, slope=1.0)
 
 
-def lora_images(specs: Sequence[str], persons: dict[str, np.ndarray], cohort) -> list[dict]:  # noqa: ANN001
+def lora_images(specs: Sequence[str], persons: dict[str, np.ndarray], cohort) -> list[dict]:
     """Rows for LoRA test images: as the other held-out person (impostors) and as their own (reported only)."""
     folders = dict(spec.split("=", 1) for spec in specs)
     rows = []

@@ -22,9 +22,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipeline import micro  # noqa: E402
-from pipeline.settings import TrainSettings  # noqa: E402
-from pipeline.training import add_lora, flow_matching_loss  # noqa: E402
+from pipeline import micro
+from pipeline.settings import TrainSettings
+from pipeline.training import add_lora, flow_matching_loss
 
 
 def seconds_per_step(merge: bool, steps: int) -> float:

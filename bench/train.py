@@ -32,8 +32,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipeline.offload import offload_block_weights  # noqa: E402
-from pipeline.training import add_lora, flow_matching_loss, training_attention  # noqa: E402
+from pipeline.offload import offload_block_weights
+from pipeline.training import add_lora, flow_matching_loss, training_attention
 
 FLUX_DEV_TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
                             num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
@@ -341,7 +341,7 @@ def gpu_bench(flops: dict[int, float], *, warmup: int, steps: int, modes: list[s
                     row["s_per_1000_steps"] = round(row["s_per_step"] * 1000, 1)
                 except torch.OutOfMemoryError as exc:
                     row["error"] = f"out of memory: {str(exc)[:200]}"
-                except Exception as exc:  # noqa: BLE001 - one failing variant (e.g. a compile error) must not end the bench
+                except Exception as exc:  # one failing variant (e.g. a compile error) must not end the bench
                     row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
                 torch.cuda.empty_cache()
             results.append(row)
@@ -435,7 +435,7 @@ def main() -> None:
             import bitsandbytes  # noqa: F401
 
             report["gpu"]["bitsandbytes"] = True
-        except Exception as exc:  # noqa: BLE001 - any import failure means nf4/8-bit AdamW are unavailable
+        except Exception as exc:  # any import failure means nf4/8-bit AdamW are unavailable
             report["gpu"]["bitsandbytes"] = f"unavailable ({type(exc).__name__}): nf4 and adamw8bit not measured"
         flops = {r: report["flux_dev_step_flops"][f"{r}px"]["step_tflop"] for r in (512, 1024)}
 

@@ -210,7 +210,7 @@ def load_pipeline(
     with WEIGHTS_LOCK:  # loading and placing swap parameters and patch torch process-wide (pipeline.weights_lock)
         try:
             pipe = FluxPipeline.from_pretrained(path, dtype=dtype, low_cpu_mem_usage=True)  # host RAM, memory-mapped
-        except Exception as exc:  # noqa: BLE001 - every loader failure becomes one explained error
+        except Exception as exc:  # every loader failure becomes one explained error
             raise BaseModelError(explain_load_failure(spec, exc)) from exc
         components = {name: getattr(pipe, name) for name in GENERATION_COMPONENTS}
         for module in components.values():

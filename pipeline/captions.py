@@ -54,7 +54,7 @@ def blip_available(model_name: str = DEFAULT_CAPTION_MODEL) -> bool:
 
 
 @functools.cache
-def _blip(model_name: str):  # noqa: ANN202 (processor, model), imported lazily: transformers is slow to import
+def _blip(model_name: str):  # processor, model), imported lazily: transformers is slow to import
     from transformers import AutoProcessor, BlipForConditionalGeneration
 
     repo = caption_models().get(model_name, model_name)

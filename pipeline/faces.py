@@ -121,7 +121,7 @@ def estimate_yaw(landmarks: tuple[Point, ...]) -> float:
 
 
 @functools.cache
-def _mtcnn(min_face_size: int):  # noqa: ANN202 (facenet_pytorch.MTCNN, imported lazily: torch is slow to import)
+def _mtcnn(min_face_size: int):  # facenet_pytorch.MTCNN, imported lazily: torch is slow to import
     from facenet_pytorch import MTCNN
 
     logger.info("loading MTCNN (min face %d px)", min_face_size)

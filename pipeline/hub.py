@@ -107,7 +107,7 @@ def account_of_token(token: str, *, endpoint: str | None = None) -> str:
         response = get_session().get(f"{endpoint or constants.ENDPOINT}/api/whoami-v2",
                                      headers={"authorization": f"Bearer {token}"}, timeout=WHOAMI_TIMEOUT_SECONDS)
         answer = response.json() if response.status_code == 200 else {}
-    except Exception as exc:  # noqa: BLE001 - network errors vary; none may carry the token out
+    except Exception as exc:  # network errors vary; none may carry the token out
         raise HubError(f"the Hub could not be asked whose token this is ({type(exc).__name__})") from None
     if response.status_code not in (200, 401):
         raise HubError(f"the Hub could not be asked whose token this is (HTTP {response.status_code})")

@@ -307,7 +307,7 @@ class JobQueue:
         while not self._stopping.wait(RECOUNT_SECONDS):
             try:
                 devices = self._recount() or ()
-            except Exception as exc:  # noqa: BLE001 - e.g. a cluster that does not answer now: ask again later
+            except Exception as exc:  # e.g. a cluster that does not answer now: ask again later
                 logger.warning("jobs: could not count the workers' devices: %s", exc)
                 continue
             for device in devices:
@@ -428,7 +428,7 @@ class JobQueue:
                             self._cond.wait(0.5)
                         continue
                     self._run(job)
-                except Exception as exc:  # noqa: BLE001 - e.g. a full disk writing jobs.json: the queue must go on
+                except Exception as exc:  # e.g. a full disk writing jobs.json: the queue must go on
                     logger.exception("jobs: could not record job %s", job.id if job else "-")
                     if job is not None:
                         self._stop_flags.pop(job.id, None)

@@ -74,7 +74,7 @@ def bitsandbytes_works() -> bool:
         return False
     try:
         import bitsandbytes  # noqa: F401
-    except Exception:  # noqa: BLE001 - a broken install raises anything from OSError to RuntimeError
+    except Exception:  # a broken install raises anything from OSError to RuntimeError
         return False
     return True
 

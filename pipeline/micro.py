@@ -134,7 +134,7 @@ def rope_axes(head_dim: int) -> tuple[int, int, int]:
     return first, rest, head_dim - first - rest
 
 
-def build_untrained(settings: MicroSettings = MicroSettings()) -> FluxPipeline:  # noqa: B008 (frozen)
+def build_untrained(settings: MicroSettings = MicroSettings()) -> FluxPipeline:  # frozen
     """The micro pipeline with seeded random weights (what ``build`` then pretrains)."""
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel

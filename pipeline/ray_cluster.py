@@ -384,7 +384,7 @@ class RayExecutor:
             # A node that went away may have sent files (a checkpoint) the loop had not drained yet: keep them.
             try:
                 deliver(ray.get(channel.drain.remote(key), timeout=10)[0])
-            except Exception as exc:  # noqa: BLE001 - the job's own error is the one to raise
+            except Exception as exc:  # the job's own error is the one to raise
                 logger.warning("ray: the last events of %s were not delivered: %s", spec.model_id, exc)
             channel.forget.remote(key)
 

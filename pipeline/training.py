@@ -552,7 +552,7 @@ class _Run:
     def emit(self, event: ev.Event) -> None:
         try:
             self._on_event(event)
-        except Exception:  # noqa: BLE001 - a broken renderer must not end a long training run
+        except Exception:  # a broken renderer must not end a long training run
             logger.exception("on_event callback failed for %s", type(event).__name__)
 
     # - setup -
@@ -976,7 +976,7 @@ def _train(run: _Run, settings: TrainSettings, output_dir: Path, base_model: str
         return _failed(run, str(exc), step, started)
     except TrainingError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the run ends as "failed" with a reason the user can read
+    except Exception as exc:  # the run ends as "failed" with a reason the user can read
         logger.exception("training failed at step %d", step)
         reason = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, torch.OutOfMemoryError):

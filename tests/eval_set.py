@@ -222,7 +222,7 @@ def jpeg(sample: Sample) -> bytes:
     return buf.getvalue()
 
 
-def write(samples: list[Sample], folder) -> dict[str, str]:  # noqa: ANN001 (a Path)
+def write(samples: list[Sample], folder) -> dict[str, str]:  # a Path
     """The samples as JPEG files in ``folder``; returns file name → label."""
     folder.mkdir(parents=True, exist_ok=True)
     for sample in samples:
@@ -242,7 +242,7 @@ class Outcome:
         return not self.hard if self.label == CLEAN else self.label in self.reasons
 
 
-def classify_sets(names, folder, settings=None) -> tuple[list[Outcome], dict]:  # noqa: ANN001
+def classify_sets(names, folder, settings=None) -> tuple[list[Outcome], dict]:
     """Classify each person's set as one upload; the outcomes of every photo and each set's records by file."""
     from pipeline.classify import SOFT_REASONS, classify_photos
     from pipeline.settings import ClassifySettings
@@ -272,7 +272,7 @@ def precision_recall(outcomes: list[Outcome]) -> dict[str, dict[str, float | int
     return table
 
 
-def clean_embeddings(names, count: int = 6) -> dict[str, list[np.ndarray]]:  # noqa: ANN001
+def clean_embeddings(names, count: int = 6) -> dict[str, list[np.ndarray]]:
     """Each person's dlib embeddings of ``count`` clean photos (the classifier's own detector and model)."""
     from pipeline.identity import face_identity
 
@@ -320,7 +320,7 @@ def tuned_thresholds(records: dict, outcomes: list[Outcome],
     measured the classifier's way (against a person's consensus), so raising it for the same person never lets
     another one in. Over-exposure is left out: clipped highlights catch it, not the mean (a face lost in the glare
     leaves a frame of ordinary mean luma)."""
-    def values(label: str, metric) -> list[float]:  # noqa: ANN001
+    def values(label: str, metric) -> list[float]:
         return [v for o in outcomes if o.label == label and records[o.file].metrics
                 and (v := metric(records[o.file])) is not None]
 
@@ -330,7 +330,7 @@ def tuned_thresholds(records: dict, outcomes: list[Outcome],
         return {"clean_worst": round(edge_clean, 3), "problem_mildest": round(edge_problem, 3),
                 "chosen": round(middle, 2) if middle < 10 else float(round(middle))}
 
-    def luma(r) -> float:  # noqa: ANN001
+    def luma(r) -> float:
         return r.metrics.mean_luma
 
     chosen = {

@@ -20,11 +20,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import photo_factory  # noqa: E402
+import photo_factory
 
-from pipeline.settings import AppSettings, TrainSettings  # noqa: E402
-from pipeline.status import MODEL_FINISHED  # noqa: E402
-from pipeline.workflow import Workflow  # noqa: E402
+from pipeline.settings import AppSettings, TrainSettings
+from pipeline.status import MODEL_FINISHED
+from pipeline.workflow import Workflow
 
 FSIZE_LIMIT = 1024  # bytes: below library.json and jobs.json once a training is queued, above nothing it reads
 
@@ -56,7 +56,7 @@ def attempt(action: Callable[[], Any]) -> dict[str, str]:
     """What an API call answered: its error's type and text (what the web page shows), or "ok"."""
     try:
         action()
-    except Exception as exc:  # noqa: BLE001 - the answer is what is recorded
+    except Exception as exc:  # the answer is what is recorded
         return {"type": type(exc).__name__, "text": str(exc)}
     return {"type": "ok", "text": ""}
 

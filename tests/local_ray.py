@@ -40,7 +40,7 @@ class LocalCluster:
         command = [*prefix, str(Path(sys.executable).with_name("ray")), *args]
         env = {**os.environ, "RAY_TMPDIR": str(self.temp), **(env or {})}
         if kwargs.pop("background", False):
-            log = open(self.temp / f"node-{len(self.processes)}.log", "w")  # noqa: SIM115 - open while it runs
+            log = open(self.temp / f"node-{len(self.processes)}.log", "w")  # open while it runs
             return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         return subprocess.run(command, capture_output=True, text=True, env=env, **kwargs)
 

@@ -19,13 +19,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import photo_factory  # noqa: E402
-from local_ray import LocalCluster  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
+import photo_factory
+from local_ray import LocalCluster
+from safetensors.torch import load_file
 
-from pipeline.settings import AppSettings, TrainSettings  # noqa: E402
-from pipeline.workflow import Workflow  # noqa: E402
-from ui.training import cluster_text  # noqa: E402 - the Training tab's view of the cluster
+from pipeline.settings import AppSettings, TrainSettings
+from pipeline.workflow import Workflow
+from ui.training import cluster_text  # the Training tab's view of the cluster
 
 TIMEOUT = 300.0
 

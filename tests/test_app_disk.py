@@ -24,7 +24,7 @@ def test_the_api_says_what_failed_and_what_to_free_when_the_disk_refuses_a_write
         request = (None, "a portrait", "", 3, 4, 3.5, 1.0, 512, 512, 1)
         client.predict(*request, api_name="/generate")  # builds the tiny base model while the disk has room
         resource.prlimit(app.proc.pid, resource.RLIMIT_FSIZE, (LIMIT, resource.RLIM_INFINITY))
-        with pytest.raises(Exception) as refused:  # noqa: PT011 - gradio_client's AppError carries the page's text
+        with pytest.raises(Exception) as refused:  # gradio_client's AppError carries the page's text
             client.predict(*request, api_name="/generate")
         resource.prlimit(app.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
         images = client.predict(*request, api_name="/generate")

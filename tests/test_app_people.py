@@ -224,7 +224,7 @@ class _FakeHub:
         self.asked = 0
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the http.server name
+            def do_GET(self) -> None:  # the http.server name
                 hub.asked += 1
                 name, issued = hub.ACCOUNTS.get(self.headers.get("authorization", "").removeprefix("Bearer "),
                                                 (None, None))

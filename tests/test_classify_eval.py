@@ -45,7 +45,7 @@ def test_every_problem_photo_of_these_kinds_is_caught(test_half: list[eval_set.O
     assert [(o.file, o.reasons) for o in expected if code not in o.reasons] == []
 
 
-def _face_metrics(image: Image.Image):  # noqa: ANN202
+def _face_metrics(image: Image.Image):
     faces = detect_faces(image)
     assert faces, "the derived photo should still show a face"
     return measure_quality(image, faces[0])

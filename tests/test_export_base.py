@@ -143,7 +143,7 @@ def test_the_micro_cards_snippet_runs_and_both_files_fit_the_micro_model(tmp_pat
     code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
     code = code.replace(MICRO_LOAD_PATH, str(MICRO_FOLDER)).replace("num_inference_steps=28", "num_inference_steps=1")
     monkeypatch.chdir(tmp_path / "zip")  # the snippet loads the LoRA from the download's diffusers/ folder
-    exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - the card's own example, run as a user would
+    exec(compile(code, "README.md", "exec"), {})  # the card's own example, run as a user would
     assert Image.open(tmp_path / "zip" / "me.png").size == (96, 96)
 
     pipe.load_lora_weights(load_kohya_as_diffusers(tmp_path / "zip" / "comfyui" / "anna.safetensors"),
