@@ -79,13 +79,12 @@ def assessment_prompts(settings: TrainSettings) -> int:
 
 # Unit costs where this machine has not trained yet, for the embedded models on the 2-core CPU, with the built-in
 # eight test prompts. tiny: bench/estimate.py (bench/results/estimate_cpu.json: 50 steps beside other jobs, load
-# 6-9 on 2 cores). micro: 1406 s for the default 5000 steps with its five
-# checkpoints' assessments (bench/results/micro_likeness_cpu_astronaut_cosine5000.json), and issue 33's run on a busy
-# machine: 34 min 52 s, about 7 min of it after the last step; a 30-step run 5 min 43 s, mostly assessment.
+# 6-9 on 2 cores). micro: bench/results/estimate_micro_cpu.json (30 steps: a checkpoint and its tests 20-25 s, the
+# final assessment 87-244 s) and issue 33's default run on a busy machine (34 min 52 s, about 7 min of it after the
+# last step, so about 0.3 s a step against the idle bench's 0.2: taken between them).
 REFERENCE_TIMES = {
     "tiny": RunTimes(REFERENCE["tiny"], preparing=4.0, loading=5.0, sample_round=0.4, checkpoint=5.0, final=20.0),
-    "micro": RunTimes(REFERENCE["micro"], preparing=5.0, loading=20.0, sample_round=5.0, checkpoint=120.0,
-                      final=240.0),
+    "micro": RunTimes(0.25, preparing=5.0, loading=20.0, sample_round=5.0, checkpoint=30.0, final=300.0),
 }
 
 
