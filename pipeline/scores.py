@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from pipeline.assessment import AssessmentResult
 
 
+CURVES = ("by_checkpoint", "likeness_by_checkpoint", "recognised_by_checkpoint")  # per-step measures, keyed by step
+
+
 @dataclass(frozen=True)
 class ModelScores:
     overall: float | None = None  # 0–100
@@ -34,6 +37,7 @@ class ModelScores:
     judged_against: int | None = None  # other identities each face was compared with
     by_checkpoint: dict[int, float] = field(default_factory=dict)  # step -> overall
     likeness_by_checkpoint: dict[int, float] = field(default_factory=dict)  # step -> likeness
+    recognised_by_checkpoint: dict[int, float] = field(default_factory=dict)  # step -> recognised share
 
     @classmethod
     def from_assessment(cls, best: AssessmentResult, results: Mapping[int, AssessmentResult]) -> ModelScores:
@@ -44,7 +48,8 @@ class ModelScores:
                    recognised=best.recognised_count, test_images=len(best.images),
                    judged_against=best.judged_against,
                    by_checkpoint={s: r.overall for s, r in sorted(results.items())},
-                   likeness_by_checkpoint={s: r.likeness for s, r in sorted(results.items())})
+                   likeness_by_checkpoint={s: r.likeness for s, r in sorted(results.items())},
+                   recognised_by_checkpoint={s: r.recognised_share for s, r in sorted(results.items())})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> ModelScores | None:
@@ -53,7 +58,7 @@ class ModelScores:
             return None
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in names}
-        for curve in ("by_checkpoint", "likeness_by_checkpoint"):
+        for curve in CURVES:
             values[curve] = {int(step): value for step, value in (values.get(curve) or {}).items()}
         return cls(**values)
 
@@ -61,7 +66,7 @@ class ModelScores:
         """The stored and exported form, without what was not measured: JSON keys are strings, so the curves'
         steps are too."""
         data = dataclasses.asdict(self)
-        for curve in ("by_checkpoint", "likeness_by_checkpoint"):
+        for curve in CURVES:
             data[curve] = {str(step): value for step, value in data[curve].items()}
         return {key: value for key, value in data.items() if value is not None and value != "" and value != {}}
 

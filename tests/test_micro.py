@@ -183,9 +183,13 @@ def test_the_best_checkpoint_follows_the_measured_scores(trained: dict) -> None:
     """The best checkpoint is the measured one. (That the likeness curve rises is the bench's to show: after 2000
     steps it is 0–2 %, which way it goes is noise — another pair of trigger words gave 2.0 → 0.7 → 0 %.)"""
     for _workflow, record, _ref in trained.values():
-        overall = record.scores.by_checkpoint
-        assert len(overall) >= 3 and len(record.scores.likeness_by_checkpoint) == len(overall)
-        assert record.best_checkpoint_step == max(overall, key=lambda s: (round(overall[s], 6), s))
+        scores = record.scores
+        overall, likeness, recognised = scores.by_checkpoint, scores.likeness_by_checkpoint, \
+            scores.recognised_by_checkpoint
+        assert len(overall) >= 3 and len(likeness) == len(overall) == len(recognised)
+        # The choice's order: recognised share (the calibrated judge), then calibrated likeness, then overall.
+        assert record.best_checkpoint_step == max(overall, key=lambda s: (recognised[s], round(likeness[s], 6),
+                                                                          round(overall[s], 6), s))
         assert Path(record.lora_path).is_file()  # the chosen checkpoint's LoRA is the one the library serves
 
 

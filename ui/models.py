@@ -104,9 +104,10 @@ def _curve(workflow: Workflow | None, model_id: str) -> pd.DataFrame:
     if model_id and workflow is not None:
         scores = workflow.model(model_id).scores or ModelScores()
         for curve, label, factor in ((scores.likeness_by_checkpoint, "likeness ×100", 100),
+                                     (scores.recognised_by_checkpoint, "recognised %", 100),
                                      (scores.by_checkpoint, "overall", 1)):
             rows += [(step, (value or 0) * factor, label) for step, value in curve.items()]
-    return series_frame(rows, ("step", "score", "measure"), ("likeness ×100", "overall"))
+    return series_frame(rows, ("step", "score", "measure"), ("likeness ×100", "recognised %", "overall"))
 
 
 def _show(workflow: Workflow, model_id: str) -> tuple:
