@@ -20,6 +20,12 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported late in main(): the environment comes first
+    from pipeline.estimate import TrainingEstimate
+    from pipeline.settings import TrainSettings
+    from pipeline.workflow import Workflow
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 logger = logging.getLogger(__name__)
 
 
-def watch(workflow, settings) -> dict[str, float]:  # Workflow, TrainSettings: imported late
+def watch(workflow: Workflow, settings: TrainSettings) -> dict[str, float]:
     """One run's parts as the person lives them (seconds)."""
     from pipeline.status import Status
 
@@ -51,7 +57,7 @@ def watch(workflow, settings) -> dict[str, float]:  # Workflow, TrainSettings: i
             "final_assessment_s": round(now - assessing, 2), "total_s": round(now - pressed, 2)}
 
 
-def estimated(estimate) -> dict[str, object]:  # TrainingEstimate
+def estimated(estimate: TrainingEstimate) -> dict[str, object]:
     parts = estimate.parts
     figures: dict[str, object] = {"basis": estimate.basis, "total_s": round(estimate.seconds or 0.0, 2)}
     if parts is not None:
