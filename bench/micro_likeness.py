@@ -234,6 +234,9 @@ def sheet(rows: list[tuple[str, list[Path]]], path: Path, size: int = MICRO_RESO
     return path
 
 
+OLD_THRESHOLD = 0.57  # the fixed identity distance "recognised" meant until 2026-12-07
+
+
 def rescore(root: Path) -> dict:
     """A bench run's saved test images (every checkpoint's, and the report's ``PERSON-test``), judged again with
     today's likeness judge against each person's training crops: the 2x2 table per checkpoint, each image's match
@@ -253,6 +256,9 @@ def rescore(root: Path) -> dict:
             own = score_images(images, references[person])
             row = {"images": len(images), "faces": sum(i.faces > 0 for i in own.images),
                    "recognised": own.recognised_count, "likeness": round(own.likeness, 3), "verdict": own.verdict,
+                   # What the rule before the cohort called recognised: within 0.57 of the person's consensus.
+                   "within_old_threshold": sum(i.distance is not None and i.distance < OLD_THRESHOLD
+                                               for i in own.images),
                    "matches": [str(i.match) for i in own.images],
                    "nearest_other": [i.nearest_other for i in own.images],
                    "distance": [None if i.distance is None else round(i.distance, 3) for i in own.images],
