@@ -33,8 +33,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 logger = logging.getLogger(__name__)
 
 
-def watch(workflow: Workflow, settings: TrainSettings) -> dict[str, float]:
-    """One run's parts as the person lives them (seconds)."""
+def watch(workflow: Workflow, settings: TrainSettings, timeout_s: float = 3600.0) -> dict[str, float]:
+    """One run's parts as the person lives them (seconds), timed from outside by polling the workflow: Train pressed
+    → the first step reported (dataset, queue, loading) → assessing (steps, samples, checkpoints and their tests) →
+    ready (the final assessment and its scale trials)."""
     from pipeline.status import Status
 
     pressed = time.monotonic()
@@ -51,7 +53,9 @@ def watch(workflow: Workflow, settings: TrainSettings) -> dict[str, float]:
             if status != Status.READY:
                 raise RuntimeError(f"the run ended {status}: {workflow.model(model_id).error}")
             break
-        time.sleep(0.05)
+        if now - pressed > timeout_s:
+            raise RuntimeError(f"the run did not end within {timeout_s:g} s")
+        time.sleep(0.02)
     first = first or assessing
     return {"to_first_step_s": round(first - pressed, 2), "training_s": round(assessing - first, 2),
             "final_assessment_s": round(now - assessing, 2), "total_s": round(now - pressed, 2)}
