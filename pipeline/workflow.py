@@ -27,7 +27,6 @@ from pipeline.classify import ClassificationResult, Readiness, classify_photos
 from pipeline.crops import build_dataset
 from pipeline.disk import WRITE_ERRORS, DiskError, as_os_error, disk_error_text, folder_size, is_disk_error
 from pipeline.estimate import SpeedLog, TrainingEstimate, estimate_training
-from pipeline.flow_status import FlowStatus, flow_status
 from pipeline.generators import Generators
 from pipeline.jobs import MAX_ATTEMPTS, Job, JobQueue
 from pipeline.library import Library, ModelRecord
@@ -270,12 +269,6 @@ class Workflow:
             [p.path for p in photos], settings or ClassifySettings(), names=[p.name for p in photos],
             overrides=self.user_choices()["overrides"], on_event=on_event, cache=self._analyses,
         )
-
-    def flow_status(self) -> FlowStatus:
-        """Where this person stands, photos to model, and what is missing (the step indicator)."""
-        settings = ClassifySettings()
-        return flow_status([p.name for p in self.list_photos()], self.last_classification, self.library.list(),
-                           target_min=settings.target_min, target_max=settings.target_max)
 
     # ----------------------------------------------------------------- train
     def estimate(self, settings: TrainSettings) -> TrainingEstimate:
