@@ -77,3 +77,17 @@ def test_a_stopped_run_points_to_resume(workflow: Workflow, checkpoint_every: in
     status = _render(workflow, model_id)[0]
     assert f"⏹ Stopped. {expected}" in status
     assert "Press Train" not in status
+
+
+def test_the_log_and_a_failure_show_no_server_path(workflow: Workflow) -> None:
+    """A visitor sees file names, not where the data dir lies (issue 32): the trainer's "LoRA saved to /srv/…" line
+    and a failure's reason, both full paths in the journal, reach the page cut to their last part."""
+    model_id = recorded_run(workflow, 20)
+    record = workflow.model(model_id)
+    monitor = TrainingMonitor(model_id, journal=Path(record.folder) / "training_log.jsonl")
+    saved = Path(record.folder) / "lora" / "lora.safetensors"
+    monitor.on_event(ev.Message(f"training finished: 20 steps, LoRA saved to {saved}"))
+    workflow.library.update(model_id, status=Status.FAILED, error=f"could not write {saved}: disk full")
+    status, log, *_ = _render(workflow, model_id)
+    assert "LoRA saved to lora.safetensors" in log and "could not write lora.safetensors" in status
+    assert str(workflow.data_dir) not in log + status and record.folder.name not in log + status

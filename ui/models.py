@@ -15,7 +15,7 @@ from pipeline.workflow import Workflow
 from ui.charts import series_frame
 from ui.files import served
 from ui.people import People
-from ui.text import escaped, plain, text_field
+from ui.text import escaped, plain, text_field, without_paths
 
 PLACEHOLDER = Path(__file__).resolve().parent.parent / "assets" / "model-placeholder.png"
 CANCELLED = "(not deleted)"  # what the browser sends when the user answers No to "Delete this model?"
@@ -95,7 +95,7 @@ def _details(workflow: Workflow, model_id: str) -> tuple[str, str | None]:
     if r.best_checkpoint_step is not None:
         lines.append(f"Best checkpoint: step {r.best_checkpoint_step} at LoRA scale {r.best_lora_scale}")
     if r.error:
-        lines.append(f"❌ {r.error}")
+        lines.append(f"❌ {without_paths(r.error)}")
     return "\n\n".join(lines), served(r.sample_grid) if r.sample_grid else None
 
 

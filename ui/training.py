@@ -20,7 +20,7 @@ from ui.files import served
 from ui.people import People
 from ui.progress import progress_events
 from ui.settings import SettingsInputs, settings_from_values
-from ui.text import escaped, plain
+from ui.text import escaped, plain, without_paths
 
 VERDICT_ICONS = {Verdict.READY: "✅", Verdict.LOW_QUALITY: "⚠️", Verdict.NOT_RECOGNISABLE: "❌"}
 POLL_SECONDS = 1.0
@@ -68,7 +68,8 @@ def _log_text(lines: list[str]) -> str:
             break
         else:
             folded.append([line, 1])
-    return "\n".join(text if n == 1 else f"{text}  ×{n}" for text, n in folded)
+    # Server paths out: where the data dir lies is the operator's business (issue 32; the journal keeps them).
+    return without_paths("\n".join(text if n == 1 else f"{text}  ×{n}" for text, n in folded))
 
 
 def _status(workflow: Workflow, monitor: TrainingMonitor) -> str:
@@ -91,7 +92,7 @@ def _status(workflow: Workflow, monitor: TrainingMonitor) -> str:
                  else "the start (no checkpoint was saved yet)")
         lines.append(f"⏹ Stopped. Press **Resume** to go on from {since}.")
     elif record.error:
-        lines.append(f"❌ {record.error}")
+        lines.append(f"❌ {without_paths(record.error)}")
     if record.status == Status.READY and record.scores:
         icon = VERDICT_ICONS.get(record.scores.verdict, "")
         lines.append(f"Training finished. {icon} **{headline(record.status, record.scores)}.** "
