@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import gradio as gr
 import pandas as pd
 
@@ -17,6 +19,27 @@ from ui.progress import progress_events
 from ui.text import escaped, number_field, text_field
 
 BASE_ONLY = "(base model, no LoRA)"
+
+
+class SessionStops:
+    """One Stop flag per browser session. Gradio's ``cancels=`` ends the event, not the worker thread that draws the
+    images: without a flag the thread went on to its last image or frame, holding the generator (issue 32)."""
+
+    def __init__(self) -> None:
+        self._flags: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def start(self, session: str) -> threading.Event:
+        """A fresh flag for the generation this session starts now."""
+        with self._lock:
+            flag = self._flags[session] = threading.Event()
+            return flag
+
+    def stop(self, session: str) -> None:
+        with self._lock:
+            flag = self._flags.get(session)
+        if flag is not None:
+            flag.set()
 
 
 def _choices(workflow: Workflow) -> list[tuple[str, str]]:
@@ -71,6 +94,7 @@ def _defaults(workflow: Workflow) -> GenerateSettings:
 
 
 def build(people: People) -> gr.Tab:
+    stops = SessionStops()
     d = _defaults(people.workspaces.local)  # sizes and steps of the base model: the same for everyone
     with gr.Tab("5 · Playground", id="playground") as tab:
         with gr.Row():
@@ -124,7 +148,8 @@ def build(people: People) -> gr.Tab:
             settings = _settings(text, neg, sd, st, gd, w, h, n, sc)
             workflow = _for_images(people, request, mid)
             try:
-                paths = workflow.generate(mid or None, settings, on_event=progress_events(progress, "generating"))
+                paths = workflow.generate(mid or None, settings, on_event=progress_events(progress, "generating"),
+                                          should_stop=stops.start(request.session_hash or "").is_set)
             except ValueError as exc:
                 raise gr.Error(escaped(exc)) from exc
             # Each image with its seed, so a good one can be made again (prompt and settings are in the PNG too).
@@ -137,7 +162,8 @@ def build(people: People) -> gr.Tab:
             workflow = _for_images(people, request, mid, mid_b)
             try:
                 path = workflow.compare((mid or None, scales[0]), (mid_b or None, scales[1]), settings,
-                                        on_event=progress_events(progress, "generating"))
+                                        on_event=progress_events(progress, "generating"),
+                                        should_stop=stops.start(request.session_hash or "").is_set)
             except ValueError as exc:
                 raise gr.Error(escaped(exc)) from exc
             return served(path)
@@ -150,7 +176,8 @@ def build(people: People) -> gr.Tab:
             workflow = _for_images(people, request, mid)
             try:
                 result = workflow.video(mid or None, prompt=text, prompt_b=second or None, frames=nframes,
-                                        fps=rate, seed=sd, on_event=progress_events(progress, "frames"))
+                                        fps=rate, seed=sd, on_event=progress_events(progress, "frames"),
+                                        should_stop=stops.start(request.session_hash or "").is_set)
             except ValueError as exc:
                 raise gr.Error(escaped(exc)) from exc
             # The file's name only: a data-dir path is never shown to the page or an API caller.
@@ -173,6 +200,10 @@ def build(people: People) -> gr.Tab:
                          for value in (first, second))
 
         tab.select(refresh, [model, other], [model, other], api_name=False)
-        # Gradio's own cancellation: the running generation stops at its next step, the queue moves on.
-        stop.click(None, None, None, cancels=[generating, comparing, filming], api_name=False)
+        # Gradio's own cancellation ends the event and the queue moves on; the session's flag stops the drawing
+        # itself between two images or frames.
+        def stop_drawing(request: gr.Request) -> None:
+            stops.stop(request.session_hash or "")
+
+        stop.click(stop_drawing, None, None, cancels=[generating, comparing, filming], api_name=False)
     return tab
