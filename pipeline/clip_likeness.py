@@ -17,14 +17,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
-from pipeline.assessment import ImageScore, score_images
 from pipeline.cohort import Identity
 from pipeline.likeness import LikenessJudge, Match
+
+if TYPE_CHECKING:  # the assessment brings torch: the pages import this module's names at start, without it
+    from pipeline.assessment import ImageScore
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +169,8 @@ def score_frames(frames: Sequence[Image.Image], reference: np.ndarray, *, fps: f
         raise ValueError("frames: the clip has no frames to score")
     if fps <= 0:
         raise ValueError(f"fps: must be above 0, got {fps}")
+    from pipeline.assessment import score_images
+
     result = score_images(list(frames), reference, others=others, judge=judge)
     scored = tuple(FrameLikeness.from_score(i, fps, s) for i, s in enumerate(result.images))
     clip = ClipLikeness(frames=scored, fps=fps, judged_against=result.judged_against)

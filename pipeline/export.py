@@ -13,7 +13,6 @@ from pathlib import Path
 from pipeline.base_info import base_info
 from pipeline.disk import WRITE_ERRORS, is_disk_error
 from pipeline.library import Library, check_complete, slug
-from pipeline.lora_formats import update_metadata
 from pipeline.modelcard import model_card
 
 logger = logging.getLogger(__name__)
@@ -43,6 +42,8 @@ def name_base(path: Path, base_model: str) -> bool:
     Files from older versions said ``flux1`` for every base: a micro LoRA offered as a FLUX.1 one. Re-stamped once,
     on the first download, so a model trained before the fix downloads right too.
     """
+    from pipeline.lora_formats import update_metadata  # brings torch: only when a file is re-labelled
+
     try:
         return update_metadata(path, base_info(base_model).header())
     except WRITE_ERRORS as exc:  # a full disk or a read-only folder: the file is still whole, so it is still offered

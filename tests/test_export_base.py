@@ -157,7 +157,7 @@ def test_a_file_that_cannot_be_relabelled_is_still_offered(tmp_path, monkeypatch
     def full_disk(path: Path, updates: dict[str, str]) -> bool:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("pipeline.export.update_metadata", full_disk)
+    monkeypatch.setattr("pipeline.lora_formats.update_metadata", full_disk)  # imported when a file is re-labelled
     assert set(complete_loras(library, record.id).values()) == {record.lora_path, record.kohya_path}
     assert export_zip(library, record.id).is_file()
 
