@@ -130,8 +130,8 @@ def build(people: People) -> gr.Tab:
             with gr.Column(scale=3):
                 details = gr.Markdown("Select a model: click its card.")
                 curve = gr.LinePlot(_curve(None, ""), x="step", y="score", color="measure",
-                                    title="Likeness and overall score by checkpoint", height=260,
-                                    y_lim=[0, 100])
+                                    title="Likeness, recognised share and overall score by checkpoint", height=260,
+                                    y_lim=[0, 100], x_axis_format=",d")  # steps as whole numbers, not 1,000.000000
                 grid = gr.Image(label="Test generations beside the training photos", type="filepath", height=360)
             with gr.Column(scale=2):
                 # Custom values: the API names models by id, including ones made after this page was built.
