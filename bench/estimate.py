@@ -8,6 +8,7 @@ from the first. Each run is timed from outside, by polling the workflow as the T
 
     PYTHONPATH=tests .venv/bin/python -m bench.estimate                      # tiny, 50 steps (TrainSettings.quick)
     PYTHONPATH=tests .venv/bin/python -m bench.estimate --base micro --steps 30   # minutes on a 2-core CPU
+    PYTHONPATH=tests .venv/bin/python -m bench.estimate --base micro --photos 16 --runs 1   # the full default run
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def main() -> None:
     parser.add_argument("--base", choices=("tiny", "micro"), default="tiny")
     parser.add_argument("--steps", type=int, default=0, help="0: the base's default (tiny 50, micro 5000)")
     parser.add_argument("--photos", type=int, default=8)
+    parser.add_argument("--runs", type=int, choices=(1, 2), default=2,
+                        help="1: only the first run, against the bench figures (a full default micro run is ~30 min)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     make = TrainSettings.quick if args.base == "tiny" else TrainSettings.micro
@@ -96,7 +99,7 @@ def main() -> None:
         try:
             workflow.add_photos(photo_factory.portrait_set(Path(tmp) / "photos", args.photos))
             workflow.classify()  # as the Review tab does before Train
-            for run in ("first_run", "second_run"):
+            for run in ("first_run", "second_run")[: args.runs]:
                 estimate = workflow.estimate(settings)
                 measured = watch(workflow, settings)
                 figures[run] = {"estimate": estimated(estimate), "measured": measured,

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +130,11 @@ class TrainingMonitor:
     assessments: list[tuple[int, float, float]] = field(default_factory=list)  # (step, likeness 0–1, overall 0–100)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     journal_failing: bool = field(default=False, repr=False)  # the last journal write failed (warned once)
+    # When ``last_step`` came, by ``clock``: the final assessment sends no steps, so its ETA counts down from the last
+    # step's (None once replayed from the journal, which keeps no clock).
+    step_at: float | None = None
+    assessing: ev.Progress | None = None  # the latest test image of the assessment
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
 
     @classmethod
     def open(cls, model_id: str, journal: Path) -> TrainingMonitor:
@@ -142,7 +148,7 @@ class TrainingMonitor:
 
     def on_event(self, event: ev.Event) -> None:
         if isinstance(event, ev.TrainStep):
-            self.last_step = event
+            self.last_step, self.step_at = event, self.clock()
             self._add({"kind": "loss", "step": event.step, "raw": event.loss, "smooth": event.loss_smooth})
             if event.step == 1 or event.step % 10 == 0 or event.step == event.total_steps:
                 self._add({"kind": "log", "text": (
@@ -162,6 +168,8 @@ class TrainingMonitor:
             self._add({"kind": "log", "text": f"step {event.step}: likeness {event.likeness:.0%}, overall score "
                                               f"{event.overall:.0f}/100"})
         elif isinstance(event, ev.Progress):
+            if event.stage == "assess":
+                self.assessing = event
             count = f"{event.done}/{event.total}" if event.total else ""
             text = (f"[{event.stage}] {event.message} ({count})" if event.message and count
                     else f"[{event.stage}] {event.message or count}")
@@ -169,10 +177,21 @@ class TrainingMonitor:
         elif isinstance(event, ev.Message):
             self._add({"kind": "log", "text": ("⚠ " if event.level != "info" else "") + event.text})
 
+    def time_left(self) -> float | None:
+        """Seconds to a ready model: the last step's ETA counted down since it came, so the figure keeps moving through
+        the final assessment (minutes with no step); None before the first step. 0 when it runs over."""
+        if self.last_step is None:
+            return None
+        if self.step_at is None:
+            return self.last_step.eta_seconds
+        return max(0.0, self.last_step.eta_seconds - (self.clock() - self.step_at))
+
     def note(self, text: str, status: Status | None = None) -> None:
         self._add({"kind": "log", "text": text})
         if status:
             self.status = status
+            if status == Status.ASSESSING:  # the live checkpoint tests' last image is not the final assessment's
+                self.assessing = None
 
     def _add(self, entry: dict[str, Any]) -> None:
         with self.lock:

@@ -67,6 +67,24 @@ def test_one_status_vocabulary_reads_the_strings_older_files_hold() -> None:
     assert json.dumps({"status": Status.READY}) == '{"status": "ready"}'
 
 
+def test_the_time_left_counts_down_through_the_final_assessment_which_sends_no_steps() -> None:
+    now = [100.0]
+    monitor = TrainingMonitor("m", clock=lambda: now[0])
+    assert monitor.time_left() is None  # nothing to count from before the first step
+    monitor.on_event(ev.Progress("assess", 7, 8, "test image 8 of 8: a checkpoint's, while training"))
+    monitor.on_event(ev.TrainStep(step=50, total_steps=50, loss=0.5, loss_smooth=0.5, learning_rate=1e-4,
+                                  seconds_per_step=0.1, eta_seconds=90.0, phase="final optimisation"))
+    monitor.note("assessing", status=Status.ASSESSING)
+    assert monitor.assessing is None  # the live checkpoint test's last image is not the final assessment's
+    now[0] += 30
+    monitor.on_event(ev.Progress("assess", 2, 8, "test image 3 of 8: a portrait"))
+    assert monitor.time_left() == 60.0 and monitor.assessing.message == "test image 3 of 8: a portrait"
+    now[0] += 120  # longer than estimated: never below zero
+    assert monitor.time_left() == 0.0
+    # Replayed from the journal (after a restart) it has no clock to count from: the step's own figure.
+    assert dataclasses.replace(monitor, step_at=None).time_left() == 90.0
+
+
 def test_a_runner_trains_a_queued_job_with_only_what_it_is_given(tmp_path: Path) -> None:
     """Queue a training (the workflow writes the spec), then run it with a runner built by hand: library,
     generators, monitors, a notifier — no Workflow, no queue worker."""
@@ -108,6 +126,9 @@ def test_a_runner_trains_a_queued_job_with_only_what_it_is_given(tmp_path: Path)
         done.best_checkpoint_step]
     assert [r.status for r in told] == [Status.READY] and monitors[record.id].log[-1] == "told"
     assert [step for step, _likeness, _overall in monitors[record.id].assessments] == [2, 4]
+    # The final assessment's own progress reached the monitor (the Training tab shows it while no step comes).
+    final = monitors[record.id].assessing
+    assert final is not None and final.stage == "assess" and final.done == final.total > 0
 
     # Stopped by a shutdown: the model waits in the queue again instead of being marked cancelled.
     again = dataclasses.replace(spec, settings=dataclasses.replace(spec.settings, steps=8))
