@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 import gradio as gr
@@ -14,6 +16,7 @@ from pipeline.status import Status
 from pipeline.workflow import Workflow
 from ui.charts import series_frame
 from ui.files import served
+from ui.handlers import refused
 from ui.people import People
 from ui.progress import progress_events
 from ui.text import escaped, number_field, text_field
@@ -57,15 +60,16 @@ def _for_images(people: People, request: gr.Request, *models: str | None) -> Wor
     return people(request) if all(models) else people.storing(request)
 
 
-def _settings(text: object, neg: object, sd: object, st: object, gd: object, w: object, h: object, n: object,
-              scale: object = 1.0) -> GenerateSettings:
+def _settings(prompt: object, negative_prompt: object, seed: object, steps: object, guidance: object, width: object,
+              height: object, num_images: object, lora_scale: object = 1.0) -> GenerateSettings:
     """The form's values, each checked by name first: an API caller may send None for any of them."""
     whole = {label: int(number_field(v, label)) for v, label in
-             ((sd, "seed"), (st, "steps"), (w, "width"), (h, "height"), (n, "images"))}
-    return GenerateSettings(prompt=text_field(text, "prompt"), negative_prompt=text_field(neg, "negative prompt",
-                            required=False), seed=whole["seed"], steps=whole["steps"],
-                            guidance=number_field(gd, "guidance"), width=whole["width"], height=whole["height"],
-                            lora_scale=number_field(scale, "LoRA scale"), num_images=whole["images"])
+             ((seed, "seed"), (steps, "steps"), (width, "width"), (height, "height"), (num_images, "images"))}
+    return GenerateSettings(prompt=text_field(prompt, "prompt"),
+                            negative_prompt=text_field(negative_prompt, "negative prompt", required=False),
+                            seed=whole["seed"], steps=whole["steps"], guidance=number_field(guidance, "guidance"),
+                            width=whole["width"], height=whole["height"],
+                            lora_scale=number_field(lora_scale, "LoRA scale"), num_images=whole["images"])
 
 
 CURVE_COLUMNS = ("frame", "likeness %", "measure")
@@ -96,117 +100,200 @@ def _defaults(workflow: Workflow) -> GenerateSettings:
                             height=size.height)
 
 
-def build(people: People) -> gr.Tab:
-    stops = SessionStops()
-    d = _defaults(people.workspaces.local)  # sizes and steps of the base model: the same for everyone
+@dataclass
+class Form:
+    """What a generation reads, in the order the API takes it (``/generate``; ``/compare`` adds the second model)."""
+
+    model_id: gr.Dropdown
+    prompt: gr.Textbox
+    negative_prompt: gr.Textbox
+    seed: gr.Number
+    steps: gr.Slider
+    guidance: gr.Slider
+    lora_scale: gr.Slider
+    width: gr.Slider
+    height: gr.Slider
+    num_images: gr.Slider
+
+    def inputs(self) -> list[gr.components.Component]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+
+@dataclass
+class ComparePanel:
+    second_model_id: gr.Dropdown
+    second_lora_scale: gr.Slider
+    button: gr.Button
+    sheet: gr.Image
+
+
+@dataclass
+class VideoPanel:
+    second_prompt: gr.Textbox
+    frames: gr.Slider
+    fps: gr.Slider
+    button: gr.Button
+    video: gr.Video
+    summary: gr.Markdown
+    curve: gr.LinePlot
+    likeness: gr.JSON
+
+    def outputs(self) -> list[gr.components.Component]:
+        return [self.video, self.summary, self.curve, self.likeness]
+
+
+@dataclass
+class PlaygroundTab:
+    tab: gr.Tab
+    form: Form
+    generate: gr.Button
+    stop: gr.Button
+    gallery: gr.Gallery
+    compare: ComparePanel
+    video: VideoPanel
+
+
+def _form(d: GenerateSettings) -> Form:
+    with gr.Row():
+        # Custom values: the API may name a model trained after this page was built.
+        model_id = gr.Dropdown(label="Model", choices=[(BASE_ONLY, "")], value="", scale=2, allow_custom_value=True)
+        prompt = gr.Textbox(label="Prompt ({trigger} is replaced by the model's trigger word)", value=d.prompt,
+                            scale=4)
+    negative_prompt = gr.Textbox(label="Negative prompt", value="")
+    with gr.Row():
+        seed = gr.Number(label="Seed", value=0, precision=0)
+        steps = gr.Slider(1, 100, value=d.steps, step=1, label="Steps")
+        guidance = gr.Slider(0, 10, value=d.guidance, step=0.5, label="Guidance")
+        lora_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="LoRA scale")
+    with gr.Row():
+        width = gr.Slider(32, 1536, value=d.width, step=16, label="Width")
+        height = gr.Slider(32, 1536, value=d.height, step=16, label="Height")
+        num_images = gr.Slider(1, 8, value=1, step=1, label="Images")
+    return Form(model_id, prompt, negative_prompt, seed, steps, guidance, lora_scale, width, height, num_images)
+
+
+def _compare_panel() -> ComparePanel:
+    with gr.Accordion("Compare: two models, or one model at two LoRA scales, same prompt and seeds", open=False):
+        with gr.Row():
+            second_model_id = gr.Dropdown(label="Second model", choices=[(BASE_ONLY, "")], value="",
+                                          allow_custom_value=True)
+            second_lora_scale = gr.Slider(0, 2, value=0.8, step=0.05, label="Second LoRA scale")
+        button = gr.Button("Compare")
+        sheet = gr.Image(label="Side by side", type="filepath", height=420)
+    return ComparePanel(second_model_id, second_lora_scale, button, sheet)
+
+
+def _video_panel() -> VideoPanel:
+    # On this machine the clip is a morph between stills, not motion: the title says so before anyone waits.
+    with gr.Accordion("Video: a morph between stills, with the likeness in every frame", open=False):
+        gr.Markdown(f"Made here as a **morph**: {MORPH_WHY}. Each frame's face is judged as the assessment "
+                    "judges a test image, against the model's training photos.")
+        with gr.Row():
+            second_prompt = gr.Textbox(label="Second prompt (optional)")
+            frames = gr.Slider(4, 96, value=16, step=1, label="Frames")
+            fps = gr.Slider(4, 30, value=8, step=1, label="Frames per second")
+        button = gr.Button("Make video")
+        video = gr.Video(label="Clip (MP4, H.264)", height=420)
+        summary = gr.Markdown()
+        curve = gr.LinePlot(_curve(None), x=CURVE_COLUMNS[0], y=CURVE_COLUMNS[1], color=CURVE_COLUMNS[2],
+                            title="Likeness in each frame (recognised above 50 %)", height=240, y_lim=[0, 100])
+        with gr.Accordion("Every frame's likeness (JSON, saved beside the clip)", open=False):
+            likeness = gr.JSON(label="Frames' likeness")
+    return VideoPanel(second_prompt, frames, fps, button, video, summary, curve, likeness)
+
+
+def layout(defaults: GenerateSettings) -> PlaygroundTab:
     with gr.Tab("5 · Playground", id="playground") as tab:
+        form = _form(defaults)
         with gr.Row():
-            # Custom values: the API may name a model trained after this page was built.
-            model = gr.Dropdown(label="Model", choices=[(BASE_ONLY, "")], value="", scale=2,
-                                allow_custom_value=True)
-            prompt = gr.Textbox(label="Prompt ({trigger} is replaced by the model's trigger word)",
-                                value=d.prompt, scale=4)
-        negative = gr.Textbox(label="Negative prompt", value="")
-        with gr.Row():
-            seed = gr.Number(label="Seed", value=0, precision=0)
-            steps = gr.Slider(1, 100, value=d.steps, step=1, label="Steps")
-            guidance = gr.Slider(0, 10, value=d.guidance, step=0.5, label="Guidance")
-            scale = gr.Slider(0, 2, value=1.0, step=0.05, label="LoRA scale")
-        with gr.Row():
-            width = gr.Slider(32, 1536, value=d.width, step=16, label="Width")
-            height = gr.Slider(32, 1536, value=d.height, step=16, label="Height")
-            count = gr.Slider(1, 8, value=1, step=1, label="Images")
-        with gr.Row():
-            go = gr.Button("Generate", variant="primary", scale=3)
+            generate = gr.Button("Generate", variant="primary", scale=3)
             stop = gr.Button("Cancel", scale=1)
         gallery = gr.Gallery(label="Results (PNG with prompt and settings in its metadata)", columns=4, height=420,
                              preview=False, elem_classes=["results-gallery"],
                              object_fit="contain", type="filepath", buttons=["download", "fullscreen"])
-        with gr.Accordion("Compare: two models, or one model at two LoRA scales, same prompt and seeds", open=False):
-            with gr.Row():
-                other = gr.Dropdown(label="Second model", choices=[(BASE_ONLY, "")], value="",
-                                    allow_custom_value=True)
-                other_scale = gr.Slider(0, 2, value=0.8, step=0.05, label="Second LoRA scale")
-            compare = gr.Button("Compare")
-            sheet = gr.Image(label="Side by side", type="filepath", height=420)
-        # On this machine the clip is a morph between stills, not motion: the title says so before anyone waits.
-        with gr.Accordion("Video: a morph between stills, with the likeness in every frame", open=False):
-            gr.Markdown(f"Made here as a **morph**: {MORPH_WHY}. Each frame's face is judged as the assessment "
-                        "judges a test image, against the model's training photos.")
-            with gr.Row():
-                prompt_b = gr.Textbox(label="Second prompt (optional)")
-                frames = gr.Slider(4, 96, value=16, step=1, label="Frames")
-                fps = gr.Slider(4, 30, value=8, step=1, label="Frames per second")
-            make = gr.Button("Make video")
-            video = gr.Video(label="Clip (MP4, H.264)", height=420)
-            clip_summary = gr.Markdown()
-            clip_curve = gr.LinePlot(_curve(None), x=CURVE_COLUMNS[0], y=CURVE_COLUMNS[1], color=CURVE_COLUMNS[2],
-                                     title="Likeness in each frame (recognised above 50 %)", height=240,
-                                     y_lim=[0, 100])
-            with gr.Accordion("Every frame's likeness (JSON, saved beside the clip)", open=False):
-                clip_likeness = gr.JSON(label="Frames' likeness")
+        compare = _compare_panel()
+        video = _video_panel()
+    return PlaygroundTab(tab, form, generate, stop, gallery, compare, video)
 
-        def generate(mid, text, neg, sd, st, gd, sc, w, h, n, request: gr.Request,
-                     progress: gr.Progress = gr.Progress()) -> list[tuple[str, str]]:
-            settings = _settings(text, neg, sd, st, gd, w, h, n, sc)
-            workflow = _for_images(people, request, mid)
-            try:
-                paths = workflow.generate(mid or None, settings, on_event=progress_events(progress, "generating"),
-                                          should_stop=stops.start(request.session_hash or "").is_set)
-            except ValueError as exc:
-                raise gr.Error(escaped(exc)) from exc
-            # Each image with its seed, so a good one can be made again (prompt and settings are in the PNG too).
-            return [(served(p), f"seed {settings.seed + i}") for i, p in enumerate(paths)]
 
-        def side_by_side(mid, text, neg, sd, st, gd, sc, w, h, n, mid_b, sc_b, request: gr.Request,
-                         progress: gr.Progress = gr.Progress()) -> str:
-            settings = _settings(text, neg, sd, st, gd, w, h, n)
-            scales = number_field(sc, "LoRA scale"), number_field(sc_b, "second LoRA scale")
-            workflow = _for_images(people, request, mid, mid_b)
-            try:
-                path = workflow.compare((mid or None, scales[0]), (mid_b or None, scales[1]), settings,
-                                        on_event=progress_events(progress, "generating"),
-                                        should_stop=stops.start(request.session_hash or "").is_set)
-            except ValueError as exc:
-                raise gr.Error(escaped(exc)) from exc
-            return served(path)
+class Handlers:
+    """The tab's events. Their parameters are the API's: ``client.view_api()`` lists ``/generate(model_id, prompt,
+    negative_prompt, seed, steps, guidance, lora_scale, width, height, num_images)``."""
 
-        def clip(mid, text, second, nframes, rate, sd, request: gr.Request,
-                 progress: gr.Progress = gr.Progress()) -> tuple[str, str, pd.DataFrame, dict]:
-            text, second = text_field(text, "prompt"), text_field(second, "second prompt", required=False)
-            nframes, rate, sd = (int(number_field(v, label)) for v, label in
-                                 ((nframes, "frames"), (rate, "frames per second"), (sd, "seed")))
-            workflow = _for_images(people, request, mid)
-            try:
-                result = workflow.video(mid or None, prompt=text, prompt_b=second or None, frames=nframes,
-                                        fps=rate, seed=sd, on_event=progress_events(progress, "frames"),
-                                        should_stop=stops.start(request.session_hash or "").is_set)
-            except ValueError as exc:
-                raise gr.Error(escaped(exc)) from exc
-            # The file's name only: a data-dir path is never shown to the page or an API caller.
-            return (served(result.video), _clip_summary(result), _curve(result),
-                    result.to_dict() | {"video": result.video.name})
+    def __init__(self, people: People, stops: SessionStops) -> None:
+        self.people = people
+        self.stops = stops
 
-        form = [model, prompt, negative, seed, steps, guidance, scale, width, height, count]
-        generating = go.click(generate, form, gallery, api_name="generate", concurrency_id="gpu", concurrency_limit=1)
-        comparing = compare.click(side_by_side, [*form, other, other_scale], sheet, api_name="compare",
-                                  concurrency_id="gpu", concurrency_limit=1)
-        filming = make.click(clip, [model, prompt, prompt_b, frames, fps, seed],
-                             [video, clip_summary, clip_curve, clip_likeness], api_name="video",
-                   concurrency_id="gpu", concurrency_limit=1)
+    def _should_stop(self, request: gr.Request) -> Callable[[], bool]:
+        """A fresh Stop flag for the generation this session starts now."""
+        return self.stops.start(request.session_hash or "").is_set
 
-        def refresh(first: str, second: str, request: gr.Request) -> tuple:
-            # A model trained or deleted since the page loaded: offer the current list, newest ready model first.
-            choices = _choices(people(request))
-            ids = [mid for _, mid in choices]
-            return tuple(gr.update(choices=choices, value=value if value and value in ids else ids[0])
-                         for value in (first, second))
+    def generate(self, model_id: str, prompt: str, negative_prompt: str, seed: float, steps: float, guidance: float,
+                 lora_scale: float, width: float, height: float, num_images: float, request: gr.Request,
+                 progress: gr.Progress = gr.Progress()) -> list[tuple[str, str]]:
+        settings = _settings(prompt, negative_prompt, seed, steps, guidance, width, height, num_images, lora_scale)
+        workflow = _for_images(self.people, request, model_id)
+        with refused():
+            paths = workflow.generate(model_id or None, settings, on_event=progress_events(progress, "generating"),
+                                      should_stop=self._should_stop(request))
+        # Each image with its seed, so a good one can be made again (prompt and settings are in the PNG too).
+        return [(served(p), f"seed {settings.seed + i}") for i, p in enumerate(paths)]
 
-        tab.select(refresh, [model, other], [model, other], api_name=False)
-        # Gradio's own cancellation ends the event and the queue moves on; the session's flag stops the drawing
-        # itself between two images or frames.
-        def stop_drawing(request: gr.Request) -> None:
-            stops.stop(request.session_hash or "")
+    def compare(self, model_id: str, prompt: str, negative_prompt: str, seed: float, steps: float, guidance: float,
+                lora_scale: float, width: float, height: float, num_images: float, second_model_id: str,
+                second_lora_scale: float, request: gr.Request, progress: gr.Progress = gr.Progress()) -> str:
+        settings = _settings(prompt, negative_prompt, seed, steps, guidance, width, height, num_images)
+        scales = number_field(lora_scale, "LoRA scale"), number_field(second_lora_scale, "second LoRA scale")
+        workflow = _for_images(self.people, request, model_id, second_model_id)
+        with refused():
+            path = workflow.compare((model_id or None, scales[0]), (second_model_id or None, scales[1]), settings,
+                                    on_event=progress_events(progress, "generating"),
+                                    should_stop=self._should_stop(request))
+        return served(path)
 
-        stop.click(stop_drawing, None, None, cancels=[generating, comparing, filming], api_name=False)
-    return tab
+    def video(self, model_id: str, prompt: str, second_prompt: str, frames: float, fps: float, seed: float,
+              request: gr.Request, progress: gr.Progress = gr.Progress()) -> tuple[str, str, pd.DataFrame, dict]:
+        prompt, second_prompt = text_field(prompt, "prompt"), text_field(second_prompt, "second prompt",
+                                                                         required=False)
+        frames, fps, seed = (int(number_field(v, label)) for v, label in
+                             ((frames, "frames"), (fps, "frames per second"), (seed, "seed")))
+        workflow = _for_images(self.people, request, model_id)
+        with refused():
+            result = workflow.video(model_id or None, prompt=prompt, prompt_b=second_prompt or None, frames=frames,
+                                    fps=fps, seed=seed, on_event=progress_events(progress, "frames"),
+                                    should_stop=self._should_stop(request))
+        # The file's name only: a data-dir path is never shown to the page or an API caller.
+        return (served(result.video), _clip_summary(result), _curve(result),
+                result.to_dict() | {"video": result.video.name})
+
+    def refresh(self, first: str, second: str, request: gr.Request) -> tuple:
+        # A model trained or deleted since the page loaded: offer the current list, newest ready model first.
+        choices = _choices(self.people(request))
+        ids = [mid for _, mid in choices]
+        return tuple(gr.update(choices=choices, value=value if value and value in ids else ids[0])
+                     for value in (first, second))
+
+    def stop_drawing(self, request: gr.Request) -> None:
+        self.stops.stop(request.session_hash or "")
+
+
+def wire(view: PlaygroundTab, handlers: Handlers) -> None:
+    form, compare, video = view.form, view.compare, view.video
+    gpu = {"concurrency_id": "gpu", "concurrency_limit": 1}
+    generating = view.generate.click(handlers.generate, form.inputs(), view.gallery, api_name="generate", **gpu)
+    comparing = compare.button.click(handlers.compare, [*form.inputs(), compare.second_model_id,
+                                                        compare.second_lora_scale], compare.sheet,
+                                     api_name="compare", **gpu)
+    filming = video.button.click(handlers.video, [form.model_id, form.prompt, video.second_prompt, video.frames,
+                                                  video.fps, form.seed], video.outputs(), api_name="video", **gpu)
+    models = [form.model_id, compare.second_model_id]
+    view.tab.select(handlers.refresh, models, models, api_name=False)
+    # Gradio's own cancellation ends the event and the queue moves on; the session's flag stops the drawing
+    # itself between two images or frames.
+    view.stop.click(handlers.stop_drawing, None, None, cancels=[generating, comparing, filming], api_name=False)
+
+
+def build(people: People) -> gr.Tab:
+    view = layout(_defaults(people.workspaces.local))  # sizes and steps of the base model: the same for everyone
+    wire(view, Handlers(people, SessionStops()))
+    return view.tab
