@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -14,6 +14,7 @@ from pipeline.scores import ModelScores, headline
 from pipeline.workflow import Workflow
 from ui.charts import series_frame
 from ui.files import served
+from ui.handlers import for_person
 from ui.people import People
 from ui.text import escaped, plain, text_field, without_paths
 
@@ -118,7 +119,76 @@ def _choices(workflow: Workflow) -> list[tuple[str, str]]:
     return [(r.label, r.id) for r in workflow.models()]
 
 
-def build(people: People) -> gr.Tab:
+@dataclass
+class Library:
+    """The models as cards and as a table, and the selected one's details."""
+
+    cards: gr.Gallery
+    card_ids: gr.State
+    table: gr.Dataframe
+    details: gr.Markdown
+    curve: gr.LinePlot
+    grid: gr.Image
+
+    def shown(self) -> list[gr.components.Component]:
+        """What ``_show`` fills for the selected model."""
+        return [self.details, self.grid, self.curve]
+
+
+@dataclass
+class Actions:
+    """What can be done with the selected model."""
+
+    model_id: gr.Dropdown
+    new_name: gr.Textbox
+    rename: gr.Button
+    new_trigger: gr.Textbox
+    retrigger: gr.Button
+    lora_file: gr.DownloadButton
+    kohya_file: gr.DownloadButton
+    download: gr.Button
+    archive: gr.File
+    repo_id: gr.Textbox
+    token: gr.Textbox
+    private: gr.Checkbox
+    push: gr.Button
+    pushed: gr.Markdown
+    delete: gr.Button
+
+
+@dataclass
+class ModelsTab:
+    tab: gr.Tab
+    library: Library
+    actions: Actions
+
+
+def _actions() -> Actions:
+    # Custom values: the API names models by id, including ones made after this page was built.
+    model_id = gr.Dropdown(label="Selected model", choices=[], value=None, allow_custom_value=True)
+    with gr.Row(equal_height=True):
+        new_name = gr.Textbox(label="New name", scale=3)
+        rename = gr.Button("Rename", scale=1)
+    with gr.Row(equal_height=True):
+        new_trigger = gr.Textbox(label="New trigger word", scale=3)
+        retrigger = gr.Button("Change trigger word", scale=1)
+    with gr.Row():
+        lora_file = gr.DownloadButton("⬇ LoRA (diffusers)", visible=False, variant="primary")
+        kohya_file = gr.DownloadButton("⬇ LoRA (ComfyUI / kohya)", visible=False, variant="primary")
+    download = gr.Button("Download zip (both LoRAs, model card, samples)")
+    archive = gr.File(label="Download", height=80)
+    with gr.Accordion("Push to the Hugging Face Hub", open=False):
+        repo_id = gr.Textbox(label="Repository (your-user/model-name)")
+        token = gr.Textbox(label="Write token (used once, never stored)", type="password")
+        private = gr.Checkbox(label="Private repository", value=True)
+        push = gr.Button("Push")
+        pushed = gr.Markdown()
+    delete = gr.Button("Delete model", variant="stop")
+    return Actions(model_id, new_name, rename, new_trigger, retrigger, lora_file, kohya_file, download, archive,
+                   repo_id, token, private, push, pushed, delete)
+
+
+def layout() -> ModelsTab:
     with gr.Tab("6 · Models", id="models") as tab:
         cards = gr.Gallery(label="Your models — click one", columns=4, height="auto", allow_preview=False,
                            object_fit="contain", elem_id="model-cards", elem_classes=["results-gallery"])
@@ -134,139 +204,134 @@ def build(people: People) -> gr.Tab:
                                     y_lim=[0, 100], x_axis_format=",d")  # steps as whole numbers, not 1,000.000000
                 grid = gr.Image(label="Test generations beside the training photos", type="filepath", height=360)
             with gr.Column(scale=2):
-                # Custom values: the API names models by id, including ones made after this page was built.
-                model_id = gr.Dropdown(label="Selected model", choices=[], value=None,
-                                       allow_custom_value=True)
-                with gr.Row(equal_height=True):
-                    new_name = gr.Textbox(label="New name", scale=3)
-                    rename = gr.Button("Rename", scale=1)
-                with gr.Row(equal_height=True):
-                    new_trigger = gr.Textbox(label="New trigger word", scale=3)
-                    retrigger = gr.Button("Change trigger word", scale=1)
-                with gr.Row():
-                    lora_file = gr.DownloadButton("⬇ LoRA (diffusers)", visible=False, variant="primary")
-                    kohya_file = gr.DownloadButton("⬇ LoRA (ComfyUI / kohya)", visible=False, variant="primary")
-                download = gr.Button("Download zip (both LoRAs, model card, samples)")
-                archive = gr.File(label="Download", height=80)
-                with gr.Accordion("Push to the Hugging Face Hub", open=False):
-                    repo_id = gr.Textbox(label="Repository (your-user/model-name)")
-                    token = gr.Textbox(label="Write token (used once, never stored)", type="password")
-                    private = gr.Checkbox(label="Private repository", value=True)
-                    push = gr.Button("Push")
-                    pushed = gr.Markdown()
-                delete = gr.Button("Delete model", variant="stop")
+                actions = _actions()
+    return ModelsTab(tab, Library(cards, card_ids, table, details, curve, grid), actions)
 
-        def pick(evt: gr.SelectData, frame: pd.DataFrame) -> str:
-            return frame.iloc[evt.index[0]]["id"]
 
-        def pick_card(evt: gr.SelectData, ids: list[str]) -> str:
-            return ids[evt.index] if 0 <= evt.index < len(ids) else gr.skip()
+# The handlers. Those named ``_…`` act for one person (``for_person`` finds their workflow): their parameters after
+# the workflow are the API's (``/rename_model(mid, name)``).
 
-        def show_cards(mid: str | None, request: gr.Request) -> tuple:
-            """The cards; with nothing chosen yet, the newest model is shown rather than an empty panel."""
-            found, ids = _cards(people(request))
-            return found, ids, mid if mid in ids else (ids[0] if ids else None)
+SELECT_FIRST = "Select a model first: click its card."
 
-        def guarded(action):
-            """``action(model_id, …, request)`` with a model selected; its errors as messages. ``wraps`` keeps the
-            signature, by which Gradio passes the request."""
-            @functools.wraps(action)
-            def run(*args):
-                if not args[0]:
-                    raise gr.Error("Select a model first: click its card.")
-                try:
-                    return action(*args)
-                except ValueError as exc:  # includes another person's model: "not found", as if it did not exist
-                    raise gr.Error(escaped(exc)) from exc
-            return run
 
-        def select(mid: str, request: gr.Request) -> tuple:
-            """Show the chosen model; the zip of the previous one goes away."""
-            workflow = people(request)
-            if not mid:
-                return "Select a model: click its card.", None, _curve(workflow, ""), None, *_downloads(workflow, "")
-            try:
-                return (*_show(workflow, mid), None, *_downloads(workflow, mid))
-            except ValueError as exc:  # a deleted model or a mistyped id
-                raise gr.Error(escaped(exc)) from exc
+def pick(evt: gr.SelectData, frame: pd.DataFrame) -> str:
+    return frame.iloc[evt.index[0]]["id"]
 
-        def current_name(mid: str | None, request: gr.Request) -> str:
-            """The rename field starts from the selected model's name (it kept the previous model's)."""
-            try:
-                return people(request).model(mid).name if mid else ""
-            except ValueError:  # a deleted model or a mistyped id: select() says so
-                return ""
 
-        def do_rename(mid: str, name: str, request: gr.Request) -> tuple:
-            workflow = people(request)
-            name = text_field(name, "New name")  # an API caller's None: named, not "the upstream app has raised"
-            if not name.strip():
-                raise gr.Error("Type the new name first.")
-            workflow.rename_model(mid, name.strip())
-            return _table(workflow), *_show(workflow, mid)
+def pick_card(evt: gr.SelectData, ids: list[str]) -> str:
+    return ids[evt.index] if 0 <= evt.index < len(ids) else gr.skip()
 
-        def do_trigger(mid: str, word: str, request: gr.Request) -> tuple:
-            workflow = people(request)
-            workflow.set_trigger_word(mid, word)
-            return _table(workflow), *_show(workflow, mid)
 
-        def do_push(mid: str, repo: str, secret: str, is_private: bool, request: gr.Request) -> str:
-            repo, secret = text_field(repo, "Repository"), text_field(secret, "Write token")
-            if not isinstance(is_private, bool):  # None would let the Hub pick, and its default is a public repo
-                raise gr.Error(f"Private repository: expected true or false, got {escaped(repr(is_private))}")
-            url = people(request).push_to_hub(mid, repo.strip(), secret, private=is_private)
-            return f"Pushed to [{url}]({url})."
+def _show_cards(workflow: Workflow, mid: str | None) -> tuple:
+    """The cards; with nothing chosen yet, the newest model is shown rather than an empty panel."""
+    found, ids = _cards(workflow)
+    return found, ids, mid if mid in ids else (ids[0] if ids else None)
 
-        def do_delete(mid: str, request: gr.Request) -> tuple:
-            workflow = people(request)
-            name = workflow.model(mid).name
-            workflow.delete_model(mid)
-            gr.Info(f"Deleted {escaped(name)}.")
-            return _table(workflow), f"Deleted {name}.", None, _curve(workflow, ""), \
-                gr.update(choices=_choices(workflow), value=None)
 
-        def do_download(mid: str, request: gr.Request) -> str:
-            return served(people(request).export_zip(mid))
+def _select(workflow: Workflow, mid: str) -> tuple:
+    """Show the chosen model (a deleted one or a mistyped id: its error); the zip of the previous one goes away."""
+    if not mid:
+        return "Select a model: click its card.", None, _curve(workflow, ""), None, *_downloads(workflow, "")
+    return (*_show(workflow, mid), None, *_downloads(workflow, mid))
 
-        def confirmed_delete(mid: str | None, request: gr.Request) -> tuple:
-            if mid == CANCELLED:
-                return (gr.skip(),) * 5
-            return guarded(do_delete)(mid, request)
 
-        def listing(request: gr.Request) -> pd.DataFrame:
-            return _table(people(request))
+def _current_name(workflow: Workflow, mid: str | None) -> str:
+    """The rename field starts from the selected model's name (it kept the previous model's)."""
+    try:
+        return workflow.model(mid).name if mid else ""
+    except ValueError:  # a deleted model or a mistyped id: select() says so
+        return ""
 
-        def refresh(mid: str, request: gr.Request) -> tuple:
-            workflow = people(request)
-            ids = [i for _, i in _choices(workflow)]
-            keep = mid if mid in ids else None
-            return _table(workflow), gr.update(choices=_choices(workflow), value=keep)
 
-        table.select(pick, table, model_id)
-        cards.select(pick_card, card_ids, model_id)
-        shown = [details, grid, curve]
-        model_id.change(select, model_id, [*shown, archive, lora_file, kohya_file], api_name=False)
-        model_id.change(current_name, model_id, new_name, api_name=False, show_progress="hidden")
-        # Then: the selector's label shows the new name; the API's outputs stay as they were.
-        rename.click(guarded(do_rename), [model_id, new_name], [table, *shown], api_name="rename_model",
-                     show_progress="hidden").success(
-            refresh, model_id, [table, model_id], api_name=False).then(
-            show_cards, model_id, [cards, card_ids, model_id], api_name=False, show_progress="hidden")
-        retrigger.click(guarded(do_trigger), [model_id, new_trigger], [table, *shown], api_name="set_trigger_word",
-                       show_progress="hidden")
-        download.click(guarded(do_download), model_id, archive,
-                       api_name="download_model", show_progress="hidden")
-        # Deleting cannot be undone: the browser asks first (API callers are not asked).
-        push.click(guarded(do_push), [model_id, repo_id, token, private], pushed, api_name="push_to_hub",
-                   show_progress="hidden")
-        delete.click(confirmed_delete, model_id, [table, *shown, model_id], api_name="delete_model",
-                     show_progress="hidden",
-                     js=f"(mid) => (mid && !confirm('Delete this model and all its files? This cannot be undone.'))"
-                        f" ? '{CANCELLED}' : mid").success(
-            lambda mid: (None, "", "") if not mid else (gr.skip(),) * 3, model_id, [archive, new_name, new_trigger],
-            api_name=False).then(  # a deleted model's zip and edits go with it; its card too
-            show_cards, model_id, [cards, card_ids, model_id], api_name=False, show_progress="hidden")
-        tab.select(listing, None, table, api_name="list_models")
-        tab.select(refresh, model_id, [table, model_id], api_name=False).then(
-            show_cards, model_id, [cards, card_ids, model_id], api_name=False, show_progress="hidden")
-    return tab
+def _rename(workflow: Workflow, mid: str, name: str) -> tuple:
+    name = text_field(name, "New name")  # an API caller's None: named, not "the upstream app has raised"
+    if not name.strip():
+        raise gr.Error("Type the new name first.")
+    workflow.rename_model(mid, name.strip())
+    return _table(workflow), *_show(workflow, mid)
+
+
+def _set_trigger(workflow: Workflow, mid: str, word: str) -> tuple:
+    workflow.set_trigger_word(mid, word)
+    return _table(workflow), *_show(workflow, mid)
+
+
+def _push(workflow: Workflow, mid: str, repo: str, secret: str, is_private: bool) -> str:
+    repo, secret = text_field(repo, "Repository"), text_field(secret, "Write token")
+    if not isinstance(is_private, bool):  # None would let the Hub pick, and its default is a public repo
+        raise gr.Error(f"Private repository: expected true or false, got {escaped(repr(is_private))}")
+    url = workflow.push_to_hub(mid, repo.strip(), secret, private=is_private)
+    return f"Pushed to [{url}]({url})."
+
+
+def _delete(workflow: Workflow, mid: str) -> tuple:
+    if mid == CANCELLED:  # the person answered No
+        return (gr.skip(),) * 5
+    name = workflow.model(mid).name  # another person's model: "not found", as if it did not exist
+    workflow.delete_model(mid)
+    gr.Info(f"Deleted {escaped(name)}.")
+    return _table(workflow), f"Deleted {name}.", None, _curve(workflow, ""), \
+        gr.update(choices=_choices(workflow), value=None)
+
+
+def _download(workflow: Workflow, mid: str) -> str:
+    return served(workflow.export_zip(mid))
+
+
+def _listing(workflow: Workflow) -> pd.DataFrame:
+    return _table(workflow)
+
+
+def _refresh(workflow: Workflow, mid: str) -> tuple:
+    ids = [i for _, i in _choices(workflow)]
+    keep = mid if mid in ids else None
+    return _table(workflow), gr.update(choices=_choices(workflow), value=keep)
+
+
+def _after_delete(mid: str | None) -> tuple:
+    """A deleted model's zip and edits go with it."""
+    return (None, "", "") if not mid else (gr.skip(),) * 3
+
+
+def _wire_selection(view: ModelsTab, people: People) -> None:
+    library, model_id = view.library, view.actions.model_id
+    library.table.select(pick, library.table, model_id)
+    library.cards.select(pick_card, library.card_ids, model_id)
+    model_id.change(for_person(people)(_select), model_id,
+                    [*library.shown(), view.actions.archive, view.actions.lora_file, view.actions.kohya_file],
+                    api_name=False)
+    model_id.change(for_person(people)(_current_name), model_id, view.actions.new_name, api_name=False,
+                    show_progress="hidden")
+
+
+def _wire_actions(view: ModelsTab, people: People) -> None:
+    a, library, quiet = view.actions, view.library, {"show_progress": "hidden"}
+    selected = for_person(people, missing=SELECT_FIRST)
+    show_cards = (for_person(people)(_show_cards), a.model_id, [library.cards, library.card_ids, a.model_id])
+    refresh = for_person(people)(_refresh)
+    # Then: the selector's label shows the new name; the API's outputs stay as they were.
+    a.rename.click(selected(_rename), [a.model_id, a.new_name], [library.table, *library.shown()],
+                   api_name="rename_model", **quiet).success(
+        refresh, a.model_id, [library.table, a.model_id], api_name=False).then(*show_cards, api_name=False, **quiet)
+    a.retrigger.click(selected(_set_trigger), [a.model_id, a.new_trigger], [library.table, *library.shown()],
+                      api_name="set_trigger_word", **quiet)
+    a.download.click(selected(_download), a.model_id, a.archive, api_name="download_model", **quiet)
+    a.push.click(selected(_push), [a.model_id, a.repo_id, a.token, a.private], a.pushed, api_name="push_to_hub",
+                 **quiet)
+    # Deleting cannot be undone: the browser asks first (API callers are not asked).
+    a.delete.click(selected(_delete), a.model_id, [library.table, *library.shown(), a.model_id],
+                   api_name="delete_model", **quiet,
+                   js=f"(mid) => (mid && !confirm('Delete this model and all its files? This cannot be undone.'))"
+                      f" ? '{CANCELLED}' : mid").success(
+        _after_delete, a.model_id, [a.archive, a.new_name, a.new_trigger], api_name=False).then(
+        *show_cards, api_name=False, **quiet)  # its card goes too
+    view.tab.select(for_person(people)(_listing), None, library.table, api_name="list_models")
+    view.tab.select(refresh, a.model_id, [library.table, a.model_id], api_name=False).then(
+        *show_cards, api_name=False, **quiet)
+
+
+def build(people: People) -> gr.Tab:
+    view = layout()
+    _wire_selection(view, people)
+    _wire_actions(view, people)
+    return view.tab
