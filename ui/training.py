@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import gradio as gr
 import pandas as pd
@@ -17,6 +18,7 @@ from pipeline.verdict import Verdict
 from pipeline.workflow import Workflow
 from ui.charts import series_frame
 from ui.files import served
+from ui.handlers import for_person, refused
 from ui.people import People
 from ui.progress import progress_events
 from ui.settings import SettingsInputs, settings_from_values
@@ -131,8 +133,44 @@ def _model_choices(workflow: Workflow) -> list[tuple[str, str]]:
     return [(r.label, r.id) for r in workflow.models()]
 
 
-def build(people: People, settings: SettingsInputs) -> gr.Tab:
-    names = list(settings.components)
+@dataclass
+class TrainingTab:
+    tab: gr.Tab
+    train: gr.Button
+    anyway: gr.Checkbox
+    stop: gr.Button
+    resume: gr.Button
+    watch: gr.Dropdown
+    status: gr.Markdown
+    cluster: gr.Markdown
+    plot: gr.LinePlot
+    likeness: gr.LinePlot
+    samples: gr.Gallery
+    log: gr.Textbox
+    model_id: gr.Textbox
+    # The page's current watcher: a new Train or watch retires the previous loop, so two loops never take turns
+    # drawing different models into the same components.
+    watcher: gr.State
+
+    def outputs(self) -> list[gr.components.Component]:
+        """What every render fills (``_render`` and the model's id)."""
+        return [self.status, self.log, self.plot, self.likeness, self.samples, self.model_id]
+
+
+def _charts() -> tuple[gr.LinePlot, gr.LinePlot]:
+    # Steps are whole numbers (",d"): with one point, Vega labelled its only tick "1,000.000000".
+    with gr.Row():
+        plot = gr.LinePlot(series_frame([], ("step", "loss", "series"), ("loss", "smoothed")), x="step",
+                           y="loss", color="series", title="Training loss", height=300, scale=3,
+                           x_axis_format=",d", y_axis_format="~g", elem_id="loss-chart")
+        likeness = gr.LinePlot(series_frame([], ("step", "score", "measure"), ("likeness %", "overall score")),
+                               x="step", y="score", color="measure", title="Likeness by checkpoint (%, /100)",
+                               height=300, scale=2, y_lim=[0, 100], x_axis_format=",d",
+                               elem_id="likeness-chart")
+    return plot, likeness
+
+
+def layout() -> TrainingTab:
     with gr.Tab("4 · Training", id="training") as tab:
         with gr.Row():
             with gr.Column(scale=2, min_width=160):
@@ -144,134 +182,132 @@ def build(people: People, settings: SettingsInputs) -> gr.Tab:
                                 allow_custom_value=True)
         status = gr.Markdown(IDLE)
         cluster = gr.Markdown(visible=False, elem_id="cluster-view")
-        # Steps are whole numbers (",d"): with one point, Vega labelled its only tick "1,000.000000".
-        with gr.Row():
-            plot = gr.LinePlot(series_frame([], ("step", "loss", "series"), ("loss", "smoothed")), x="step",
-                               y="loss", color="series", title="Training loss", height=300, scale=3,
-                               x_axis_format=",d", y_axis_format="~g", elem_id="loss-chart")
-            likeness = gr.LinePlot(series_frame([], ("step", "score", "measure"), ("likeness %", "overall score")),
-                                   x="step", y="score", color="measure", title="Likeness by checkpoint (%, /100)",
-                                   height=300, scale=2, y_lim=[0, 100], x_axis_format=",d",
-                                   elem_id="likeness-chart")
+        plot, likeness = _charts()
         samples = gr.Gallery(label="Samples as it learns (newest first)", columns=6, height=220,
                              object_fit="contain")
         log = gr.Textbox(label="Log (newest first)", lines=14, max_lines=14, autoscroll=False)
         model_id = gr.Textbox(label="Model id", interactive=False)
-
-        # The page's current watcher: a new Train or watch retires the previous loop, so two loops never take
-        # turns drawing different models into the same components.
         watcher = gr.State({})
+    return TrainingTab(tab, train, anyway, stop, resume, watch, status, cluster, plot, likeness, samples, log,
+                       model_id, watcher)
 
-        def start(request: gr.Request, progress: gr.Progress = gr.Progress(), *values) -> Iterator[tuple]:
-            *values, train_anyway, current = values
-            workflow = people(request)
-            # Progress is drawn here, not by Gradio's overlay: a refusal (e.g. "not ready") is then a message that
-            # leaves the page as it was, instead of red "Error" badges over every panel.
-            yield ("### Preparing…\n\n⏳ Checking the photos and cutting the face crops (a few seconds).",
-                   *(gr.skip(),) * (len(outputs) - 1))
-            # Classifying and cropping the photos, before the job is queued.
-            on_event = progress_events(progress, "preparing the photos", use_messages=True)
-            try:
-                train_settings = settings_from_values(names, list(values), workflow.default_train_settings())
-                train_settings.validate()
-            except ValueError as exc:
-                raise gr.Error(f"Check the Settings tab: {escaped(exc)}") from exc
-            try:
-                record = workflow.start_training(train_settings, anyway=bool(train_anyway), on_event=on_event)
-            except ValueError as exc:
-                raise gr.Error(escaped(exc)) from exc
+
+# The handlers. Those named ``_…`` act for one person (``for_person`` finds their workflow): their parameters after
+# the workflow are the API's (``/watch_training(mid)``; ``current`` is the page's watcher state).
+
+def _starter(people: People, names: list[str], outputs: int) -> Callable[..., Iterator[tuple]]:
+    """The Train button's handler: the Settings tab's values (``names``), "train anyway" and the watcher."""
+
+    def start(request: gr.Request, progress: gr.Progress = gr.Progress(), *values) -> Iterator[tuple]:
+        *values, train_anyway, current = values
+        workflow = people(request)
+        # Progress is drawn here, not by Gradio's overlay: a refusal (e.g. "not ready") is then a message that
+        # leaves the page as it was, instead of red "Error" badges over every panel.
+        yield ("### Preparing…\n\n⏳ Checking the photos and cutting the face crops (a few seconds).",
+               *(gr.skip(),) * (outputs - 1))
+        # Classifying and cropping the photos, before the job is queued.
+        on_event = progress_events(progress, "preparing the photos", use_messages=True)
+        with refused("Check the Settings tab: "):
+            train_settings = settings_from_values(names, list(values), workflow.default_train_settings())
+            train_settings.validate()
+        with refused():
+            record = workflow.start_training(train_settings, anyway=bool(train_anyway), on_event=on_event)
             yield from _follow(workflow, record.id, current)
 
-        def follow(mid: str, current: dict, request: gr.Request) -> Iterator[tuple]:
-            yield from _follow(people(request), mid, current)
+    return start
 
-        def _follow(workflow: Workflow, mid: str, current: dict) -> Iterator[tuple]:
-            if not mid:
-                return
-            token = current["token"] = object()
-            try:
-                workflow.model(mid)
-            except ValueError as exc:  # a deleted model or a mistyped id
-                raise gr.Error(escaped(exc)) from exc
-            while current.get("token") is token:
-                # Read the status before rendering: a run that finishes between the two still gets its final
-                # state rendered (on the next pass), so the last update is never a stale "assessing".
-                finished = workflow.model(mid).status in MODEL_FINISHED
-                yield (*_render(workflow, mid), mid)
-                if finished:
-                    return
-                time.sleep(POLL_SECONDS)
 
-        def cancel(mid: str, request: gr.Request) -> str:
-            if not mid:
-                raise gr.Error("Nothing is training: press Train, or pick a model under 'Watch a model'.")
-            workflow = people(request)
-            try:
-                record = workflow.model(mid)
-            except ValueError as exc:
-                raise gr.Error(escaped(exc)) from exc
-            if record.status in MODEL_FINISHED:
-                gr.Info(f"'{escaped(record.name)}' has already finished ({record.status}); nothing to stop.")
-                return _status(workflow, workflow.training_view(mid))
-            workflow.cancel_training(mid)
-            return (f"### {plain(record.name)} — stopping\n\nStopping at the next step; the last checkpoint is kept "
-                    "and **Resume** goes on from it.")
+def _follow(workflow: Workflow, mid: str, current: dict) -> Iterator[tuple]:
+    # Renders ``mid`` every POLL_SECONDS until it finishes or the page watches another model (a deleted model or a
+    # mistyped id: its error). No docstring: Gradio would show it as /watch_training's description.
+    if not mid:
+        return
+    token = current["token"] = object()
+    workflow.model(mid)
+    while current.get("token") is token:
+        # Read the status before rendering: a run that finishes between the two still gets its final
+        # state rendered (on the next pass), so the last update is never a stale "assessing".
+        finished = workflow.model(mid).status in MODEL_FINISHED
+        yield (*_render(workflow, mid), mid)
+        if finished:
+            return
+        time.sleep(POLL_SECONDS)
 
-        def go_on(mid: str, current: dict, request: gr.Request) -> Iterator[tuple]:
-            if not mid:
-                raise gr.Error("Pick the stopped model under 'Watch a model' first.")
-            workflow = people(request)
-            try:
-                workflow.resume_training(mid)
-            except ValueError as exc:
-                raise gr.Error(escaped(exc)) from exc
-            yield from _follow(workflow, mid, current)
 
-        def on_open(mid: str, current: dict, request: gr.Request) -> Iterator[tuple]:
-            """Opening the tab with nothing shown (e.g. after a page reload) follows the run in progress, if any."""
-            if mid:
-                return
-            workflow = people(request)
-            busy = [r for r in workflow.models() if r.status in MODEL_ACTIVE]
-            running = [r for r in busy if r.status != Status.QUEUED] or busy[::-1]  # else the oldest waiting one
-            # Nothing running: the latest model, so the tab is never blank once something was trained.
-            shown = running or workflow.models()[:1]
-            if shown:
-                yield from _follow(workflow, shown[0].id, current)
+def _cancel(workflow: Workflow, mid: str) -> str:
+    record = workflow.model(mid)
+    if record.status in MODEL_FINISHED:
+        gr.Info(f"'{escaped(record.name)}' has already finished ({record.status}); nothing to stop.")
+        return _status(workflow, workflow.training_view(mid))
+    workflow.cancel_training(mid)
+    return (f"### {plain(record.name)} — stopping\n\nStopping at the next step; the last checkpoint is kept "
+            "and **Resume** goes on from it.")
 
-        def buttons(mid: str, request: gr.Request) -> tuple:
-            """Stop only while a run waits or trains; Resume only for a stopped or failed one."""
-            try:
-                state = people(request).model(mid).status if mid else ""
-            except ValueError:
-                state = ""
-            return (gr.update(interactive=state in MODEL_ACTIVE),
-                    gr.update(interactive=state in MODEL_RESUMABLE))
 
-        def show_cluster(request: gr.Request) -> dict:
-            text = cluster_text(people(request))
-            return gr.update(value=text or "", visible=text is not None)
+def _resume(workflow: Workflow, mid: str, current: dict) -> Iterator[tuple]:
+    workflow.resume_training(mid)
+    yield from _follow(workflow, mid, current)
 
-        def refresh(mid: str, request: gr.Request) -> dict:
-            return gr.update(choices=_model_choices(people(request)), value=mid or None)
 
-        outputs = [status, log, plot, likeness, samples, model_id]
-        # "multiple": a second Train while one runs queues a second model (Gradio ignores it by default).
-        train.click(start, [*settings.as_list(), anyway, watcher], outputs, api_name="train",
-                    trigger_mode="multiple", show_progress="hidden").then(
-            refresh, model_id, watch, api_name=False)  # the list shows the run's final status
-        # .input, not .change: the dropdown also shows the model that Train started, without a second watcher.
-        watch.input(follow, [watch, watcher], outputs, api_name="watch_training").then(
-            refresh, model_id, watch, api_name=False)
-        # The watcher keeps running after Stop, so the page shows the run end ("cancelled") by itself.
-        stop.click(cancel, model_id, status, api_name="stop_training", show_progress="hidden")
-        resume.click(go_on, [model_id, watcher], outputs, api_name="resume_training", show_progress="hidden").then(
-            refresh, model_id, watch, api_name=False)
-        # Each render may change the status: the buttons follow it.
-        status.change(buttons, model_id, [stop, resume], api_name=False, show_progress="hidden")
-        model_id.change(refresh, model_id, watch, api_name=False)
-        tab.select(refresh, model_id, watch, api_name=False)
-        tab.select(show_cluster, None, cluster, api_name=False, show_progress="hidden")
-        tab.select(on_open, [model_id, watcher], outputs, api_name=False).then(
-            refresh, model_id, watch, api_name=False)  # its label then shows the final status, not "(training)"
-    return tab
+def _on_open(workflow: Workflow, mid: str, current: dict) -> Iterator[tuple]:
+    """Opening the tab with nothing shown (e.g. after a page reload) follows the run in progress, if any."""
+    if mid:
+        return
+    busy = [r for r in workflow.models() if r.status in MODEL_ACTIVE]
+    running = [r for r in busy if r.status != Status.QUEUED] or busy[::-1]  # else the oldest waiting one
+    # Nothing running: the latest model, so the tab is never blank once something was trained.
+    shown = running or workflow.models()[:1]
+    if shown:
+        yield from _follow(workflow, shown[0].id, current)
+
+
+def _buttons(workflow: Workflow, mid: str) -> tuple:
+    """Stop only while a run waits or trains; Resume only for a stopped or failed one."""
+    try:
+        state = workflow.model(mid).status if mid else ""
+    except ValueError:
+        state = ""
+    return (gr.update(interactive=state in MODEL_ACTIVE),
+            gr.update(interactive=state in MODEL_RESUMABLE))
+
+
+def _show_cluster(workflow: Workflow) -> dict:
+    text = cluster_text(workflow)
+    return gr.update(value=text or "", visible=text is not None)
+
+
+def _refresh(workflow: Workflow, mid: str) -> dict:
+    return gr.update(choices=_model_choices(workflow), value=mid or None)
+
+
+def wire(view: TrainingTab, people: People, settings: SettingsInputs) -> None:
+    outputs, hidden = view.outputs(), {"show_progress": "hidden"}
+    refresh = (for_person(people)(_refresh), view.model_id, view.watch)
+    start = _starter(people, list(settings.components), len(outputs))
+    # "multiple": a second Train while one runs queues a second model (Gradio ignores it by default).
+    view.train.click(start, [*settings.as_list(), view.anyway, view.watcher], outputs, api_name="train",
+                     trigger_mode="multiple", **hidden).then(
+        *refresh, api_name=False)  # the list shows the run's final status
+    # .input, not .change: the dropdown also shows the model that Train started, without a second watcher.
+    view.watch.input(for_person(people)(_follow), [view.watch, view.watcher], outputs,
+                     api_name="watch_training").then(*refresh, api_name=False)
+    # The watcher keeps running after Stop, so the page shows the run end ("cancelled") by itself.
+    cancel = for_person(people, missing="Nothing is training: press Train, or pick a model under 'Watch a model'.")
+    view.stop.click(cancel(_cancel), view.model_id, view.status, api_name="stop_training", **hidden)
+    resume = for_person(people, missing="Pick the stopped model under 'Watch a model' first.")
+    view.resume.click(resume(_resume), [view.model_id, view.watcher], outputs, api_name="resume_training",
+                      **hidden).then(*refresh, api_name=False)
+    # Each render may change the status: the buttons follow it.
+    view.status.change(for_person(people)(_buttons), view.model_id, [view.stop, view.resume], api_name=False,
+                       **hidden)
+    view.model_id.change(*refresh, api_name=False)
+    view.tab.select(*refresh, api_name=False)
+    view.tab.select(for_person(people)(_show_cluster), None, view.cluster, api_name=False, **hidden)
+    view.tab.select(for_person(people)(_on_open), [view.model_id, view.watcher], outputs, api_name=False).then(
+        *refresh, api_name=False)  # its label then shows the final status, not "(training)"
+
+
+def build(people: People, settings: SettingsInputs) -> gr.Tab:
+    view = layout()
+    wire(view, people, settings)
+    return view.tab
