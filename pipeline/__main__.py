@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.scores import headline
+from pipeline.settings import Group, TrainSettings, declaration, declared_fields
 
 if TYPE_CHECKING:
     from pipeline.workflow import Workflow
@@ -67,11 +68,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         paths = _photos_in(args.folder)
         classification = classify_photos(paths, names=[p.name for p in paths])
-        overrides = {k: v for k, v in vars(args).items()
-                     if k in ("steps", "learning_rate", "resolution", "finish_resolution", "batch_size", "rank",
-                              "trigger_word")
-                     and v is not None}
-        settings = workflow.default_train_settings(name=args.name, **overrides)
+        settings = workflow.default_train_settings(**setting_overrides(args, TrainSettings))
         record = workflow.start_training(settings, classification=classification, anyway=args.anyway)
         shown = 0
         while True:
@@ -234,6 +231,39 @@ def cmd_users(args: argparse.Namespace) -> int:
     return 0
 
 
+def cli_flag(settings_field: dataclasses.Field) -> str:
+    """The option of a setting: its declared flag, else --the-field-name."""
+    return declaration(settings_field).flag or "--" + settings_field.name.replace("_", "-")
+
+
+def add_setting_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    """An option for each setting of ``cls`` the Settings tab shows, in its order, from the fields' declarations
+    (their help is FLUX.1-dev's; an option left out keeps the base model's default)."""
+    for settings_field in declared_fields(cls, Group.BASIC, Group.ADVANCED):
+        setting, default = declaration(settings_field), settings_field.default
+        options: dict[str, Any] = {"dest": settings_field.name, "required": setting.cli_required,
+                                   "help": (setting.info or setting.label).replace("%", "%%")}
+        if isinstance(default, bool):
+            options["action"] = argparse.BooleanOptionalAction
+        elif isinstance(default, tuple):
+            options.update(action="append", help=options["help"] + " (here: the option once for each)")
+        else:
+            options["type"] = type(default)
+            if setting.choices and setting.closed:
+                options["choices"] = setting.choices
+            if setting.choice_names:
+                names = ", ".join(f"{value}: {name}" for value, name in setting.choice_names)
+                options["help"] += f" ({names})"
+        parser.add_argument(cli_flag(settings_field), **options)
+
+
+def setting_overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The settings of ``cls`` given on the command line (lists as tuples), by field name."""
+    given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(cls)}
+    return {name: tuple(value) if isinstance(value, list) else value for name, value in given.items()
+            if value is not None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     common = argparse.ArgumentParser(add_help=False)
@@ -250,14 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", parents=[common], help="classify a folder and train a LoRA on the selected photos")
     p.add_argument("folder", type=Path)
-    p.add_argument("--name", required=True)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--lr", dest="learning_rate", type=float)
-    p.add_argument("--resolution", type=int)
-    p.add_argument("--finish-resolution", type=int, help="the last quarter of the steps at this size (0: none)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--rank", type=int)
-    p.add_argument("--trigger-word")
+    add_setting_options(p, TrainSettings)
     p.add_argument("--anyway", action="store_true", help="train even if the classifier says the set is not ready")
     p.add_argument("--ray", default=os.environ.get("LIKENESS_RAY_ADDRESS", ""), metavar="auto|ADDRESS",
                    help="train as a task on a Ray cluster, as `app.py --ray` does: 'auto' or the head's address")

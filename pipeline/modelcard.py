@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -9,7 +10,7 @@ from pipeline.base_info import BaseInfo, BaseKind, base_info
 from pipeline.base_model import default_test_generate_settings
 from pipeline.library import ModelRecord
 from pipeline.scores import headline
-from pipeline.settings import FLUX_DEV
+from pipeline.settings import FLUX_DEV, TrainSettings, declaration, from_dict
 from pipeline.trigger import insert_trigger
 
 DEFAULT_EXAMPLE_PROMPTS = (
@@ -24,7 +25,7 @@ _FLUX_DEV_LICENSE = "https://huggingface.co/black-forest-labs/FLUX.1-dev/blob/ma
 def example_prompts(record: ModelRecord, limit: int = 6) -> list[str]:
     """The model's own sample prompts, then the defaults, with the trigger word filled in."""
     prompts: list[str] = []
-    for template in (*record.settings.get("sample_prompts", ()), *DEFAULT_EXAMPLE_PROMPTS):
+    for template in (*train_settings(record).sample_prompts, *DEFAULT_EXAMPLE_PROMPTS):
         prompt = insert_trigger(str(template), record.trigger_word)
         if prompt not in prompts:
             prompts.append(prompt)
@@ -54,6 +55,22 @@ def _format_value(value: Any) -> str:
     if isinstance(value, dict | list | tuple):
         return json.dumps(value, default=str)
     return str(value)
+
+
+def train_settings(record: ModelRecord) -> TrainSettings:
+    """The settings the model was trained with (a field its record lacks: the default, as its training read it)."""
+    return from_dict(TrainSettings, record.settings)
+
+
+def _settings_rows(settings: TrainSettings) -> list[str]:
+    """A table row for each setting declared for the card, in field order, with the card's name and unit."""
+    rows = []
+    for settings_field in dataclasses.fields(settings):
+        setting = declaration(settings_field)
+        if setting.card and (setting.card_if is None or setting.card_if(settings)):
+            value = _format_value(getattr(settings, settings_field.name))
+            rows.append(f"| {setting.card} | {value}{' ' + setting.unit if setting.unit else ''} |")
+    return rows
 
 
 def _scores_section(record: ModelRecord) -> list[str]:
@@ -164,11 +181,7 @@ def model_card(record: ModelRecord) -> str:
         f"| created | {record.created_at} |",
         f"| finished | {record.finished_at or '-'} |",
     ]
-    for key in ("steps", "learning_rate", "rank", "alpha", "resolution"):
-        if key in record.settings:
-            lines.append(f"| {key.replace('_', ' ')} | {_format_value(record.settings[key])} |")
-    if record.settings.get("finish_resolution", 0) > record.settings.get("resolution", 0):
-        lines.append(f"| last quarter of the steps at | {record.settings['finish_resolution']} px |")
+    lines += _settings_rows(train_settings(record))
     for key, value in record.dataset.items():
         if not isinstance(value, dict | list | tuple):
             lines.append(f"| dataset: {key.replace('_', ' ')} | {_format_value(value)} |")

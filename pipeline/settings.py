@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -90,48 +92,171 @@ MAX_SAMPLE_IMAGES = 1000  # steps / sample_every x sample prompts: MAX_STEPS at 
 MICRO_STEPS = 5000  # the micro model's default training length (see TrainSettings.micro)
 MICRO_RESOLUTION = 96  # the size the micro model draws at (its identity survives the VAE at 96 px, not at 64: README)
 
+# The values a choice setting takes: validate() accepts these, the Settings tab offers them.
+MEMORY_MODES = ("auto", "bf16", "fp8", "nf4", "offload")
+OPTIMIZERS = ("adamw", "adamw8bit")
+LR_SCHEDULES = ("constant", "cosine")
+TIMESTEP_SAMPLINGS = ("logit_normal", "shift", "uniform")
+# The sizes the Settings tab offers (with the base model's default); any multiple of 16 in 32..2048 is valid.
+RESOLUTIONS = (512, 768, 1024)
+FINISH_RESOLUTIONS = (0, 768, 1024)  # 0: none, the resolution throughout
+
+
+class Group(StrEnum):
+    """Where a setting shows: on the Settings tab, in its Advanced section, or only in code and saved runs."""
+
+    BASIC = "basic"
+    ADVANCED = "advanced"
+    HIDDEN = "hidden"
+
+
+class Widget(StrEnum):
+    """How a form shows a setting."""
+
+    TEXT = "text"  # one line
+    LINES = "lines"  # a tuple of text, one item per line
+    NUMBER = "number"  # whole numbers for an int field
+    DROPDOWN = "dropdown"
+    SLIDER = "slider"
+    CHECKBOX = "checkbox"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A setting's declaration, kept in its dataclass field's metadata (see ``setting``): what the Settings tab, the
+    CLI and the model card say about it. The value's type and default are the field's."""
+
+    label: str
+    group: Group = Group.HIDDEN  # HIDDEN: neither on the form nor a CLI option
+    widget: Widget = Widget.NUMBER
+    info: str = ""  # the help under the form's label and the CLI option's help (FLUX.1-dev's advice)
+    # The info on an embedded base (tiny, micro), where FLUX.1-dev's sizes are no advice; {kind} and {default} (the
+    # base's default) are filled in. Empty: ``info`` on every base.
+    embedded_info: str = ""
+    row: int = 0  # the row of its group on the form (a row of one component takes the full width)
+    choices: tuple = ()
+    closed: bool = True  # only the choices are valid (validate() says so); False: they are suggestions
+    choice_names: tuple[tuple[Any, str], ...] = ()  # (value, what the form shows) where not str(value)
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    lines: int = 3  # the text box's height for Widget.LINES
+    estimate: bool = False  # the time estimate depends on it: a change computes it again
+    flag: str = ""  # the CLI option; empty: --the-field-name
+    cli_required: bool = False
+    card: str = ""  # its name in the model card's table; empty: not on the card
+    unit: str = ""  # after the value on the card
+    card_if: Callable[[Any], bool] | None = None  # on the card only when this holds for the run's settings
+
+    def info_for(self, embedded: str | None, default: Any) -> str:
+        """The help on a base: ``embedded`` is "tiny" or "micro" for the embedded models, None for FLUX.1-dev;
+        ``default`` is that base's default value."""
+        if embedded and self.embedded_info:
+            return self.embedded_info.format(kind=embedded, default=default)
+        return self.info
+
+    def shows(self, choice: Any) -> str:
+        return dict(self.choice_names).get(choice, str(choice))
+
+
+def setting(default: Any, label: str, group: Group = Group.HIDDEN, widget: Widget = Widget.NUMBER,
+            **declaration: Any) -> Any:
+    """A dataclass field with ``default`` that declares itself (``Setting``) in its metadata."""
+    declared = Setting(label, group, widget, **declaration)
+    return field(default=default, metadata={"setting": declared})
+
+
+def declaration(settings_field: dataclasses.Field) -> Setting:
+    """The field's declaration; a field declared without one is hidden, labelled by its name."""
+    return settings_field.metadata.get("setting") or Setting(settings_field.name.replace("_", " "))
+
+
+def declared_fields(cls: type, *groups: Group) -> list[dataclasses.Field]:
+    """The fields of ``cls`` in ``groups``, group by group, each in field order (the form's order)."""
+    fields = dataclasses.fields(cls)
+    return [f for group in groups for f in fields if declaration(f).group == group]
+
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """One LoRA training run. Defaults are for FLUX.1-dev on a face (see README: where each comes from)."""
+    """One LoRA training run. Defaults are for FLUX.1-dev on a face (see README: where each comes from).
 
-    name: str = "my-likeness"
-    trigger_word: str = ""  # empty: one is generated
-    steps: int = 1000
-    learning_rate: float = 1e-4
-    batch_size: int = 0  # 0: automatic from photo count and memory
-    resolution: int = 512
+    Each field declares itself (``setting``): the Settings tab, the CLI's ``train`` options and the model card are
+    built from these declarations, so a new setting is one field here (and a test)."""
+
+    name: str = setting("my-likeness", "Model name", Group.BASIC, Widget.TEXT, cli_required=True,
+                        info="how the model is listed; the trigger word, not the name, brings you in")
+    trigger_word: str = setting("", "Trigger word (empty: generated)", Group.ADVANCED, Widget.TEXT)
+    steps: int = setting(1000, "Training steps", Group.BASIC, minimum=1, estimate=True, card="steps",
+                         info="more steps learn the face more closely; too many copy the photos' clothes and light. "
+                              "The best checkpoint is chosen by measurement")
+    learning_rate: float = setting(1e-4, "Learning rate", Group.BASIC, flag="--lr", card="learning rate",
+                                   info="how big each step is: higher learns faster but can overshoot (noisy loss, "
+                                        "burnt images)")
+    batch_size: int = setting(0, "Batch size (0 = automatic from photos and memory)", Group.BASIC, row=1,
+                              minimum=0, estimate=True,
+                              info="photos per step; automatic fits the GPU and the photo count")
+    resolution: int = setting(512, "Resolution (px)", Group.BASIC, Widget.DROPDOWN, row=1,
+                              choices=RESOLUTIONS, closed=False, estimate=True, card="resolution",
+                              info="the size most steps train at: 512 learns a face fast, 1024 adds detail",
+                              embedded_info="the {kind} model draws at {default} px: train at {default} (larger "
+                                            "sizes only slow it down; 512–1024 are for FLUX.1-dev)")
     # The last quarter of the steps at this size when it is above ``resolution`` (0: ``resolution`` throughout):
     # most of the learning at the cheap size, then the detail FLUX.1-dev is used at.
-    finish_resolution: int = 1024
-    rank: int = 16
-    alpha: float = 16.0
+    finish_resolution: int = setting(1024, "Finish at (px): the last quarter of the steps, if above the resolution",
+                                     Group.BASIC, Widget.DROPDOWN, row=1, choices=FINISH_RESOLUTIONS,
+                                     closed=False, choice_names=((0, "none"),), estimate=True,
+                                     card="last quarter of the steps at", unit="px",
+                                     card_if=lambda s: len(s.resolutions) > 1)
+    rank: int = setting(16, "LoRA rank", Group.ADVANCED, minimum=1, estimate=True, card="rank",
+                        info="capacity of the LoRA: 16 holds a face; more learns faster, overfits sooner",
+                        embedded_info="capacity of the LoRA: {default} is this model's default; more learns faster, "
+                                      "overfits sooner")
+    alpha: float = setting(16.0, "LoRA alpha", Group.ADVANCED, card="alpha",
+                           info="scales the LoRA's effect (alpha / rank); equal to the rank is neutral")
     # Also train each block's adaptive-norm modulation (the micro model's default: at 128 wide it is a large share
     # of what sets a face; on FLUX.1-dev it would add ~20 M parameters to a rank-16 LoRA).
-    lora_modulation: bool = False
+    lora_modulation: bool = setting(False, "Train the blocks' adaptive-norm modulation too", widget=Widget.CHECKBOX)
     # Also train the transformer's layers outside the blocks: the image, text, time and guidance embedders and the
     # final norm and projection (kohya: img_in, txt_in, time_in, vector_in, guidance_in, final_layer). The micro
     # model's default: there it took the astronaut's recognised test images from 1 to 5 of 8 (README: the micro base
     # model).
-    lora_outer_layers: bool = False
-    seed: int = 42
-    optimizer: str = "adamw"  # "adamw" or "adamw8bit" (where bitsandbytes works)
-    warmup_steps: int = 50
-    lr_schedule: str = "constant"  # "constant" or "cosine"
-    max_grad_norm: float = 1.0
-    caption_dropout: float = 0.05
-    timestep_sampling: str = "logit_normal"  # "logit_normal", "shift" or "uniform"
-    guidance: float = 1.0  # FLUX.1-dev's guidance embedding while training
-    memory_mode: str = "auto"  # "auto", "bf16", "fp8", "nf4", "offload"
-    gradient_checkpointing: bool = True
-    checkpoint_every: int = 250
-    keep_checkpoints: int = 3
-    sample_every: int = 250
-    sample_prompts: tuple[str, ...] = (
-        "a portrait photo of {trigger}",
-        "{trigger} smiling, outdoors, natural light",
-    )
-    test_prompts: tuple[str, ...] = ()  # the assessment's prompts; empty: generation.DEFAULT_TEST_PROMPTS
+    lora_outer_layers: bool = setting(False, "Train the layers outside the blocks too", widget=Widget.CHECKBOX)
+    seed: int = setting(42, "Seed", Group.ADVANCED, info="the same seed, photos and settings train the same LoRA")
+    memory_mode: str = setting("auto", "Memory mode", Group.ADVANCED, Widget.DROPDOWN, row=1,
+                               choices=MEMORY_MODES, estimate=True,
+                               info="how the base model is held: auto picks by free GPU memory (bf16 ≥ 40 GB, fp8 "
+                                    "24 GB, nf4 16 GB, offload 12 GB)",
+                               embedded_info="the {kind} model trains on the CPU in float32 whatever is chosen here: "
+                                             "memory modes are for FLUX.1-dev on a GPU")
+    optimizer: str = setting("adamw", "Optimizer (8-bit needs bitsandbytes and a GPU)", Group.ADVANCED,
+                             Widget.DROPDOWN, row=1, choices=OPTIMIZERS, estimate=True,
+                             info="8-bit keeps the optimizer's memory 4x smaller")
+    warmup_steps: int = setting(50, "Warm-up steps", info="steps over which the learning rate rises from 0")
+    lr_schedule: str = setting("constant", "Learning-rate schedule", widget=Widget.DROPDOWN, choices=LR_SCHEDULES)
+    max_grad_norm: float = setting(1.0, "Gradient clipping (largest gradient norm)")
+    timestep_sampling: str = setting("logit_normal", "Timestep sampling", widget=Widget.DROPDOWN,
+                                     choices=TIMESTEP_SAMPLINGS)
+    guidance: float = setting(1.0, "Guidance while training", info="FLUX.1-dev's guidance embedding while training")
+    gradient_checkpointing: bool = setting(True, "Gradient checkpointing", widget=Widget.CHECKBOX,
+                                           info="recompute activations: less memory, slower steps")
+    checkpoint_every: int = setting(250, "Checkpoint every N steps", Group.ADVANCED, row=1, minimum=1,
+                                    estimate=True,
+                                    info="each checkpoint is tested for likeness; Resume starts there")
+    keep_checkpoints: int = setting(3, "Checkpoints kept on disk")
+    sample_every: int = setting(250, "Sample images every N steps", Group.ADVANCED, row=1, minimum=1, estimate=True,
+                                info="pictures on the Training tab as the face appears")
+    caption_dropout: float = setting(0.05, "Caption dropout", Group.ADVANCED, Widget.SLIDER, row=1, minimum=0,
+                                     maximum=0.5, step=0.01,
+                                     info="share of steps trained without a caption: the face then comes with the "
+                                          "trigger word less exclusively")
+    sample_prompts: tuple[str, ...] = setting(
+        ("a portrait photo of {trigger}", "{trigger} smiling, outdoors, natural light"),
+        "Sample prompts ({trigger} = the trigger word)", widget=Widget.LINES)
+    # The assessment's prompts; empty: generation.DEFAULT_TEST_PROMPTS.
+    test_prompts: tuple[str, ...] = setting(
+        (), "Test prompts for the assessment, one per line ({trigger} = the trigger word); empty: the built-in "
+            "portrait, style, setting and expression set", Group.ADVANCED, Widget.LINES, row=2, estimate=True)
 
     def validate(self) -> TrainSettings:
         _check(bool(self.name.strip()), "name", "must not be empty")
@@ -156,18 +281,11 @@ class TrainSettings:
                f"must be between 0 and {MAX_STEPS}, got {self.warmup_steps}")
         _check(0 < self.max_grad_norm <= 1000, "max_grad_norm", f"must be in (0, 1000], got {self.max_grad_norm}")
         _check(0 <= self.guidance <= 30, "guidance", f"must be between 0 and 30, got {self.guidance}")
-        _check(self.optimizer in ("adamw", "adamw8bit"), "optimizer", f"unknown optimizer {self.optimizer!r}")
-        _check(self.lr_schedule in ("constant", "cosine"), "lr_schedule", f"unknown schedule {self.lr_schedule!r}")
-        _check(
-            self.timestep_sampling in ("logit_normal", "shift", "uniform"),
-            "timestep_sampling",
-            f"unknown sampling {self.timestep_sampling!r}",
-        )
-        _check(
-            self.memory_mode in ("auto", "bf16", "fp8", "nf4", "offload"),
-            "memory_mode",
-            f"unknown memory mode {self.memory_mode!r}",
-        )
+        _check(self.optimizer in OPTIMIZERS, "optimizer", f"unknown optimizer {self.optimizer!r}")
+        _check(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"unknown schedule {self.lr_schedule!r}")
+        _check(self.timestep_sampling in TIMESTEP_SAMPLINGS, "timestep_sampling",
+               f"unknown sampling {self.timestep_sampling!r}")
+        _check(self.memory_mode in MEMORY_MODES, "memory_mode", f"unknown memory mode {self.memory_mode!r}")
         _check(0 <= self.caption_dropout < 1, "caption_dropout", "must be in [0, 1)")
         _check(1 <= self.checkpoint_every <= MAX_STEPS, "checkpoint_every",
                f"must be between 1 and {MAX_STEPS}, got {self.checkpoint_every}")

@@ -1,22 +1,36 @@
-"""Settings tab: model name, steps, learning rate, batch size, resolutions; advanced settings folded away."""
+"""Settings tab: model name, steps, learning rate, batch size, resolutions; advanced settings folded away.
+
+The form is built from TrainSettings' field declarations (``pipeline.settings.Setting``): a field in the basic or
+advanced group is a component here, in field order, with its label, help, choices and widget; nothing in this module
+names a setting.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 
 from pipeline.estimate import TrainingEstimate, embedded_kind
-from pipeline.settings import TrainSettings, coerce
+from pipeline.settings import Group, Setting, TrainSettings, Widget, coerce, declaration, declared_fields
 from pipeline.status import Status
 from ui.people import People
 from ui.text import plain
 
+FORM_GROUPS = (Group.BASIC, Group.ADVANCED)
+_COMPONENTS: dict[Widget, type[gr.components.Component]] = {
+    Widget.TEXT: gr.Textbox, Widget.LINES: gr.Textbox, Widget.NUMBER: gr.Number, Widget.DROPDOWN: gr.Dropdown,
+    Widget.SLIDER: gr.Slider, Widget.CHECKBOX: gr.Checkbox,
+}
+
 
 @dataclass
 class SettingsInputs:
-    """The components the Training tab reads when the user presses Train (order = TrainSettings fields)."""
+    """The components the Training tab reads when the user presses Train (order = the form's, basic then advanced;
+    the train API takes its values in this order)."""
 
     components: dict[str, gr.components.Component]
 
@@ -24,31 +38,89 @@ class SettingsInputs:
         return list(self.components.values())
 
 
+@dataclass(frozen=True)
+class FormItem:
+    """One setting on the form: which component, with which arguments, where (group and row)."""
+
+    name: str
+    group: Group
+    row: int
+    component: type[gr.components.Component]
+    kwargs: dict[str, Any]
+
+    def make(self) -> gr.components.Component:
+        return self.component(**self.kwargs)
+
+
+def to_form(setting: Setting, value: Any) -> Any:
+    """A setting's value as its component shows it (a tuple of prompts: one per line)."""
+    return "\n".join(value) if setting.widget is Widget.LINES else value
+
+
+def from_form(setting: Setting, value: Any) -> Any:
+    """A component's (or an API caller's) value for the setting: lines back to a tuple, text stripped."""
+    if setting.widget is Widget.LINES:  # one item per line; empty: none
+        return tuple(line.strip() for line in str(value or "").splitlines() if line.strip())
+    if setting.widget is Widget.TEXT:
+        return str(value or "").strip()
+    return value
+
+
 def settings_from_values(names: list[str], values: list, defaults: TrainSettings) -> TrainSettings:
     """The form's (or an API caller's) values over the base model's ``defaults`` (the fields the form does not show
     keep those, not the dataclass's); a missing or malformed value names its field."""
-    kwargs = {**dataclasses.asdict(defaults), **dict(zip(names, values, strict=True))}
-    kwargs["trigger_word"] = (kwargs.get("trigger_word") or "").strip()
-    if "test_prompts" in kwargs:  # one prompt per line; empty: the built-in set
-        kwargs["test_prompts"] = tuple(line.strip() for line in str(kwargs["test_prompts"] or "").splitlines()
-                                       if line.strip())
-    return coerce(TrainSettings, kwargs)
+    fields = {f.name: declaration(f) for f in dataclasses.fields(defaults)}
+    given = {name: from_form(fields[name], value) if name in fields else value
+             for name, value in zip(names, values, strict=True)}  # an unknown name: coerce names it
+    return coerce(type(defaults), {**dataclasses.asdict(defaults), **given})
 
 
 def size_hints(base_model: str, defaults: TrainSettings) -> dict[str, str]:
-    """The hints that depend on the base: FLUX.1-dev's sizes are no advice next to the micro model's 96 px."""
+    """Each form field's help on this base: FLUX.1-dev's sizes are no advice next to the micro model's 96 px (the
+    texts are the fields' declarations)."""
     kind = embedded_kind(base_model)
-    if kind is None:
-        return {"resolution": "the size most steps train at: 512 learns a face fast, 1024 adds detail",
-                "rank": "capacity of the LoRA: 16 holds a face; more learns faster, overfits sooner",
-                "memory_mode": "how the base model is held: auto picks by free GPU memory "
-                               "(bf16 ≥ 40 GB, fp8 24 GB, nf4 16 GB, offload 12 GB)"}
-    return {"resolution": f"the {kind} model draws at {defaults.resolution} px: train at {defaults.resolution} "
-                          "(larger sizes only slow it down; 512–1024 are for FLUX.1-dev)",
-            "rank": f"capacity of the LoRA: {defaults.rank} is this model's default; more learns faster, overfits "
-                    "sooner",
-            "memory_mode": f"the {kind} model trains on the CPU in float32 whatever is chosen here: memory modes are "
-                           "for FLUX.1-dev on a GPU"}
+    return {f.name: declaration(f).info_for(kind, getattr(defaults, f.name))
+            for f in declared_fields(type(defaults), *FORM_GROUPS)}
+
+
+def _choices(setting: Setting, default: Any) -> list[tuple[str, Any]]:
+    values = setting.choices if default in setting.choices else sorted({*setting.choices, default})
+    return [(setting.shows(value), value) for value in values]
+
+
+def form_item(settings_field: dataclasses.Field, default: Any, info: str) -> FormItem:
+    """The component of one setting, showing ``default`` (the base model's) with ``info`` under its label."""
+    setting = declaration(settings_field)
+    kwargs: dict[str, Any] = {"label": setting.label, "value": to_form(setting, default), "info": info or None,
+                              "minimum": setting.minimum, "maximum": setting.maximum, "step": setting.step}
+    if setting.widget is Widget.NUMBER and isinstance(default, int):
+        kwargs["precision"] = 0
+    elif setting.widget is Widget.DROPDOWN:
+        kwargs["choices"] = _choices(setting, default)
+    elif setting.widget is Widget.LINES:
+        kwargs["lines"] = setting.lines
+    kwargs = {key: value for key, value in kwargs.items() if value is not None}
+    return FormItem(settings_field.name, setting.group, setting.row, _COMPONENTS[setting.widget], kwargs)
+
+
+def form_spec(defaults: TrainSettings, hints: dict[str, str] | None = None) -> list[FormItem]:
+    """The form, field by field in its order (basic, then advanced), for a base with these ``defaults``."""
+    hints = hints or {}
+    return [form_item(f, getattr(defaults, f.name), hints.get(f.name, declaration(f).info))
+            for f in declared_fields(type(defaults), *FORM_GROUPS)]
+
+
+def place(items: list[FormItem]) -> dict[str, gr.components.Component]:
+    """The components of ``items``, a gr.Row per row (a row of one component takes the full width)."""
+    components: dict[str, gr.components.Component] = {}
+    for _, row in itertools.groupby(items, key=lambda item: item.row):
+        row = list(row)
+        if len(row) == 1:
+            components[row[0].name] = row[0].make()
+            continue
+        with gr.Row():
+            components.update((item.name, item.make()) for item in row)
+    return components
 
 
 def estimate_markdown(estimate: TrainingEstimate) -> str:
@@ -57,93 +129,33 @@ def estimate_markdown(estimate: TrainingEstimate) -> str:
     return "\n".join([f"⏱ {estimate.text()}", *([""] + parts if parts else [])])  # a blank line opens the list
 
 
-def build(people: People, demo: gr.Blocks) -> SettingsInputs:
-    workflow = people.workspaces.local  # the base model's defaults: the same for everyone
-    defaults = workflow.default_train_settings()
-    hints = size_hints(workflow.base_model, defaults)
-    with gr.Tab("2 · Settings", id="settings"):
-        gr.Markdown(
-            f"Base model: **{workflow.base_model}**. Defaults work for a face; change them only if you know why. "
-            "They apply to the next run you start with **Train** on the Training tab."
-        )
-        c: dict[str, gr.components.Component] = {}
-        with gr.Row():
-            c["name"] = gr.Textbox(label="Model name", value=defaults.name,
-                                   info="how the model is listed; the trigger word, not the name, brings you in")
-            c["steps"] = gr.Number(label="Training steps", value=defaults.steps, precision=0, minimum=1,
-                                   info="more steps learn the face more closely; too many copy the photos' "
-                                        "clothes and light. The best checkpoint is chosen by measurement")
-            c["learning_rate"] = gr.Number(label="Learning rate", value=defaults.learning_rate,
-                                           info="how big each step is: higher learns faster but can overshoot "
-                                                "(noisy loss, burnt images)")
-        with gr.Row():
-            c["batch_size"] = gr.Number(label="Batch size (0 = automatic from photos and memory)",
-                                        value=defaults.batch_size, precision=0, minimum=0,
-                                        info="photos per step; automatic fits the GPU and the photo count")
-            c["resolution"] = gr.Dropdown(label="Resolution (px)", value=defaults.resolution,
-                                          choices=sorted({defaults.resolution, 512, 768, 1024}),
-                                          info=hints["resolution"])
-            c["finish_resolution"] = gr.Dropdown(
-                label="Finish at (px): the last quarter of the steps, if above the resolution",
-                value=defaults.finish_resolution,
-                choices=[("none", 0)] + [(str(r), r) for r in sorted({defaults.finish_resolution, 768, 1024} - {0})])
-        with gr.Accordion("Advanced", open=False):
-            with gr.Row():
-                c["trigger_word"] = gr.Textbox(label="Trigger word (empty: generated)", value="")
-                c["rank"] = gr.Number(label="LoRA rank", value=defaults.rank, precision=0, minimum=1,
-                                    info=hints["rank"])
-                c["alpha"] = gr.Number(label="LoRA alpha", value=defaults.alpha,
-                                     info="scales the LoRA's effect (alpha / rank); equal to the rank is neutral")
-                c["seed"] = gr.Number(label="Seed", value=defaults.seed, precision=0,
-                                    info="the same seed, photos and settings train the same LoRA")
-            with gr.Row():
-                c["memory_mode"] = gr.Dropdown(label="Memory mode", value=defaults.memory_mode,
-                                               choices=["auto", "bf16", "fp8", "nf4", "offload"],
-                                               info=hints["memory_mode"])
-                c["optimizer"] = gr.Dropdown(label="Optimizer (8-bit needs bitsandbytes and a GPU)",
-                                             value=defaults.optimizer, choices=["adamw", "adamw8bit"],
-                                             info="8-bit keeps the optimizer's memory 4x smaller")
-                c["checkpoint_every"] = gr.Number(label="Checkpoint every N steps", value=defaults.checkpoint_every,
-                                                  precision=0, minimum=1,
-                                                  info="each checkpoint is tested for likeness; Resume starts there")
-                c["sample_every"] = gr.Number(label="Sample images every N steps", value=defaults.sample_every,
-                                              precision=0, minimum=1,
-                                              info="pictures on the Training tab as the face appears")
-                c["caption_dropout"] = gr.Slider(label="Caption dropout", minimum=0, maximum=0.5, step=0.01,
-                                                 value=defaults.caption_dropout,
-                                                 info="share of steps trained without a caption: the face then "
-                                                      "comes with the trigger word less exclusively")
-            c["test_prompts"] = gr.Textbox(
-                label="Test prompts for the assessment, one per line ({trigger} = the trigger word); "
-                      "empty: the built-in portrait, style, setting and expression set",
-                value="\n".join(defaults.test_prompts), lines=3)
-            reset = gr.Button("Back to the defaults", size="sm")
-        estimate = gr.Markdown(elem_id="estimate")
+class _Handlers:
+    """The tab's events for one form: ``names`` are its settings in the components' order."""
 
-    names = list(c)
+    def __init__(self, people: People, names: list[str], defaults: TrainSettings) -> None:
+        self.people, self.names, self.defaults = people, names, defaults
+        self.fields = {f.name: declaration(f) for f in dataclasses.fields(defaults)}
+
     # The form is kept in the person's workspace as they type: a reload (or another device with the same login)
     # shows what they chose, instead of silently training on the defaults.
-    def restore(request: gr.Request) -> tuple:
-        draft = people(request).settings_draft()
-        return tuple(draft[name] if name in draft else gr.skip() for name in names)
+    def restore(self, request: gr.Request) -> tuple:
+        draft = self.people(request).settings_draft()
+        return tuple(draft[name] if name in draft else gr.skip() for name in self.names)
 
-    def save(request: gr.Request, *values) -> None:  # the request first: Gradio injects it by position
+    def save(self, request: gr.Request, *values) -> None:  # the request first: Gradio injects it by position
         # Fired by the person typing (``.input``, not by the page restoring the form): storing what they chose.
-        people.storing(request).save_settings_draft(dict(zip(names, values, strict=True)))
+        self.people.storing(request).save_settings_draft(dict(zip(self.names, values, strict=True)))
 
-    def back_to_defaults(request: gr.Request) -> tuple:
-        workflow = people.existing(request)
+    def back_to_defaults(self, request: gr.Request) -> tuple:
+        workflow = self.people.existing(request)
         if workflow is not None:  # nobody's draft to clear: no workspace is made for it
             workflow.save_settings_draft({})
-        fresh = dataclasses.asdict(defaults)
-        fresh["test_prompts"] = "\n".join(defaults.test_prompts)
-        fresh["trigger_word"] = ""
-        return tuple(fresh[name] for name in names)
+        return tuple(to_form(self.fields[name], getattr(self.defaults, name)) for name in self.names)
 
-    def estimate_text(request: gr.Request, *values) -> str:
-        workflow = people(request)
+    def estimate_text(self, request: gr.Request, *values) -> str:
+        workflow = self.people(request)
         try:
-            chosen = settings_from_values(names, list(values), workflow.default_train_settings()).validate()
+            chosen = settings_from_values(self.names, list(values), workflow.default_train_settings()).validate()
         except ValueError as exc:
             return f"⏱ No estimate until the settings are valid: {plain(exc)}"
         active = [entry.status for entry in workflow.queue()]
@@ -151,14 +163,33 @@ def build(people: People, demo: gr.Blocks) -> SettingsInputs:
                                                         waiting=active.count(Status.QUEUED))
         return estimate_markdown(estimate)
 
-    demo.load(restore, None, list(c.values()), api_name=False).then(
-        estimate_text, list(c.values()), estimate, api_name=False, show_progress="hidden")
+
+def _wire(handlers: _Handlers, demo: gr.Blocks, c: dict[str, gr.components.Component], reset: gr.Button,
+          estimate: gr.Markdown) -> None:
+    inputs = list(c.values())
+    demo.load(handlers.restore, None, inputs, api_name=False).then(
+        handlers.estimate_text, inputs, estimate, api_name=False, show_progress="hidden")
     # Every setting the time depends on: checkpoints and samples are parts of it, a test prompt an image a checkpoint.
-    gr.on([c[name].change for name in ("steps", "batch_size", "resolution", "finish_resolution", "rank",
-                                       "memory_mode", "optimizer", "checkpoint_every", "sample_every",
-                                       "test_prompts")],
-          estimate_text, list(c.values()), estimate, api_name=False, show_progress="hidden")
-    gr.on([component.input for component in c.values()], save, list(c.values()), None, api_name=False,
+    gr.on([component.change for name, component in c.items() if handlers.fields[name].estimate],
+          handlers.estimate_text, inputs, estimate, api_name=False, show_progress="hidden")
+    gr.on([component.input for component in inputs], handlers.save, inputs, None, api_name=False,
           show_progress="hidden", queue=False)
-    reset.click(back_to_defaults, None, list(c.values()), api_name=False)
+    reset.click(handlers.back_to_defaults, None, inputs, api_name=False)
+
+
+def build(people: People, demo: gr.Blocks) -> SettingsInputs:
+    workflow = people.workspaces.local  # the base model's defaults: the same for everyone
+    defaults = workflow.default_train_settings()
+    spec = form_spec(defaults, size_hints(workflow.base_model, defaults))
+    with gr.Tab("2 · Settings", id="settings"):
+        gr.Markdown(
+            f"Base model: **{workflow.base_model}**. Defaults work for a face; change them only if you know why. "
+            "They apply to the next run you start with **Train** on the Training tab."
+        )
+        c = place([item for item in spec if item.group is Group.BASIC])
+        with gr.Accordion("Advanced", open=False):
+            c |= place([item for item in spec if item.group is Group.ADVANCED])
+            reset = gr.Button("Back to the defaults", size="sm")
+        estimate = gr.Markdown(elem_id="estimate")
+    _wire(_Handlers(people, list(c), defaults), demo, c, reset, estimate)
     return SettingsInputs(c)
