@@ -23,8 +23,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from pipeline import micro
+from pipeline.flow_matching import flow_matching_loss
 from pipeline.settings import TrainSettings
-from pipeline.training import add_lora, flow_matching_loss
+from pipeline.training import add_lora
 
 
 def seconds_per_step(merge: bool, steps: int) -> float:

@@ -17,8 +17,9 @@ import time
 import torch
 
 from bench.train import FLUX_DEV_TRANSFORMER, _inputs
+from pipeline.flow_matching import flow_matching_loss
 from pipeline.offload import offload_block_weights
-from pipeline.training import add_lora, flow_matching_loss, training_attention
+from pipeline.training import add_lora, training_attention
 
 GB = 1024**3
 

@@ -11,7 +11,7 @@ On any machine:
 
 With CUDA: seconds per step, model FLOPs utilisation and peak GPU memory of the real architecture with random weights
 at 512 and 1024 px, for bf16 (with and without gradient checkpointing) and each low-memory mode that runs here. The
-step is the engine's own (``pipeline.training.flow_matching_loss``, clip, fused AdamW).
+step is the engine's own (``pipeline.flow_matching.flow_matching_loss``, clip, fused AdamW).
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from pipeline.flow_matching import flow_matching_loss
 from pipeline.offload import offload_block_weights
-from pipeline.training import add_lora, flow_matching_loss, training_attention
+from pipeline.training import add_lora, training_attention
 
 FLUX_DEV_TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
                             num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,

@@ -438,7 +438,7 @@ def train_transformer(pipe: FluxPipeline, data: PretrainSet, latents: torch.Tens
     weights it began from, so a checkpoint begun from others is not resumed)."""
     import torch
 
-    from pipeline.training import flow_matching_loss, sample_sigmas
+    from pipeline.flow_matching import flow_matching_loss, sample_sigmas
 
     transformer = pipe.transformer
     rng = random.Random(settings.seed)

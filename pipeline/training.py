@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -62,6 +61,7 @@ from pipeline.estimate import (
     preparing_seconds,
     speed_key,
 )
+from pipeline.flow_matching import flow_matching_loss, sample_sigmas
 from pipeline.settings import TrainSettings, to_json
 from pipeline.status import Status
 from pipeline.weights_lock import WEIGHTS_LOCK
@@ -155,22 +155,6 @@ def bucket_for(width: int, height: int, resolution: int) -> tuple[int, int]:
     return min(aspect_buckets(resolution), key=lambda b: abs(math.log(b[0] / b[1]) - aspect))
 
 
-def sample_sigmas(batch: int, *, method: str, image_tokens: int, generator: torch.Generator) -> torch.Tensor:
-    """Noise levels in (0, 1) for one batch.
-
-    FLUX shifts its sigmas towards noise as images grow (mu from 0.5 at 256 tokens to 1.15 at 4096, as its
-    scheduler does at inference). ``logit_normal`` draws sigmoid(N(mu, 1)), which is exactly the shifted
-    logit-normal of SD3/FLUX training; ``shift`` applies the same shift to uniform draws; ``uniform`` does not shift.
-    """
-    mu = 0.5 + (1.15 - 0.5) * (image_tokens - 256) / (4096 - 256)
-    if method == "logit_normal":
-        return torch.sigmoid(torch.randn(batch, generator=generator) + mu)
-    u = torch.rand(batch, generator=generator).clamp(1e-5, 1 - 1e-5)
-    if method == "shift":
-        return math.exp(mu) / (math.exp(mu) + (1 / u - 1))
-    return u
-
-
 MODULATION_LEAVES = ("norm1.linear", "norm1_context.linear", "norm.linear")
 
 
@@ -224,33 +208,6 @@ def add_lora(transformer: torch.nn.Module, *, rank: int, alpha: float, autocast:
     for p in params:
         p.data = p.data.float()
     return params
-
-
-def flow_matching_loss(transformer: torch.nn.Module, x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor,
-                       prompt: torch.Tensor, pooled: torch.Tensor, *, guidance: float, device: str,
-                       dtype: torch.dtype) -> torch.Tensor:
-    """The rectified-flow loss of one batch: ``x_t = (1 - σ) x0 + σ ε``, regress the velocity ``ε - x0``.
-
-    ``x0``/``noise``: (B, 16, h, w) latents; ``prompt``: (B, tokens, dim) T5 states; ``pooled``: (B, dim) CLIP.
-    FLUX.1-dev's guidance embedding gets ``guidance`` (1.0 while training dev, as BFL and diffusers train it).
-    """
-    from diffusers import FluxPipeline
-
-    batch, channels, height, width = x0.shape
-    sig = sigmas.view(-1, 1, 1, 1)
-    noisy = FluxPipeline._pack_latents((1 - sig) * x0 + sig * noise, batch, channels, height, width)
-    target = FluxPipeline._pack_latents(noise - x0, batch, channels, height, width).to(device)
-    img_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, device, dtype)
-    txt_ids = torch.zeros(prompt.shape[1], 3, device=device, dtype=dtype)
-    guidance_tensor = None
-    if transformer.config.guidance_embeds:
-        guidance_tensor = torch.full((batch,), guidance, device=device, dtype=torch.float32)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device).startswith("cuda")):
-        prediction = transformer(
-            hidden_states=noisy.to(device, dtype), timestep=sigmas.to(device, dtype), guidance=guidance_tensor,
-            pooled_projections=pooled.to(device, dtype), encoder_hidden_states=prompt.to(device, dtype),
-            txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
-    return F.mse_loss(prediction.float(), target.float())
 
 
 def training_attention() -> contextlib.AbstractContextManager[None]:

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from pipeline import micro
+from pipeline.flow_matching import flow_matching_loss
 from pipeline.merged_lora import MergedWeightLoraLinear, merging_pays
-from pipeline.training import add_lora, flow_matching_loss
+from pipeline.training import add_lora
 
 
 def _lora(model: torch.nn.Module) -> dict[str, torch.Tensor]:

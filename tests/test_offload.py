@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from pipeline import offload
-from pipeline.training import add_lora, flow_matching_loss
+from pipeline.flow_matching import flow_matching_loss
+from pipeline.training import add_lora
 
 
 def _model() -> torch.nn.Module:

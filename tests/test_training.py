@@ -20,6 +20,7 @@ from pipeline import memory
 from pipeline.base_info import header_names_base
 from pipeline.base_model import load_pipeline
 from pipeline.dataset import Dataset, DatasetItem
+from pipeline.flow_matching import sample_sigmas
 from pipeline.lora_formats import convert_to_kohya, load_kohya_as_diffusers, read_metadata
 from pipeline.settings import SettingsError, TrainSettings
 from pipeline.training import (
@@ -30,7 +31,6 @@ from pipeline.training import (
     list_checkpoints,
     phase_for,
     resolution_stages,
-    sample_sigmas,
     train_lora,
 )
 
