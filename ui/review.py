@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import gradio as gr
 import pandas as pd
 
@@ -9,6 +11,7 @@ from pipeline.classify import REASONS, ClassificationResult, Readiness
 from pipeline.crops import face_preview
 from pipeline.workflow import Workflow
 from ui.files import served
+from ui.handlers import for_person, refused
 from ui.people import People
 from ui.progress import progress_events
 from ui.text import escaped
@@ -61,8 +64,33 @@ def _for_api(result: ClassificationResult) -> dict:
     data["records"] = [{k: v for k, v in r.items() if k != "path"} for r in data["records"]]
     return data
 
+@dataclass
+class ReviewTab:
+    tab: gr.Tab
+    run: gr.Button
+    report: gr.Markdown
+    gallery: gr.Gallery
+    file: gr.Textbox
+    choice: gr.Radio
+    caption: gr.Textbox
+    apply: gr.Button
+    reason: gr.Dropdown
+    include_all: gr.Button
+    exclude_all: gr.Button
+    reset_all: gr.Button
+    table: gr.Dataframe
+    as_json: gr.JSON
 
-def build(people: People) -> gr.Tab:
+    def outputs(self) -> list[gr.components.Component]:
+        """What every check fills."""
+        return [self.report, self.table, self.gallery, self.as_json]
+
+    def override(self) -> list[gr.components.Component]:
+        """The one photo's override form."""
+        return [self.file, self.choice, self.caption]
+
+
+def layout() -> ReviewTab:
     with gr.Tab("3 · Review", id="review") as tab:
         gr.Markdown("Each photo is checked for a single clear face, sharpness, exposure, duplicates and "
                     "whether it shows the same person. Override any verdict below; your choice wins.")
@@ -86,96 +114,101 @@ def build(people: People) -> gr.Tab:
         table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, label="Verdicts in detail",
                              column_widths=["14%", "8%", "8%", "8%", "24%", "11%", "9%", "18%"])
         as_json = gr.JSON(label="Classification (the same JSON as the CLI and API)", visible=False)
+    return ReviewTab(tab, run, report, gallery, file, choice, caption, apply, reason, include_all, exclude_all,
+                     reset_all, table, as_json)
 
-        def classify(request: gr.Request, progress: gr.Progress = gr.Progress()) -> tuple:
-            workflow = people(request)
-            return _classify(workflow, progress)
 
-        def _classify(workflow: Workflow, progress: gr.Progress) -> tuple:
-            try:
-                result = workflow.classify(on_event=progress_events(progress, "classifying", use_messages=True))
-            except ValueError as exc:
-                raise gr.Error(escaped(exc)) from exc
-            workflow.last_classification = result  # the latest check, shown again when the tab is reopened
-            return _report(result), _table(workflow, result), _gallery(result), _for_api(result)
+# The handlers. Those with a workflow first act for one person (``for_person`` finds their workflow): their
+# parameters after it are the API's (``/override(name, how, text)``).
 
-        def show_last(request: gr.Request) -> tuple:
-            """On opening the tab: the last check (without running it again), or what to do first."""
-            workflow = people(request)
-            result = workflow.last_classification
-            count = len(workflow.list_photos())
-            if result is None:
-                hint = ("No photos yet: add them on the Upload tab." if not count else
-                        f"Press **Classify photos** to check your {count} photo(s).")
-                return hint, gr.skip(), gr.skip(), gr.skip()
-            text = _report(result)
-            if {r.file for r in result.records} != {p.name for p in workflow.list_photos()}:
-                text = "⚠️ **Photos were added or removed since this check: press Classify photos again.**\n\n" + text
-            return text, _table(workflow, result), _gallery(result), _for_api(result)
+def _classify(workflow: Workflow, progress: gr.Progress = gr.Progress()) -> tuple:
+    with refused():
+        result = workflow.classify(on_event=progress_events(progress, "classifying", use_messages=True))
+    workflow.last_classification = result  # the latest check, shown again when the tab is reopened
+    return _report(result), _table(workflow, result), _gallery(result), _for_api(result)
 
-        def pick(evt: gr.SelectData, frame: pd.DataFrame) -> tuple[str, str, str]:
-            row = frame.iloc[evt.index[0]]
-            return row["file"], row["your choice"] or "auto", row["caption"] or ""
 
-        def set_choice(name: str, how: str, text: str, request: gr.Request,
-                       progress: gr.Progress = gr.Progress()) -> tuple:
-            if not name:
-                raise gr.Error("Click a row in the table (or type the photo's file name) first.")
-            workflow = people(request)
-            if name not in {p.name for p in workflow.list_photos()}:
-                raise gr.Error(f"No uploaded photo is named {escaped(repr(name))}: click its row in the table.")
-            try:
-                workflow.set_override(name, how)
-                workflow.set_caption(name, text)
-            except ValueError as exc:
-                raise gr.Error(escaped(exc)) from exc
-            return _classify(workflow, progress)
+def _show_last(workflow: Workflow) -> tuple:
+    """On opening the tab: the last check (without running it again), or what to do first."""
+    result = workflow.last_classification
+    count = len(workflow.list_photos())
+    if result is None:
+        hint = ("No photos yet: add them on the Upload tab." if not count else
+                f"Press **Classify photos** to check your {count} photo(s).")
+        return hint, gr.skip(), gr.skip(), gr.skip()
+    text = _report(result)
+    if {r.file for r in result.records} != {p.name for p in workflow.list_photos()}:
+        text = "⚠️ **Photos were added or removed since this check: press Classify photos again.**\n\n" + text
+    return text, _table(workflow, result), _gallery(result), _for_api(result)
 
-        def pick_card(evt: gr.SelectData, frame: pd.DataFrame, request: gr.Request) -> tuple[str, str, str]:
-            result = people(request).last_classification
-            shown = [r.file for r in result.records if r.path is not None] if result else []
-            if not 0 <= evt.index < len(shown):
-                return gr.skip(), gr.skip(), gr.skip()
-            row = frame[frame["file"] == shown[evt.index]]
-            if row.empty:
-                return shown[evt.index], "auto", ""
-            return shown[evt.index], row.iloc[0]["your choice"] or "auto", row.iloc[0]["caption"] or ""
 
-        def bulk(how: str):
-            def run(code: str | None, request: gr.Request, progress: gr.Progress = gr.Progress()) -> tuple:
-                workflow = people(request)
-                result = workflow.last_classification
-                if result is None:
-                    raise gr.Error("Press Classify photos first.")
-                if how == "auto":
-                    files = [r.file for r in result.records]
-                else:
-                    if code not in REASONS:
-                        raise gr.Error("Choose which flagged photos first (a reason from the list).")
-                    files = result.files_flagged(code)
-                count = workflow.set_overrides(files, how)
-                gr.Info(f"{count} photo(s) set to {how}.")
-                return _classify(workflow, progress)
-            return run
+def pick(evt: gr.SelectData, frame: pd.DataFrame) -> tuple[str, str, str]:
+    row = frame.iloc[evt.index[0]]
+    return row["file"], row["your choice"] or "auto", row["caption"] or ""
 
-        def reasons_of(data: dict | None) -> dict:
-            codes = sorted({c for r in (data or {}).get("records", []) for c in r.get("reasons", [])})
-            counts = {c: sum(c in r.get("reasons", []) for r in data["records"]) for c in codes} if data else {}
-            return gr.update(choices=[(f"{REASONS[c][0]} ({counts[c]})", c) for c in codes if c in REASONS],
-                             value=None)
 
-        outputs = [report, table, gallery, as_json]
-        gallery.select(pick_card, table, [file, choice, caption])
-        as_json.change(reasons_of, as_json, reason, api_name=False, show_progress="hidden")
-        include_all.click(bulk("include"), reason, outputs, api_name="include_all", concurrency_id="gpu",
-                          show_progress="hidden")
-        exclude_all.click(bulk("exclude"), reason, outputs, api_name="exclude_all", concurrency_id="gpu",
-                          show_progress="hidden")
-        reset_all.click(bulk("auto"), reason, outputs, api_name="reset_choices", concurrency_id="gpu",
-                        show_progress="hidden")
-        run.click(classify, None, outputs, api_name="classify", concurrency_id="gpu", concurrency_limit=1)
-        table.select(pick, table, [file, choice, caption])
-        apply.click(set_choice, [file, choice, caption], outputs, api_name="override", concurrency_id="gpu",
-                    show_progress="hidden")
-        tab.select(show_last, None, outputs, api_name=False)
-    return tab
+def _set_choice(workflow: Workflow, name: str, how: str, text: str, progress: gr.Progress = gr.Progress()) -> tuple:
+    if name not in {p.name for p in workflow.list_photos()}:
+        raise gr.Error(f"No uploaded photo is named {escaped(repr(name))}: click its row in the table.")
+    workflow.set_override(name, how)
+    workflow.set_caption(name, text)
+    return _classify(workflow, progress)
+
+
+def pick_card(workflow: Workflow, evt: gr.SelectData, frame: pd.DataFrame) -> tuple[str, str, str]:
+    result = workflow.last_classification
+    shown = [r.file for r in result.records if r.path is not None] if result else []
+    if not 0 <= evt.index < len(shown):
+        return gr.skip(), gr.skip(), gr.skip()
+    row = frame[frame["file"] == shown[evt.index]]
+    if row.empty:
+        return shown[evt.index], "auto", ""
+    return shown[evt.index], row.iloc[0]["your choice"] or "auto", row.iloc[0]["caption"] or ""
+
+
+def _bulk(how: str):
+    """Every photo flagged for a reason (or, for "auto", every photo) set to ``how``."""
+    def run(workflow: Workflow, code: str | None, progress: gr.Progress = gr.Progress()) -> tuple:
+        result = workflow.last_classification
+        if result is None:
+            raise gr.Error("Press Classify photos first.")
+        if how == "auto":
+            files = [r.file for r in result.records]
+        else:
+            if code not in REASONS:
+                raise gr.Error("Choose which flagged photos first (a reason from the list).")
+            files = result.files_flagged(code)
+        count = workflow.set_overrides(files, how)
+        gr.Info(f"{count} photo(s) set to {how}.")
+        return _classify(workflow, progress)
+    return run
+
+
+def reasons_of(data: dict | None) -> dict:
+    codes = sorted({c for r in (data or {}).get("records", []) for c in r.get("reasons", [])})
+    counts = {c: sum(c in r.get("reasons", []) for r in data["records"]) for c in codes} if data else {}
+    return gr.update(choices=[(f"{REASONS[c][0]} ({counts[c]})", c) for c in codes if c in REASONS],
+                     value=None)
+
+
+def wire(view: ReviewTab, people: People) -> None:
+    outputs, gpu = view.outputs(), {"concurrency_id": "gpu"}
+    view.gallery.select(for_person(people)(pick_card), view.table, view.override())
+    view.as_json.change(reasons_of, view.as_json, view.reason, api_name=False, show_progress="hidden")
+    for button, how, api_name in ((view.include_all, "include", "include_all"),
+                                  (view.exclude_all, "exclude", "exclude_all"),
+                                  (view.reset_all, "auto", "reset_choices")):
+        button.click(for_person(people)(_bulk(how)), view.reason, outputs, api_name=api_name, **gpu,
+                     show_progress="hidden")
+    view.run.click(for_person(people)(_classify), None, outputs, api_name="classify", **gpu, concurrency_limit=1)
+    view.table.select(pick, view.table, view.override())
+    choose = for_person(people, missing="Click a row in the table (or type the photo's file name) first.")
+    view.apply.click(choose(_set_choice), view.override(), outputs, api_name="override", **gpu,
+                     show_progress="hidden")
+    view.tab.select(for_person(people)(_show_last), None, outputs, api_name=False)
+
+
+def build(people: People) -> gr.Tab:
+    view = layout()
+    wire(view, people)
+    return view.tab

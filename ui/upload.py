@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -10,9 +12,10 @@ from pipeline.classify import REASONS
 from pipeline.events import ignore
 from pipeline.workflow import Workflow
 from ui.files import served
+from ui.handlers import for_person
 from ui.people import People
 from ui.progress import progress_events
-from ui.text import escaped, plain
+from ui.text import plain
 
 GUIDELINES = Path(__file__).resolve().parent.parent / "assets" / "guidelines.md"
 
@@ -69,7 +72,19 @@ def _status(workflow: Workflow, news: str = "", rejected: list[str] | None = Non
     return "\n".join(lines)
 
 
-def build(people: People, demo: gr.Blocks) -> gr.Tab:
+@dataclass
+class UploadTab:
+    tab: gr.Tab
+    files: gr.File
+    upload: gr.Button
+    status: gr.Markdown
+    gallery: gr.Gallery
+    photo_ids: gr.State
+    selected: gr.Textbox
+    remove: gr.Button
+
+
+def layout() -> UploadTab:
     with gr.Tab("1 · Upload", id="upload") as tab:
         with gr.Row():
             with gr.Column(scale=3):
@@ -91,72 +106,83 @@ def build(people: People, demo: gr.Blocks) -> gr.Tab:
                     remove = gr.Button("Remove selected photo", variant="stop", scale=1)
             with gr.Column(scale=2):
                 gr.Markdown(GUIDELINES.read_text() if GUIDELINES.exists() else "")
+    return UploadTab(tab, files, upload, status, gallery, photo_ids, selected, remove)
 
-        def add(paths: list[str] | None, request: gr.Request,
-                progress: gr.Progress = gr.Progress()) -> tuple[list, str, None]:
-            if not paths:
-                raise gr.Error("Choose one or more photos first.")
-            workflow = people.storing(request)  # the first photo makes the person's workspace
-            try:
-                result = workflow.add_photos(paths)
-            except ValueError as exc:  # e.g. the person's disk quota
-                raise gr.Error(escaped(exc)) from exc
-            rejected = [f"{plain(r.name)}: {plain(r.message)}" for r in result.rejected]
-            news = f"Added {result.added} photo(s)."
-            if result.already_stored:  # the store keeps one copy of the same bytes
-                news += (f" {len(result.already_stored)} file(s) were already uploaded and kept once: "
-                         f"{plain(', '.join(result.already_stored))}.")
-            summary = _check(workflow, progress)
-            return *_gallery(workflow), _status(workflow, news, rejected, summary), None
 
-        def dropped_on_gallery(items: list | None, request: gr.Request,
-                               progress: gr.Progress = gr.Progress()) -> tuple:
-            """Files dropped onto the gallery itself: the new ones are those without our caption."""
-            new = [item[0] for item in items or [] if not (item[1] if isinstance(item, list | tuple) else None)]
-            if not new:
-                workflow = people(request)
-                return *_gallery(workflow), _status(workflow), None
-            return add(new, request, progress)
+# The handlers. Those with a workflow first act for one person (``for_person`` finds their workflow): their
+# parameters after it are the API's (``/upload_photos(paths)``, ``/remove_photo(photo_id)``).
 
-        def pick(evt: gr.SelectData, ids: list[str]) -> str:
-            return ids[evt.index] if 0 <= evt.index < len(ids) else ""
+def _add(workflow: Workflow, paths: list[str] | None, progress: gr.Progress = gr.Progress()) -> tuple[list, str, None]:
+    result = workflow.add_photos(paths)  # refused, e.g., beyond the person's disk quota
+    rejected = [f"{plain(r.name)}: {plain(r.message)}" for r in result.rejected]
+    news = f"Added {result.added} photo(s)."
+    if result.already_stored:  # the store keeps one copy of the same bytes
+        news += (f" {len(result.already_stored)} file(s) were already uploaded and kept once: "
+                 f"{plain(', '.join(result.already_stored))}.")
+    summary = _check(workflow, progress)
+    return *_gallery(workflow), _status(workflow, news, rejected, summary), None
 
-        def drop_clicked(evt: gr.EventData, ids: list[str], request: gr.Request) -> tuple:
-            """A thumbnail's ×. The photo is named by its file (stored as ``<photo id>.<ext>``, and Gradio keeps the
-            name), not by its place: a second × pressed before the first one's answer sees an older order."""
-            data = evt._data if isinstance(evt._data, dict) else {}
-            stem = Path(str((data.get("file") or {}).get("path", ""))).stem
-            if stem in ids:
-                return drop(stem, request)
-            index = data.get("index", -1)
-            if not isinstance(index, int) or not 0 <= index < len(ids):
-                raise gr.Error("That photo is no longer there: the gallery has been refreshed.")
-            return drop(ids[index], request)
 
-        def drop(photo_id: str, request: gr.Request) -> tuple:
-            if not photo_id:
-                raise gr.Error("Click a photo in the gallery to select it, then remove it.")
-            workflow = people(request)
-            try:
-                removed = workflow.remove_photo(photo_id)
-            except ValueError as exc:
-                raise gr.Error(escaped(exc)) from exc
-            summary = _check(workflow)
-            return *_gallery(workflow), _status(workflow, f"Removed {plain(removed.name)}.", summary=summary), ""
+def _show(workflow: Workflow) -> tuple:
+    return *_gallery(workflow), _status(workflow)
 
-        upload.click(add, files, [gallery, photo_ids, status, files], api_name="upload_photos")
-        files.upload(add, files, [gallery, photo_ids, status, files], api_name=False)  # dropping files is enough
-        gallery.upload(dropped_on_gallery, gallery, [gallery, photo_ids, status, files], api_name=False)
-        gallery.select(pick, photo_ids, selected)
-        gallery.delete(drop_clicked, photo_ids, [gallery, photo_ids, status, selected], api_name=False,
-                       show_progress="hidden")
-        remove.click(drop, selected, [gallery, photo_ids, status, selected], api_name="remove_photo",
-                     show_progress="hidden")
 
-        def show(request: gr.Request) -> tuple:
-            workflow = people(request)
-            return *_gallery(workflow), _status(workflow)
+def _gallery_drop(add: Callable, show: Callable) -> Callable:
+    """Files dropped onto the gallery itself: the new ones are those without our caption; they are added as
+    ``add`` adds them (which makes the person's workspace), nothing new only shows the photos again."""
 
-        tab.select(show, None, [gallery, photo_ids, status], api_name=False)
-        demo.load(show, None, [gallery, photo_ids, status], api_name=False)  # this person's photos only
-    return tab
+    def dropped_on_gallery(items: list | None, request: gr.Request,
+                           progress: gr.Progress = gr.Progress()) -> tuple:
+        new = [item[0] for item in items or [] if not (item[1] if isinstance(item, list | tuple) else None)]
+        if not new:
+            return *show(request), None
+        return add(new, request, progress)
+
+    return dropped_on_gallery
+
+
+def pick(evt: gr.SelectData, ids: list[str]) -> str:
+    return ids[evt.index] if 0 <= evt.index < len(ids) else ""
+
+
+def _drop(workflow: Workflow, photo_id: str) -> tuple:
+    removed = workflow.remove_photo(photo_id)
+    summary = _check(workflow)
+    return *_gallery(workflow), _status(workflow, f"Removed {plain(removed.name)}.", summary=summary), ""
+
+
+def _drop_clicked(workflow: Workflow, evt: gr.EventData, ids: list[str]) -> tuple:
+    """A thumbnail's ×. The photo is named by its file (stored as ``<photo id>.<ext>``, and Gradio keeps the
+    name), not by its place: a second × pressed before the first one's answer sees an older order."""
+    data = evt._data if isinstance(evt._data, dict) else {}
+    stem = Path(str((data.get("file") or {}).get("path", ""))).stem
+    if stem in ids:
+        return _drop(workflow, stem)
+    index = data.get("index", -1)
+    if not isinstance(index, int) or not 0 <= index < len(ids):
+        raise gr.Error("That photo is no longer there: the gallery has been refreshed.")
+    return _drop(workflow, ids[index])
+
+
+def wire(view: UploadTab, people: People, demo: gr.Blocks) -> None:
+    # The first photo makes the person's workspace.
+    add = for_person(people, storing=True, missing="Choose one or more photos first.")(_add)
+    drop = for_person(people, missing="Click a photo in the gallery to select it, then remove it.")(_drop)
+    show = for_person(people)(_show)
+    listed = [view.gallery, view.photo_ids, view.status]
+    view.upload.click(add, view.files, [*listed, view.files], api_name="upload_photos")
+    view.files.upload(add, view.files, [*listed, view.files], api_name=False)  # dropping files is enough
+    view.gallery.upload(_gallery_drop(add, show), view.gallery, [*listed, view.files], api_name=False)
+    view.gallery.select(pick, view.photo_ids, view.selected)
+    view.gallery.delete(for_person(people)(_drop_clicked), view.photo_ids, [*listed, view.selected],
+                        api_name=False, show_progress="hidden")
+    view.remove.click(drop, view.selected, [*listed, view.selected], api_name="remove_photo",
+                      show_progress="hidden")
+    view.tab.select(show, None, listed, api_name=False)
+    demo.load(show, None, listed, api_name=False)  # this person's photos only
+
+
+def build(people: People, demo: gr.Blocks) -> gr.Tab:
+    view = layout()
+    wire(view, people, demo)
+    return view.tab
