@@ -65,7 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="run trainings as tasks on a Ray cluster: 'auto' (the cluster this machine joined with "
                              "`ray start`) or the head's address; nodes that do not see the data dir get each "
                              "job's files through Ray's object store")
-    args = parser.parse_args(argv)
+    return _checked(parser, parser.parse_args(argv))
+
+
+def _checked(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """The login flags refused with the fix when they would leave the app open or cannot work."""
     if args.auth is not None:
         user, colon, password = args.auth.partition(":")
         if not (colon and user.strip() and password):
@@ -180,21 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     try:
-        # The first lock after repeated wrong passwords (doubling from there); the tests set a long one.
-        throttle = LoginThrottle(first_delay=float(os.environ.get("LIKENESS_LOGIN_FIRST_DELAY_S")
-                                                   or LoginThrottle.first_delay))
-        if args.users:
-            authenticator = Authenticator(UsersFile(args.users).accounts, throttle)
-            owner = UsersFile(args.users).first()
-            exposed = UsersFile(args.users).exposure()
-            if exposed:
-                logging.warning("%s", exposed)
-        elif args.auth:
-            only = make_account(args.auth[0], args.auth[1], admin=True)
-            authenticator = Authenticator(lambda: {only.name: only}, throttle)
-            owner = only.name
-        else:
-            authenticator, owner = None, None
+        authenticator, owner = _login(args)
         auth = authenticator.login if authenticator else None
         limit = args.trainings_per_person if args.trainings_per_person is not None else (1 if shared else 0)
         app_settings = AppSettings(data_dir=args.data_dir, base_model=args.base_model or default_base_model(),
@@ -224,6 +214,22 @@ def main(argv: list[str] | None = None) -> None:
                         "and deletes the same photos and models.")
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
                 css_paths=[ASSETS / "style.css"], app_kwargs=_middleware(shared, bool(auth), proxies))
+
+
+def _login(args: argparse.Namespace) -> tuple[Authenticator | None, str | None]:
+    """Who may log in (``--users`` or ``--auth``), and the account that owns a data dir used before accounts."""
+    # The first lock after repeated wrong passwords (doubling from there); the tests set a long one.
+    throttle = LoginThrottle(first_delay=float(os.environ.get("LIKENESS_LOGIN_FIRST_DELAY_S")
+                                               or LoginThrottle.first_delay))
+    if args.users:
+        exposed = UsersFile(args.users).exposure()
+        if exposed:
+            logging.warning("%s", exposed)
+        return Authenticator(UsersFile(args.users).accounts, throttle), UsersFile(args.users).first()
+    if args.auth:
+        only = make_account(args.auth[0], args.auth[1], admin=True)
+        return Authenticator(lambda: {only.name: only}, throttle), only.name
+    return None, None
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -36,6 +36,7 @@ SECURE_COOKIE = "__Host-" + COOKIE
 HEADER = "x-likeness-workspace"
 TRUSTED_PROXIES = "LIKENESS_TRUSTED_PROXIES"
 _ISSUED_TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")  # what WorkspaceCookie sets: secrets.token_urlsafe(32)
+NEEDS_SESSION = "This action needs a browser or API session."
 
 
 class People:
@@ -53,12 +54,16 @@ class People:
         if not self.per_person:
             return LOCAL_PERSON
         if request is None:  # no request to tell people apart by: refuse rather than guess
-            raise gr.Error("This action needs a browser or API session.")
+            raise gr.Error(NEEDS_SESSION)
         if request.username:
             return self.workspaces.login(request.username, admin=self._is_admin(request.username))
         name = _hf_username(request)
         if name:
             return self.workspaces.hf_account(name)
+        return self._by_token(request) or self._browser(request)
+
+    def _by_token(self, request: gr.Request) -> Person | None:
+        """An API caller's own workspace token, else (on a Space) its Hugging Face token's account."""
         token = (request.headers.get(HEADER) or "").strip()
         if token:  # asked for explicitly: before a token gradio_client may send by itself
             try:
@@ -67,17 +72,21 @@ class People:
                 raise gr.Error(str(exc)) from None
             return self.workspaces.browser(token)
         bearer = _hf_token(request.headers) if self.hf_accounts else None
-        if bearer:
-            try:
-                return self.workspaces.hf_account(account_of_token(bearer))
-            except HubError as exc:
-                raise gr.Error(f"{exc}. Send your own access token, or an {HEADER} header for a private workspace "
-                               "of your own.") from None
+        if not bearer:
+            return None
+        try:
+            return self.workspaces.hf_account(account_of_token(bearer))
+        except HubError as exc:
+            raise gr.Error(f"{exc}. Send your own access token, or an {HEADER} header for a private workspace "
+                           "of your own.") from None
+
+    def _browser(self, request: gr.Request) -> Person:
+        """The browser's workspace cookie, else the session's own workspace."""
         token = request.cookies.get(SECURE_COOKIE if _is_https(request.headers, request.url.scheme) else COOKIE, "")
         if _ISSUED_TOKEN.match(token):
             return self.workspaces.browser(token)
         if not request.session_hash:
-            raise gr.Error("This action needs a browser or API session.")
+            raise gr.Error(NEEDS_SESSION)
         return self.workspaces.browser("session:" + request.session_hash)
 
     def __call__(self, request: gr.Request | None) -> Workflow:
