@@ -12,7 +12,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # after the environment above: gradio reads it at import
 
-from pipeline.accounts import (
+from pipeline.library.notify import smtp_settings_from_env
+from pipeline.models.base_model import default_base_model, is_micro, is_tiny, quiet_library_logs
+from pipeline.people.accounts import (
     AccountError,
     Authenticator,
     LoginThrottle,
@@ -20,10 +22,8 @@ from pipeline.accounts import (
     check_password,
     make_account,
 )
-from pipeline.base_model import default_base_model, is_micro, is_tiny, quiet_library_logs
-from pipeline.notify import smtp_settings_from_env
+from pipeline.people.workspaces import CreationLimits, WorkspaceMode, Workspaces
 from pipeline.settings import AppSettings
-from pipeline.workspaces import CreationLimits, WorkspaceMode, Workspaces
 from ui import admin, models, playground, review, settings, steps, training, upload
 from ui.people import ClientAddress, People, WorkspaceCookie, trusted_proxies
 from ui.text import plain

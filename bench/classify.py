@@ -28,9 +28,9 @@ import numpy as np
 import photo_factory
 from PIL import Image
 
-from pipeline.classify import classify_photos
-from pipeline.faces import detect_faces
-from pipeline.identity import face_identity
+from pipeline.intake.classify import classify_photos
+from pipeline.intake.faces import detect_faces
+from pipeline.intake.identity import face_identity
 from pipeline.settings import ClassifySettings
 
 

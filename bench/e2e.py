@@ -52,7 +52,7 @@ def time_first_page(data_dir: Path) -> float:
 def main() -> None:
     import photo_factory
 
-    from pipeline.base_model import ensure_tiny_model
+    from pipeline.models.base_model import ensure_tiny_model
     from pipeline.settings import AppSettings, GenerateSettings, TrainSettings
     from pipeline.workflow import Workflow
 

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported late in main(): the environment comes first
-    from pipeline.estimate import TrainingEstimate
     from pipeline.settings import TrainSettings
+    from pipeline.training.estimate import TrainingEstimate
     from pipeline.workflow import Workflow
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

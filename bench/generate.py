@@ -13,11 +13,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.assessment import AssessmentPlan, assess_lora, reference_embeddings, score_images
-from pipeline.base_model import is_tiny
-from pipeline.generation import DEFAULT_TEST_PROMPTS, Generator
+from pipeline.assessment.assess import AssessmentPlan, assess_lora, reference_embeddings, score_images
+from pipeline.generation.generator import DEFAULT_TEST_PROMPTS, Generator
+from pipeline.models.base_model import is_tiny
 from pipeline.settings import GenerateSettings, VideoSettings
-from pipeline.video import make_video
+from pipeline.video.clip import make_video
 from tests import lora_factory, photo_factory
 
 

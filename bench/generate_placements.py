@@ -1,6 +1,6 @@
 """Generation per placement with FLUX.1-dev's architecture and random weights (prints JSON, one row per placement).
 
-For each placement of ``pipeline.base_model`` (gpu, fp8, stream): seconds to place the pipeline from host RAM,
+For each placement of ``pipeline.models.base_model`` (gpu, fp8, stream): seconds to place the pipeline from host RAM,
 seconds to load a rank-16 LoRA, seconds per denoising step and per image at ``--size`` px, and peak GPU memory.
 Needs CUDA for the real figures; ``--layers 1 --size 128 --steps 2 --device cpu`` is a dry run of the same code at
 full width with one block of each kind (what the CPU machines can check).
@@ -20,10 +20,10 @@ from typing import Any
 import torch
 
 from bench.train import FLUX_DEV_TRANSFORMER
-from pipeline import base_model, memory
-from pipeline.generation import Generator
+from pipeline.generation.generator import Generator
+from pipeline.models import base_model, memory
 from pipeline.settings import GenerateSettings
-from pipeline.training import lora_target_modules
+from pipeline.training.trainer import lora_target_modules
 
 GB = 1024**3
 

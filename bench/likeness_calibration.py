@@ -10,7 +10,8 @@ operating point in ``assets/likeness/calibration.json``, which the app reads.
 
     PYTHONPATH=tests python -m bench.likeness_calibration [--write] [--lora-images astronaut=DIR ...]
 
-Every package person P (``pipeline.cohort``; 14) in turn is "the person": their reference is the consensus of 8 clean
+Every package person P (``pipeline.assessment.cohort``; 14) in turn is "the person": their reference is the consensus
+of 8 clean
 views (as training crops), the judge's other people the cohort less P. Against it:
 - genuine: 12 real photos of P degraded as generations are (96 px, turned, blurred, JPEG; ``face_probes.degraded``);
 - impostor ``person``: every other person's degraded photos (the cohort less P *and* them: a stranger);
@@ -40,13 +41,13 @@ import numpy as np
 from PIL import Image
 from scipy.optimize import minimize_scalar
 
-from pipeline.base_model import quiet_library_logs
-from pipeline.cohort import load_cohort
-from pipeline.generation import DEFAULT_TEST_PROMPTS, Generator
-from pipeline.identity import DIFFERENT_PERSON, face_identity, person_consensus
-from pipeline.likeness import CALIBRATION_FILE, Calibration, judge_for
+from pipeline.assessment.cohort import load_cohort
+from pipeline.assessment.likeness import CALIBRATION_FILE, Calibration, judge_for
+from pipeline.generation.generator import DEFAULT_TEST_PROMPTS, Generator
+from pipeline.intake.identity import DIFFERENT_PERSON, face_identity, person_consensus
+from pipeline.intake.trigger import insert_trigger
+from pipeline.models.base_model import quiet_library_logs
 from pipeline.settings import MICRO_MODEL, ClassifySettings
-from pipeline.trigger import insert_trigger
 
 TARGET_FAR = 0.01
 MARGINS = np.round(np.arange(0.0, 0.301, 0.005), 3)
@@ -66,7 +67,7 @@ def embed(images: Sequence[Image.Image]) -> list[np.ndarray | None]:
 
 def generated_faces(count: int, root: Path) -> list[Image.Image]:
     """The micro base model's test images, no LoRA: the app's test prompts without a trigger word, many seeds."""
-    from pipeline.base_model import default_test_generate_settings
+    from pipeline.models.base_model import default_test_generate_settings
 
     generator = Generator(MICRO_MODEL, root)
     base = default_test_generate_settings(MICRO_MODEL)

@@ -3,8 +3,8 @@
 Saves a FLUX.1-dev-width transformer with fewer blocks (2 double + 4 single, random bf16 weights) as safetensors,
 then loads it in a fresh process per case and reports the peak resident memory above the process's baseline:
 
-- ``likeness``: ``pipeline.training.load_transformer`` as the fp8 and offload modes call it (into host RAM);
-- ``likeness_offload``: the same, then a rank-16 LoRA and ``pipeline.offload.offload_block_weights`` (the block
+- ``likeness``: ``pipeline.training.trainer.load_transformer`` as the fp8 and offload modes call it (into host RAM);
+- ``likeness_offload``: the same, then a rank-16 LoRA and ``pipeline.models.offload.offload_block_weights`` (the block
   weights move into packed host buffers one buffer at a time; unpinned here, pinned where CUDA is);
 - ``build_then_load_state_dict``: the usual hand-written path (build the model, read the safetensors file into a state
   dict, ``load_state_dict``), which holds the weights twice.
@@ -36,14 +36,14 @@ def _child(case: str, folder: str) -> None:
     import torch
     from diffusers import FluxTransformer2DModel
 
-    from pipeline.training import load_transformer
+    from pipeline.training.trainer import load_transformer
 
     before = _rss()
     if case == "likeness":
         model = load_transformer(folder, "offload", "cpu")
     elif case == "likeness_offload":
-        from pipeline.offload import offload_block_weights
-        from pipeline.training import add_lora
+        from pipeline.models.offload import offload_block_weights
+        from pipeline.training.trainer import add_lora
 
         model = load_transformer(folder, "offload", "cpu")
         model.enable_gradient_checkpointing()

@@ -1,4 +1,5 @@
-"""The micro model's LoRA step with peft's layers against the merged-weight layers (``pipeline.merged_lora``): prints
+"""The micro model's LoRA step with peft's layers against the merged-weight layers (``pipeline.training.merged_lora``):
+prints
 JSON.
 
 Run from the repository root: ``python -m bench.merged_lora [--pairs 6] [--steps 20] [--out FILE]``.
@@ -22,10 +23,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipeline import micro
-from pipeline.flow_matching import flow_matching_loss
+from pipeline.models import micro
+from pipeline.models.flow_matching import flow_matching_loss
 from pipeline.settings import TrainSettings
-from pipeline.training import add_lora
+from pipeline.training.trainer import add_lora
 
 
 def seconds_per_step(merge: bool, steps: int) -> float:

@@ -24,10 +24,10 @@ import numpy as np
 import photo_factory
 from PIL import Image, ImageDraw, ImageFilter
 
-from pipeline.assessment import AssessmentPlan, assess_lora, reference_embeddings, score_images
-from pipeline.base_model import quiet_library_logs, resolve_base_model
-from pipeline.crops import build_dataset
-from pipeline.library import ModelRecord
+from pipeline.assessment.assess import AssessmentPlan, assess_lora, reference_embeddings, score_images
+from pipeline.intake.crops import build_dataset
+from pipeline.library.catalog import ModelRecord
+from pipeline.models.base_model import quiet_library_logs, resolve_base_model
 from pipeline.settings import MICRO_MODEL, MICRO_RESOLUTION, AppSettings
 from pipeline.weights_lock import WEIGHTS_LOCK
 from pipeline.workflow import Workflow
@@ -175,7 +175,7 @@ def vae_round_trip(base_model: str, people: dict[str, list[Path]], root: Path, b
     from diffusers import AutoencoderKL
     from torchvision.transforms.functional import gaussian_blur
 
-    from pipeline.training import load_training_image
+    from pipeline.training.trainer import load_training_image
 
     path = resolve_base_model(base_model, root)  # before the lock: building the tiny model takes it too
     with WEIGHTS_LOCK:
@@ -273,7 +273,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the micro defaults)")
     parser.add_argument("--base-model", default=MICRO_MODEL,
-                        help="a micro model folder, e.g. one `python -m pipeline.micro build --out DIR` made")
+                        help="a micro model folder, e.g. one `python -m pipeline.models.micro build --out DIR` made")
     parser.add_argument("--photos", type=int, default=16)
     parser.add_argument("--sheet", type=Path, default=None, help="save the picture for the README here")
     parser.add_argument("--people", nargs="+", default=list(PEOPLE), choices=list(PEOPLE))

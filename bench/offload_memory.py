@@ -1,7 +1,8 @@
 """Where GPU memory goes with block offload during one training step (needs CUDA; prints one JSON line per case).
 
 FLUX.1-dev widths with fewer blocks (8 double + 16 single, 9.5 GB of bf16 weights), rank-16 LoRA, 512 px.
-``engine``: "ours" is pipeline.offload (what training uses); "diffusers" is ``enable_group_offload`` at block level.
+``engine``: "ours" is pipeline.models.offload (what training uses); "diffusers" is ``enable_group_offload`` at block
+level.
 Measured for diffusers on an H100 (closing note of session 1): after the forward 0.27 GB is resident, after the
 backward the whole model (9.56 GB) — the recompute under gradient checkpointing onloads every block and nothing
 offloads it again. Ours is not yet measured on a GPU; on the CPU, tests/test_offload.py checks its residency.
@@ -17,9 +18,9 @@ import time
 import torch
 
 from bench.train import FLUX_DEV_TRANSFORMER, _inputs
-from pipeline.flow_matching import flow_matching_loss
-from pipeline.offload import offload_block_weights
-from pipeline.training import add_lora, training_attention
+from pipeline.models.flow_matching import flow_matching_loss
+from pipeline.models.offload import offload_block_weights
+from pipeline.training.trainer import add_lora, training_attention
 
 GB = 1024**3
 

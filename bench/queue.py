@@ -66,7 +66,7 @@ def run_jobs(data_dir: Path, jobs: int, steps: int, ray_address: str = "") -> di
     from pipeline.workflow import Workflow, make_executor
 
     settings = AppSettings(data_dir=data_dir, base_model="tiny", ray_address=ray_address)
-    from pipeline.generators import Generators
+    from pipeline.generation.generators import Generators
 
     executor = TimedExecutor(make_executor(settings, Generators(data_dir)))
     slots = len(executor.slots() or ("local",))

@@ -6,12 +6,12 @@ On any machine:
 - the FLOPs of one training step of the real FLUX.1-dev architecture (19 double + 38 single blocks, hidden 3072,
   24 heads, rank-16 LoRA on attention and MLP) at 512 and 1024 px, counted with PyTorch's FLOP counter on the meta
   device (no weights, no memory), plus the one-off encoder FLOPs per photo/caption (VAE, T5-XXL, CLIP-L);
-- parameter, LoRA, optimiser and activation memory per memory mode (pipeline.memory's estimate);
+- parameter, LoRA, optimiser and activation memory per memory mode (pipeline.models.memory's estimate);
 - seconds per step and peak RAM of the tiny model on this CPU (16 photos, 50 steps at 64 px, through train_lora).
 
 With CUDA: seconds per step, model FLOPs utilisation and peak GPU memory of the real architecture with random weights
 at 512 and 1024 px, for bf16 (with and without gradient checkpointing) and each low-memory mode that runs here. The
-step is the engine's own (``pipeline.flow_matching.flow_matching_loss``, clip, fused AdamW).
+step is the engine's own (``pipeline.models.flow_matching.flow_matching_loss``, clip, fused AdamW).
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipeline.flow_matching import flow_matching_loss
-from pipeline.offload import offload_block_weights
-from pipeline.training import add_lora, training_attention
+from pipeline.models.flow_matching import flow_matching_loss
+from pipeline.models.offload import offload_block_weights
+from pipeline.training.trainer import add_lora, training_attention
 
 FLUX_DEV_TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
                             num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
@@ -149,7 +149,7 @@ def count_encoder_flops(resolution: int) -> dict[str, float]:
 
 def memory_table() -> dict[str, Any]:
     """Memory per mode for FLUX.1-dev at 512 and 1024 px, batch 1, with exact parameter counts."""
-    from pipeline import memory
+    from pipeline.models import memory
 
     model = build_transformer(FLUX_DEV_TRANSFORMER, "meta")
     base = sum(p.numel() for p in model.parameters() if not p.requires_grad)
@@ -172,7 +172,7 @@ def astronaut_dataset(folder: Path) -> Any:
     from PIL import Image
     from skimage import data
 
-    from pipeline.dataset import Dataset, DatasetItem
+    from pipeline.intake.dataset import Dataset, DatasetItem
 
     face = Image.fromarray(data.astronaut()).crop((140, 20, 340, 220))
     items = []
@@ -186,9 +186,9 @@ def astronaut_dataset(folder: Path) -> Any:
 def tiny_cpu_bench() -> dict[str, Any]:
     """train_lora on the tiny model: 16 astronaut face crops, 50 steps at 64 px (TrainSettings.quick)."""
     from pipeline import events as ev
-    from pipeline.base_model import ensure_tiny_model
+    from pipeline.models.base_model import ensure_tiny_model
     from pipeline.settings import TrainSettings
-    from pipeline.training import train_lora
+    from pipeline.training.trainer import train_lora
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -234,8 +234,8 @@ def embedded_cpu_threads(steps: int = 150, rounds: int = 2) -> dict[str, Any]:
     import multiprocessing
 
     from pipeline import events as ev
-    from pipeline import training
     from pipeline.settings import TrainSettings
+    from pipeline.training import trainer as training
 
     chosen = training.EMBEDDED_CPU_THREADS
     rows: dict[str, list[float]] = {}
@@ -324,7 +324,7 @@ def _matmul_ceiling() -> float:
 def gpu_bench(flops: dict[int, float], *, warmup: int, steps: int, modes: list[str], deadline: float,
               on_result: Any, batch: int = 1, resolutions: tuple[int, ...] = (512, 1024)) -> list[dict[str, Any]]:
     """Real-architecture random-weight training steps on the GPU, one row per (mode, resolution)."""
-    from pipeline import memory
+    from pipeline.models import memory
 
     torch.backends.cuda.matmul.allow_tf32 = True
     results: list[dict[str, Any]] = []

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.scores import headline
+from pipeline.assessment.scores import headline
 from pipeline.settings import Group, TrainSettings, declaration, declared_fields
 
 if TYPE_CHECKING:
@@ -31,10 +31,10 @@ def _photos_in(folder: Path) -> list[Path]:
 
 
 def _workflow(args: argparse.Namespace, start_worker: bool = False) -> Workflow:
-    from pipeline.base_model import default_base_model
-    from pipeline.notify import smtp_settings_from_env
+    from pipeline.library.notify import smtp_settings_from_env
+    from pipeline.models.base_model import default_base_model
+    from pipeline.people.workspaces import LOCAL_PERSON, Workspaces
     from pipeline.settings import AppSettings
-    from pipeline.workspaces import LOCAL_PERSON, Workspaces
 
     settings = AppSettings(data_dir=args.data_dir, base_model=args.base_model or default_base_model(),
                            smtp=smtp_settings_from_env(), ray_address=getattr(args, "ray", "").strip())
@@ -48,7 +48,7 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from pipeline.classify import classify_photos
+    from pipeline.intake.classify import classify_photos
 
     paths = _photos_in(args.folder)
     result = classify_photos(paths, names=[p.name for p in paths])
@@ -61,7 +61,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pipeline.classify import classify_photos
+    from pipeline.intake.classify import classify_photos
     from pipeline.status import MODEL_FINISHED, Status
 
     workflow = _workflow(args, start_worker=True)
@@ -108,7 +108,7 @@ def cmd_video(args: argparse.Namespace) -> int:
     """A clip with a model ('base' for none) and every frame's likeness; the MP4 to --out, its JSON beside it."""
     import shutil
 
-    from pipeline.clip_likeness import likeness_path, save_json
+    from pipeline.video.clip_likeness import likeness_path, save_json
 
     workflow = _workflow(args)
     model_id = workflow.library.find(args.model).id if args.model != "base" else None
@@ -155,8 +155,8 @@ def _readable(paths: list[Path]) -> tuple[list[Path], list[str]]:
 
 def cmd_likeness(args: argparse.Namespace) -> int:
     """Score any images (a LoRA's, from any trainer) against any person's photos: exit 0 whatever the verdict."""
-    from pipeline.assessment import recognised_sentence, reference_embeddings, score_images
-    from pipeline.likeness import Calibration
+    from pipeline.assessment.assess import recognised_sentence, reference_embeddings, score_images
+    from pipeline.assessment.likeness import Calibration
 
     references, bad_references = _readable(_photos_in(args.reference))
     images, bad_images = _readable(_photos_in(args.images))
@@ -201,7 +201,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_users(args: argparse.Namespace) -> int:
     import getpass
 
-    from pipeline.accounts import UsersFile
+    from pipeline.people.accounts import UsersFile
 
     users = UsersFile(args.users_file)
     exposed = users.exposure()
@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    from pipeline.base_model import quiet_library_logs
+    from pipeline.models.base_model import quiet_library_logs
 
     quiet_library_logs()
     try:

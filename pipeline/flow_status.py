@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from pipeline.classify import ClassificationResult, Readiness, photos_to_add
-from pipeline.jobs import default_devices
-from pipeline.library import ModelRecord
+from pipeline.intake.classify import ClassificationResult, Readiness, photos_to_add
+from pipeline.jobs.queue import default_devices
+from pipeline.library.catalog import ModelRecord
 from pipeline.settings import ClassifySettings
 from pipeline.status import MODEL_BUSY, Status
 

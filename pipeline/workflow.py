@@ -3,7 +3,7 @@
 photos → classification → dataset → training → assessment → library → generation. Each step is a call to the
 module that owns it; this module only orders them and keeps what the user chose (overrides, captions) on disk so a
 restart loses nothing. A training is queued as a ``TrainingJobSpec`` and run by a ``TrainingRunner``
-(``pipeline.training_job``) in the job queue's worker thread, one at a time; its events are kept in a
+(``pipeline.training.job``) in the job queue's worker thread, one at a time; its events are kept in a
 ``TrainingMonitor`` per model that the UI polls.
 """
 
@@ -23,14 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from pipeline import events as ev
-from pipeline.classify import ClassificationResult, Readiness, classify_photos
-from pipeline.crops import build_dataset
-from pipeline.disk import WRITE_ERRORS, DiskError, as_os_error, disk_error_text, folder_size, is_disk_error
-from pipeline.estimate import SpeedLog, TrainingEstimate, estimate_training
-from pipeline.generators import Generators
-from pipeline.jobs import MAX_ATTEMPTS, Job, JobQueue
-from pipeline.library import Library, ModelRecord
-from pipeline.photos import IntakeResult, PhotoStore, Rejection, StoredPhoto
+from pipeline.generation.generators import Generators
+from pipeline.intake.classify import ClassificationResult, Readiness, classify_photos
+from pipeline.intake.crops import build_dataset
+from pipeline.intake.photos import IntakeResult, PhotoStore, Rejection, StoredPhoto
+from pipeline.jobs.queue import MAX_ATTEMPTS, Job, JobQueue
+from pipeline.library.catalog import Library, ModelRecord
 from pipeline.settings import (
     AppSettings,
     ClassifySettings,
@@ -40,7 +38,9 @@ from pipeline.settings import (
     VideoSettings,
 )
 from pipeline.status import JOB_ACTIVE, MODEL_ACTIVE, MODEL_FINISHED, MODEL_RESUMABLE, Status
-from pipeline.training_job import (
+from pipeline.storage.disk import WRITE_ERRORS, DiskError, as_os_error, disk_error_text, folder_size, is_disk_error
+from pipeline.training.estimate import SpeedLog, TrainingEstimate, estimate_training
+from pipeline.training.job import (
     ClusterView,
     Executor,
     LocalExecutor,
@@ -50,8 +50,8 @@ from pipeline.training_job import (
 )
 
 if TYPE_CHECKING:
-    from pipeline.generation import Generator
-    from pipeline.video import VideoResult
+    from pipeline.generation.generator import Generator
+    from pipeline.video.clip import VideoResult
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def make_executor(settings: AppSettings, generators: Generators) -> Executor:
     if importlib.util.find_spec("ray") is None:
         raise ValueError("ray_address: trainings on a Ray cluster need Ray on this machine: pip install ray (the "
                          "same version on every node)")
-    from pipeline.ray_cluster import RayExecutor
+    from pipeline.training.ray_cluster import RayExecutor
 
     try:
         return RayExecutor(settings.ray_address, Path(settings.data_dir))
@@ -114,7 +114,7 @@ class NotReady(ValueError):
 
 class Workflow:
     """One workspace's flow: its uploaded photos, choices, library and outputs, over a job queue and generators
-    that may be shared with other workspaces (see ``pipeline.workspaces``).
+    that may be shared with other workspaces (see ``pipeline.people.workspaces``).
 
     Alone (``jobs`` not given) it owns the data dir as today's single-user app does: the photos, the library, the
     job queue and the loaded generators all live in ``settings.data_dir``.
@@ -123,7 +123,7 @@ class Workflow:
     def __init__(self, settings: AppSettings, *, start_worker: bool = True, workspace: str = LOCAL_WORKSPACE,
                  folder: Path | None = None, jobs: JobQueue | None = None,
                  generators: Generators | None = None, executor: Executor | None = None) -> None:
-        from pipeline.base_model import is_tiny, resolve_base_model
+        from pipeline.models.base_model import is_tiny, resolve_base_model
 
         self.settings = settings
         self.workspace = workspace
@@ -273,7 +273,7 @@ class Workflow:
     # ----------------------------------------------------------------- train
     def estimate(self, settings: TrainSettings) -> TrainingEstimate:
         """Time and memory the training would take here (measured by earlier runs where there are some)."""
-        from pipeline.base_model import is_micro, is_tiny
+        from pipeline.models.base_model import is_micro, is_tiny
 
         embedded = "micro" if is_micro(self.base_model) else "tiny" if is_tiny(self.base_model) else None
         return estimate_training(settings, self.base_model, self.speeds, embedded=embedded)
@@ -298,7 +298,7 @@ class Workflow:
         return {}
 
     def default_train_settings(self, **overrides: Any) -> TrainSettings:
-        from pipeline.base_model import default_train_settings
+        from pipeline.models.base_model import default_train_settings
 
         return default_train_settings(self.base_model, **overrides)
 
@@ -438,7 +438,7 @@ class Workflow:
         """What runs this workspace's trainings, given what it needs."""
         notify = None
         if self.settings.smtp.enabled:
-            from pipeline.notify import email_notifier
+            from pipeline.library.notify import email_notifier
 
             notify = email_notifier(self.settings.smtp)
         return TrainingRunner(self.library, self.executor, self._monitor, self.speeds, notify=notify,
@@ -447,7 +447,7 @@ class Workflow:
 
     def training_needs_gb(self) -> float:
         """Free disk space a training needs before it starts (``AppSettings.min_free_disk_gb``, or by base model)."""
-        from pipeline.base_model import is_embedded
+        from pipeline.models.base_model import is_embedded
 
         return self.settings.min_free_disk_gb or (0.2 if is_embedded(self.base_model) else 2.0)
 
@@ -456,7 +456,7 @@ class Workflow:
         return self._generators.get(self.base_model)
 
     def test_generate_settings(self, resolution: int) -> GenerateSettings:
-        from pipeline.base_model import default_test_generate_settings
+        from pipeline.models.base_model import default_test_generate_settings
 
         return default_test_generate_settings(self.base_model, resolution)
 
@@ -471,7 +471,7 @@ class Workflow:
 
     def _render(self, model_id: str | None, settings: GenerateSettings, on_event: ev.EventCallback,
                 should_stop: ev.StopCheck = ev.never) -> list:
-        from pipeline.trigger import insert_trigger
+        from pipeline.intake.trigger import insert_trigger
 
         settings.validate()
         self._check_disk_quota()  # every output is saved in the workspace
@@ -485,7 +485,7 @@ class Workflow:
                  on_event: ev.EventCallback = ev.ignore, should_stop: ev.StopCheck = ev.never) -> list[Path]:
         """Generate with a library model (or the bare base model) and save PNGs with their settings; ``should_stop``
         ends it between two denoising steps (the images finished by then are saved)."""
-        from pipeline.generation import save_png
+        from pipeline.generation.generator import save_png
 
         images = self._render(model_id, settings, on_event, should_stop)
         out = self._new_output_path("generations", "")
@@ -496,7 +496,7 @@ class Workflow:
     def compare(self, left: tuple[str | None, float], right: tuple[str | None, float], settings: GenerateSettings,
                 *, on_event: ev.EventCallback = ev.ignore, should_stop: ev.StopCheck = ev.never) -> Path:
         """The same prompt and seeds through two models, or one model at two LoRA scales, side by side."""
-        from pipeline.generation import comparison_sheet, save_png
+        from pipeline.generation.generator import comparison_sheet, save_png
 
         sides, labels = [], []
         for model_id, scale in (left, right):
@@ -512,9 +512,9 @@ class Workflow:
               should_stop: ev.StopCheck = ev.never) -> VideoResult:
         """A short clip with every frame's likeness to the model's person (``make_scored_video``): the MP4 and its
         likeness JSON beside it. ``should_stop`` ends it between two frames; the frames made so far are scored."""
-        from pipeline.clip_likeness import PersonReference
-        from pipeline.trigger import insert_trigger
-        from pipeline.video import make_scored_video
+        from pipeline.intake.trigger import insert_trigger
+        from pipeline.video.clip import make_scored_video
+        from pipeline.video.clip_likeness import PersonReference
 
         self._check_disk_quota()
         lora_path, trigger, label = self._lora(model_id)
@@ -555,20 +555,20 @@ class Workflow:
 
     def downloadable_loras(self, model_id: str) -> dict[str, Path]:
         """The model's LoRA files that are complete, by format ("diffusers", "kohya")."""
-        from pipeline.export import complete_loras
+        from pipeline.library.export import complete_loras
 
         return complete_loras(self.library, model_id)
 
     @_writes("make the zip")
     def export_zip(self, model_id: str) -> Path:
         """Both LoRAs, the model card, the samples and the scores in one zip."""
-        from pipeline.export import export_zip
+        from pipeline.library.export import export_zip
 
         return export_zip(self.library, model_id)
 
     def push_to_hub(self, model_id: str, repo_id: str, token: str, *, private: bool = True) -> str:
         """Upload the model to a Hugging Face repository; returns its address."""
-        from pipeline.hub import push_to_hub
+        from pipeline.library.hub import push_to_hub
 
         return push_to_hub(self.library, model_id, repo_id, token, private=private)
 
@@ -593,7 +593,7 @@ class Workflow:
         return entries
 
     def cluster(self) -> ClusterView | None:
-        """The Ray cluster trainings run on (``pipeline.ray_cluster.ClusterView``); None when they run here."""
+        """The Ray cluster trainings run on (``pipeline.training.ray_cluster.ClusterView``); None when they run here."""
         return self.executor.view()
 
     def close(self) -> None:

@@ -25,8 +25,8 @@ import numpy as np
 import photo_factory
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
-from pipeline.faces import detect_faces
-from pipeline.package_photos import archive_photos, package_folder
+from pipeline.intake.faces import detect_faces
+from pipeline.intake.package_photos import archive_photos, package_folder
 
 CLEAN = ""  # the label of a photo that must be kept with no hard reason
 TUNING = ("astronaut", "grace_hopper", "t1-0", "t1-1", "t1-2", "einstein")
@@ -244,7 +244,7 @@ class Outcome:
 
 def classify_sets(names, folder, settings=None) -> tuple[list[Outcome], dict]:
     """Classify each person's set as one upload; the outcomes of every photo and each set's records by file."""
-    from pipeline.classify import SOFT_REASONS, classify_photos
+    from pipeline.intake.classify import SOFT_REASONS, classify_photos
     from pipeline.settings import ClassifySettings
 
     outcomes, records = [], {}
@@ -274,7 +274,7 @@ def precision_recall(outcomes: list[Outcome]) -> dict[str, dict[str, float | int
 
 def clean_embeddings(names, count: int = 6) -> dict[str, list[np.ndarray]]:
     """Each person's dlib embeddings of ``count`` clean photos (the classifier's own detector and model)."""
-    from pipeline.identity import face_identity
+    from pipeline.intake.identity import face_identity
 
     embedder = face_identity()
     out: dict[str, list[np.ndarray]] = {}
@@ -350,7 +350,7 @@ def tuned_thresholds(records: dict, outcomes: list[Outcome],
 def consensus_figures(embeddings: dict[str, list[np.ndarray]], threshold: float) -> dict[str, float | int]:
     """The classifier's own rule: each clean photo against a person's consensus (the median of their *other* clean
     photos): same-person photos rejected, and other people's photos accepted, at ``threshold``."""
-    from pipeline.identity import consensus
+    from pipeline.intake.identity import consensus
 
     same, different = [], []
     for name, vectors in embeddings.items():

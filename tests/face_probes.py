@@ -1,4 +1,4 @@
-"""Faces to test a likeness verdict with, made from the package people (``pipeline.cohort.package_faces``).
+"""Faces to test a likeness verdict with, made from the package people (``pipeline.assessment.cohort.package_faces``).
 
 - ``degraded``: a real photo of the person as a generation shows it — 96 px, slightly turned, softened, JPEG'd;
 - ``blend``: a 50/50 pixel blend of two people, eyes aligned (a face between two identities);
@@ -16,8 +16,8 @@ from functools import cache
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-from pipeline.cohort import package_faces
-from pipeline.faces import Face
+from pipeline.assessment.cohort import package_faces
+from pipeline.intake.faces import Face
 
 EYE_Y, EYE_X = 0.42, (0.36, 0.64)  # where an aligned face's eyes go, as fractions of its side
 

@@ -111,8 +111,8 @@ def main(root: Path) -> dict:
 
             lap("stopped and resumed")
             # Stop while the task still waits for a node with room (it asks for more CPUs than any node has).
-            from pipeline.ray_cluster import RayExecutor
-            from pipeline.training_job import TrainingJobSpec
+            from pipeline.training.job import TrainingJobSpec
+            from pipeline.training.ray_cluster import RayExecutor
 
             greedy = RayExecutor(cluster.address, root / "cluster", cpus_per_training=8)
             spec = TrainingJobSpec.load(Path(first.folder))
@@ -140,9 +140,9 @@ def without_a_shared_disk(root: Path, photos: list[Path], local_shapes: dict) ->
     """The head (where the app runs) takes no trainings; its worker nodes see an empty folder at the data dir."""
     import ray
 
-    import pipeline.jobs
+    import pipeline.jobs.queue
 
-    pipeline.jobs.RECOUNT_SECONDS = 1.0  # the queue looks for new nodes every second here (10 s in the app)
+    pipeline.jobs.queue.RECOUNT_SECONDS = 1.0  # the queue looks for new nodes every second here (10 s in the app)
     data = root / "nodisk"
     data.mkdir()
     facts: dict = {"seconds": {}}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.accounts import AccountError, Authenticator, LoginThrottle, UsersFile
+from pipeline.people.accounts import AccountError, Authenticator, LoginThrottle, UsersFile
 
 ROOT = Path(__file__).resolve().parent.parent
 

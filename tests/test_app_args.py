@@ -60,7 +60,7 @@ def test_the_app_gets_to_serving_without_importing_torch_where_no_gpu_can_be(tmp
     import subprocess
     import sys
 
-    from pipeline.hardware import gpu_may_be_present
+    from pipeline.models.hardware import gpu_may_be_present
 
     if gpu_may_be_present():
         pytest.skip("this machine may have a GPU: the start asks torch, as it should")

@@ -16,9 +16,9 @@ import pytest
 from app_runner import RunningApp
 from gradio_client import Client, handle_file
 
-from pipeline.accounts import UsersFile
+from pipeline.people.accounts import UsersFile
+from pipeline.people.workspaces import LOCAL_PERSON, Workspaces
 from pipeline.settings import AppSettings, TrainSettings
-from pipeline.workspaces import LOCAL_PERSON, Workspaces
 
 PASSWORDS = {"alice": "alice-Secret-1", "bob": "bob-Secret-22", "carol": "carol-Secret-333"}
 # A locked login stays locked for the whole test (the app's 1 s first lock could run out between two requests

@@ -12,7 +12,7 @@ import pytest
 from lora_factory import make_lora
 from PIL import Image
 
-from pipeline.assessment import (
+from pipeline.assessment.assess import (
     LOW_QUALITY,
     NOT_RECOGNISABLE,
     READY,
@@ -29,7 +29,7 @@ from pipeline.assessment import (
     summarise,
 )
 from pipeline.events import Message, Progress
-from pipeline.generation import Generator, image_metadata
+from pipeline.generation.generator import Generator, image_metadata
 from pipeline.settings import GenerateSettings
 
 TINY = GenerateSettings(prompt="-", steps=2, width=64, height=64)
@@ -170,7 +170,7 @@ def test_prompt_fidelity_with_a_local_clip_model(tmp_path: Path, astronaut_refer
         CLIPVisionConfig,
     )
 
-    from pipeline.base_model import ensure_tiny_model
+    from pipeline.models.base_model import ensure_tiny_model
 
     # A small randomly initialised CLIP saved to disk: it exercises the local-model path, not CLIP's judgement.
     tokenizer = CLIPTokenizer.from_pretrained(ensure_tiny_model(tmp_path / "data") / "tokenizer")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.base_model import (
+from pipeline.models.base_model import (
     BaseModelError,
     default_train_settings,
     ensure_tiny_model,

@@ -10,7 +10,7 @@ import pytest
 from app_runner import RunningApp
 from playwright.sync_api import sync_playwright
 
-from pipeline.accounts import UsersFile
+from pipeline.people.accounts import UsersFile
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ Measured on 2 busy CPU cores, chromium 150, the tiny model at about 30 steps/s, 
 from step 1500 (bytes per poll; the heap's least and most readings, one every 0.5 s):
   before (every point sent, the log's last 300 lines): early (to step 601) 43 KB, 36–50 MB;
                                                         late (to step 1967) 150 KB, 57–131 MB;
-  after (pipeline.series buckets, the log's last 100 lines): early (to step 606) 17 KB, 29–38 MB;
+  after (pipeline.training.series buckets, the log's last 100 lines): early (to step 606) 17 KB, 29–38 MB;
                                                             late (to step 1857) 20 KB, 32–39 MB;
   and through a 5000-step run after: 19–24 KB a poll and 31–50 MB all along (one reading every 5 s), no trend.
 """

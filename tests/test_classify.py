@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pipeline import events as ev
-from pipeline.classify import REASONS, ClassificationResult, classify_photos, readiness_verdict
+from pipeline.intake.classify import REASONS, ClassificationResult, classify_photos, readiness_verdict
 from pipeline.settings import ClassifySettings, IntakeSettings
 
 

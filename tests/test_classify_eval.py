@@ -12,8 +12,8 @@ import eval_set
 import pytest
 from PIL import Image, ImageFilter
 
-from pipeline.faces import detect_faces
-from pipeline.quality import measure_quality, quality_issues, quality_score
+from pipeline.intake.faces import detect_faces
+from pipeline.intake.quality import measure_quality, quality_issues, quality_score
 from pipeline.settings import ClassifySettings
 
 SETTINGS = ClassifySettings()

@@ -12,8 +12,8 @@ import imageio_ffmpeg
 import photo_factory
 from PIL import Image
 
-from pipeline.dataset import Dataset
-from pipeline.lora_formats import read_metadata
+from pipeline.intake.dataset import Dataset
+from pipeline.models.lora_formats import read_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
 

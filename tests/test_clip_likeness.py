@@ -15,8 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.assessment import reference_embeddings, score_images
-from pipeline.clip_likeness import (
+from pipeline.assessment.assess import reference_embeddings, score_images
+from pipeline.assessment.likeness import Match, save_person
+from pipeline.intake.dataset import Dataset, DatasetItem
+from pipeline.intake.identity import person_consensus
+from pipeline.settings import ClassifySettings
+from pipeline.video.clip_likeness import (
     ClipLikeness,
     ClipVerdict,
     FrameLikeness,
@@ -25,10 +29,6 @@ from pipeline.clip_likeness import (
     score_clip,
     score_frames,
 )
-from pipeline.dataset import Dataset, DatasetItem
-from pipeline.identity import person_consensus
-from pipeline.likeness import Match, save_person
-from pipeline.settings import ClassifySettings
 
 FRAMES = 12
 

@@ -9,13 +9,13 @@ import pytest
 from PIL import Image
 
 from pipeline import events as ev
-from pipeline.captions import Captioner, CaptionHints, blip_available, template_caption
-from pipeline.classify import classify_photos
-from pipeline.crops import aspect_crop_box, build_dataset, square_crop_box
-from pipeline.dataset import Dataset
-from pipeline.faces import detect_faces
+from pipeline.intake.captions import Captioner, CaptionHints, blip_available, template_caption
+from pipeline.intake.classify import classify_photos
+from pipeline.intake.crops import aspect_crop_box, build_dataset, square_crop_box
+from pipeline.intake.dataset import Dataset
+from pipeline.intake.faces import detect_faces
 from pipeline.settings import ClassifySettings
-from pipeline.training import bucket_for
+from pipeline.training.trainer import bucket_for
 
 SETTINGS = ClassifySettings(target_min=2, target_max=3)
 

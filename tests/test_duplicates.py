@@ -8,7 +8,7 @@ import photo_factory
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
-from pipeline.duplicates import group_duplicates, photo_hash
+from pipeline.intake.duplicates import group_duplicates, photo_hash
 
 
 @pytest.fixture(scope="module")

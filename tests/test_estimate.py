@@ -12,7 +12,8 @@ import photo_factory
 import pytest
 
 from bench.estimate import watch
-from pipeline.estimate import (
+from pipeline.settings import FLUX_DEV, MICRO_MODEL, AppSettings, TrainSettings
+from pipeline.training.estimate import (
     DEFAULT_TEST_PROMPT_COUNT,
     REFERENCE_TIMES,
     SPEED_FILE,
@@ -28,7 +29,6 @@ from pipeline.estimate import (
     sample_rounds,
     speed_key,
 )
-from pipeline.settings import FLUX_DEV, MICRO_MODEL, AppSettings, TrainSettings
 from pipeline.workflow import Workflow
 
 
@@ -84,13 +84,14 @@ def test_the_estimate_of_a_tiny_run_is_learnt_part_by_part_from_the_run(tmp_path
 
 
 def test_the_built_in_test_prompts_are_counted_right() -> None:
-    from pipeline.generation import DEFAULT_TEST_PROMPTS
+    from pipeline.generation.generator import DEFAULT_TEST_PROMPTS
 
     assert len(DEFAULT_TEST_PROMPTS) == DEFAULT_TEST_PROMPT_COUNT
 
 
 def test_the_counts_follow_the_training_loop() -> None:
-    """left_after/sample_rounds/checkpoint_count say what pipeline.training's loop does: a checkpoint every N steps
+    """left_after/sample_rounds/checkpoint_count say what pipeline.training.trainer's loop does: a checkpoint every N
+    steps
     before the last and one at the last; samples every M steps and at the last."""
     for steps, every_c, every_s in ((40, 20, 20), (50, 25, 7), (7, 10, 3), (1000, 250, 0)):
         settings = TrainSettings.quick(steps=steps, checkpoint_every=every_c, sample_every=max(every_s, 1))
@@ -196,7 +197,8 @@ def test_settings_hints_name_the_micro_models_size_and_the_estimate_shows_its_pa
 
 
 def test_flux_on_a_cpu_says_so_and_still_sizes_the_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("pipeline.estimate.device_name", lambda: ("cpu", "this CPU (2 cores)"))  # also on a GPU box
+    # also on a GPU box
+    monkeypatch.setattr("pipeline.training.estimate.device_name", lambda: ("cpu", "this CPU (2 cores)"))
     estimate = estimate_training(TrainSettings(), FLUX_DEV, SpeedLog(tmp_path), embedded=None)
     assert estimate.seconds is None and "not practical" in estimate.basis
     assert estimate.memory_gb > 40  # 11.9 B float32 weights on a CPU alone are 44 GB

@@ -22,11 +22,11 @@ from lora_factory import make_lora
 from PIL import Image
 from safetensors.torch import load_file
 
-from pipeline.base_info import KOHYA_FLUX1, KOHYA_MICRO, KOHYA_TINY, MICRO_LOAD_PATH, header_names_base
-from pipeline.base_model import MICRO_FOLDER
-from pipeline.export import complete_loras, export_zip
-from pipeline.library import Library, ModelRecord
-from pipeline.lora_formats import (
+from pipeline.library.catalog import Library, ModelRecord
+from pipeline.library.export import complete_loras, export_zip
+from pipeline.models.base_info import KOHYA_FLUX1, KOHYA_MICRO, KOHYA_TINY, MICRO_LOAD_PATH, header_names_base
+from pipeline.models.base_model import MICRO_FOLDER
+from pipeline.models.lora_formats import (
     LoraFactors,
     from_diffusers,
     load_kohya_as_diffusers,
@@ -37,7 +37,7 @@ from pipeline.lora_formats import (
     update_metadata,
 )
 from pipeline.settings import FLUX_DEV, MICRO_MODEL, TINY_MODEL, TrainSettings, to_json
-from pipeline.training import lora_header
+from pipeline.training.trainer import lora_header
 
 
 def _local_flux(tmp_path: Path) -> str:
@@ -157,7 +157,8 @@ def test_a_file_that_cannot_be_relabelled_is_still_offered(tmp_path, monkeypatch
     def full_disk(path: Path, updates: dict[str, str]) -> bool:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("pipeline.lora_formats.update_metadata", full_disk)  # imported when a file is re-labelled
+    # imported when a file is re-labelled
+    monkeypatch.setattr("pipeline.models.lora_formats.update_metadata", full_disk)
     assert set(complete_loras(library, record.id).values()) == {record.lora_path, record.kohya_path}
     assert export_zip(library, record.id).is_file()
 
@@ -172,9 +173,9 @@ def test_a_file_a_real_file_size_limit_keeps_from_relabelling_is_still_offered(t
         f"""
         import json, resource
         from pathlib import Path
-        from pipeline.export import complete_loras, export_files
-        from pipeline.library import Library
-        from pipeline.lora_formats import update_metadata
+        from pipeline.library.export import complete_loras, export_files
+        from pipeline.library.catalog import Library
+        from pipeline.models.lora_formats import update_metadata
 
         library = Library(Path({str(tmp_path)!r}))
         resource.setrlimit(resource.RLIMIT_FSIZE, (64, resource.RLIM_INFINITY))

@@ -8,7 +8,7 @@ import photo_factory
 import pytest
 from PIL import ImageOps
 
-from pipeline.faces import Face, detect_faces, estimate_yaw
+from pipeline.intake.faces import Face, detect_faces, estimate_yaw
 
 
 def _iou(a, b) -> float:

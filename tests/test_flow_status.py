@@ -8,10 +8,10 @@ from pathlib import Path
 import photo_factory
 import pytest
 
-from pipeline.classify import photos_to_add
 from pipeline.flow_status import Step, flow_status, guide_state, where_trainings_run
-from pipeline.hardware import gpu_may_be_present
-from pipeline.jobs import JobQueue
+from pipeline.intake.classify import photos_to_add
+from pipeline.jobs.queue import JobQueue
+from pipeline.models.hardware import gpu_may_be_present
 from pipeline.settings import AppSettings, ClassifySettings, TrainSettings
 from pipeline.status import Status
 from pipeline.workflow import Workflow
@@ -54,7 +54,7 @@ def test_before_the_queue_starts_the_device_is_this_machines(tmp_path: Path) -> 
     workflow = Workflow(AppSettings(data_dir=tmp_path / "data", base_model="tiny"), start_worker=False)
     try:
         note = guide_state(workflow).state(Step.TRAINING).note
-        if not gpu_may_be_present():  # this machine, as pipeline.hardware sees it
+        if not gpu_may_be_present():  # this machine, as pipeline.models.hardware sees it
             assert note == "not started; trains on the CPU"
         assert "trains on the " in note
     finally:
@@ -64,7 +64,7 @@ def test_before_the_queue_starts_the_device_is_this_machines(tmp_path: Path) -> 
 def test_the_guide_numbers_its_steps_as_the_tabs_are_numbered(tmp_path: Path) -> None:
     """It numbered its own steps 1–4 (Photos, Review, Train, Model) beside tabs numbered 1–6."""
     import app
-    from pipeline.workspaces import Workspaces
+    from pipeline.people.workspaces import Workspaces
     from ui.people import People
 
     workspaces = Workspaces(AppSettings(data_dir=tmp_path / "data", base_model="tiny"), start_worker=False)
@@ -139,7 +139,7 @@ def test_the_guide_counts_what_the_tabs_count(tmp_path: Path) -> None:
 
 def test_not_ready_says_so_and_how_many_to_add() -> None:
     """A set too small to train on: the guide gives the summary's "at least" and its number."""
-    from pipeline.classify import ClassificationResult, DatasetReport, PhotoRecord, Readiness
+    from pipeline.intake.classify import ClassificationResult, DatasetReport, PhotoRecord, Readiness
 
     names = [f"p{i}.jpg" for i in range(8)]
     records = tuple(PhotoRecord(file=n, path=None, verdict="keep" if i < 6 else "reject", reasons=(), score=None)
@@ -156,7 +156,7 @@ def test_not_ready_says_so_and_how_many_to_add() -> None:
                                               (Status.QUEUED, "waiting for the GPU"),
                                               (Status.FAILED, "the last run failed: see why there")])
 def test_a_trainings_state_names_where_it_runs(tmp_path: Path, status: Status, note: str) -> None:
-    from pipeline.library import ModelRecord
+    from pipeline.library.catalog import ModelRecord
 
     model = ModelRecord(id="m1", name="m", trigger_word="w", base_model="tiny", status=status, folder=tmp_path,
                         created_at="2026-12-07T06:00:00")

@@ -12,7 +12,7 @@ from lora_factory import make_lora
 from PIL import Image
 
 from pipeline.events import Message, Progress
-from pipeline.generation import (
+from pipeline.generation.generator import (
     DEFAULT_TEST_PROMPTS,
     GenerationError,
     Generator,
@@ -20,8 +20,8 @@ from pipeline.generation import (
     image_metadata,
     save_png,
 )
+from pipeline.intake.trigger import insert_trigger
 from pipeline.settings import GenerateSettings, SettingsError
-from pipeline.trigger import insert_trigger
 
 SMALL = GenerateSettings(prompt="a portrait photo of ohwx", steps=3, width=64, height=48)
 
@@ -165,9 +165,9 @@ def test_default_test_prompts_all_place_the_trigger() -> None:
 def test_the_trainers_lora_and_checkpoints_load_and_change_the_output(generator: Generator, tmp_path: Path) -> None:
     import photo_factory as pf
 
-    from pipeline.dataset import Dataset, DatasetItem
+    from pipeline.intake.dataset import Dataset, DatasetItem
     from pipeline.settings import TrainSettings
-    from pipeline.training import train_lora
+    from pipeline.training.trainer import train_lora
 
     photos = pf.write_set(tmp_path / "crops", [p.resize((96, 96)) for p in pf.variants(pf.astronaut(), 3)])
     dataset = Dataset(items=tuple(DatasetItem(p, "a photo of zorvek", p.name) for p in photos),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import hardware
+from pipeline.models import hardware
 
 
 @pytest.fixture()

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipeline.hub import HubError, push_to_hub
-from pipeline.library import Library
+from pipeline.library.catalog import Library
+from pipeline.library.hub import HubError, push_to_hub
 from pipeline.settings import TINY_MODEL
 
 TOKEN = "hf_testTOKENthatMustNotLeak123"

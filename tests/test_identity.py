@@ -6,8 +6,8 @@ import numpy as np
 import photo_factory
 import pytest
 
-from pipeline.faces import detect_faces
-from pipeline.identity import FaceIdentity, consensus, face_identity, judge_distance, similarity
+from pipeline.intake.faces import detect_faces
+from pipeline.intake.identity import FaceIdentity, consensus, face_identity, judge_distance, similarity
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import photo_factory
 import pytest
 from PIL import Image
 
-from pipeline.images import ImageError, image_size, open_image
+from pipeline.intake.images import ImageError, image_size, open_image
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -140,7 +140,7 @@ def test_paths_work_like_bytes(tmp_path: Path, astronaut):
 
 def test_heic_where_pillow_heif_is_installed(astronaut):
     pytest.importorskip("pillow_heif")  # optional: HEIC support comes with pillow-heif
-    from pipeline.images import heif_available
+    from pipeline.intake.images import heif_available
 
     assert heif_available()
     decoded = open_image(_encode(astronaut, "HEIF"))

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from pipeline import events as ev
-from pipeline import job_files
+from pipeline.jobs import files as job_files
 from pipeline.status import Status
-from pipeline.training import CheckpointInfo, TrainResult
+from pipeline.training.trainer import CheckpointInfo, TrainResult
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -107,7 +107,7 @@ def test_events_and_results_name_the_apps_files(tmp_path: Path) -> None:
 def test_a_node_sweeps_the_folders_of_killed_jobs_but_not_of_running_ones(tmp_path: Path) -> None:
     import fcntl
 
-    from pipeline.ray_cluster import sweep_left_behind
+    from pipeline.training.ray_cluster import sweep_left_behind
 
     jobs = tmp_path / "jobs"
     for key in ("killed", "running"):

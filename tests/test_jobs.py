@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.jobs import MAX_ATTEMPTS, Job, JobInterrupted, JobNotFound, JobQueue, QueueBusy
+from pipeline.jobs.queue import MAX_ATTEMPTS, Job, JobInterrupted, JobNotFound, JobQueue, QueueBusy
 
 
 class Recorder:
@@ -256,7 +256,7 @@ def test_a_job_running_when_the_process_was_killed_is_requeued_first(tmp_path):
         f"""
         import time
         from pathlib import Path
-        from pipeline.jobs import JobQueue
+        from pipeline.jobs.queue import JobQueue
 
         def runner(job, should_stop):
             Path({str(marker)!r}).write_text(job.id)
@@ -308,7 +308,7 @@ def test_an_end_the_disk_refuses_is_shown_at_once_and_written_once_there_is_room
         f"""
         import json, resource, time
         from pathlib import Path
-        from pipeline.jobs import JobQueue
+        from pipeline.jobs.queue import JobQueue
 
         def runner(job, should_stop):
             resource.setrlimit(resource.RLIMIT_FSIZE, (100, resource.RLIM_INFINITY))

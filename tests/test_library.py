@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from pipeline.export import complete_loras, export_zip
-from pipeline.library import Library, ModelNotFound
+from pipeline.intake.trigger import is_known_word
+from pipeline.library.catalog import Library, ModelNotFound
+from pipeline.library.export import complete_loras, export_zip
 from pipeline.settings import TINY_MODEL, TrainSettings, to_json
-from pipeline.trigger import is_known_word
 
 
 def _settings() -> dict:
@@ -220,7 +220,7 @@ def test_a_trainings_end_the_disk_refuses_is_kept_shown_and_saved_once_there_is_
         f"""
         import json, resource
         from pathlib import Path
-        from pipeline.library import Library
+        from pipeline.library.catalog import Library
 
         library = Library(Path({str(tmp_path)!r}))
         model = library.create("anna", "tiny", {{}})

@@ -18,10 +18,10 @@ import photo_factory as pf
 import pytest
 from PIL import Image, ImageDraw
 
-from pipeline.assessment import caption_font, image_caption, reference_embeddings, save_grid, score_images
-from pipeline.cohort import COHORT_FILE, build_cohort, load_cohort
-from pipeline.identity import SAME_PERSON, face_identity, person_consensus
-from pipeline.likeness import Calibration, Match, judge_for, save_person, workspace_people
+from pipeline.assessment.assess import caption_font, image_caption, reference_embeddings, save_grid, score_images
+from pipeline.assessment.cohort import COHORT_FILE, build_cohort, load_cohort
+from pipeline.assessment.likeness import Calibration, Match, judge_for, save_person, workspace_people
+from pipeline.intake.identity import SAME_PERSON, face_identity, person_consensus
 from pipeline.settings import ClassifySettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,7 +117,8 @@ def test_other_people_of_the_workspace_are_judged_against_too(references: dict, 
 
 
 def test_the_shipped_cohort_is_what_the_build_script_makes() -> None:
-    """assets/likeness/cohort.json is reproducible from the package photos (``python -m pipeline.cohort build``)."""
+    """assets/likeness/cohort.json is reproducible from the package photos
+    (``python -m pipeline.assessment.cohort build``)."""
     shipped = load_cohort()
     assert len(shipped) == 14 and {"astronaut", "grace_hopper", "lenna", "takeo"} <= set(shipped.names)
     built = build_cohort()
@@ -199,9 +200,9 @@ def test_likeness_cli_scores_any_images_against_any_photos(tmp_path: Path) -> No
 def test_status_and_verdict_are_one_sentence_everywhere(tmp_path: Path, verdict: str, first: str) -> None:
     """The library's status ("ready" = trained) and the likeness verdict, together, the same in the model card and
     `models --json`; "not recognisable" before anything else."""
-    from pipeline.library import Library
-    from pipeline.modelcard import model_card
-    from pipeline.scores import headline
+    from pipeline.assessment.scores import headline
+    from pipeline.library.catalog import Library
+    from pipeline.library.modelcard import model_card
 
     library = Library(tmp_path)
     record = library.create("Anna", "tiny", {"steps": 50})

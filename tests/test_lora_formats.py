@@ -9,7 +9,7 @@ import torch
 from diffusers import FluxPipeline
 from safetensors.torch import load_file
 
-from pipeline.lora_formats import (
+from pipeline.models.lora_formats import (
     LoraFactors,
     LoraFormatError,
     delta_weights,

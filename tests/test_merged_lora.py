@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline import micro
-from pipeline.flow_matching import flow_matching_loss
-from pipeline.merged_lora import MergedWeightLoraLinear, merging_pays
-from pipeline.training import add_lora
+from pipeline.models import micro
+from pipeline.models.flow_matching import flow_matching_loss
+from pipeline.training.merged_lora import MergedWeightLoraLinear, merging_pays
+from pipeline.training.trainer import add_lora
 
 
 def _lora(model: torch.nn.Module) -> dict[str, torch.Tensor]:

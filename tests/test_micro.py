@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import micro
-from pipeline.assessment import reference_embeddings
-from pipeline.base_model import (
+from pipeline.assessment.assess import reference_embeddings
+from pipeline.generation.generator import DEFAULT_TEST_PROMPTS, Generator
+from pipeline.intake.trigger import insert_trigger
+from pipeline.models import micro
+from pipeline.models.base_model import (
     default_base_model,
     default_test_generate_settings,
     default_train_settings,
@@ -23,9 +25,7 @@ from pipeline.base_model import (
     max_text_tokens,
     resolve_base_model,
 )
-from pipeline.generation import DEFAULT_TEST_PROMPTS, Generator
 from pipeline.settings import FLUX_DEV, MICRO_MODEL, MICRO_RESOLUTION, AppSettings, GenerateSettings, TrainSettings
-from pipeline.trigger import insert_trigger
 from pipeline.workflow import Workflow
 
 
@@ -195,7 +195,8 @@ def test_the_best_checkpoint_follows_the_measured_scores(trained: dict) -> None:
 
 @pytest.mark.slow
 def test_the_build_script_makes_a_loadable_model_from_package_faces_only(tmp_path: Path) -> None:
-    """`python -m pipeline.micro build`, cut to a few steps: package faces (never the held-out people), every stage,
+    """`python -m pipeline.models.micro build`, cut to a few steps: package faces (never the held-out people), every
+    stage,
     a diffusers folder with checksums that FluxPipeline loads and generates with."""
     import shutil
 

@@ -5,8 +5,8 @@ import re
 
 from huggingface_hub import ModelCard
 
-from pipeline.library import Library
-from pipeline.modelcard import example_prompts, model_card
+from pipeline.library.catalog import Library
+from pipeline.library.modelcard import example_prompts, model_card
 from pipeline.settings import FLUX_DEV, TINY_MODEL
 
 

@@ -15,8 +15,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from pipeline.library import Library
-from pipeline.notify import NotificationError, send_training_email, smtp_settings_from_env
+from pipeline.library.catalog import Library
+from pipeline.library.notify import NotificationError, send_training_email, smtp_settings_from_env
 from pipeline.settings import TINY_MODEL, SmtpSettings
 
 USER = "anna@example.org"

@@ -12,9 +12,9 @@ import weakref
 import pytest
 import torch
 
-from pipeline import offload
-from pipeline.flow_matching import flow_matching_loss
-from pipeline.training import add_lora
+from pipeline.models import offload
+from pipeline.models.flow_matching import flow_matching_loss
+from pipeline.training.trainer import add_lora
 
 
 def _model() -> torch.nn.Module:
@@ -145,10 +145,10 @@ def test_streamed_text_encoders_encode_captions_exactly(tmp_path) -> None:
     """The 16 / 12 GB training modes stream T5 and CLIP from host RAM while encoding captions: same embeddings."""
     from PIL import Image
 
-    from pipeline.base_model import ensure_tiny_model
-    from pipeline.dataset import Dataset, DatasetItem
+    from pipeline.intake.dataset import Dataset, DatasetItem
+    from pipeline.models.base_model import ensure_tiny_model
     from pipeline.settings import TrainSettings
-    from pipeline.training import _prepare
+    from pipeline.training.trainer import _prepare
 
     model = str(ensure_tiny_model(tmp_path / "models"))
     photo = tmp_path / "face.png"

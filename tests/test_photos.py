@@ -7,7 +7,7 @@ from pathlib import Path
 import photo_factory
 import pytest
 
-from pipeline.photos import PhotoNotFound, PhotoRejected, PhotoStore
+from pipeline.intake.photos import PhotoNotFound, PhotoRejected, PhotoStore
 from pipeline.settings import IntakeSettings
 
 

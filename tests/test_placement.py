@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from lora_factory import make_lora
 
-from pipeline import memory
-from pipeline.base_model import default_test_generate_settings
-from pipeline.generation import Generator
+from pipeline.generation.generator import Generator
+from pipeline.models import memory
+from pipeline.models.base_model import default_test_generate_settings
 
-# FLUX.1-dev in bf16 (pipeline.base_model._placement_sizes on the real architecture, meta device): all weights, and
+# FLUX.1-dev in bf16 (pipeline.models.base_model._placement_sizes on the real architecture, meta device): all weights,
+# and
 # what the fp8 placement keeps on the GPU.
 FLUX_DEV_GB = dict(gpu_gb=31.4, fp8_gb=11.6)
 
@@ -67,7 +68,7 @@ def test_loading_a_lora_reads_no_placed_weight(placement: str, data_dir: Path, t
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """peft and diffusers read each wrapped layer's weight ~20 times while loading, for its shape only: no host copy
     (stream) or dequantisation (fp8) then."""
-    from pipeline import offload
+    from pipeline.models import offload
 
     copies = []
     kind = offload.HostWeight if placement == "stream" else memory._Float8Weight

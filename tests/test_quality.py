@@ -8,8 +8,8 @@ import photo_factory
 import pytest
 from PIL import Image
 
-from pipeline.faces import detect_faces
-from pipeline.quality import measure_quality, quality_issues, quality_score
+from pipeline.intake.faces import detect_faces
+from pipeline.intake.quality import measure_quality, quality_issues, quality_score
 from pipeline.settings import ClassifySettings
 
 SETTINGS = ClassifySettings()

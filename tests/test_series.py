@@ -1,4 +1,5 @@
-"""A long series cut into a bounded number of buckets (pipeline.series): bounded, faithful, stable as it grows."""
+"""A long series cut into a bounded number of buckets (pipeline.training.series): bounded, faithful, stable as it
+grows."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import random
 
 import pytest
 
-from pipeline.series import Bucket, bucket_width, buckets
+from pipeline.training.series import Bucket, bucket_width, buckets
 
 
 def _noisy_loss(count: int, seed: int = 0) -> list[tuple[int, float]]:

@@ -113,7 +113,7 @@ def test_no_setting_is_named_outside_its_declaration() -> None:
     in the UI or the CLI is a second declaration (an attribute such as ``settings.steps`` is fine). Outside the
     Settings tab, the names other records share (a model's name and trigger word, a generation's steps, seed and
     guidance) are those records' keys there, so only the names that are TrainSettings' alone are looked for."""
-    from pipeline.library import ModelRecord
+    from pipeline.library.catalog import ModelRecord
 
     names = [f.name for f in dataclasses.fields(TrainSettings)]
     shared = {f.name for cls in (GenerateSettings, VideoSettings, ModelRecord) for f in dataclasses.fields(cls)}
@@ -134,7 +134,7 @@ def _with_a_new_setting() -> type:
 
 def test_a_new_setting_is_one_field_on_the_form_the_cli_and_the_card() -> None:
     from pipeline.__main__ import add_setting_options, setting_overrides
-    from pipeline.modelcard import _settings_rows
+    from pipeline.library.modelcard import _settings_rows
     from ui.settings import form_spec, settings_from_values, size_hints
 
     with_knob = _with_a_new_setting()

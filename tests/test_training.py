@@ -16,14 +16,14 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from pipeline import events as ev
-from pipeline import memory
-from pipeline.base_info import header_names_base
-from pipeline.base_model import load_pipeline
-from pipeline.dataset import Dataset, DatasetItem
-from pipeline.flow_matching import sample_sigmas
-from pipeline.lora_formats import convert_to_kohya, load_kohya_as_diffusers, read_metadata
+from pipeline.intake.dataset import Dataset, DatasetItem
+from pipeline.models import memory
+from pipeline.models.base_info import header_names_base
+from pipeline.models.base_model import load_pipeline
+from pipeline.models.flow_matching import sample_sigmas
+from pipeline.models.lora_formats import convert_to_kohya, load_kohya_as_diffusers, read_metadata
 from pipeline.settings import SettingsError, TrainSettings
-from pipeline.training import (
+from pipeline.training.trainer import (
     PHASES,
     TrainingError,
     aspect_buckets,
@@ -204,7 +204,7 @@ def test_a_setting_added_later_leaves_the_fingerprints_of_earlier_checkpoints_al
     """Checkpoints fingerprinted before ``lora_outer_layers`` existed still resume: at its default the field is left
     out. The hashes are what the version before it (fbda15a) computed for these inputs; a new TrainSettings field
     belongs in ``training._LATER_FIELDS`` with its default, or this fails."""
-    from pipeline.training import _resume_fingerprints
+    from pipeline.training.trainer import _resume_fingerprints
 
     items = tuple(DatasetItem(image=Path(f"/x/d/p{i}.png"), caption="a photo of ohwx", source=f"p{i}.png")
                   for i in range(3))
@@ -271,8 +271,8 @@ def test_a_run_resumes_where_its_photos_checkpoints_and_base_model_lie_elsewhere
     assert second.status == "completed" and second.steps_done == 10
     np.testing.assert_allclose(second.losses, straight.losses, rtol=1e-5)
     # A checkpoint saved before this fingerprint existed (it hashed absolute paths) still resumes where it was made.
-    from pipeline.base_model import resolve_base_model
-    from pipeline.training import _resume_fingerprints
+    from pipeline.models.base_model import resolve_base_model
+    from pipeline.training.trainer import _resume_fingerprints
 
     state_path = tmp_path / "here" / "checkpoints" / "step-000006" / "training_state.pt"
     state = torch.load(state_path, weights_only=True)
@@ -478,8 +478,8 @@ def test_fp8_weights_keep_the_output_and_train(data_dir: Path) -> None:
     from diffusers import FluxTransformer2DModel
     from peft import LoraConfig
 
-    from pipeline.base_model import ensure_tiny_model
-    from pipeline.training import lora_target_modules
+    from pipeline.models.base_model import ensure_tiny_model
+    from pipeline.training.trainer import lora_target_modules
 
     model = FluxTransformer2DModel.from_pretrained(ensure_tiny_model(data_dir), subfolder="transformer",
                                                    dtype=torch.bfloat16)

@@ -16,13 +16,13 @@ import photo_factory
 import pytest
 
 from pipeline import events as ev
-from pipeline.disk import folder_size
-from pipeline.estimate import SpeedLog
-from pipeline.generators import Generators
-from pipeline.library import Library, ModelRecord
+from pipeline.generation.generators import Generators
+from pipeline.library.catalog import Library, ModelRecord
 from pipeline.settings import MAX_TEST_PROMPTS, AppSettings, SettingsError, TrainSettings
 from pipeline.status import JOB_FINISHED, JOB_STATUSES, MODEL_FINISHED, MODEL_STATUSES, RESULT_STATUSES, Status
-from pipeline.training_job import (
+from pipeline.storage.disk import folder_size
+from pipeline.training.estimate import SpeedLog
+from pipeline.training.job import (
     SPEC_VERSION,
     LocalExecutor,
     TrainingJobSpec,

@@ -13,7 +13,7 @@ import pytest
 from pipeline import events as ev
 from pipeline.settings import AppSettings
 from pipeline.status import Status
-from pipeline.training_job import TrainingMonitor
+from pipeline.training.job import TrainingMonitor
 from pipeline.workflow import Workflow
 from ui.training import LOG_LINES, LOSS_EXACT, _render
 

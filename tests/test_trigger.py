@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from pipeline.trigger import generate_trigger_word, is_known_word, known_words, validate_trigger_word
+from pipeline.intake.trigger import generate_trigger_word, is_known_word, known_words, validate_trigger_word
 
 
 def test_clip_vocabulary_is_available_offline_and_knows_common_words():

@@ -11,9 +11,9 @@ from app_runner import RunningApp
 from gradio_client import Client
 from markdown_it import MarkdownIt
 
+from pipeline.people.workspaces import Workspaces
 from pipeline.settings import AppSettings
 from pipeline.status import Status
-from pipeline.workspaces import Workspaces
 from ui.text import NO_TAG, escaped, plain
 
 HOSTILE = [

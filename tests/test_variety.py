@@ -7,8 +7,8 @@ import photo_factory
 import pytest
 from PIL import Image, ImageEnhance
 
-from pipeline.faces import detect_faces
-from pipeline.variety import (
+from pipeline.intake.faces import detect_faces
+from pipeline.intake.variety import (
     SMILE_RATIO,
     Lighting,
     expression_ratio,

@@ -13,12 +13,11 @@ import torch
 from lora_factory import make_lora
 from PIL import Image
 
-from pipeline.assessment import reference_embeddings
-from pipeline.clip_likeness import MORPH, PersonReference, likeness_path
+from pipeline.assessment.assess import reference_embeddings
 from pipeline.events import Message, Progress
-from pipeline.generation import Generator
+from pipeline.generation.generator import Generator
 from pipeline.settings import GenerateSettings, SettingsError, VideoSettings
-from pipeline.video import (
+from pipeline.video.clip import (
     make_scored_video,
     make_video,
     path_positions,
@@ -27,6 +26,7 @@ from pipeline.video import (
     video_frames,
     write_metadata,
 )
+from pipeline.video.clip_likeness import MORPH, PersonReference, likeness_path
 
 SIZE = {"width": 64, "height": 48, "steps": 3}
 

@@ -161,13 +161,13 @@ def test_an_earlier_best_checkpoint_is_what_the_library_serves_in_both_formats(t
     """When the measurement prefers an earlier checkpoint, the model's LoRA and its kohya file are that one."""
     import dataclasses
 
-    from pipeline.base_model import is_embedded
-    from pipeline.dataset import Dataset
     from pipeline.events import CheckpointAssessed, CheckpointSaved
-    from pipeline.lora_formats import read_metadata
+    from pipeline.intake.dataset import Dataset
+    from pipeline.models.base_model import is_embedded
+    from pipeline.models.lora_formats import read_metadata
     from pipeline.status import Status
-    from pipeline.training import CheckpointInfo, TrainResult
-    from pipeline.training_job import CheckpointAssessor
+    from pipeline.training.job import CheckpointAssessor
+    from pipeline.training.trainer import CheckpointInfo, TrainResult
 
     workflow = _workflow(tmp_path / "data", photos)
     try:
@@ -232,8 +232,8 @@ def test_a_lora_write_the_disk_refuses_says_what_failed_and_what_to_free(tmp_pat
         import json, resource
         from pathlib import Path
         import torch
-        from pipeline.disk import DiskError
-        from pipeline.lora_formats import save_lora_file
+        from pipeline.storage.disk import DiskError
+        from pipeline.models.lora_formats import save_lora_file
         from pipeline.settings import AppSettings
         from pipeline.workflow import Workflow, _writes
 

@@ -10,12 +10,10 @@ from pathlib import Path
 import photo_factory
 import pytest
 
-from pipeline.export import export_zip
-from pipeline.library import ModelNotFound
-from pipeline.photos import PhotoNotFound
-from pipeline.settings import AppSettings, TrainSettings
-from pipeline.workflow import Workflow
-from pipeline.workspaces import (
+from pipeline.intake.photos import PhotoNotFound
+from pipeline.library.catalog import ModelNotFound
+from pipeline.library.export import export_zip
+from pipeline.people.workspaces import (
     LOCAL_PERSON,
     CreationLimits,
     NothingStored,
@@ -23,6 +21,8 @@ from pipeline.workspaces import (
     Workspaces,
     check_token,
 )
+from pipeline.settings import AppSettings, TrainSettings
+from pipeline.workflow import Workflow
 
 
 @pytest.fixture()

@@ -9,8 +9,8 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from pipeline.likeness import LIKENESS_MEANING
-from pipeline.scores import ModelScores, headline
+from pipeline.assessment.likeness import LIKENESS_MEANING
+from pipeline.assessment.scores import ModelScores, headline
 from pipeline.workflow import Workflow
 from ui.charts import series_frame
 from ui.files import served

@@ -24,10 +24,10 @@ from collections.abc import Callable
 
 import gradio as gr
 
-from pipeline.accounts import LOGIN_CLIENT
-from pipeline.hub import HubError, account_of_token
+from pipeline.library.hub import HubError, account_of_token
+from pipeline.people.accounts import LOGIN_CLIENT
+from pipeline.people.workspaces import LOCAL_PERSON, Person, WorkspaceLimit, Workspaces, check_token
 from pipeline.workflow import Workflow
-from pipeline.workspaces import LOCAL_PERSON, Person, WorkspaceLimit, Workspaces, check_token
 
 COOKIE = "likeness_workspace"
 # On https the cookie carries the __Host- prefix: browsers then refuse it from any other site or subdomain (a
@@ -139,7 +139,7 @@ def client_address(peer: str, forwarded_for: str | None, proxies: int) -> str:
 
 class ClientAddress:
     """ASGI middleware: tells the login check which address a ``/login`` comes from (Gradio's ``auth=`` gets the
-    name and password only), through ``pipeline.accounts.LOGIN_CLIENT`` for the request's own task."""
+    name and password only), through ``pipeline.people.accounts.LOGIN_CLIENT`` for the request's own task."""
 
     def __init__(self, app, proxies: int = 0) -> None:
         self.app = app

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 import gradio as gr
 import pandas as pd
 
-from pipeline.clip_likeness import MORPH_WHY
 from pipeline.settings import GenerateSettings
 from pipeline.status import Status
+from pipeline.video.clip_likeness import MORPH_WHY
 from pipeline.workflow import Workflow
 from ui.charts import series_frame
 from ui.files import served
@@ -21,8 +21,8 @@ from ui.people import People
 from ui.progress import progress_events
 from ui.text import escaped, number_field, text_field
 
-if TYPE_CHECKING:  # pipeline.video brings torch; the app must start without it where no GPU can be
-    from pipeline.video import VideoResult
+if TYPE_CHECKING:  # pipeline.video.clip brings torch; the app must start without it where no GPU can be
+    from pipeline.video.clip import VideoResult
 
 BASE_ONLY = "(base model, no LoRA)"
 

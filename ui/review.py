@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
-from pipeline.classify import REASONS, ClassificationResult, Readiness
-from pipeline.crops import face_preview
+from pipeline.intake.classify import REASONS, ClassificationResult, Readiness
+from pipeline.intake.crops import face_preview
 from pipeline.workflow import Workflow
 from ui.files import served
 from ui.handlers import for_person, refused

@@ -14,9 +14,9 @@ from typing import Any
 
 import gradio as gr
 
-from pipeline.estimate import TrainingEstimate, embedded_kind
 from pipeline.settings import Group, Setting, TrainSettings, Widget, coerce, declaration, declared_fields
 from pipeline.status import Status
+from pipeline.training.estimate import TrainingEstimate, embedded_kind
 from ui.people import People
 from ui.text import plain
 

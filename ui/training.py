@@ -9,12 +9,12 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
+from pipeline.assessment.scores import headline
+from pipeline.assessment.verdict import Verdict
 from pipeline.events import duration_text
-from pipeline.scores import headline
-from pipeline.series import buckets
 from pipeline.status import MODEL_ACTIVE, MODEL_FINISHED, MODEL_RESUMABLE, Status
-from pipeline.training_job import TrainingMonitor
-from pipeline.verdict import Verdict
+from pipeline.training.job import TrainingMonitor
+from pipeline.training.series import buckets
 from pipeline.workflow import Workflow
 from ui.charts import series_frame
 from ui.files import served

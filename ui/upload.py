@@ -8,8 +8,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from pipeline.classify import REASONS
 from pipeline.events import ignore
+from pipeline.intake.classify import REASONS
 from pipeline.workflow import Workflow
 from ui.files import served
 from ui.handlers import for_person

@@ -1,0 +1,1 @@
+"""Assessment: test images of each checkpoint, likeness against the person and others, quality, scores."""

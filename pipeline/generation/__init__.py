@@ -1,0 +1,1 @@
+"""Drawing images with a base model and a LoRA."""

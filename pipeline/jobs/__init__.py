@@ -1,0 +1,1 @@
+"""The job queue: one training at a time per GPU, persisted across restarts."""

@@ -1,0 +1,1 @@
+"""Base models: loading FLUX.1-dev and the embedded tiny and micro models, devices, memory, LoRA files."""

@@ -1,0 +1,1 @@
+"""People on a shared app: accounts and their workspaces."""

@@ -1,0 +1,1 @@
+"""Files on disk: atomic writes, free space and quotas, the JSON database."""

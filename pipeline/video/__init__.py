@@ -1,0 +1,1 @@
+"""Video clips of the person and their likeness frame by frame."""
