@@ -15,7 +15,7 @@ from pipeline.settings import AppSettings
 from pipeline.status import Status
 from pipeline.training.job import TrainingMonitor
 from pipeline.workflow import Workflow
-from ui.training import LOG_LINES, LOSS_EXACT, _render
+from ui.training import LOG_LINES, LOSS_EXACT, _render, _status
 
 
 @pytest.fixture()
@@ -91,3 +91,25 @@ def test_the_log_and_a_failure_show_no_server_path(workflow: Workflow) -> None:
     status, log, *_ = _render(workflow, model_id)
     assert "LoRA saved to lora.safetensors" in log and "could not write lora.safetensors" in status
     assert str(workflow.data_dir) not in log + status and record.folder.name not in log + status
+
+
+def test_the_final_assessment_says_what_it_does_and_counts_the_time_down(workflow: Workflow) -> None:
+    """No step comes while the final assessment runs (minutes on the micro model): the status names its test image
+    and the time left keeps falling (issue 33: the ETA stood still there), then says when it runs over."""
+    model_id = recorded_run(workflow, 50, status=Status.ASSESSING)
+    now = [1000.0]
+    monitor = TrainingMonitor(model_id, clock=lambda: now[0])
+    monitor.on_event(ev.TrainStep(step=50, total_steps=50, loss=0.5, loss_smooth=0.5, learning_rate=1e-4,
+                                  seconds_per_step=0.2, eta_seconds=300.0, phase="final optimisation"))
+    monitor.note("assessing", status=Status.ASSESSING)
+    monitor.on_event(ev.Progress("assess", 2, 8, "test image 3 of 8: a portrait photo of ohwx"))
+    first = _status(workflow, monitor)
+    now[0] += 70
+    later = _status(workflow, monitor)
+    assert "🔎 Final assessment: test image 3 of 8: a portrait photo of ohwx · about 5 min 00 s left" in first
+    assert "ETA 5 min 00 s" in first and "ETA 3 min 50 s" in later and "about 3 min 50 s left" in later
+    now[0] += 600
+    assert "taking longer than estimated" in _status(workflow, monitor)
+    # Once it is ready there is nothing left to count.
+    workflow.library.update(model_id, status=Status.READY)
+    assert "ETA" not in _status(workflow, monitor) and "Final assessment" not in _status(workflow, monitor)

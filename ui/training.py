@@ -74,20 +74,32 @@ def _log_text(lines: list[str]) -> str:
     return without_paths("\n".join(text if n == 1 else f"{text}  ×{n}" for text, n in folded))
 
 
+def _step_lines(monitor: TrainingMonitor, status: Status) -> list[str]:
+    """The last step's figures, and while the final assessment runs (minutes without a step) its own progress; the
+    time left counts down between steps and through the assessment (``TrainingMonitor.time_left``)."""
+    step, left = monitor.last_step, monitor.time_left()
+    if step is None or left is None:
+        return []
+    running = status in (Status.TRAINING, Status.ASSESSING)
+    parts = [f"Step **{step.step}/{step.total_steps}**", f"phase *{step.phase}*"]
+    parts += [f"{step.resolution} px"] if step.resolution else []
+    parts += [f"{step.seconds_per_step:.2f} s/step"] + ([f"ETA {duration_text(left)}"] if running else [])
+    parts += [f"loss {step.loss_smooth:.4f}"] + ([f"GPU {step.gpu_memory_gb:.1f} GB"] if step.gpu_memory_gb else [])
+    lines = [" · ".join(parts)]
+    if status == Status.ASSESSING:
+        doing = f": {monitor.assessing.message}" if monitor.assessing else ""
+        when = f"about {duration_text(left)} left" if left > 0 else "taking longer than estimated"
+        lines.append(f"🔎 Final assessment{doing} · {when}")
+    return lines
+
+
 def _status(workflow: Workflow, monitor: TrainingMonitor) -> str:
     record = workflow.model(monitor.model_id)
     lines = [f"### {plain(record.name)} — {monitor.status}", f"Trigger word: **{plain(record.trigger_word)}**"]
     ahead = workflow.jobs_ahead(monitor.model_id)
     if ahead:
         lines.append(f"⏳ Waiting in the queue: {ahead} training(s) ahead (one runs at a time per GPU).")
-    step = monitor.last_step
-    if step:
-        parts = [f"Step **{step.step}/{step.total_steps}**", f"phase *{step.phase}*"]
-        parts += [f"{step.resolution} px"] if step.resolution else []
-        parts += [f"{step.seconds_per_step:.2f} s/step", f"ETA {duration_text(step.eta_seconds)}",
-                  f"loss {step.loss_smooth:.4f}"]
-        parts += [f"GPU {step.gpu_memory_gb:.1f} GB"] if step.gpu_memory_gb else []
-        lines.append(" · ".join(parts))
+    lines += _step_lines(monitor, record.status)
     if record.status == Status.CANCELLED:
         # Resume is the button that applies (Train would start over, from the Settings tab's values).
         since = (f"its last checkpoint (step {monitor.checkpoints[-1]})" if monitor.checkpoints
