@@ -117,13 +117,15 @@ def build_app(people: People, *, hf_login: bool = False) -> gr.Blocks:
                         "runs for real on a CPU in seconds, but its images are noise. For real pictures start on a "
                         "GPU with `--base-model black-forest-labs/FLUX.1-dev`.", elem_classes=["notice"])
         elif is_micro(workflow.base_model):
-            # Measured (README, bench/results/micro_likeness_cpu_rescored.json): 0-3 of 8 recognised, 23-35 min.
+            # Measured (README; bench/results/micro_likeness_cpu_rescored.json, estimate_micro_default_cpu.json): 0-3 of
+            # 8 recognised; a default run 19 min on a quiet machine, 35 on a busy one.
             gr.Markdown("ℹ️ Running on the embedded **micro** FLUX-architecture model (96 px, 2.4 M parameters, "
                         "pretrained on a dozen faces from open-source packages) so that every step runs on a CPU. It "
                         "proves the pipeline, not the pictures: a LoRA on it learns a person's look, but its small, "
                         "smeared faces are mostly generic — the likeness check recognises the person in 0 to 3 of "
                         "8 test images, so expect \"not recognisable\" — and it barely follows prompts. A training "
-                        "takes 25–35 minutes. FLUX.1-dev on a GPU makes the real pictures "
+                        "with the defaults takes about 20 minutes, 35 on a busy machine. FLUX.1-dev on a GPU makes "
+                        "the real pictures "
                         "(`--base-model black-forest-labs/FLUX.1-dev`).", elem_classes=["notice"])
         notices = gr.Markdown(elem_classes=["notice"], visible=False)
         steps.build(people, demo)

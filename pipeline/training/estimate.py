@@ -79,12 +79,14 @@ def assessment_prompts(settings: TrainSettings) -> int:
 
 # Unit costs where this machine has not trained yet, for the embedded models on the 2-core CPU, with the built-in
 # eight test prompts. tiny: bench/estimate.py (bench/results/estimate_cpu.json: 50 steps beside other jobs, load
-# 6-9 on 2 cores). micro: bench/results/estimate_micro_cpu.json (30 steps: a checkpoint and its tests 20-25 s, the
-# final assessment 87-244 s) and issue 33's default run on a busy machine (34 min 52 s, about 7 min of it after the
-# last step, so about 0.3 s a step against the idle bench's 0.2: taken between them).
+# 6-9 on 2 cores). micro: the full default run (bench/results/estimate_micro_default_cpu.json: 5000 steps, 16 photos,
+# 18 min 42 s Train -> ready with other jobs on the machine now and then: 7 s to the first step, 1066 s of steps,
+# samples and five checkpoints with their tests, 49 s after the last step), the 30-step runs of
+# estimate_micro_cpu.json (87-328 s after the last step: the first run here pays one-off caches) and issue 33's
+# default run on a busy machine (34 min 52 s). The final part is taken between the default run's and the short ones'.
 REFERENCE_TIMES = {
     "tiny": RunTimes(REFERENCE["tiny"], preparing=4.0, loading=5.0, sample_round=0.4, checkpoint=5.0, final=20.0),
-    "micro": RunTimes(0.25, preparing=5.0, loading=20.0, sample_round=5.0, checkpoint=30.0, final=300.0),
+    "micro": RunTimes(0.2, preparing=5.0, loading=10.0, sample_round=5.0, checkpoint=20.0, final=120.0),
 }
 
 
