@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator
+from pathlib import Path
 
 import gradio as gr
 import pytest
@@ -86,3 +87,26 @@ def test_refused_prefixes_the_message() -> None:
     with pytest.raises(gr.Error) as refusal, refused("Check the Settings tab: "):
         raise ValueError("steps must be positive")
     assert refusal.value.message == "Check the Settings tab: steps must be positive"
+
+
+def test_the_apps_endpoints_name_their_parameters(tmp_path: Path) -> None:
+    """What API callers see: /train's values named as the settings they are (it listed param_0 … param_16), the
+    playground's form by name (it listed sd, st, gd, sc)."""
+    import app
+    from pipeline.people.workspaces import Workspaces
+    from pipeline.settings import AppSettings, Group, TrainSettings, declared_fields
+    from ui.people import People
+
+    workspaces = Workspaces(AppSettings(data_dir=tmp_path / "data", base_model="tiny"), start_worker=False)
+    try:
+        endpoints = app.build_app(People(workspaces, per_person=False)).get_api_info()["named_endpoints"]
+    finally:
+        workspaces.close()
+
+    def names(endpoint: str) -> list[str]:
+        return [p["parameter_name"] for p in endpoints[endpoint]["parameters"]]
+
+    on_form = [f.name for f in declared_fields(TrainSettings, Group.BASIC, Group.ADVANCED)]
+    assert names("/train") == [*on_form, "train_anyway"]
+    assert names("/generate")[:7] == ["model_id", "prompt", "negative_prompt", "seed", "steps", "guidance",
+                                      "lora_scale"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -210,8 +211,8 @@ def layout() -> TrainingTab:
 def _starter(people: People, names: list[str], outputs: int) -> Callable[..., Iterator[tuple]]:
     """The Train button's handler: the Settings tab's values (``names``), "train anyway" and the watcher."""
 
-    def start(request: gr.Request, progress: gr.Progress = gr.Progress(), *values) -> Iterator[tuple]:
-        *values, train_anyway, current = values
+    def start(request: gr.Request, *values) -> Iterator[tuple]:
+        *values, train_anyway, current, progress = values  # Gradio puts each where __signature__ below says
         workflow = people(request)
         # Progress is drawn here, not by Gradio's overlay: a refusal (e.g. "not ready") is then a message that
         # leaves the page as it was, instead of red "Error" badges over every panel.
@@ -226,6 +227,12 @@ def _starter(people: People, names: list[str], outputs: int) -> Callable[..., It
             record = workflow.start_training(train_settings, anyway=bool(train_anyway), on_event=on_event)
             yield from _follow(workflow, record.id, current)
 
+    # The API names each value as its setting (``/train(name, steps, learning_rate, …)``, not param_0 … param_16):
+    # Gradio reads a handler's parameter names from its signature.
+    named = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+             for n in ["request", *names, "train_anyway", "current"]]
+    progress = inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress())
+    start.__signature__ = inspect.Signature([*named, progress])
     return start
 
 
