@@ -115,7 +115,8 @@ def _show(workflow: Workflow, model_id: str) -> tuple:
     return (*_details(workflow, model_id), _curve(workflow, model_id))
 
 
-def _choices(workflow: Workflow) -> list[tuple[str, str]]:
+def model_choices(workflow: Workflow) -> list[tuple[str, str]]:
+    """Every model of the person as a dropdown's (label, id) choices (this tab's and the Training tab's picker)."""
     return [(r.label, r.id) for r in workflow.models()]
 
 
@@ -271,7 +272,7 @@ def _delete(workflow: Workflow, mid: str) -> tuple:
     workflow.delete_model(mid)
     gr.Info(f"Deleted {escaped(name)}.")
     return _table(workflow), f"Deleted {name}.", None, _curve(workflow, ""), \
-        gr.update(choices=_choices(workflow), value=None)
+        gr.update(choices=model_choices(workflow), value=None)
 
 
 def _download(workflow: Workflow, mid: str) -> str:
@@ -283,9 +284,9 @@ def _listing(workflow: Workflow) -> pd.DataFrame:
 
 
 def _refresh(workflow: Workflow, mid: str) -> tuple:
-    ids = [i for _, i in _choices(workflow)]
+    ids = [i for _, i in model_choices(workflow)]
     keep = mid if mid in ids else None
-    return _table(workflow), gr.update(choices=_choices(workflow), value=keep)
+    return _table(workflow), gr.update(choices=model_choices(workflow), value=keep)
 
 
 def _after_delete(mid: str | None) -> tuple:

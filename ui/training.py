@@ -20,6 +20,7 @@ from pipeline.workflow import Workflow
 from ui.charts import series_frame
 from ui.files import served
 from ui.handlers import for_person, refused
+from ui.models import model_choices
 from ui.people import People
 from ui.progress import progress_events
 from ui.settings import SettingsInputs, settings_from_values
@@ -140,10 +141,6 @@ def cluster_text(workflow: Workflow) -> str | None:
         where = f" on node `{entry.node[:8]}`" if entry.node and entry.status == Status.RUNNING else ""
         lines.append(f"- {who}: {entry.status}{where}")
     return "\n".join(lines)
-
-
-def _model_choices(workflow: Workflow) -> list[tuple[str, str]]:
-    return [(r.label, r.id) for r in workflow.models()]
 
 
 @dataclass
@@ -296,7 +293,7 @@ def _show_cluster(workflow: Workflow) -> dict:
 
 
 def _refresh(workflow: Workflow, mid: str) -> dict:
-    return gr.update(choices=_model_choices(workflow), value=mid or None)
+    return gr.update(choices=model_choices(workflow), value=mid or None)
 
 
 def wire(view: TrainingTab, people: People, settings: SettingsInputs) -> None:
