@@ -61,6 +61,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--base-model", default=os.environ.get("LIKENESS_BASE_MODEL"),
                         help="'micro' (default without CUDA), 'tiny', a hub id such as black-forest-labs/FLUX.1-dev "
                              "(default with CUDA), or a local diffusers folder")
+    parser.add_argument("--video-model", default=os.environ.get("LIKENESS_VIDEO_MODEL", ""),
+                        help="the Playground's videos: none (default, on a CPU and a GPU alike): a morph between "
+                             "stills; 'tiny': the tiny random image-to-video model (proves the path on a CPU, its "
+                             "frames are noise); or a Wan 2.2 TI2V-5B / Wan I2V / LTX-Video 0.9.0-0.9.1 hub id or "
+                             "local diffusers folder, which animates a still of the person")
     parser.add_argument("--ray", default=os.environ.get("LIKENESS_RAY_ADDRESS", ""), metavar="auto|ADDRESS",
                         help="run trainings as tasks on a Ray cluster: 'auto' (the cluster this machine joined with "
                              "`ray start`) or the head's address; nodes that do not see the data dir get each "
@@ -191,7 +196,8 @@ def main(argv: list[str] | None = None) -> None:
         limit = args.trainings_per_person if args.trainings_per_person is not None else (1 if shared else 0)
         app_settings = AppSettings(data_dir=args.data_dir, base_model=args.base_model or default_base_model(),
                                    smtp=smtp_settings_from_env(), trainings_per_person=limit,
-                                   disk_per_person_gb=args.disk_per_person_gb, ray_address=args.ray.strip())
+                                   disk_per_person_gb=args.disk_per_person_gb, ray_address=args.ray.strip(),
+                                   video_model=args.video_model.strip())
         app_settings.validate()
         workspaces = Workspaces(app_settings, start_worker=False,
                                 limits=CreationLimits(per_client=args.new_workspaces_per_hour))

@@ -113,7 +113,7 @@ def cmd_video(args: argparse.Namespace) -> int:
     workflow = _workflow(args)
     model_id = workflow.library.find(args.model).id if args.model != "base" else None
     result = workflow.video(model_id, prompt=args.prompt, prompt_b=args.prompt_b, frames=args.frames, fps=args.fps,
-                            seed=args.seed)
+                            seed=args.seed, video_model=args.video_model)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(result.video, out)  # --out may be on another disk than the data dir
@@ -302,7 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "frame's likeness")
     p.add_argument("model")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--prompt-b", help="a second prompt the clip moves towards")
+    p.add_argument("--prompt-b", help="a morph: a second prompt the clip moves towards; with --video-model: the "
+                                      "motion ('turns to the camera and smiles'; default: --prompt)")
+    p.add_argument("--video-model", default=os.environ.get("LIKENESS_VIDEO_MODEL", ""),
+                   help="the image-to-video model that animates the person's still: 'tiny' (the tiny random Wan "
+                        "model built in code: proves the path on a CPU, its frames are noise), a hub id such as "
+                        "Wan-AI/Wan2.2-TI2V-5B-Diffusers (GPUs of 16-24 GB and more), an LTX-Video "
+                        "0.9.0/0.9.1 diffusers model (12 GB), or a local diffusers folder; default: none, "
+                        "a morph between stills (on a CPU and on a GPU alike)")
     p.add_argument("--out", type=Path, required=True, help="the MP4 to write; its likeness JSON goes beside it")
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--fps", type=int, default=8)

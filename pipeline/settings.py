@@ -400,6 +400,32 @@ class VideoSettings:
 
 
 @dataclass(frozen=True)
+class ImageToVideoSettings:
+    """A clip a video model animates from a still (``pipeline.video.i2v``): the motion prompt and the clip's length.
+    Sizes come from the still (rounded to what the model takes); frames are made in the count the model needs
+    (4k+1 for Wan, 8k+1 for LTX-Video) and the first ``frames`` kept."""
+
+    prompt: str = ""  # the motion: "turns to the camera and smiles"
+    frames: int = 13
+    fps: int = 8
+    steps: int = 4
+    guidance: float = 1.0  # 1: no classifier-free guidance (one transformer pass per step)
+    seed: int = 0
+    negative_prompt: str = ""
+
+    MAX_FRAMES = 241  # 10 s at 24 fps: Wan 2.2 TI2V's 121 frames and LTX-Video's 161 fit
+
+    def validate(self) -> ImageToVideoSettings:
+        _check(bool(self.prompt.strip()), "prompt", "describe the motion, e.g. 'turns to the camera and smiles'")
+        _check(2 <= self.frames <= self.MAX_FRAMES, "frames",
+               f"must be between 2 and {self.MAX_FRAMES}, got {self.frames}")
+        _check(1 <= self.fps <= 60, "fps", f"must be between 1 and 60, got {self.fps}")
+        _check(1 <= self.steps <= 200, "steps", f"must be between 1 and 200, got {self.steps}")
+        _check(0 <= self.guidance <= 20, "guidance", f"must be between 0 and 20, got {self.guidance}")
+        return self
+
+
+@dataclass(frozen=True)
 class SmtpSettings:
     """Where to send the 'training finished' e-mail. Empty host: no e-mail."""
 
@@ -425,6 +451,9 @@ class AppSettings:
 
     data_dir: Path = Path("data")
     base_model: str = MICRO_MODEL  # "micro", "tiny", a hub id, or a local diffusers folder
+    # Videos: "" (a morph between stills, the default), "tiny" (the tiny random image-to-video model, built in code),
+    # or a Wan 2.2 TI2V / Wan I2V / LTX-Video hub id or local diffusers folder (``pipeline.video.i2v``).
+    video_model: str = ""
     smtp: SmtpSettings = SmtpSettings()
     # Free disk space a training needs before it starts (checkpoints, LoRAs, assessment images); 0: by base model,
     # 0.2 GB for the embedded models and 2 GB for FLUX.1-dev (rank-16 checkpoints with optimizer state ~0.5 GB each).

@@ -48,6 +48,7 @@ from pipeline.training.job import (
     TrainingMonitor,
     TrainingRunner,
 )
+from pipeline.video.i2v import VideoModels
 
 if TYPE_CHECKING:
     from pipeline.generation.generator import Generator
@@ -122,7 +123,8 @@ class Workflow:
 
     def __init__(self, settings: AppSettings, *, start_worker: bool = True, workspace: str = LOCAL_WORKSPACE,
                  folder: Path | None = None, jobs: JobQueue | None = None,
-                 generators: Generators | None = None, executor: Executor | None = None) -> None:
+                 generators: Generators | None = None, executor: Executor | None = None,
+                 video_models: VideoModels | None = None) -> None:
         from pipeline.models.base_model import is_tiny, resolve_base_model
 
         self.settings = settings
@@ -144,6 +146,8 @@ class Workflow:
         self._analyses: dict[tuple, Any] = {}  # per-photo measurements, so re-classifying is quick
         self.last_classification: ClassificationResult | None = None  # shown again when the Review tab reopens
         self._generators = generators or Generators(self.shared_dir)
+        # The image-to-video model (``AppSettings.video_model``), loaded on a clip's first use: one for everyone.
+        self._video_models = video_models or VideoModels(self.shared_dir)
         # Where trainings run: in this process (the default) or on a Ray cluster (``AppSettings.ray_address``).
         self._owns_executor = executor is None
         self.executor = executor or make_executor(settings, self._generators)
@@ -508,16 +512,23 @@ class Workflow:
 
     @_writes("save the video")
     def video(self, model_id: str | None, *, prompt: str, frames: int, fps: int, seed: int = 0,
-              prompt_b: str | None = None, on_event: ev.EventCallback = ev.ignore,
+              prompt_b: str | None = None, video_model: str | None = None, on_event: ev.EventCallback = ev.ignore,
               should_stop: ev.StopCheck = ev.never) -> VideoResult:
-        """A short clip with every frame's likeness to the model's person (``make_scored_video``): the MP4 and its
-        likeness JSON beside it. ``should_stop`` ends it between two frames; the frames made so far are scored."""
+        """A short clip with every frame's likeness to the model's person: the MP4 and its likeness JSON beside it.
+
+        Without ``video_model`` (None, "" or "morph") a morph between stills (``make_scored_video``; ``prompt_b``
+        the prompt it moves towards; ``should_stop`` ends it between two frames and the frames made so far are
+        scored). With one ("tiny", a hub id or folder) the still ``prompt`` draws with the LoRA is animated by it
+        (``make_image_to_video``; ``prompt_b`` the motion, else ``prompt``); ``should_stop`` ends it between two
+        denoising steps with ``ClipStopped``, and nothing is kept."""
         from pipeline.intake.trigger import insert_trigger
         from pipeline.video.clip import make_scored_video
         from pipeline.video.clip_likeness import PersonReference
+        from pipeline.video.i2v import default_animate_settings, is_morph, make_image_to_video
 
         self._check_disk_quota()
         lora_path, trigger, label = self._lora(model_id)
+        motion = insert_trigger(prompt_b or prompt, "")  # the video model knows no trigger word: "a person"
         person = None
         if lora_path is not None:
             prompt = insert_trigger(prompt, trigger)
@@ -526,9 +537,16 @@ class Workflow:
         size = self.test_generate_settings(512)
         clip = VideoSettings(prompt=prompt, prompt_b=prompt_b or "", frames=frames, fps=fps, seed_a=seed,
                              seed_b=seed + 1, width=size.width, height=size.height, steps=size.steps)
-        return make_scored_video(self.generator(), clip, lora_path=lora_path,
-                                 out_path=self._new_output_path("videos", ".mp4"), person=person, model=label,
-                                 base_model=self.base_model, on_event=on_event, should_stop=should_stop)
+        out_path = self._new_output_path("videos", ".mp4")
+        if is_morph(video_model):
+            return make_scored_video(self.generator(), clip, lora_path=lora_path, out_path=out_path, person=person,
+                                     model=label, base_model=self.base_model, on_event=on_event,
+                                     should_stop=should_stop)
+        spec = str(video_model).strip()
+        animation = default_animate_settings(spec, prompt=motion, frames=frames, fps=fps, seed=seed).validate()
+        return make_image_to_video(self.generator(), self._video_models, spec, clip.validate().still(), animation,
+                                   lora_path=lora_path, out_path=out_path, person=person, model=label,
+                                   base_model=self.base_model, on_event=on_event, should_stop=should_stop)
 
     def _new_output_path(self, kind: str, suffix: str) -> Path:
         """A fresh, time-sorted path under data_dir/kind: two requests in the same second never collide."""

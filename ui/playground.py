@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,7 @@ import pandas as pd
 from pipeline.settings import GenerateSettings
 from pipeline.status import Status
 from pipeline.video.clip_likeness import MORPH_WHY
+from pipeline.video.i2v import IMAGE_TO_VIDEO, ClipStopped, is_morph, why_animated
 from pipeline.workflow import Workflow
 from ui.charts import series_frame
 from ui.files import served
@@ -89,9 +91,19 @@ def _clip_summary(result: VideoResult) -> str:
     """Which kind of clip was made and why, then how much of it shows the person."""
     likeness = (result.likeness.sentence() if result.likeness is not None
                 else "No likeness measured: the base model has no person to compare with.")
-    return (f"**A {result.kind}** ({result.frames} frames at {result.fps} fps) — {result.why}.\n\n{escaped(likeness)}"
+    kind = "An image-to-video clip" if result.kind == IMAGE_TO_VIDEO else f"A {result.kind}"
+    return (f"**{kind}** ({result.frames} frames at {result.fps} fps) — {result.why}.\n\n{escaped(likeness)}"
             f"\n\nThe MP4 carries the prompt, seed, models and likeness in its metadata; every frame's score is in "
             f"`{result.likeness_json.name}` beside it.")
+
+
+@contextlib.contextmanager
+def stopped_as_message() -> Iterator[None]:
+    """A clip stopped between a video model's steps keeps nothing: said as a message, not as a failure."""
+    try:
+        yield
+    except ClipStopped as exc:
+        raise gr.Error(escaped(exc), title="Stopped") from exc
 
 
 def _defaults(workflow: Workflow) -> GenerateSettings:
@@ -183,13 +195,22 @@ def _compare_panel() -> ComparePanel:
     return ComparePanel(second_model_id, second_lora_scale, button, sheet)
 
 
-def _video_panel() -> VideoPanel:
-    # On this machine the clip is a morph between stills, not motion: the title says so before anyone waits.
-    with gr.Accordion("Video: a morph between stills, with the likeness in every frame", open=False):
-        gr.Markdown(f"Made here as a **morph**: {MORPH_WHY}. Each frame's face is judged as the assessment "
-                    "judges a test image, against the model's training photos.")
+def video_model_line(spec: str) -> str:
+    """Which kind of clip the Video panel makes here, and why, before anyone waits for one."""
+    if is_morph(spec):
+        return (f"**Video model:** none — made here as a **morph**: {MORPH_WHY} (start the app with `--video-model` "
+                "for motion).")
+    return (f"**Video model:** `{escaped(spec)}` — image-to-video: {escaped(why_animated(spec))}. The second prompt, "
+            "if given, is the motion; otherwise the prompt.")
+
+
+def _video_panel(video_model: str) -> VideoPanel:
+    # Morph or motion: the line says which before anyone waits.
+    with gr.Accordion("Video: a short clip, with the likeness in every frame", open=False):
+        gr.Markdown(video_model_line(video_model) + " Each frame's face is judged as the assessment judges a test "
+                    "image, against the model's training photos.")
         with gr.Row():
-            second_prompt = gr.Textbox(label="Second prompt (optional)")
+            second_prompt = gr.Textbox(label="Second prompt or motion (optional)")
             frames = gr.Slider(4, 96, value=16, step=1, label="Frames")
             fps = gr.Slider(4, 30, value=8, step=1, label="Frames per second")
         button = gr.Button("Make video")
@@ -202,7 +223,7 @@ def _video_panel() -> VideoPanel:
     return VideoPanel(second_prompt, frames, fps, button, video, summary, curve, likeness)
 
 
-def layout(defaults: GenerateSettings) -> PlaygroundTab:
+def layout(defaults: GenerateSettings, video_model: str = "") -> PlaygroundTab:
     with gr.Tab("5 · Playground", id="playground") as tab:
         form = _form(defaults)
         with gr.Row():
@@ -212,7 +233,7 @@ def layout(defaults: GenerateSettings) -> PlaygroundTab:
                              preview=False, elem_classes=["results-gallery"],
                              object_fit="contain", type="filepath", buttons=["download", "fullscreen"])
         compare = _compare_panel()
-        video = _video_panel()
+        video = _video_panel(video_model)
     return PlaygroundTab(tab, form, generate, stop, gallery, compare, video)
 
 
@@ -258,9 +279,10 @@ class Handlers:
         frames, fps, seed = (int(number_field(v, label)) for v, label in
                              ((frames, "frames"), (fps, "frames per second"), (seed, "seed")))
         workflow = _for_images(self.people, request, model_id)
-        with refused():
+        with refused(), stopped_as_message():
             result = workflow.video(model_id or None, prompt=prompt, prompt_b=second_prompt or None, frames=frames,
-                                    fps=fps, seed=seed, on_event=progress_events(progress, "frames"),
+                                    fps=fps, seed=seed, video_model=workflow.settings.video_model,
+                                    on_event=progress_events(progress, "frames"),
                                     should_stop=self._should_stop(request))
         # The file's name only: a data-dir path is never shown to the page or an API caller.
         return (served(result.video), _clip_summary(result), _curve(result),
@@ -294,6 +316,7 @@ def wire(view: PlaygroundTab, handlers: Handlers) -> None:
 
 
 def build(people: People) -> gr.Tab:
-    view = layout(_defaults(people.workspaces.local))  # sizes and steps of the base model: the same for everyone
+    local = people.workspaces.local  # sizes and steps of the base model, and the video model: the same for everyone
+    view = layout(_defaults(local), local.settings.video_model)
     wire(view, Handlers(people, SessionStops()))
     return view.tab

@@ -32,6 +32,7 @@ from pipeline.generation.generators import Generators
 from pipeline.jobs.queue import Job, JobQueue
 from pipeline.settings import AppSettings
 from pipeline.status import JOB_ACTIVE
+from pipeline.video.i2v import VideoModels
 from pipeline.workflow import LOCAL_WORKSPACE, Workflow, folder_size, make_executor
 
 logger = logging.getLogger(__name__)
@@ -243,6 +244,7 @@ class Workspaces:
         self._lock = threading.Lock()
         self._flows: dict[str, Workflow] = {}
         self._generators = Generators(self.root)
+        self._video_models = VideoModels(self.root)  # the video model, loaded once for everyone
         self.executor = make_executor(settings, self._generators)
         self.jobs = JobQueue(self.root, self._run_job, autostart=False, devices=self.executor.slots(),
                              recount=None if self.executor.local else self.executor.slots)
@@ -263,7 +265,7 @@ class Workspaces:
     def _make(self, key: str, folder: Path, check_orphans: bool) -> Workflow:
         flow = Workflow(self.settings, start_worker=check_orphans, workspace=key, folder=folder, jobs=self.jobs,
                         executor=self.executor,
-                        generators=self._generators)
+                        generators=self._generators, video_models=self._video_models)
         self._flows[key] = flow
         return flow
 
@@ -307,7 +309,8 @@ class Workspaces:
                 folder = self.root / BLANK_FOLDER
                 shutil.rmtree(folder, ignore_errors=True)
                 self._blank = BlankWorkflow(self.settings, start_worker=False, workspace=BLANK_KEY, folder=folder,
-                                            jobs=self.jobs, executor=self.executor, generators=self._generators)
+                                            jobs=self.jobs, executor=self.executor, generators=self._generators,
+                                            video_models=self._video_models)
             return self._blank
 
     def get_key(self, key: str, client: str = "") -> Workflow:

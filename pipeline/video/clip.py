@@ -11,12 +11,13 @@ images rather than motion: a "morph" clip. imageio-ffmpeg ships the ffmpeg binar
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,38 +77,55 @@ def make_video(generator: Generator, clip: VideoSettings, *, lora_path: Path | N
 
     Reports ``Progress(stage="video")`` per frame. Stopping early keeps the frames made so far in the file.
     """
+    clip.validate()  # before ffmpeg starts: a bad request must not leave a file or a process behind
+    frames = clip.frames
+
+    def after_frame(done: int) -> bool:
+        on_event(Progress("video", done, frames, f"frame {done} of {frames}"))
+        if should_stop() and done < frames:
+            on_event(Message(f"video stopped after {done} of {frames} frames", level="warning"))
+            return True
+        return False
+
+    frame_iter = video_frames(generator, clip, lora_path=lora_path)
+    try:
+        path, done = encode_mp4(frame_iter, out_path, width=clip.width, height=clip.height, fps=clip.fps,
+                                after_frame=after_frame)
+    finally:
+        frame_iter.close()  # releases the generator's lock if we stopped early
+    logger.info("wrote %d frames at %d fps to %s", done, clip.fps, path)
+    return path
+
+
+def encode_mp4(frames: Iterable[Image.Image], out_path: Path, *, width: int, height: int, fps: int,
+               after_frame: Callable[[int], bool] = lambda _done: False) -> tuple[Path, int]:
+    """Encode ``frames`` as they come to an H.264 (yuv420p: every browser and phone plays it) MP4 at ``fps``;
+    ``after_frame(frames written)`` returning True ends it there. Returns the path and the frames written."""
     import imageio_ffmpeg
 
-    clip.validate()  # before ffmpeg starts: a bad request must not leave a file or a process behind
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed at the end, so a crash never leaves a half file under the real name.
     partial = out_path.with_name(f".{out_path.stem}.partial.mp4")
-    frame_iter = video_frames(generator, clip, lora_path=lora_path)
     writer = imageio_ffmpeg.write_frames(
-        str(partial), (clip.width, clip.height), fps=clip.fps, codec="libx264", pix_fmt_out="yuv420p", quality=8,
+        str(partial), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=8,
         macro_block_size=16, output_params=["-movflags", "+faststart"], ffmpeg_log_level="error",
     )
     writer.send(None)  # start ffmpeg
-    frames, done = clip.frames, 0
+    done = 0
     try:
-        for frame in frame_iter:
+        for frame in frames:
             writer.send(np.ascontiguousarray(frame.convert("RGB")))
             done += 1
-            on_event(Progress("video", done, frames, f"frame {done} of {frames}"))
-            if should_stop() and done < frames:
-                on_event(Message(f"video stopped after {done} of {frames} frames", level="warning"))
+            if after_frame(done):
                 break
     except BaseException:
         writer.close()
         partial.unlink(missing_ok=True)
         raise
-    finally:
-        frame_iter.close()  # releases the generator's lock if we stopped early
     writer.close()
     os.replace(partial, out_path)
-    logger.info("wrote %d frames at %d fps to %s", done, clip.fps, out_path)
-    return out_path
+    return out_path, done
 
 
 @dataclass(frozen=True)
@@ -116,7 +134,7 @@ class VideoResult:
 
     video: Path
     likeness_json: Path
-    kind: str  # "morph": stills along a path (no video model here)
+    kind: str  # "morph": stills along a path (no video model); "image-to-video": a still animated by a video model
     why: str  # why this kind was made, said on the page
     prompt: str
     prompt_b: str
@@ -128,6 +146,7 @@ class VideoResult:
     width: int
     height: int
     likeness: ClipLikeness | None  # None without a person to compare with (the bare base model)
+    video_model: str = ""  # the image-to-video model that animated it; "" for a morph
 
     def to_dict(self) -> dict[str, Any]:
         """What the JSON beside the clip holds: the clip's facts and, per frame, its likeness (``frames``)."""
@@ -136,12 +155,13 @@ class VideoResult:
         scores: dict[str, Any] = unscored if self.likeness is None else self.likeness.to_dict()
         return {"video": str(self.video), "kind": self.kind, "why": self.why, "prompt": self.prompt,
                 "prompt_b": self.prompt_b, "seed": self.seed, "model": self.model, "base_model": self.base_model,
-                "frame_count": self.frames, "width": self.width, "height": self.height, **scores, "fps": self.fps}
+                "video_model": self.video_model, "frame_count": self.frames, "width": self.width,
+                "height": self.height, **scores, "fps": self.fps}
 
     def tags(self) -> dict[str, str]:
         """The MP4's metadata: the prompt as its title, the rest as JSON in its comment (tags every player keeps)."""
         data = self.to_dict()
-        summary = {k: data[k] for k in ("kind", "prompt", "prompt_b", "seed", "model", "base_model",
+        summary = {k: data[k] for k in ("kind", "prompt", "prompt_b", "seed", "model", "base_model", "video_model",
                                          "recognised_share", "likeness", "first_drop", "verdict")}
         return {"title": self.prompt, "comment": json.dumps(summary), "description": data["summary"]}
 
@@ -149,24 +169,32 @@ class VideoResult:
 def make_scored_video(generator: Generator, clip: VideoSettings, *, lora_path: Path | None, out_path: Path,
                       person: PersonReference | None, model: str, base_model: str,
                       on_event: EventCallback = ignore, should_stop: StopCheck = never) -> VideoResult:
-    """The clip, scored: 1. frames → MP4; 2. every frame's likeness to ``person``; 3. the JSON beside it;
-    4. prompt, seed, models and likeness into the MP4's metadata."""
-    from pipeline.video.clip_likeness import read_frames, score_frames
-
+    """The morph clip, scored: 1. frames → MP4; 2.–4. ``score_and_tag``."""
     path = make_video(generator, clip, lora_path=lora_path, out_path=out_path, on_event=on_event,
                       should_stop=should_stop)
-    frames, _fps = read_frames(path)  # what was written, as a viewer sees it (a stopped clip has fewer frames)
+    made = VideoResult(video=path, likeness_json=likeness_path(path), kind=MORPH, why=MORPH_WHY,
+                       prompt=clip.prompt, prompt_b=clip.prompt_b, seed=clip.seed_a, model=model,
+                       base_model=base_model, frames=clip.frames, fps=clip.fps, width=clip.width,
+                       height=clip.height, likeness=None)
+    return score_and_tag(made, person, on_event=on_event)
+
+
+def score_and_tag(made: VideoResult, person: PersonReference | None, *,
+                  on_event: EventCallback = ignore) -> VideoResult:
+    """The clip at ``made.video``, whatever made it: 2. every frame's likeness to ``person``; 3. the JSON beside it;
+    4. prompt, seed, models and likeness into the MP4's metadata. Frame count and size are what was written."""
+    from pipeline.video.clip_likeness import read_frames, score_frames
+
+    frames, _fps = read_frames(made.video)  # what was written, as a viewer sees it (a stopped clip has fewer frames)
     likeness = None
     if person is not None:
         on_event(Progress("likeness", 0, 1, f"likeness of {len(frames)} frames"))
-        likeness = score_frames(frames, person.reference, fps=clip.fps, others=person.others)
+        likeness = score_frames(frames, person.reference, fps=made.fps, others=person.others)
         on_event(Progress("likeness", 1, 1, likeness.sentence()))
-    result = VideoResult(video=path, likeness_json=likeness_path(path), kind=MORPH, why=MORPH_WHY,
-                         prompt=clip.prompt, prompt_b=clip.prompt_b, seed=clip.seed_a, model=model,
-                         base_model=base_model, frames=len(frames), fps=clip.fps, width=clip.width,
-                         height=clip.height, likeness=likeness)
+    width, height = frames[0].size
+    result = dataclasses.replace(made, frames=len(frames), width=width, height=height, likeness=likeness)
     save_json(result.likeness_json, result.to_dict())
-    write_metadata(path, result.tags())
+    write_metadata(result.video, result.tags())
     return result
 
 
