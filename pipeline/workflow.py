@@ -53,6 +53,7 @@ from pipeline.video.i2v import VideoModels
 if TYPE_CHECKING:
     from pipeline.generation.generator import Generator
     from pipeline.video.clip import VideoResult
+    from pipeline.video.clips import ClipRecord
 
 logger = logging.getLogger(__name__)
 
@@ -540,13 +541,22 @@ class Workflow:
         out_path = self._new_output_path("videos", ".mp4")
         if is_morph(video_model):
             return make_scored_video(self.generator(), clip, lora_path=lora_path, out_path=out_path, person=person,
-                                     model=label, base_model=self.base_model, on_event=on_event,
-                                     should_stop=should_stop)
+                                     model=label, base_model=self.base_model, model_id=model_id or "",
+                                     on_event=on_event, should_stop=should_stop)
         spec = str(video_model).strip()
         animation = default_animate_settings(spec, prompt=motion, frames=frames, fps=fps, seed=seed).validate()
         return make_image_to_video(self.generator(), self._video_models, spec, clip.validate().still(), animation,
                                    lora_path=lora_path, out_path=out_path, person=person, model=label,
-                                   base_model=self.base_model, on_event=on_event, should_stop=should_stop)
+                                   base_model=self.base_model, model_id=model_id or "", on_event=on_event,
+                                   should_stop=should_stop)
+
+    def clips(self, model_id: str) -> list[ClipRecord]:
+        """The clips made of one of this person's models whose MP4 is still saved, newest first (ModelNotFound for
+        anyone else's model, as for one that does not exist)."""
+        from pipeline.video.clips import list_clips
+
+        self.library.get(model_id)
+        return list_clips(self.data_dir / "videos", model_id)
 
     def _new_output_path(self, kind: str, suffix: str) -> Path:
         """A fresh, time-sorted path under data_dir/kind: two requests in the same second never collide."""

@@ -54,12 +54,37 @@ def _downloads(workflow: Workflow, model_id: str) -> tuple:
     """The two LoRA files as one-click downloads, named after the model; hidden until they can be handed out."""
     if not model_id:
         return gr.update(visible=False, value=None), gr.update(visible=False, value=None)
-    r = workflow.model(model_id)
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", r.name).strip("-.") or "likeness"
+    stem = _stem(workflow.model(model_id).name)
     loras = workflow.downloadable_loras(model_id)
     return tuple(gr.update(visible=kind in loras,
                            value=served(loras[kind], f"{stem}{suffix}.safetensors") if kind in loras else None)
                  for kind, suffix in (("diffusers", ""), ("kohya", "-comfyui")))
+
+
+CLIP_COLUMNS = ["made", "kind", "recognised", "verdict", "prompt", "files"]
+
+
+def _clips(workflow: Workflow, model_id: str | None) -> tuple:
+    """The selected model's clips as rows (kind, recognised share, the files' names) and their MP4s and likeness
+    JSONs as downloads named after the model; hidden while it has none."""
+    try:
+        clips = workflow.clips(model_id) if model_id else []
+    except ValueError:  # a deleted model or a mistyped id: ``_select`` says so
+        clips = []
+    stem = _stem(workflow.model(model_id).name) if clips else ""
+    rows, files = [], []
+    for clip in clips:  # named after the model and the clip's own time-stamped name: stable as clips are added
+        names = (f"{stem}-{clip.video.stem}.mp4", f"{stem}-{clip.video.stem}.likeness.json")
+        files += [served(clip.video, names[0]), served(clip.likeness_json, names[1])]
+        verdict = (clip.verdict or "not measured").replace("_", " ")
+        rows.append([clip.made, clip.kind, _share(clip.recognised_share), verdict, clip.prompt, " · ".join(names)])
+    table = pd.DataFrame(rows, columns=CLIP_COLUMNS)
+    return gr.update(value=table, visible=bool(clips)), gr.update(value=files or None, visible=bool(clips))
+
+
+def _stem(name: str) -> str:
+    """A model's name as the start of a file name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "likeness"
 
 
 def _score(value: float | None) -> str:
@@ -158,10 +183,19 @@ class Actions:
 
 
 @dataclass
+class Clips:
+    """The selected model's video clips (the Playground's Video): each with its kind and likeness, and its files."""
+
+    table: gr.Dataframe
+    files: gr.File
+
+
+@dataclass
 class ModelsTab:
     tab: gr.Tab
     library: Library
     actions: Actions
+    clips: Clips
 
 
 def _actions() -> Actions:
@@ -204,9 +238,13 @@ def layout() -> ModelsTab:
                                     title="Likeness, recognised share and overall score by checkpoint", height=260,
                                     y_lim=[0, 100], x_axis_format=",d")  # steps as whole numbers, not 1,000.000000
                 grid = gr.Image(label="Test generations beside the training photos", type="filepath", height=360)
+                clips = Clips(gr.Dataframe(headers=CLIP_COLUMNS, interactive=False, visible=False,
+                                           label="Clips of this model (Playground → Video), newest first"),
+                              gr.File(label="Download the clips: MP4 and its likeness JSON", file_count="multiple",
+                                      interactive=False, visible=False))
             with gr.Column(scale=2):
                 actions = _actions()
-    return ModelsTab(tab, Library(cards, card_ids, table, details, curve, grid), actions)
+    return ModelsTab(tab, Library(cards, card_ids, table, details, curve, grid), actions, clips)
 
 
 # The handlers. Those named ``_…`` act for one person (``for_person`` finds their workflow): their parameters after
@@ -303,6 +341,10 @@ def _wire_selection(view: ModelsTab, people: People) -> None:
                     api_name=False)
     model_id.change(for_person(people)(_current_name), model_id, view.actions.new_name, api_name=False,
                     show_progress="hidden")
+    # On selection, and on coming back to the tab (a clip made in the Playground since).
+    clips = (for_person(people)(_clips), model_id, [view.clips.table, view.clips.files])
+    model_id.change(*clips, api_name=False, show_progress="hidden")
+    view.tab.select(*clips, api_name=False, show_progress="hidden")
 
 
 def _wire_actions(view: ModelsTab, people: People) -> None:

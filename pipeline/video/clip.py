@@ -147,6 +147,7 @@ class VideoResult:
     height: int
     likeness: ClipLikeness | None  # None without a person to compare with (the bare base model)
     video_model: str = ""  # the image-to-video model that animated it; "" for a morph
+    model_id: str = ""  # the library model's id ("" for the base model): the Models tab lists a model's clips by it
 
     def to_dict(self) -> dict[str, Any]:
         """What the JSON beside the clip holds: the clip's facts and, per frame, its likeness (``frames``)."""
@@ -154,9 +155,9 @@ class VideoResult:
                     "summary": "no likeness measured: made with the base model, which has no person"}
         scores: dict[str, Any] = unscored if self.likeness is None else self.likeness.to_dict()
         return {"video": str(self.video), "kind": self.kind, "why": self.why, "prompt": self.prompt,
-                "prompt_b": self.prompt_b, "seed": self.seed, "model": self.model, "base_model": self.base_model,
-                "video_model": self.video_model, "frame_count": self.frames, "width": self.width,
-                "height": self.height, **scores, "fps": self.fps}
+                "prompt_b": self.prompt_b, "seed": self.seed, "model": self.model, "model_id": self.model_id,
+                "base_model": self.base_model, "video_model": self.video_model, "frame_count": self.frames,
+                "width": self.width, "height": self.height, **scores, "fps": self.fps}
 
     def tags(self) -> dict[str, str]:
         """The MP4's metadata: the prompt as its title, the rest as JSON in its comment (tags every player keeps)."""
@@ -167,7 +168,7 @@ class VideoResult:
 
 
 def make_scored_video(generator: Generator, clip: VideoSettings, *, lora_path: Path | None, out_path: Path,
-                      person: PersonReference | None, model: str, base_model: str,
+                      person: PersonReference | None, model: str, base_model: str, model_id: str = "",
                       on_event: EventCallback = ignore, should_stop: StopCheck = never) -> VideoResult:
     """The morph clip, scored: 1. frames → MP4; 2.–4. ``score_and_tag``."""
     path = make_video(generator, clip, lora_path=lora_path, out_path=out_path, on_event=on_event,
@@ -175,7 +176,7 @@ def make_scored_video(generator: Generator, clip: VideoSettings, *, lora_path: P
     made = VideoResult(video=path, likeness_json=likeness_path(path), kind=MORPH, why=MORPH_WHY,
                        prompt=clip.prompt, prompt_b=clip.prompt_b, seed=clip.seed_a, model=model,
                        base_model=base_model, frames=clip.frames, fps=clip.fps, width=clip.width,
-                       height=clip.height, likeness=None)
+                       height=clip.height, likeness=None, model_id=model_id)
     return score_and_tag(made, person, on_event=on_event)
 
 

@@ -238,7 +238,7 @@ def why_animated(spec: str) -> str:
 
 def make_image_to_video(generator: Generator, video_models: VideoModels, spec: str, still: GenerateSettings,
                         clip: ImageToVideoSettings, *, lora_path: Path | None, out_path: Path,
-                        person: PersonReference | None, model: str, base_model: str,
+                        person: PersonReference | None, model: str, base_model: str, model_id: str = "",
                         on_event: EventCallback = ignore, should_stop: StopCheck = never) -> VideoResult:
     """A clip with motion, scored: 1. the still with the person's LoRA (what the morph's frame 0 would be);
     2. animated by the video model ``spec``; 3. frames → MP4; 4. every frame's likeness, the JSON beside it and the
@@ -255,7 +255,7 @@ def make_image_to_video(generator: Generator, video_models: VideoModels, spec: s
     made = VideoResult(video=path, likeness_json=likeness_path(path), kind=IMAGE_TO_VIDEO, why=why_animated(spec),
                        prompt=still.prompt, prompt_b=clip.prompt, seed=still.seed, model=model,
                        base_model=base_model, frames=len(frames), fps=clip.fps, width=frames[0].width,
-                       height=frames[0].height, likeness=None, video_model=spec)
+                       height=frames[0].height, likeness=None, video_model=spec, model_id=model_id)
     return score_and_tag(made, person, on_event=on_event)
 
 
