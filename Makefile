@@ -40,6 +40,7 @@ bench: $(VENV)/.dev
 	HF_HUB_OFFLINE=1 $(PY) -m bench.generate
 	HF_HUB_OFFLINE=1 $(PY) -m bench.load_memory
 	HF_HUB_OFFLINE=1 $(PY) -m bench.generate_placements
+	HF_HUB_OFFLINE=1 $(PY) -m bench.video_memory
 	PYTHONPATH=tests HF_HUB_OFFLINE=1 $(PY) -m bench.micro_likeness --sheet bench/results/micro_likeness.png
 
 clean:
