@@ -7,6 +7,7 @@ Nothing is kept anywhere else: deleting a clip's MP4 takes it off the list.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -54,10 +55,20 @@ def _record(path: Path, data: dict) -> ClipRecord:
                       made=_made(path.name.removesuffix(_JSON_SUFFIX)))
 
 
+def _newest_first(folder: Path) -> list[Path]:
+    """The likeness JSONs in ``folder``, the latest written first (names start with the second, and two clips can
+    share one)."""
+    found = []
+    for path in folder.glob(f"*{_JSON_SUFFIX}"):
+        with contextlib.suppress(OSError):  # deleted meanwhile
+            found.append((path.stat().st_mtime_ns, path.name, path))
+    return [path for *_, path in sorted(found, reverse=True)]
+
+
 def list_clips(folder: Path, model_id: str) -> list[ClipRecord]:
     """The clips of ``model_id`` saved in ``folder`` (a workspace's ``videos``), newest first."""
     clips = []
-    for path in sorted(Path(folder).glob(f"*{_JSON_SUFFIX}"), reverse=True):  # names start with the time
+    for path in _newest_first(Path(folder)):
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
