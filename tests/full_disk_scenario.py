@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import photo_factory
 
 from pipeline.settings import AppSettings, TrainSettings
-from pipeline.status import MODEL_FINISHED
+from pipeline.status import JOB_FINISHED, MODEL_FINISHED
 from pipeline.workflow import Workflow
 
 FSIZE_LIMIT = 1024  # bytes: below library.json and jobs.json once a training is queued, above nothing it reads
@@ -79,7 +79,10 @@ def main(mode: str, root: Path) -> dict[str, Any]:
         else:
             resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE_LIMIT, resource.RLIM_INFINITY))
         full_at = time.monotonic()
-        ended = wait_for(lambda: workflow.model(record.id).status in MODEL_FINISHED, 120)
+        # The library's end and the queue's: the runner marks the model, then the queue's worker the job (a moment
+        # later; on a busy machine the job still read "running" when only the model was waited for).
+        ended = wait_for(lambda: workflow.model(record.id).status in MODEL_FINISHED
+                         and all(job.status in JOB_FINISHED for job in workflow.jobs.for_model(record.id)), 120)
         facts["seconds_to_end"] = round(time.monotonic() - full_at, 1)
         model = workflow.model(record.id)
         facts["model"] = {"status": model.status, "error": model.error, "ended": ended}

@@ -12,7 +12,8 @@ from step 1500 (bytes per poll; the heap's least and most readings, one every 0.
                                                         late (to step 1967) 150 KB, 57–131 MB;
   after (pipeline.training.series buckets, the log's last 100 lines): early (to step 606) 17 KB, 29–38 MB;
                                                             late (to step 1857) 20 KB, 32–39 MB;
-  and through a 5000-step run after: 19–24 KB a poll and 31–50 MB all along (one reading every 5 s), no trend.
+  and through a 5000-step run after: 19–24 KB a poll and 31–50 MB all along (one reading every 5 s), no trend;
+  with two test suites on the 2 cores (fewer polls, each with more changes): 21–27 KB early, 37–49 KB late, 47–50 MB.
 """
 
 from __future__ import annotations
@@ -37,7 +38,11 @@ REACH_LATE_S = 600  # to train from the early window's end to step LATE on a bus
 STEPS = 2500
 EARLY, LATE = 300, 1500  # the steps from which each measuring window starts
 WINDOW_S = 8
-MAX_BYTES_PER_POLL = 30_000
+# Gradio streams each poll as the changes since the last one: on a machine so busy that the watcher polls half as
+# often (two test suites on 2 cores: 4-7 polls in 8 s), more of each chart and the log has changed between polls and a
+# poll carries up to the whole view, 37-49 KB measured; still bounded, where sending every point was 150 KB a poll by
+# step 2000 and grew with every step.
+MAX_BYTES_PER_POLL = 75_000
 MAX_HEAP_PEAK_MB = 75.0
 MAX_HEAP_FLOOR_MB = 60.0
 
