@@ -1,6 +1,7 @@
 """What a first look at the page shows, in a real browser (issue 33, items 3 and 5): the step guide with the tabs'
-numbers, upload captions in full with a visible remove control beside them, model names in full, and on a phone the
-tabs within the first screen. On the micro model, the default without a GPU, whose banner is the longest."""
+numbers, a stopped run's message, upload captions in full with a visible remove control beside them, model names in
+full, and on a phone the tabs within the first screen.
+On the micro model, the default without a GPU, whose banner is the longest."""
 
 from __future__ import annotations
 
@@ -85,6 +86,12 @@ def test_a_first_look_at_the_page(tmp_path: Path) -> None:
             expect(guide).to_contain_text("6 · Models — none yet")
             expect(page.get_by_text("Add at least 10 more").first).to_be_visible()  # the Upload tab's own summary
             _check_thumbnails(page)
+
+            # The stopped run on the Training tab points to Resume, the button that applies (it said "Press Train").
+            page.get_by_role("tab", name="4 · Training").click()
+            expect(page.locator("body")).to_contain_text(
+                "Stopped. Press Resume to go on from the start (no checkpoint was saved yet).", timeout=WAIT)
+            expect(page.get_by_role("button", name="Resume")).to_be_enabled()
 
             # The model card: the whole name (here, and on the phone below).
             page.get_by_role("tab", name="6 · Models").click()
