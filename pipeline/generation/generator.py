@@ -25,15 +25,12 @@ from PIL import Image, ImageDraw, PngImagePlugin
 
 from pipeline.events import EventCallback, Message, Progress, StopCheck, ignore, never
 from pipeline.models import offload
-from pipeline.models.base_model import GENERATION_COMPONENTS, Placement, generation_device, max_text_tokens
+from pipeline.models.base_model import Placement, generation_components, generation_device
 from pipeline.settings import GenerateSettings
 from pipeline.weights_lock import WEIGHTS_LOCK
 
 logger = logging.getLogger(__name__)
 
-# FLUX.1-dev is guidance-distilled and ignores a negative prompt unless true classifier-free guidance runs a
-# second, negative pass. 4.0 is the scale diffusers documents for FLUX true CFG; it doubles the time per step.
-NEGATIVE_PROMPT_CFG = 4.0
 # LoRAs kept loaded as adapters at once; each costs rank × width memory only, but a library can be long.
 MAX_LOADED_LORAS = 4
 
@@ -139,7 +136,7 @@ class Generator:
             free = memory.free_gpu_gb(self.device)
             if self.placement != "auto" or in_use is None or in_use.name not in memory.PLACEMENTS or free is None:
                 return False
-            modules = [getattr(self._pipe, name) for name in GENERATION_COMPONENTS]
+            modules = list(generation_components(self._pipe).values())
             held = sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()]
                        if t.device.type == "cuda") / memory.GB
         best, _reason = memory.choose_generation_placement("auto", free + held, **in_use.sizes)
@@ -251,26 +248,20 @@ class Generator:
                latents: torch.Tensor | None = None,
                embeds: tuple[torch.Tensor, torch.Tensor] | None = None) -> Image.Image:
         """One image, no metadata, for callers inside ``activated()``: from ``settings.prompt`` or pre-computed
-        (prompt, pooled) embeddings, from the seed's noise or given packed ``latents``."""
-        negative = settings.negative_prompt.strip()
-        kwargs: dict[str, Any] = {}
-        if embeds is None:
-            kwargs["prompt"] = settings.prompt
-        else:
-            kwargs["prompt_embeds"], kwargs["pooled_prompt_embeds"] = embeds
-        if negative:
-            kwargs.update(negative_prompt=negative, true_cfg_scale=NEGATIVE_PROMPT_CFG)
+        embeddings (FLUX.1: prompt and pooled), from the seed's noise or given packed ``latents``. The prompt,
+        negative prompt and guidance arguments are the base model's family's (FLUX.1's true CFG for a negative
+        prompt; base klein's real CFG at ``settings.guidance``)."""
+        from pipeline.models.families import family_of_pipeline
+
         result = pipe(
-            max_sequence_length=max_text_tokens(pipe.tokenizer_2),
             height=settings.height,
             width=settings.width,
             num_inference_steps=settings.steps,
-            guidance_scale=settings.guidance,
             # A CPU generator gives the same noise for a seed on every device.
             generator=torch.Generator("cpu").manual_seed(seed),
             latents=latents,
             callback_on_step_end=on_step,
-            **kwargs,
+            **family_of_pipeline(pipe).render_kwargs(pipe, settings, embeds),
         )
         return result.images[0]
 

@@ -14,21 +14,25 @@ from enum import StrEnum
 from pathlib import Path
 
 from pipeline.models.base_model import is_micro, is_tiny
+from pipeline.models.families import BaseVariant, FamilyError, ModelFamily, family_of
+from pipeline.models.families.tiny_klein import is_tiny_klein
 
 # kohya's value for every FLUX.1-architecture base (FLUX.1-dev, schnell, fine-tunes, local copies of them).
 KOHYA_FLUX1 = "flux1"
 # Not kohya values: tools that filter LoRAs by base (model browsers, Civitai's upload) must not offer these for FLUX.1.
 KOHYA_MICRO = "likeness_micro"
 KOHYA_TINY = "likeness_tiny"
+KOHYA_TINY_KLEIN = "likeness_tiny_klein"
 MICRO_LOAD_PATH = "<path to likeness>/assets/micro"  # the snippet's placeholder: where the user cloned the project
-BASE_KEYS = ("likeness.base_model", "likeness.base_model_name", "ss_base_model_version", "ss_sd_model_name")
+BASE_KEYS = ("likeness.base_model", "likeness.base_model_name", "likeness.base_family", "ss_base_model_version",
+             "ss_sd_model_name")
 
 
 class BaseKind(StrEnum):
-    TINY = "tiny"  # built in code by Likeness (pipeline.models.base_model.ensure_tiny_model); its images are noise
+    TINY = "tiny"  # built in code by Likeness (ensure_tiny_model, families.tiny_klein); its images are noise
     MICRO = "micro"  # shipped with Likeness in assets/micro
     HUB = "hub"  # a Hugging Face hub id such as black-forest-labs/FLUX.1-dev
-    FOLDER = "folder"  # a local diffusers folder of a FLUX.1-architecture model
+    FOLDER = "folder"  # a local diffusers folder of a model of one of the families
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,27 @@ class BaseInfo:
     kind: BaseKind
 
     @property
+    def family(self) -> ModelFamily:
+        """The base's family (FLUX.1 where a folder is gone or unreadable: what every base was before families)."""
+        try:
+            return family_of(self.spec)
+        except FamilyError:
+            return family_of("tiny")
+
+    @property
+    def variant(self) -> BaseVariant | None:
+        """The hub model's entry in its family (hub id, licence); None for other bases."""
+        return next((v for v in self.family.variants if v.hub_id == self.hub_id), None)
+
+    @property
+    def tiny_klein(self) -> bool:
+        return self.kind is BaseKind.TINY and is_tiny_klein(self.spec)
+
+    @property
     def name(self) -> str:
         """The base in words, for the card and the header."""
+        if self.tiny_klein:
+            return "the Likeness tiny FLUX.2 [klein] test model (built in code by Likeness)"
         if self.kind is BaseKind.TINY:
             return "the Likeness tiny test model (built in code by Likeness)"
         if self.kind is BaseKind.MICRO:
@@ -61,17 +84,21 @@ class BaseInfo:
 
     @property
     def kohya_version(self) -> str:
-        return {BaseKind.TINY: KOHYA_TINY, BaseKind.MICRO: KOHYA_MICRO}.get(self.kind, KOHYA_FLUX1)
+        if self.tiny_klein:
+            return KOHYA_TINY_KLEIN
+        return {BaseKind.TINY: KOHYA_TINY, BaseKind.MICRO: KOHYA_MICRO}.get(self.kind, self.family.kohya_version)
 
     @property
     def kohya_model_name(self) -> str:
         """kohya's ``ss_sd_model_name``: the base model's own name, as model browsers show it."""
+        if self.tiny_klein:
+            return "likeness-tiny-klein"
         return {BaseKind.TINY: "likeness-tiny", BaseKind.MICRO: "likeness-micro", BaseKind.HUB: self.spec}.get(
             self.kind, self.folder_name)
 
     @property
     def load_path(self) -> str:
-        """What the snippet passes to ``FluxPipeline.from_pretrained`` (the tiny model has none: it is built)."""
+        """What the snippet passes to the pipeline's ``from_pretrained`` (the tiny models have none: built)."""
         if self.kind is BaseKind.MICRO:
             return MICRO_LOAD_PATH
         if self.kind is BaseKind.FOLDER:
@@ -81,6 +108,7 @@ class BaseInfo:
     def header(self) -> dict[str, str]:
         """The safetensors header keys that name the base (both LoRA files carry them)."""
         return {"likeness.base_model": self.spec, "likeness.base_model_name": self.name,
+                "likeness.base_family": self.family.id.value,
                 "ss_base_model_version": self.kohya_version, "ss_sd_model_name": self.kohya_model_name}
 
 

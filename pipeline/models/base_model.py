@@ -54,8 +54,11 @@ class BaseModelError(ValueError):
 
 
 def is_tiny(spec: str) -> bool:
-    """True for the embedded tiny model, by name or by its folder."""
-    return spec == TINY_MODEL or (Path(spec) / _VERSION_FILE).is_file()
+    """True for an embedded tiny test model (FLUX.1's ``tiny``, FLUX.2 [klein]'s ``tiny-klein``), by name or by its
+    folder: both train with the quick 64 px settings on one CPU thread."""
+    from pipeline.models.families.tiny_klein import is_tiny_klein
+
+    return spec == TINY_MODEL or (Path(spec) / _VERSION_FILE).is_file() or is_tiny_klein(spec)
 
 
 def is_micro(spec: str) -> bool:
@@ -71,9 +74,13 @@ def is_embedded(spec: str) -> bool:
 def tiny_model_version(path: str | Path) -> str:
     """The build of an embedded model saved in ``path`` (the tiny model's version, the micro model's checksums);
     "" for any other model (or no model there). Caches keyed on it are not reused after a rebuild."""
+    from pipeline.models.families.tiny_klein import tiny_klein_version
+
     version_file = Path(path) / _VERSION_FILE
     if version_file.is_file():
         return version_file.read_text().strip()
+    if klein := tiny_klein_version(path):
+        return f"klein-{klein}"
     sums = Path(path) / MICRO_CHECKSUM_FILE
     return hashlib.sha256(sums.read_bytes()).hexdigest()[:16] if sums.is_file() else ""
 
@@ -100,9 +107,13 @@ def resolve_base_model(spec: str | None, data_dir: Path) -> str:
 
     The tiny model is built on first use.
     """
+    from pipeline.models.families.tiny_klein import TINY_KLEIN_MODEL, ensure_tiny_klein
+
     spec = (spec or TINY_MODEL).strip()
     if spec == TINY_MODEL:
         return str(ensure_tiny_model(data_dir))
+    if spec == TINY_KLEIN_MODEL:
+        return str(ensure_tiny_klein(data_dir))
     if spec == MICRO_MODEL:
         return str(micro_model_folder())
     path = Path(spec).expanduser()
@@ -110,13 +121,14 @@ def resolve_base_model(spec: str | None, data_dir: Path) -> str:
         if not (path / "model_index.json").is_file():
             raise BaseModelError(
                 f"base model folder {str(path)!r} has no model_index.json: point --base-model at a diffusers "
-                "FluxPipeline folder (one saved with save_pretrained), a hub id such as "
-                f"{FLUX_DEV!r}, or use 'tiny'"
+                "FluxPipeline or Flux2KleinPipeline folder (one saved with save_pretrained), a hub id such as "
+                f"{FLUX_DEV!r}, or use 'tiny' or 'tiny-klein'"
             )
         return str(path)
     if spec.count("/") != 1 or spec.startswith(("/", ".", "~")):
         raise BaseModelError(
-            f"base model {spec!r} is neither 'tiny', an existing folder, nor a hub id of the form owner/name "
+            f"base model {spec!r} is neither 'tiny', 'tiny-klein', an existing folder, nor a hub id of the form "
+            "owner/name "
             f"(for example {FLUX_DEV!r})"
         )
     return spec
@@ -165,7 +177,12 @@ def micro_model_folder() -> Path:
     return MICRO_FOLDER
 
 
-GENERATION_COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2")
+GENERATION_COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2")  # the most a family has
+
+
+def generation_components(pipe: Any) -> dict[str, torch.nn.Module]:
+    """The loaded pipeline's models by name (FLUX.1: two text encoders, FLUX.2: one)."""
+    return {name: module for name in GENERATION_COMPONENTS if (module := getattr(pipe, name, None)) is not None}
 
 
 @dataclass(frozen=True)
@@ -188,8 +205,9 @@ def generation_device() -> str:
 
 def load_pipeline(
     spec: str, data_dir: Path, *, device: str | None = None, dtype: torch.dtype | None = None, placement: str = "auto"
-) -> FluxPipeline:
-    """Load a FluxPipeline from "tiny", a hub id or a local folder, in eval mode, placed to fit the GPU.
+) -> Any:
+    """Load the base model's pipeline (its family's: FluxPipeline, Flux2KleinPipeline) from "tiny", "tiny-klein", a
+    hub id or a local folder, in eval mode, placed to fit the GPU.
 
     ``device`` defaults to the first GPU where there is one; ``dtype`` to bfloat16 on CUDA and float32 on the CPU
     (the tiny model always float32 on the CPU, where bf16 matmuls are slow). ``placement`` (see
@@ -198,9 +216,15 @@ def load_pipeline(
     """
     path = resolve_base_model(spec, data_dir)
     import torch
-    from diffusers import FluxPipeline
+
+    from pipeline.models.families import FamilyError, family_of
 
     quiet_library_logs()
+    try:
+        family = family_of(path if Path(path).exists() else spec)
+        family.check_implemented()
+    except FamilyError as exc:
+        raise BaseModelError(str(exc)) from exc
 
     from pipeline.models import memory
 
@@ -209,10 +233,10 @@ def load_pipeline(
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     with WEIGHTS_LOCK:  # loading and placing swap parameters and patch torch process-wide (pipeline.weights_lock)
         try:
-            pipe = FluxPipeline.from_pretrained(path, dtype=dtype, low_cpu_mem_usage=True)  # host RAM, memory-mapped
+            pipe = family.pipeline_class().from_pretrained(path, dtype=dtype, low_cpu_mem_usage=True)  # host RAM
         except Exception as exc:  # every loader failure becomes one explained error
             raise BaseModelError(explain_load_failure(spec, exc)) from exc
-        components = {name: getattr(pipe, name) for name in GENERATION_COMPONENTS}
+        components = generation_components(pipe)
         for module in components.values():
             module.eval().requires_grad_(False)
         pipe.set_progress_bar_config(disable=True)
@@ -239,21 +263,22 @@ def _placement_sizes(components: dict[str, torch.nn.Module]) -> dict[str, float]
 
     every = {name: size(m.parameters()) for name, m in components.items()}
     blocks = size(linear_weights(offload.transformer_blocks(components["transformer"])))
-    encoders = ("text_encoder", "text_encoder_2")
+    encoders = [name for name in components if name.startswith("text_encoder")]
     streamed = sum(size(linear_weights([components[name]])) for name in encoders)
     return {"gpu_gb": sum(every.values()),
             "fp8_gb": sum(every.values()) - blocks / 2 - streamed}
 
 
-def _place(pipe: FluxPipeline, placement: str, device: str) -> None:
+def _place(pipe: Any, placement: str, device: str) -> None:
     """Move ``pipe`` (in host RAM) to ``device`` as ``placement`` says."""
     from pipeline.models import memory, offload
 
     if placement in ("gpu", "cpu"):
         pipe.to(device)
         return
-    for name in ("text_encoder", "text_encoder_2"):  # used once per prompt: streaming costs little
-        offload.stream_linear_weights(getattr(pipe, name), device)
+    for name, module in generation_components(pipe).items():  # text encoders: used once per prompt, so streamed
+        if name.startswith("text_encoder"):
+            offload.stream_linear_weights(module, device)
     if placement == "fp8":
         memory.quantize_frozen_linears_fp8(pipe.transformer, device=device)
         pipe.transformer.to(device)
@@ -314,12 +339,21 @@ def default_test_generate_settings(spec: str, resolution: int = 512) -> Generate
     """Test generations for a base model (assessment, samples, playground defaults): 64 px and 4 steps on the tiny
     model, MICRO_RESOLUTION px and MICRO_GENERATE_STEPS on the micro model, ``resolution`` px and 28 steps
     otherwise. The prompt is a placeholder to replace."""
+    from pipeline.models.families import FamilyError, FamilyId, family_of
+
+    try:
+        family = family_of(spec)
+    except FamilyError:  # an unreadable folder: the load that follows says why
+        family = None
+    # The family's test guidance: FLUX.1 [dev]'s 3.5 (GenerateSettings' default), base klein's CFG 4.0.
+    guidance = GenerateSettings.guidance if family is None else family.default_guidance(spec)
     if is_tiny(spec):
-        return GenerateSettings(prompt="-", steps=4, width=64, height=64)
+        return GenerateSettings(prompt="-", steps=4, width=64, height=64, guidance=guidance)
     if is_micro(spec):
         return GenerateSettings(prompt="-", steps=MICRO_GENERATE_STEPS, width=MICRO_RESOLUTION,
                                 height=MICRO_RESOLUTION)
-    return GenerateSettings(prompt="-", steps=28, width=resolution, height=resolution)
+    steps = 28 if family is None or family.id is FamilyId.FLUX1 else family.variants[0].steps
+    return GenerateSettings(prompt="-", steps=steps, width=resolution, height=resolution, guidance=guidance)
 
 
 # --- the tiny model, built in code -------------------------------------------------------------------------------

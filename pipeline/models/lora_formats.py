@@ -59,18 +59,42 @@ TOP_LEVEL_MODULES: tuple[tuple[str, str], ...] = (
     ("proj_out", "final_layer_linear"),
     ("norm_out.linear", "final_layer_adaLN_modulation_1"),
 )
-_SWAPPED_HALVES = {"norm_out.linear"}
-_TOP_TO_KOHYA = dict(TOP_LEVEL_MODULES)
-_TOP_FROM_KOHYA = {kohya: diffusers for diffusers, kohya in TOP_LEVEL_MODULES}
-_BLOCK_KINDS = {
-    "transformer_blocks": ("double_blocks", DOUBLE_BLOCK_MODULES),
-    "single_transformer_blocks": ("single_blocks", SINGLE_BLOCK_MODULES),
-}
-_KOHYA_KINDS = {kohya: (diffusers, table) for diffusers, (kohya, table) in _BLOCK_KINDS.items()}
+_SWAPPED_HALVES = frozenset({"norm_out.linear"})
 _DIFFUSERS_KEY = re.compile(r"^(?:transformer\.)?(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$")
+
+
+@dataclass(frozen=True)
+class KohyaLayout:
+    """A family's kohya names: per block kind its (kohya name, fused diffusers members), and the top-level layers.
+
+    FLUX.1's is below; FLUX.2's lives with its family (pipeline/models/families/flux2.py).
+    """
+
+    double: tuple[tuple[str, tuple[str, ...]], ...]
+    single: tuple[tuple[str, tuple[str, ...]], ...]
+    top: tuple[tuple[str, str], ...]
+    swapped_halves: frozenset[str] = frozenset()
+
+    @property
+    def block_kinds(self) -> dict[str, tuple[str, tuple[tuple[str, tuple[str, ...]], ...]]]:
+        return {"transformer_blocks": ("double_blocks", self.double),
+                "single_transformer_blocks": ("single_blocks", self.single)}
+
+    @property
+    def top_to_kohya(self) -> dict[str, str]:
+        return dict(self.top)
+
+    @property
+    def top_from_kohya(self) -> dict[str, str]:
+        return {kohya: diffusers for diffusers, kohya in self.top}
+
+    def top_key(self) -> re.Pattern[str]:
+        names = "|".join(map(re.escape, self.top_from_kohya))
+        return re.compile(rf"^lora_unet_({names})\.(lora_(?:down|up)\.weight|alpha)$")
+
+
+FLUX1_KOHYA = KohyaLayout(DOUBLE_BLOCK_MODULES, SINGLE_BLOCK_MODULES, TOP_LEVEL_MODULES, _SWAPPED_HALVES)
 _KOHYA_KEY = re.compile(r"^lora_unet_(double_blocks|single_blocks)_(\d+)_(\w+)\.(lora_(?:down|up)\.weight|alpha)$")
-_KOHYA_TOP_KEY = re.compile(
-    rf"^lora_unet_({'|'.join(map(re.escape, _TOP_FROM_KOHYA))})\.(lora_(?:down|up)\.weight|alpha)$")
 
 
 class LoraFormatError(ValueError):
@@ -121,27 +145,29 @@ def from_diffusers(state: Mapping[str, torch.Tensor]) -> dict[str, LoraFactors]:
     return {m: LoraFactors(a=ab["A"], b=ab["B"]) for m, ab in parts.items() if set(ab) == {"A", "B"}}
 
 
-def to_kohya(factors: Mapping[str, LoraFactors]) -> dict[str, torch.Tensor]:
-    """The kohya/ComfyUI layout (``lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`` ...)."""
+def to_kohya(factors: Mapping[str, LoraFactors], layout: KohyaLayout = FLUX1_KOHYA) -> dict[str, torch.Tensor]:
+    """The kohya/ComfyUI layout (``lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`` ...) of ``layout``'s
+    family (FLUX.1 unless given)."""
+    top_to_kohya, block_kinds = layout.top_to_kohya, layout.block_kinds
     blocks: dict[tuple[str, int], dict[str, LoraFactors]] = {}
     out: dict[str, torch.Tensor] = {}
     for module, f in factors.items():
-        if module in _TOP_TO_KOHYA:
+        if module in top_to_kohya:
             # alpha / rank folded into up and no alpha stored (readers take alpha = rank): diffusers' reader ignores
             # the final layer's alpha, and older ones refuse a final-layer alpha key
-            prefix = f"lora_unet_{_TOP_TO_KOHYA[module]}"
+            prefix = f"lora_unet_{top_to_kohya[module]}"
             up = f.b.detach().float() * f.scale
             out[f"{prefix}.lora_down.weight"] = f.a.detach().float().contiguous()
-            out[f"{prefix}.lora_up.weight"] = _swap_halves(up) if module in _SWAPPED_HALVES else up.contiguous()
+            out[f"{prefix}.lora_up.weight"] = _swap_halves(up) if module in layout.swapped_halves else up.contiguous()
             continue
         kind, _, rest = module.partition(".")
         index, _, inner = rest.partition(".")
-        if kind not in _BLOCK_KINDS or not index.isdigit():
+        if kind not in block_kinds or not index.isdigit():
             raise LoraFormatError(f"module {module!r} has no kohya name: only FLUX transformer block layers, the "
                                   f"embedders and the final layer do")
         blocks.setdefault((kind, int(index)), {})[inner] = f
     for (kind, index), inner in sorted(blocks.items()):
-        kohya_kind, table = _BLOCK_KINDS[kind]
+        kohya_kind, table = block_kinds[kind]
         used = set()
         for kohya_name, members in table:
             present = [m for m in members if m in inner]
@@ -183,34 +209,37 @@ def _fuse(parts: list[LoraFactors | None], members: tuple[str, ...], prefix: str
     return down.contiguous(), up, scale * rank * len(present)
 
 
-def from_kohya(state: Mapping[str, torch.Tensor]) -> dict[str, LoraFactors]:
-    """Factors per diffusers module from a kohya FLUX LoRA (the inverse of ``to_kohya`` for any model width).
+def from_kohya(state: Mapping[str, torch.Tensor], layout: KohyaLayout = FLUX1_KOHYA) -> dict[str, LoraFactors]:
+    """Factors per diffusers module from a kohya FLUX LoRA of ``layout``'s family (the inverse of ``to_kohya`` for any
+    model width).
 
     A fused layer whose up weight is block-diagonal is split into per-member ranks; otherwise each member gets the
     whole down weight and its rows of the up weight (exact either way).
     """
+    top_from_kohya, top_to_kohya, top_key = layout.top_from_kohya, layout.top_to_kohya, layout.top_key()
+    kohya_kinds = {kohya: (diffusers, table) for diffusers, (kohya, table) in layout.block_kinds.items()}
     groups: dict[tuple[str, str, str], dict[str, torch.Tensor]] = {}
     top: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
-        if match := _KOHYA_TOP_KEY.match(key):
-            top.setdefault(_TOP_FROM_KOHYA[match.group(1)], {})[match.group(2)] = value
+        if match := top_key.match(key):
+            top.setdefault(top_from_kohya[match.group(1)], {})[match.group(2)] = value
             continue
         match = _KOHYA_KEY.match(key)
         if not match:
             raise LoraFormatError(f"key {key!r} is not a kohya FLUX transformer key (lora_unet_double_blocks_N_..., "
-                                  f"lora_unet_single_blocks_N_..., lora_unet_ + one of {', '.join(_TOP_FROM_KOHYA)})")
+                                  f"lora_unet_single_blocks_N_..., lora_unet_ + one of {', '.join(top_from_kohya)})")
         groups.setdefault(match.group(1, 2, 3), {})[match.group(4)] = value
     out: dict[str, LoraFactors] = {}
     for module, tensors in top.items():
         if not {"lora_down.weight", "lora_up.weight"} <= tensors.keys():
-            raise LoraFormatError(f"lora_unet_{_TOP_TO_KOHYA[module]}: needs both lora_down and lora_up weights")
+            raise LoraFormatError(f"lora_unet_{top_to_kohya[module]}: needs both lora_down and lora_up weights")
         down, up = tensors["lora_down.weight"].float(), tensors["lora_up.weight"].float()
         alpha = float(tensors["alpha"]) if "alpha" in tensors else float(down.shape[0])
-        out[module] = LoraFactors(a=down, b=_swap_halves(up) if module in _SWAPPED_HALVES else up,
+        out[module] = LoraFactors(a=down, b=_swap_halves(up) if module in layout.swapped_halves else up,
                                   scale=alpha / down.shape[0])
     for (kohya_kind, index, name), tensors in groups.items():
         prefix = f"lora_unet_{kohya_kind}_{index}_{name}"
-        diffusers_kind, table = _KOHYA_KINDS[kohya_kind]
+        diffusers_kind, table = kohya_kinds[kohya_kind]
         members = dict(table).get(name)
         if members is None:
             raise LoraFormatError(f"{prefix}: unknown kohya module {name!r} in {kohya_kind}")
@@ -296,18 +325,18 @@ def update_metadata(path: Path, updates: Mapping[str, str]) -> bool:
     return True
 
 
-def load_kohya_as_diffusers(path: Path) -> dict[str, torch.Tensor]:
+def load_kohya_as_diffusers(path: Path, layout: KohyaLayout = FLUX1_KOHYA) -> dict[str, torch.Tensor]:
     """A kohya file as a diffusers-layout state dict, for ``pipe.load_lora_weights(state)`` on any FLUX width.
 
     (diffusers reads kohya FLUX files itself, but assumes FLUX.1's full width for the fused single-block layer.)
     """
-    return to_diffusers(from_kohya(load_file(str(path))))
+    return to_diffusers(from_kohya(load_file(str(path)), layout))
 
 
-def convert_to_kohya(diffusers_path: Path, kohya_path: Path) -> Path:
+def convert_to_kohya(diffusers_path: Path, kohya_path: Path, layout: KohyaLayout = FLUX1_KOHYA) -> Path:
     """Write the kohya/ComfyUI file for a diffusers-layout LoRA file (e.g. the checkpoint the assessment chose),
     keeping its header metadata."""
     factors = from_diffusers(load_file(str(diffusers_path)))
     if not factors:
         raise LoraFormatError(f"diffusers_path: {str(diffusers_path)!r} holds no lora_A/lora_B pairs")
-    return save_lora_file(kohya_path, to_kohya(factors), read_metadata(diffusers_path))
+    return save_lora_file(kohya_path, to_kohya(factors, layout), read_metadata(diffusers_path))

@@ -1,4 +1,6 @@
-"""FLUX LoRA training: flow matching on the transformer with peft, the same code for the tiny model and FLUX.1-dev.
+"""FLUX LoRA training: flow matching on the transformer with peft, the same code for the tiny models, FLUX.1 and
+FLUX.2 [klein]. What differs between base-model families (text encoding, latent normalisation, the loss's inputs,
+the sigma shift, LoRA targets, kohya names) the run asks its family (pipeline/models/families).
 
 One run:
 1. Prepare: each photo is fitted to an aspect bucket at each resolution of the run (the chosen one, and the finishing
@@ -47,12 +49,11 @@ from pipeline.models.base_model import (
     default_test_generate_settings,
     explain_load_failure,
     is_embedded,
-    max_text_tokens,
     quiet_library_logs,
     resolve_base_model,
     tiny_model_version,
 )
-from pipeline.models.flow_matching import flow_matching_loss, sample_sigmas
+from pipeline.models.families import FamilyError, ModelFamily, TextEmbedding, family, family_of
 from pipeline.settings import TrainSettings, to_json
 from pipeline.status import Status
 from pipeline.training.estimate import (
@@ -70,7 +71,7 @@ logger = logging.getLogger(__name__)
 
 PHASES = ("initial learning", "feature refinement", "style adaptation", "final optimisation")
 COMPILE_MIN_STEPS = 300  # on CUDA, runs this long compile the transformer blocks first
-MAX_TEXT_TOKENS = 512  # T5 tokens: what FluxPipeline uses at inference, so training sees the same padding
+MAX_TEXT_TOKENS = 512  # text tokens (T5's, Qwen3's): what the pipelines pad to at inference
 FINISH_SHARE = 0.25  # of the steps, trained at ``finish_resolution``
 # Torch threads for the embedded (tiny, micro) models on a CPU. Their matrices are too small to share across cores:
 # on 2 cores (bench/results/embedded_threads_cpu.json, 96 px, peft's LoRA layers) the micro model takes 0.25-0.31
@@ -94,6 +95,10 @@ _LATER_FIELDS = {"lora_outer_layers": False}
 
 class TrainingError(ValueError):
     """The dataset or output folder cannot be trained on; the message names what and how to fix it."""
+
+
+class FamilyMismatchError(BaseModelError):
+    """The checkpoints to resume come from a base model of another family: their LoRA layers do not fit."""
 
 
 @dataclass(frozen=True)
@@ -156,28 +161,24 @@ def bucket_for(width: int, height: int, resolution: int) -> tuple[int, int]:
     return min(aspect_buckets(resolution), key=lambda b: abs(math.log(b[0] / b[1]) - aspect))
 
 
-MODULATION_LEAVES = ("norm1.linear", "norm1_context.linear", "norm.linear")
+def lora_target_modules(transformer: torch.nn.Module, *, modulation: bool = False, outer_layers: bool = False,
+                        model_family: ModelFamily | None = None) -> list[str]:
+    """The layers a LoRA trains on ``transformer``, as its family says (``ModelFamily.lora_targets``; by default the
+    family whose transformer class it is)."""
+    chosen = model_family or _family_of_transformer(transformer)
+    return chosen.lora_targets(transformer, modulation=modulation, outer_layers=outer_layers)
 
 
-def lora_target_modules(transformer: torch.nn.Module, *, modulation: bool = False,
-                        outer_layers: bool = False) -> list[str]:
-    """Attention and MLP projections of every transformer block (by full name, so the final proj_out is left out
-    unless asked for); with ``modulation`` also each block's adaptive-norm modulation (kohya's
-    ``*_mod_lin``/``modulation_lin``); with ``outer_layers`` also the linear layers outside the blocks that a kohya
-    file can name (embedders, final layer)."""
-    leaves = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
-              "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
-              "ff_context.net.2", "proj_mlp", "proj_out") + (MODULATION_LEAVES if modulation else ())
-    blocks = ("transformer_blocks.", "single_transformer_blocks.")
-    outer = {name for name, _kohya in lora_formats.TOP_LEVEL_MODULES} if outer_layers else set()
-    return [name for name, module in transformer.named_modules()
-            if isinstance(module, torch.nn.Linear)
-            and (name in outer or (name.startswith(blocks) and name.split(".", 2)[2] in leaves))]
+def _family_of_transformer(transformer: torch.nn.Module) -> ModelFamily:
+    from pipeline.models.families import FamilyId
+
+    # FLUX.2 [dev] shares klein's transformer class and its layer names.
+    return family(FamilyId.FLUX2_KLEIN if type(transformer).__name__ == "Flux2Transformer2DModel" else FamilyId.FLUX1)
 
 
 def add_lora(transformer: torch.nn.Module, *, rank: int, alpha: float, autocast: bool,
              modulation: bool = False, outer_layers: bool = False,
-             merge_when_cheaper: bool = False) -> list[torch.nn.Parameter]:
+             merge_when_cheaper: bool = False, model_family: ModelFamily | None = None) -> list[torch.nn.Parameter]:
     """Freeze ``transformer`` and add peft LoRA layers to the modules of :func:`lora_target_modules`; returns the
     trainable parameters.
 
@@ -196,7 +197,7 @@ def add_lora(transformer: torch.nn.Module, *, rank: int, alpha: float, autocast:
     transformer.requires_grad_(False)
     config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", lora_dropout=0.0,
                         target_modules=lora_target_modules(transformer, modulation=modulation,
-                                                           outer_layers=outer_layers))
+                                                           outer_layers=outer_layers, model_family=model_family))
     if merge_when_cheaper:
         from pipeline.training.merged_lora import MergedWeightLoraLinear
 
@@ -228,18 +229,13 @@ def training_attention() -> contextlib.AbstractContextManager[None]:
 
 
 @dataclass(frozen=True)
-class _Text:
-    prompt: torch.Tensor  # (tokens, joint_attention_dim)
-    pooled: torch.Tensor  # (pooled_projection_dim,)
-
-
-@dataclass(frozen=True)
 class _Prepared:
-    # Per resolution, per item: (16, h/8, w/8), scaled and shifted as the transformer sees them.
+    # Per resolution, per item: normalised as the transformer sees them (FLUX.1: (16, h/8, w/8) scaled and shifted;
+    # FLUX.2: (128, h/16, w/16) patchified and normalised by the VAE's BatchNorm statistics).
     latents: dict[int, tuple[torch.Tensor, ...]]
-    texts: tuple[_Text, ...]  # per item
-    empty: _Text  # the empty caption, for caption dropout
-    samples: tuple[_Text, ...]  # the sample prompts
+    texts: tuple[TextEmbedding, ...]  # per item
+    empty: TextEmbedding  # the empty caption, for caption dropout and klein's CFG samples
+    samples: tuple[TextEmbedding, ...]  # the sample prompts
 
 
 def _file_hash(path: Path) -> str:
@@ -259,17 +255,6 @@ def _model_key(model_path: str) -> str:
     return f"{model_path}|{tiny_model_version(model_path)}"
 
 
-def _text_tokens(model_path: str) -> int:
-    """The T5 length prompts are padded to for this model (its tokenizer's, at most MAX_TEXT_TOKENS)."""
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path, subfolder="tokenizer_2")
-    except (OSError, ValueError):  # a hub model not cached yet: FluxPipeline's own default
-        return MAX_TEXT_TOKENS
-    return max_text_tokens(tokenizer, MAX_TEXT_TOKENS)
-
-
 def load_training_image(path: Path, bucket: tuple[int, int]) -> torch.Tensor:
     """A dataset image as training encodes it: upright, RGB, fitted to ``bucket`` (width, height), CHW in [-1, 1]."""
     try:
@@ -283,15 +268,14 @@ def load_training_image(path: Path, bucket: tuple[int, int]) -> torch.Tensor:
 
 
 def _prepare(dataset: Dataset, settings: TrainSettings, model_path: str, data_dir: Path, device: str,
-             dtype: torch.dtype, on_event: ev.EventCallback, *,
-             offload_encoders: bool = False) -> tuple[_Prepared, torch.nn.Module]:
+             dtype: torch.dtype, on_event: ev.EventCallback, *, offload_encoders: bool = False,
+             model_family: ModelFamily | None = None) -> tuple[_Prepared, torch.nn.Module]:
     """Cached latents and text embeddings for the dataset; returns them and the VAE (kept for sample images)."""
-    from diffusers import AutoencoderKL, FluxPipeline
-
+    fam = model_family or family_of(model_path)
     cache = Path(data_dir) / "cache"
     model_key = _model_key(model_path)
     with WEIGHTS_LOCK:  # loads patch torch process-wide (pipeline.weights_lock)
-        vae = AutoencoderKL.from_pretrained(model_path, subfolder="vae", dtype=dtype).to(device).eval()
+        vae = fam.vae_class().from_pretrained(model_path, subfolder="vae", dtype=dtype).to(device).eval()
     vae.requires_grad_(False)
 
     latents: dict[int, list[torch.Tensor]] = {resolution: [] for resolution in settings.resolutions}
@@ -311,8 +295,7 @@ def _prepare(dataset: Dataset, settings: TrainSettings, model_path: str, data_di
             else:
                 pixels = load_training_image(image_path, bucket).unsqueeze(0).to(device, dtype)
                 with torch.no_grad():
-                    mean = vae.encode(pixels).latent_dist.mean
-                latent = ((mean - vae.config.shift_factor) * vae.config.scaling_factor)[0].float().cpu()
+                    latent = fam.encode_latents(vae, pixels)[0].float().cpu()
                 path.parent.mkdir(parents=True, exist_ok=True)
                 _atomic_save({"latent": latent}, path)
             encoded.append(latent)
@@ -322,14 +305,14 @@ def _prepare(dataset: Dataset, settings: TrainSettings, model_path: str, data_di
     prompts = [item.caption for item in dataset.items]
     sample_prompts = [p.replace("{trigger}", dataset.trigger_word) for p in settings.sample_prompts]
     wanted = dict.fromkeys(prompts + [""] + sample_prompts)
-    tokens = _text_tokens(model_path)
+    tokens = fam.text_tokens(model_path)
     text_paths = {p: cache / "text" / f"{_key(p, model_key, tokens)}.safetensors" for p in wanted}
     missing = [p for p, path in text_paths.items() if not path.is_file()]
     if missing:
-        on_event(ev.Message(f"encoding {len(missing)} captions with CLIP and T5"))
+        on_event(ev.Message(f"encoding {len(missing)} captions with {fam.text_encoder_words}"))
         with WEIGHTS_LOCK:
-            encoders = FluxPipeline.from_pretrained(model_path, transformer=None, vae=None, dtype=dtype)
-            for encoder in (encoders.text_encoder, encoders.text_encoder_2):
+            encoders = fam.pipeline_class().from_pretrained(model_path, transformer=None, vae=None, dtype=dtype)
+            for encoder in (getattr(encoders, name) for name in fam.text_encoder_names):
                 encoder.eval().requires_grad_(False)
                 if offload_encoders:
                     # T5-XXL alone is 9.5 GB in bf16: on 16 and 12 GB cards its weights stream from host RAM instead.
@@ -338,32 +321,28 @@ def _prepare(dataset: Dataset, settings: TrainSettings, model_path: str, data_di
                     encoder.to(device)
         with torch.no_grad():
             for prompt in missing:
-                embeds, pooled, _ids = encoders.encode_prompt(prompt=prompt, prompt_2=prompt, device=device,
-                                                              max_sequence_length=tokens)
+                encoded = fam.encode_prompt(encoders, prompt, device=device, tokens=tokens)
                 text_paths[prompt].parent.mkdir(parents=True, exist_ok=True)
-                _atomic_save({"prompt": embeds[0].float().cpu(), "pooled": pooled[0].float().cpu()},
-                             text_paths[prompt])
-        # Free the text encoders (T5-XXL alone is 9.5 GB in bf16) before the transformer is loaded.
+                _atomic_save(encoded.tensors(), text_paths[prompt])
+        # Free the text encoders (T5-XXL alone is 9.5 GB in bf16, Qwen3-4B 8.8) before the transformer is loaded.
         del encoders
         memory.empty_caches()
-    texts = {}
-    for prompt, path in text_paths.items():
-        loaded = load_file(str(path))
-        texts[prompt] = _Text(prompt=loaded["prompt"], pooled=loaded["pooled"])
+    texts = {prompt: TextEmbedding.from_tensors(load_file(str(path))) for prompt, path in text_paths.items()}
     prepared = _Prepared(latents={r: tuple(items) for r, items in latents.items()},
                          texts=tuple(texts[p] for p in prompts), empty=texts[""],
                          samples=tuple(texts[p] for p in sample_prompts))
     return prepared, vae
 
 
-def load_transformer(model_path: str, mode: str, device: str) -> torch.nn.Module:
-    """The base model's FLUX transformer as memory ``mode`` needs it, never with a second copy in host RAM.
+def load_transformer(model_path: str, mode: str, device: str,
+                     model_family: ModelFamily | None = None) -> torch.nn.Module:
+    """The base model's transformer (its family's class) as memory ``mode`` needs it, never with a second copy in
+    host RAM.
 
     bf16 goes straight from the safetensors files to the GPU; fp8 and offload load into host RAM (bf16 weights would
     not fit the GPUs they are for) and move later, layer by layer; nf4 quantises while loading. ``cpu``: float32.
     """
-    from diffusers import FluxTransformer2DModel
-
+    transformer_class = (model_family or family_of(model_path)).transformer_class()
     dtype = torch.float32 if mode == "cpu" else torch.bfloat16
     device_map = device if device.startswith("cuda") and mode not in ("fp8", "offload") else None
     quantization = None
@@ -374,9 +353,9 @@ def load_transformer(model_path: str, mode: str, device: str) -> torch.nn.Module
 
         quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                           bnb_4bit_compute_dtype=torch.bfloat16)
-    return FluxTransformer2DModel.from_pretrained(model_path, subfolder="transformer", dtype=dtype,
-                                                  device_map=device_map, low_cpu_mem_usage=True,
-                                                  quantization_config=quantization)
+    return transformer_class.from_pretrained(model_path, subfolder="transformer", dtype=dtype,
+                                             device_map=device_map, low_cpu_mem_usage=True,
+                                             quantization_config=quantization)
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -520,6 +499,11 @@ class _Run:
         s = self.settings
         quiet_library_logs()  # before any model loads (here, in a CLI run, or in a Ray worker process)
         self.model_path = resolve_base_model(self.base_model, self.data_dir)
+        try:
+            self.family = family_of(self.model_path if Path(self.model_path).exists() else self.base_model)
+            self.family.check_implemented()
+        except FamilyError as exc:
+            raise BaseModelError(str(exc)) from exc
         self.fingerprint, self.legacy_fingerprint = _resume_fingerprints(s, self.base_model, self.model_path,
                                                                          self.dataset)
         free_gb = memory.free_gpu_gb(self.device)
@@ -532,7 +516,8 @@ class _Run:
         self.emit(ev.Message(f"memory mode {mode}: {reason}"))
 
         self.prepared, self.vae = _prepare(self.dataset, s, self.model_path, self.data_dir, self.device,
-                                           self.dtype, self.emit, offload_encoders=mode in ("nf4", "offload"))
+                                           self.dtype, self.emit, offload_encoders=mode in ("nf4", "offload"),
+                                           model_family=self.family)
         self.vae.to("cpu")  # latents are cached: the VAE visits the GPU again only to decode sample images
         self._load_transformer()
         self.stages = resolution_stages(s)
@@ -551,7 +536,7 @@ class _Run:
 
     def _load_and_place_transformer(self) -> None:
         s = self.settings
-        self.transformer = load_transformer(self.model_path, self.mode, self.device)
+        self.transformer = load_transformer(self.model_path, self.mode, self.device, self.family)
         self.transformer.requires_grad_(False)
         # fp8 and offload must recompute blocks: otherwise every dequantised/onloaded weight stays saved.
         self.checkpointing = s.gradient_checkpointing or self.mode in ("fp8", "offload")
@@ -566,7 +551,7 @@ class _Run:
             torch.manual_seed(s.seed)  # the LoRA A matrices' initialisation
             self.params = add_lora(self.transformer, rank=s.rank, alpha=s.alpha, autocast=self.cuda,
                                    modulation=s.lora_modulation, outer_layers=s.lora_outer_layers,
-                                   merge_when_cheaper=not self.cuda)
+                                   merge_when_cheaper=not self.cuda, model_family=self.family)
         if self.mode == "fp8":
             memory.quantize_frozen_linears_fp8(self.transformer, device=self.device)
         if self.mode == "offload":
@@ -584,7 +569,7 @@ class _Run:
 
     def _estimate(self, resolution: int, *, checkpointing: bool) -> memory.MemoryEstimate:
         config = self.transformer.config
-        image_tokens = max(latent.shape[1] * latent.shape[2] // 4 for latent in self.prepared.latents[resolution])
+        image_tokens = max(self.family.image_tokens(latent.shape) for latent in self.prepared.latents[resolution])
         return memory.estimate_memory(
             self.mode, base_parameters=0,
             lora_parameters=sum(4 * self.settings.rank * m.in_features for m in self.transformer.modules()
@@ -640,7 +625,8 @@ class _Run:
         factors = lora_formats.factors_from_peft(state, rank=self.settings.rank, alpha=self.settings.alpha)
         lora_formats.save_lora_file(path, lora_formats.to_diffusers(factors), self.header(step))
         if kohya_path is not None:
-            lora_formats.save_lora_file(kohya_path, lora_formats.to_kohya(factors), self.header(step))
+            lora_formats.save_lora_file(kohya_path, lora_formats.to_kohya(factors, self.family.kohya_layout()),
+                                        self.header(step))
 
     def save_checkpoint(self, step: int) -> CheckpointInfo:
         folder = self.output_dir / "checkpoints"
@@ -650,7 +636,7 @@ class _Run:
         tmp.mkdir(parents=True)
         self.write_lora(tmp / _LORA_FILE, step)
         torch.save({
-            "step": step, "fingerprint": self.fingerprint, "lora": self.lora_state(),
+            "step": step, "fingerprint": self.fingerprint, "family": self.family.id.value, "lora": self.lora_state(),
             "optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
             "losses": self.losses, "loss_smooth": self.loss_smooth, "torch_rng": torch.get_rng_state(),
             "batch_sizes": self.batch_sizes,
@@ -688,6 +674,7 @@ class _Run:
                                      f"{exc}); moved aside to {aside.name}, trying the one before", level="warning"))
         if state is None:
             return 0
+        self._check_family(state)
         if state["fingerprint"] not in (self.fingerprint, self.legacy_fingerprint):
             self.emit(ev.Message(f"checkpoints in {self.output_dir} come from other settings, photos or base model: "
                                  "starting afresh", level="warning"))
@@ -708,6 +695,17 @@ class _Run:
         self.emit(ev.Message(f"resuming from the checkpoint at step {latest.step}"))
         return latest.step
 
+    def _check_family(self, state: dict) -> None:
+        """Refuse checkpoints of another family (kept on disk): their LoRA layers do not exist on this transformer,
+        and starting afresh over them would throw a run away unasked. Checkpoints from before families are FLUX.1."""
+        saved = family(state.get("family", "flux1"))
+        if saved.id is not self.family.id:
+            raise FamilyMismatchError(
+                f"cannot resume: the checkpoints in {self.output_dir / 'checkpoints'} were trained on a {saved.title} "
+                f"base model, and this run's base model {self.base_model!r} is {self.family.title}; a LoRA cannot "
+                f"continue on another family. Resume with the {saved.title} base model it was started on, or train "
+                "afresh (Train instead of Resume; on the command line a new name)")
+
     # - steps -
 
     def stage_at(self, step: int) -> Stage:
@@ -718,27 +716,20 @@ class _Run:
         prep = self.prepared
         generator = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
         x0 = torch.stack([prep.latents[self.stage_at(step).resolution][i] for i in indices])
-        batch, _channels, height, width = x0.shape
+        batch = x0.shape[0]
         noise = torch.randn(x0.shape, generator=generator)
-        sigmas = sample_sigmas(batch, method=s.timestep_sampling, image_tokens=(height // 2) * (width // 2),
-                               generator=generator)
+        sigmas = self.family.sample_sigmas(batch, method=s.timestep_sampling,
+                                           image_tokens=self.family.image_tokens(x0.shape), generator=generator)
         dropped = torch.rand(batch, generator=generator) < s.caption_dropout
         texts = [prep.empty if drop else prep.texts[i] for i, drop in zip(indices, dropped.tolist(), strict=True)]
-
-        prompt = torch.stack([t.prompt for t in texts])
-        pooled = torch.stack([t.pooled for t in texts])
-        return flow_matching_loss(self.transformer, x0, noise, sigmas, prompt, pooled, guidance=s.guidance,
-                                  device=self.device, dtype=self.dtype)
+        return self.family.loss(self.transformer, x0, noise, sigmas, texts, guidance=s.guidance, device=self.device,
+                                dtype=self.dtype)
 
     def sample(self, step: int) -> None:
-        from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
-
         s = self.settings
         if not self.prepared.samples:
             return
-        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(self.model_path, subfolder="scheduler")
-        pipe = FluxPipeline(scheduler=scheduler, vae=self.vae, text_encoder=None, tokenizer=None,
-                            text_encoder_2=None, tokenizer_2=None, transformer=self.transformer)
+        pipe = self.family.sampling_pipeline(self.model_path, self.vae, self.transformer)
         pipe.set_progress_bar_config(disable=True)
         # The embedded models' own step counts (4 tiny, 12 micro), FLUX.1-dev 20: a sample is a glimpse, not a test.
         steps = default_test_generate_settings(self.model_path).steps if is_embedded(self.model_path) else 20
@@ -753,10 +744,10 @@ class _Run:
                 if self.should_stop():  # Stop between any two samples (on FLUX.1-dev each takes seconds)
                     break
                 with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
-                    image = pipe(prompt_embeds=text.prompt[None].to(self.device, self.dtype),
-                                 pooled_prompt_embeds=text.pooled[None].to(self.device, self.dtype),
+                    image = pipe(**self.family.sample_kwargs(text, self.prepared.empty, device=self.device,
+                                                             dtype=self.dtype),
                                  height=size, width=size, num_inference_steps=steps,
-                                 guidance_scale=3.5, generator=torch.Generator().manual_seed(i)).images[0]
+                                 generator=torch.Generator().manual_seed(i)).images[0]
                 path = folder / f"step-{step:06d}-{i}.png"
                 image.save(path)
                 paths.append(path)
@@ -790,7 +781,7 @@ class _Run:
         """
         seconds_per_step = self.live.seconds_per_step() or seconds_per_step
         def work(stage: Stage) -> float:
-            image_tokens = max(x.shape[1] * x.shape[2] // 4 for x in self.prepared.latents[stage.resolution])
+            image_tokens = max(self.family.image_tokens(x.shape) for x in self.prepared.latents[stage.resolution])
             return (image_tokens + MAX_TEXT_TOKENS) * self.batch_sizes[stage.resolution]
 
         current = self.stage_at(step)
