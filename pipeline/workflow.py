@@ -4,7 +4,9 @@ photos → classification → dataset → training → assessment → library �
 module that owns it; this module only orders them and keeps what the user chose (overrides, captions) on disk so a
 restart loses nothing. A training is queued as a ``TrainingJobSpec`` and run by a ``TrainingRunner``
 (``pipeline.training.job``) in the job queue's worker thread, one at a time; its events are kept in a
-``TrainingMonitor`` per model that the UI polls.
+``TrainingMonitor`` per model that the UI polls. A video is a job on the same queue (``queue_video``; run by
+``run_job`` through ``video``), so a clip and a training never hold the GPU at once; its page follows it
+(``follow_video``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
@@ -27,7 +29,7 @@ from pipeline.generation.generators import Generators
 from pipeline.intake.classify import ClassificationResult, Readiness, classify_photos
 from pipeline.intake.crops import build_dataset
 from pipeline.intake.photos import IntakeResult, PhotoStore, Rejection, StoredPhoto
-from pipeline.jobs.queue import MAX_ATTEMPTS, Job, JobQueue
+from pipeline.jobs.queue import MAX_ATTEMPTS, Job, JobKind, JobNotFound, JobQueue
 from pipeline.library.catalog import Library, ModelRecord
 from pipeline.settings import (
     AppSettings,
@@ -37,7 +39,7 @@ from pipeline.settings import (
     TrainSettings,
     VideoSettings,
 )
-from pipeline.status import JOB_ACTIVE, MODEL_ACTIVE, MODEL_FINISHED, MODEL_RESUMABLE, Status
+from pipeline.status import JOB_ACTIVE, JOB_FINISHED, MODEL_ACTIVE, MODEL_FINISHED, MODEL_RESUMABLE, Status
 from pipeline.storage.disk import WRITE_ERRORS, DiskError, as_os_error, disk_error_text, folder_size, is_disk_error
 from pipeline.training.estimate import SpeedLog, TrainingEstimate, estimate_training
 from pipeline.training.job import (
@@ -49,11 +51,13 @@ from pipeline.training.job import (
     TrainingRunner,
 )
 from pipeline.video.i2v import VideoModels
+from pipeline.video.job import BASE_MODEL_JOB, VideoJobSpec, VideoUpdate, waiting_text
 
 if TYPE_CHECKING:
     from pipeline.generation.generator import Generator
     from pipeline.video.clip import VideoResult
     from pipeline.video.clips import ClipRecord
+    from pipeline.video.stills import Still
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +112,7 @@ class QueueEntry:
     name: str  # "" for another person's training
     status: Status  # queued or running
     node: str = ""  # on a Ray cluster, the node it runs on
+    kind: JobKind = JobKind.TRAIN  # a training or a video: both wait for the GPU
 
 
 class NotReady(ValueError):
@@ -162,14 +167,15 @@ class Workflow:
         if start_worker:
             self._fail_orphaned_models()
 
-    def _my_jobs(self) -> list[Job]:
-        return [job for job in self.jobs.list() if job.payload.get("workspace", LOCAL_WORKSPACE) == self.workspace]
+    def _my_jobs(self, kind: JobKind | None = None) -> list[Job]:
+        return [job for job in self.jobs.list() if job.payload.get("workspace", LOCAL_WORKSPACE) == self.workspace
+                and kind in (None, job.kind)]
 
     def _fail_orphaned_models(self) -> None:
         """Models that say they wait or train, with no job left to do it (a lost queue file, a disk that filled up
         before the end was written): marked failed with the reason, so Resume is offered instead of a wait that
         never ends."""
-        active = {job.model_id for job in self._my_jobs() if job.status in JOB_ACTIVE}
+        active = {job.model_id for job in self._my_jobs(JobKind.TRAIN) if job.status in JOB_ACTIVE}
         for record in self.library.list():
             if record.status in MODEL_ACTIVE and record.id not in active:
                 self.library.update(record.id, status=Status.FAILED,
@@ -379,7 +385,7 @@ class Workflow:
         limit = self.settings.trainings_per_person
         if not limit:
             return
-        mine = [job for job in self._my_jobs() if job.status in JOB_ACTIVE]
+        mine = [job for job in self._my_jobs(JobKind.TRAIN) if job.status in JOB_ACTIVE]
         if len(mine) >= limit:
             names = ", ".join(f"'{self.library.get(job.model_id).name}'" for job in mine
                               if job.model_id in {r.id for r in self.library.list()})
@@ -409,14 +415,16 @@ class Workflow:
     def jobs_ahead(self, model_id: str) -> int | None:
         """How many trainings run or wait before this model's (None when it is not waiting)."""
         self.library.get(model_id)  # another workspace's model is "not found", like one that does not exist
-        waiting = [job for job in self._my_jobs() if job.model_id == model_id and job.status == Status.QUEUED]
+        waiting = [job for job in self._my_jobs(JobKind.TRAIN)
+                   if job.model_id == model_id and job.status == Status.QUEUED]
         return self.jobs.position(waiting[0].id) if waiting else None
 
     @_writes("stop the training")
     def cancel_training(self, model_id: str) -> None:
         self.library.get(model_id)  # only this workspace's trainings: another's is "not found"
         for job in [job for job in self._my_jobs() if job.model_id == model_id]:
-            if job.status in JOB_ACTIVE and self.jobs.cancel(job.id).status == Status.CANCELLED:
+            if job.status in JOB_ACTIVE and self.jobs.cancel(job.id).status == Status.CANCELLED \
+                    and job.kind == JobKind.TRAIN:
                 # A queued job ends at once; a running one stops at its next step and reports itself.
                 self.library.update(model_id, status=Status.CANCELLED)
 
@@ -430,7 +438,10 @@ class Workflow:
         raise TimeoutError(f"model {model_id} still {self.library.get(model_id).status} after {timeout:.0f} s")
 
     def run_job(self, job: Job, should_stop: ev.StopCheck) -> None:
-        """The queue's runner for this workspace's training jobs."""
+        """The queue's runner for this workspace's jobs: a training, or a clip (``_run_video_job``)."""
+        if job.kind == JobKind.VIDEO:
+            self._run_video_job(job, should_stop)
+            return
         record = self.library.get(job.model_id)
         spec = TrainingJobSpec.from_dict(job.payload, model_id=job.model_id, base_model=record.base_model,
                                          workspace=self.workspace)
@@ -513,21 +524,24 @@ class Workflow:
 
     @_writes("save the video")
     def video(self, model_id: str | None, *, prompt: str, frames: int, fps: int, seed: int = 0,
-              prompt_b: str | None = None, video_model: str | None = None, on_event: ev.EventCallback = ev.ignore,
-              should_stop: ev.StopCheck = ev.never) -> VideoResult:
+              prompt_b: str | None = None, video_model: str | None = None, still: str | None = None,
+              on_event: ev.EventCallback = ev.ignore, should_stop: ev.StopCheck = ev.never) -> VideoResult:
         """A short clip with every frame's likeness to the model's person: the MP4 and its likeness JSON beside it.
+        This makes it now, in the caller's thread; the app queues it instead (``queue_video``).
 
         Without ``video_model`` (None, "" or "morph") a morph between stills (``make_scored_video``; ``prompt_b``
         the prompt it moves towards; ``should_stop`` ends it between two frames and the frames made so far are
-        scored). With one ("tiny", a hub id or folder) the still ``prompt`` draws with the LoRA is animated by it
-        (``make_image_to_video``; ``prompt_b`` the motion, else ``prompt``); ``should_stop`` ends it between two
-        denoising steps with ``ClipStopped``, and nothing is kept."""
+        scored). With one ("tiny", a hub id or folder) the still ``prompt`` draws with the LoRA — or ``still``, one
+        of the person's generations (relative to the workspace) — is animated by it (``make_image_to_video``;
+        ``prompt_b`` the motion, else ``prompt``); ``should_stop`` ends it between two denoising steps with
+        ``ClipStopped``, and nothing is kept."""
         from pipeline.intake.trigger import insert_trigger
         from pipeline.video.clip import make_scored_video
         from pipeline.video.clip_likeness import PersonReference
-        from pipeline.video.i2v import default_animate_settings, is_morph, make_image_to_video
+        from pipeline.video.i2v import default_animate_settings, make_image_to_video
+        from pipeline.video.stills import load_still
 
-        self._check_disk_quota()
+        spec, picked = self._check_video(model_id, video_model, still)
         lora_path, trigger, label = self._lora(model_id)
         motion = insert_trigger(prompt_b or prompt, "")  # the video model knows no trigger word: "a person"
         person = None
@@ -539,16 +553,113 @@ class Workflow:
         clip = VideoSettings(prompt=prompt, prompt_b=prompt_b or "", frames=frames, fps=fps, seed_a=seed,
                              seed_b=seed + 1, width=size.width, height=size.height, steps=size.steps)
         out_path = self._new_output_path("videos", ".mp4")
-        if is_morph(video_model):
+        if not spec:
             return make_scored_video(self.generator(), clip, lora_path=lora_path, out_path=out_path, person=person,
                                      model=label, base_model=self.base_model, model_id=model_id or "",
                                      on_event=on_event, should_stop=should_stop)
-        spec = str(video_model).strip()
         animation = default_animate_settings(spec, prompt=motion, frames=frames, fps=fps, seed=seed).validate()
-        return make_image_to_video(self.generator(), self._video_models, spec, clip.validate().still(), animation,
+        first = clip.validate().still()
+        image = None
+        if picked is not None:  # the person's own generation: its prompt and seed are what drew it
+            image, text = load_still(picked, size.width, size.height)
+            first = dataclasses.replace(first, prompt=text.get("prompt", first.prompt),
+                                        seed=int(text.get("seed") or first.seed))
+        return make_image_to_video(self.generator(), self._video_models, spec, first, animation,
                                    lora_path=lora_path, out_path=out_path, person=person, model=label,
-                                   base_model=self.base_model, model_id=model_id or "", on_event=on_event,
-                                   should_stop=should_stop)
+                                   base_model=self.base_model, model_id=model_id or "", picked=image,
+                                   picked_ref=still or "", on_event=on_event, should_stop=should_stop)
+
+    def _check_video(self, model_id: str | None, video_model: str | None,
+                     still: str | None) -> tuple[str, Path | None]:
+        """What a clip is made with, checked before it waits in line or draws anything: the video model ("" for a
+        morph) and the picked still's file (None: a new still). ValueError naming the field for bad input."""
+        from pipeline.video.i2v import is_morph
+        from pipeline.video.stills import resolve_still
+
+        self._check_disk_quota()
+        self._lora(model_id)  # a model that is not this person's, or has no LoRA yet
+        spec = "" if is_morph(video_model) else str(video_model).strip()
+        if not still:
+            return spec, None
+        if not spec:
+            raise ValueError("still: a morph draws every frame from noise, so it cannot start from a picked "
+                             "generation; leave the still empty, or start the app with a video model "
+                             "(--video-model)")
+        return spec, resolve_still(self.data_dir, still)
+
+    def stills(self, model_id: str | None) -> list[Still]:
+        """This person's generations made with ``model_id``'s LoRA (None: the bare base model), newest first: the
+        stills a clip may start from."""
+        from pipeline.video.stills import list_stills
+
+        folder = Path(self.library.get(model_id).folder) if model_id else None
+        return list_stills(self.data_dir, folder)
+
+    # ---------------------------------------------------------- videos in the queue
+    def queue_video(self, model_id: str | None, *, prompt: str, frames: int, fps: int, seed: int = 0,
+                    prompt_b: str | None = None, video_model: str | None = None,
+                    still: str | None = None) -> Job:
+        """Queue a clip behind the trainings and clips before it (one job on the GPU at a time); the arguments are
+        ``video``'s, checked now so that bad input is refused before it waits. Follow it with ``follow_video``."""
+        spec, _picked = self._check_video(model_id, video_model, still)
+        VideoSettings(prompt=prompt, prompt_b=prompt_b or "", frames=frames, fps=fps, seed_a=seed).validate()
+        job_spec = VideoJobSpec(workspace=self.workspace, model_id=model_id or "", prompt=prompt,
+                                prompt_b=prompt_b or "", frames=frames, fps=fps, seed=seed, video_model=spec,
+                                still=still or "")
+        workers = self.jobs.workers
+        # With several GPUs, on the one the image model draws on (the first): where a clip's still is drawn too.
+        job = self.jobs.submit(model_id or BASE_MODEL_JOB, job_spec.to_dict(), JobKind.VIDEO,
+                               only_on=workers[0] if len(workers) > 1 else "")
+        self._video_models.monitors.open(job.id)
+        return job
+
+    def _my_video(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job.kind != JobKind.VIDEO or job.payload.get("workspace") != self.workspace:
+            raise JobNotFound(f"job_id: no video {job_id!r} of yours in the queue")  # another's is "not found"
+        return job
+
+    def follow_video(self, job_id: str, *, poll: float = 0.25) -> Iterator[VideoUpdate]:
+        """Where a queued clip stands, every ``poll`` seconds while it waits and runs (what it waits for and its
+        place in line; each step with the time left), ending with the clip or why there is none."""
+        self._my_video(job_id)
+        monitor = self._video_models.monitors.open(job_id)
+        try:
+            while True:
+                job = self.jobs.get(job_id)
+                if monitor.result is not None:  # before the queue records it done: the clip is all the page needs
+                    yield VideoUpdate(Status.DONE, "done", result=monitor.result)
+                    return
+                if job.status in JOB_FINISHED:
+                    yield VideoUpdate(job.status, str(job.status), error=monitor.error or job.error or (
+                        "video stopped before it was made: nothing was kept"))
+                    return
+                if job.status == Status.QUEUED:
+                    waiting = [j.id for j in self.jobs.list() if j.status == Status.QUEUED]
+                    place = waiting.index(job_id) + 1 if job_id in waiting else 1
+                    yield VideoUpdate(Status.QUEUED, waiting_text(self.jobs.running_kinds(), place))
+                else:
+                    yield monitor.update()
+                time.sleep(poll)
+        finally:
+            self._video_models.monitors.close(job_id)
+
+    def cancel_video(self, job_id: str) -> Job:
+        """Cancel a queued clip now, or stop a running one at its next step (nothing of it is kept)."""
+        job = self._my_video(job_id)
+        return self.jobs.cancel(job.id) if job.status in JOB_ACTIVE else job
+
+    def _run_video_job(self, job: Job, should_stop: ev.StopCheck) -> None:
+        spec = VideoJobSpec.from_dict(job.payload)
+        monitor = self._video_models.monitors.open(job.id)
+        try:
+            result = self.video(spec.model_id or None, prompt=spec.prompt, prompt_b=spec.prompt_b or None,
+                                frames=spec.frames, fps=spec.fps, seed=spec.seed, video_model=spec.video_model,
+                                still=spec.still or None, on_event=monitor.on_event, should_stop=should_stop)
+        except Exception as exc:
+            monitor.error = str(exc)
+            raise  # the queue records the job failed (or cancelled, when it was stopped) with this message
+        monitor.result = result
 
     def clips(self, model_id: str) -> list[ClipRecord]:
         """The clips made of one of this person's models whose MP4 is still saved, newest first (ModelNotFound for
@@ -617,7 +728,7 @@ class Workflow:
             if job.id in mine:
                 with contextlib.suppress(ValueError):
                     name = self.library.get(job.model_id).name
-            entries.append(QueueEntry(name, job.status, job.node))
+            entries.append(QueueEntry(name, job.status, job.node, job.kind))
         return entries
 
     def cluster(self) -> ClusterView | None:

@@ -1,9 +1,11 @@
 """The training job queue: one job at a time per GPU, the rest wait in a FIFO that survives a restart.
 
 Jobs live in tinydb (data_dir/jobs.json); one worker thread per device takes the oldest queued job and calls
-the runner with it. A job that was running when the app stopped or crashed is put back at the FRONT of the
-queue on the next start, so its training resumes from its last checkpoint before newer jobs begin. A lock
-file keeps a second process (or a second queue in this one) from running jobs from the same data dir.
+the runner with it. A job is a training or a video (``JobKind``): both need the GPU, so they share the queue and never
+run at once on one device. A training that was running when the app stopped or crashed is put back at the FRONT of
+the queue on the next start, so it resumes from its last checkpoint before newer jobs begin; a video that was
+waiting or running then is marked failed instead (``JobKind.resumes``). A lock file keeps a second process (or a
+second queue in this one) from running jobs from the same data dir.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,6 +40,21 @@ RECOUNT_SECONDS = 10.0  # how often a queue with a ``recount`` asks how many wor
 _CANCEL_POLL_SECONDS = 1.0  # how often a running job looks for a cancel made through another JobQueue object
 
 
+class JobKind(StrEnum):
+    TRAIN = "train"  # a LoRA training (``pipeline.training.job``)
+    VIDEO = "video"  # a clip of the person (``pipeline.video.job``)
+
+    @property
+    def resumes(self) -> bool:
+        """Does a job of this kind run again after a restart? A training resumes from its checkpoint; a video was
+        asked for by a page that the restart closed: nobody waits for it, and it would hold the GPU for minutes."""
+        return self is JobKind.TRAIN
+
+
+RESTARTED_ERROR = ("the app restarted before this {kind} job finished; it is not run again on its own (the page that "
+                   "asked for it was closed): make it again")
+
+
 class JobNotFound(ValueError):
     """No job with this id in the queue."""
 
@@ -56,7 +74,7 @@ class Job:
 
     id: str
     model_id: str
-    kind: str  # "train"
+    kind: JobKind
     status: Status  # one of JOB_STATUSES
     payload: dict = field(default_factory=dict)
     created_at: str = ""
@@ -70,6 +88,8 @@ class Job:
     node: str = ""  # on a cluster: the node and task that ran it last, and the worker process
     task: str = ""
     pid: int = 0
+    only_on: str = ""  # the one worker (device) that may run it; "" for any
+    run: str = ""  # the JobQueue (app run) it was queued in: a video from an earlier run is not run again
 
 
 Runner = Callable[[Job, StopCheck], None]
@@ -118,6 +138,7 @@ class JobQueue:
         self.damaged_backup = set_aside_if_damaged(self.db_path, "jobs")
         self.runner = runner
         self.on_change = on_change
+        self.run_id = uuid.uuid4().hex[:12]  # tells this run's jobs from those an earlier run left
         self._devices = tuple(devices) if devices else None  # resolved at start: torch import only when needed
         # Asked again every RECOUNT_SECONDS while the queue runs: a cluster that gained nodes gets more workers.
         self._recount = recount
@@ -142,7 +163,7 @@ class JobQueue:
     def _job(doc: dict[str, Any]) -> Job:
         names = {f.name for f in dataclasses.fields(Job)}
         job = Job(**{k: v for k, v in doc.items() if k in names})
-        return dataclasses.replace(job, status=Status(job.status))
+        return dataclasses.replace(job, status=Status(job.status), kind=JobKind(job.kind))
 
     def _docs(self) -> list[dict[str, Any]]:
         with open_db(self.db_path) as db:
@@ -201,15 +222,16 @@ class JobQueue:
 
     # -- public API -----------------------------------------------------------------------------------------------
 
-    def submit(self, model_id: str, payload: dict, kind: str = "train") -> Job:
-        """Add a job at the end of the queue."""
+    def submit(self, model_id: str, payload: dict, kind: JobKind = JobKind.TRAIN, *, only_on: str = "") -> Job:
+        """Add a job at the end of the queue; ``only_on`` keeps it for one worker (device)."""
         if not model_id:
             raise ValueError("model_id: must not be empty; create the model in the library first")
         with open_db(self.db_path) as db:
             table = db.table("jobs")
             order = max((doc.get("order", 0.0) for doc in table.all()), default=0.0) + 1
             job = Job(id=uuid.uuid4().hex[:12], model_id=model_id, kind=kind, status=Status.QUEUED,
-                      payload=dict(payload or {}), created_at=_now(), order=order)
+                      payload=dict(payload or {}), created_at=_now(), order=order, only_on=only_on,
+                      run=self.run_id)
             table.insert(dataclasses.asdict(job))
         logger.info("jobs: queued %s job %s for model %s", kind, job.id, model_id)
         self._changed(job)
@@ -251,6 +273,10 @@ class JobQueue:
             return -1
         lineup = [j for j in self.list() if j.status in JOB_ACTIVE]
         return [j.id for j in lineup].index(job_id)
+
+    def running_kinds(self) -> list[JobKind]:
+        """The kinds of the jobs running now (what a waiting job waits for)."""
+        return [job.kind for job in self.list() if job.status == Status.RUNNING]
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a queued job now, or ask a running one to stop (its should_stop() turns True)."""
@@ -389,7 +415,8 @@ class JobQueue:
             table = db.table("jobs")
             docs = [dict(doc) for doc in table.all()]
             # A job whose end is only in memory (the disk refused it) is over, whatever the file says.
-            interrupted = sorted((d for d in docs if d["status"] == Status.RUNNING and d["id"] not in self._unwritten),
+            interrupted = sorted((d for d in docs if d["status"] == Status.RUNNING and d["id"] not in self._unwritten
+                                  and JobKind(d.get("kind", JobKind.TRAIN)).resumes),
                                  key=lambda d: d.get("order", 0.0))
             front = min((d.get("order", 0.0) for d in docs if d["status"] == Status.QUEUED), default=1.0)
             for index, doc in enumerate(interrupted):
@@ -400,14 +427,29 @@ class JobQueue:
                     fields = {"status": Status.QUEUED, "order": front - len(interrupted) + index}
                 table.update(fields, Query().id == doc["id"])
                 changed.append(self._job({**doc, **fields}))
+            changed += self._end_unresumable(table, docs)
         for job in changed:
             logger.info("jobs: job %s was running when the app stopped; now %s", job.id, job.status)
             self._changed(job)
 
+    def _end_unresumable(self, table: Any, docs: list[dict[str, Any]]) -> list[Job]:
+        """Jobs of kinds that do not resume (videos) that an earlier run left waiting or running: failed, with why."""
+        ended = []
+        for doc in docs:
+            kind = JobKind(doc.get("kind", JobKind.TRAIN))
+            if kind.resumes or doc["status"] not in JOB_ACTIVE or doc["id"] in self._unwritten \
+                    or doc.get("run") == self.run_id:
+                continue
+            fields = {"status": Status.FAILED, "finished_at": _now(), "error": RESTARTED_ERROR.format(kind=kind)}
+            table.update(fields, Query().id == doc["id"])
+            ended.append(self._job({**doc, **fields}))
+        return ended
+
     def _claim(self, device: str) -> Job | None:
         with open_db(self.db_path) as db:
             table = db.table("jobs")
-            queued = [dict(doc) for doc in table.all() if doc["status"] == Status.QUEUED]
+            queued = [dict(doc) for doc in table.all()
+                      if doc["status"] == Status.QUEUED and doc.get("only_on", "") in ("", device)]
             if not queued:
                 return None
             doc = min(queued, key=lambda d: d.get("order", 0.0))

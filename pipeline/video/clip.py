@@ -148,6 +148,7 @@ class VideoResult:
     likeness: ClipLikeness | None  # None without a person to compare with (the bare base model)
     video_model: str = ""  # the image-to-video model that animated it; "" for a morph
     model_id: str = ""  # the library model's id ("" for the base model): the Models tab lists a model's clips by it
+    still: str = ""  # the person's own generation it started from (relative to their workspace); "" for a new still
 
     def to_dict(self) -> dict[str, Any]:
         """What the JSON beside the clip holds: the clip's facts and, per frame, its likeness (``frames``)."""
@@ -156,7 +157,8 @@ class VideoResult:
         scores: dict[str, Any] = unscored if self.likeness is None else self.likeness.to_dict()
         return {"video": str(self.video), "kind": self.kind, "why": self.why, "prompt": self.prompt,
                 "prompt_b": self.prompt_b, "seed": self.seed, "model": self.model, "model_id": self.model_id,
-                "base_model": self.base_model, "video_model": self.video_model, "frame_count": self.frames,
+                "base_model": self.base_model, "video_model": self.video_model, "still": self.still,
+                "frame_count": self.frames,
                 "width": self.width, "height": self.height, **scores, "fps": self.fps}
 
     def tags(self) -> dict[str, str]:

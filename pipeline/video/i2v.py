@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.events import EventCallback, Progress, StopCheck, ignore, never
 from pipeline.settings import GenerateSettings, ImageToVideoSettings
+from pipeline.video.job import VideoMonitors
 from pipeline.weights_lock import WEIGHTS_LOCK
 
 if TYPE_CHECKING:  # torch and diffusers: imported when a clip is asked for, not when the app starts
@@ -135,6 +136,7 @@ class VideoModels:
         self._spec: str | None = None
         self._pipe: Any = None
         self._lock = threading.Lock()
+        self.monitors = VideoMonitors()  # the clips in the queue, followed by the pages that asked for them
 
     @contextlib.contextmanager
     def activated(self, spec: str) -> Iterator[Any]:
@@ -239,14 +241,17 @@ def why_animated(spec: str) -> str:
 def make_image_to_video(generator: Generator, video_models: VideoModels, spec: str, still: GenerateSettings,
                         clip: ImageToVideoSettings, *, lora_path: Path | None, out_path: Path,
                         person: PersonReference | None, model: str, base_model: str, model_id: str = "",
-                        on_event: EventCallback = ignore, should_stop: StopCheck = never) -> VideoResult:
-    """A clip with motion, scored: 1. the still with the person's LoRA (what the morph's frame 0 would be);
-    2. animated by the video model ``spec``; 3. frames → MP4; 4. every frame's likeness, the JSON beside it and the
-    MP4's metadata (``score_and_tag``, as for the morph). ``ClipStopped`` when stopped: nothing is written."""
+                        picked: Image.Image | None = None, picked_ref: str = "", on_event: EventCallback = ignore,
+                        should_stop: StopCheck = never) -> VideoResult:
+    """A clip with motion, scored: 1. the still with the person's LoRA (what the morph's frame 0 would be), or the
+    generation ``picked`` from their own (``picked_ref`` names it in the JSON); 2. animated by the video model
+    ``spec``; 3. frames → MP4; 4. every frame's likeness, the JSON beside it and the MP4's metadata
+    (``score_and_tag``, as for the morph). ``ClipStopped`` when stopped: nothing is written."""
     from pipeline.video.clip import VideoResult, encode_mp4, score_and_tag
     from pipeline.video.clip_likeness import likeness_path
 
-    images = generator.generate(still, lora_path=lora_path, on_event=on_event, should_stop=should_stop)
+    images = [picked] if picked is not None else generator.generate(still, lora_path=lora_path, on_event=on_event,
+                                                                    should_stop=should_stop)
     if not images:
         raise ClipStopped("video stopped while its still was drawn: nothing was kept")
     with video_models.activated(spec) as pipe:
@@ -255,7 +260,8 @@ def make_image_to_video(generator: Generator, video_models: VideoModels, spec: s
     made = VideoResult(video=path, likeness_json=likeness_path(path), kind=IMAGE_TO_VIDEO, why=why_animated(spec),
                        prompt=still.prompt, prompt_b=clip.prompt, seed=still.seed, model=model,
                        base_model=base_model, frames=len(frames), fps=clip.fps, width=frames[0].width,
-                       height=frames[0].height, likeness=None, video_model=spec, model_id=model_id)
+                       height=frames[0].height, likeness=None, video_model=spec, model_id=model_id,
+                       still=picked_ref)
     return score_and_tag(made, person, on_event=on_event)
 
 

@@ -1,0 +1,189 @@
+"""A video is a job on the GPU queue (issue 36): a real tiny training and real tiny clips on one queue run one
+after the other in the order they were asked for; a queued clip can be cancelled; a restart does not run a clip
+again; and a clip can start from one of the person's own generations, never from a file outside their workspace."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import face_probes
+import numpy as np
+import photo_factory
+import pytest
+import torch
+from lora_factory import make_lora
+
+from pipeline.assessment.assess import reference_embeddings
+from pipeline.assessment.likeness import save_person
+from pipeline.events import Progress
+from pipeline.jobs.queue import Job, JobKind, JobNotFound, JobQueue
+from pipeline.settings import AppSettings, GenerateSettings, TrainSettings
+from pipeline.status import Status
+from pipeline.video.job import waiting_text
+from pipeline.workflow import Workflow
+
+Run = tuple[JobKind, str, float, float]  # kind, job id, start, end (monotonic)
+
+
+def _ready_model(workflow: Workflow, name: str = "astro") -> str:
+    """A ready model in seconds: a random LoRA and the astronaut as its person (as tests/test_video_i2v.py)."""
+    record = workflow.library.create(name, "tiny", {})
+    lora = make_lora(workflow.generator().pipeline, Path(record.folder) / "lora")
+    person = reference_embeddings(face_probes.reference_views("astronaut", 3)).mean(axis=0)
+    save_person(Path(record.folder), person / np.linalg.norm(person), name)
+    workflow.library.update(record.id, status=Status.READY, lora_path=lora)
+    return record.id
+
+
+@pytest.fixture
+def recorded(tmp_path: Path) -> Iterator[tuple[Workflow, JobQueue, list[Run]]]:
+    """A workflow on the tiny model whose queue (one worker, not started yet) records when each job ran: the
+    workflow's own runner, timed."""
+    torch.set_num_threads(1)
+    runs: list[Run] = []
+    flows: list[Workflow] = []
+
+    def timed(job: Job, should_stop) -> None:
+        start = time.monotonic()
+        try:
+            flows[0].run_job(job, should_stop)
+        finally:
+            runs.append((job.kind, job.id, start, time.monotonic()))
+
+    data_dir = tmp_path / "data"
+    queue = JobQueue(data_dir, timed, autostart=False, devices=("cpu",))
+    flows.append(Workflow(AppSettings(data_dir=data_dir, base_model="tiny"), jobs=queue, start_worker=False))
+    yield flows[0], queue, runs
+    flows[0].close()
+
+
+def test_a_video_and_a_training_queued_together_run_one_after_the_other(
+        recorded: tuple[Workflow, JobQueue, list[Run]], tmp_path: Path) -> None:
+    workflow, queue, runs = recorded
+    model_id = _ready_model(workflow)
+    workflow.add_photos(photo_factory.portrait_set(tmp_path / "photos", 6))
+    clip = {"prompt": "a portrait photo of {trigger}", "prompt_b": "turns head slowly", "frames": 5, "fps": 5,
+            "video_model": "tiny"}
+    # Asked for in this order: a clip, a training, a clip, and one more clip that is cancelled while it waits.
+    first = workflow.queue_video(model_id, **clip)
+    training = workflow.start_training(TrainSettings.quick(name="t", steps=4, checkpoint_every=2, sample_every=1000,
+                                                           test_prompts=("{trigger}",)), anyway=True)
+    second = workflow.queue_video(model_id, **clip, seed=3)
+    cancelled = workflow.queue_video(model_id, **clip, seed=4)
+    assert [job.kind for job in queue.list()] == [JobKind.VIDEO, JobKind.TRAIN, JobKind.VIDEO, JobKind.VIDEO]
+    queue.start()
+
+    seen: list[str] = []
+    for update in workflow.follow_video(second.id, poll=0.05):
+        seen.append(update.text)
+        if update.text == "waiting: a training is running, position 1" and seen.count(update.text) == 1:
+            # Cancel while it waits: it ends at once, and its page is told so.
+            assert workflow.cancel_video(cancelled.id).status == Status.CANCELLED
+            told = list(workflow.follow_video(cancelled.id))
+            assert [u.status for u in told] == [Status.CANCELLED] and "nothing was kept" in told[0].error
+    result = update.result
+    assert update.status == Status.DONE, update.error
+    assert update.status == Status.DONE and result is not None and result.video.is_file()
+    assert "waiting: a training is running, position 1" in seen  # the clip said what it waited for
+    assert any(text.startswith("video model: step") for text in seen)  # then its steps
+    assert queue.wait_idle(120)
+
+    # Run in the order asked for, one at a time: each starts after the one before it ended; the cancelled one never.
+    assert [(kind, job_id) for kind, job_id, _s, _e in runs] == [
+        (JobKind.VIDEO, first.id), (JobKind.TRAIN, _train_job(queue)), (JobKind.VIDEO, second.id)]
+    assert all(before[3] <= after[2] for before, after in itertools.pairwise(runs))
+    assert {job.id: job.status for job in queue.list()} == {first.id: Status.DONE, _train_job(queue): Status.DONE,
+                                                           second.id: Status.DONE, cancelled.id: Status.CANCELLED}
+    assert workflow.model(training.id).status == Status.READY
+    assert len(list((workflow.data_dir / "videos").glob("*.mp4"))) == 2  # the cancelled clip left no file
+    # A video waits in line but is no training: the Training tab's count and per-person limit leave it out.
+    assert workflow.jobs_ahead(model_id) is None
+
+
+def _train_job(queue: JobQueue) -> str:
+    [job] = [job for job in queue.list() if job.kind == JobKind.TRAIN]
+    return job.id
+
+
+def test_a_clip_is_not_run_again_after_a_restart_a_training_is(tmp_path: Path) -> None:
+    """Chosen: a clip waiting or running when the app stopped is marked failed with why (the page that asked for it
+    is gone, and it would hold the GPU for minutes before the trainings behind it); a training resumes."""
+    release = threading.Event()
+
+    def hold(job: Job, should_stop) -> None:
+        while not should_stop() and not release.is_set():
+            time.sleep(0.01)
+
+    before = JobQueue(tmp_path, hold, devices=("cpu",))
+    running = before.submit("m1", {"workspace": "local"}, JobKind.VIDEO)
+    waiting = before.submit("m1", {"workspace": "local"}, JobKind.VIDEO)
+    training = before.submit("m2", {"workspace": "local"})
+    deadline = time.monotonic() + 10
+    while before.get(running.id).status != Status.RUNNING:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert before.stop(timeout=10)  # the app stops: the running clip is interrupted
+
+    ran: list[JobKind] = []
+    after = JobQueue(tmp_path, lambda job, _stop: ran.append(job.kind), devices=("cpu",))
+    try:
+        assert after.wait_idle(10)
+    finally:
+        after.stop()
+    for job_id in (running.id, waiting.id):
+        job = after.get(job_id)
+        assert job.status == Status.FAILED and "restarted before this video job finished" in job.error
+    assert after.get(training.id).status == Status.DONE and ran == [JobKind.TRAIN]
+
+
+def test_waiting_text_names_what_runs_and_the_place_in_line() -> None:
+    assert waiting_text([JobKind.TRAIN], 2) == "waiting: a training is running, position 2"
+    assert waiting_text([JobKind.VIDEO], 1) == "waiting: another video is being made, position 1"
+    assert waiting_text([JobKind.TRAIN, JobKind.TRAIN, JobKind.VIDEO], 1) == \
+        "waiting: 2 trainings are running and another video is being made, position 1"
+    assert waiting_text([], 1) == "waiting: starting, position 1"
+
+
+def test_a_clip_starts_from_the_persons_own_generation_and_nothing_outside(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    workflow = Workflow(AppSettings(data_dir=tmp_path / "data", base_model="tiny"), start_worker=False)
+    try:
+        model_id, other_id = _ready_model(workflow), _ready_model(workflow, "other")
+        drawn = GenerateSettings(prompt="a portrait photo of {trigger}", seed=7, steps=2, width=64, height=64)
+        [mine] = workflow.generate(model_id, drawn)
+        workflow.generate(other_id, drawn)
+        workflow.generate(None, drawn)
+        # Each model's list holds only the generations its LoRA drew.
+        [still] = workflow.stills(model_id)
+        assert still.ref == mine.relative_to(workflow.data_dir).as_posix() and still.seed == "7"
+        assert len(workflow.stills(other_id)) == 1 and len(workflow.stills(None)) == 1
+        assert {s.ref for s in workflow.stills(other_id)}.isdisjoint({still.ref})
+
+        events: list = []
+        result = workflow.video(model_id, prompt="ignored: the still is drawn", prompt_b="turns head slowly", frames=5,
+                                fps=5, video_model="tiny", still=still.ref, on_event=events.append)
+        data = json.loads(result.likeness_json.read_text())
+        assert data["still"] == still.ref and data["seed"] == 7 and "sks" not in data["prompt_b"]
+        assert data["prompt"] == f"a portrait photo of {workflow.model(model_id).trigger_word}"  # what drew the still
+        stages = {e.stage for e in events if isinstance(e, Progress)}
+        assert "generate" not in stages and "video" in stages  # no new still was drawn
+
+        outside = tmp_path / "elsewhere.png"
+        outside.write_bytes(mine.read_bytes())
+        for ref in (str(outside), "../elsewhere.png", "generations/../../elsewhere.png", "photos/x.png"):
+            with pytest.raises(ValueError, match="still: .* is not one of your generations"):
+                workflow.queue_video(model_id, prompt="p", frames=5, fps=5, video_model="tiny", still=ref)
+        with pytest.raises(ValueError, match="still: there is no generation"):
+            workflow.video(model_id, prompt="p", frames=5, fps=5, video_model="tiny", still="generations/x/00.png")
+        with pytest.raises(ValueError, match="still: a morph"):
+            workflow.queue_video(model_id, prompt="p", frames=5, fps=5, video_model="", still=still.ref)
+        assert workflow.jobs.list() == []  # nothing refused was queued
+        with pytest.raises(JobNotFound):
+            workflow.cancel_video("nope")
+    finally:
+        workflow.close()
