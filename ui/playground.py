@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
@@ -12,9 +11,9 @@ import gradio as gr
 import pandas as pd
 
 from pipeline.settings import GenerateSettings
-from pipeline.status import Status
+from pipeline.status import JOB_FINISHED, Status
 from pipeline.video.clip_likeness import MORPH_WHY
-from pipeline.video.i2v import IMAGE_TO_VIDEO, ClipStopped, is_morph, why_animated
+from pipeline.video.i2v import IMAGE_TO_VIDEO, is_morph, why_animated
 from pipeline.workflow import Workflow
 from ui.charts import series_frame
 from ui.files import served
@@ -35,19 +34,26 @@ class SessionStops:
 
     def __init__(self) -> None:
         self._flags: dict[str, threading.Event] = {}
+        self._on_stop: dict[str, Callable[[], object]] = {}
         self._lock = threading.Lock()
 
-    def start(self, session: str) -> threading.Event:
-        """A fresh flag for the generation this session starts now."""
+    def start(self, session: str, on_stop: Callable[[], object] | None = None) -> threading.Event:
+        """A fresh flag for the generation this session starts now; ``on_stop`` is called by Stop too (a queued
+        video is cancelled in the queue: Gradio's cancel only ends the page's wait for it)."""
         with self._lock:
             flag = self._flags[session] = threading.Event()
+            self._on_stop.pop(session, None)
+            if on_stop is not None:
+                self._on_stop[session] = on_stop
             return flag
 
     def stop(self, session: str) -> None:
         with self._lock:
-            flag = self._flags.get(session)
+            flag, on_stop = self._flags.get(session), self._on_stop.pop(session, None)
         if flag is not None:
             flag.set()
+        if on_stop is not None:
+            on_stop()
 
 
 def _choices(workflow: Workflow) -> list[tuple[str, str]]:
@@ -74,6 +80,18 @@ def _settings(prompt: object, negative_prompt: object, seed: object, steps: obje
                             lora_scale=number_field(lora_scale, "LoRA scale"), num_images=whole["images"])
 
 
+NEW_STILL = "(a new still, drawn from the prompt)"
+
+
+def _still_choices(workflow: Workflow, model_id: str | None) -> list[tuple[str, str]]:
+    """A new still, or one of the person's generations with this model (newest first)."""
+    try:
+        stills = workflow.stills(model_id or None)
+    except ValueError:  # a model deleted since the page loaded
+        stills = []
+    return [(NEW_STILL, ""), *((still.label, still.ref) for still in stills)]
+
+
 CURVE_COLUMNS = ("frame", "likeness %", "measure")
 CURVE_SERIES = ("likeness %", "recognised above")
 
@@ -97,13 +115,32 @@ def _clip_summary(result: VideoResult) -> str:
             f"`{result.likeness_json.name}` beside it.")
 
 
-@contextlib.contextmanager
-def stopped_as_message() -> Iterator[None]:
-    """A clip stopped between a video model's steps keeps nothing: said as a message, not as a failure."""
+def _clip_outputs(result: VideoResult) -> tuple[str, str, pd.DataFrame, dict]:
+    # The file's name only: a data-dir path is never shown to the page or an API caller.
+    return (served(result.video), _clip_summary(result), _curve(result),
+            result.to_dict() | {"video": result.video.name})
+
+
+def followed(workflow: Workflow, job_id: str, progress: gr.Progress) -> Iterator[tuple]:
+    """A queued clip on the page: its place in line, then each step (bar with the time left, and the summary line),
+    then the clip; a cancelled or failed one as a message. A page that stops listening cancels it."""
+    shown, ended = "", False
     try:
-        yield
-    except ClipStopped as exc:
-        raise gr.Error(escaped(exc), title="Stopped") from exc
+        for update in workflow.follow_video(job_id):
+            if update.result is not None:
+                ended = True
+                yield _clip_outputs(update.result)
+                return
+            if update.status in JOB_FINISHED:
+                ended = True
+                raise gr.Error(escaped(update.error), title="Stopped" if update.status == Status.CANCELLED else None)
+            progress((update.done, update.total) if update.total else None, desc=update.text)
+            if update.text != shown:
+                shown = update.text
+                yield gr.update(), f"⏳ {escaped(update.text)}", gr.update(), gr.update()
+    finally:
+        if not ended:  # the page went away: nobody waits for this clip, so it does not hold the GPU
+            workflow.cancel_video(job_id)
 
 
 def _defaults(workflow: Workflow) -> GenerateSettings:
@@ -144,6 +181,7 @@ class VideoPanel:
     second_prompt: gr.Textbox
     frames: gr.Slider
     fps: gr.Slider
+    still: gr.Dropdown
     button: gr.Button
     video: gr.Video
     summary: gr.Markdown
@@ -213,6 +251,10 @@ def _video_panel(video_model: str) -> VideoPanel:
             second_prompt = gr.Textbox(label="Second prompt or motion (optional)")
             frames = gr.Slider(4, 96, value=16, step=1, label="Frames")
             fps = gr.Slider(4, 30, value=8, step=1, label="Frames per second")
+        # Custom values: the API may name a generation made after this page was built.
+        still = gr.Dropdown(label="Start from (image-to-video only)", choices=[(NEW_STILL, "")], value="",
+                            allow_custom_value=True, visible=not is_morph(video_model),
+                            info="one of your generations with this model, instead of a new still")
         button = gr.Button("Make video")
         video = gr.Video(label="Clip (MP4, H.264)", height=420)
         summary = gr.Markdown()
@@ -220,7 +262,7 @@ def _video_panel(video_model: str) -> VideoPanel:
                             title="Likeness in each frame (recognised above 50 %)", height=240, y_lim=[0, 100])
         with gr.Accordion("Every frame's likeness (JSON, saved beside the clip)", open=False):
             likeness = gr.JSON(label="Frames' likeness")
-    return VideoPanel(second_prompt, frames, fps, button, video, summary, curve, likeness)
+    return VideoPanel(second_prompt, frames, fps, still, button, video, summary, curve, likeness)
 
 
 def layout(defaults: GenerateSettings, video_model: str = "") -> PlaygroundTab:
@@ -273,20 +315,24 @@ class Handlers:
         return served(path)
 
     def video(self, model_id: str, prompt: str, second_prompt: str, frames: float, fps: float, seed: float,
-              request: gr.Request, progress: gr.Progress = gr.Progress()) -> tuple[str, str, pd.DataFrame, dict]:
+              still: str, request: gr.Request, progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
+        """Queued behind the trainings and clips before it (one job on the GPU at a time), followed until made."""
         prompt, second_prompt = text_field(prompt, "prompt"), text_field(second_prompt, "second prompt",
                                                                          required=False)
+        still = text_field(still, "still", required=False)
         frames, fps, seed = (int(number_field(v, label)) for v, label in
                              ((frames, "frames"), (fps, "frames per second"), (seed, "seed")))
         workflow = _for_images(self.people, request, model_id)
-        with refused(), stopped_as_message():
-            result = workflow.video(model_id or None, prompt=prompt, prompt_b=second_prompt or None, frames=frames,
-                                    fps=fps, seed=seed, video_model=workflow.settings.video_model,
-                                    on_event=progress_events(progress, "frames"),
-                                    should_stop=self._should_stop(request))
-        # The file's name only: a data-dir path is never shown to the page or an API caller.
-        return (served(result.video), _clip_summary(result), _curve(result),
-                result.to_dict() | {"video": result.video.name})
+        with refused():
+            job = workflow.queue_video(model_id or None, prompt=prompt, prompt_b=second_prompt or None, frames=frames,
+                                       fps=fps, seed=seed, video_model=workflow.settings.video_model,
+                                       still=still or None)
+        self.stops.start(request.session_hash or "", on_stop=lambda: workflow.cancel_video(job.id))
+        yield from followed(workflow, job.id, progress)
+
+    def stills(self, model_id: str, request: gr.Request) -> dict:
+        """The generations a clip may start from, for the model now picked."""
+        return gr.update(choices=_still_choices(self.people(request), model_id), value="")
 
     def refresh(self, first: str, second: str, request: gr.Request) -> tuple:
         # A model trained or deleted since the page loaded: offer the current list, newest ready model first.
@@ -306,10 +352,14 @@ def wire(view: PlaygroundTab, handlers: Handlers) -> None:
     comparing = compare.button.click(handlers.compare, [*form.inputs(), compare.second_model_id,
                                                         compare.second_lora_scale], compare.sheet,
                                      api_name="compare", **gpu)
+    # Not in the "gpu" concurrency group: the clip waits in the job queue, behind trainings, and runs there.
     filming = video.button.click(handlers.video, [form.model_id, form.prompt, video.second_prompt, video.frames,
-                                                  video.fps, form.seed], video.outputs(), api_name="video", **gpu)
+                                                  video.fps, form.seed, video.still], video.outputs(),
+                                 api_name="video")
     models = [form.model_id, compare.second_model_id]
     view.tab.select(handlers.refresh, models, models, api_name=False)
+    for refresh in (view.tab.select, form.model_id.change):  # the model's own generations, newest included
+        refresh(handlers.stills, form.model_id, video.still, api_name=False)
     # Gradio's own cancellation ends the event and the queue moves on; the session's flag stops the drawing
     # itself between two images or frames.
     view.stop.click(handlers.stop_drawing, None, None, cancels=[generating, comparing, filming], api_name=False)

@@ -13,6 +13,7 @@ import pandas as pd
 from pipeline.assessment.scores import headline
 from pipeline.assessment.verdict import Verdict
 from pipeline.events import duration_text
+from pipeline.jobs.queue import JobKind
 from pipeline.status import MODEL_ACTIVE, MODEL_FINISHED, MODEL_RESUMABLE, Status
 from pipeline.training.job import TrainingMonitor
 from pipeline.training.series import buckets
@@ -138,6 +139,8 @@ def cluster_text(workflow: Workflow) -> str | None:
     lines.append("" if entries else "No training runs or waits.")
     for entry in entries:
         who = f"'{plain(entry.name)}'" if entry.name else "another person's training"
+        if entry.kind == JobKind.VIDEO:  # a clip waits for the GPU in the same queue
+            who = f"a video of '{plain(entry.name)}'" if entry.name else "another person's video"
         where = f" on node `{entry.node[:8]}`" if entry.node and entry.status == Status.RUNNING else ""
         lines.append(f"- {who}: {entry.status}{where}")
     return "\n".join(lines)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline.events import Event, Progress
+from pipeline.events import Event, Progress, duration_text
 from pipeline.jobs.queue import JobKind
 from pipeline.status import Status
 
@@ -73,10 +73,6 @@ def waiting_text(running: Sequence[JobKind], position: int) -> str:
     return f"waiting: {' and '.join(parts) or 'starting'}, position {position}"
 
 
-def duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds // 60:.0f} min {seconds % 60:02.0f} s"
-
-
 class VideoMonitor:
     """What a running clip reported: its latest progress (with when its stage began, for the time left), its end."""
 
@@ -110,7 +106,7 @@ class VideoMonitor:
             return VideoUpdate(Status.RUNNING, "starting")
         text = event.message or f"{event.stage}: {event.done} of {event.total}"
         if left is not None and event.done < event.total:
-            text += f" · about {duration(left)} left"
+            text += f" · about {duration_text(left)} left"
         return VideoUpdate(Status.RUNNING, text, event.done, event.total)
 
 
