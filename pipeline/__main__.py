@@ -189,10 +189,14 @@ def cmd_likeness(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from pipeline.models.base_info import base_info
+
     records = _workflow(args).library.list()
-    lines = [f"{r.id}  {r.name:24s} {r.trigger_word:10s} {r.base_model:12s} {headline(r.status, r.scores)}"
-             for r in records]
-    _emit(args, [dataclasses.asdict(r) | {"verdict": r.scores.verdict if r.scores else None,
+    # The base model's family (flux1, flux2-klein, ...): a LoRA loads only on a pipeline of that family.
+    family = {r.id: base_info(r.base_model).family.id.value for r in records}
+    lines = [f"{r.id}  {r.name:24s} {r.trigger_word:10s} {r.base_model:12s} {family[r.id]:12s} "
+             f"{headline(r.status, r.scores)}" for r in records]
+    _emit(args, [dataclasses.asdict(r) | {"family": family[r.id], "verdict": r.scores.verdict if r.scores else None,
                                           "summary": headline(r.status, r.scores)} for r in records],
           "\n".join(lines) or "no models yet")
     return 0
@@ -304,12 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True)
     p.add_argument("--prompt-b", help="a morph: a second prompt the clip moves towards; with --video-model: the "
                                       "motion ('turns to the camera and smiles'; default: --prompt)")
-    p.add_argument("--video-model", default=os.environ.get("LIKENESS_VIDEO_MODEL", ""),
+    p.add_argument("--video-model", default=os.environ.get("LIKENESS_VIDEO_MODEL", "auto"),
                    help="the image-to-video model that animates the person's still: 'tiny' (the tiny random Wan "
                         "model built in code: proves the path on a CPU, its frames are noise), a hub id such as "
                         "Wan-AI/Wan2.2-TI2V-5B-Diffusers (GPUs of 16-24 GB and more), an LTX-Video "
-                        "0.9.0/0.9.1 diffusers model (12 GB), or a local diffusers folder; default: none, "
-                        "a morph between stills (on a CPU and on a GPU alike)")
+                        "0.9.0/0.9.1 diffusers model (12 GB), a local diffusers folder, or 'morph'; default: "
+                        "'auto', by the GPU's free memory (a morph between stills on a CPU)")
     p.add_argument("--out", type=Path, required=True, help="the MP4 to write; its likeness JSON goes beside it")
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--fps", type=int, default=8)

@@ -85,6 +85,7 @@ def test_train_generate_assess_models(tmp_path: Path) -> None:
     out = run_cli("models", "--json", *data)
     listed = json.loads(out.stdout)
     assert [m["name"] for m in listed] == ["cli-model"]
+    assert listed[0]["family"] == "flux1"  # the base's family: the pipeline the LoRA loads on
     # Status and likeness verdict in one sentence (the tiny model's noise is never recognised: it says so first).
     assert listed[0]["verdict"] == "not_recognisable" and listed[0]["summary"].startswith("Not recognisable")
 

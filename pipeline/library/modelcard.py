@@ -34,7 +34,8 @@ def example_prompts(record: ModelRecord, limit: int = 6) -> list[str]:
 
 def _front_matter(record: ModelRecord) -> str:
     lines = ["---"]
-    hub_id = base_info(record.base_model).hub_id
+    base = base_info(record.base_model)
+    hub_id = base.hub_id
     if hub_id:  # the Hub links base_model to a repo: the embedded models and local folders have none
         lines.append(f"base_model: {hub_id}")
     lines += [
@@ -45,6 +46,8 @@ def _front_matter(record: ModelRecord) -> str:
     if record.base_model == FLUX_DEV:
         lines += ["license: other", "license_name: flux-1-dev-non-commercial-license",
                   f"license_link: {_FLUX_DEV_LICENSE}"]
+    elif base.variant is not None and base.variant.licence == "Apache-2.0":  # FLUX.1 [schnell], klein 4B
+        lines.append("license: apache-2.0")
     lines.append("---")
     return "\n".join(lines)
 
@@ -98,11 +101,13 @@ def _base_cell(base: BaseInfo) -> str:
 def _diffusers_usage(record: ModelRecord, base: BaseInfo, scale: float) -> list[str]:
     """The snippet loads the base this LoRA was trained on: a LoRA on any other base does not fit its layers."""
     prompt = example_prompts(record, 1)[0]
+    pipeline_class = base.family.pipeline_class_name  # FluxPipeline, Flux2KleinPipeline: the family's
     if base.kind is BaseKind.HUB:
         intro = [f"Load the LoRA onto **{base.spec}**, the base it was trained on:"]
-        load = [f'pipe = FluxPipeline.from_pretrained("{base.load_path}", torch_dtype=torch.bfloat16).to("cuda")']
-        call = f'image = pipe("{prompt}", num_inference_steps=28, guidance_scale=3.5).images[0]'
-        imports = ["import torch", "from diffusers import FluxPipeline"]
+        load = [f'pipe = {pipeline_class}.from_pretrained("{base.load_path}", torch_dtype=torch.bfloat16).to("cuda")']
+        steps, guidance = (base.variant.steps, base.variant.guidance) if base.variant else (28, 3.5)
+        call = f'image = pipe("{prompt}", num_inference_steps={steps}, guidance_scale={guidance:g}).images[0]'
+        imports = ["import torch", f"from diffusers import {pipeline_class}"]
     else:
         size = default_test_generate_settings(record.base_model)
         call = (f'image = pipe("{prompt}", num_inference_steps={size.steps}, guidance_scale={size.guidance:g}, '
@@ -110,23 +115,27 @@ def _diffusers_usage(record: ModelRecord, base: BaseInfo, scale: float) -> list[
         if base.kind is BaseKind.TINY:
             intro = ["This LoRA fits only the **tiny test model**, which Likeness builds in code (seeded, the same "
                      "every time; its images are noise). Run this inside the Likeness project:"]
-            imports = ["from pathlib import Path", "", "import torch", "from diffusers import FluxPipeline", "",
-                       "from pipeline.models.base_model import ensure_tiny_model"]
-            load = ["# The tiny test model is built in code (once, under data/base_models/tiny), loaded like FLUX.",
-                    'tiny = ensure_tiny_model(Path("data"))  # the data folder of your Likeness (its --data-dir)',
-                    "pipe = FluxPipeline.from_pretrained(str(tiny), torch_dtype=torch.float32)"]
+            builder = ("pipeline.models.families.tiny_klein", "ensure_tiny_klein", "tiny-klein") if base.tiny_klein \
+                else ("pipeline.models.base_model", "ensure_tiny_model", "tiny")
+            imports = ["from pathlib import Path", "", "import torch", f"from diffusers import {pipeline_class}", "",
+                       f"from {builder[0]} import {builder[1]}"]
+            load = [f"# The tiny test model is built in code (once, under data/base_models/{builder[2]}), loaded like "
+                    "its family's real models.",
+                    f'tiny = {builder[1]}(Path("data"))  # the data folder of your Likeness (its --data-dir)',
+                    f"pipe = {pipeline_class}.from_pretrained(str(tiny), torch_dtype=torch.float32)"]
         elif base.kind is BaseKind.MICRO:
             intro = ["This LoRA fits only the **Likeness micro model**, not FLUX.1-dev (its layers are far smaller). "
                      "The micro model ships with the Likeness project in `assets/micro`: point the path below at "
                      "your copy of the project. It runs on a CPU."]
-            imports = ["import torch", "from diffusers import FluxPipeline"]
+            imports = ["import torch", f"from diffusers import {pipeline_class}"]
             # float32: the folder stores its text encoders in float16, which the CPU does not multiply with float32
             load = ["# The micro model ships with the Likeness project, in its assets/micro folder.",
-                    f'pipe = FluxPipeline.from_pretrained("{base.load_path}", torch_dtype=torch.float32)']
+                    f'pipe = {pipeline_class}.from_pretrained("{base.load_path}", torch_dtype=torch.float32)']
         else:
             intro = [f"This LoRA fits {base.name} it was trained on: point the path below at that folder."]
-            imports = ["import torch", "from diffusers import FluxPipeline"]
-            load = [f'pipe = FluxPipeline.from_pretrained("{base.load_path}", torch_dtype=torch.bfloat16).to("cuda")']
+            imports = ["import torch", f"from diffusers import {pipeline_class}"]
+            load = [f'pipe = {pipeline_class}.from_pretrained("{base.load_path}", '
+                    'torch_dtype=torch.bfloat16).to("cuda")']
     return [
         "## Use with diffusers", "", *intro, "", "```python", *imports, "", *load,
         'pipe.load_lora_weights("diffusers", weight_name="pytorch_lora_weights.safetensors", adapter_name="me")',

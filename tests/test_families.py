@@ -1,0 +1,172 @@
+"""Base-model families: detection, and FLUX.2 [klein] through the app's own path on the tiny klein built in code.
+
+The tiny klein (pipeline/models/families/tiny_klein.py) has the real classes — Flux2Transformer2DModel,
+AutoencoderKLFlux2, Qwen3ForCausalLM — at toy sizes; a run here trains it with ``train_lora``, stops, resumes,
+writes both LoRA files, and loads them back with diffusers' own ``Flux2KleinPipeline.load_lora_weights``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import photo_factory
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline import events as ev
+from pipeline.generation.generator import Generator
+from pipeline.intake.dataset import Dataset, DatasetItem
+from pipeline.models.base_info import header_names_base
+from pipeline.models.base_model import default_test_generate_settings, resolve_base_model
+from pipeline.models.families import FamilyError, FamilyId, family_of
+from pipeline.models.families.tiny_klein import TINY_KLEIN_MODEL, ensure_tiny_klein
+from pipeline.models.lora_formats import read_metadata
+from pipeline.settings import TrainSettings
+from pipeline.status import Status
+from pipeline.training.trainer import list_checkpoints, train_lora
+
+TRIGGER = "ohwx"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    folder = tmp_path_factory.mktemp("photos")
+    items = []
+    for i, image in enumerate(photo_factory.variants(photo_factory.astronaut(), 4, seed=5)):
+        path = folder / f"face-{i}.png"
+        image.resize((64, 64) if i % 2 else (64, 80)).save(path)  # two buckets
+        items.append(DatasetItem(image=path, caption=f"a photo of {TRIGGER} person", source=path.name))
+    return Dataset(items=tuple(items), trigger_word=TRIGGER, resolution=64)
+
+
+def _settings() -> TrainSettings:
+    # lr 1e-2: six steps must change the image visibly; one sample at the end draws with klein's CFG.
+    return TrainSettings.quick(steps=6, checkpoint_every=3, keep_checkpoints=3, sample_every=6, learning_rate=1e-2,
+                               caption_dropout=0.0, sample_prompts=("a photo of {trigger}",))
+
+
+@pytest.fixture(scope="module")
+def straight(dataset: Dataset, data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    events: list[ev.Event] = []
+    result = train_lora(dataset, _settings(), tmp_path_factory.mktemp("straight"), base_model=TINY_KLEIN_MODEL,
+                        data_dir=data_dir, on_event=events.append)
+    return result, events
+
+
+def _write_index(folder: Path, class_name: str) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": class_name}))
+    return folder
+
+
+def test_the_family_comes_from_model_index_names_and_hub_ids(tmp_path: Path) -> None:
+    for class_name, expected in (("FluxPipeline", FamilyId.FLUX1), ("Flux2KleinPipeline", FamilyId.FLUX2_KLEIN),
+                                 ("Flux2Pipeline", FamilyId.FLUX2_DEV)):
+        assert family_of(_write_index(tmp_path / class_name, class_name)).id is expected
+    with pytest.raises(FamilyError, match="StableDiffusionXLPipeline.*FluxPipeline"):
+        family_of(_write_index(tmp_path / "sdxl", "StableDiffusionXLPipeline"))
+    named = {"tiny": FamilyId.FLUX1, "micro": FamilyId.FLUX1, "tiny-klein": FamilyId.FLUX2_KLEIN,
+             "black-forest-labs/FLUX.1-schnell": FamilyId.FLUX1,
+             "black-forest-labs/FLUX.2-klein-base-4B": FamilyId.FLUX2_KLEIN,
+             "black-forest-labs/FLUX.2-dev": FamilyId.FLUX2_DEV,
+             "someone/my-flux2-klein-finetune": FamilyId.FLUX2_KLEIN}
+    assert {spec: family_of(spec).id for spec in named} == named
+    # The embedded folders carry their pipeline's class like any diffusers folder.
+    folder = ensure_tiny_klein(tmp_path / "data")
+    assert resolve_base_model(TINY_KLEIN_MODEL, tmp_path / "data") == str(folder)
+    assert family_of(folder).id is FamilyId.FLUX2_KLEIN
+
+
+def test_flux2_dev_is_refused_with_what_it_needs(dataset: Dataset, tmp_path: Path) -> None:
+    folder = _write_index(tmp_path / "flux2-dev", "Flux2Pipeline")
+    result = train_lora(dataset, _settings(), tmp_path / "out", base_model=str(folder), data_dir=tmp_path / "data")
+    assert result.status == Status.FAILED
+    assert "FLUX.2 [dev]" in result.error and "Mistral" in result.error and "klein" in result.error
+
+
+def test_klein_trains_samples_and_writes_both_files(straight) -> None:
+    result, events = straight
+    assert result.status == Status.COMPLETED, result.error
+    assert result.steps_done == 6 and all(np.isfinite(result.losses))
+    keys = load_file(str(result.lora_path)).keys()
+    # klein's own layers: SwiGLU feed-forwards and the fused single-block projection
+    assert any(".ff.linear_in.lora_A" in k for k in keys) and any("attn.to_qkv_mlp_proj.lora_B" in k for k in keys)
+    assert not any("ff.net" in k or "proj_mlp" in k for k in keys)
+    metadata = read_metadata(result.kohya_path)
+    assert header_names_base(metadata, TINY_KLEIN_MODEL) and metadata["likeness.base_family"] == "flux2-klein"
+    samples = [e for e in events if isinstance(e, ev.SampleImages)]
+    assert [s.step for s in samples] == [6] and samples[0].images[0].is_file()
+    state = torch.load(result.checkpoints[0].path.parent / "training_state.pt", weights_only=True)
+    assert state["family"] == "flux2-klein"
+
+
+def test_a_stopped_klein_run_resumes_exactly_and_refuses_another_family(dataset: Dataset, data_dir: Path,
+                                                                        tmp_path: Path, straight) -> None:
+    events: list[ev.Event] = []
+    folder = tmp_path / "run"
+    stopped = train_lora(dataset, _settings(), folder, base_model=TINY_KLEIN_MODEL, data_dir=data_dir,
+                         on_event=events.append,
+                         should_stop=lambda: any(isinstance(e, ev.TrainStep) and e.step >= 3 for e in events))
+    assert stopped.status == Status.CANCELLED and stopped.steps_done == 3
+
+    other = train_lora(dataset, _settings(), folder, base_model="tiny", data_dir=data_dir)
+    assert other.status == Status.FAILED
+    assert "FLUX.2 [klein]" in other.error and "FLUX.1" in other.error and "cannot resume" in other.error
+    assert [c.step for c in list_checkpoints(folder)] == [3]  # kept, not started afresh over
+
+    resumed = train_lora(dataset, _settings(), folder, base_model=TINY_KLEIN_MODEL, data_dir=data_dir)
+    assert resumed.status == Status.COMPLETED and resumed.steps_done == 6
+    np.testing.assert_allclose(resumed.losses, straight[0].losses, rtol=1e-5)
+
+
+def test_the_lora_loads_in_diffusers_klein_pipeline_and_kohya_matches(straight, data_dir: Path) -> None:
+    from diffusers import Flux2KleinPipeline
+
+    result, _events = straight
+    folder = ensure_tiny_klein(data_dir)
+
+    def draw(lora: Path | None, output_type: str = "np") -> np.ndarray:
+        pipe = Flux2KleinPipeline.from_pretrained(folder, dtype=torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        if lora is not None:
+            pipe.load_lora_weights(str(lora))  # diffusers' own reader (its Flux2 kohya converter for kohya keys)
+        out = pipe(prompt=f"a photo of {TRIGGER}", height=64, width=64, num_inference_steps=2, guidance_scale=4.0,
+                   max_sequence_length=64, generator=torch.Generator().manual_seed(0), output_type=output_type)
+        return np.asarray(out.images[0])
+
+    plain, with_lora, with_kohya = draw(None), draw(result.lora_path), draw(result.kohya_path)
+    # The LoRA changes the image (six steps on random tiny weights: 3e-4 of the 0-1 range, 2e-3 in the latents),
+    # both far above the tolerance the kohya file is held to.
+    assert np.abs(with_lora - plain).mean() > 1e-4
+    assert np.abs(draw(result.lora_path, "latent") - draw(None, "latent")).mean() > 1e-3
+    np.testing.assert_allclose(with_kohya, with_lora, atol=1e-6)  # the kohya file is the same LoRA, exactly read
+
+
+def test_the_generator_draws_klein_with_cfg_and_a_negative_prompt(straight, data_dir: Path) -> None:
+    import dataclasses
+
+    result, _events = straight
+    defaults = default_test_generate_settings(TINY_KLEIN_MODEL)
+    assert (defaults.width, defaults.steps, defaults.guidance) == (64, 4, 4.0)  # base klein: real CFG
+    settings = dataclasses.replace(defaults, prompt=f"a photo of {TRIGGER}", steps=2)
+    generator = Generator(TINY_KLEIN_MODEL, data_dir)
+    plain = generator.generate(settings)[0]
+    negative = generator.generate(dataclasses.replace(settings, negative_prompt="blurry"), lora_path=result.lora_path)
+    assert plain.size == (64, 64) and negative[0].size == (64, 64)
+    assert np.asarray(plain).tolist() != np.asarray(negative[0]).tolist()
