@@ -61,9 +61,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--base-model", default=os.environ.get("LIKENESS_BASE_MODEL"),
                         help="'micro' (default without CUDA), 'tiny', a hub id such as black-forest-labs/FLUX.1-dev "
                              "(default with CUDA), or a local diffusers folder")
-    parser.add_argument("--video-model", default=os.environ.get("LIKENESS_VIDEO_MODEL", ""),
-                        help="the Playground's videos: none (default, on a CPU and a GPU alike): a morph between "
-                             "stills; 'tiny': the tiny random image-to-video model (proves the path on a CPU, its "
+    parser.add_argument("--video-model", default=os.environ.get("LIKENESS_VIDEO_MODEL", "auto"),
+                        help="the Playground's videos: 'auto' (default): by the GPU's free memory, Wan 2.2 TI2V-5B "
+                             "from 13.4 GB, LTX-Video 2B from 11.5 GB, else (and on a CPU) a morph between stills; "
+                             "'morph'; 'tiny': the tiny random image-to-video model (proves the path on a CPU, its "
                              "frames are noise); or a Wan 2.2 TI2V-5B / Wan I2V / LTX-Video 0.9.0-0.9.1 hub id or "
                              "local diffusers folder, which animates a still of the person")
     parser.add_argument("--ray", default=os.environ.get("LIKENESS_RAY_ADDRESS", ""), metavar="auto|ADDRESS",

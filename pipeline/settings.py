@@ -451,9 +451,10 @@ class AppSettings:
 
     data_dir: Path = Path("data")
     base_model: str = MICRO_MODEL  # "micro", "tiny", a hub id, or a local diffusers folder
-    # Videos: "" (a morph between stills, the default), "tiny" (the tiny random image-to-video model, built in code),
-    # or a Wan 2.2 TI2V / Wan I2V / LTX-Video hub id or local diffusers folder (``pipeline.video.i2v``).
-    video_model: str = ""
+    # Videos: "auto" (the default: a video model by the GPU's free memory, a morph without one;
+    # ``pipeline.video.choice``), "morph" or "" (a morph between stills), "tiny" (the tiny random image-to-video
+    # model, built in code), or a Wan 2.2 TI2V / Wan I2V / LTX-Video hub id or local diffusers folder.
+    video_model: str = "auto"
     smtp: SmtpSettings = SmtpSettings()
     # Free disk space a training needs before it starts (checkpoints, LoRAs, assessment images); 0: by base model,
     # 0.2 GB for the embedded models and 2 GB for FLUX.1-dev (rank-16 checkpoints with optimizer state ~0.5 GB each).

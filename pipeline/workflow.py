@@ -55,6 +55,7 @@ from pipeline.video.job import BASE_MODEL_JOB, VideoJobSpec, VideoUpdate, waitin
 
 if TYPE_CHECKING:
     from pipeline.generation.generator import Generator
+    from pipeline.video.choice import VideoModelChoice
     from pipeline.video.clip import VideoResult
     from pipeline.video.clips import ClipRecord
     from pipeline.video.stills import Still
@@ -529,12 +530,13 @@ class Workflow:
         """A short clip with every frame's likeness to the model's person: the MP4 and its likeness JSON beside it.
         This makes it now, in the caller's thread; the app queues it instead (``queue_video``).
 
-        Without ``video_model`` (None, "" or "morph") a morph between stills (``make_scored_video``; ``prompt_b``
-        the prompt it moves towards; ``should_stop`` ends it between two frames and the frames made so far are
-        scored). With one ("tiny", a hub id or folder) the still ``prompt`` draws with the LoRA — or ``still``, one
-        of the person's generations (relative to the workspace) — is animated by it (``make_image_to_video``;
-        ``prompt_b`` the motion, else ``prompt``); ``should_stop`` ends it between two denoising steps with
-        ``ClipStopped``, and nothing is kept."""
+        ``video_model`` is a ``--video-model`` setting: "auto" chooses by the GPU's free memory
+        (``pipeline.video.choice``). Without one (None, "" or "morph"): a morph between stills
+        (``make_scored_video``; ``prompt_b`` the prompt it moves towards; ``should_stop`` ends it between two frames
+        and the frames made so far are scored). With one ("tiny", a hub id or folder): the still ``prompt`` draws
+        with the LoRA — or ``still``, one of the person's generations (relative to the workspace) — animated by it
+        (``make_image_to_video``; ``prompt_b`` the motion, else ``prompt``); ``should_stop`` ends it between two
+        denoising steps with ``ClipStopped``, and nothing is kept."""
         from pipeline.intake.trigger import insert_trigger
         from pipeline.video.clip import make_scored_video
         from pipeline.video.clip_likeness import PersonReference
@@ -573,12 +575,11 @@ class Workflow:
                      still: str | None) -> tuple[str, Path | None]:
         """What a clip is made with, checked before it waits in line or draws anything: the video model ("" for a
         morph) and the picked still's file (None: a new still). ValueError naming the field for bad input."""
-        from pipeline.video.i2v import is_morph
         from pipeline.video.stills import resolve_still
 
         self._check_disk_quota()
         self._lora(model_id)  # a model that is not this person's, or has no LoRA yet
-        spec = "" if is_morph(video_model) else str(video_model).strip()
+        spec = self._video_models.chosen(video_model).spec  # "auto": by the GPU's free memory
         if not still:
             return spec, None
         if not spec:
@@ -586,6 +587,10 @@ class Workflow:
                              "generation; leave the still empty, or start the app with a video model "
                              "(--video-model)")
         return spec, resolve_still(self.data_dir, still)
+
+    def video_model_choice(self) -> VideoModelChoice:
+        """The video model this app makes clips with (``AppSettings.video_model``, ``auto`` resolved) and why."""
+        return self._video_models.chosen(self.settings.video_model)
 
     def stills(self, model_id: str | None) -> list[Still]:
         """This person's generations made with ``model_id``'s LoRA (None: the bare base model), newest first: the

@@ -12,8 +12,9 @@ import pandas as pd
 
 from pipeline.settings import GenerateSettings
 from pipeline.status import JOB_FINISHED, Status
+from pipeline.video.choice import VideoModelChoice
 from pipeline.video.clip_likeness import MORPH_WHY
-from pipeline.video.i2v import IMAGE_TO_VIDEO, is_morph, why_animated
+from pipeline.video.i2v import IMAGE_TO_VIDEO, why_animated
 from pipeline.workflow import Workflow
 from ui.charts import series_frame
 from ui.files import served
@@ -233,16 +234,16 @@ def _compare_panel() -> ComparePanel:
     return ComparePanel(second_model_id, second_lora_scale, button, sheet)
 
 
-def video_model_line(spec: str) -> str:
+def video_model_line(choice: VideoModelChoice) -> str:
     """Which kind of clip the Video panel makes here, and why, before anyone waits for one."""
-    if is_morph(spec):
-        return (f"**Video model:** none — made here as a **morph**: {MORPH_WHY} (start the app with `--video-model` "
-                "for motion).")
-    return (f"**Video model:** `{escaped(spec)}` — image-to-video: {escaped(why_animated(spec))}. The second prompt, "
-            "if given, is the motion; otherwise the prompt.")
+    if choice.is_morph:
+        return (f"**Video model:** none ({escaped(choice.why)}) — made here as a **morph**: {MORPH_WHY} (start the "
+                "app with `--video-model` for motion).")
+    return (f"**Video model:** `{escaped(choice.spec)}` ({escaped(choice.why)}) — image-to-video: "
+            f"{escaped(why_animated(choice.spec))}. The second prompt, if given, is the motion; otherwise the prompt.")
 
 
-def _video_panel(video_model: str) -> VideoPanel:
+def _video_panel(video_model: VideoModelChoice) -> VideoPanel:
     # Morph or motion: the line says which before anyone waits.
     with gr.Accordion("Video: a short clip, with the likeness in every frame", open=False):
         gr.Markdown(video_model_line(video_model) + " Each frame's face is judged as the assessment judges a test "
@@ -253,7 +254,7 @@ def _video_panel(video_model: str) -> VideoPanel:
             fps = gr.Slider(4, 30, value=8, step=1, label="Frames per second")
         # Custom values: the API may name a generation made after this page was built.
         still = gr.Dropdown(label="Start from (image-to-video only)", choices=[(NEW_STILL, "")], value="",
-                            allow_custom_value=True, visible=not is_morph(video_model),
+                            allow_custom_value=True, visible=not video_model.is_morph,
                             info="one of your generations with this model, instead of a new still")
         button = gr.Button("Make video")
         video = gr.Video(label="Clip (MP4, H.264)", height=420)
@@ -265,7 +266,7 @@ def _video_panel(video_model: str) -> VideoPanel:
     return VideoPanel(second_prompt, frames, fps, still, button, video, summary, curve, likeness)
 
 
-def layout(defaults: GenerateSettings, video_model: str = "") -> PlaygroundTab:
+def layout(defaults: GenerateSettings, video_model: VideoModelChoice) -> PlaygroundTab:
     with gr.Tab("5 · Playground", id="playground") as tab:
         form = _form(defaults)
         with gr.Row():
@@ -367,6 +368,6 @@ def wire(view: PlaygroundTab, handlers: Handlers) -> None:
 
 def build(people: People) -> gr.Tab:
     local = people.workspaces.local  # sizes and steps of the base model, and the video model: the same for everyone
-    view = layout(_defaults(local), local.settings.video_model)
+    view = layout(_defaults(local), local.video_model_choice())
     wire(view, Handlers(people, SessionStops()))
     return view.tab

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.events import EventCallback, Progress, StopCheck, ignore, never
 from pipeline.settings import GenerateSettings, ImageToVideoSettings
+from pipeline.video.choice import VideoModelChoice, free_gpu_gb, video_model_choice
 from pipeline.video.job import VideoMonitors
 from pipeline.weights_lock import WEIGHTS_LOCK
 
@@ -137,6 +138,17 @@ class VideoModels:
         self._pipe: Any = None
         self._lock = threading.Lock()
         self.monitors = VideoMonitors()  # the clips in the queue, followed by the pages that asked for them
+        self._choices: dict[str, VideoModelChoice] = {}
+        self._choice_lock = threading.Lock()
+
+    def chosen(self, setting: str | None) -> VideoModelChoice:
+        """The ``--video-model`` setting as a choice; ``auto`` measures the free GPU memory once (at the first page
+        or clip, before the image model takes its share), so the page and every clip agree."""
+        key = (setting or "").strip()
+        with self._choice_lock:
+            if key not in self._choices:
+                self._choices[key] = video_model_choice(key, free_gpu_gb)
+            return self._choices[key]
 
     @contextlib.contextmanager
     def activated(self, spec: str) -> Iterator[Any]:
