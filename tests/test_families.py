@@ -87,6 +87,10 @@ def test_the_family_comes_from_model_index_names_and_hub_ids(tmp_path: Path) -> 
              "black-forest-labs/FLUX.2-dev": FamilyId.FLUX2_DEV,
              "someone/my-flux2-klein-finetune": FamilyId.FLUX2_KLEIN}
     assert {spec: family_of(spec).id for spec in named} == named
+    # Each known hub model draws its test images with its own defaults.
+    hub = ("black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell", "black-forest-labs/FLUX.2-klein-base-4B")
+    defaults = [default_test_generate_settings(spec) for spec in hub]
+    assert [(d.steps, d.guidance) for d in defaults] == [(28, 3.5), (4, 0.0), (50, 4.0)]
     # The embedded folders carry their pipeline's class like any diffusers folder.
     folder = ensure_tiny_klein(tmp_path / "data")
     assert resolve_base_model(TINY_KLEIN_MODEL, tmp_path / "data") == str(folder)

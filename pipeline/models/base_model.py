@@ -337,9 +337,10 @@ MICRO_GENERATE_STEPS = 28  # the micro model's denoising steps (FLUX's; 40 drew 
 
 def default_test_generate_settings(spec: str, resolution: int = 512) -> GenerateSettings:
     """Test generations for a base model (assessment, samples, playground defaults): 64 px and 4 steps on the tiny
-    model, MICRO_RESOLUTION px and MICRO_GENERATE_STEPS on the micro model, ``resolution`` px and 28 steps
-    otherwise. The prompt is a placeholder to replace."""
-    from pipeline.models.families import FamilyError, FamilyId, family_of
+    models, MICRO_RESOLUTION px and MICRO_GENERATE_STEPS on the micro model, ``resolution`` px otherwise at a known hub
+    model's own steps and guidance (FLUX.1 [dev] 28 and 3.5, [schnell] 4 and 0, base klein 50 and CFG 4), or its
+    family's. The prompt is a placeholder to replace."""
+    from pipeline.models.families import FamilyError, FamilyId, family_of, variant_of
 
     try:
         family = family_of(spec)
@@ -352,7 +353,10 @@ def default_test_generate_settings(spec: str, resolution: int = 512) -> Generate
     if is_micro(spec):
         return GenerateSettings(prompt="-", steps=MICRO_GENERATE_STEPS, width=MICRO_RESOLUTION,
                                 height=MICRO_RESOLUTION)
-    steps = 28 if family is None or family.id is FamilyId.FLUX1 else family.variants[0].steps
+    if (variant := variant_of(spec)) is not None:  # a known hub model: its own (schnell: 4 steps, no guidance)
+        steps, guidance = variant.steps, variant.guidance
+    else:
+        steps = 28 if family is None or family.id is FamilyId.FLUX1 else family.variants[0].steps
     return GenerateSettings(prompt="-", steps=steps, width=resolution, height=resolution, guidance=guidance)
 
 

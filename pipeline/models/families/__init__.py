@@ -184,6 +184,11 @@ def family(family_id: FamilyId | str) -> ModelFamily:
         raise FamilyError(f"family {family_id!r} is unknown: use one of {[f.value for f in FamilyId]}") from None
 
 
+def variant_of(spec: str) -> BaseVariant | None:
+    """The hub model ``spec`` names, with its licence and defaults; None for other bases."""
+    return next((v for f in families() for v in f.variants if v.hub_id.lower() == str(spec).strip().lower()), None)
+
+
 def family_of_pipeline(pipe: Any) -> ModelFamily:
     """The family of a loaded pipeline, by its class (a pipeline made by ``from_pretrained`` or by hand)."""
     for candidate in families():

@@ -52,7 +52,7 @@ KOHYA_SINGLE = (("linear1", ("attn.to_qkv_mlp_proj",)), ("linear2", ("attn.to_ou
 _KLEIN_DEFAULTS = "Flux2KleinPipeline's defaults for base klein (50 steps, CFG 4.0); BFL: train LoRAs on base"
 KLEIN_BASE_4B = BaseVariant(
     name="FLUX.2 [klein] base 4B", hub_id="black-forest-labs/FLUX.2-klein-base-4B", licence="Apache-2.0",
-    transformer_params=3.88e9, text_encoder="Qwen3-4B", text_encoder_params=4.41e9, steps=50, guidance=4.0,
+    transformer_params=3.88e9, text_encoder="Qwen3-4B", text_encoder_params=4.02e9, steps=50, guidance=4.0,
     defaults_source=_KLEIN_DEFAULTS)
 KLEIN_BASE_9B = BaseVariant(
     name="FLUX.2 [klein] base 9B", hub_id="black-forest-labs/FLUX.2-klein-base-9B",
@@ -61,7 +61,7 @@ KLEIN_BASE_9B = BaseVariant(
 # The distilled kleins draw in 4 steps and ignore guidance; LoRAs are trained on the base models, then also load here.
 KLEIN_4B = BaseVariant(
     name="FLUX.2 [klein] 4B (distilled)", hub_id="black-forest-labs/FLUX.2-klein-4B", licence="Apache-2.0",
-    transformer_params=3.88e9, text_encoder="Qwen3-4B", text_encoder_params=4.41e9, steps=4, guidance=1.0,
+    transformer_params=3.88e9, text_encoder="Qwen3-4B", text_encoder_params=4.02e9, steps=4, guidance=1.0,
     defaults_source="Flux2KleinPipeline with is_distilled (4 steps, no CFG)", note="for drawing; train on base 4B")
 KLEIN_9B = BaseVariant(
     name="FLUX.2 [klein] 9B (distilled)", hub_id="black-forest-labs/FLUX.2-klein-9B",
@@ -137,7 +137,7 @@ class Flux2KleinFamily(ModelFamily):
     def sample_sigmas(self, batch: int, *, method: str, image_tokens: int,
                       generator: torch.Generator) -> torch.Tensor:
         """The project's FLUX.1 recipe (logit-normal or shifted uniform around mu) with klein's inference mu,
-        ``compute_empirical_mu`` at SHIFT_STEPS: 1.70 at 512 px, 2.02 at 1024 px, against FLUX.1's 0.72 / 1.15.
+        ``compute_empirical_mu`` at SHIFT_STEPS: 1.70 at 512 px, 2.02 at 1024 px, against FLUX.1's 0.63 / 1.15.
         (diffusers' dreambooth script samples uniformly, unshifted: ``uniform`` here.)"""
         import math
 
