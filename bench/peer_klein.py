@@ -184,6 +184,11 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         project, peer = med("project", key), med("reference", key)
         out[key] = {"project": project, "reference": peer,
                     "ratio": round(project / peer, 3) if project and peer else None}
+    # Other work on shared cores only ever adds time: the fastest run of each is the least disturbed figure.
+    fastest = {kind: min((r["s_per_step"] for r in rows if r["kind"] == kind and r.get("s_per_step")), default=None)
+               for kind in ("project", "reference")}
+    out["s_per_step_fastest_run"] = {**fastest, "ratio": round(fastest["project"] / fastest["reference"], 3)
+                                     if fastest["project"] and fastest["reference"] else None}
     out["meets_issue_bar"] = (out["s_per_step"]["ratio"] is not None and out["s_per_step"]["ratio"] <= 0.9
                               and out["peak_rss_gb"]["ratio"] is not None and out["peak_rss_gb"]["ratio"] <= 1.0)
     return out
