@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.models.families.base import max_text_tokens  # noqa: F401  (imported from here by the video and tests)
 from pipeline.settings import FLUX_DEV, MICRO_MODEL, MICRO_RESOLUTION, TINY_MODEL, GenerateSettings, TrainSettings
 from pipeline.weights_lock import WEIGHTS_LOCK
 
@@ -94,12 +95,6 @@ def default_base_model() -> str:
     import torch
 
     return FLUX_DEV if torch.cuda.is_available() else MICRO_MODEL
-
-
-def max_text_tokens(tokenizer_2: Any, limit: int = 512) -> int:
-    """T5 tokens a prompt is padded to: FLUX.1-dev's 512, or fewer where the model's tokenizer says so (the micro
-    model's 32: its prompts are short, and padding to 512 would be most of its work)."""
-    return min(limit, int(getattr(tokenizer_2, "model_max_length", limit) or limit))
 
 
 def resolve_base_model(spec: str | None, data_dir: Path) -> str:

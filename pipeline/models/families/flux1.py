@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pipeline.models.families import BaseVariant, FamilyId, ModelFamily, TextEmbedding
+from pipeline.models.families.base import BaseVariant, FamilyId, ModelFamily, TextEmbedding, max_text_tokens
 
 if TYPE_CHECKING:
     import torch
@@ -64,8 +64,6 @@ class Flux1Family(ModelFamily):
     def text_tokens(self, model_path: str) -> int:
         """The T5 length prompts are padded to for this model (its tokenizer's, at most MAX_TEXT_TOKENS)."""
         from transformers import AutoTokenizer
-
-        from pipeline.models.base_model import max_text_tokens
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(model_path, subfolder="tokenizer_2")
@@ -138,8 +136,6 @@ class Flux1Family(ModelFamily):
 
     def render_kwargs(self, pipe: Any, settings: GenerateSettings,
                       embeds: tuple[torch.Tensor, ...] | None) -> dict[str, Any]:
-        from pipeline.models.base_model import max_text_tokens
-
         kwargs: dict[str, Any] = {"max_sequence_length": max_text_tokens(pipe.tokenizer_2),
                                   "guidance_scale": settings.guidance}
         if embeds is None:

@@ -14,7 +14,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pipeline.models.families import BaseVariant, FamilyError, FamilyId, ModelFamily, TextEmbedding
+from pipeline.models.families.base import (
+    BaseVariant,
+    FamilyError,
+    FamilyId,
+    ModelFamily,
+    TextEmbedding,
+    max_text_tokens,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -106,8 +113,6 @@ class Flux2KleinFamily(ModelFamily):
 
     def text_tokens(self, model_path: str) -> int:
         from transformers import AutoTokenizer
-
-        from pipeline.models.base_model import max_text_tokens
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(model_path, subfolder="tokenizer")
@@ -223,8 +228,6 @@ class Flux2KleinFamily(ModelFamily):
     def render_kwargs(self, pipe: Any, settings: GenerateSettings,
                       embeds: tuple[torch.Tensor, ...] | None) -> dict[str, Any]:
         import torch
-
-        from pipeline.models.base_model import max_text_tokens
 
         tokens = max_text_tokens(pipe.tokenizer, MAX_TEXT_TOKENS)
         kwargs: dict[str, Any] = {"max_sequence_length": tokens, "guidance_scale": settings.guidance}
