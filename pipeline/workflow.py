@@ -655,12 +655,19 @@ class Workflow:
         return self.jobs.cancel(job.id) if job.status in JOB_ACTIVE else job
 
     def _run_video_job(self, job: Job, should_stop: ev.StopCheck) -> None:
+        from pipeline.video.i2v import ClipStopped
+
         spec = VideoJobSpec.from_dict(job.payload)
         monitor = self._video_models.monitors.open(job.id)
         try:
             result = self.video(spec.model_id or None, prompt=spec.prompt, prompt_b=spec.prompt_b or None,
                                 frames=spec.frames, fps=spec.fps, seed=spec.seed, video_model=spec.video_model,
                                 still=spec.still or None, on_event=monitor.on_event, should_stop=should_stop)
+        except ClipStopped as exc:
+            monitor.error = str(exc)
+            if should_stop():
+                return  # cancelled or shut down: the queue records which (no failure, no traceback in the log)
+            raise
         except Exception as exc:
             monitor.error = str(exc)
             raise  # the queue records the job failed (or cancelled, when it was stopped) with this message

@@ -109,6 +109,38 @@ def _train_job(queue: JobQueue) -> str:
     return job.id
 
 
+def test_cancel_stops_a_running_clip_between_two_steps(tmp_path: Path) -> None:
+    """Cancel pressed while the clip runs (here: as its second step is asked whether to stop): it ends there, the
+    queue records it cancelled, the page is told, and no file is left."""
+    torch.set_num_threads(1)
+    flows: list[Workflow] = []
+    asked: list[int] = []
+
+    def runner(job: Job, should_stop) -> None:
+        def stop() -> bool:
+            asked.append(1)
+            if len(asked) == 2:
+                flows[0].cancel_video(job.id)  # the page's Cancel, from the worker's thread at a known point
+            return should_stop()
+        flows[0].run_job(job, stop)
+
+    data_dir = tmp_path / "data"
+    queue = JobQueue(data_dir, runner, autostart=False, devices=("cpu",))
+    flows.append(Workflow(AppSettings(data_dir=data_dir, base_model="tiny"), jobs=queue, start_worker=False))
+    workflow = flows[0]
+    try:
+        picked = workflow.generate(None, GenerateSettings(prompt="a face", steps=2, width=64, height=64))[0]
+        job = workflow.queue_video(None, prompt="a face", frames=5, fps=5, video_model="tiny",
+                                   still=picked.relative_to(data_dir).as_posix())  # no still to draw: steps only
+        queue.start()
+        *_, last = workflow.follow_video(job.id, poll=0.05)
+        assert last.status == Status.CANCELLED and "video stopped after step 2 of 4" in last.error
+        assert queue.wait_idle(30) and queue.get(job.id).status == Status.CANCELLED
+        assert not list((data_dir / "videos").glob("*"))
+    finally:
+        workflow.close()
+
+
 def test_a_clip_is_not_run_again_after_a_restart_a_training_is(tmp_path: Path) -> None:
     """Chosen: a clip waiting or running when the app stopped is marked failed with why (the page that asked for it
     is gone, and it would hold the GPU for minutes before the trainings behind it); a training resumes."""
