@@ -3,8 +3,8 @@
 Without ``--gpu`` (any machine, ~1 minute on 2 cores, no download): each model's transformer, text encoder(s) and VAE
 are built on the meta device from their published configs (the real diffusers/transformers classes, no weights) and
 
-- parameters per component, and those of a rank-16 LoRA on every block linear (klein: the 12 linears of a double
-  block and the 2 of a single block; FLUX.1: the project's own targets, ``trainer.lora_target_modules``);
+- parameters per component, and those of a rank-16 LoRA on the project's targets (``trainer.add_lora``; klein: the
+  family's every block linear, 12 per double block and 2 per single block);
 - one LoRA training step's FLOPs (forward + backward, batch 1, 512 text tokens) at 512 and 1024 px, counted with
   PyTorch's FLOP counter, as ``bench/train.py`` counts FLUX.1 [dev]; and the one-off encoder FLOPs per photo / caption;
 - GPU memory per memory mode (bf16, fp8 weights, nf4, block offload; gradient checkpointing on, the default) from
@@ -15,8 +15,9 @@ are built on the meta device from their published configs (the real diffusers/tr
 ``--gpu`` (a CUDA machine; ≤ 8 minutes on one H100): builds the full-size klein base 4B transformer with random bf16
 weights (the real config; no download there) and times LoRA training steps per memory mode at 512 and 1024 px: s/step
 (median after warm-up) and peak GPU memory, written to ``bench/results/family_memory_gpu.json`` row by row; a time
-budget stops starting rows. ``--dry-run`` runs the same code on the CPU with a shrunk config (one block of each kind,
-narrow, 64 px, 16 text tokens): it checks the code path, not the figures.
+budget stops starting rows. The step is the trainer's own (the family's loss, ``add_lora``, clip 1.0, AdamW).
+``--dry-run`` runs the same code on the CPU with a shrunk config (one block of each kind, narrow, 64 px, 16 text
+tokens): it checks the code path, not the figures.
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m bench.family_memory            # -> bench/results/family_memory_meta.json
     HF_HUB_OFFLINE=1 .venv/bin/python -m bench.family_memory --gpu [--budget-s 420]
@@ -51,13 +52,6 @@ GPU_SIZES_GB = (8, 12, 16, 24, 32, 48, 80)
 CUDA_CONTEXT_GB = 1.0  # what the CUDA context and allocator slack take beside the estimate (as video_memory.py)
 BF16 = 2
 
-# Every nn.Linear inside a FLUX.2 block, by its name within the block: the LoRA targets of a klein run here, like
-# the FLUX.1 path's "attention and MLP of every block". Full names, because double blocks' ``attn.to_out`` is a
-# ModuleList and single blocks' a Linear. (The family seam of issue 35 owns this list once it lands.)
-KLEIN_DOUBLE_LINEARS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
-                        "attn.add_v_proj", "attn.to_add_out", "ff.linear_in", "ff.linear_out",
-                        "ff_context.linear_in", "ff_context.linear_out")
-KLEIN_SINGLE_LINEARS = ("attn.to_qkv_mlp_proj", "attn.to_out")
 # Qwen3 hidden states klein stacks into its prompt (BFL's OUTPUT_LAYERS_QWEN3): layers after 27 are never used.
 KLEIN_TEXT_LAYERS = (9, 18, 27)
 
@@ -111,36 +105,19 @@ DRY_RUN = dict(_KLEIN_COMMON, num_layers=1, num_single_layers=1, num_attention_h
 
 
 # ------------------------------------------------------------------------------------------------ building
-def klein_lora_targets(transformer: torch.nn.Module) -> list[str]:
-    """Full names of every block linear of a FLUX.2 transformer (12 per double block, 2 per single block)."""
-    names = []
-    for name, module in transformer.named_modules():
-        parts = name.split(".", 2)
-        if not isinstance(module, torch.nn.Linear) or len(parts) < 3:
-            continue
-        if (parts[0] == "transformer_blocks" and parts[2] in KLEIN_DOUBLE_LINEARS) or (
-                parts[0] == "single_transformer_blocks" and parts[2] in KLEIN_SINGLE_LINEARS):
-            names.append(name)
-    return names
+def klein_family() -> Any:
+    """The project's FLUX.2 [klein] family (pipeline/models/families): its LoRA targets and its training loss."""
+    from pipeline.models.families import FamilyId, family
+
+    return family(FamilyId.FLUX2_KLEIN)
 
 
 def add_klein_lora(transformer: torch.nn.Module, *, rank: int, autocast: bool) -> list[torch.nn.Parameter]:
-    """Freeze ``transformer`` and add a peft LoRA (alpha = rank) on the klein targets, as the trainer's ``add_lora``
-    does for FLUX.1: fp32 LoRA weights, and no fp32 cast of each layer's input under bf16 autocast."""
-    from peft import LoraConfig
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    """The trainer's own ``add_lora`` with klein's targets (every block linear: 12 per double block, 2 per single
+    block), alpha = rank."""
+    from pipeline.training.trainer import add_lora
 
-    transformer.requires_grad_(False)
-    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", lora_dropout=0.0,
-                                       target_modules=klein_lora_targets(transformer)))
-    if autocast:
-        for module in transformer.modules():
-            if isinstance(module, BaseTunerLayer):
-                module.cast_input_dtype_enabled = False
-    params = [p for p in transformer.parameters() if p.requires_grad]
-    for p in params:
-        p.data = p.data.float()
-    return params
+    return add_lora(transformer, rank=rank, alpha=rank, autocast=autocast, model_family=klein_family())
 
 
 def build_klein(config: dict[str, Any], device: str, *, rank: int = RANK, lora: bool = True,
@@ -186,21 +163,13 @@ def klein_inputs(resolution: int, device: str, *, batch: int = 1, text_tokens: i
 
 def klein_loss(transformer: torch.nn.Module, x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor,
                prompt: torch.Tensor, *, device: str) -> torch.Tensor:
-    """The rectified-flow loss of one klein batch: packing is a plain (B, C, h, w) -> (B, hw, C) reshape, positions
-    are 4-axis ids (t, h, w, l), timestep = sigma, no guidance input (klein has no guidance embedding)."""
-    import torch.nn.functional as F
-    from diffusers import Flux2KleinPipeline
+    """The trainer's rectified-flow loss for one klein batch (the family's ``loss``: 4-axis ids, timestep = sigma,
+    no guidance input), bf16 as on a GPU."""
+    from pipeline.models.families import TextEmbedding
 
-    sig = sigmas.view(-1, 1, 1, 1)
-    noisy = Flux2KleinPipeline._pack_latents((1 - sig) * x0 + sig * noise)
-    target = Flux2KleinPipeline._pack_latents(noise - x0)
-    img_ids = Flux2KleinPipeline._prepare_latent_ids(x0).to(device)
-    txt_ids = Flux2KleinPipeline._prepare_text_ids(prompt).to(device)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
-        prediction = transformer(hidden_states=noisy.to(torch.bfloat16), timestep=sigmas.to(torch.bfloat16),
-                                 guidance=None, encoder_hidden_states=prompt.to(torch.bfloat16), img_ids=img_ids,
-                                 txt_ids=txt_ids, return_dict=False)[0]
-    return F.mse_loss(prediction.float(), target.float())
+    texts = [TextEmbedding(prompt=row) for row in prompt]
+    return klein_family().loss(transformer, x0, noise, sigmas, texts, guidance=1.0, device=device,
+                               dtype=torch.bfloat16)
 
 
 def count_klein_step(model: Model, resolution: int) -> dict[str, float]:
