@@ -22,6 +22,11 @@ tokens): it checks the code path, not the figures.
     HF_HUB_OFFLINE=1 .venv/bin/python -m bench.family_memory            # -> bench/results/family_memory_meta.json
     HF_HUB_OFFLINE=1 .venv/bin/python -m bench.family_memory --gpu [--budget-s 420]
     HF_HUB_OFFLINE=1 .venv/bin/python -m bench.family_memory --gpu --dry-run
+
+On the lent GPU machine (its image has torch, peft, transformers and accelerate, not diffusers or bitsandbytes, and
+nothing can be fetched there): carry a git-ignored folder with the diffusers 0.42.1 wheel (and bitsandbytes' for the
+nf4 row; without it that row says so), then
+``python3 -m pip install --no-deps wheels/*.whl && HF_HUB_OFFLINE=1 python3 -m bench.family_memory --gpu``.
 """
 
 from __future__ import annotations
