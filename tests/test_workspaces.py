@@ -145,6 +145,8 @@ def test_reads_make_no_workspace_and_the_first_stored_photo_does(tmp_path: Path,
         people.view(people.browser(_token(0))).add_photos(photos[:1])
     with pytest.raises(NothingStored):
         people.view(people.browser(_token(0))).save_settings_draft({"steps": 10})
+    with pytest.raises(NothingStored):  # a clip would be saved in the shared read view's folder
+        people.view(people.browser(_token(0))).queue_video(None, prompt="p", frames=5, fps=5)
     token = _token(1)
     people.get(people.browser(token), "203.0.113.7").add_photos(photos[:1])
     assert len(people.keys()) == 1 and len(people.view(people.browser(token)).list_photos()) == 1

@@ -359,7 +359,7 @@ def wire(view: PlaygroundTab, handlers: Handlers) -> None:
                                  api_name="video")
     models = [form.model_id, compare.second_model_id]
     view.tab.select(handlers.refresh, models, models, api_name=False)
-    for refresh in (view.tab.select, form.model_id.change):  # the model's own generations, newest included
+    for refresh in (view.tab.select, form.model_id.change, generating.then):  # the model's generations, newest too
         refresh(handlers.stills, form.model_id, video.still, api_name=False)
     # Gradio's own cancellation ends the event and the queue moves on; the session's flag stops the drawing
     # itself between two images or frames.

@@ -219,7 +219,7 @@ class BlankWorkflow(Workflow):
         raise NothingStored("bug: this handler stores through the read view; it must use Workspaces.get")
 
     add_photos = set_override = set_overrides = set_caption = save_settings_draft = _refuse  # type: ignore[assignment]
-    generate = compare = video = _refuse  # type: ignore[assignment]
+    generate = compare = video = queue_video = _refuse  # type: ignore[assignment]
 
     def is_blank(self) -> bool:
         """Still nothing in it: no file anywhere in its folder but the empty library's own."""
