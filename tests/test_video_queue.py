@@ -214,6 +214,7 @@ def test_a_clip_starts_from_the_persons_own_generation_and_nothing_outside(tmp_p
                                 fps=5, video_model="tiny", still=still.ref, on_event=events.append)
         data = json.loads(result.likeness_json.read_text())
         assert data["still"] == still.ref and data["seed"] == 7 and "sks" not in data["prompt_b"]
+        assert data["why"].startswith(f"your generation {still.ref}, animated by the image-to-video model 'tiny'")
         assert data["prompt"] == f"a portrait photo of {workflow.model(model_id).trigger_word}"  # what drew the still
         stages = {e.stage for e in events if isinstance(e, Progress)}
         assert "generate" not in stages and "video" in stages  # no new still was drawn

@@ -241,9 +241,10 @@ def _step_callback(steps: int, on_event: EventCallback, should_stop: StopCheck) 
     return on_step
 
 
-def why_animated(spec: str) -> str:
-    """Said on the page and in the JSON: which video model moved the still, and what its frames are worth."""
-    text = f"a still drawn with the model's LoRA, animated by the image-to-video model {spec!r}"
+def why_animated(spec: str, still: str = "") -> str:
+    """Said on the page and in the JSON: which still, which video model moved it, and what its frames are worth."""
+    first = f"your generation {still}" if still else "a still drawn with the model's LoRA"
+    text = f"{first}, animated by the image-to-video model {spec!r}"
     if is_tiny_video(spec):
         text += (" (the tiny random video model built in code: its frames are noise that moves; it proves the path, "
                  "not the pictures)")
@@ -269,7 +270,8 @@ def make_image_to_video(generator: Generator, video_models: VideoModels, spec: s
     with video_models.activated(spec) as pipe:
         frames = animate(pipe, images[0], clip, on_event=on_event, should_stop=should_stop)
     path, _written = encode_mp4(frames, out_path, width=frames[0].width, height=frames[0].height, fps=clip.fps)
-    made = VideoResult(video=path, likeness_json=likeness_path(path), kind=IMAGE_TO_VIDEO, why=why_animated(spec),
+    made = VideoResult(video=path, likeness_json=likeness_path(path), kind=IMAGE_TO_VIDEO,
+                       why=why_animated(spec, picked_ref),
                        prompt=still.prompt, prompt_b=clip.prompt, seed=still.seed, model=model,
                        base_model=base_model, frames=len(frames), fps=clip.fps, width=frames[0].width,
                        height=frames[0].height, likeness=None, video_model=spec, model_id=model_id,
