@@ -174,3 +174,28 @@ def test_the_generator_draws_klein_with_cfg_and_a_negative_prompt(straight, data
     negative = generator.generate(dataclasses.replace(settings, negative_prompt="blurry"), lora_path=result.lora_path)
     assert plain.size == (64, 64) and negative[0].size == (64, 64)
     assert np.asarray(plain).tolist() != np.asarray(negative[0]).tolist()
+
+
+def test_train_step_alone_learns_and_repeats_its_step(data_dir: Path) -> None:
+    """``train_step`` needs no run: a state and a batch built by hand (klein's 128-channel latents, text states)."""
+    from pipeline.models.families import TextEmbedding, family
+    from pipeline.training.trainer import Batch, TrainState, add_lora, load_transformer, make_optimizer, train_step
+
+    settings = TrainSettings.quick(learning_rate=1e-2, caption_dropout=0.0)
+
+    def fresh_state() -> TrainState:
+        transformer = load_transformer(str(ensure_tiny_klein(data_dir)), "cpu", "cpu")
+        torch.manual_seed(0)  # the LoRA's initialisation
+        params = add_lora(transformer, rank=4, alpha=4, autocast=False)
+        optimizer, schedule = make_optimizer(params, settings, fused=False)
+        return TrainState(family=family(FamilyId.FLUX2_KLEIN), settings=settings, transformer=transformer.train(),
+                          params=params, optimizer=optimizer, lr_scheduler=schedule, device="cpu", dtype=torch.float32)
+
+    generator = torch.Generator().manual_seed(1)
+    text = TextEmbedding(prompt=torch.randn(16, 96, generator=generator))
+    batch = Batch(latents=torch.randn(2, 128, 4, 4, generator=generator), texts=(text, text), empty=text)
+    state = fresh_state()
+    first = train_step(state, batch, step=30)  # past the warm-up: a full-size step
+    assert train_step(fresh_state(), batch, step=30) == first  # the same step draws the same noise and sigmas
+    losses = [first.loss] + [train_step(state, batch, step=30).loss for _ in range(4)]
+    assert losses[-1] < losses[0], losses  # the same noise each time: the LoRA learns it

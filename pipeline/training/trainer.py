@@ -2,17 +2,19 @@
 FLUX.2 [klein]. What differs between base-model families (text encoding, latent normalisation, the loss's inputs,
 the sigma shift, LoRA targets, kohya names) the run asks its family (pipeline/models/families).
 
-One run:
-1. Prepare: each photo is fitted to an aspect bucket at each resolution of the run (the chosen one, and the finishing
-   one for the last quarter of the steps where set), VAE-encoded once, and every caption
-   (plus the empty caption for caption dropout and the sample prompts) is text-encoded once. Both are cached on disk
-   under ``data_dir/cache`` keyed by image hash / caption and base model, then the text encoders are freed.
-2. Train: the frozen transformer gets peft LoRA layers on its attention and MLP projections. Each step draws noise
-   and sigmas (logit-normal around a resolution-dependent shift), mixes ``x_t = (1 - σ) x0 + σ ε`` and regresses
-   the velocity ``ε - x0``. All randomness of a step comes from a generator seeded by (seed, step), so a resumed run
-   repeats the uninterrupted one exactly.
-3. Checkpoints every N steps (atomic, last K kept) hold a loadable LoRA plus optimiser and scheduler state; a Stop
-   ends at a step boundary with a checkpoint; the final LoRA is written in diffusers and kohya layouts.
+One run (``_train``, numbered there):
+1. Set up: the base model's family and memory mode; each photo is fitted to an aspect bucket at each resolution of
+   the run (the chosen one, and the finishing one for the last quarter of the steps where set), VAE-encoded once,
+   and every caption (plus the empty caption for caption dropout and the sample prompts) is text-encoded once. Both
+   are cached on disk under ``data_dir/cache`` keyed by image hash / caption and base model, then the text encoders
+   are freed. The frozen transformer gets peft LoRA layers on its attention and MLP projections, and the optimiser.
+2. Resume from the latest checkpoint made with the same settings, photos and base model, or start afresh.
+3. Train: each step (``train_step(state, batch, step)``) draws noise and sigmas (logit-normal around a
+   resolution-dependent shift), mixes ``x_t = (1 - σ) x0 + σ ε`` and regresses the velocity ``ε - x0``. All
+   randomness of a step comes from a generator seeded by (seed, step), so a resumed run repeats the uninterrupted
+   one exactly. Checkpoints every N steps (atomic, last K kept) hold a loadable LoRA plus optimiser and scheduler
+   state; a Stop ends at a step boundary with a checkpoint.
+4. The final LoRA, in diffusers and kohya layouts.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image, ImageOps
@@ -385,6 +388,85 @@ def _batches(latents: Sequence[torch.Tensor], batch_size: int, seed: int) -> Ite
         epoch += 1
 
 
+# --- one step ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    """What a step reads and changes: the transformer with its LoRA, the trainable parameters, the optimiser and its
+    schedule, and how the family computes (nanoGPT's model + optimizer; lerobot's policy + optimizer)."""
+
+    family: ModelFamily
+    settings: TrainSettings
+    transformer: torch.nn.Module
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    device: str
+    dtype: torch.dtype
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One step's items: their cached latents (one bucket) and captions, and the empty caption for dropout."""
+
+    latents: torch.Tensor  # (B, C, h, w) as the family normalises them
+    texts: tuple[TextEmbedding, ...]
+    empty: TextEmbedding
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    loss: float
+    learning_rate: float  # after the step's schedule update
+
+
+def train_step(state: TrainState, batch: Batch, step: int) -> StepMetrics:
+    """One optimisation step at ``step`` (1-based): noise, sigmas and caption dropout from a generator seeded by
+    (seed, step) — so a resumed run repeats the uninterrupted one —, the family's loss and its backward, gradient
+    clipping, the optimiser and the schedule. A loss that is not finite raises FloatingPointError."""
+    s = state.settings
+    generator = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
+    x0 = batch.latents
+    noise = torch.randn(x0.shape, generator=generator)
+    sigmas = state.family.sample_sigmas(x0.shape[0], method=s.timestep_sampling,
+                                        image_tokens=state.family.image_tokens(x0.shape), generator=generator)
+    dropped = torch.rand(x0.shape[0], generator=generator) < s.caption_dropout
+    texts = [batch.empty if drop else text for text, drop in zip(batch.texts, dropped.tolist(), strict=True)]
+    with training_attention():
+        loss = state.family.loss(state.transformer, x0, noise, sigmas, texts, guidance=s.guidance,
+                                 device=state.device, dtype=state.dtype)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the loss became {loss.item()} at step {step}: lower learning_rate "
+                                     f"(now {s.learning_rate}) or max_grad_norm")
+        loss.backward()
+    torch.nn.utils.clip_grad_norm_(state.params, s.max_grad_norm)
+    state.optimizer.step()
+    state.lr_scheduler.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    return StepMetrics(loss=loss.item(), learning_rate=state.lr_scheduler.get_last_lr()[0])
+
+
+def make_optimizer(params: list[torch.nn.Parameter], settings: TrainSettings, *, fused: bool,
+                   on_event: ev.EventCallback = ev.ignore) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW (8-bit where asked and bitsandbytes works) and the learning-rate schedule with its warm-up."""
+    from diffusers.optimization import get_scheduler
+
+    s = settings
+    if s.optimizer == "adamw8bit" and memory.bitsandbytes_works():
+        import bitsandbytes as bnb
+
+        optimizer = bnb.optim.AdamW8bit(params, lr=s.learning_rate, weight_decay=1e-4)
+    else:
+        if s.optimizer == "adamw8bit":
+            on_event(ev.Message("adamw8bit needs bitsandbytes with CUDA, which does not work here: using AdamW "
+                                "(the LoRA's optimiser state is small either way)", level="warning"))
+        optimizer = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=1e-4, fused=fused)
+    lr_scheduler = get_scheduler("cosine" if s.lr_schedule == "cosine" else "constant_with_warmup", optimizer,
+                                 num_warmup_steps=min(s.warmup_steps, s.steps), num_training_steps=s.steps)
+    return optimizer, lr_scheduler
+
+
 # --- checkpoints ---------------------------------------------------------------------------------------------------
 
 
@@ -483,7 +565,7 @@ class _Run:
     def release(self) -> None:
         """Drop the models, optimiser and cached tensors and hand the memory back: the assessment's generator, loaded
         next, picks its placement from the GPU memory that is free then."""
-        for name in ("transformer", "vae", "params", "optimizer", "lr_scheduler", "prepared"):
+        for name in ("state", "vae", "prepared"):
             self.__dict__.pop(name, None)
         memory.empty_caches()
 
@@ -496,6 +578,8 @@ class _Run:
     # - setup -
 
     def setup(self) -> None:
+        """1. the base model, its family and the memory mode; 2. cached latents and text embeddings; 3. the
+        transformer with its LoRA and the optimiser (``self.state``); 4. the resolution stages and batch sizes."""
         s = self.settings
         quiet_library_logs()  # before any model loads (here, in a CLI run, or in a Ray worker process)
         self.model_path = resolve_base_model(self.base_model, self.data_dir)
@@ -519,7 +603,12 @@ class _Run:
                                            self.dtype, self.emit, offload_encoders=mode in ("nf4", "offload"),
                                            model_family=self.family)
         self.vae.to("cpu")  # latents are cached: the VAE visits the GPU again only to decode sample images
-        self._load_transformer()
+        with WEIGHTS_LOCK:  # loading, adding the LoRA and placing swap parameters (pipeline.weights_lock)
+            transformer, params, self.checkpointing = self._load_and_place_transformer()
+        transformer.train()
+        optimizer, lr_scheduler = make_optimizer(params, s, fused=self.cuda, on_event=self.emit)
+        self.state = TrainState(family=self.family, settings=s, transformer=transformer, params=params,
+                                optimizer=optimizer, lr_scheduler=lr_scheduler, device=self.device, dtype=self.dtype)
         self.stages = resolution_stages(s)
         # Per resolution: a batch that fits at 512 px may not at 1024.
         self.batch_sizes = {stage.resolution: s.batch_size or self._auto_batch_size(stage.resolution)
@@ -529,60 +618,62 @@ class _Run:
         if self.cuda:  # the GPU memory reported per step is training's, not the text encoders' (T5-XXL: 9.5 GB)
             torch.cuda.reset_peak_memory_stats(self.device)
 
-    def _load_transformer(self) -> None:
-        with WEIGHTS_LOCK:  # loading, adding the LoRA and placing swap parameters (pipeline.weights_lock)
-            self._load_and_place_transformer()
-        self.transformer.train()
-
-    def _load_and_place_transformer(self) -> None:
+    def _load_and_place_transformer(self) -> tuple[torch.nn.Module, list[torch.nn.Parameter], bool]:
+        """The transformer placed for the memory mode with its LoRA, the LoRA's parameters, and whether blocks are
+        recomputed in the backward (gradient checkpointing)."""
         s = self.settings
-        self.transformer = load_transformer(self.model_path, self.mode, self.device, self.family)
-        self.transformer.requires_grad_(False)
+        transformer = load_transformer(self.model_path, self.mode, self.device, self.family)
+        transformer.requires_grad_(False)
         # fp8 and offload must recompute blocks: otherwise every dequantised/onloaded weight stays saved.
-        self.checkpointing = s.gradient_checkpointing or self.mode in ("fp8", "offload")
-        if self.checkpointing and self.mode == "bf16" and s.memory_mode == "auto" and self._fits_without_recompute():
+        checkpointing = s.gradient_checkpointing or self.mode in ("fp8", "offload")
+        if checkpointing and self.mode == "bf16" and s.memory_mode == "auto" and self._fits_without_recompute(
+                transformer):
             # Recomputing costs ~50 % more time per step (0.60 -> 0.89 s at 512 px on an H100); skip it where the
             # saved activations fit (measured peak without it: 34 GB at 512 px, 56 GB at 1024 px, FLUX.1-dev, batch 1).
-            self.checkpointing = False
+            checkpointing = False
             self.emit(ev.Message("enough GPU memory: gradient checkpointing off (faster steps)"))
-        if self.checkpointing:
-            self.transformer.enable_gradient_checkpointing()
+        if checkpointing:
+            transformer.enable_gradient_checkpointing()
         with _init_lock:  # two trainings in one process (a test, a bench) must not draw from each other's seed
             torch.manual_seed(s.seed)  # the LoRA A matrices' initialisation
-            self.params = add_lora(self.transformer, rank=s.rank, alpha=s.alpha, autocast=self.cuda,
+            params = add_lora(transformer, rank=s.rank, alpha=s.alpha, autocast=self.cuda,
                                    modulation=s.lora_modulation, outer_layers=s.lora_outer_layers,
                                    merge_when_cheaper=not self.cuda, model_family=self.family)
         if self.mode == "fp8":
-            memory.quantize_frozen_linears_fp8(self.transformer, device=self.device)
+            memory.quantize_frozen_linears_fp8(transformer, device=self.device)
         if self.mode == "offload":
-            report = offload.offload_block_weights(self.transformer, self.device)
+            report = offload.offload_block_weights(transformer, self.device)
             where = "pinned host RAM" if report.pinned else "host RAM, not pinned (slower copies)"
             self.emit(ev.Message(f"block offload: {report.host_bytes / memory.GB:.1f} GB of weights stay in {where}, "
                                  f"at most {report.largest_block_bytes / memory.GB:.2f} GB on the GPU at once"))
         elif self.mode == "fp8":  # the rest of the model; its Linear weights are on the GPU already
-            self.transformer.to(self.device)
+            transformer.to(self.device)
         if self.cuda and self.mode != "offload" and s.steps >= COMPILE_MIN_STEPS:
             # Regional compilation of the repeated blocks: 0.365 -> 0.231 s/step at 512 px, 0.64 -> 0.46 at 1024 px on
             # an H100 (bench/train.py) for about a minute of compiling, so worth it from a few hundred steps on.
-            self.transformer.compile_repeated_blocks(fullgraph=False)
+            transformer.compile_repeated_blocks(fullgraph=False)
             self.emit(ev.Message("compiling the transformer blocks (about a minute, once per resolution)"))
+        return transformer, params, checkpointing
 
-    def _estimate(self, resolution: int, *, checkpointing: bool) -> memory.MemoryEstimate:
-        config = self.transformer.config
+    def _estimate(self, resolution: int, *, checkpointing: bool,
+                  transformer: torch.nn.Module | None = None) -> memory.MemoryEstimate:
+        transformer = transformer if transformer is not None else self.state.transformer
+        config = transformer.config
         image_tokens = max(self.family.image_tokens(latent.shape) for latent in self.prepared.latents[resolution])
         return memory.estimate_memory(
             self.mode, base_parameters=0,
-            lora_parameters=sum(4 * self.settings.rank * m.in_features for m in self.transformer.modules()
+            lora_parameters=sum(4 * self.settings.rank * m.in_features for m in transformer.modules()
                                 if isinstance(m, torch.nn.Linear)),  # upper bound, before the LoRA exists
             hidden_size=config.num_attention_heads * config.attention_head_dim,
             num_blocks=config.num_layers + config.num_single_layers,
             image_tokens=image_tokens, text_tokens=MAX_TEXT_TOKENS,
             gradient_checkpointing=checkpointing, optimizer=self.settings.optimizer)
 
-    def _fits_without_recompute(self) -> bool:
+    def _fits_without_recompute(self, transformer: torch.nn.Module) -> bool:
         free = memory.free_gpu_gb(self.device)
         largest = max(self.settings.resolutions)
-        return free is not None and self._estimate(largest, checkpointing=False).total_gb < 0.85 * free
+        return free is not None and self._estimate(largest, checkpointing=False,
+                                                   transformer=transformer).total_gb < 0.85 * free
 
     def _auto_batch_size(self, resolution: int) -> int:
         estimate = self._estimate(resolution, checkpointing=self.checkpointing)
@@ -591,30 +682,13 @@ class _Run:
                                       per_sample_gb=estimate.activations_gb,
                                       fixed_gb=estimate.lora_gb + estimate.optimizer_gb)
 
-    def make_optimizer(self) -> None:
-        from diffusers.optimization import get_scheduler
-
-        s = self.settings
-        if s.optimizer == "adamw8bit" and memory.bitsandbytes_works():
-            import bitsandbytes as bnb
-
-            self.optimizer = bnb.optim.AdamW8bit(self.params, lr=s.learning_rate, weight_decay=1e-4)
-        else:
-            if s.optimizer == "adamw8bit":
-                self.emit(ev.Message("adamw8bit needs bitsandbytes with CUDA, which does not work here: using AdamW "
-                                     "(the LoRA's optimiser state is small either way)", level="warning"))
-            self.optimizer = torch.optim.AdamW(self.params, lr=s.learning_rate, weight_decay=1e-4,
-                                               fused=self.cuda)
-        self.lr_scheduler = get_scheduler("cosine" if s.lr_schedule == "cosine" else "constant_with_warmup",
-                                          self.optimizer, num_warmup_steps=min(s.warmup_steps, s.steps),
-                                          num_training_steps=s.steps)
-
     # - checkpoints -
 
     def lora_state(self) -> dict[str, torch.Tensor]:
         from peft.utils import get_peft_model_state_dict
 
-        return {k: v.detach().float().cpu().clone() for k, v in get_peft_model_state_dict(self.transformer).items()}
+        return {k: v.detach().float().cpu().clone()
+                for k, v in get_peft_model_state_dict(self.state.transformer).items()}
 
     def header(self, step: int) -> dict[str, str]:
         return lora_header(self.settings, trigger_word=self.dataset.trigger_word, photos=len(self.dataset),
@@ -637,7 +711,7 @@ class _Run:
         self.write_lora(tmp / _LORA_FILE, step)
         torch.save({
             "step": step, "fingerprint": self.fingerprint, "family": self.family.id.value, "lora": self.lora_state(),
-            "optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
+            "optimizer": self.state.optimizer.state_dict(), "lr_scheduler": self.state.lr_scheduler.state_dict(),
             "losses": self.losses, "loss_smooth": self.loss_smooth, "torch_rng": torch.get_rng_state(),
             "batch_sizes": self.batch_sizes,
         }, tmp / _STATE_FILE)
@@ -651,6 +725,11 @@ class _Run:
         self.checkpoints = self.checkpoints[-self.settings.keep_checkpoints:]
         self.emit(ev.CheckpointSaved(step=step, path=info.path))
         return info
+
+    def start_afresh(self) -> int:
+        """Drop the folder's checkpoints; the step to continue after: 0."""
+        shutil.rmtree(self.output_dir / "checkpoints", ignore_errors=True)
+        return 0
 
     def try_resume(self) -> int:
         """Load the latest compatible checkpoint; returns the step to continue after (0 for a fresh run)."""
@@ -680,9 +759,9 @@ class _Run:
                                  "starting afresh", level="warning"))
             shutil.rmtree(self.output_dir / "checkpoints", ignore_errors=True)
             return 0
-        set_peft_model_state_dict(self.transformer, state["lora"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        set_peft_model_state_dict(self.state.transformer, state["lora"])
+        self.state.optimizer.load_state_dict(state["optimizer"])
+        self.state.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.losses = list(state["losses"])
         self.loss_smooth = state["loss_smooth"]
         torch.set_rng_state(state["torch_rng"])
@@ -711,25 +790,18 @@ class _Run:
     def stage_at(self, step: int) -> Stage:
         return next(stage for stage in self.stages if step <= stage.last)
 
-    def step_loss(self, step: int, indices: list[int]) -> torch.Tensor:
-        s = self.settings
-        prep = self.prepared
-        generator = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
-        x0 = torch.stack([prep.latents[self.stage_at(step).resolution][i] for i in indices])
-        batch = x0.shape[0]
-        noise = torch.randn(x0.shape, generator=generator)
-        sigmas = self.family.sample_sigmas(batch, method=s.timestep_sampling,
-                                           image_tokens=self.family.image_tokens(x0.shape), generator=generator)
-        dropped = torch.rand(batch, generator=generator) < s.caption_dropout
-        texts = [prep.empty if drop else prep.texts[i] for i, drop in zip(indices, dropped.tolist(), strict=True)]
-        return self.family.loss(self.transformer, x0, noise, sigmas, texts, guidance=s.guidance, device=self.device,
-                                dtype=self.dtype)
+    def batch(self, step: int, indices: list[int]) -> Batch:
+        """The items ``indices`` at ``step``'s resolution."""
+        latents = self.prepared.latents[self.stage_at(step).resolution]
+        return Batch(latents=torch.stack([latents[i] for i in indices]),
+                     texts=tuple(self.prepared.texts[i] for i in indices), empty=self.prepared.empty)
 
     def sample(self, step: int) -> None:
         s = self.settings
         if not self.prepared.samples:
             return
-        pipe = self.family.sampling_pipeline(self.model_path, self.vae, self.transformer)
+        transformer = self.state.transformer
+        pipe = self.family.sampling_pipeline(self.model_path, self.vae, transformer)
         pipe.set_progress_bar_config(disable=True)
         # The embedded models' own step counts (4 tiny, 12 micro), FLUX.1-dev 20: a sample is a glimpse, not a test.
         steps = default_test_generate_settings(self.model_path).steps if is_embedded(self.model_path) else 20
@@ -737,7 +809,7 @@ class _Run:
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
         size = self.stage_at(step).resolution
-        self.transformer.eval()
+        transformer.eval()
         self.vae.to(self.device)
         try:
             for i, text in enumerate(self.prepared.samples):
@@ -752,21 +824,22 @@ class _Run:
                 image.save(path)
                 paths.append(path)
         finally:
-            self.transformer.train()
+            transformer.train()
             self.vae.to("cpu")
         prompts = tuple(p.replace("{trigger}", self.dataset.trigger_word) for p in s.sample_prompts)[:len(paths)]
         if paths:
             self.emit(ev.SampleImages(step=step, images=tuple(paths), prompts=prompts))
 
-    def report_step(self, step: int, loss: float, seconds_per_step: float) -> None:
+    def report_step(self, step: int, metrics: StepMetrics, seconds_per_step: float) -> None:
         s = self.settings
+        loss = metrics.loss
         self.loss_smooth = loss if self.loss_smooth is None else 0.9 * self.loss_smooth + 0.1 * loss
         phase = phase_for(step, s.steps)
         if step == 1 or phase != phase_for(step - 1, s.steps):
             self.emit(ev.Message(f"phase: {phase} (from step {step} of {s.steps})"))
         gpu = torch.cuda.max_memory_allocated(self.device) / memory.GB if self.cuda else 0.0
         self.emit(ev.TrainStep(step=step, total_steps=s.steps, loss=loss, loss_smooth=self.loss_smooth,
-                               learning_rate=self.lr_scheduler.get_last_lr()[0], seconds_per_step=seconds_per_step,
+                               learning_rate=metrics.learning_rate, seconds_per_step=seconds_per_step,
                                eta_seconds=self.eta(step, seconds_per_step), phase=phase, gpu_memory_gb=gpu,
                                host_memory_gb=memory.host_memory_gb(), resolution=self.stage_at(step).resolution))
 
@@ -868,74 +941,79 @@ def _cpu_threads(count: int | None) -> Iterator[None]:
 
 def _train(run: _Run, settings: TrainSettings, output_dir: Path, base_model: str, started: float,
            resume: bool) -> TrainResult:
+    """One run as a recipe; every failure after the checks becomes a failed result with a reason to read."""
     step = 0
     try:
-        run.setup()
-        run.make_optimizer()
-        if resume:
-            step = run.try_resume()
-        else:
-            shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+        run.setup()  # 1. base model, family, memory mode, caches, transformer + LoRA, optimiser
+        step = run.try_resume() if resume else run.start_afresh()  # 2. resume or start afresh
         (output_dir / "settings.json").write_text(to_json(settings))
-        batches = _stage_batches(run, step)
-        step_times: list[float] = []
         fresh = step == 0  # a resumed run's times cover part of it: not noted for the estimate
-        while step < settings.steps:
-            if run.should_stop():
-                if step > 0 and (not run.checkpoints or run.checkpoints[-1].step != step):
-                    run.save_checkpoint(step)
-                run.emit(ev.Message(f"stopped at step {step} of {settings.steps}; the run can be resumed"))
-                return _result(run, Status.CANCELLED, step, started)
-            tic = time.perf_counter()
-            if run.live.loading is None:
-                run.live.loading = tic - started
-            step += 1
-            stage = run.stage_at(step)
-            if step == stage.first and len(run.stages) > 1:
-                run.emit(ev.Message(f"training at {stage.resolution} px: steps {stage.first}-{stage.last}"))
-                step_times.clear()  # another size, another speed
-                run.live.step_times.clear()
-            with training_attention():
-                loss = run.step_loss(step, next(batches))
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"the loss became {loss.item()} at step {step}: lower learning_rate "
-                                             f"(now {settings.learning_rate}) or max_grad_norm")
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_(run.params, settings.max_grad_norm)
-            run.optimizer.step()
-            run.lr_scheduler.step()
-            run.optimizer.zero_grad(set_to_none=True)
-            run.losses.append(loss.item())
-            step_times.append(time.perf_counter() - tic)
-            run.live.add_step(step_times[-1])
-            # The first steps include warm-up (allocations, kernel selection): average the recent ones.
-            recent = step_times[-20:] if len(step_times) > 3 else step_times
-            run.report_step(step, run.losses[-1], sum(recent) / len(recent))
-            if step % settings.checkpoint_every == 0 and step < settings.steps:
-                _timed(run.live.checkpoint_times, run.save_checkpoint, step)  # with its live test generations
-            if settings.sample_every > 0 and (step % settings.sample_every == 0 or step == settings.steps):
-                _timed(run.live.sample_times, run.sample, step)
-        _timed(run.live.checkpoint_times, run.save_checkpoint, step)
-        lora_path, kohya_path = output_dir / _LORA_FILE, output_dir / _KOHYA_FILE
-        run.write_lora(lora_path, step, kohya_path)
-        run.emit(ev.Message(f"training finished: {step} steps, LoRA saved to {lora_path}"))
-        if fresh:  # the runner's record, once the checkpoint is chosen, adds the final assessment's time
-            SpeedLog(run.data_dir).note_training(run.speed_key,
-                                                 run.live.measured(settings, preparing_seconds(output_dir.parent)))
-        return _result(run, Status.COMPLETED, step, started, lora_path, kohya_path)
-    except BaseModelError as exc:
-        return _failed(run, str(exc), step, started)
+        step, stopped = _loop(run, step, started)  # 3. the steps, with checkpoints and samples on their schedule
+        if stopped:
+            return _result(run, Status.CANCELLED, step, started)
+        return _finish(run, step, started, fresh)  # 4. the last checkpoint and the final LoRA in both layouts
     except TrainingError:
         raise
     except Exception as exc:  # the run ends as "failed" with a reason the user can read
-        logger.exception("training failed at step %d", step)
-        reason = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, torch.OutOfMemoryError):
-            reason = (f"out of GPU memory at step {step} in memory mode {getattr(run, 'mode', '?')}: choose a "
-                      "lower memory mode (fp8, nf4, offload), a smaller batch size or resolution")
-        elif isinstance(exc, OSError) and not Path(str(base_model)).exists() and not hasattr(run, "transformer"):
-            reason = explain_load_failure(base_model, exc)
-        return _failed(run, reason, step, started)
+        return _failed(run, _failure_reason(exc, run, step, base_model), step, started)
+
+
+def _loop(run: _Run, step: int, started: float) -> tuple[int, bool]:
+    """Steps after ``step`` until the last or a Stop; returns the step reached and whether it was stopped."""
+    settings = run.settings
+    batches = _stage_batches(run, step)
+    step_times: list[float] = []
+    while step < settings.steps:
+        if run.should_stop():
+            if step > 0 and (not run.checkpoints or run.checkpoints[-1].step != step):
+                run.save_checkpoint(step)
+            run.emit(ev.Message(f"stopped at step {step} of {settings.steps}; the run can be resumed"))
+            return step, True
+        tic = time.perf_counter()
+        if run.live.loading is None:
+            run.live.loading = tic - started
+        step += 1
+        stage = run.stage_at(step)
+        if step == stage.first and len(run.stages) > 1:
+            run.emit(ev.Message(f"training at {stage.resolution} px: steps {stage.first}-{stage.last}"))
+            step_times.clear()  # another size, another speed
+            run.live.step_times.clear()
+        metrics = train_step(run.state, run.batch(step, next(batches)), step)
+        run.losses.append(metrics.loss)
+        step_times.append(time.perf_counter() - tic)
+        run.live.add_step(step_times[-1])
+        # The first steps include warm-up (allocations, kernel selection): average the recent ones.
+        recent = step_times[-20:] if len(step_times) > 3 else step_times
+        run.report_step(step, metrics, sum(recent) / len(recent))
+        if step % settings.checkpoint_every == 0 and step < settings.steps:
+            _timed(run.live.checkpoint_times, run.save_checkpoint, step)  # with its live test generations
+        if settings.sample_every > 0 and (step % settings.sample_every == 0 or step == settings.steps):
+            _timed(run.live.sample_times, run.sample, step)
+    return step, False
+
+
+def _finish(run: _Run, step: int, started: float, fresh: bool) -> TrainResult:
+    _timed(run.live.checkpoint_times, run.save_checkpoint, step)
+    lora_path, kohya_path = run.output_dir / _LORA_FILE, run.output_dir / _KOHYA_FILE
+    run.write_lora(lora_path, step, kohya_path)
+    run.emit(ev.Message(f"training finished: {step} steps, LoRA saved to {lora_path}"))
+    if fresh:  # the runner's record, once the checkpoint is chosen, adds the final assessment's time
+        SpeedLog(run.data_dir).note_training(run.speed_key,
+                                             run.live.measured(run.settings, preparing_seconds(run.output_dir.parent)))
+    return _result(run, Status.COMPLETED, step, started, lora_path, kohya_path)
+
+
+def _failure_reason(exc: Exception, run: _Run, step: int, base_model: str) -> str:
+    """The one place an exception becomes the reason a failed run gives (call it inside the ``except``)."""
+    if isinstance(exc, BaseModelError):  # already a sentence naming the model and the fix
+        return str(exc)
+    logger.exception("training failed at step %d", step)
+    if isinstance(exc, torch.OutOfMemoryError):
+        return (f"out of GPU memory at step {step} in memory mode {getattr(run, 'mode', '?')}: choose a lower memory "
+                "mode (fp8, nf4, offload), a smaller batch size or resolution")
+    if isinstance(exc, OSError) and not Path(str(base_model)).exists() and "state" not in run.__dict__:
+        return explain_load_failure(base_model, exc)  # the model did not load
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _timed(into: list[float], action: Callable[[int], object], step: int) -> None:
