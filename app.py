@@ -14,6 +14,7 @@ import gradio as gr  # after the environment above: gradio reads it at import
 
 from pipeline.library.notify import smtp_settings_from_env
 from pipeline.models.base_model import default_base_model, is_micro, is_tiny, quiet_library_logs
+from pipeline.models.families import family_of
 from pipeline.people.accounts import (
     AccountError,
     Authenticator,
@@ -59,8 +60,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--disk-per-person-gb", type=float, default=0.0, metavar="GB",
                         help="disk each person's workspace may use (default: no limit)")
     parser.add_argument("--base-model", default=os.environ.get("LIKENESS_BASE_MODEL"),
-                        help="'micro' (default without CUDA), 'tiny', a hub id such as black-forest-labs/FLUX.1-dev "
-                             "(default with CUDA), or a local diffusers folder")
+                        help="'micro' (default without CUDA), 'tiny', 'tiny-klein', a hub id such as "
+                             "black-forest-labs/FLUX.1-dev (default with CUDA) or "
+                             "black-forest-labs/FLUX.2-klein-base-4B, or a local diffusers folder of a FLUX.1 or "
+                             "FLUX.2 [klein] model")
     parser.add_argument("--video-model", default=os.environ.get("LIKENESS_VIDEO_MODEL", "auto"),
                         help="the Playground's videos: 'auto' (default): by the GPU's free memory, Wan 2.2 TI2V-5B "
                              "from 13.4 GB, LTX-Video 2B from 11.5 GB, else (and on a CPU) a morph between stills; "
@@ -119,9 +122,11 @@ def build_app(people: People, *, hf_login: bool = False) -> gr.Blocks:
                 gr.LoginButton(scale=0)
         whose = gr.Markdown(elem_classes=["notice"], visible=False)
         if is_tiny(workflow.base_model):
-            gr.Markdown("ℹ️ Running on the embedded **tiny** FLUX-architecture model (random weights): every step "
-                        "runs for real on a CPU in seconds, but its images are noise. For real pictures start on a "
-                        "GPU with `--base-model black-forest-labs/FLUX.1-dev`.", elem_classes=["notice"])
+            architecture = family_of(workflow.base_model).title  # FLUX.1 for 'tiny', FLUX.2 [klein] for 'tiny-klein'
+            gr.Markdown(f"ℹ️ Running on the embedded **tiny** {architecture}-architecture model (random weights): "
+                        "every step runs for real on a CPU in seconds, but its images are noise. For real pictures "
+                        "start on a GPU with `--base-model black-forest-labs/FLUX.1-dev` (or "
+                        "`black-forest-labs/FLUX.2-klein-base-4B` on 12 GB).", elem_classes=["notice"])
         elif is_micro(workflow.base_model):
             # Measured (README; bench/results/micro_likeness_cpu_rescored.json, estimate_micro_default_cpu.json): 0-3 of
             # 8 recognised; a default run 19 min on a quiet machine, 35 on a busy one.
