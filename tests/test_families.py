@@ -24,7 +24,7 @@ from pipeline.models.base_model import default_test_generate_settings, resolve_b
 from pipeline.models.families import FamilyError, FamilyId, family_of
 from pipeline.models.families.tiny_klein import TINY_KLEIN_MODEL, ensure_tiny_klein
 from pipeline.models.lora_formats import read_metadata
-from pipeline.settings import TrainSettings
+from pipeline.settings import GenerateSettings, TrainSettings
 from pipeline.status import Status
 from pipeline.training.trainer import list_checkpoints, train_lora
 
@@ -174,6 +174,13 @@ def test_the_generator_draws_klein_with_cfg_and_a_negative_prompt(straight, data
     negative = generator.generate(dataclasses.replace(settings, negative_prompt="blurry"), lora_path=result.lora_path)
     assert plain.size == (64, 64) and negative[0].size == (64, 64)
     assert np.asarray(plain).tolist() != np.asarray(negative[0]).tolist()
+    # Pre-encoded prompts (the morph clip blends two) draw the same image as the prompt itself.
+    from pipeline.models.families import family_of_pipeline
+
+    with generator.activated(None) as pipe:
+        embeds = family_of_pipeline(pipe).render_embeds(pipe, settings.prompt)
+        from_embeds = generator.render(pipe, settings, seed=settings.seed, embeds=embeds)
+    assert np.asarray(from_embeds).tolist() == np.asarray(plain).tolist()
 
 
 def test_train_step_alone_learns_and_repeats_its_step(data_dir: Path) -> None:
@@ -199,3 +206,16 @@ def test_train_step_alone_learns_and_repeats_its_step(data_dir: Path) -> None:
     assert train_step(fresh_state(), batch, step=30) == first  # the same step draws the same noise and sigmas
     losses = [first.loss] + [train_step(state, batch, step=30).loss for _ in range(4)]
     assert losses[-1] < losses[0], losses  # the same noise each time: the LoRA learns it
+
+
+def test_flux1_prompt_embeddings_draw_what_the_prompt_draws(data_dir: Path) -> None:
+    from pipeline.models.families import family_of_pipeline
+
+    generator = Generator("tiny", data_dir)
+    settings = GenerateSettings(prompt="a photo of ohwx", steps=2, width=64, height=64)
+    with generator.activated(None) as pipe:
+        embeds = family_of_pipeline(pipe).render_embeds(pipe, settings.prompt)
+        assert [tuple(e.shape) for e in embeds] == [(1, 512, 32), (1, 32)]  # T5 states and the pooled CLIP vector
+        from_embeds = generator.render(pipe, settings, seed=0, embeds=embeds)
+        from_prompt = generator.render(pipe, settings, seed=0)
+    assert np.asarray(from_embeds).tolist() == np.asarray(from_prompt).tolist()

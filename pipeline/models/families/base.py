@@ -154,6 +154,10 @@ class ModelFamily(ABC):
                       embeds: tuple[torch.Tensor, ...] | None) -> dict[str, Any]:
         """The pipeline call's prompt, negative prompt and guidance arguments for a playground/assessment image."""
 
+    @abstractmethod
+    def render_embeds(self, pipe: Any, prompt: str) -> tuple[torch.Tensor, ...]:
+        """``prompt`` encoded as ``render_kwargs`` takes it back (``embeds``): the morph clip blends two of them."""
+
     def default_guidance(self, model_path: str | None = None) -> float:
         """The guidance test images use on this family's first variant (FLUX.1 [dev]'s 3.5, base klein's CFG 4)."""
         return self.variants[0].guidance

@@ -147,5 +147,14 @@ class Flux1Family(ModelFamily):
             kwargs.update(negative_prompt=negative, true_cfg_scale=NEGATIVE_PROMPT_CFG)
         return kwargs
 
+    def render_embeds(self, pipe: Any, prompt: str) -> tuple[torch.Tensor, ...]:
+        import torch
+
+        with torch.no_grad():
+            embeds, pooled, _ids = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=pipe._execution_device,
+                                                      num_images_per_prompt=1,
+                                                      max_sequence_length=max_text_tokens(pipe.tokenizer_2))
+        return embeds, pooled
+
 
 FLUX1 = Flux1Family()

@@ -244,6 +244,15 @@ class Flux2KleinFamily(ModelFamily):
                     text_encoder_out_layers=KLEIN_TEXT_LAYERS)
         return kwargs
 
+    def render_embeds(self, pipe: Any, prompt: str) -> tuple[torch.Tensor, ...]:
+        import torch
+
+        with torch.no_grad():
+            embeds, _ids = pipe.encode_prompt(prompt=prompt, device=pipe._execution_device,
+                                              max_sequence_length=max_text_tokens(pipe.tokenizer, MAX_TEXT_TOKENS),
+                                              text_encoder_out_layers=KLEIN_TEXT_LAYERS)
+        return (embeds,)
+
 
 class Flux2DevFamily(Flux2KleinFamily):
     """FLUX.2 [dev]: the same transformer and VAE classes as klein at 32 B, a Mistral3 text encoder. Recognised
