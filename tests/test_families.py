@@ -219,3 +219,21 @@ def test_flux1_prompt_embeddings_draw_what_the_prompt_draws(data_dir: Path) -> N
         from_embeds = generator.render(pipe, settings, seed=0, embeds=embeds)
         from_prompt = generator.render(pipe, settings, seed=0)
     assert np.asarray(from_embeds).tolist() == np.asarray(from_prompt).tolist()
+
+
+def test_the_estimate_sizes_a_klein_hub_model_by_its_own_transformer(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.settings import FLUX_DEV
+    from pipeline.training.estimate import SpeedLog, estimate_training
+
+    monkeypatch.setattr("pipeline.training.estimate.device_name", lambda: ("cuda", "an H100"))
+    monkeypatch.setattr("pipeline.training.estimate._mode", lambda settings: "bf16")
+    settings = TrainSettings(resolution=512, finish_resolution=0)
+    flux, klein4, klein9 = (estimate_training(settings, spec, SpeedLog(tmp_path), embedded=None)
+                            for spec in (FLUX_DEV, "black-forest-labs/FLUX.2-klein-base-4B",
+                                         "black-forest-labs/FLUX.2-klein-base-9B"))
+    # klein base 4B's step is 21.1 of FLUX.1 [dev]'s 45.0 TFLOP; 9B's 46.8
+    assert klein4.seconds == pytest.approx(flux.seconds * 21.1 / 45.0)
+    assert klein9.seconds == pytest.approx(flux.seconds * 46.8 / 45.0)
+    assert "FLUX.2 [klein] base 4B" in klein4.basis and "klein" not in flux.basis
+    assert klein4.memory_gb < klein9.memory_gb < flux.memory_gb

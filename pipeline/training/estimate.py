@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.events import duration_text
+from pipeline.models.families import BaseVariant, variant_of
+from pipeline.models.families.flux1 import FLUX1_DEV
 from pipeline.settings import TrainSettings
 
 logger = logging.getLogger(__name__)
@@ -36,7 +38,8 @@ SPEED_FILE = "training_speed.json"
 # Wall seconds per step where this machine has not trained yet (bench/results): the embedded models on the 2-core
 # CPU (tiny: bench/train.py; micro: bench/micro_likeness.py at 96 px, 0.24–0.30 s/step with the checks at each
 # checkpoint through peft's LoRA layers, times 0.73 with the merged-weight ones: bench/merged_lora.py), and
-# FLUX.1-dev on an H100 by memory mode at 512 and 1024 px (bench/results/train_gpu_h100*.json).
+# FLUX.1-dev on an H100 by memory mode at 512 and 1024 px (bench/results/train_gpu_h100*.json); other hub models are
+# scaled from these by their step's FLOPs, and sized for memory by their own transformer (families' TrainingCost).
 REFERENCE = {
     "tiny": 0.05,
     "micro": 0.2,
@@ -45,8 +48,6 @@ REFERENCE = {
     ("nf4", 512): 0.9, ("nf4", 1024): 1.5,  # not measured (no bitsandbytes on the device): fp8's, plus dequantising
     ("offload", 512): 1.83, ("offload", 1024): 1.95,
 }
-# FLUX.1-dev's transformer, for the memory estimate (pipeline/models/memory.py, bench/train.py).
-FLUX_PARAMETERS, FLUX_LORA_RANK16, FLUX_HIDDEN, FLUX_BLOCKS = 11_901_408_320, 65_372_160, 3072, 57
 EMBEDDED_MEMORY_GB = 1.0  # peak host RAM of a training on the embedded models (bench/train.py: 0.91 GB)
 DEFAULT_TEST_PROMPT_COUNT = 8  # len(pipeline.generation.generator.DEFAULT_TEST_PROMPTS), without importing torch here
 PENDING = "pending"  # the speed file's entry for trainings whose steps ended and whose assessment runs now
@@ -310,7 +311,7 @@ def estimate_training(settings: TrainSettings, base_model: str, speeds: SpeedLog
     """The estimate for ``settings`` on this machine; ``embedded``: "tiny" or "micro" for those models."""
     kind, words = device_name()
     key = speed_key(base_model, kind, settings)
-    memory_gb = _memory(settings, kind, embedded)
+    memory_gb = _memory(settings, kind, embedded, base_model)
     times = speeds.times(key)
     if times is not None:
         parts = run_parts(times, settings)
@@ -330,17 +331,38 @@ def estimate_training(settings: TrainSettings, base_model: str, speeds: SpeedLog
                                 f"the project's bench on a 2-core CPU: {times.seconds_per_step:.2f} s per step; "
                                 "a busy machine takes longer, and the first run here measures it",
                                 parts, times.seconds_per_step, settings)
+    variant = _costed(base_model)
     if kind == "cpu":
-        return TrainingEstimate(None, memory_gb, words, "FLUX.1-dev is not practical to train on a CPU: use a GPU")
+        name = "FLUX.1-dev" if variant is FLUX1_DEV else variant.name
+        return TrainingEstimate(None, memory_gb, words, f"{name} is not practical to train on a CPU: use a GPU")
     mode = _mode(settings)
     final = settings.finish_resolution if settings.finish_resolution > settings.resolution else settings.resolution
     main = REFERENCE.get((mode, 1024 if settings.resolution > 512 else 512), REFERENCE[("bf16", 512)])
     late = REFERENCE.get((mode, 1024 if final > 512 else 512), main)
     quarter = settings.steps // 4 if final != settings.resolution else 0
-    seconds = main * (settings.steps - quarter) + late * quarter
+    scale_main, scale_late = _step_ratio(variant, settings.resolution), _step_ratio(variant, final)
+    seconds = main * scale_main * (settings.steps - quarter) + late * scale_late * quarter
+    scaled = "" if variant is FLUX1_DEV else (
+        f", scaled to {variant.name} by its step's FLOPs ({scale_main:.2f} of FLUX.1-dev's, counted on the meta "
+        "device)")
     return TrainingEstimate(seconds, memory_gb, words,
-                            f"the project's bench on an H100 in {mode} mode, the steps alone (loading, samples and "
-                            "the assessment not included); other GPUs differ until one run here measures this one")
+                            f"the project's bench on an H100 in {mode} mode{scaled}, the steps alone (loading, samples "
+                            "and the assessment not included); other GPUs differ until one run here measures this one")
+
+
+def _costed(base_model: str) -> BaseVariant:
+    """The hub model's own figures where they are counted (klein base 4B/9B, FLUX.1), else FLUX.1-dev's (a local folder
+    or another hub id: what every base was estimated as before families)."""
+    variant = variant_of(base_model)
+    return variant if variant is not None and variant.cost is not None else FLUX1_DEV
+
+
+def _step_ratio(variant: BaseVariant, resolution: int) -> float:
+    """The variant's step cost against FLUX.1-dev's, whose H100 times REFERENCE holds (1.0 for FLUX.1)."""
+    assert variant.cost is not None and FLUX1_DEV.cost is not None
+    if variant.cost == FLUX1_DEV.cost:
+        return 1.0
+    return variant.cost.step_tflop(resolution) / FLUX1_DEV.cost.step_tflop(resolution)
 
 
 def _mode(settings: TrainSettings) -> str:
@@ -349,16 +371,19 @@ def _mode(settings: TrainSettings) -> str:
     return choose_mode(settings.memory_mode, free_gpu_gb())[0]
 
 
-def _memory(settings: TrainSettings, kind: str, embedded: str | None) -> float | None:
+def _memory(settings: TrainSettings, kind: str, embedded: str | None, base_model: str = "") -> float | None:
     if embedded:
         return EMBEDDED_MEMORY_GB
     from pipeline.models.memory import estimate_memory
 
     mode = "cpu" if kind == "cpu" else _mode(settings)
     final = max(settings.resolution, settings.finish_resolution)
-    figure = estimate_memory(mode, base_parameters=FLUX_PARAMETERS,
-                             lora_parameters=FLUX_LORA_RANK16 * settings.rank // 16, hidden_size=FLUX_HIDDEN,
-                             num_blocks=FLUX_BLOCKS, image_tokens=(final // 16) ** 2, text_tokens=512,
+    variant = _costed(base_model)
+    assert variant.cost is not None
+    figure = estimate_memory(mode, base_parameters=int(variant.transformer_params),
+                             lora_parameters=variant.cost.lora_rank16 * settings.rank // 16,
+                             hidden_size=variant.cost.hidden, num_blocks=variant.cost.blocks,
+                             image_tokens=(final // 16) ** 2, text_tokens=512,
                              batch_size=max(1, settings.batch_size), optimizer=settings.optimizer)
     return round(figure.total_gb, 1)
 

@@ -21,6 +21,7 @@ from pipeline.models.families.base import (
     FamilyId,
     ModelFamily,
     TextEmbedding,
+    TrainingCost,
     max_text_tokens,
 )
 from pipeline.models.families.flux1 import FLUX1
@@ -28,8 +29,8 @@ from pipeline.models.families.flux2 import FLUX2_DEV, FLUX2_KLEIN
 from pipeline.models.families.tiny_klein import TINY_KLEIN_MODEL
 from pipeline.settings import MICRO_MODEL, TINY_MODEL
 
-__all__ = ["BaseVariant", "FamilyError", "FamilyId", "ModelFamily", "TextEmbedding", "families", "family",
-           "family_of", "family_of_pipeline", "max_text_tokens", "variant_of"]
+__all__ = ["BaseVariant", "FamilyError", "FamilyId", "ModelFamily", "TextEmbedding", "TrainingCost", "families",
+           "family", "family_of", "family_of_pipeline", "max_text_tokens", "variant_of"]
 # Every family, FLUX.1 first: adding one is its module and a line here.
 _REGISTRY: dict[FamilyId, ModelFamily] = {f.id: f for f in (FLUX1, FLUX2_KLEIN, FLUX2_DEV)}
 

@@ -33,6 +33,21 @@ class FamilyError(ValueError):
 
 
 @dataclass(frozen=True)
+class TrainingCost:
+    """A transformer's size and step cost for the estimates, counted on the meta device from the published configs
+    (bench/family_memory.py, bench/results/family_memory_meta.json)."""
+
+    hidden: int
+    blocks: int  # double + single
+    lora_rank16: int  # parameters of a rank-16 LoRA on every block linear
+    step_tflop_512: float  # one LoRA training step, batch 1, 512 text tokens
+    step_tflop_1024: float
+
+    def step_tflop(self, resolution: int) -> float:
+        return self.step_tflop_1024 if resolution > 512 else self.step_tflop_512
+
+
+@dataclass(frozen=True)
 class BaseVariant:
     """One base model of a family as the hub offers it: what to download, under which licence, what it needs."""
 
@@ -47,6 +62,7 @@ class BaseVariant:
     defaults_source: str  # where the defaults come from
     implemented: bool = True
     note: str = ""
+    cost: TrainingCost | None = None  # None where no count exists yet
 
     def transformer_gb(self, bytes_per_weight: float) -> float:
         """GB of the frozen transformer's weights at ``bytes_per_weight`` (2 bf16, ~1 fp8, ~0.56 nf4)."""

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pipeline.models.families.base import BaseVariant, FamilyId, ModelFamily, TextEmbedding, max_text_tokens
+from pipeline.models.families.base import (
+    BaseVariant,
+    FamilyId,
+    ModelFamily,
+    TextEmbedding,
+    TrainingCost,
+    max_text_tokens,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -29,14 +36,18 @@ BLOCK_LEAVES = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.ad
                 "ff_context.net.2", "proj_mlp", "proj_out")
 MODULATION_LEAVES = ("norm1.linear", "norm1_context.linear", "norm.linear")
 
+# FLUX.1's transformer (bench/results/family_memory_meta.json; the H100 step times in estimate.py are its).
+FLUX1_COST = TrainingCost(hidden=3072, blocks=57, lora_rank16=65_372_160, step_tflop_512=45.0, step_tflop_1024=164.7)
 FLUX1_DEV = BaseVariant(
     name="FLUX.1 [dev]", hub_id="black-forest-labs/FLUX.1-dev",
     licence="FLUX.1 [dev] Non-Commercial License (outputs may be used commercially; the weights may not)",
-    transformer_params=11.9e9, text_encoder="CLIP-L + T5-XXL", text_encoder_params=4.9e9, steps=28, guidance=3.5,
-    defaults_source="FluxPipeline's documented 28 steps, guidance 3.5; training as README 'Training defaults'")
+    transformer_params=11_901_408_320, text_encoder="CLIP-L + T5-XXL", text_encoder_params=4_885_371_136, steps=28,
+    guidance=3.5, defaults_source="FluxPipeline's documented 28 steps, guidance 3.5; training as README 'Training "
+    "defaults'", cost=FLUX1_COST)
 FLUX1_SCHNELL = BaseVariant(
     name="FLUX.1 [schnell]", hub_id="black-forest-labs/FLUX.1-schnell", licence="Apache-2.0",
-    transformer_params=11.9e9, text_encoder="CLIP-L + T5-XXL", text_encoder_params=4.9e9, steps=4, guidance=0.0,
+    transformer_params=11_901_408_320, text_encoder="CLIP-L + T5-XXL", text_encoder_params=4_885_371_136, steps=4,
+    guidance=0.0, cost=FLUX1_COST,
     defaults_source="diffusers' FLUX.1-schnell example (4 steps, guidance_scale 0, max_sequence_length 256); "
                     "ai-toolkit's train_lora_flux_schnell_24gb.yaml trains it with its assistant adapter",
     note="timestep-distilled, no guidance embedding: LoRAs train with guidance ignored and draw in 4 steps")

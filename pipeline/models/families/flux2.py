@@ -20,6 +20,7 @@ from pipeline.models.families.base import (
     FamilyId,
     ModelFamily,
     TextEmbedding,
+    TrainingCost,
     max_text_tokens,
 )
 
@@ -56,25 +57,32 @@ KOHYA_DOUBLE = (("img_attn_qkv", ("attn.to_q", "attn.to_k", "attn.to_v")),
                 ("txt_mlp_0", ("ff_context.linear_in",)), ("txt_mlp_2", ("ff_context.linear_out",)))
 KOHYA_SINGLE = (("linear1", ("attn.to_qkv_mlp_proj",)), ("linear2", ("attn.to_out",)))
 
+# Counted on the meta device from the published configs (bench/results/family_memory_meta.json).
+KLEIN_4B_COST = TrainingCost(hidden=3072, blocks=25, lora_rank16=24_084_480, step_tflop_512=21.1,
+                             step_tflop_1024=76.4)
+KLEIN_9B_COST = TrainingCost(hidden=4096, blocks=32, lora_rank16=43_515_904, step_tflop_512=46.8,
+                             step_tflop_1024=162.6)
 _KLEIN_DEFAULTS = "Flux2KleinPipeline's defaults for base klein (50 steps, CFG 4.0); BFL: train LoRAs on base"
 KLEIN_BASE_4B = BaseVariant(
     name="FLUX.2 [klein] base 4B", hub_id="black-forest-labs/FLUX.2-klein-base-4B", licence="Apache-2.0",
-    transformer_params=3.88e9, text_encoder="Qwen3-4B", text_encoder_params=4.02e9, steps=50, guidance=4.0,
-    defaults_source=_KLEIN_DEFAULTS)
+    transformer_params=3_875_544_576, text_encoder="Qwen3-4B", text_encoder_params=4_022_468_096, steps=50,
+    guidance=4.0, defaults_source=_KLEIN_DEFAULTS, cost=KLEIN_4B_COST)
 KLEIN_BASE_9B = BaseVariant(
     name="FLUX.2 [klein] base 9B", hub_id="black-forest-labs/FLUX.2-klein-base-9B",
-    licence="FLUX Non-Commercial License", transformer_params=9.08e9, text_encoder="Qwen3-8B",
-    text_encoder_params=8.19e9, steps=50, guidance=4.0, defaults_source=_KLEIN_DEFAULTS)
+    licence="FLUX Non-Commercial License", transformer_params=9_078_581_248, text_encoder="Qwen3-8B",
+    text_encoder_params=8_190_735_360, steps=50, guidance=4.0, defaults_source=_KLEIN_DEFAULTS, cost=KLEIN_9B_COST)
 # The distilled kleins draw in 4 steps and ignore guidance; LoRAs are trained on the base models, then also load here.
 KLEIN_4B = BaseVariant(
     name="FLUX.2 [klein] 4B (distilled)", hub_id="black-forest-labs/FLUX.2-klein-4B", licence="Apache-2.0",
-    transformer_params=3.88e9, text_encoder="Qwen3-4B", text_encoder_params=4.02e9, steps=4, guidance=1.0,
-    defaults_source="Flux2KleinPipeline with is_distilled (4 steps, no CFG)", note="for drawing; train on base 4B")
+    transformer_params=3_875_544_576, text_encoder="Qwen3-4B", text_encoder_params=4_022_468_096, steps=4,
+    guidance=1.0, defaults_source="Flux2KleinPipeline with is_distilled (4 steps, no CFG)",
+    note="for drawing; train on base 4B", cost=KLEIN_4B_COST)
 KLEIN_9B = BaseVariant(
     name="FLUX.2 [klein] 9B (distilled)", hub_id="black-forest-labs/FLUX.2-klein-9B",
-    licence="FLUX Non-Commercial License", transformer_params=9.08e9, text_encoder="Qwen3-8B",
-    text_encoder_params=8.19e9, steps=4, guidance=1.0,
-    defaults_source="Flux2KleinPipeline with is_distilled (4 steps, no CFG)", note="for drawing; train on base 9B")
+    licence="FLUX Non-Commercial License", transformer_params=9_078_581_248, text_encoder="Qwen3-8B",
+    text_encoder_params=8_190_735_360, steps=4, guidance=1.0,
+    defaults_source="Flux2KleinPipeline with is_distilled (4 steps, no CFG)", note="for drawing; train on base 9B",
+    cost=KLEIN_9B_COST)
 FLUX2_DEV_VARIANT = BaseVariant(
     name="FLUX.2 [dev]", hub_id="black-forest-labs/FLUX.2-dev", licence="FLUX.2 [dev] Non-Commercial License",
     transformer_params=32e9, text_encoder="Mistral Small 3 24B (Mistral3ForConditionalGeneration)",
