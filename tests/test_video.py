@@ -134,6 +134,19 @@ def test_second_prompt_morphs_between_prompts_at_one_seed(generator: Generator) 
     assert differ(frames[0], frames[-1]) > 1
 
 
+def test_a_klein_morph_runs_between_its_own_stills(tmp_path: Path) -> None:
+    """The morph on FLUX.2 [klein] (tiny-klein): its own prompt encoding (the family's render_embeds) and its
+    latents given back as the grid it packs itself; frame 0 and the last frame are the two seeds' stills."""
+    klein = Generator("tiny-klein", tmp_path / "data")
+    clip = VideoSettings(prompt="a photo of ohwx", prompt_b="an oil painting of ohwx", frames=3, seed_a=5, seed_b=6,
+                         **SIZE)
+    frames = list(video_frames(klein, clip, lora_path=None))
+    assert len(frames) == 3 and frames[0].size == (64, 48)
+    assert differ(frames[0], still(klein, "a photo of ohwx", 5)) == 0
+    assert differ(frames[-1], still(klein, "an oil painting of ohwx", 6)) < 1e-6
+    assert differ(frames[1], frames[0]) > 1 and differ(frames[1], frames[-1]) > 1
+
+
 def test_stopping_keeps_the_frames_made_so_far(generator: Generator, tmp_path: Path) -> None:
     events: list = []
 

@@ -28,7 +28,6 @@ from PIL import Image
 
 from pipeline.events import EventCallback, Message, Progress, StopCheck, ignore, never
 from pipeline.generation.generator import Generator
-from pipeline.models.base_model import max_text_tokens
 from pipeline.settings import VideoSettings
 from pipeline.video.clip_likeness import MORPH, MORPH_WHY, ClipLikeness, PersonReference, likeness_path, save_json
 
@@ -60,13 +59,16 @@ def video_frames(generator: Generator, clip: VideoSettings, *, lora_path: Path |
 
     The generator stays locked while frames are made, so a clip is not mixed with another request's LoRA.
     """
+    from pipeline.models.families import family_of_pipeline
+
     settings = clip.validate().still()
     with generator.activated(lora_path, clip.lora_scale) as pipe:
+        family = family_of_pipeline(pipe)  # FLUX.1 or FLUX.2 [klein]: each encodes prompts its own way
         noise_a, noise_b = (_noise(pipe, seed, clip.width, clip.height) for seed in (clip.seed_a, clip.seed_b))
-        embeds_a = _embed(pipe, clip.prompt)
-        embeds_b = _embed(pipe, clip.prompt_b) if clip.prompt_b.strip() else embeds_a
+        embeds_a = family.render_embeds(pipe, clip.prompt)
+        embeds_b = family.render_embeds(pipe, clip.prompt_b) if clip.prompt_b.strip() else embeds_a
         for t in path_positions(clip.frames, loop=clip.loop):
-            latents = slerp(t, noise_a, noise_b)
+            latents = _as_given(pipe, slerp(t, noise_a, noise_b), clip.width, clip.height)
             embeds = tuple(torch.lerp(a, b, t) for a, b in zip(embeds_a, embeds_b, strict=True))
             yield generator.render(pipe, settings, seed=clip.seed_a, latents=latents, embeds=embeds)
 
@@ -255,9 +257,14 @@ def _noise(pipe: Any, seed: int, width: int, height: int) -> torch.Tensor:
     return latents
 
 
-def _embed(pipe: Any, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-    with torch.no_grad():
-        prompt_embeds, pooled, _text_ids = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=pipe.device,
-                                                              num_images_per_prompt=1,
-                                                              max_sequence_length=max_text_tokens(pipe.tokenizer_2))
-    return prompt_embeds, pooled
+def _as_given(pipe: Any, packed: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Packed latents ([1, tokens, channels]) as the pipeline takes them back: FLUX.1 packed; FLUX.2 [klein] as the
+    [1, channels, h, w] grid it packs itself (its ``prepare_latents`` always packs). The path is walked packed either
+    way: slerp needs only norms and a dot product, which the layout does not change."""
+    from pipeline.models.families import FamilyId, family_of_pipeline
+
+    if family_of_pipeline(pipe).id != FamilyId.FLUX2_KLEIN:
+        return packed
+    grid_h = 2 * (height // (pipe.vae_scale_factor * 2)) // 2
+    grid_w = 2 * (width // (pipe.vae_scale_factor * 2)) // 2
+    return packed.permute(0, 2, 1).reshape(packed.shape[0], packed.shape[2], grid_h, grid_w)
