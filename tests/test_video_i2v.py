@@ -23,8 +23,9 @@ from pipeline.assessment.likeness import save_person
 from pipeline.events import Progress
 from pipeline.settings import AppSettings
 from pipeline.status import Status
+from pipeline.video.choice import is_morph
 from pipeline.video.clip import read_metadata
-from pipeline.video.i2v import IMAGE_TO_VIDEO, ClipStopped, is_morph, resolve_video_model
+from pipeline.video.i2v import IMAGE_TO_VIDEO, ClipStopped, resolve_video_model
 from pipeline.workflow import Workflow
 
 ROOT = Path(__file__).resolve().parent.parent

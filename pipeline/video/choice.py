@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 AUTO_VIDEO_MODEL = "auto"
+NO_VIDEO_MODEL = ("", "morph", "none")
 DECODE_MARGIN_GB = 1.0  # the tiled VAE decode's activations, which the counts leave out
 
 
@@ -67,10 +68,13 @@ def choose_video_model(free_gb: float | None) -> VideoModelChoice:
                                 f"the smallest video model ({smallest.name}) needs: clips are morphs between stills")
 
 
+def is_morph(spec: str | None) -> bool:
+    """True when no video model is asked for: the clip is a morph between stills."""
+    return spec is None or spec.strip().lower() in NO_VIDEO_MODEL
+
+
 def video_model_choice(setting: str | None, free_gb: Callable[[], float | None]) -> VideoModelChoice:
     """The setting (``--video-model``) as a choice: ``auto`` asks ``free_gb()``; anything else is taken as set."""
-    from pipeline.video.i2v import is_morph
-
     spec = (setting or "").strip()
     if spec.lower() == AUTO_VIDEO_MODEL:
         return choose_video_model(free_gb())

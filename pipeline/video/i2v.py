@@ -46,7 +46,6 @@ logger = logging.getLogger(__name__)
 
 TINY_VIDEO_MODEL = "tiny"
 IMAGE_TO_VIDEO = "image-to-video"  # VideoResult.kind of a clip a video model made
-NO_VIDEO_MODEL = ("", "morph", "none")
 # Bumped when the tiny video model's layout changes, so an old saved copy is rebuilt rather than half-loaded.
 TINY_VIDEO_VERSION = "1"
 _TINY_FOLDER = "tiny-video"
@@ -63,11 +62,6 @@ _WORDS = ("a", "an", "the", "of", "in", "on", "with", "and", "to", "at", "person
 class ClipStopped(Exception):
     """The clip was stopped between two denoising steps: a video model makes every frame at once, so nothing is
     kept (no half-denoised video is decoded, no file is written)."""
-
-
-def is_morph(spec: str | None) -> bool:
-    """True when no video model is asked for: the clip is a morph between stills."""
-    return spec is None or spec.strip().lower() in NO_VIDEO_MODEL
 
 
 def is_tiny_video(spec: str) -> bool:
@@ -94,7 +88,8 @@ def resolve_video_model(spec: str, data_dir: Path) -> str:
     if Path(spec).is_dir() or (spec.count("/") == 1 and not spec.startswith((".", "/"))):
         return spec
     raise ValueError(f"video model {spec!r} is neither 'tiny', an existing folder, nor a hub id of the form "
-                     "owner/name (for example Wan-AI/Wan2.2-TI2V-5B-Diffusers); leave --video-model out for a morph")
+                     "owner/name (for example Wan-AI/Wan2.2-TI2V-5B-Diffusers); --video-model morph makes a morph, "
+                     "auto chooses by GPU memory")
 
 
 def pipeline_class(path: str) -> type:
