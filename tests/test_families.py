@@ -23,7 +23,7 @@ from pipeline.models.base_info import header_names_base
 from pipeline.models.base_model import default_test_generate_settings, resolve_base_model
 from pipeline.models.families import FamilyError, FamilyId, family_of
 from pipeline.models.families.tiny_klein import TINY_KLEIN_MODEL, ensure_tiny_klein
-from pipeline.models.lora_formats import read_metadata
+from pipeline.models.lora_formats import convert_to_kohya, read_metadata
 from pipeline.settings import GenerateSettings, TrainSettings
 from pipeline.status import Status
 from pipeline.training.trainer import list_checkpoints, train_lora
@@ -104,7 +104,7 @@ def test_flux2_dev_is_refused_with_what_it_needs(dataset: Dataset, tmp_path: Pat
     assert "FLUX.2 [dev]" in result.error and "Mistral" in result.error and "klein" in result.error
 
 
-def test_klein_trains_samples_and_writes_both_files(straight) -> None:
+def test_klein_trains_samples_and_writes_both_files(straight, tmp_path: Path) -> None:
     result, events = straight
     assert result.status == Status.COMPLETED, result.error
     assert result.steps_done == 6 and all(np.isfinite(result.losses))
@@ -118,6 +118,12 @@ def test_klein_trains_samples_and_writes_both_files(straight) -> None:
     assert [s.step for s in samples] == [6] and samples[0].images[0].is_file()
     state = torch.load(result.checkpoints[0].path.parent / "training_state.pt", weights_only=True)
     assert state["family"] == "flux2-klein"
+
+    # The best checkpoint's kohya file, as the assessment's choice writes it: the family named in the header.
+    base = read_metadata(result.lora_path)["likeness.base_model"]
+    converted = convert_to_kohya(result.lora_path, tmp_path / "best_kohya.safetensors", family_of(base).kohya_layout())
+    written, again = load_file(str(result.kohya_path)), load_file(str(converted))
+    assert written.keys() == again.keys() and all(torch.equal(written[k], again[k]) for k in written)
 
 
 def test_a_stopped_klein_run_resumes_exactly_and_refuses_another_family(dataset: Dataset, data_dir: Path,
