@@ -29,7 +29,7 @@ from pathlib import Path
 
 from pipeline import events as ev
 from pipeline.generation.generators import Generators
-from pipeline.jobs.queue import Job, JobQueue
+from pipeline.jobs.queue import Job, JobKind, JobQueue
 from pipeline.settings import AppSettings
 from pipeline.status import JOB_ACTIVE
 from pipeline.video.i2v import VideoModels
@@ -410,7 +410,7 @@ class Workspaces:
         """Disk, photos, models and trainings of every workspace (the admin view)."""
         active = {}
         for job in self.jobs.list():
-            if job.status in JOB_ACTIVE:
+            if job.status in JOB_ACTIVE and job.kind == JobKind.TRAIN:  # a clip in the queue is no training
                 key = job.payload.get("workspace", LOCAL_WORKSPACE)
                 active[key] = active.get(key, 0) + 1
         rows = []
