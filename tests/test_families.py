@@ -20,7 +20,7 @@ from pipeline import events as ev
 from pipeline.generation.generator import Generator
 from pipeline.intake.dataset import Dataset, DatasetItem
 from pipeline.models.base_info import header_names_base
-from pipeline.models.base_model import default_test_generate_settings, resolve_base_model
+from pipeline.models.base_model import BaseModelError, default_test_generate_settings, resolve_base_model
 from pipeline.models.families import FamilyError, FamilyId, family_of
 from pipeline.models.families.tiny_klein import TINY_KLEIN_MODEL, ensure_tiny_klein
 from pipeline.models.lora_formats import convert_to_kohya, read_metadata
@@ -99,6 +99,8 @@ def test_the_family_comes_from_model_index_names_and_hub_ids(tmp_path: Path) -> 
 
 def test_flux2_dev_is_refused_with_what_it_needs(dataset: Dataset, tmp_path: Path) -> None:
     folder = _write_index(tmp_path / "flux2-dev", "Flux2Pipeline")
+    with pytest.raises(BaseModelError, match="Mistral"):  # where the app starts
+        resolve_base_model("black-forest-labs/FLUX.2-dev", tmp_path)
     result = train_lora(dataset, _settings(), tmp_path / "out", base_model=str(folder), data_dir=tmp_path / "data")
     assert result.status == Status.FAILED
     assert "FLUX.2 [dev]" in result.error and "Mistral" in result.error and "klein" in result.error

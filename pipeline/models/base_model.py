@@ -98,9 +98,11 @@ def default_base_model() -> str:
 
 
 def resolve_base_model(spec: str | None, data_dir: Path) -> str:
-    """What ``from_pretrained`` should load: "tiny" (or None) becomes the local tiny folder; hub ids and folders stay.
+    """What ``from_pretrained`` should load: "tiny" and "tiny-klein" (or None: tiny) become their local folders; hub
+    ids and folders stay.
 
-    The tiny model is built on first use.
+    The tiny models are built on first use. A folder or hub id of a family Likeness cannot train (FLUX.2 [dev], an
+    SDXL folder) is refused here, where the app starts, with what it needs.
     """
     from pipeline.models.families.tiny_klein import TINY_KLEIN_MODEL, ensure_tiny_klein
 
@@ -119,13 +121,23 @@ def resolve_base_model(spec: str | None, data_dir: Path) -> str:
                 "FluxPipeline or Flux2KleinPipeline folder (one saved with save_pretrained), a hub id such as "
                 f"{FLUX_DEV!r}, or use 'tiny' or 'tiny-klein'"
             )
-        return str(path)
+        return _trainable(str(path))
     if spec.count("/") != 1 or spec.startswith(("/", ".", "~")):
         raise BaseModelError(
             f"base model {spec!r} is neither 'tiny', 'tiny-klein', an existing folder, nor a hub id of the form "
-            "owner/name "
-            f"(for example {FLUX_DEV!r})"
+            f"owner/name (for example {FLUX_DEV!r})"
         )
+    return _trainable(spec)
+
+
+def _trainable(spec: str) -> str:
+    """``spec``, once its family is known and implemented; else a BaseModelError saying why."""
+    from pipeline.models.families import FamilyError, family_of
+
+    try:
+        family_of(spec).check_implemented()
+    except FamilyError as exc:
+        raise BaseModelError(str(exc)) from exc
     return spec
 
 
