@@ -60,13 +60,9 @@ class BaseVariant:
     steps: int  # generation defaults
     guidance: float
     defaults_source: str  # where the defaults come from
-    implemented: bool = True
+    implemented: bool = True  # False: declared for detection and the README, refused by its family
     note: str = ""
     cost: TrainingCost | None = None  # None where no count exists yet
-
-    def transformer_gb(self, bytes_per_weight: float) -> float:
-        """GB of the frozen transformer's weights at ``bytes_per_weight`` (2 bf16, ~1 fp8, ~0.56 nf4)."""
-        return self.transformer_params * bytes_per_weight / 1024**3
 
 
 @dataclass(frozen=True)
