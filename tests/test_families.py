@@ -245,3 +245,48 @@ def test_the_estimate_sizes_a_klein_hub_model_by_its_own_transformer(tmp_path: P
     assert klein9.seconds == pytest.approx(flux.seconds * 46.8 / 45.0)
     assert "FLUX.2 [klein] base 4B" in klein4.basis and "klein" not in flux.basis
     assert klein4.memory_gb < klein9.memory_gb < flux.memory_gb
+
+
+def test_the_base_model_table_agrees_with_the_meta_device_bench() -> None:
+    """The Settings tab's table of base models: each trainable hub model of each family, sized like
+    bench/family_memory.py's meta-device count (bench/results/family_memory_meta.json)."""
+    from pipeline.training.estimate import base_model_choices
+    from ui.settings import base_models_markdown
+
+    counted = json.loads((Path(__file__).parents[1] / "bench/results/family_memory_meta.json").read_text())["models"]
+    names = {"black-forest-labs/FLUX.2-klein-base-4B": "klein-base-4b",
+             "black-forest-labs/FLUX.2-klein-base-9B": "klein-base-9b", "black-forest-labs/FLUX.1-dev": "flux1-dev"}
+    for resolution in (512, 1024):
+        choices = base_model_choices(TrainSettings(resolution=resolution, finish_resolution=0, batch_size=1))
+        listed = [c.variant.hub_id for c in choices]  # no distilled klein, no FLUX.2 [dev]
+        assert listed == ["black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell", *list(names)[:2]]
+        for choice in choices:
+            if choice.variant.hub_id not in names:
+                continue
+            bench = counted[names[choice.variant.hub_id]]["memory_gb"]
+            for mode, figure in choice.memory_gb.items():
+                row = bench[f"{mode}_{resolution}px"]
+                assert figure == pytest.approx(row.get("total_gb_with_own_block_share", row["total_gb"]), abs=0.06)
+    table = base_models_markdown(choices, "black-forest-labs/FLUX.2-klein-base-4B")
+    assert "FLUX.2 [klein] base 4B **(in use)**" in table and "Apache-2.0" in table
+
+
+def test_the_settings_tab_lists_the_base_models_for_the_chosen_settings(tmp_path: Path) -> None:
+    from pipeline.people.workspaces import Workspaces
+    from pipeline.settings import AppSettings
+    from ui.people import People
+    from ui.settings import _Handlers, form_spec, to_form
+
+    klein = "black-forest-labs/FLUX.2-klein-base-4B"
+    workspaces = Workspaces(AppSettings(data_dir=tmp_path / "data", base_model=klein), start_worker=False)
+    try:
+        defaults = workspaces.local.default_train_settings()
+        items = form_spec(defaults)
+        handlers = _Handlers(People(workspaces, per_person=False), [i.name for i in items], defaults)
+        values = {i.name: to_form(handlers.fields[i.name], getattr(defaults, i.name)) for i in items}
+        at_512 = handlers.base_models_text(None, *(values | {"finish_resolution": 0}).values())
+        at_1024 = handlers.base_models_text(None, *(values | {"resolution": 1024, "finish_resolution": 0}).values())
+    finally:
+        workspaces.close()
+    assert f"In use: **{klein}**" in at_512 and "FLUX.2 [klein] base 4B **(in use)**" in at_512
+    assert "| 8 / 4.4 / 2.8 / 1.6 GB |" in at_512 and "| 8.9 / 5.3 / 3.7 / 2.5 GB |" in at_1024  # klein base 4B

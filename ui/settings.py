@@ -14,9 +14,10 @@ from typing import Any
 
 import gradio as gr
 
+from pipeline.events import duration_text
 from pipeline.settings import Group, Setting, TrainSettings, Widget, coerce, declaration, declared_fields
 from pipeline.status import Status
-from pipeline.training.estimate import TrainingEstimate, embedded_kind
+from pipeline.training.estimate import BaseModelChoice, TrainingEstimate, base_model_choices, embedded_kind
 from ui.people import People
 from ui.text import plain
 
@@ -129,6 +130,24 @@ def estimate_markdown(estimate: TrainingEstimate) -> str:
     return "\n".join([f"⏱ {estimate.text()}", *([""] + parts if parts else [])])  # a blank line opens the list
 
 
+_MEMORY_MODES = ("bf16", "fp8", "nf4", "offload")  # pipeline.models.memory.MODES, without importing torch here
+
+
+def base_models_markdown(choices: tuple[BaseModelChoice, ...], current: str) -> str:
+    """The models one could train on instead, each family's, for these settings: licence, GPU memory per mode, the
+    steps' time on an H100."""
+    rows = ["| base model (`--base-model`) | family | licence | GPU memory: bf16 / fp8 / nf4 / offload | "
+            "steps on an H100 in bf16 |", "| --- | --- | --- | --- | --- |"]
+    for choice in choices:
+        variant = choice.variant
+        memory = " / ".join(f"{choice.memory_gb[mode]:g}" for mode in _MEMORY_MODES)
+        in_use = " **(in use)**" if variant.hub_id == current else ""
+        rows.append(f"| {variant.name}{in_use}: `{variant.hub_id}` | {choice.family} | {variant.licence} | "
+                    f"{memory} GB | {duration_text(choice.h100_seconds)} |")
+    return "\n".join([f"In use: **{current}**. Other base models for these settings (start the app with "
+                      "`--base-model` to switch; a LoRA only fits the base it was trained on):", "", *rows])
+
+
 class _Handlers:
     """The tab's events for one form: ``names`` are its settings in the components' order."""
 
@@ -163,15 +182,25 @@ class _Handlers:
                                                         waiting=active.count(Status.QUEUED))
         return estimate_markdown(estimate)
 
+    def base_models_text(self, request: gr.Request, *values) -> str:
+        workflow = self.people(request)
+        try:
+            chosen = settings_from_values(self.names, list(values), workflow.default_train_settings()).validate()
+        except ValueError:
+            chosen = workflow.default_train_settings()
+        return base_models_markdown(base_model_choices(chosen), workflow.base_model)
+
 
 def _wire(handlers: _Handlers, demo: gr.Blocks, c: dict[str, gr.components.Component], reset: gr.Button,
-          estimate: gr.Markdown) -> None:
+          estimate: gr.Markdown, base_models: gr.Markdown) -> None:
     inputs = list(c.values())
-    demo.load(handlers.restore, None, inputs, api_name=False).then(
-        handlers.estimate_text, inputs, estimate, api_name=False, show_progress="hidden")
+    restored = demo.load(handlers.restore, None, inputs, api_name=False)
+    restored.then(handlers.estimate_text, inputs, estimate, api_name=False, show_progress="hidden")
+    restored.then(handlers.base_models_text, inputs, base_models, api_name=False, show_progress="hidden")
     # Every setting the time depends on: checkpoints and samples are parts of it, a test prompt an image a checkpoint.
-    gr.on([component.change for name, component in c.items() if handlers.fields[name].estimate],
-          handlers.estimate_text, inputs, estimate, api_name=False, show_progress="hidden")
+    changed = [component.change for name, component in c.items() if handlers.fields[name].estimate]
+    gr.on(changed, handlers.estimate_text, inputs, estimate, api_name=False, show_progress="hidden")
+    gr.on(changed, handlers.base_models_text, inputs, base_models, api_name=False, show_progress="hidden")
     gr.on([component.input for component in inputs], handlers.save, inputs, None, api_name=False,
           show_progress="hidden", queue=False)
     reset.click(handlers.back_to_defaults, None, inputs, api_name=False)
@@ -191,5 +220,7 @@ def build(people: People, demo: gr.Blocks) -> SettingsInputs:
             c |= place([item for item in spec if item.group is Group.ADVANCED])
             reset = gr.Button("Back to the defaults", size="sm")
         estimate = gr.Markdown(elem_id="estimate")
-    _wire(_Handlers(people, list(c), defaults), demo, c, reset, estimate)
+        with gr.Accordion("Base models: families, licences, GPU memory", open=False):
+            base_models = gr.Markdown(elem_id="base-models")
+    _wire(_Handlers(people, list(c), defaults), demo, c, reset, estimate, base_models)
     return SettingsInputs(c)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.events import duration_text
-from pipeline.models.families import BaseVariant, variant_of
+from pipeline.models.families import BaseVariant, FamilyId, families, variant_of
 from pipeline.models.families.flux1 import FLUX1_DEV
 from pipeline.settings import TrainSettings
 
@@ -336,15 +336,10 @@ def estimate_training(settings: TrainSettings, base_model: str, speeds: SpeedLog
         name = "FLUX.1-dev" if variant is FLUX1_DEV else variant.name
         return TrainingEstimate(None, memory_gb, words, f"{name} is not practical to train on a CPU: use a GPU")
     mode = _mode(settings)
-    final = settings.finish_resolution if settings.finish_resolution > settings.resolution else settings.resolution
-    main = REFERENCE.get((mode, 1024 if settings.resolution > 512 else 512), REFERENCE[("bf16", 512)])
-    late = REFERENCE.get((mode, 1024 if final > 512 else 512), main)
-    quarter = settings.steps // 4 if final != settings.resolution else 0
-    scale_main, scale_late = _step_ratio(variant, settings.resolution), _step_ratio(variant, final)
-    seconds = main * scale_main * (settings.steps - quarter) + late * scale_late * quarter
+    seconds = _h100_steps_seconds(settings, mode, variant)
     scaled = "" if variant is FLUX1_DEV else (
-        f", scaled to {variant.name} by its step's FLOPs ({scale_main:.2f} of FLUX.1-dev's, counted on the meta "
-        "device)")
+        f", scaled to {variant.name} by its step's FLOPs ({_step_ratio(variant, settings.resolution):.2f} of "
+        "FLUX.1-dev's, counted on the meta device)")
     return TrainingEstimate(seconds, memory_gb, words,
                             f"the project's bench on an H100 in {mode} mode{scaled}, the steps alone (loading, samples "
                             "and the assessment not included); other GPUs differ until one run here measures this one")
@@ -357,12 +352,53 @@ def _costed(base_model: str) -> BaseVariant:
     return variant if variant is not None and variant.cost is not None else FLUX1_DEV
 
 
+def _h100_steps_seconds(settings: TrainSettings, mode: str, variant: BaseVariant) -> float:
+    """The run's steps on an H100 in ``mode``: FLUX.1-dev's bench per resolution stage, scaled to ``variant``."""
+    final = settings.finish_resolution if settings.finish_resolution > settings.resolution else settings.resolution
+    main = REFERENCE.get((mode, 1024 if settings.resolution > 512 else 512), REFERENCE[("bf16", 512)])
+    late = REFERENCE.get((mode, 1024 if final > 512 else 512), main)
+    quarter = settings.steps // 4 if final != settings.resolution else 0
+    return (main * _step_ratio(variant, settings.resolution) * (settings.steps - quarter)
+            + late * _step_ratio(variant, final) * quarter)
+
+
 def _step_ratio(variant: BaseVariant, resolution: int) -> float:
     """The variant's step cost against FLUX.1-dev's, whose H100 times REFERENCE holds (1.0 for FLUX.1)."""
     assert variant.cost is not None and FLUX1_DEV.cost is not None
     if variant.cost == FLUX1_DEV.cost:
         return 1.0
     return variant.cost.step_tflop(resolution) / FLUX1_DEV.cost.step_tflop(resolution)
+
+
+@dataclass(frozen=True)
+class BaseModelChoice:
+    """A base model one could train on instead (``--base-model``), sized for a run of the given settings."""
+
+    variant: BaseVariant
+    family: FamilyId
+    memory_gb: dict[str, float]  # GPU memory of the training step per memory mode, at the run's largest size
+    h100_seconds: float  # the steps alone, in bf16 on an H100 (FLUX.1-dev's bench, scaled by the step's FLOPs)
+
+
+def base_model_choices(settings: TrainSettings) -> tuple[BaseModelChoice, ...]:
+    """Every trainable hub model of every family with its figures counted, for a run of ``settings``."""
+    from pipeline.models.memory import MODES, estimate_memory
+
+    final = max(settings.resolution, settings.finish_resolution)
+    choices = []
+    for family in families():
+        for variant in family.variants:
+            if not (variant.implemented and variant.for_training and variant.cost is not None):
+                continue
+            cost = variant.cost
+            memory = {mode: round(estimate_memory(
+                mode, base_parameters=int(variant.transformer_params),
+                lora_parameters=cost.lora_rank16 * settings.rank // 16, hidden_size=cost.hidden,
+                num_blocks=cost.blocks, image_tokens=(final // 16) ** 2, text_tokens=512,
+                batch_size=max(1, settings.batch_size), optimizer=settings.optimizer,
+                offload_share=cost.offload_share).total_gb, 1) for mode in MODES}
+            choices.append(BaseModelChoice(variant, family.id, memory, _h100_steps_seconds(settings, "bf16", variant)))
+    return tuple(choices)
 
 
 def _mode(settings: TrainSettings) -> str:
@@ -383,7 +419,7 @@ def _memory(settings: TrainSettings, kind: str, embedded: str | None, base_model
     figure = estimate_memory(mode, base_parameters=int(variant.transformer_params),
                              lora_parameters=variant.cost.lora_rank16 * settings.rank // 16,
                              hidden_size=variant.cost.hidden, num_blocks=variant.cost.blocks,
-                             image_tokens=(final // 16) ** 2, text_tokens=512,
+                             image_tokens=(final // 16) ** 2, text_tokens=512, offload_share=variant.cost.offload_share,
                              batch_size=max(1, settings.batch_size), optimizer=settings.optimizer)
     return round(figure.total_gb, 1)
 

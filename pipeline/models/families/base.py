@@ -42,6 +42,7 @@ class TrainingCost:
     lora_rank16: int  # parameters of a rank-16 LoRA on every block linear
     step_tflop_512: float  # one LoRA training step, batch 1, 512 text tokens
     step_tflop_1024: float
+    offload_share: float  # of the weights block offload keeps on the GPU (largest block + layers outside blocks)
 
     def step_tflop(self, resolution: int) -> float:
         return self.step_tflop_1024 if resolution > 512 else self.step_tflop_512
@@ -63,6 +64,7 @@ class BaseVariant:
     implemented: bool = True  # False: declared for detection and the README, refused by its family
     note: str = ""
     cost: TrainingCost | None = None  # None where no count exists yet
+    for_training: bool = True  # False: a distilled model to draw with a LoRA trained on its base
 
 
 @dataclass(frozen=True)

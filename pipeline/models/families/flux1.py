@@ -37,7 +37,8 @@ BLOCK_LEAVES = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.ad
 MODULATION_LEAVES = ("norm1.linear", "norm1_context.linear", "norm.linear")
 
 # FLUX.1's transformer (bench/results/family_memory_meta.json; the H100 step times in estimate.py are its).
-FLUX1_COST = TrainingCost(hidden=3072, blocks=57, lora_rank16=65_372_160, step_tflop_512=45.0, step_tflop_1024=164.7)
+FLUX1_COST = TrainingCost(hidden=3072, blocks=57, lora_rank16=65_372_160, step_tflop_512=45.0, step_tflop_1024=164.7,
+                          offload_share=0.034)
 FLUX1_DEV = BaseVariant(
     name="FLUX.1 [dev]", hub_id="black-forest-labs/FLUX.1-dev",
     licence="FLUX.1 [dev] Non-Commercial License (outputs may be used commercially; the weights may not)",

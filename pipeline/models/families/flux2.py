@@ -59,9 +59,9 @@ KOHYA_SINGLE = (("linear1", ("attn.to_qkv_mlp_proj",)), ("linear2", ("attn.to_ou
 
 # Counted on the meta device from the published configs (bench/results/family_memory_meta.json).
 KLEIN_4B_COST = TrainingCost(hidden=3072, blocks=25, lora_rank16=24_084_480, step_tflop_512=21.1,
-                             step_tflop_1024=76.4)
+                             step_tflop_1024=76.4, offload_share=0.1136)
 KLEIN_9B_COST = TrainingCost(hidden=4096, blocks=32, lora_rank16=43_515_904, step_tflop_512=46.8,
-                             step_tflop_1024=162.6)
+                             step_tflop_1024=162.6, offload_share=0.0871)
 _KLEIN_DEFAULTS = "Flux2KleinPipeline's defaults for base klein (50 steps, CFG 4.0); BFL: train LoRAs on base"
 KLEIN_BASE_4B = BaseVariant(
     name="FLUX.2 [klein] base 4B", hub_id="black-forest-labs/FLUX.2-klein-base-4B", licence="Apache-2.0",
@@ -76,13 +76,13 @@ KLEIN_4B = BaseVariant(
     name="FLUX.2 [klein] 4B (distilled)", hub_id="black-forest-labs/FLUX.2-klein-4B", licence="Apache-2.0",
     transformer_params=3_875_544_576, text_encoder="Qwen3-4B", text_encoder_params=4_022_468_096, steps=4,
     guidance=1.0, defaults_source="Flux2KleinPipeline with is_distilled (4 steps, no CFG)",
-    note="for drawing; train on base 4B", cost=KLEIN_4B_COST)
+    note="for drawing; train on base 4B", cost=KLEIN_4B_COST, for_training=False)
 KLEIN_9B = BaseVariant(
     name="FLUX.2 [klein] 9B (distilled)", hub_id="black-forest-labs/FLUX.2-klein-9B",
     licence="FLUX Non-Commercial License", transformer_params=9_078_581_248, text_encoder="Qwen3-8B",
     text_encoder_params=8_190_735_360, steps=4, guidance=1.0,
     defaults_source="Flux2KleinPipeline with is_distilled (4 steps, no CFG)", note="for drawing; train on base 9B",
-    cost=KLEIN_9B_COST)
+    cost=KLEIN_9B_COST, for_training=False)
 FLUX2_DEV_VARIANT = BaseVariant(
     name="FLUX.2 [dev]", hub_id="black-forest-labs/FLUX.2-dev", licence="FLUX.2 [dev] Non-Commercial License",
     transformer_params=32e9, text_encoder="Mistral Small 3 24B (Mistral3ForConditionalGeneration)",
