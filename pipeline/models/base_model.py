@@ -1,4 +1,6 @@
-"""The base model LoRAs are trained on: the embedded tiny FLUX, FLUX.1-dev from the hub, or a local diffusers folder.
+"""The base model LoRAs are trained on: the embedded tiny models (``tiny``: FLUX.1, ``tiny-klein``: FLUX.2 [klein],
+built by pipeline/models/families/tiny_klein.py), the micro model, a hub id or a local diffusers folder; its pipeline
+class and what differs per family come from pipeline/models/families.
 
 The tiny model has the real FLUX.1 architecture (FluxTransformer2DModel with guidance embedding, a 16-channel
 AutoencoderKL with 8x downscale, CLIP and T5 text encoders, the flow-matching Euler scheduler) at toy sizes and with
