@@ -290,3 +290,29 @@ def test_the_settings_tab_lists_the_base_models_for_the_chosen_settings(tmp_path
         workspaces.close()
     assert f"In use: **{klein}**" in at_512 and "FLUX.2 [klein] base 4B **(in use)**" in at_512
     assert "| 8 / 4.4 / 2.8 / 1.6 GB |" in at_512 and "| 8.9 / 5.3 / 3.7 / 2.5 GB |" in at_1024  # klein base 4B
+
+
+def test_the_cards_load_their_base_with_its_family_pipeline(straight, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+    import shutil
+
+    from huggingface_hub import ModelCard
+
+    from pipeline.library.catalog import Library
+    from pipeline.library.modelcard import model_card
+
+    library = Library(tmp_path / "library")
+    hub = model_card(library.create("Anna", "black-forest-labs/FLUX.2-klein-base-4B", {"steps": 1000}))
+    assert ModelCard(hub).data.license == "apache-2.0" and "from diffusers import Flux2KleinPipeline" in hub
+    assert "num_inference_steps=50, guidance_scale=4)" in hub
+
+    # The tiny klein's snippet runs as written, inside the project, next to the download's diffusers folder.
+    card = model_card(library.create("Ben", TINY_KLEIN_MODEL, {"steps": 6}))
+    code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    assert "ensure_tiny_klein" in code and "Flux2KleinPipeline.from_pretrained" in code
+    (tmp_path / "download" / "diffusers").mkdir(parents=True)
+    shutil.copy(straight[0].lora_path, tmp_path / "download" / "diffusers" / "pytorch_lora_weights.safetensors")
+    monkeypatch.chdir(tmp_path / "download")
+    exec(compile(code, "card", "exec"), {})
+    assert (tmp_path / "download" / "me.png").is_file()

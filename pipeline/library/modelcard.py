@@ -106,11 +106,11 @@ def _diffusers_usage(record: ModelRecord, base: BaseInfo, scale: float) -> list[
         intro = [f"Load the LoRA onto **{base.spec}**, the base it was trained on:"]
         load = [f'pipe = {pipeline_class}.from_pretrained("{base.load_path}", torch_dtype=torch.bfloat16).to("cuda")']
         steps, guidance = (base.variant.steps, base.variant.guidance) if base.variant else (28, 3.5)
-        call = f'image = pipe("{prompt}", num_inference_steps={steps}, guidance_scale={guidance:g}).images[0]'
+        call = f'image = pipe(prompt="{prompt}", num_inference_steps={steps}, guidance_scale={guidance:g}).images[0]'
         imports = ["import torch", f"from diffusers import {pipeline_class}"]
     else:
         size = default_test_generate_settings(record.base_model)
-        call = (f'image = pipe("{prompt}", num_inference_steps={size.steps}, guidance_scale={size.guidance:g}, '
+        call = (f'image = pipe(prompt="{prompt}", num_inference_steps={size.steps}, guidance_scale={size.guidance:g}, '
                 f"height={size.height}, width={size.width}).images[0]")
         if base.kind is BaseKind.TINY:
             intro = ["This LoRA fits only the **tiny test model**, which Likeness builds in code (seeded, the same "
