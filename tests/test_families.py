@@ -316,3 +316,25 @@ def test_the_cards_load_their_base_with_its_family_pipeline(straight, tmp_path: 
     monkeypatch.chdir(tmp_path / "download")
     exec(compile(code, "card", "exec"), {})
     assert (tmp_path / "download" / "me.png").is_file()
+
+
+def test_the_command_line_trains_assesses_and_lists_a_tiny_klein_model(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "photos"
+    photo_factory.portrait_set(folder, 8)
+    data = ["--data-dir", str(tmp_path / "data"), "--base-model", TINY_KLEIN_MODEL]
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pipeline", *args, *data], cwd=Path(__file__).parents[1],
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=600)
+
+    trained = cli("train", str(folder), "--name", "klein", "--steps", "4", "--anyway", "--json")
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    record = json.loads(trained.stdout)
+    assert record["status"] == "ready" and record["scores"]["verdict"]  # trained, assessed
+    assert read_metadata(Path(record["kohya_path"]))["likeness.base_family"] == "flux2-klein"  # exported
+    listed = json.loads(cli("models", "--json").stdout)
+    assert [(m["name"], m["family"]) for m in listed] == [("klein", "flux2-klein")]
