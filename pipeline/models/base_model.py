@@ -14,15 +14,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import string
 import sys
-import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.models.built_models import ensure_built
 from pipeline.models.families.base import max_text_tokens  # noqa: F401  (imported from here by the video and tests)
 from pipeline.settings import FLUX_DEV, MICRO_MODEL, MICRO_RESOLUTION, TINY_MODEL, GenerateSettings, TrainSettings
 from pipeline.weights_lock import WEIGHTS_LOCK
@@ -143,37 +141,10 @@ def _trainable(spec: str) -> str:
     return spec
 
 
-_TINY_BUILD_LOCK = threading.Lock()
-
-
 def ensure_tiny_model(data_dir: Path) -> Path:
     """The folder of the embedded tiny FLUX pipeline under ``data_dir/base_models``, built there on first use."""
-    folder = Path(data_dir) / "base_models" / _TINY_FOLDER
-    if tiny_model_version(folder) == TINY_MODEL_VERSION:
-        return folder
-    with _TINY_BUILD_LOCK:  # two trainings starting at once (two GPUs, two cluster slots) build it once
-        if tiny_model_version(folder) == TINY_MODEL_VERSION:
-            return folder
-        return _build_tiny_into(folder)
-
-
-def _build_tiny_into(folder: Path) -> Path:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("building the embedded tiny FLUX model in %s", folder)
-    # Build beside the target and swap in, so a crash mid-save never leaves a folder that looks complete.
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=folder.parent))
-    try:
-        with WEIGHTS_LOCK:  # a load in another thread must not turn these new weights into meta tensors
-            pipe = _build_tiny_pipeline()
-        pipe.save_pretrained(tmp)
-        (tmp / _VERSION_FILE).write_text(TINY_MODEL_VERSION)
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+    return ensure_built(Path(data_dir) / "base_models" / _TINY_FOLDER, version=TINY_MODEL_VERSION,
+                        version_file=_VERSION_FILE, build=_build_tiny_pipeline, what="tiny FLUX model")
 
 
 def micro_model_folder() -> Path:

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.events import EventCallback, Progress, StopCheck, ignore, never
+from pipeline.models.built_models import ensure_built
 from pipeline.settings import GenerateSettings, ImageToVideoSettings
 from pipeline.video.choice import VideoModelChoice, free_gpu_gb, video_model_choice
 from pipeline.video.job import VideoMonitors
@@ -275,34 +274,10 @@ def make_image_to_video(generator: Generator, video_models: VideoModels, spec: s
 
 
 # ----------------------------------------------------------------------------------- the tiny model, in code
-_TINY_BUILD_LOCK = threading.Lock()
-
-
 def ensure_tiny_video_model(data_dir: Path) -> Path:
     """The folder of the tiny image-to-video model under ``data_dir/base_models``, built there on first use."""
-    folder = Path(data_dir) / "base_models" / _TINY_FOLDER
-    version = folder / _VERSION_FILE
-    if version.is_file() and version.read_text().strip() == TINY_VIDEO_VERSION:
-        return folder
-    with _TINY_BUILD_LOCK:
-        if version.is_file() and version.read_text().strip() == TINY_VIDEO_VERSION:
-            return folder
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        logger.info("building the tiny image-to-video model in %s", folder)
-        # Built beside the target and swapped in, so a crash mid-save never leaves a folder that looks complete.
-        tmp = Path(tempfile.mkdtemp(prefix=".tiny-video-", dir=folder.parent))
-        try:
-            with WEIGHTS_LOCK:
-                pipe = build_tiny_video_pipeline()
-            pipe.save_pretrained(tmp)
-            (tmp / _VERSION_FILE).write_text(TINY_VIDEO_VERSION)
-            if folder.exists():
-                shutil.rmtree(folder)
-            tmp.rename(folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return folder
+    return ensure_built(Path(data_dir) / "base_models" / _TINY_FOLDER, version=TINY_VIDEO_VERSION,
+                        version_file=_VERSION_FILE, build=build_tiny_video_pipeline, what="tiny image-to-video model")
 
 
 def build_tiny_video_pipeline(seed: int = 0) -> Any:

@@ -14,13 +14,10 @@ guidance embedding; ``is_distilled`` False, so guidance above 1 runs real CFG as
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.weights_lock import WEIGHTS_LOCK
+from pipeline.models.built_models import ensure_built, stored_version
 
 if TYPE_CHECKING:
     from diffusers import Flux2KleinPipeline
@@ -119,40 +116,13 @@ def build_tiny_klein_pipeline(seed: int = 0, *, distilled: bool = False) -> Flux
                               is_distilled=distilled)
 
 
-_BUILD_LOCK = threading.Lock()
-
-
 def tiny_klein_version(path: str | Path) -> str:
     """The build saved in ``path`` ("" where there is none)."""
-    version_file = Path(path) / TINY_KLEIN_VERSION_FILE
-    return version_file.read_text().strip() if version_file.is_file() else ""
+    return stored_version(path, TINY_KLEIN_VERSION_FILE)
 
 
 def ensure_tiny_klein(data_dir: Path) -> Path:
     """The folder of the embedded tiny klein under ``data_dir/base_models``, built there on first use (0.2 s)."""
-    folder = Path(data_dir) / "base_models" / TINY_KLEIN_FOLDER
-    if tiny_klein_version(folder) == TINY_KLEIN_VERSION:
-        return folder
-    with _BUILD_LOCK:  # two trainings starting at once build it once
-        if tiny_klein_version(folder) == TINY_KLEIN_VERSION:
-            return folder
-        return _build_into(folder)
-
-
-def _build_into(folder: Path) -> Path:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("building the embedded tiny FLUX.2 [klein] model in %s", folder)
-    # Built beside the target and swapped in, so a crash mid-save never leaves a folder that looks complete.
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-klein-", dir=folder.parent))
-    try:
-        with WEIGHTS_LOCK:  # a load in another thread must not turn these new weights into meta tensors
-            pipe = build_tiny_klein_pipeline()
-        pipe.save_pretrained(tmp)
-        (tmp / TINY_KLEIN_VERSION_FILE).write_text(TINY_KLEIN_VERSION)
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+    return ensure_built(Path(data_dir) / "base_models" / TINY_KLEIN_FOLDER, version=TINY_KLEIN_VERSION,
+                        version_file=TINY_KLEIN_VERSION_FILE, build=build_tiny_klein_pipeline,
+                        what="tiny FLUX.2 [klein] model")
