@@ -21,6 +21,11 @@ def sample_sigmas(batch: int, *, method: str, image_tokens: int, generator: torc
     logit-normal of SD3/FLUX training; ``shift`` applies the same shift to uniform draws; ``uniform`` does not shift.
     """
     mu = 0.5 + (1.15 - 0.5) * (image_tokens - 256) / (4096 - 256)
+    return sigmas_around(mu, batch, method=method, generator=generator)
+
+
+def sigmas_around(mu: float, batch: int, *, method: str, generator: torch.Generator) -> torch.Tensor:
+    """Noise levels shifted by ``mu`` (a family's inference shift) as ``method`` draws them (see sample_sigmas)."""
     if method == "logit_normal":
         return torch.sigmoid(torch.randn(batch, generator=generator) + mu)
     u = torch.rand(batch, generator=generator).clamp(1e-5, 1 - 1e-5)

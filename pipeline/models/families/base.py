@@ -89,6 +89,10 @@ class ModelFamily(ABC):
     id: FamilyId
     title: str  # "FLUX.1", for messages
     pipeline_class_name: str  # model_index.json's _class_name
+    transformer_class_name: str  # the diffusers classes of its transformer and VAE
+    vae_class_name: str
+    tokenizer_folder: str  # the tokenizer that sets the prompt length ("tokenizer_2": T5 for FLUX.1)
+    text_token_limit: int  # the pipeline's max_sequence_length
     text_encoder_names: tuple[str, ...]  # the pipeline's text-encoder attributes
     text_encoder_words: str  # the text encoders in a progress message
     kohya_version: str  # the LoRA header's ss_base_model_version for bases of this family
@@ -101,11 +105,15 @@ class ModelFamily(ABC):
 
         return getattr(diffusers, self.pipeline_class_name)
 
-    @abstractmethod
-    def transformer_class(self) -> type: ...
+    def transformer_class(self) -> type:
+        import diffusers
 
-    @abstractmethod
-    def vae_class(self) -> type: ...
+        return getattr(diffusers, self.transformer_class_name)
+
+    def vae_class(self) -> type:
+        import diffusers
+
+        return getattr(diffusers, self.vae_class_name)
 
     def check_implemented(self) -> None:
         """Raise FamilyError where this family cannot train or draw yet."""
@@ -113,9 +121,16 @@ class ModelFamily(ABC):
 
     # - text -
 
-    @abstractmethod
     def text_tokens(self, model_path: str) -> int:
-        """Tokens a prompt is padded to (as the pipeline pads at inference)."""
+        """Tokens a prompt is padded to, as the pipeline pads at inference: its tokenizer's length, at most
+        ``text_token_limit``."""
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model_path, subfolder=self.tokenizer_folder)
+        except (OSError, ValueError):  # a hub model not cached yet: the pipeline's own default
+            return self.text_token_limit
+        return max_text_tokens(tokenizer, self.text_token_limit)
 
     @abstractmethod
     def encode_prompt(self, encoders: Any, prompt: str, *, device: str, tokens: int) -> TextEmbedding:

@@ -58,30 +58,14 @@ class Flux1Family(ModelFamily):
     id = FamilyId.FLUX1
     title = "FLUX.1"
     pipeline_class_name = "FluxPipeline"
+    transformer_class_name = "FluxTransformer2DModel"
+    vae_class_name = "AutoencoderKL"
+    tokenizer_folder = "tokenizer_2"  # T5's: it sets the prompt length
+    text_token_limit = MAX_TEXT_TOKENS
     text_encoder_names = ("text_encoder", "text_encoder_2")
     text_encoder_words = "CLIP and T5"
     kohya_version = "flux1"  # kohya's value for every FLUX.1-architecture base
     variants = (FLUX1_DEV, FLUX1_SCHNELL)
-
-    def transformer_class(self) -> type:
-        from diffusers import FluxTransformer2DModel
-
-        return FluxTransformer2DModel
-
-    def vae_class(self) -> type:
-        from diffusers import AutoencoderKL
-
-        return AutoencoderKL
-
-    def text_tokens(self, model_path: str) -> int:
-        """The T5 length prompts are padded to for this model (its tokenizer's, at most MAX_TEXT_TOKENS)."""
-        from transformers import AutoTokenizer
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(model_path, subfolder="tokenizer_2")
-        except (OSError, ValueError):  # a hub model not cached yet: FluxPipeline's own default
-            return MAX_TEXT_TOKENS
-        return max_text_tokens(tokenizer, MAX_TEXT_TOKENS)
 
     def encode_prompt(self, encoders: Any, prompt: str, *, device: str, tokens: int) -> TextEmbedding:
         embeds, pooled, _ids = encoders.encode_prompt(prompt=prompt, prompt_2=prompt, device=device,

@@ -102,31 +102,16 @@ class Flux2KleinFamily(ModelFamily):
     id = FamilyId.FLUX2_KLEIN
     title = "FLUX.2 [klein]"
     pipeline_class_name = "Flux2KleinPipeline"
+    transformer_class_name = "Flux2Transformer2DModel"
+    vae_class_name = "AutoencoderKLFlux2"
+    tokenizer_folder = "tokenizer"
+    text_token_limit = MAX_TEXT_TOKENS
     text_encoder_names = ("text_encoder",)
     text_encoder_words = "Qwen3"
     # Not a kohya value yet (sd-scripts has none for FLUX.2): says the architecture, so a model browser does not
     # offer the file for FLUX.1.
     kohya_version = "flux2_klein"
     variants = (KLEIN_BASE_4B, KLEIN_BASE_9B, KLEIN_4B, KLEIN_9B)
-
-    def transformer_class(self) -> type:
-        from diffusers import Flux2Transformer2DModel
-
-        return Flux2Transformer2DModel
-
-    def vae_class(self) -> type:
-        from diffusers import AutoencoderKLFlux2
-
-        return AutoencoderKLFlux2
-
-    def text_tokens(self, model_path: str) -> int:
-        from transformers import AutoTokenizer
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(model_path, subfolder="tokenizer")
-        except (OSError, ValueError):  # a hub model not cached yet: the pipeline's own default
-            return MAX_TEXT_TOKENS
-        return max_text_tokens(tokenizer, MAX_TEXT_TOKENS)
 
     def encode_prompt(self, encoders: Any, prompt: str, *, device: str, tokens: int) -> TextEmbedding:
         embeds, _text_ids = encoders.encode_prompt(prompt=prompt, device=device, max_sequence_length=tokens,
@@ -152,18 +137,12 @@ class Flux2KleinFamily(ModelFamily):
         """The project's FLUX.1 recipe (logit-normal or shifted uniform around mu) with klein's inference mu,
         ``compute_empirical_mu`` at SHIFT_STEPS: 1.70 at 512 px, 2.02 at 1024 px, against FLUX.1's 0.63 / 1.15.
         (diffusers' dreambooth script samples uniformly, unshifted: ``uniform`` here.)"""
-        import math
-
-        import torch
         from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu
 
+        from pipeline.models.flow_matching import sigmas_around
+
         mu = compute_empirical_mu(image_seq_len=image_tokens, num_steps=SHIFT_STEPS)
-        if method == "logit_normal":
-            return torch.sigmoid(torch.randn(batch, generator=generator) + mu)
-        u = torch.rand(batch, generator=generator).clamp(1e-5, 1 - 1e-5)
-        if method == "shift":
-            return math.exp(mu) / (math.exp(mu) + (1 / u - 1))
-        return u
+        return sigmas_around(mu, batch, method=method, generator=generator)
 
     def loss(self, transformer: torch.nn.Module, x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor,
              texts: list[TextEmbedding], *, guidance: float, device: str, dtype: torch.dtype) -> torch.Tensor:
