@@ -4,6 +4,8 @@ runs ends with the MP4, its summary and its likeness."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -30,13 +32,16 @@ def test_a_queued_clip_on_the_page_cancel_and_the_clip(tmp_path: Path) -> None:
                         start_worker=False)  # no worker yet: the clips wait in line
     clip = {"prompt": "a portrait", "frames": 5, "fps": 5, "video_model": "tiny"}
     try:
-        # Cancel pressed while it waits: the session's Stop cancels the job in the queue, and the page says so.
+        # Cancel pressed while it waits: the session's Stop cancels the job in the queue, and the page says so;
+        # a Generate started meanwhile (a fresh Stop flag for its drawing) leaves the clip's cancel in place.
         stops, bar = SessionStops(), Bar()
         waiting = workflow.queue_video(None, **clip)
-        stops.start("alice", on_stop=lambda: workflow.cancel_video(waiting.id))
+        stops.watch("alice", waiting.id, lambda: workflow.cancel_video(waiting.id))
+        drawing = stops.start("alice")  # Make video, then Generate
         page = followed(workflow, waiting.id, bar)  # type: ignore[arg-type]
         assert next(page)[1] == "⏳ waiting: starting, position 1" and bar.shown[-1][1].startswith("waiting")
         stops.stop("alice")
+        assert drawing.is_set()
         with pytest.raises(gr.Error, match="nothing was kept"):
             next(page)
         assert workflow.jobs.get(waiting.id).status == Status.CANCELLED
@@ -55,6 +60,35 @@ def test_a_queued_clip_on_the_page_cancel_and_the_clip(tmp_path: Path) -> None:
         assert video.endswith(".mp4") and summary.startswith("**An image-to-video clip** (5 frames")
         assert likeness["kind"] == "image-to-video" and likeness["frame_count"] == 5
         assert workflow.jobs.get(made.id).status in (Status.RUNNING, Status.DONE)  # done, or about to be recorded
+    finally:
+        workflow.close()
+
+
+def test_a_closed_page_cancels_its_waiting_clip(tmp_path: Path) -> None:
+    """As Gradio closes the page's generator: ``close()`` from another thread while the generator is being asked
+    for its next update, retried while it is refused ("generator already executing", as Gradio's aclose does).
+    A clip that waits in line must pause at a yield soon enough for it to go through, and is then cancelled."""
+    workflow = Workflow(AppSettings(data_dir=tmp_path / "data", base_model="tiny"), start_worker=False)
+    try:
+        job = workflow.queue_video(None, prompt="a face", frames=5, fps=5, video_model="morph")
+        polled = threading.Event()
+        page = followed(workflow, job.id, lambda *_a, **_k: polled.set())  # type: ignore[arg-type]
+        next(page)
+        polled.clear()
+        asking = threading.Thread(target=lambda: next(page, None), daemon=True)  # Gradio's worker thread
+        asking.start()
+        assert polled.wait(30)  # the generator runs: it has polled the queue again
+        deadline, closed = time.monotonic() + 30, False
+        while not closed and time.monotonic() < deadline:
+            try:
+                page.close()
+                closed = True
+            except ValueError as exc:
+                assert "already executing" in str(exc)
+                polled.wait(0.05)
+        assert closed, "the page's generator never paused at a yield while its clip waited"
+        assert workflow.jobs.get(job.id).status == Status.CANCELLED
+        asking.join(30)
     finally:
         workflow.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
@@ -31,30 +32,40 @@ BASE_ONLY = "(base model, no LoRA)"
 
 class SessionStops:
     """One Stop flag per browser session. Gradio's ``cancels=`` ends the event, not the worker thread that draws the
-    images: without a flag the thread went on to its last image or frame, holding the generator (issue 32)."""
+    images: without a flag the thread went on to its last image or frame, holding the generator (issue 32).
+
+    A queued clip is cancelled in the job queue instead (``watch``), under its own key: a Generate started while the
+    clip waits takes a fresh flag but leaves the clip's cancel in place, so Stop still reaches both."""
 
     def __init__(self) -> None:
         self._flags: dict[str, threading.Event] = {}
-        self._on_stop: dict[str, Callable[[], object]] = {}
+        self._on_stop: dict[str, dict[str, Callable[[], object]]] = {}  # session -> key (a job id) -> cancel
         self._lock = threading.Lock()
 
-    def start(self, session: str, on_stop: Callable[[], object] | None = None) -> threading.Event:
-        """A fresh flag for the generation this session starts now; ``on_stop`` is called by Stop too (a queued
-        video is cancelled in the queue: Gradio's cancel only ends the page's wait for it)."""
+    def start(self, session: str) -> threading.Event:
+        """A fresh flag for the generation this session starts now."""
         with self._lock:
             flag = self._flags[session] = threading.Event()
-            self._on_stop.pop(session, None)
-            if on_stop is not None:
-                self._on_stop[session] = on_stop
             return flag
+
+    def watch(self, session: str, key: str, on_stop: Callable[[], object]) -> None:
+        """Stop calls ``on_stop`` too, until ``forget(session, key)``."""
+        with self._lock:
+            self._on_stop.setdefault(session, {})[key] = on_stop
+
+    def forget(self, session: str, key: str) -> None:
+        with self._lock:
+            self._on_stop.get(session, {}).pop(key, None)
+            if not self._on_stop.get(session, True):
+                del self._on_stop[session]
 
     def stop(self, session: str) -> None:
         with self._lock:
-            flag, on_stop = self._flags.get(session), self._on_stop.pop(session, None)
+            flag, on_stop = self._flags.get(session), self._on_stop.pop(session, {})
         if flag is not None:
             flag.set()
-        if on_stop is not None:
-            on_stop()
+        for cancel in on_stop.values():
+            cancel()
 
 
 def _choices(workflow: Workflow) -> list[tuple[str, str]]:
@@ -122,10 +133,17 @@ def _clip_outputs(result: VideoResult) -> tuple[str, str, pd.DataFrame, dict]:
             result.to_dict() | {"video": result.video.name})
 
 
+HEARTBEAT_SECONDS = 1.0
+
+
 def followed(workflow: Workflow, job_id: str, progress: gr.Progress) -> Iterator[tuple]:
     """A queued clip on the page: its place in line, then each step (bar with the time left, and the summary line),
-    then the clip; a cancelled or failed one as a message. A page that stops listening cancels it."""
-    shown, ended = "", False
+    then the clip; a cancelled or failed one as a message. A page that stops listening cancels it.
+
+    It yields at least every ``HEARTBEAT_SECONDS``, even with nothing new to show: Gradio closes the generator of a
+    page that went away only while it is paused at a yield (``close()`` is refused while it runs), so a clip waiting
+    minutes behind a training would otherwise stay queued for nobody."""
+    shown, ended, last = "", False, 0.0
     try:
         for update in workflow.follow_video(job_id):
             if update.result is not None:
@@ -136,8 +154,8 @@ def followed(workflow: Workflow, job_id: str, progress: gr.Progress) -> Iterator
                 ended = True
                 raise gr.Error(escaped(update.error), title="Stopped" if update.status == Status.CANCELLED else None)
             progress((update.done, update.total) if update.total else None, desc=update.text)
-            if update.text != shown:
-                shown = update.text
+            if update.text != shown or time.monotonic() - last >= HEARTBEAT_SECONDS:
+                shown, last = update.text, time.monotonic()
                 yield gr.update(), f"⏳ {escaped(update.text)}", gr.update(), gr.update()
     finally:
         if not ended:  # the page went away: nobody waits for this clip, so it does not hold the GPU
@@ -328,8 +346,12 @@ class Handlers:
             job = workflow.queue_video(model_id or None, prompt=prompt, prompt_b=second_prompt or None, frames=frames,
                                        fps=fps, seed=seed, video_model=workflow.settings.video_model,
                                        still=still or None)
-        self.stops.start(request.session_hash or "", on_stop=lambda: workflow.cancel_video(job.id))
-        yield from followed(workflow, job.id, progress)
+        session = request.session_hash or ""
+        self.stops.watch(session, job.id, lambda: workflow.cancel_video(job.id))
+        try:
+            yield from followed(workflow, job.id, progress)
+        finally:
+            self.stops.forget(session, job.id)
 
     def stills(self, model_id: str, request: gr.Request) -> dict:
         """The generations a clip may start from, for the model now picked."""
