@@ -423,9 +423,10 @@ class Workflow:
     @_writes("stop the training")
     def cancel_training(self, model_id: str) -> None:
         self.library.get(model_id)  # only this workspace's trainings: another's is "not found"
-        for job in [job for job in self._my_jobs() if job.model_id == model_id]:
-            if job.status in JOB_ACTIVE and self.jobs.cancel(job.id).status == Status.CANCELLED \
-                    and job.kind == JobKind.TRAIN:
+        for job in [job for job in self._my_jobs(JobKind.TRAIN) if job.model_id == model_id]:
+            if job.status in JOB_ACTIVE and self.jobs.cancel(job.id).status == Status.CANCELLED:
+        """Stop the model's training; its clips waiting in the same queue are left alone (they are Cancelled on the
+        page that asked for them)."""
                 # A queued job ends at once; a running one stops at its next step and reports itself.
                 self.library.update(model_id, status=Status.CANCELLED)
 
@@ -730,6 +731,9 @@ class Workflow:
         self._monitors.pop(model_id, None)
 
     def queue(self) -> list[QueueEntry]:
+        for job in self._my_jobs(JobKind.VIDEO):  # its clips too: their LoRA is about to go
+            if job.model_id == model_id and job.status in JOB_ACTIVE:
+                self.cancel_video(job.id)
         """Trainings that run or wait, in the order they run; other people's are counted, not named."""
         mine = {job.id for job in self._my_jobs()}
         entries = []

@@ -233,3 +233,17 @@ def test_a_clip_starts_from_the_persons_own_generation_and_nothing_outside(tmp_p
             workflow.cancel_video("nope")
     finally:
         workflow.close()
+
+
+def test_cancel_training_leaves_the_models_clips_deleting_the_model_cancels_them(tmp_path: Path) -> None:
+    workflow = Workflow(AppSettings(data_dir=tmp_path / "data", base_model="tiny"), start_worker=False)
+    try:
+        model_id = _ready_model(workflow)
+        clip = workflow.queue_video(model_id, prompt="a face", frames=5, fps=5, video_model="morph")
+        workflow.cancel_training(model_id)  # the Training tab's Cancel on this model: no training of it runs
+        assert workflow.jobs.get(clip.id).status == Status.QUEUED
+        assert workflow.model(model_id).status == Status.READY
+        workflow.delete_model(model_id)  # its LoRA goes: a clip of it could not be made
+        assert workflow.jobs.get(clip.id).status == Status.CANCELLED
+    finally:
+        workflow.close()
