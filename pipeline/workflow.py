@@ -422,11 +422,11 @@ class Workflow:
 
     @_writes("stop the training")
     def cancel_training(self, model_id: str) -> None:
+        """Stop the model's training; its clips waiting in the same queue are left alone (they are Cancelled on the
+        page that asked for them)."""
         self.library.get(model_id)  # only this workspace's trainings: another's is "not found"
         for job in [job for job in self._my_jobs(JobKind.TRAIN) if job.model_id == model_id]:
             if job.status in JOB_ACTIVE and self.jobs.cancel(job.id).status == Status.CANCELLED:
-        """Stop the model's training; its clips waiting in the same queue are left alone (they are Cancelled on the
-        page that asked for them)."""
                 # A queued job ends at once; a running one stops at its next step and reports itself.
                 self.library.update(model_id, status=Status.CANCELLED)
 
@@ -534,10 +534,11 @@ class Workflow:
         ``video_model`` is a ``--video-model`` setting: "auto" chooses by the GPU's free memory
         (``pipeline.video.choice``). Without one (None, "" or "morph"): a morph between stills
         (``make_scored_video``; ``prompt_b`` the prompt it moves towards; ``should_stop`` ends it between two frames
-        and the frames made so far are scored). With one ("tiny", a hub id or folder): the still ``prompt`` draws
-        with the LoRA — or ``still``, one of the person's generations (relative to the workspace) — animated by it
-        (``make_image_to_video``; ``prompt_b`` the motion, else ``prompt``); ``should_stop`` ends it between two
-        denoising steps with ``ClipStopped``, and nothing is kept."""
+        and the frames made so far are scored, here; a queued clip that is stopped keeps nothing, ``_run_video_job``).
+        With one ("tiny", a hub id or folder): the still ``prompt`` draws with the LoRA — or ``still``, one of the
+        person's generations (relative to the workspace) — animated by it (``make_image_to_video``; ``prompt_b`` the
+        motion, else ``prompt``); ``should_stop`` ends it between two denoising steps with ``ClipStopped``, and
+        nothing is kept."""
         from pipeline.intake.trigger import insert_trigger
         from pipeline.video.clip import make_scored_video
         from pipeline.video.clip_likeness import PersonReference
@@ -651,28 +652,52 @@ class Workflow:
             self._video_models.monitors.close(job_id)
 
     def cancel_video(self, job_id: str) -> Job:
-        """Cancel a queued clip now, or stop a running one at its next step (nothing of it is kept)."""
-        job = self._my_video(job_id)
-        return self.jobs.cancel(job.id) if job.status in JOB_ACTIVE else job
+        """Cancel a queued clip now, or stop a running one at its next step: nothing of it is kept, morph or
+        image-to-video. A clip already made is kept (Cancel came too late): the queue then records it done."""
+        self._my_video(job_id)
+        monitors = self._video_models.monitors
+        with monitors.ending:
+            job = self.jobs.get(job_id)
+            if job.status not in JOB_ACTIVE or monitors.made(job_id):
+                return job
+            job = self.jobs.cancel(job_id)
+        if job.status == Status.CANCELLED:  # out of the queue before it ran: the job lets go of its monitor here
+            monitors.close(job_id)
+        return job
 
     def _run_video_job(self, job: Job, should_stop: ev.StopCheck) -> None:
+        """Make the clip and publish it to its monitor; a clip stopped by Cancel or a shutdown keeps nothing (a
+        morph stopped between two frames has its MP4 and JSON already written: they are deleted)."""
         from pipeline.video.i2v import ClipStopped
 
         spec = VideoJobSpec.from_dict(job.payload)
-        monitor = self._video_models.monitors.open(job.id)
+        monitors = self._video_models.monitors
+        monitor = monitors.get(job.id)
+
+        def stopped() -> bool:  # after the run too: a cancel asked for from another process is in the queue only
+            return should_stop() or self.jobs.cancel_requested(job.id)
+
         try:
             result = self.video(spec.model_id or None, prompt=spec.prompt, prompt_b=spec.prompt_b or None,
                                 frames=spec.frames, fps=spec.fps, seed=spec.seed, video_model=spec.video_model,
                                 still=spec.still or None, on_event=monitor.on_event, should_stop=should_stop)
+            with monitors.ending:  # cancel_video takes it too
+                if not stopped():
+                    monitor.result = result
+                    return
+            for path in (result.video, result.likeness_json):
+                path.unlink(missing_ok=True)
+            monitor.error = (f"video stopped ({result.frames} of {spec.frames} frames made): nothing was kept")
         except ClipStopped as exc:
             monitor.error = str(exc)
-            if should_stop():
-                return  # cancelled or shut down: the queue records which (no failure, no traceback in the log)
-            raise
+            if not stopped():
+                raise
+            # cancelled or shut down: the queue records which (no failure, no traceback in the log)
         except Exception as exc:
             monitor.error = str(exc)
             raise  # the queue records the job failed (or cancelled, when it was stopped) with this message
-        monitor.result = result
+        finally:
+            monitors.close(job.id)  # the job lets go of its monitor; a page that follows it still holds it
 
     def clips(self, model_id: str) -> list[ClipRecord]:
         """The clips made of one of this person's models whose MP4 is still saved, newest first (ModelNotFound for
@@ -727,13 +752,13 @@ class Workflow:
     @_writes("delete the model")
     def delete_model(self, model_id: str) -> None:
         self.cancel_training(model_id)  # raises ModelNotFound for a model that is not in this workspace
+        for job in self._my_jobs(JobKind.VIDEO):  # its clips too: their LoRA is about to go
+            if job.model_id == model_id and job.status in JOB_ACTIVE:
+                self.cancel_video(job.id)
         self.library.delete(model_id, force=True)
         self._monitors.pop(model_id, None)
 
     def queue(self) -> list[QueueEntry]:
-        for job in self._my_jobs(JobKind.VIDEO):  # its clips too: their LoRA is about to go
-            if job.model_id == model_id and job.status in JOB_ACTIVE:
-                self.cancel_video(job.id)
         """Trainings that run or wait, in the order they run; other people's are counted, not named."""
         mine = {job.id for job in self._my_jobs()}
         entries = []

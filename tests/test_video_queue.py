@@ -24,6 +24,7 @@ from pipeline.events import Progress
 from pipeline.jobs.queue import Job, JobKind, JobNotFound, JobQueue
 from pipeline.settings import AppSettings, GenerateSettings, TrainSettings
 from pipeline.status import Status
+from pipeline.video.i2v import VideoModels
 from pipeline.video.job import VideoMonitor, waiting_text
 from pipeline.workflow import Workflow
 
@@ -137,6 +138,46 @@ def test_cancel_stops_a_running_clip_between_two_steps(tmp_path: Path) -> None:
         assert last.status == Status.CANCELLED and "video stopped after step 2 of 4" in last.error
         assert queue.wait_idle(30) and queue.get(job.id).status == Status.CANCELLED
         assert not list((data_dir / "videos").glob("*"))
+    finally:
+        workflow.close()
+
+
+def test_a_morph_cancelled_while_it_runs_keeps_nothing_and_its_monitors_are_freed(tmp_path: Path) -> None:
+    """A morph writes its MP4 frame by frame: Cancel at its second frame ends it there, and the queue, the page and
+    the videos folder agree: cancelled, nothing kept. A clip nobody follows leaves no monitor behind once made."""
+    torch.set_num_threads(1)
+    flows: list[Workflow] = []
+    asked: list[int] = []
+    cancelled_at = threading.Event()
+
+    def runner(job: Job, should_stop) -> None:
+        def stop() -> bool:
+            if job.id == followed.id:
+                asked.append(1)
+                if len(asked) == 2:
+                    flows[0].cancel_video(job.id)  # the page's Cancel, from the worker's thread at a known point
+                    cancelled_at.set()
+            return should_stop()
+        flows[0].run_job(job, stop)
+
+    data_dir = tmp_path / "data"
+    queue = JobQueue(data_dir, runner, autostart=False, devices=("cpu",))
+    video_models = VideoModels(data_dir)
+    flows.append(Workflow(AppSettings(data_dir=data_dir, base_model="tiny"), jobs=queue, start_worker=False,
+                          video_models=video_models))
+    workflow = flows[0]
+    try:
+        unfollowed = workflow.queue_video(None, prompt="a face", frames=3, fps=5, video_model="morph")
+        followed = workflow.queue_video(None, prompt="a face", frames=6, fps=5, video_model="morph")
+        queue.start()
+        *_, last = workflow.follow_video(followed.id, poll=0.05)
+        assert cancelled_at.is_set()
+        assert last.status == Status.CANCELLED and last.result is None
+        assert "video stopped (2 of 6 frames made): nothing was kept" in last.error
+        assert queue.wait_idle(60) and queue.get(followed.id).status == Status.CANCELLED
+        assert queue.get(unfollowed.id).status == Status.DONE
+        assert len(list((data_dir / "videos").glob("*.mp4"))) == 1  # the unfollowed clip's; none of the cancelled
+        assert unfollowed.id not in video_models.monitors and followed.id not in video_models.monitors
     finally:
         workflow.close()
 

@@ -111,16 +111,42 @@ class VideoMonitor:
 
 
 class VideoMonitors:
-    """The monitors of the clips being made, by job id, shared by every workspace (as the video model is)."""
+    """The monitors of the clips in the queue, by job id, shared by every workspace (as the video model is).
+
+    A monitor is held by its job (``open`` when it is queued, ``close`` when it ends) and by each page that follows
+    it (``Workflow.follow_video``), and freed when the last lets go: a clip nobody follows leaves nothing behind."""
 
     def __init__(self) -> None:
         self._monitors: dict[str, VideoMonitor] = {}
+        self._holds: dict[str, int] = {}
         self._lock = threading.Lock()
+        # Held while a clip is published or cancelled: a clip is either made and kept, or cancelled and gone.
+        self.ending = threading.Lock()
 
     def open(self, job_id: str) -> VideoMonitor:
+        """The job's monitor, held until ``close``."""
+        with self._lock:
+            self._holds[job_id] = self._holds.get(job_id, 0) + 1
+            return self._monitors.setdefault(job_id, VideoMonitor())
+
+    def get(self, job_id: str) -> VideoMonitor:
+        """The job's monitor, without holding it (made here if its job started before ``open`` was called)."""
         with self._lock:
             return self._monitors.setdefault(job_id, VideoMonitor())
 
+    def made(self, job_id: str) -> bool:
+        with self._lock:
+            monitor = self._monitors.get(job_id)
+            return monitor is not None and monitor.result is not None
+
     def close(self, job_id: str) -> None:
         with self._lock:
-            self._monitors.pop(job_id, None)
+            left = self._holds.pop(job_id, 0) - 1
+            if left > 0:
+                self._holds[job_id] = left
+            else:
+                self._monitors.pop(job_id, None)
+
+    def __contains__(self, job_id: object) -> bool:
+        with self._lock:
+            return job_id in self._monitors
