@@ -220,11 +220,12 @@ def test_a_running_clip_says_its_step_and_the_time_left() -> None:
     monitor.on_event(Progress("generate", 1, 4, "step 1 of 4"))
     now[0] += 30
     monitor.on_event(Progress("video", 1, 4, "video model: step 1 of 4"))  # a new stage: its own clock
+    assert monitor.seconds_left() is None  # one report: step 1's time is not known (it began before the report)
     now[0] += 6
     monitor.on_event(Progress("video", 2, 4, "video model: step 2 of 4"))
     update = monitor.update()
     assert (update.status, update.done, update.total) == (Status.RUNNING, 2, 4)
-    assert update.text == "video model: step 2 of 4 · about 6 s left"  # 3 s a step, 2 steps to go
+    assert update.text == "video model: step 2 of 4 · about 12 s left"  # 6 s a step (1 to 2), 2 steps to go
 
 
 def test_waiting_text_names_what_runs_and_the_place_in_line() -> None:

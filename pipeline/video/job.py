@@ -74,12 +74,13 @@ def waiting_text(running: Sequence[JobKind], position: int) -> str:
 
 
 class VideoMonitor:
-    """What a running clip reported: its latest progress (with when its stage began, for the time left), its end."""
+    """What a running clip reported: its latest progress (with its stage's first report, for the time left), its end.
+    """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.progress: Progress | None = None
-        self.stage_started = 0.0
+        self.stage_start: tuple[float, int] = (0.0, 0)  # when the current stage first reported, and its count then
         self.result: VideoResult | None = None
         self.error = ""
         self._lock = threading.Lock()
@@ -89,16 +90,18 @@ class VideoMonitor:
             return
         with self._lock:
             if self.progress is None or self.progress.stage != event.stage:
-                self.stage_started = self.clock()  # the time left is the current stage's: steps differ in cost
+                # The time left is the current stage's (steps differ in cost), timed from its first report: a stage
+                # reports after each step, so the time before it is not one of the steps it counts.
+                self.stage_start = (self.clock(), event.done)
             self.progress = event
 
     def seconds_left(self) -> float | None:
-        """The current stage's time left, from its steps so far (None before its first step)."""
+        """The current stage's time left, at its rate from its first report to its latest (None before two)."""
         with self._lock:
-            event = self.progress
-            if event is None or not event.done:
+            event, (started, done_then) = self.progress, self.stage_start
+            if event is None or event.done <= done_then:
                 return None
-            return (self.clock() - self.stage_started) / event.done * (event.total - event.done)
+            return (self.clock() - started) / (event.done - done_then) * (event.total - event.done)
 
     def update(self) -> VideoUpdate:
         event, left = self.progress, self.seconds_left()
