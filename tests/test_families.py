@@ -235,7 +235,7 @@ def test_the_estimate_sizes_a_klein_hub_model_by_its_own_transformer(tmp_path: P
     from pipeline.training.estimate import SpeedLog, estimate_training
 
     monkeypatch.setattr("pipeline.training.estimate.device_name", lambda: ("cuda", "an H100"))
-    monkeypatch.setattr("pipeline.training.estimate._mode", lambda settings: "bf16")
+    monkeypatch.setattr("pipeline.training.estimate._mode", lambda settings, variant: "bf16")
     settings = TrainSettings(resolution=512, finish_resolution=0)
     flux, klein4, klein9 = (estimate_training(settings, spec, SpeedLog(tmp_path), embedded=None)
                             for spec in (FLUX_DEV, "black-forest-labs/FLUX.2-klein-base-4B",
@@ -284,6 +284,7 @@ def test_the_settings_tab_lists_the_base_models_for_the_chosen_settings(tmp_path
         items = form_spec(defaults)
         handlers = _Handlers(People(workspaces, per_person=False), [i.name for i in items], defaults)
         values = {i.name: to_form(handlers.fields[i.name], getattr(defaults, i.name)) for i in items}
+        values["rank"] = 16  # the meta-device table's LoRA (klein's default is 32)
         at_512 = handlers.base_models_text(None, *(values | {"finish_resolution": 0}).values())
         at_1024 = handlers.base_models_text(None, *(values | {"resolution": 1024, "finish_resolution": 0}).values())
     finally:

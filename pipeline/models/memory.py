@@ -5,7 +5,8 @@ cards), ``nf4`` (4-bit weights via bitsandbytes, 16 GB) or ``offload`` (blocks s
 On a machine without CUDA there is one mode, ``cpu``: float32, where the CPU computes fastest.
 
 The figures below are FLUX.1-dev's (11.9 B transformer parameters, hidden 3072, 57 blocks); ``estimate_memory``
-scales them from the model actually loaded, so the tiny model gets tiny figures.
+scales them from the model actually loaded, so the tiny model gets tiny figures, and ``auto_thresholds`` scales the
+``auto`` mode's thresholds to a hub model's own estimate (FLUX.2 [klein] base 4B trains in bf16 on a 16 GB card).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pipeline.models.families.base import BaseVariant
+from pipeline.models.families.flux1 import FLUX1_DEV
 from pipeline.models.offload import alias_weight_in_state_dict, nan_like, reading_shapes_only, transformer_blocks
 
 logger = logging.getLogger(__name__)
@@ -26,8 +29,13 @@ MODES = ("bf16", "fp8", "nf4", "offload")
 # and the modules outside the blocks are on the GPU — for FLUX.1-dev a double block (340 M) and 64 M of 11.9 B, 3.4 %
 # of the bf16 weights; see pipeline/models/offload.py).
 _WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0 + 4 / 3072, "nf4": 0.5 + 4 / 64, "offload": 2.0 * 0.034, "cpu": 4.0}
-# Free GPU memory from which each mode is picked automatically (GB, as torch.cuda.mem_get_info reports it).
+# Free GPU memory from which each mode is picked automatically for FLUX.1-dev (GB, as torch.cuda.mem_get_info reports
+# it); other models scale them by their own estimate (``auto_thresholds``).
 _AUTO_THRESHOLDS = (("bf16", 40.0), ("fp8", 20.0), ("nf4", 14.0))
+# The run the thresholds are sized for: the default run's largest size (512 px, finishing at 1024), batch 1, a rank-16
+# LoRA. A fixed yardstick, so a model's thresholds do not move with the form.
+YARDSTICK_RESOLUTION = 1024
+YARDSTICK_RANK = 16
 
 
 @dataclass(frozen=True)
@@ -79,18 +87,45 @@ def bitsandbytes_works() -> bool:
     return True
 
 
-def choose_mode(requested: str, free_gb: float | None) -> tuple[str, str]:
-    """The mode to run in and why: ``requested`` unless "auto", which picks from free GPU memory."""
+def choose_mode(requested: str, free_gb: float | None,
+                thresholds: tuple[tuple[str, float], ...] = _AUTO_THRESHOLDS) -> tuple[str, str]:
+    """The mode to run in and why: ``requested`` unless "auto", which picks from free GPU memory and the model's
+    ``thresholds`` (``auto_thresholds(variant)``; FLUX.1-dev's where not given)."""
     if free_gb is None:
         if requested not in ("auto", "cpu"):
             logger.info("memory mode %s needs CUDA; training in float32 on the CPU", requested)
         return "cpu", "no CUDA GPU: float32 on the CPU"
     if requested != "auto":
         return requested, f"memory mode {requested} chosen in the settings"
-    for mode, threshold in _AUTO_THRESHOLDS:
+    for mode, threshold in thresholds:
         if free_gb >= threshold:
-            return mode, f"{free_gb:.0f} GB free on the GPU: {mode} (needs ≥ {threshold:.0f} GB)"
+            return mode, f"{free_gb:.0f} GB free on the GPU: {mode} (needs ≥ {threshold:g} GB)"
     return "offload", f"only {free_gb:.0f} GB free on the GPU: transformer blocks offloaded to host RAM"
+
+
+def variant_memory(variant: BaseVariant, mode: str, *, resolution: int = YARDSTICK_RESOLUTION,
+                   rank: int = YARDSTICK_RANK, batch_size: int = 1, optimizer: str = "adamw") -> MemoryEstimate:
+    """``estimate_memory`` for a hub model's own transformer (its counted ``TrainingCost``) at ``resolution`` px
+    with 512 text tokens."""
+    cost = variant.cost
+    if cost is None:
+        raise ValueError(f"variant: {variant.name} has no counted TrainingCost to estimate its memory from")
+    return estimate_memory(mode, base_parameters=int(variant.transformer_params),
+                           lora_parameters=cost.lora_rank16 * rank // 16, hidden_size=cost.hidden,
+                           num_blocks=cost.blocks, image_tokens=(resolution // 16) ** 2, text_tokens=512,
+                           batch_size=max(1, batch_size), optimizer=optimizer, offload_share=cost.offload_share)
+
+
+def auto_thresholds(variant: BaseVariant | None) -> tuple[tuple[str, float], ...]:
+    """The free GPU memory (GB) from which ``auto`` picks each mode for ``variant``: FLUX.1-dev's measured thresholds
+    times the variant's estimate over FLUX.1-dev's in that mode, so each keeps FLUX.1-dev's share of headroom
+    (klein base 4B: bf16 from 14 GB, where FLUX.1-dev needs 40). FLUX.1's own (and a model without counted figures,
+    a local folder) get FLUX.1-dev's exactly."""
+    if variant is None or variant.cost is None or variant.cost == FLUX1_DEV.cost:
+        return _AUTO_THRESHOLDS
+    return tuple((mode, round(threshold * variant_memory(variant, mode).total_gb
+                              / variant_memory(FLUX1_DEV, mode).total_gb, 1))
+                 for mode, threshold in _AUTO_THRESHOLDS)
 
 
 PLACEMENTS = ("gpu", "fp8", "stream")

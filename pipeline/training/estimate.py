@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.events import duration_text
-from pipeline.models.families import BaseVariant, FamilyId, families, variant_of
+from pipeline.models.families import BaseVariant, FamilyId, families, sized_variant
 from pipeline.models.families.flux1 import FLUX1_DEV
 from pipeline.settings import TrainSettings
 
@@ -335,7 +335,7 @@ def estimate_training(settings: TrainSettings, base_model: str, speeds: SpeedLog
     if kind == "cpu":
         name = "FLUX.1-dev" if variant is FLUX1_DEV else variant.name
         return TrainingEstimate(None, memory_gb, words, f"{name} is not practical to train on a CPU: use a GPU")
-    mode = _mode(settings)
+    mode = _mode(settings, variant)
     seconds = _h100_steps_seconds(settings, mode, variant)
     scaled = "" if variant is FLUX1_DEV else (
         f", scaled to {variant.name} by its step's FLOPs ({_step_ratio(variant, settings.resolution):.2f} of "
@@ -346,10 +346,10 @@ def estimate_training(settings: TrainSettings, base_model: str, speeds: SpeedLog
 
 
 def _costed(base_model: str) -> BaseVariant:
-    """The hub model's own figures where they are counted (klein base 4B/9B, FLUX.1), else FLUX.1-dev's (a local folder
-    or another hub id: what every base was estimated as before families)."""
-    variant = variant_of(base_model)
-    return variant if variant is not None and variant.cost is not None else FLUX1_DEV
+    """The hub model's own figures where they are counted (klein base 4B/9B, FLUX.1; a local folder of one of them by
+    its transformer's size), else FLUX.1-dev's (another folder or hub id: what every base was estimated as before
+    families)."""
+    return sized_variant(base_model) or FLUX1_DEV
 
 
 def _h100_steps_seconds(settings: TrainSettings, mode: str, variant: BaseVariant) -> float:
@@ -382,7 +382,7 @@ class BaseModelChoice:
 
 def base_model_choices(settings: TrainSettings) -> tuple[BaseModelChoice, ...]:
     """Every trainable hub model of every family with its figures counted, for a run of ``settings``."""
-    from pipeline.models.memory import MODES, estimate_memory
+    from pipeline.models.memory import MODES, variant_memory
 
     final = max(settings.resolution, settings.finish_resolution)
     choices = []
@@ -390,37 +390,29 @@ def base_model_choices(settings: TrainSettings) -> tuple[BaseModelChoice, ...]:
         for variant in family.variants:
             if not (variant.implemented and variant.for_training and variant.cost is not None):
                 continue
-            cost = variant.cost
-            memory = {mode: round(estimate_memory(
-                mode, base_parameters=int(variant.transformer_params),
-                lora_parameters=cost.lora_rank16 * settings.rank // 16, hidden_size=cost.hidden,
-                num_blocks=cost.blocks, image_tokens=(final // 16) ** 2, text_tokens=512,
-                batch_size=max(1, settings.batch_size), optimizer=settings.optimizer,
-                offload_share=cost.offload_share).total_gb, 1) for mode in MODES}
+            memory = {mode: round(variant_memory(variant, mode, resolution=final, rank=settings.rank,
+                                                 batch_size=settings.batch_size,
+                                                 optimizer=settings.optimizer).total_gb, 1) for mode in MODES}
             choices.append(BaseModelChoice(variant, family.id, memory, _h100_steps_seconds(settings, "bf16", variant)))
     return tuple(choices)
 
 
-def _mode(settings: TrainSettings) -> str:
-    from pipeline.models.memory import choose_mode, free_gpu_gb  # torch: only for FLUX.1-dev, not the embedded models
+def _mode(settings: TrainSettings, variant: BaseVariant) -> str:
+    """The memory mode a run of ``settings`` on ``variant`` gets here (auto: by the model's own thresholds)."""
+    from pipeline.models.memory import auto_thresholds, choose_mode, free_gpu_gb  # torch: not for the embedded models
 
-    return choose_mode(settings.memory_mode, free_gpu_gb())[0]
+    return choose_mode(settings.memory_mode, free_gpu_gb(), auto_thresholds(variant))[0]
 
 
 def _memory(settings: TrainSettings, kind: str, embedded: str | None, base_model: str = "") -> float | None:
     if embedded:
         return EMBEDDED_MEMORY_GB
-    from pipeline.models.memory import estimate_memory
+    from pipeline.models.memory import variant_memory
 
-    mode = "cpu" if kind == "cpu" else _mode(settings)
-    final = max(settings.resolution, settings.finish_resolution)
     variant = _costed(base_model)
-    assert variant.cost is not None
-    figure = estimate_memory(mode, base_parameters=int(variant.transformer_params),
-                             lora_parameters=variant.cost.lora_rank16 * settings.rank // 16,
-                             hidden_size=variant.cost.hidden, num_blocks=variant.cost.blocks,
-                             image_tokens=(final // 16) ** 2, text_tokens=512, offload_share=variant.cost.offload_share,
-                             batch_size=max(1, settings.batch_size), optimizer=settings.optimizer)
+    mode = "cpu" if kind == "cpu" else _mode(settings, variant)
+    figure = variant_memory(variant, mode, resolution=max(settings.resolution, settings.finish_resolution),
+                            rank=settings.rank, batch_size=settings.batch_size, optimizer=settings.optimizer)
     return round(figure.total_gb, 1)
 
 

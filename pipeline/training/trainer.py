@@ -56,7 +56,7 @@ from pipeline.models.base_model import (
     resolve_base_model,
     tiny_model_version,
 )
-from pipeline.models.families import FamilyError, ModelFamily, TextEmbedding, family, family_of
+from pipeline.models.families import FamilyError, ModelFamily, TextEmbedding, family, family_of, sized_variant
 from pipeline.settings import TrainSettings, to_json
 from pipeline.status import Status
 from pipeline.training.estimate import (
@@ -591,7 +591,9 @@ class _Run:
         self.fingerprint, self.legacy_fingerprint = _resume_fingerprints(s, self.base_model, self.model_path,
                                                                          self.dataset)
         free_gb = memory.free_gpu_gb(self.device)
-        mode, reason = memory.choose_mode(s.memory_mode, free_gb)
+        # auto's thresholds are the model's own (klein base 4B: bf16 from 14 GB; FLUX.1-dev: 40 as before).
+        mode, reason = memory.choose_mode(s.memory_mode, free_gb,
+                                          memory.auto_thresholds(sized_variant(self.model_path)))
         if mode == "nf4" and not memory.bitsandbytes_works():
             mode, reason = "fp8", "nf4 needs bitsandbytes, which does not work here: fp8 instead"
             self.emit(ev.Message(reason, level="warning"))

@@ -30,7 +30,7 @@ from pipeline.models.families.tiny_klein import TINY_KLEIN_MODEL
 from pipeline.settings import MICRO_MODEL, TINY_MODEL
 
 __all__ = ["BaseVariant", "FamilyError", "FamilyId", "ModelFamily", "TextEmbedding", "TrainingCost", "families",
-           "family", "family_of", "family_of_pipeline", "max_text_tokens", "variant_of"]
+           "family", "family_of", "family_of_pipeline", "max_text_tokens", "sized_variant", "variant_of"]
 # Every family, FLUX.1 first: adding one is its module and a line here.
 _REGISTRY: dict[FamilyId, ModelFamily] = {f.id: f for f in (FLUX1, FLUX2_KLEIN, FLUX2_DEV)}
 
@@ -51,6 +51,25 @@ def family(family_id: FamilyId | str) -> ModelFamily:
 def variant_of(spec: str) -> BaseVariant | None:
     """The hub model ``spec`` names, with its licence and defaults; None for other bases."""
     return next((v for f in families() for v in f.variants if v.hub_id.lower() == str(spec).strip().lower()), None)
+
+
+def sized_variant(spec: str | Path) -> BaseVariant | None:
+    """The hub model whose counted figures size ``spec`` for memory: the hub id's own, or for a local folder the
+    trainable variant whose transformer has the folder's width and block count (a downloaded klein base 4B sizes as
+    klein base 4B, not as FLUX.1-dev); None where none matches (the tiny models, an unknown folder)."""
+    variant = variant_of(str(spec))
+    if variant is not None:
+        return variant if variant.cost is not None else None
+    config = Path(str(spec)).expanduser() / "transformer" / "config.json"
+    try:
+        data = json.loads(config.read_text())
+        hidden = int(data["num_attention_heads"]) * int(data["attention_head_dim"])
+        blocks = int(data["num_layers"]) + int(data["num_single_layers"])
+        candidates = family_of(spec).variants
+    except (OSError, ValueError, KeyError, TypeError, FamilyError):
+        return None
+    return next((v for v in candidates if v.for_training and v.cost is not None and v.cost.hidden == hidden
+                 and v.cost.blocks == blocks), None)
 
 
 def family_of_pipeline(pipe: Any) -> ModelFamily:

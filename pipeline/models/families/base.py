@@ -5,8 +5,10 @@ questions. The families (``flux1.py``, ``flux2.py``) build on these; ``families/
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -97,6 +99,10 @@ class ModelFamily(ABC):
     text_encoder_words: str  # the text encoders in a progress message
     kohya_version: str  # the LoRA header's ss_base_model_version for bases of this family
     variants: tuple[BaseVariant, ...]
+    # The TrainSettings fields this family's hub models and folders train with where FLUX.1-dev's defaults do not fit
+    # them (``base_model.default_train_settings``), and where those values come from. The embedded models keep theirs.
+    train_defaults: Mapping[str, Any] = MappingProxyType({})
+    train_defaults_source = "TrainSettings' own defaults, set for FLUX.1-dev on a face (README)"
 
     # - classes -
 

@@ -12,6 +12,7 @@ What differs from FLUX.1 (measured in issue 35's prototype, /tmp/s15/klein/FINDI
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from pipeline.models.families.base import (
@@ -112,6 +113,19 @@ class Flux2KleinFamily(ModelFamily):
     # offer the file for FLUX.1.
     kohya_version = "flux2_klein"
     variants = (KLEIN_BASE_4B, KLEIN_BASE_9B, KLEIN_4B, KLEIN_9B)
+    # A rank-32 LoRA, alpha 32: ai-toolkit's default network (linear 32 / linear_alpha 32, which its flux2_klein_4b
+    # preset keeps), DiffSynth-Studio's klein base 4B LoRA script (rank 32) and a klein base LoRA workshop's face
+    # recipe (github.com/stephen37/workshops: rank 32, alpha 32, lr 2e-4, 800-1200 steps). Klein's blocks are fewer
+    # and narrower than FLUX.1's: rank 32 is 48 M parameters on klein base 4B, fewer than FLUX.1-dev's rank-16 65 M.
+    # The rest stays FLUX.1-dev's: learning rate 1e-4 (diffusers' train_dreambooth_lora_flux2_klein.py and
+    # DiffSynth-Studio; the workshop's 2e-4 is one voice against two), 1000 steps (inside the workshop's face range),
+    # gradient clipping 1.0 (diffusers' script), caption dropout 0.05 (ai-toolkit's dataset default). Not taken:
+    # diffusers' rank 4 and 500 warm-up steps (the script's generic dreambooth defaults) and its unshifted uniform
+    # timesteps (ai-toolkit's klein preset weights them; klein's shifted draw is flux2's sample_sigmas).
+    train_defaults = MappingProxyType({"rank": 32, "alpha": 32.0})
+    train_defaults_source = ("rank 32, alpha 32: ai-toolkit's default network, DiffSynth-Studio's klein base 4B LoRA "
+                             "script, a klein base face recipe; learning rate 1e-4 as diffusers' and DiffSynth's klein "
+                             "scripts; the rest FLUX.1-dev's")
 
     def encode_prompt(self, encoders: Any, prompt: str, *, device: str, tokens: int) -> TextEmbedding:
         embeds, _text_ids = encoders.encode_prompt(prompt=prompt, device=device, max_sequence_length=tokens,
