@@ -60,10 +60,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--disk-per-person-gb", type=float, default=0.0, metavar="GB",
                         help="disk each person's workspace may use (default: no limit)")
     parser.add_argument("--base-model", default=os.environ.get("LIKENESS_BASE_MODEL"),
-                        help="'micro' (default without CUDA), 'tiny', 'tiny-klein', a hub id such as "
-                             "black-forest-labs/FLUX.1-dev (default with CUDA) or "
-                             "black-forest-labs/FLUX.2-klein-base-4B, or a local diffusers folder of a FLUX.1 or "
-                             "FLUX.2 [klein] model")
+                        help="'auto' (default with CUDA): by the GPU's free memory, FLUX.1-dev where it trains in "
+                             "bf16 or fp8 (from 20 GB), else FLUX.2 [klein] base 4B (bf16 from 14 GB, down to 2.5 GB "
+                             "in offload), else micro; 'micro' (default without CUDA), 'tiny', 'tiny-klein', a hub id "
+                             "such as black-forest-labs/FLUX.1-dev or black-forest-labs/FLUX.2-klein-base-4B, or a "
+                             "local diffusers folder of a FLUX.1 or FLUX.2 [klein] model")
     parser.add_argument("--video-model", default=os.environ.get("LIKENESS_VIDEO_MODEL", "auto"),
                         help="the Playground's videos: 'auto' (default): by the GPU's free memory, Wan 2.2 TI2V-5B "
                              "from 13.4 GB, LTX-Video 2B from 11.5 GB, else (and on a CPU) a morph between stills; "

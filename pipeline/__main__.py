@@ -273,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print JSON for machines")
     common.add_argument("--data-dir", type=Path, default=Path(os.environ.get("LIKENESS_DATA_DIR", "data")))
-    common.add_argument("--base-model", default=os.environ.get("LIKENESS_BASE_MODEL"))
+    common.add_argument("--base-model", default=os.environ.get("LIKENESS_BASE_MODEL"),
+                        help="'auto' (default with CUDA: the best base that fits the GPU's free memory), 'micro' "
+                             "(default without), 'tiny', 'tiny-klein', a hub id or a local diffusers folder")
     common.add_argument("--user", help="act on this login's workspace (as in `app.py --users`); default: the local "
                                        "one")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -225,8 +225,9 @@ class TrainSettings:
     seed: int = setting(42, "Seed", Group.ADVANCED, info="the same seed, photos and settings train the same LoRA")
     memory_mode: str = setting("auto", "Memory mode", Group.ADVANCED, Widget.DROPDOWN, row=1,
                                choices=MEMORY_MODES, estimate=True,
-                               info="how the base model is held: auto picks by free GPU memory (bf16 ≥ 40 GB, fp8 "
-                                    "24 GB, nf4 16 GB, offload 12 GB)",
+                               info="how the base model is held: auto picks by free GPU memory and the model's "
+                                    "size (FLUX.1-dev: bf16 ≥ 40 GB, fp8 24 GB, nf4 16 GB, offload 12 GB; klein base "
+                                    "4B: bf16 on 16 GB)",
                                embedded_info="the {kind} model trains on the CPU in float32 whatever is chosen here: "
                                              "memory modes are for FLUX.1-dev on a GPU")
     optimizer: str = setting("adamw", "Optimizer (8-bit needs bitsandbytes and a GPU)", Group.ADVANCED,
@@ -450,7 +451,9 @@ class AppSettings:
     """Where the app keeps its data and which base model it trains on."""
 
     data_dir: Path = Path("data")
-    base_model: str = MICRO_MODEL  # "micro", "tiny", a hub id, or a local diffusers folder
+    # "micro", "tiny", "tiny-klein", a hub id, a local diffusers folder, or "auto": resolved once where the app starts
+    # (``Workspaces``) into the model that fits the GPU's free memory (pipeline/models/base_choice.py).
+    base_model: str = MICRO_MODEL
     # Videos: "auto" (the default: a video model by the GPU's free memory, a morph without one;
     # ``pipeline.video.choice``), "morph" or "" (a morph between stills), "tiny" (the tiny random image-to-video
     # model, built in code), or a Wan 2.2 TI2V / Wan I2V / LTX-Video hub id or local diffusers folder.

@@ -31,6 +31,7 @@ from pipeline.intake.crops import build_dataset
 from pipeline.intake.photos import IntakeResult, PhotoStore, Rejection, StoredPhoto
 from pipeline.jobs.queue import MAX_ATTEMPTS, Job, JobKind, JobNotFound, JobQueue
 from pipeline.library.catalog import Library, ModelRecord
+from pipeline.models.base_choice import BaseModelPick, free_gpu_gb, pick_base_model
 from pipeline.settings import (
     AppSettings,
     ClassifySettings,
@@ -131,7 +132,7 @@ class Workflow:
     def __init__(self, settings: AppSettings, *, start_worker: bool = True, workspace: str = LOCAL_WORKSPACE,
                  folder: Path | None = None, jobs: JobQueue | None = None,
                  generators: Generators | None = None, executor: Executor | None = None,
-                 video_models: VideoModels | None = None) -> None:
+                 video_models: VideoModels | None = None, base_model_pick: BaseModelPick | None = None) -> None:
         from pipeline.models.base_model import is_tiny, resolve_base_model
 
         self.settings = settings
@@ -139,11 +140,14 @@ class Workflow:
         self.shared_dir = Path(settings.data_dir)  # base models and the latent cache: one copy for everyone
         self.data_dir = Path(folder) if folder is not None else self.shared_dir
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.base_model = settings.base_model
+        # ``auto`` becomes a model here, once (``Workspaces`` chooses for everyone and passes its pick on): the jobs,
+        # the library and the page name the model itself, and say why it was chosen.
+        self.base_model_pick = base_model_pick or pick_base_model(settings.base_model, free_gpu_gb)
+        self.base_model = self.base_model_pick.spec
         # Fail early and clearly when the chosen base model cannot be found (the UI shows the message). The tiny
         # model needs no check: it is built on first use, not at start-up (building imports diffusers: seconds).
-        if not is_tiny(settings.base_model):
-            resolve_base_model(settings.base_model, self.shared_dir)
+        if not is_tiny(self.base_model):
+            resolve_base_model(self.base_model, self.shared_dir)
         self.photos = PhotoStore(self.data_dir / "photos", IntakeSettings())
         self.library = Library(self.data_dir)
         self.speeds = SpeedLog(self.shared_dir)  # the machine's measured training speeds: the same for everyone
@@ -155,6 +159,7 @@ class Workflow:
         self._generators = generators or Generators(self.shared_dir)
         # The image-to-video model (``AppSettings.video_model``), loaded on a clip's first use: one for everyone.
         self._video_models = video_models or VideoModels(self.shared_dir)
+        self._generators.on_load(self._video_models.release)  # the image model takes the GPU: the video model goes
         # Where trainings run: in this process (the default) or on a Ray cluster (``AppSettings.ray_address``).
         self._owns_executor = executor is None
         self.executor = executor or make_executor(settings, self._generators)
@@ -581,7 +586,7 @@ class Workflow:
 
         self._check_disk_quota()
         self._lora(model_id)  # a model that is not this person's, or has no LoRA yet
-        spec = self._video_models.chosen(video_model).spec  # "auto": by the GPU's free memory
+        spec = self._video_models.chosen(video_model, self._gpu_free_for_video).spec  # "auto": by GPU memory
         if not still:
             return spec, None
         if not spec:
@@ -592,7 +597,15 @@ class Workflow:
 
     def video_model_choice(self) -> VideoModelChoice:
         """The video model this app makes clips with (``AppSettings.video_model``, ``auto`` resolved) and why."""
-        return self._video_models.chosen(self.settings.video_model)
+        return self._video_models.chosen(self.settings.video_model, self._gpu_free_for_video)
+
+    def _gpu_free_for_video(self) -> float | None:
+        """The GPU memory a clip's video model finds: what is free now plus what the image model holds, as a clip
+        unloads the image model before it animates on a GPU (``make_image_to_video``). None without a GPU."""
+        from pipeline.video.choice import free_gpu_gb as free_now
+
+        free = free_now()
+        return None if free is None else free + self._generators.gpu_gb_held()
 
     def stills(self, model_id: str | None) -> list[Still]:
         """This person's generations made with ``model_id``'s LoRA (None: the bare base model), newest first: the

@@ -15,6 +15,7 @@ from pipeline.assessment.assess import reference_embeddings
 from pipeline.generation.generator import DEFAULT_TEST_PROMPTS, Generator
 from pipeline.intake.trigger import insert_trigger
 from pipeline.models import micro
+from pipeline.models.base_choice import AUTO_BASE_MODEL
 from pipeline.models.base_model import (
     default_base_model,
     default_test_generate_settings,
@@ -47,7 +48,7 @@ def test_a_changed_file_fails_the_checksum(tmp_path: Path) -> None:
 
 
 def test_micro_is_the_cpu_default_and_resolves_to_assets() -> None:
-    assert default_base_model() == (FLUX_DEV if torch.cuda.is_available() else MICRO_MODEL)
+    assert default_base_model() == (AUTO_BASE_MODEL if torch.cuda.is_available() else MICRO_MODEL)
     assert AppSettings().base_model == MICRO_MODEL
     path = resolve_base_model(MICRO_MODEL, Path("unused"))
     assert Path(path) == micro.MICRO_FOLDER

@@ -15,6 +15,7 @@ from typing import Any
 import gradio as gr
 
 from pipeline.events import duration_text
+from pipeline.models.base_choice import BaseModelPick
 from pipeline.settings import Group, Setting, TrainSettings, Widget, coerce, declaration, declared_fields
 from pipeline.status import Status
 from pipeline.training.estimate import BaseModelChoice, TrainingEstimate, base_model_choices, embedded_kind
@@ -148,6 +149,12 @@ def base_models_markdown(choices: tuple[BaseModelChoice, ...], current: str) -> 
                       "`--base-model` to switch; a LoRA only fits the base it was trained on):", "", *rows])
 
 
+def base_model_line(pick: BaseModelPick) -> str:
+    """The base model trainings use, and why where ``--base-model auto`` chose it."""
+    why = f" — chosen by `--base-model auto`, {pick.why}" if pick.mode else ""
+    return f"Base model: **{pick.spec}**{why}."
+
+
 class _Handlers:
     """The tab's events for one form: ``names`` are its settings in the components' order."""
 
@@ -212,7 +219,7 @@ def build(people: People, demo: gr.Blocks) -> SettingsInputs:
     spec = form_spec(defaults, size_hints(workflow.base_model, defaults))
     with gr.Tab("2 · Settings", id="settings"):
         gr.Markdown(
-            f"Base model: **{workflow.base_model}**. Defaults work for a face; change them only if you know why. "
+            f"{base_model_line(workflow.base_model_pick)} Defaults work for a face; change them only if you know why. "
             "They apply to the next run you start with **Train** on the Training tab."
         )
         c = place([item for item in spec if item.group is Group.BASIC])

@@ -87,14 +87,16 @@ def tiny_model_version(path: str | Path) -> str:
 
 
 def default_base_model() -> str:
-    """FLUX.1-dev where a CUDA GPU is present, else the embedded micro model."""
+    """``auto`` where a CUDA GPU is present (the best base that fits its free memory: pipeline/models/base_choice.py),
+    else the embedded micro model."""
+    from pipeline.models.base_choice import AUTO_BASE_MODEL
     from pipeline.models.hardware import gpu_may_be_present
 
     if not gpu_may_be_present():
         return MICRO_MODEL
     import torch
 
-    return FLUX_DEV if torch.cuda.is_available() else MICRO_MODEL
+    return AUTO_BASE_MODEL if torch.cuda.is_available() else MICRO_MODEL
 
 
 def resolve_base_model(spec: str | None, data_dir: Path) -> str:
@@ -102,11 +104,15 @@ def resolve_base_model(spec: str | None, data_dir: Path) -> str:
     ids and folders stay.
 
     The tiny models are built on first use. A folder or hub id of a family Likeness cannot train (FLUX.2 [dev], an
-    SDXL folder) is refused here, where the app starts, with what it needs.
+    SDXL folder) is refused here, where the app starts, with what it needs. ``auto`` is chosen from the GPU's free
+    memory now (the app chooses once at start, ``Workspaces.base_model_pick``, and passes the model on).
     """
+    from pipeline.models.base_choice import AUTO_BASE_MODEL, choose_base_model, free_gpu_gb
     from pipeline.models.families.tiny_klein import TINY_KLEIN_MODEL, ensure_tiny_klein
 
     spec = (spec or TINY_MODEL).strip()
+    if spec.lower() == AUTO_BASE_MODEL:
+        spec = choose_base_model(free_gpu_gb()).spec
     if spec == TINY_MODEL:
         return str(ensure_tiny_model(data_dir))
     if spec == TINY_KLEIN_MODEL:
@@ -304,12 +310,19 @@ def explain_load_failure(spec: str, exc: BaseException) -> str:
 
 
 def default_train_settings(spec: str, **overrides: Any) -> TrainSettings:
-    """Training defaults for a base model: the quick 64 px run for the tiny model, the documented ones otherwise."""
+    """Training defaults for a base model: the quick 64 px run for the tiny models, the micro model's own, else the
+    documented ones with its family's changes (``ModelFamily.train_defaults``: klein's rank 32, alpha 32)."""
+    from pipeline.models.families import FamilyError, family_of
+
     if is_tiny(spec):
         return TrainSettings.quick(**overrides)
     if is_micro(spec):
         return TrainSettings.micro(**overrides)
-    return TrainSettings(**overrides)
+    try:
+        family_defaults = dict(family_of(spec).train_defaults)
+    except FamilyError:  # an unreadable folder: the load that follows says why
+        family_defaults = {}
+    return TrainSettings(**{**family_defaults, **overrides})
 
 
 MICRO_GENERATE_STEPS = 28  # the micro model's denoising steps (FLUX's; 40 drew more faces than 12: README)

@@ -30,6 +30,7 @@ from pathlib import Path
 from pipeline import events as ev
 from pipeline.generation.generators import Generators
 from pipeline.jobs.queue import Job, JobKind, JobQueue
+from pipeline.models.base_choice import free_gpu_gb, pick_base_model
 from pipeline.settings import AppSettings
 from pipeline.status import JOB_ACTIVE
 from pipeline.video.i2v import VideoModels
@@ -232,6 +233,9 @@ class Workspaces:
 
     def __init__(self, settings: AppSettings, *, start_worker: bool = True,
                  limits: CreationLimits | None = None) -> None:
+        # ``--base-model auto`` is chosen once, before anything takes GPU memory, and is the same for everyone.
+        self.base_model_pick = pick_base_model(settings.base_model, free_gpu_gb)
+        settings = dataclasses.replace(settings, base_model=self.base_model_pick.spec)
         self.settings = settings
         self.limits = (limits or CreationLimits()).validate()
         self._rate = CreationRate(self.limits)
@@ -264,8 +268,8 @@ class Workspaces:
 
     def _make(self, key: str, folder: Path, check_orphans: bool) -> Workflow:
         flow = Workflow(self.settings, start_worker=check_orphans, workspace=key, folder=folder, jobs=self.jobs,
-                        executor=self.executor,
-                        generators=self._generators, video_models=self._video_models)
+                        executor=self.executor, generators=self._generators, video_models=self._video_models,
+                        base_model_pick=self.base_model_pick)
         self._flows[key] = flow
         return flow
 
@@ -310,7 +314,7 @@ class Workspaces:
                 shutil.rmtree(folder, ignore_errors=True)
                 self._blank = BlankWorkflow(self.settings, start_worker=False, workspace=BLANK_KEY, folder=folder,
                                             jobs=self.jobs, executor=self.executor, generators=self._generators,
-                                            video_models=self._video_models)
+                                            video_models=self._video_models, base_model_pick=self.base_model_pick)
             return self._blank
 
     def get_key(self, key: str, client: str = "") -> Workflow:
