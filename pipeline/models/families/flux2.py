@@ -1,6 +1,6 @@
 """FLUX.2: [klein] base 4B / 9B (Flux2KleinPipeline), implemented; FLUX.2 [dev] (Flux2Pipeline), declared.
 
-What differs from FLUX.1 (measured in issue 35's prototype, /tmp/s15/klein/FINDINGS.md):
+What differs from FLUX.1 (measured in issue 35's prototype; README 'Base-model families'):
 - text: one Qwen3 causal LM, the prompt wrapped in its chat template (thinking off), padded to 512 tokens; hidden
   states (9, 18, 27) stacked per token -> (tokens, 3 * hidden). No pooled vector.
 - latents: ``AutoencoderKLFlux2`` (32 channels), patchified 2x2 to 128 channels *before* normalising with the VAE's

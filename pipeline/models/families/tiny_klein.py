@@ -5,7 +5,7 @@ Like the FLUX.1 ``tiny`` model (pipeline/models/base_model.py) it is seeded, bui
 ``Flux2KleinPipeline.from_pretrained`` exactly as FLUX.2 [klein] base 4B is, so both share one path. Its images are
 noise: it proves the pipeline, not the likeness.
 
-The sizes keep what the klein code paths depend on (issue 35's prototype, /tmp/s15/klein/FINDINGS.md): Qwen3 with
+The sizes keep what the klein code paths depend on (measured in issue 35's prototype): Qwen3 with
 its 36 layers (only 32 wide) so the pipeline's hidden-state taps (9, 18, 27) work unchanged; 32 VAE latent channels,
 128 after the 2x2 patchify, with non-trivial BatchNorm running statistics (the latent normalisation); 4-axis RoPE; no
 guidance embedding; ``is_distilled`` False, so guidance above 1 runs real CFG as base klein does.
