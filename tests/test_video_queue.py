@@ -8,8 +8,9 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import face_probes
 import numpy as np
@@ -21,9 +22,11 @@ from lora_factory import make_lora
 from pipeline.assessment.assess import reference_embeddings
 from pipeline.assessment.likeness import save_person
 from pipeline.events import Progress
+from pipeline.generation.generator import Generator
 from pipeline.jobs.queue import Job, JobKind, JobNotFound, JobQueue
 from pipeline.settings import AppSettings, GenerateSettings, TrainSettings
 from pipeline.status import Status
+from pipeline.video import i2v
 from pipeline.video.i2v import VideoModels
 from pipeline.video.job import VideoMonitor, waiting_text
 from pipeline.workflow import Workflow
@@ -289,3 +292,45 @@ def test_cancel_training_leaves_the_models_clips_deleting_the_model_cancels_them
         assert workflow.jobs.get(clip.id).status == Status.CANCELLED
     finally:
         workflow.close()
+
+
+def test_an_image_generation_waits_while_a_clip_animates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One user of the GPU at a time: a Generate asked for while a clip animates draws only once the clip's frames
+    are made (the real tiny models; each span recorded around the real call)."""
+    workflow = Workflow(AppSettings(data_dir=tmp_path / "data", base_model="tiny"), start_worker=False)
+    spans: dict[str, list[tuple[float, float]]] = {"animate": [], "render": []}
+    animating, rendering = threading.Event(), threading.Event()
+    real_animate, real_render = i2v.animate, Generator.render
+
+    def timed(name: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        start = time.monotonic()
+        try:
+            return call(*args, **kwargs)
+        finally:
+            spans[name].append((start, time.monotonic()))
+
+    def animate(*args: Any, **kwargs: Any) -> Any:
+        animating.set()
+        rendering.wait(2)  # long enough for the Generate to draw, were it let in
+        return timed("animate", real_animate, *args, **kwargs)
+
+    def render(self: Generator, *args: Any, **kwargs: Any) -> Any:
+        if animating.is_set():
+            rendering.set()
+        return timed("render", real_render, self, *args, **kwargs)
+
+    monkeypatch.setattr(i2v, "animate", animate)
+    monkeypatch.setattr(Generator, "render", render)
+    drawn: list[Path] = []
+    generate = threading.Thread(target=lambda: animating.wait(30) and drawn.extend(workflow.generate(
+        None, GenerateSettings(prompt="a face", steps=2, width=64, height=64))))
+    try:
+        generate.start()
+        workflow.video(None, prompt="a face", frames=5, fps=5, video_model="tiny")
+        generate.join(60)
+        assert drawn and len(spans["animate"]) == 1 and len(spans["render"]) == 2  # the still, then the Generate
+        (start, end), = spans["animate"]
+        assert all(r_end <= start or r_start >= end for r_start, r_end in spans["render"]), spans
+    finally:
+        workflow.close()
+

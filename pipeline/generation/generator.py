@@ -15,7 +15,7 @@ import logging
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,12 +92,16 @@ class Comparison:
 class Generator:
     """A loaded base model that generates with any LoRA trained on it. Thread-safe: one generation at a time."""
 
-    def __init__(self, base_model: str, data_dir: Path, *, device: str | None = None, placement: str = "auto") -> None:
+    def __init__(self, base_model: str, data_dir: Path, *, device: str | None = None, placement: str = "auto",
+                 before_load: Callable[[], None] = lambda: None) -> None:
         self.base_model = base_model
         self.data_dir = Path(data_dir)
         self.device = device or generation_device()
         self.placement = placement  # asked for: "auto" or one of memory.PLACEMENTS
+        # Called before the weights load onto a GPU: the video model is dropped there (``Generators.before_load``).
+        self.before_load = before_load
         self._pipe: Any = None
+        # The GPU's lock as well as this generator's: a clip's animation holds it too (``held``).
         self._lock = threading.RLock()
         self._adapters: OrderedDict[str, str] = OrderedDict()  # LoRA file key -> adapter name, oldest first
 
@@ -109,6 +113,8 @@ class Generator:
             if self._pipe is None:
                 from pipeline.models.base_model import load_pipeline
 
+                if self.device != "cpu":  # on a CPU both models simply stay in memory
+                    self.before_load()
                 logger.info("loading base model %s", self.base_model)
                 self._pipe = load_pipeline(self.base_model, self.data_dir, device=self.device,
                                            placement=self.placement)
@@ -136,11 +142,27 @@ class Generator:
             free = memory.free_gpu_gb(self.device)
             if self.placement != "auto" or in_use is None or in_use.name not in memory.PLACEMENTS or free is None:
                 return False
-            modules = list(generation_components(self._pipe).values())
-            held = sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()]
-                       if t.device.type == "cuda") / memory.GB
+            held = self.gpu_gb_held()
         best, _reason = memory.choose_generation_placement("auto", free + held, **in_use.sizes)
         return memory.PLACEMENTS.index(best) < memory.PLACEMENTS.index(in_use.name)
+
+    def gpu_gb_held(self) -> float:
+        """The GPU memory this generator's weights hold (GB; 0 unloaded or on the CPU)."""
+        from pipeline.models import memory
+
+        with self._lock:
+            if self._pipe is None:
+                return 0.0
+            modules = list(generation_components(self._pipe).values())
+            return sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()]
+                       if t.device.type == "cuda") / memory.GB
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the generator without drawing: what else uses the GPU (a clip's animation) holds it, so an image
+        generation and a clip never run on it at once. Reentrant: ``generate`` may be called inside."""
+        with self._lock:
+            yield
 
     def unload(self) -> None:
         """Drop the pipeline and its LoRAs (the next use loads and places it again)."""

@@ -14,8 +14,11 @@ The video model is a setting like the base model (``AppSettings.video_model``, `
 
 Memory: one video model is loaded at a time (``VideoModels``), shared by every workspace. On a GPU it is loaded in
 bfloat16 with ``enable_model_cpu_offload``: its weights wait in host memory and each part (text encoder, transformer,
-VAE) is on the GPU only while it runs, so between clips the image model has the GPU to itself; the VAE decodes in
-tiles. ``VideoModels.release`` drops it altogether. On the CPU the tiny model is a few hundred kB and simply stays.
+VAE) is on the GPU only while it runs; the VAE decodes in tiles. The GPU has one user at a time: a clip holds the
+image generator (``Generator.held``) from its still to its last frame, and on a GPU unloads the image model before it
+animates; an image generation that loads the image model onto a GPU drops the video model first
+(``VideoModels.release``, hooked into ``Generators.on_load``). On the CPU both stay (the tiny model is a few hundred
+kB).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +105,13 @@ def pipeline_class(path: str) -> type:
     return getattr(diffusers, I2V_CLASSES[name])
 
 
+def runs_on_gpu(spec: str) -> bool:
+    """Whether the video model of ``spec`` runs on a GPU (the tiny one stays on the CPU)."""
+    import torch
+
+    return torch.cuda.is_available() and not is_tiny_video(spec)
+
+
 def load_video_pipeline(spec: str, data_dir: Path) -> Any:
     """The video pipeline of ``spec``: on the CPU in float32; on a GPU in bfloat16 with model CPU offload."""
     import torch
@@ -111,7 +121,7 @@ def load_video_pipeline(spec: str, data_dir: Path) -> Any:
     quiet_library_logs()  # our own Progress events instead of the libraries' bars
     path = resolve_video_model(spec, data_dir)
     cls = pipeline_class(path)
-    on_gpu = torch.cuda.is_available() and not is_tiny_video(path)
+    on_gpu = runs_on_gpu(path)
     logger.info("loading video model %s as %s", spec, cls.__name__)
     with WEIGHTS_LOCK:
         pipe = cls.from_pretrained(path, dtype=torch.bfloat16 if on_gpu else torch.float32)
@@ -135,13 +145,13 @@ class VideoModels:
         self._choices: dict[str, VideoModelChoice] = {}
         self._choice_lock = threading.Lock()
 
-    def chosen(self, setting: str | None) -> VideoModelChoice:
-        """The ``--video-model`` setting as a choice; ``auto`` measures the free GPU memory once (at the first page
-        or clip, before the image model takes its share), so the page and every clip agree."""
+    def chosen(self, setting: str | None, free_gb: Callable[[], float | None] = free_gpu_gb) -> VideoModelChoice:
+        """The ``--video-model`` setting as a choice; ``auto`` measures ``free_gb()`` once (at the first page or
+        clip), so the page and every clip agree."""
         key = (setting or "").strip()
         with self._choice_lock:
             if key not in self._choices:
-                self._choices[key] = video_model_choice(key, free_gpu_gb)
+                self._choices[key] = video_model_choice(key, free_gb)
             return self._choices[key]
 
     @contextlib.contextmanager
@@ -257,12 +267,15 @@ def make_image_to_video(generator: Generator, video_models: VideoModels, spec: s
     from pipeline.video.clip import VideoResult, encode_mp4, score_and_tag
     from pipeline.video.clip_likeness import likeness_path
 
-    images = [picked] if picked is not None else generator.generate(still, lora_path=lora_path, on_event=on_event,
-                                                                    should_stop=should_stop)
-    if not images:
-        raise ClipStopped("video stopped while its still was drawn: nothing was kept")
-    with video_models.activated(spec) as pipe:
-        frames = animate(pipe, images[0], clip, on_event=on_event, should_stop=should_stop)
+    with generator.held():  # the GPU, from the still to the last frame: no image is drawn meanwhile
+        images = [picked] if picked is not None else generator.generate(still, lora_path=lora_path,
+                                                                        on_event=on_event, should_stop=should_stop)
+        if not images:
+            raise ClipStopped("video stopped while its still was drawn: nothing was kept")
+        if runs_on_gpu(spec):
+            generator.unload()  # the video model's parts need the GPU; the next generation loads it again
+        with video_models.activated(spec) as pipe:
+            frames = animate(pipe, images[0], clip, on_event=on_event, should_stop=should_stop)
     path, _written = encode_mp4(frames, out_path, width=frames[0].width, height=frames[0].height, fps=clip.fps)
     made = VideoResult(video=path, likeness_json=likeness_path(path), kind=IMAGE_TO_VIDEO,
                        why=why_animated(spec, picked_ref),
