@@ -423,7 +423,17 @@ class Workflow:
         self.library.get(model_id)  # another workspace's model is "not found", like one that does not exist
         waiting = [job for job in self._my_jobs(JobKind.TRAIN)
                    if job.model_id == model_id and job.status == Status.QUEUED]
-        return self.jobs.position(waiting[0].id) if waiting else None
+        if not waiting:
+            return None
+        # Clips in the same line are left out: each takes minutes, not a training's time.
+        lineup = [job.id for job in self.jobs.list() if job.status in JOB_ACTIVE and job.kind == JobKind.TRAIN]
+        return lineup.index(waiting[0].id)
+
+    def trainings_in_line(self) -> tuple[int, int]:
+        """Everyone's trainings that run and that wait: what a new training waits behind (clips left out, as in
+        ``jobs_ahead``)."""
+        active = [job.status for job in self.jobs.list() if job.status in JOB_ACTIVE and job.kind == JobKind.TRAIN]
+        return active.count(Status.RUNNING), active.count(Status.QUEUED)
 
     @_writes("stop the training")
     def cancel_training(self, model_id: str) -> None:
@@ -779,7 +789,9 @@ class Workflow:
             if job.status not in JOB_ACTIVE:
                 continue
             name = ""
-            if job.id in mine:
+            if job.id in mine and job.model_id == BASE_MODEL_JOB:  # a clip of the bare base model: no library model
+                name = "base model"
+            elif job.id in mine:
                 with contextlib.suppress(ValueError):
                     name = self.library.get(job.model_id).name
             entries.append(QueueEntry(name, job.status, job.node, job.kind))

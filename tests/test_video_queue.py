@@ -29,9 +29,19 @@ from pipeline.status import Status
 from pipeline.video import i2v
 from pipeline.video.i2v import VideoModels
 from pipeline.video.job import VideoMonitor, waiting_text
-from pipeline.workflow import Workflow
+from pipeline.workflow import QueueEntry, Workflow
 
 Run = tuple[JobKind, str, float, float]  # kind, job id, start, end (monotonic)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """The tiny models on one thread (quicker on two busy cores), and the thread count given back afterwards: the
+    tests after these in the same process keep theirs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _ready_model(workflow: Workflow, name: str = "astro") -> str:
@@ -48,7 +58,6 @@ def _ready_model(workflow: Workflow, name: str = "astro") -> str:
 def recorded(tmp_path: Path) -> Iterator[tuple[Workflow, JobQueue, list[Run]]]:
     """A workflow on the tiny model whose queue (one worker, not started yet) records when each job ran: the
     workflow's own runner, timed."""
-    torch.set_num_threads(1)
     runs: list[Run] = []
     flows: list[Workflow] = []
 
@@ -116,7 +125,6 @@ def _train_job(queue: JobQueue) -> str:
 def test_cancel_stops_a_running_clip_between_two_steps(tmp_path: Path) -> None:
     """Cancel pressed while the clip runs (here: as its second step is asked whether to stop): it ends there, the
     queue records it cancelled, the page is told, and no file is left."""
-    torch.set_num_threads(1)
     flows: list[Workflow] = []
     asked: list[int] = []
 
@@ -148,7 +156,6 @@ def test_cancel_stops_a_running_clip_between_two_steps(tmp_path: Path) -> None:
 def test_a_morph_cancelled_while_it_runs_keeps_nothing_and_its_monitors_are_freed(tmp_path: Path) -> None:
     """A morph writes its MP4 frame by frame: Cancel at its second frame ends it there, and the queue, the page and
     the videos folder agree: cancelled, nothing kept. A clip nobody follows leaves no monitor behind once made."""
-    torch.set_num_threads(1)
     flows: list[Workflow] = []
     asked: list[int] = []
     cancelled_at = threading.Event()
@@ -240,7 +247,6 @@ def test_waiting_text_names_what_runs_and_the_place_in_line() -> None:
 
 
 def test_a_clip_starts_from_the_persons_own_generation_and_nothing_outside(tmp_path: Path) -> None:
-    torch.set_num_threads(1)
     workflow = Workflow(AppSettings(data_dir=tmp_path / "data", base_model="tiny"), start_worker=False)
     try:
         model_id, other_id = _ready_model(workflow), _ready_model(workflow, "other")
@@ -266,7 +272,8 @@ def test_a_clip_starts_from_the_persons_own_generation_and_nothing_outside(tmp_p
 
         outside = tmp_path / "elsewhere.png"
         outside.write_bytes(mine.read_bytes())
-        for ref in (str(outside), "../elsewhere.png", "generations/../../elsewhere.png", "photos/x.png"):
+        for ref in (str(outside), "../elsewhere.png", "generations/../../elsewhere.png", "photos/x.png",
+                    f"generations/{'a' * 300}.png", "generations/x\x00.png"):  # names the file system refuses
             with pytest.raises(ValueError, match="still: .* is not one of your generations"):
                 workflow.queue_video(model_id, prompt="p", frames=5, fps=5, video_model="tiny", still=ref)
         with pytest.raises(ValueError, match="still: there is no generation"):
@@ -334,3 +341,18 @@ def test_an_image_generation_waits_while_a_clip_animates(tmp_path: Path, monkeyp
     finally:
         workflow.close()
 
+
+
+def test_clips_in_line_are_not_counted_as_trainings_and_a_base_model_clip_is_mine(tmp_path: Path) -> None:
+    workflow = Workflow(AppSettings(data_dir=tmp_path / "data", base_model="tiny"), start_worker=False)
+    try:
+        clip = workflow.queue_video(None, prompt="a face", frames=5, fps=5, video_model="morph")
+        record = workflow.library.create("t", "tiny", {})
+        workflow.jobs.submit(record.id, {"workspace": workflow.workspace})  # a training, behind the clip
+        assert workflow.jobs_ahead(record.id) == 0  # next among the trainings: the clip costs minutes, not a training
+        assert workflow.trainings_in_line() == (0, 1)  # what the Settings tab's estimate waits behind
+        # The Training tab names the person's own clip of the bare base model (it said "another person's video").
+        assert workflow.queue()[0] == QueueEntry("base model", Status.QUEUED, "", JobKind.VIDEO)
+        assert workflow.jobs.get(clip.id).status == Status.QUEUED
+    finally:
+        workflow.close()

@@ -17,7 +17,6 @@ import gradio as gr
 from pipeline.events import duration_text
 from pipeline.models.base_choice import BaseModelPick
 from pipeline.settings import Group, Setting, TrainSettings, Widget, coerce, declaration, declared_fields
-from pipeline.status import Status
 from pipeline.training.estimate import BaseModelChoice, TrainingEstimate, base_model_choices, embedded_kind
 from ui.people import People
 from ui.text import plain
@@ -184,9 +183,8 @@ class _Handlers:
             chosen = settings_from_values(self.names, list(values), workflow.default_train_settings()).validate()
         except ValueError as exc:
             return f"⏱ No estimate until the settings are valid: {plain(exc)}"
-        active = [entry.status for entry in workflow.queue()]
-        estimate = workflow.estimate(chosen).with_queue(running=active.count(Status.RUNNING),
-                                                        waiting=active.count(Status.QUEUED))
+        running, waiting = workflow.trainings_in_line()
+        estimate = workflow.estimate(chosen).with_queue(running=running, waiting=waiting)
         return estimate_markdown(estimate)
 
     def base_models_text(self, request: gr.Request, *values) -> str:

@@ -63,11 +63,15 @@ def resolve_still(workspace: Path, ref: str) -> Path:
     """The file of one of the person's generations named ``ref`` (relative to their workspace); ValueError, naming
     the field, for anything else."""
     root = (Path(workspace) / GENERATIONS).resolve()
-    path = (Path(workspace) / ref).resolve()  # an absolute ref stays absolute: refused below unless it is theirs
-    if not path.is_relative_to(root):
-        raise ValueError(f"still: {ref!r} is not one of your generations; pick one from the list under the Video "
-                         "panel (a file outside your workspace's generations is refused)")
-    if not path.is_file():
+    try:
+        path = (Path(workspace) / ref).resolve()  # an absolute ref stays absolute: refused below unless it is theirs
+        outside, missing = not path.is_relative_to(root), not path.is_file()
+    except (OSError, ValueError):  # a name the file system refuses (too long, a NUL byte): no generation of theirs
+        outside, missing = True, True
+    if outside:
+        raise ValueError(f"still: {ref[:200]!r} is not one of your generations; pick one from the list under the "
+                         "Video panel (a file outside your workspace's generations is refused)")
+    if missing:
         raise ValueError(f"still: there is no generation {ref!r} in your workspace (deleted?); pick one from the list")
     return path
 
