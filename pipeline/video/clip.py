@@ -68,7 +68,8 @@ def video_frames(generator: Generator, clip: VideoSettings, *, lora_path: Path |
         embeds_a = family.render_embeds(pipe, clip.prompt)
         embeds_b = family.render_embeds(pipe, clip.prompt_b) if clip.prompt_b.strip() else embeds_a
         for t in path_positions(clip.frames, loop=clip.loop):
-            latents = _as_given(pipe, slerp(t, noise_a, noise_b), clip.width, clip.height)
+            # Walked packed: slerp needs only norms and a dot product, which the layout does not change.
+            latents = family.render_latents(pipe, slerp(t, noise_a, noise_b), clip.width, clip.height)
             embeds = tuple(torch.lerp(a, b, t) for a, b in zip(embeds_a, embeds_b, strict=True))
             yield generator.render(pipe, settings, seed=clip.seed_a, latents=latents, embeds=embeds)
 
@@ -255,16 +256,3 @@ def _noise(pipe: Any, seed: int, width: int, height: int) -> torch.Tensor:
     latents, _ids = pipe.prepare_latents(1, channels, height, width, pipe.transformer.dtype, pipe.device,
                                          torch.Generator("cpu").manual_seed(seed))
     return latents
-
-
-def _as_given(pipe: Any, packed: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Packed latents ([1, tokens, channels]) as the pipeline takes them back: FLUX.1 packed; FLUX.2 [klein] as the
-    [1, channels, h, w] grid it packs itself (its ``prepare_latents`` always packs). The path is walked packed either
-    way: slerp needs only norms and a dot product, which the layout does not change."""
-    from pipeline.models.families import FamilyId, family_of_pipeline
-
-    if family_of_pipeline(pipe).id != FamilyId.FLUX2_KLEIN:
-        return packed
-    grid_h = 2 * (height // (pipe.vae_scale_factor * 2)) // 2
-    grid_w = 2 * (width // (pipe.vae_scale_factor * 2)) // 2
-    return packed.permute(0, 2, 1).reshape(packed.shape[0], packed.shape[2], grid_h, grid_w)

@@ -193,6 +193,11 @@ class ModelFamily(ABC):
     def render_embeds(self, pipe: Any, prompt: str) -> tuple[torch.Tensor, ...]:
         """``prompt`` encoded as ``render_kwargs`` takes it back (``embeds``): the morph clip blends two of them."""
 
+    def render_latents(self, pipe: Any, packed: torch.Tensor, width: int, height: int) -> torch.Tensor:
+        """Packed starting latents ([1, tokens, channels], as ``prepare_latents`` draws them) in the form the
+        pipeline's ``latents=`` takes back: packed, as FLUX.1 does (the morph clip walks its path packed)."""
+        return packed
+
     def default_guidance(self, model_path: str | None = None) -> float:
         """The guidance test images use on this family's first variant (FLUX.1 [dev]'s 3.5, base klein's CFG 4)."""
         return self.variants[0].guidance

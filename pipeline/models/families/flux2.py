@@ -254,6 +254,12 @@ class Flux2KleinFamily(ModelFamily):
                                               text_encoder_out_layers=KLEIN_TEXT_LAYERS)
         return (embeds,)
 
+    def render_latents(self, pipe: Any, packed: torch.Tensor, width: int, height: int) -> torch.Tensor:
+        """As the [1, channels, h, w] grid: klein's ``prepare_latents`` packs given latents itself."""
+        grid_h = 2 * (height // (pipe.vae_scale_factor * 2)) // 2
+        grid_w = 2 * (width // (pipe.vae_scale_factor * 2)) // 2
+        return packed.permute(0, 2, 1).reshape(packed.shape[0], packed.shape[2], grid_h, grid_w)
+
 
 class Flux2DevFamily(Flux2KleinFamily):
     """FLUX.2 [dev]: the same transformer and VAE classes as klein at 32 B, a Mistral3 text encoder. Recognised
