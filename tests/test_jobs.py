@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.jobs.queue import MAX_ATTEMPTS, Job, JobInterrupted, JobNotFound, JobQueue, QueueBusy
+from pipeline.storage.jsondb import lock_for
 
 
 class Recorder:
@@ -145,9 +146,12 @@ def test_a_job_whose_end_cannot_be_written_leaves_the_worker_alive(tmp_path):
 
             def repair() -> None:
                 time.sleep(1.0)
-                (db / "x").unlink()
-                db.rmdir()
-                os.replace(aside, db)
+                # Under the queue's own lock: between rmdir and replace a worker's write would make a new, empty
+                # jobs.json that the test then read (JobNotFound: failed 1 run in a few on a busy machine).
+                with lock_for(db):
+                    (db / "x").unlink()
+                    db.rmdir()
+                    os.replace(aside, db)
 
             threading.Thread(target=repair, daemon=True).start()
             raise OSError(28, "No space left on device")
