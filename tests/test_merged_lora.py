@@ -64,3 +64,26 @@ def test_merging_is_chosen_only_where_it_saves_work() -> None:
     assert not merging_pays(4, 128, 6 * 128, 128)
     # FLUX.1-dev (3072 wide, rank 16, 4096 + 512 tokens): peft's path, by far.
     assert not merging_pays(4608, 3072, 3072, 16)
+
+
+
+@pytest.mark.parametrize("rank", [4, 16])
+def test_merged_layers_are_used_only_where_some_batch_could_merge(rank: int) -> None:
+    """add_lora registers the merged layer only where merging can pay for some token count: a 32-wide FLUX.2 [klein]
+    transformer's rank-4 LoRA never merges, so its layers stay peft's own (no check on every call); at rank 16 the
+    layers that can merge do."""
+    from diffusers import Flux2Transformer2DModel
+
+    from pipeline.training.merged_lora import merging_can_pay
+
+    for in_features, out_features, r in [(128, 128, 128), (32, 32, 4), (32, 192, 4), (32, 32, 16), (3072, 3072, 16)]:
+        assert merging_can_pay(in_features, out_features, r) == any(
+            merging_pays(tokens, in_features, out_features, r) for tokens in (1, 64, 4096, 10**7))
+    model = Flux2Transformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                    attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                    timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4))
+    add_lora(model, rank=rank, alpha=rank, autocast=False, merge_when_cheaper=True)
+    lora_layers = {name: m for name, m in model.named_modules() if hasattr(m, "lora_A")}
+    can = {name: merging_can_pay(m.in_features, m.out_features, rank) for name, m in lora_layers.items()}
+    assert lora_layers and any(can.values()) == (rank == 16)
+    assert all(isinstance(m, MergedWeightLoraLinear) == any(can.values()) for m in lora_layers.values())

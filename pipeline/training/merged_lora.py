@@ -27,6 +27,12 @@ def merging_pays(tokens: int, in_features: int, out_features: int, rank: int) ->
     return in_features * out_features * (tokens + 3 * rank) < 3 * tokens * rank * (in_features + out_features)
 
 
+def merging_can_pay(in_features: int, out_features: int, rank: int) -> bool:
+    """Whether :func:`merging_pays` holds for some batch: for enough tokens exactly when ``in·out < 3r·(in + out)``
+    (the merged weight's fixed cost ``6·r·in·out`` is paid back only then)."""
+    return in_features * out_features < 3 * rank * (in_features + out_features)
+
+
 class MergedWeightLoraLinear(LoraLinear):
     """peft's LoRA ``Linear``, whose forward uses the merged weight when :func:`merging_pays` (one plain adapter, no
     dropout) and peft's own forward otherwise. Registered with ``LoraConfig._register_custom_module``, peft's hook

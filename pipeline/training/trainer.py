@@ -198,13 +198,18 @@ def add_lora(transformer: torch.nn.Module, *, rank: int, alpha: float, autocast:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     transformer.requires_grad_(False)
+    targets = lora_target_modules(transformer, modulation=modulation, outer_layers=outer_layers,
+                                  model_family=model_family)
     config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", lora_dropout=0.0,
-                        target_modules=lora_target_modules(transformer, modulation=modulation,
-                                                           outer_layers=outer_layers, model_family=model_family))
+                        target_modules=targets)
     if merge_when_cheaper:
-        from pipeline.training.merged_lora import MergedWeightLoraLinear
+        from pipeline.training.merged_lora import MergedWeightLoraLinear, merging_can_pay
 
-        config._register_custom_module({torch.nn.Linear: MergedWeightLoraLinear})
+        modules = dict(transformer.named_modules())
+        # Only where some layer can merge: the merged layer's check on every call costs ~1 ms a step for nothing on
+        # a model whose layers never merge (tiny klein at rank 4: bench/peer_klein.py).
+        if any(merging_can_pay(modules[name].in_features, modules[name].out_features, rank) for name in targets):
+            config._register_custom_module({torch.nn.Linear: MergedWeightLoraLinear})
     transformer.add_adapter(config)
     if autocast:
         for module in transformer.modules():
