@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from pipeline import events as ev
-from pipeline.generation.generators import Generators
+from pipeline.generation.generators import Generators, why_base_cannot_load
 from pipeline.intake.classify import ClassificationResult, Readiness, classify_photos
 from pipeline.intake.crops import build_dataset
 from pipeline.intake.photos import IntakeResult, PhotoStore, Rejection, StoredPhoto
 from pipeline.jobs.queue import MAX_ATTEMPTS, Job, JobKind, JobNotFound, JobQueue
-from pipeline.library.catalog import Library, ModelRecord
+from pipeline.library.catalog import UNKNOWN_BASE_MODEL, Library, ModelRecord
 from pipeline.models.base_choice import BaseModelPick, free_gpu_gb, pick_base_model
 from pipeline.settings import (
     AppSettings,
@@ -119,6 +119,11 @@ class QueueEntry:
 
 class NotReady(ValueError):
     """The photo set is not ready to train on; the message says why and what to do."""
+
+
+class BaseUnavailable(ValueError):
+    """A library model's LoRA was trained on a base model this machine cannot load; the message names that base and
+    how to start the app with it."""
 
 
 class Workflow:
@@ -369,7 +374,7 @@ class Workflow:
         # specs were saved gets one from its record (a model recovered from its folder may not know its base model:
         # this app's, then).
         saved = TrainingJobSpec.load(record.folder)
-        base = record.base_model if record.base_model != "unknown" else self.base_model
+        base = record.base_model if record.base_model != UNKNOWN_BASE_MODEL else self.base_model
         spec = TrainingJobSpec.from_dict(
             {"settings": record.settings, "version": saved.version if saved else 0,
              "dataset": saved.dataset if saved else "dataset"},
@@ -485,13 +490,34 @@ class Workflow:
         return self.settings.min_free_disk_gb or (0.2 if is_embedded(self.base_model) else 2.0)
 
     # -------------------------------------------------------------- generate
-    def generator(self) -> Generator:
-        return self._generators.get(self.base_model)
+    def generator(self, model_id: str | None = None) -> Generator:
+        """The generator that draws with ``model_id`` (None: the bare base model): its base's (``base_of``)."""
+        return self._generators.get(self.base_of(model_id))
 
-    def test_generate_settings(self, resolution: int) -> GenerateSettings:
+    def base_of(self, model_id: str | None) -> str:
+        """The base model that draws with ``model_id``: the one its LoRA was trained on, which may not be the app's
+        (``--base-model`` changed since, or ``auto`` chose another base on this start). A LoRA on another base loads
+        with a warning at most, onto whichever layers share names, and draws wrong pictures. The bare base model
+        (None) and a model whose record does not know its base draw on the app's. BaseUnavailable where the
+        model's base cannot be loaded here."""
+        if not model_id:
+            return self.base_model
+        record = self.library.get(model_id)
+        base = record.base_model if record.base_model != UNKNOWN_BASE_MODEL else self.base_model
+        if base != self.base_model and (why := why_base_cannot_load(base, self.shared_dir)):
+            from pipeline.models.base_info import base_info
+
+            raise BaseUnavailable(
+                f"model '{record.name}' was trained on {base_info(base).name} and draws only on that base, which "
+                f"cannot be loaded here: {why}. To draw with it, start the app with --base-model {base} (on a "
+                f"machine that can load it); this app runs {self.base_model}.")
+        return base
+
+    def test_generate_settings(self, resolution: int, model_id: str | None = None) -> GenerateSettings:
+        """The default size, steps and guidance of ``model_id``'s base (None: the app's)."""
         from pipeline.models.base_model import default_test_generate_settings
 
-        return default_test_generate_settings(self.base_model, resolution)
+        return default_test_generate_settings(self.base_of(model_id), resolution)
 
     def _lora(self, model_id: str | None) -> tuple[Path | None, str, str]:
         """(LoRA file, trigger word, label) for a library model; (None, "", "base model") for the bare base model."""
@@ -511,7 +537,8 @@ class Workflow:
         lora_path, trigger, _label = self._lora(model_id)
         if lora_path is not None:
             settings = dataclasses.replace(settings, prompt=insert_trigger(settings.prompt, trigger))
-        return self.generator().generate(settings, lora_path=lora_path, on_event=on_event, should_stop=should_stop)
+        return self.generator(model_id).generate(settings, lora_path=lora_path, on_event=on_event,
+                                                 should_stop=should_stop)
 
     @_writes("save the images")
     def generate(self, model_id: str | None, settings: GenerateSettings, *,
@@ -531,6 +558,8 @@ class Workflow:
         """The same prompt and seeds through two models, or one model at two LoRA scales, side by side."""
         from pipeline.generation.generator import comparison_sheet, save_png
 
+        for model_id, _scale in (left, right):  # both bases checked before either side draws for minutes
+            self.base_of(model_id)
         sides, labels = [], []
         for model_id, scale in (left, right):
             sides.append(self._render(model_id, dataclasses.replace(settings, lora_scale=scale), on_event,
@@ -555,6 +584,7 @@ class Workflow:
         motion, else ``prompt``); ``should_stop`` ends it between two denoising steps with ``ClipStopped``, and
         nothing is kept."""
         from pipeline.intake.trigger import insert_trigger
+        from pipeline.models.base_model import default_test_generate_settings
         from pipeline.video.clip import make_scored_video
         from pipeline.video.clip_likeness import PersonReference
         from pipeline.video.i2v import default_animate_settings, make_image_to_video
@@ -568,13 +598,14 @@ class Workflow:
             prompt = insert_trigger(prompt, trigger)
             prompt_b = insert_trigger(prompt_b, trigger) if prompt_b else None
             person = PersonReference.of_model(self.library.get(model_id).folder)  # before minutes of frames
-        size = self.test_generate_settings(512)
+        base = self.base_of(model_id)  # the stills draw on the model's own base, at its size
+        size = default_test_generate_settings(base, 512)
         clip = VideoSettings(prompt=prompt, prompt_b=prompt_b or "", frames=frames, fps=fps, seed_a=seed,
                              seed_b=seed + 1, width=size.width, height=size.height, steps=size.steps)
         out_path = self._new_output_path("videos", ".mp4")
         if not spec:
-            return make_scored_video(self.generator(), clip, lora_path=lora_path, out_path=out_path, person=person,
-                                     model=label, base_model=self.base_model, model_id=model_id or "",
+            return make_scored_video(self._generators.get(base), clip, lora_path=lora_path, out_path=out_path,
+                                     person=person, model=label, base_model=base, model_id=model_id or "",
                                      on_event=on_event, should_stop=should_stop)
         animation = default_animate_settings(spec, prompt=motion, frames=frames, fps=fps, seed=seed).validate()
         first = clip.validate().still()
@@ -583,9 +614,9 @@ class Workflow:
             image, text = load_still(picked, size.width, size.height)
             first = dataclasses.replace(first, prompt=text.get("prompt", first.prompt),
                                         seed=int(text.get("seed") or first.seed))
-        return make_image_to_video(self.generator(), self._video_models, spec, first, animation,
+        return make_image_to_video(self._generators.get(base), self._video_models, spec, first, animation,
                                    lora_path=lora_path, out_path=out_path, person=person, model=label,
-                                   base_model=self.base_model, model_id=model_id or "", picked=image,
+                                   base_model=base, model_id=model_id or "", picked=image,
                                    picked_ref=still or "", on_event=on_event, should_stop=should_stop)
 
     def _check_video(self, model_id: str | None, video_model: str | None,
@@ -596,6 +627,7 @@ class Workflow:
 
         self._check_disk_quota()
         self._lora(model_id)  # a model that is not this person's, or has no LoRA yet
+        self.base_of(model_id)  # a base this machine cannot load: refused before the clip waits in line
         spec = self._video_models.chosen(video_model, self._gpu_free_for_video).spec  # "auto": by GPU memory
         if not still:
             return spec, None

@@ -93,7 +93,7 @@ class Generator:
     """A loaded base model that generates with any LoRA trained on it. Thread-safe: one generation at a time."""
 
     def __init__(self, base_model: str, data_dir: Path, *, device: str | None = None, placement: str = "auto",
-                 before_load: Callable[[], None] = lambda: None) -> None:
+                 before_load: Callable[[], None] = lambda: None, lock: threading.RLock | None = None) -> None:
         self.base_model = base_model
         self.data_dir = Path(data_dir)
         self.device = device or generation_device()
@@ -101,8 +101,9 @@ class Generator:
         # Called before the weights load onto a GPU: the video model is dropped there (``Generators.before_load``).
         self.before_load = before_load
         self._pipe: Any = None
-        # The GPU's lock as well as this generator's: a clip's animation holds it too (``held``).
-        self._lock = threading.RLock()
+        # The GPU's lock as well as this generator's: a clip's animation holds it too (``held``); ``Generators``
+        # gives every base's generator the same one.
+        self._lock = lock or threading.RLock()
         self._adapters: OrderedDict[str, str] = OrderedDict()  # LoRA file key -> adapter name, oldest first
 
     # ------------------------------------------------------------------ loading

@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 _PATH_FIELDS = ("folder", "lora_path", "kohya_path", "sample_grid")
 _READ_ONLY_FIELDS = ("id", "folder", "created_at")
 MAX_NAME_LENGTH = 80
+# The base of a model recovered from a folder whose LoRA header and job spec do not name it (drawn on the app's).
+UNKNOWN_BASE_MODEL = "unknown"
 
 
 class ModelNotFound(ValueError):
@@ -200,7 +202,7 @@ class Library:
             created = datetime.fromtimestamp(folder.stat().st_mtime, UTC).isoformat(timespec="seconds")
             record = ModelRecord(
                 id=folder.name, name=str(settings.get("name") or folder.name)[:MAX_NAME_LENGTH], trigger_word=trigger,
-                base_model=base_model or spec.get("base_model") or "unknown",
+                base_model=base_model or spec.get("base_model") or UNKNOWN_BASE_MODEL,
                 status=Status.READY if ready else Status.FAILED, folder=folder,
                 created_at=created, settings=settings, lora_path=lora if ready else None,
                 kohya_path=kohya if ready and kohya.is_file() else None, finished_at=created,
