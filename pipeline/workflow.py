@@ -32,6 +32,7 @@ from pipeline.intake.photos import IntakeResult, PhotoStore, Rejection, StoredPh
 from pipeline.jobs.queue import MAX_ATTEMPTS, Job, JobKind, JobNotFound, JobQueue
 from pipeline.library.catalog import UNKNOWN_BASE_MODEL, Library, ModelRecord
 from pipeline.models.base_choice import BaseModelPick, free_gpu_gb, pick_base_model
+from pipeline.models.families import family_of
 from pipeline.settings import (
     AppSettings,
     ClassifySettings,
@@ -333,6 +334,7 @@ class Workflow:
         unless ``anyway``: a training on it costs the GPU time and rarely gives a likeness.
         """
         settings.validate()
+        family_of(self.base_model).check_settings(settings)
         with self._start_lock:  # two quick Train clicks must not both pass the per-person limit
             return self._start_training(settings, classification, anyway, on_event)
 

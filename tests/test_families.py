@@ -7,6 +7,7 @@ writes both LoRA files, and loads them back with diffusers' own ``Flux2KleinPipe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -19,12 +20,12 @@ from safetensors.torch import load_file
 from pipeline import events as ev
 from pipeline.generation.generator import Generator
 from pipeline.intake.dataset import Dataset, DatasetItem
-from pipeline.models.base_info import header_names_base
+from pipeline.models.base_info import family_trained_on, header_names_base
 from pipeline.models.base_model import BaseModelError, default_test_generate_settings, resolve_base_model
 from pipeline.models.families import FamilyError, FamilyId, family_of
 from pipeline.models.families.tiny_klein import TINY_KLEIN_MODEL, ensure_tiny_klein
 from pipeline.models.lora_formats import convert_to_kohya, read_metadata
-from pipeline.settings import GenerateSettings, TrainSettings
+from pipeline.settings import GenerateSettings, SettingsError, TrainSettings
 from pipeline.status import Status
 from pipeline.training.trainer import list_checkpoints, train_lora
 
@@ -121,9 +122,12 @@ def test_klein_trains_samples_and_writes_both_files(straight, tmp_path: Path) ->
     state = torch.load(result.checkpoints[0].path.parent / "training_state.pt", weights_only=True)
     assert state["family"] == "flux2-klein"
 
-    # The best checkpoint's kohya file, as the assessment's choice writes it: the family named in the header.
-    base = read_metadata(result.lora_path)["likeness.base_model"]
-    converted = convert_to_kohya(result.lora_path, tmp_path / "best_kohya.safetensors", family_of(base).kohya_layout())
+    # The best checkpoint's kohya file, as the assessment's choice writes it: the family named in the header, even
+    # where the base's name says nothing of it (a relative folder).
+    header = read_metadata(result.lora_path)
+    assert family_trained_on({**header, "likeness.base_model": "models/my-base"}).id is FamilyId.FLUX2_KLEIN
+    converted = convert_to_kohya(result.lora_path, tmp_path / "best_kohya.safetensors",
+                                 family_trained_on(header).kohya_layout())
     written, again = load_file(str(result.kohya_path)), load_file(str(converted))
     assert written.keys() == again.keys() and all(torch.equal(written[k], again[k]) for k in written)
 
@@ -339,3 +343,38 @@ def test_the_command_line_trains_assesses_and_lists_a_tiny_klein_model(tmp_path:
     assert read_metadata(Path(record["kohya_path"]))["likeness.base_family"] == "flux2-klein"  # exported
     listed = json.loads(cli("models", "--json").stdout)
     assert [(m["name"], m["family"]) for m in listed] == [("klein", "flux2-klein")]
+
+
+def test_klein_refuses_the_modulation_setting_before_anything_runs(dataset: Dataset, tmp_path: Path) -> None:
+    """klein's three shared modulation layers have no kohya/ComfyUI name: a run would train, then fail writing its
+    files. Refused up front, by the training and by the Workflow before a job is queued."""
+    settings = dataclasses.replace(_settings(), lora_modulation=True)
+    with pytest.raises(SettingsError, match="lora_modulation"):
+        train_lora(dataset, settings, tmp_path / "out", base_model=TINY_KLEIN_MODEL, data_dir=tmp_path / "data")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "data").exists()
+    family_of("tiny").check_settings(settings)  # FLUX.1 names them (kohya's *_mod_lin)
+
+    from pipeline.settings import AppSettings
+    from pipeline.workflow import Workflow
+
+    workflow = Workflow(AppSettings(data_dir=tmp_path / "app", base_model=TINY_KLEIN_MODEL))
+    try:
+        with pytest.raises(SettingsError, match="lora_modulation"):
+            workflow.start_training(settings)
+        assert workflow.jobs.list() == [] and workflow.library.list() == []
+    finally:
+        workflow.close()
+
+
+def test_a_text_encoder_too_big_for_the_free_memory_streams_from_host_ram() -> None:
+    """fp8 is chosen for klein base 4B from 7.4 GB free by the training step's needs, but its Qwen3-4B is 7.5 GB in
+    bf16 while the captions are encoded: below about 9.5 GB free it streams (klein 9B's 15.3 GB the same); FLUX.1-dev's
+    encoders (9.1 GB) stay whole from its fp8 threshold, 20 GB, as before."""
+    from pipeline.models.families.flux1 import FLUX1_DEV
+    from pipeline.models.families.flux2 import KLEIN_BASE_4B, KLEIN_BASE_9B
+    from pipeline.training.trainer import _encoders_exceed
+
+    assert _encoders_exceed(KLEIN_BASE_4B, 8.0) and not _encoders_exceed(KLEIN_BASE_4B, 10.0)
+    assert _encoders_exceed(KLEIN_BASE_9B, 16.0) and not _encoders_exceed(KLEIN_BASE_9B, 18.0)
+    assert not _encoders_exceed(FLUX1_DEV, 20.0) and _encoders_exceed(FLUX1_DEV, 10.0)
+    assert not _encoders_exceed(None, 4.0) and not _encoders_exceed(KLEIN_BASE_4B, None)  # tiny models; the CPU

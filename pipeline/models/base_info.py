@@ -126,3 +126,13 @@ def base_info(spec: str) -> BaseInfo:
 def header_names_base(metadata: dict[str, str], spec: str) -> bool:
     """True when a LoRA file's header names ``spec`` as its base with every key of ``BaseInfo.header``."""
     return all(metadata.get(key) == value for key, value in base_info(spec).header().items())
+
+
+def family_trained_on(metadata: dict[str, str]) -> ModelFamily:
+    """The family a LoRA file was trained on, as its header records it; for LoRAs from before families, guessed from
+    its base's name (where a relative folder or an unknown hub id reads as FLUX.1, which they were then)."""
+    from pipeline.models.families import family
+
+    if recorded := metadata.get("likeness.base_family"):
+        return family(recorded)
+    return family_of(metadata.get("likeness.base_model", ""))

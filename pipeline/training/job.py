@@ -362,14 +362,13 @@ class CheckpointAssessor:
         kohya = None
         if best_step != result.steps_done:
             # The download must carry the chosen checkpoint in both formats, not the last step's kohya file.
-            from pipeline.models.families import family_of
+            from pipeline.models.base_info import family_trained_on
             from pipeline.models.lora_formats import convert_to_kohya, read_metadata
 
-            # The base the LoRA was trained on, as its header names it: its family's kohya names.
-            base = read_metadata(by_step[best_step]).get("likeness.base_model", "")
+            # In the kohya names of the family the header records (its base's name can be a relative folder).
             kohya = convert_to_kohya(by_step[best_step],
                                      Path(result.lora_path).with_name("lora_best_kohya.safetensors"),
-                                     family_of(base).kohya_layout())
+                                     family_trained_on(read_metadata(by_step[best_step])).kohya_layout())
         return CheckpointChoice(scores=ModelScores.from_assessment(best, results), checkpoints=checkpoints,
                                 best_checkpoint_step=best_step, best_lora_scale=best_scale,
                                 lora_path=by_step[best_step], kohya_path=kohya, sample_grid=best.grid)

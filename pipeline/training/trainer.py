@@ -56,7 +56,16 @@ from pipeline.models.base_model import (
     resolve_base_model,
     tiny_model_version,
 )
-from pipeline.models.families import FamilyError, ModelFamily, TextEmbedding, family, family_of, sized_variant
+from pipeline.models.families import (
+    BaseVariant,
+    FamilyError,
+    FamilyId,
+    ModelFamily,
+    TextEmbedding,
+    family,
+    family_of,
+    sized_variant,
+)
 from pipeline.settings import TrainSettings, to_json
 from pipeline.status import Status
 from pipeline.training.estimate import (
@@ -173,10 +182,10 @@ def lora_target_modules(transformer: torch.nn.Module, *, modulation: bool = Fals
 
 
 def _family_of_transformer(transformer: torch.nn.Module) -> ModelFamily:
-    from pipeline.models.families import FamilyId
 
     # FLUX.2 [dev] shares klein's transformer class and its layer names.
-    return family(FamilyId.FLUX2_KLEIN if type(transformer).__name__ == "Flux2Transformer2DModel" else FamilyId.FLUX1)
+    klein = family(FamilyId.FLUX2_KLEIN)
+    return klein if type(transformer).__name__ == klein.transformer_class_name else family(FamilyId.FLUX1)
 
 
 def add_lora(transformer: torch.nn.Module, *, rank: int, alpha: float, autocast: bool,
@@ -340,6 +349,17 @@ def _prepare(dataset: Dataset, settings: TrainSettings, model_path: str, data_di
                          texts=tuple(texts[p] for p in prompts), empty=texts[""],
                          samples=tuple(texts[p] for p in sample_prompts))
     return prepared, vae
+
+
+ENCODER_HEADROOM_GB = 2.0  # beside the text encoder's bf16 weights while captions are encoded: activations, CUDA
+
+
+def _encoders_exceed(variant: BaseVariant | None, free_gb: float | None) -> bool:
+    """Whether the base's text encoders in bf16 would not fit the free GPU memory (klein base 4B's Qwen3-4B is 7.5 GB,
+    9B's Qwen3-8B 15.3 GB: fp8 training is chosen from 7.4 and 15.6 GB free by the step's own needs)."""
+    if variant is None or free_gb is None:
+        return False
+    return 2 * variant.text_encoder_params / memory.GB > free_gb - ENCODER_HEADROOM_GB
 
 
 def load_transformer(model_path: str, mode: str, device: str,
@@ -596,18 +616,26 @@ class _Run:
         self.fingerprint, self.legacy_fingerprint = _resume_fingerprints(s, self.base_model, self.model_path,
                                                                          self.dataset)
         free_gb = memory.free_gpu_gb(self.device)
+        variant = sized_variant(self.model_path)
         # auto's thresholds are the model's own (klein base 4B: bf16 from 14 GB; FLUX.1-dev: 40 as before).
-        mode, reason = memory.choose_mode(s.memory_mode, free_gb,
-                                          memory.auto_thresholds(sized_variant(self.model_path)))
+        thresholds = memory.auto_thresholds(variant)
+        mode, reason = memory.choose_mode(s.memory_mode, free_gb, thresholds)
         if mode == "nf4" and not memory.bitsandbytes_works():
-            mode, reason = "fp8", "nf4 needs bitsandbytes, which does not work here: fp8 instead"
+            # Where fp8 would not fit either (klein base 4B between 5.5 and 7.4 GB free), the blocks are offloaded.
+            fp8_from = dict(thresholds).get("fp8", 0.0)
+            mode = "fp8" if free_gb is None or free_gb >= fp8_from or s.memory_mode != "auto" else "offload"
+            reason = f"nf4 needs bitsandbytes, which does not work here: {mode} instead"
             self.emit(ev.Message(reason, level="warning"))
         self.mode = mode
         self.dtype = torch.float32 if mode == "cpu" else torch.bfloat16
         self.emit(ev.Message(f"memory mode {mode}: {reason}"))
 
+        offload_encoders = mode in ("nf4", "offload") or _encoders_exceed(variant, free_gb)
+        if offload_encoders and mode not in ("nf4", "offload"):
+            self.emit(ev.Message(f"the text encoder ({variant.text_encoder}) does not fit the GPU's free memory at "
+                                 "once: its weights stream from host RAM while the captions are encoded"))
         self.prepared, self.vae = _prepare(self.dataset, s, self.model_path, self.data_dir, self.device,
-                                           self.dtype, self.emit, offload_encoders=mode in ("nf4", "offload"),
+                                           self.dtype, self.emit, offload_encoders=offload_encoders,
                                            model_family=self.family)
         self.vae.to("cpu")  # latents are cached: the VAE visits the GPU again only to decode sample images
         with WEIGHTS_LOCK:  # loading, adding the LoRA and placing swap parameters (pipeline.weights_lock)
@@ -784,7 +812,7 @@ class _Run:
     def _check_family(self, state: dict) -> None:
         """Refuse checkpoints of another family (kept on disk): their LoRA layers do not exist on this transformer,
         and starting afresh over them would throw a run away unasked. Checkpoints from before families are FLUX.1."""
-        saved = family(state.get("family", "flux1"))
+        saved = family(state.get("family", FamilyId.FLUX1))
         if saved.id is not self.family.id:
             raise FamilyMismatchError(
                 f"cannot resume: the checkpoints in {self.output_dir / 'checkpoints'} were trained on a {saved.title} "
@@ -892,6 +920,8 @@ def train_lora(
     With ``resume`` a run continues from the latest checkpoint in ``output_dir`` made with the same settings.
     """
     settings.validate()
+    with contextlib.suppress(FamilyError):  # an unknown base fails in setup, with the reason
+        family_of(base_model).check_settings(settings)
     if len(dataset) == 0:
         raise TrainingError("the dataset has no photos: classify and select at least one photo before training")
     started = time.perf_counter()

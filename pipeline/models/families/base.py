@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import torch
 
     from pipeline.models.lora_formats import KohyaLayout
-    from pipeline.settings import GenerateSettings
+    from pipeline.settings import GenerateSettings, TrainSettings
 
 
 def max_text_tokens(tokenizer: Any, limit: int = 512) -> int:
@@ -124,6 +124,10 @@ class ModelFamily(ABC):
     def check_implemented(self) -> None:
         """Raise FamilyError where this family cannot train or draw yet."""
         return None  # every family but the declared-only ones
+
+    def check_settings(self, settings: TrainSettings) -> None:
+        """Raise SettingsError for settings this family cannot train, before anything runs."""
+        return None
 
     # - text -
 

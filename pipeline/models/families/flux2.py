@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import torch
 
     from pipeline.models.lora_formats import KohyaLayout
-    from pipeline.settings import GenerateSettings
+    from pipeline.settings import GenerateSettings, TrainSettings
 
 MAX_TEXT_TOKENS = 512  # Flux2KleinPipeline's max_sequence_length
 # Qwen3 hidden states the klein pipeline stacks (BFL's OUTPUT_LAYERS_QWEN3). diffusers' dreambooth script defaults to
@@ -200,6 +200,15 @@ class Flux2KleinFamily(ModelFamily):
 
     def kohya_layout(self) -> KohyaLayout:
         return _klein_layout()
+
+    def check_settings(self, settings: TrainSettings) -> None:
+        from pipeline.settings import SettingsError
+
+        if settings.lora_modulation:
+            # A run would train, then fail writing its kohya file: no kohya/ComfyUI name exists for these layers.
+            raise SettingsError(
+                f"lora_modulation: {self.title} has no per-block modulation to train (three shared layers, which "
+                "kohya/ComfyUI files cannot name and diffusers' kohya reader drops); switch it off for this base model")
 
     def distilled(self, model_path: str) -> bool:
         """Whether the folder's pipeline is a distilled klein (no CFG, 4 steps)."""
