@@ -93,7 +93,9 @@ MICRO_STEPS = 5000  # the micro model's default training length (see TrainSettin
 MICRO_RESOLUTION = 96  # the size the micro model draws at (its identity survives the VAE at 96 px, not at 64: README)
 
 # The values a choice setting takes: validate() accepts these, the Settings tab offers them.
-MEMORY_MODES = ("auto", "bf16", "fp8", "nf4", "offload")
+# The modes a GPU trains in (memory.py sizes each; auto picks one of them), most memory first.
+GPU_MEMORY_MODES = ("bf16", "fp8", "nf4", "offload")
+MEMORY_MODES = ("auto", *GPU_MEMORY_MODES)
 OPTIMIZERS = ("adamw", "adamw8bit")
 LR_SCHEDULES = ("constant", "cosine")
 TIMESTEP_SAMPLINGS = ("logit_normal", "shift", "uniform")

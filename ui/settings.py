@@ -16,7 +16,16 @@ import gradio as gr
 
 from pipeline.events import duration_text
 from pipeline.models.base_choice import BaseModelPick
-from pipeline.settings import Group, Setting, TrainSettings, Widget, coerce, declaration, declared_fields
+from pipeline.settings import (
+    GPU_MEMORY_MODES,
+    Group,
+    Setting,
+    TrainSettings,
+    Widget,
+    coerce,
+    declaration,
+    declared_fields,
+)
 from pipeline.training.estimate import BaseModelChoice, TrainingEstimate, base_model_choices, embedded_kind
 from ui.people import People
 from ui.text import plain
@@ -130,17 +139,15 @@ def estimate_markdown(estimate: TrainingEstimate) -> str:
     return "\n".join([f"⏱ {estimate.text()}", *([""] + parts if parts else [])])  # a blank line opens the list
 
 
-_MEMORY_MODES = ("bf16", "fp8", "nf4", "offload")  # pipeline.models.memory.MODES, without importing torch here
-
-
 def base_models_markdown(choices: tuple[BaseModelChoice, ...], current: str) -> str:
     """The models one could train on instead, each family's, for these settings: licence, GPU memory per mode, the
-    steps' time on an H100."""
+    steps' time on an H100 (FLUX.1-dev's measured times scaled by each model's step FLOPs: not measured per model)."""
     rows = ["| base model (`--base-model`) | family | licence | GPU memory: bf16 / fp8 / nf4 / offload | "
-            "steps on an H100 in bf16 |", "| --- | --- | --- | --- | --- |"]
+            "steps on an H100 in bf16 (estimated: FLUX.1-dev's measured times × step FLOPs) |",
+            "| --- | --- | --- | --- | --- |"]
     for choice in choices:
         variant = choice.variant
-        memory = " / ".join(f"{choice.memory_gb[mode]:g}" for mode in _MEMORY_MODES)
+        memory = " / ".join(f"{choice.memory_gb[mode]:g}" for mode in GPU_MEMORY_MODES)
         in_use = " **(in use)**" if variant.hub_id == current else ""
         rows.append(f"| {variant.name}{in_use}: `{variant.hub_id}` | {choice.family} | {variant.licence} | "
                     f"{memory} GB | {duration_text(choice.h100_seconds)} |")

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pipeline.models.families.base import BaseVariant
 from pipeline.models.families.flux1 import FLUX1_DEV
 from pipeline.models.families.flux2 import KLEIN_BASE_4B
-from pipeline.settings import MICRO_MODEL
+from pipeline.settings import GPU_MEMORY_MODES, MICRO_MODEL
 
 AUTO_BASE_MODEL = "auto"
 FAST_MODES = ("bf16", "fp8")  # FLUX.1-dev's measured 0.37-1.13 s per step on an H100; nf4 and offload are slower
-EVERY_MODE = ("bf16", "fp8", "nf4", "offload")  # memory.MODES, without importing torch on a CPU
+EVERY_MODE = GPU_MEMORY_MODES
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,12 @@ import torch
 from pipeline.models.families.base import BaseVariant
 from pipeline.models.families.flux1 import FLUX1_DEV
 from pipeline.models.offload import alias_weight_in_state_dict, nan_like, reading_shapes_only, transformer_blocks
+from pipeline.settings import GPU_MEMORY_MODES
 
 logger = logging.getLogger(__name__)
 
 GB = 1024**3
-MODES = ("bf16", "fp8", "nf4", "offload")
+MODES = GPU_MEMORY_MODES
 # Bytes per frozen base weight in each mode (nf4: 4 bits plus a blockwise absmax per 64 weights; offload: one block
 # and the modules outside the blocks are on the GPU — for FLUX.1-dev a double block (340 M) and 64 M of 11.9 B, 3.4 %
 # of the bf16 weights; see pipeline/models/offload.py).
